@@ -1,0 +1,282 @@
+//! Merging our cluster, user and context into the user's kubeconfig while
+//! preserving every other entry and field. The file is the first one in
+//! `$KUBECONFIG`, else `~/.kube/config`. Writes are atomic, mode 0600, under a
+//! lock. A kubeconfig that does not parse is never overwritten.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use serde_norway::{Mapping, Value};
+
+use crate::exit::{Code, coded};
+use crate::fsutil;
+use crate::home;
+
+/// The kubeconfig file kubestrap writes to.
+pub fn path() -> Result<PathBuf> {
+    if let Some(list) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
+        if let Some(first) = std::env::split_paths(&list).find(|p| !p.as_os_str().is_empty()) {
+            return Ok(first);
+        }
+    }
+    let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).context("cannot find the kubeconfig: set KUBECONFIG or HOME")?;
+    Ok(PathBuf::from(home).join(".kube/config"))
+}
+
+/// What we put in a kubeconfig for one profile.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The cluster, user and context name.
+    pub name: String,
+    pub server: String,
+    pub ca_pem: Vec<u8>,
+    pub client_cert_pem: Vec<u8>,
+    pub client_key_pem: Vec<u8>,
+}
+
+/// The kubeconfig name of a profile: `kubestrap` for the default profile,
+/// `kubestrap-<name>` for others.
+pub fn context_name(profile: &str) -> String {
+    if profile == "kubestrap" { profile.to_string() } else { format!("kubestrap-{profile}") }
+}
+
+const LISTS: [(&str, &str); 3] = [("clusters", "cluster"), ("users", "user"), ("contexts", "context")];
+
+fn key(s: &str) -> Value {
+    Value::String(s.to_string())
+}
+
+/// Reads and parses a kubeconfig; a missing or empty file is an empty config.
+fn read(path: &Path) -> Result<Mapping> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Mapping::new()),
+        Err(e) => return Err(coded(Code::Kubeconfig, format!("cannot read kubeconfig {}: {e}", path.display()))),
+    };
+    if text.trim().is_empty() {
+        return Ok(Mapping::new());
+    }
+    let not_parsed = |why: String| {
+        coded(
+            Code::Kubeconfig,
+            format!("kubeconfig {} does not parse ({why}); kubestrap left it untouched. Fix it, or point KUBECONFIG at another file", path.display()),
+        )
+    };
+    match serde_norway::from_str::<Value>(&text) {
+        Ok(Value::Mapping(m)) => {
+            for (list, _) in LISTS {
+                if let Some(v) = m.get(key(list))
+                    && !matches!(v, Value::Sequence(_) | Value::Null)
+                {
+                    return Err(not_parsed(format!("`{list}` is not a list")));
+                }
+            }
+            Ok(m)
+        }
+        Ok(Value::Null) => Ok(Mapping::new()),
+        Ok(_) => Err(not_parsed("not a mapping".into())),
+        Err(e) => Err(not_parsed(e.to_string())),
+    }
+}
+
+fn write(path: &Path, doc: &Mapping) -> Result<()> {
+    let text = serde_norway::to_string(doc).context("cannot serialize kubeconfig")?;
+    fsutil::write_atomic(path, text.as_bytes(), 0o600).map_err(|e| coded(Code::Kubeconfig, format!("{e:#}")))
+}
+
+/// The real file behind a symlinked kubeconfig (dotfile managers do this).
+fn resolve(path: &Path) -> PathBuf {
+    fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn with_locked<T>(path: &Path, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let real = resolve(path);
+    let lock_path = {
+        let mut s = real.as_os_str().to_owned();
+        s.push(".kubestrap-lock");
+        PathBuf::from(s)
+    };
+    let _guard = home::lock_file(&lock_path, true, || {})?;
+    f(&real)
+}
+
+fn upsert(doc: &mut Mapping, list: &str, item_key: &str, name: &str, body: Mapping) {
+    let seq = doc.entry(key(list)).or_insert_with(|| Value::Sequence(Vec::new()));
+    if !seq.is_sequence() {
+        *seq = Value::Sequence(Vec::new());
+    }
+    let seq = seq.as_sequence_mut().expect("sequence");
+    let mut item = Mapping::new();
+    item.insert(key("name"), key(name));
+    item.insert(key(item_key), Value::Mapping(body.clone()));
+    match seq.iter_mut().find(|v| v.get("name").and_then(Value::as_str) == Some(name)) {
+        Some(existing) => {
+            // Keep any extra fields someone added to our entry (extensions…).
+            if let Some(Value::Mapping(old)) = existing.get_mut(item_key) {
+                for (k, v) in body {
+                    old.insert(k, v);
+                }
+            } else {
+                *existing = Value::Mapping(item);
+            }
+        }
+        None => seq.push(Value::Mapping(item)),
+    }
+}
+
+/// Adds or updates our entries; sets current-context if `set_current`.
+pub fn merge(path: &Path, e: &Entry, set_current: bool) -> Result<()> {
+    with_locked(path, |real| {
+        let mut doc = read(real)?;
+        let b64 = |b: &[u8]| key(&base64::engine::general_purpose::STANDARD.encode(b));
+        doc.entry(key("apiVersion")).or_insert_with(|| key("v1"));
+        doc.entry(key("kind")).or_insert_with(|| key("Config"));
+        let mut cluster = Mapping::new();
+        cluster.insert(key("server"), key(&e.server));
+        cluster.insert(key("certificate-authority-data"), b64(&e.ca_pem));
+        upsert(&mut doc, "clusters", "cluster", &e.name, cluster);
+        let mut user = Mapping::new();
+        user.insert(key("client-certificate-data"), b64(&e.client_cert_pem));
+        user.insert(key("client-key-data"), b64(&e.client_key_pem));
+        upsert(&mut doc, "users", "user", &e.name, user);
+        let mut ctx = Mapping::new();
+        ctx.insert(key("cluster"), key(&e.name));
+        ctx.insert(key("user"), key(&e.name));
+        upsert(&mut doc, "contexts", "context", &e.name, ctx);
+        if set_current {
+            doc.insert(key("current-context"), key(&e.name));
+        }
+        write(real, &doc)
+    })
+}
+
+/// Removes our entries (and current-context if it was ours). Missing file or
+/// entries are fine.
+pub fn remove(path: &Path, name: &str) -> Result<bool> {
+    if !path.exists() {
+        return Ok(false);
+    }
+    with_locked(path, |real| {
+        let mut doc = read(real)?;
+        let mut changed = false;
+        for (list, _) in LISTS {
+            if let Some(Value::Sequence(seq)) = doc.get_mut(key(list)) {
+                let before = seq.len();
+                seq.retain(|v| v.get("name").and_then(Value::as_str) != Some(name));
+                changed |= seq.len() != before;
+            }
+        }
+        if doc.get(key("current-context")).and_then(Value::as_str) == Some(name) {
+            doc.insert(key("current-context"), key(""));
+            changed = true;
+        }
+        if changed {
+            write(real, &doc)?;
+        }
+        Ok(changed)
+    })
+}
+
+/// Our context's state in the kubeconfig, for `status`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum State {
+    /// Present and pointing at this server.
+    Configured { current: bool },
+    /// Present but pointing elsewhere (e.g. a stale port).
+    Misconfigured { server: String },
+    Missing,
+}
+
+pub fn state(path: &Path, name: &str, server: &str) -> Result<State> {
+    let doc = read(&resolve(path))?;
+    let found = doc
+        .get(key("clusters"))
+        .and_then(Value::as_sequence)
+        .and_then(|seq| seq.iter().find(|v| v.get("name").and_then(Value::as_str) == Some(name)))
+        .and_then(|c| c.get("cluster"))
+        .and_then(|c| c.get("server"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let has_context = doc
+        .get(key("contexts"))
+        .and_then(Value::as_sequence)
+        .is_some_and(|seq| seq.iter().any(|v| v.get("name").and_then(Value::as_str) == Some(name)));
+    Ok(match found {
+        Some(s) if s == server && has_context => State::Configured {
+            current: doc.get(key("current-context")).and_then(Value::as_str) == Some(name),
+        },
+        Some(s) => State::Misconfigured { server: s },
+        None => State::Missing,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn entry(name: &str, port: u16) -> Entry {
+        Entry {
+            name: name.into(),
+            server: format!("https://127.0.0.1:{port}"),
+            ca_pem: b"CA".to_vec(),
+            client_cert_pem: b"CERT".to_vec(),
+            client_key_pem: b"KEY".to_vec(),
+        }
+    }
+
+    const OTHER: &str = "apiVersion: v1\nkind: Config\npreferences:\n  colors: true\nclusters:\n- name: prod\n  cluster:\n    server: https://prod.example:6443\n    extensions:\n    - name: x\n      extension: {a: 1}\ncontexts:\n- name: prod\n  context:\n    cluster: prod\n    user: prod\n    namespace: web\nusers:\n- name: prod\n  user:\n    token: secret\ncurrent-context: prod\n";
+
+    #[test]
+    fn merge_preserves_others_and_remove_restores() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config");
+        fs::write(&p, OTHER).unwrap();
+        merge(&p, &entry("kubestrap", 8443), true).unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        let doc: Value = serde_norway::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+        assert_eq!(doc["current-context"], key("kubestrap"));
+        assert_eq!(doc["preferences"]["colors"], Value::Bool(true));
+        assert_eq!(doc["contexts"][0]["context"]["namespace"], key("web"));
+        assert_eq!(doc["clusters"][0]["cluster"]["extensions"][0]["name"], key("x"));
+        assert_eq!(state(&p, "kubestrap", "https://127.0.0.1:8443").unwrap(), State::Configured { current: true });
+        assert!(matches!(state(&p, "kubestrap", "https://127.0.0.1:9999").unwrap(), State::Misconfigured { .. }));
+        // Updating in place keeps one entry.
+        merge(&p, &entry("kubestrap", 8444), false).unwrap();
+        let doc: Value = serde_norway::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+        assert_eq!(doc["clusters"].as_sequence().unwrap().len(), 2);
+        assert!(remove(&p, "kubestrap").unwrap());
+        let doc: Value = serde_norway::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+        let original: Value = serde_norway::from_str(OTHER).unwrap();
+        assert_eq!(doc["clusters"], original["clusters"]);
+        assert_eq!(doc["users"], original["users"]);
+        assert_eq!(doc["contexts"], original["contexts"]);
+        assert_eq!(state(&p, "kubestrap", "x").unwrap(), State::Missing);
+    }
+
+    #[test]
+    fn malformed_kubeconfig_is_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config");
+        let bad = "clusters: [\n  - name: oops\n";
+        fs::write(&p, bad).unwrap();
+        let e = merge(&p, &entry("kubestrap", 8443), true).unwrap_err();
+        assert!(e.to_string().contains("left it untouched"), "{e}");
+        assert_eq!(fs::read_to_string(&p).unwrap(), bad);
+        fs::write(&p, "clusters: 5\n").unwrap();
+        assert!(merge(&p, &entry("kubestrap", 8443), true).is_err());
+        assert_eq!(fs::read_to_string(&p).unwrap(), "clusters: 5\n");
+    }
+
+    #[test]
+    fn creates_a_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nested/config");
+        merge(&p, &entry("kubestrap-dev", 9443), true).unwrap();
+        let doc: Value = serde_norway::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+        assert_eq!(doc["kind"], key("Config"));
+        assert_eq!(doc["users"][0]["user"]["client-key-data"], key("S0VZ"));
+    }
+}

@@ -1,0 +1,74 @@
+//! kubestrap: a local Kubernetes cluster in one command, from one file.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+mod commands;
+mod exit;
+mod fetch;
+mod fsutil;
+mod home;
+mod store;
+mod ui;
+mod unpack;
+
+use cli::{Cli, Cmd};
+use exit::Code;
+use ui::Ui;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let ui = Ui::new(cli.output);
+    let home = match &cli.home {
+        Some(h) => Ok(home::Home::new(h.clone())),
+        None => home::Home::from_env(),
+    };
+    let result = home.and_then(|home| commands::run(cli.cmd, &home, &ui));
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(err) => {
+            let code = exit::classify(&err);
+            report_error(&ui, &err, code);
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "kubestrap=debug,info",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KUBESTRAP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()))
+        .with_target(false)
+        .init();
+}
+
+fn report_error(ui: &Ui, err: &anyhow::Error, code: Code) {
+    if ui.is_json() {
+        let causes: Vec<String> = err.chain().skip(1).map(|c| c.to_string()).collect();
+        ui.json(serde_json::json!({"error": err.to_string(), "causes": causes, "exit_code": code as u8}));
+    }
+    let mut msg = format!("error: {err}");
+    for cause in err.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(&format!("\n  caused by: {c}"));
+        }
+    }
+    eprintln!("{msg}");
+}
+
+#[allow(dead_code)]
+fn _assert_cmd_used(c: Cmd) -> Cmd {
+    c
+}

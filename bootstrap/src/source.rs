@@ -1,0 +1,157 @@
+//! Where a manifest comes from, and the checks it passes before anything
+//! acts on it: signature over the exact bytes (before parsing), then schema,
+//! expiry, `requires-bootstrap` and rollback. An accepted manifest is kept in
+//! `manifests/<channel>-<version>.toml` (with its signature) for offline use.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use kubestrap_manifest::Manifest;
+
+use crate::exit::{Code, coded};
+use crate::fetch;
+use crate::fsutil;
+use crate::home::Home;
+use crate::trust::{self, Trusted};
+use crate::ui::Ui;
+
+/// The channel kubestrap follows when no manifest is named.
+pub const DEFAULT_CHANNEL_URL: &str = "https://kubestrap.dev/channels/stable/manifest.toml";
+
+/// A manifest is small; anything bigger is refused before it is read whole.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// A verified, parsed manifest.
+#[derive(Debug)]
+pub struct Loaded {
+    pub manifest: Manifest,
+    /// Where it is kept in the home.
+    pub path: PathBuf,
+    pub trusted: Trusted,
+}
+
+/// Loads, verifies and records the manifest named by `spec` (a path or URL),
+/// or, with none named, the channel's.
+pub fn load(home: &Home, spec: Option<&str>, opts: &fetch::Options, allow_expired: bool, ui: &Ui) -> Result<Loaded> {
+    let spec = spec.unwrap_or(DEFAULT_CHANNEL_URL);
+    let (bytes, sig) = read_pair(spec, opts)?;
+    let loaded = accept(home, spec, &bytes, &sig, allow_expired)?;
+    for w in &loaded.trusted.warnings {
+        ui.warn(w);
+    }
+    Ok(loaded)
+}
+
+/// Re-verifies a manifest already kept in the home (a profile's pointer).
+pub fn load_stored(home: &Home, path: &Path, allow_expired: bool) -> Result<Loaded> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
+    let sig_path = signature_path(path);
+    let sig = fs::read_to_string(&sig_path).with_context(|| format!("cannot read signature {}", sig_path.display()))?;
+    let label = path.display().to_string();
+    let trusted = trust::verify_manifest(home, &label, &bytes, &sig, allow_expired)?;
+    let manifest = Manifest::parse(&bytes, path)?;
+    trust::check_fresh(&manifest, &label, allow_expired, true)?;
+    Ok(Loaded {
+        manifest,
+        path: path.to_path_buf(),
+        trusted,
+    })
+}
+
+/// Verifies bytes + signature and records the manifest (rollback state and a
+/// copy in the home).
+pub fn accept(home: &Home, label: &str, bytes: &[u8], sig: &str, allow_expired: bool) -> Result<Loaded> {
+    // Signature first, over the exact bytes; nothing is parsed before it holds.
+    let mut trusted = trust::verify_manifest(home, label, bytes, sig, allow_expired)?;
+    let manifest = Manifest::parse(bytes, Path::new(label))?;
+    trusted.warnings.extend(trust::check_fresh(&manifest, label, allow_expired, false)?);
+    trust::check_not_rolled_back(home, &manifest, bytes)?;
+    let path = home.manifests().join(format!("{}.toml", manifest.id()));
+    if fs::read(&path).ok().as_deref() != Some(bytes) {
+        fsutil::write_atomic(&signature_path(&path), sig.as_bytes(), 0o644)?;
+        fsutil::write_atomic(&path, bytes, 0o644)?;
+    }
+    Ok(Loaded { manifest, path, trusted })
+}
+
+pub fn signature_path(manifest: &Path) -> PathBuf {
+    let mut s = manifest.as_os_str().to_owned();
+    s.push(".minisig");
+    PathBuf::from(s)
+}
+
+/// Reads a manifest and its `.minisig` from a path or URL.
+fn read_pair(spec: &str, opts: &fetch::Options) -> Result<(Vec<u8>, String)> {
+    let sig_spec = format!("{spec}.minisig");
+    if spec.starts_with("http://") || spec.starts_with("https://") {
+        if opts.offline {
+            return Err(coded(
+                Code::OfflineMissing,
+                format!("--offline: cannot download the manifest {spec}; name a manifest file with --manifest, or use an offline bundle"),
+            ));
+        }
+        let client = fetch::client(opts)?;
+        let bytes = http_get(&client, spec)?;
+        let sig = http_get(&client, &sig_spec)?;
+        let sig = String::from_utf8(sig).map_err(|_| coded(Code::Signature, format!("{sig_spec}: the signature file is not text")))?;
+        Ok((bytes, sig))
+    } else {
+        let path = Path::new(spec.strip_prefix("file://").unwrap_or(spec));
+        let bytes = read_capped(path)?;
+        let sig_path = signature_path(path);
+        let sig = fs::read_to_string(&sig_path).map_err(|e| {
+            coded(
+                Code::Signature,
+                format!("cannot read the signature {}: {e}; every manifest must be signed (`kubestrap manifest sign`)", sig_path.display()),
+            )
+        })?;
+        Ok((bytes, sig))
+    }
+}
+
+fn read_capped(path: &Path) -> Result<Vec<u8>> {
+    let f = fs::File::open(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
+    let mut bytes = Vec::new();
+    f.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes).with_context(|| format!("cannot read manifest {}", path.display()))?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(coded(Code::Usage, format!("{}: larger than {MAX_MANIFEST_BYTES} bytes; not a manifest", path.display())));
+    }
+    Ok(bytes)
+}
+
+fn http_get(client: &reqwest::blocking::Client, url: &str) -> Result<Vec<u8>> {
+    let fail = |m: String| coded(Code::Download, format!("cannot download {url}: {m}"));
+    let resp = client.get(url).send().map_err(|e| fail(e.to_string()))?;
+    if !resp.status().is_success() {
+        return Err(fail(format!("HTTP {}", resp.status())));
+    }
+    let mut bytes = Vec::new();
+    resp.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes).map_err(|e| fail(e.to_string()))?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(fail(format!("larger than {MAX_MANIFEST_BYTES} bytes; not a manifest")));
+    }
+    Ok(bytes)
+}
+
+/// Stored manifests, newest version first per channel.
+pub fn stored(home: &Home) -> Result<Vec<(PathBuf, Manifest)>> {
+    let dir = home.manifests();
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "toml")
+            && let Ok(m) = Manifest::load(&p)
+        {
+            out.push((p, m));
+        }
+    }
+    out.sort_by(|a, b| (&a.1.channel, std::cmp::Reverse(a.1.version)).cmp(&(&b.1.channel, std::cmp::Reverse(b.1.version))));
+    Ok(out)
+}

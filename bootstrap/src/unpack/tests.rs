@@ -1,0 +1,245 @@
+use super::*;
+use std::io::Write;
+
+/// An archive entry for tests, written with raw header names so that unsafe
+/// paths the `tar` crate would refuse to build can be made.
+enum E<'a> {
+    File(&'a str, &'a [u8], u32),
+    Dir(&'a str),
+    Symlink(&'a str, &'a str),
+    Hardlink(&'a str, &'a str),
+    Char(&'a str),
+}
+
+fn header(name: &str, kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    let n = name.as_bytes();
+    h.as_old_mut().name[..n.len()].copy_from_slice(n);
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_mtime(0);
+    h
+}
+
+fn tar_bytes(entries: &[E]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        match e {
+            E::File(name, data, mode) => {
+                let mut h = header(name, tar::EntryType::Regular, data.len() as u64, *mode);
+                h.set_cksum();
+                b.append(&h, *data).unwrap();
+            }
+            E::Dir(name) => {
+                let mut h = header(name, tar::EntryType::Directory, 0, 0o755);
+                h.set_cksum();
+                b.append(&h, io::empty()).unwrap();
+            }
+            E::Symlink(name, target) | E::Hardlink(name, target) => {
+                let kind = if matches!(e, E::Symlink(..)) {
+                    tar::EntryType::Symlink
+                } else {
+                    tar::EntryType::Link
+                };
+                let mut h = header(name, kind, 0, 0o777);
+                let t = target.as_bytes();
+                h.as_old_mut().linkname[..t.len()].copy_from_slice(t);
+                h.set_cksum();
+                b.append(&h, io::empty()).unwrap();
+            }
+            E::Char(name) => {
+                let mut h = header(name, tar::EntryType::Char, 0, 0o644);
+                h.set_cksum();
+                b.append(&h, io::empty()).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+fn sha(bytes: &[u8]) -> Sha256 {
+    Sha256::from_bytes(sha2::Sha256::digest(bytes).into())
+}
+
+struct Case {
+    _dir: tempfile::TempDir,
+    archive: PathBuf,
+    dest: PathBuf,
+    outside: PathBuf,
+    digest: Sha256,
+}
+
+fn case(bytes: &[u8], name: &str) -> Case {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join(name);
+    fs::write(&archive, bytes).unwrap();
+    // dest is nested so that `..` from it lands in a directory we can inspect.
+    let outside = dir.path().join("outside");
+    let dest = outside.join("dest");
+    fs::create_dir_all(&dest).unwrap();
+    Case {
+        digest: sha(bytes),
+        _dir: dir,
+        archive,
+        dest,
+        outside,
+    }
+}
+
+fn run(c: &Case, kind: Unpack, bin: &str) -> Result<Vec<FileEntry>, UnpackError> {
+    unpack(&c.archive, kind, c.digest, bin, &c.dest, Limits::for_size(1 << 20))
+}
+
+fn zst(b: &[u8]) -> Vec<u8> {
+    zstd::encode_all(b, 3).unwrap()
+}
+
+/// Nothing but `dest` exists next to the destination.
+fn assert_nothing_outside(c: &Case) {
+    let names: Vec<_> = fs::read_dir(&c.outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec!["dest".to_string()], "something was written outside dest");
+}
+
+#[test]
+fn tar_zst_happy_path_keeps_exec_drops_setuid() {
+    let t = tar_bytes(&[
+        E::Dir("bin/"),
+        E::File("bin/tool", b"#!/bin/sh\necho hi\n", 0o4755),
+        E::File("README", b"hello", 0o644),
+        E::Symlink("bin/alias", "tool"),
+        E::Hardlink("bin/tool2", "bin/tool"),
+    ]);
+    let c = case(&zst(&t), "a.tar.zst");
+    let files = run(&c, Unpack::TarZst, "bin/tool").unwrap();
+    let mode = fs::metadata(c.dest.join("bin/tool")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o7777, 0o755, "exec kept, setuid dropped");
+    assert_eq!(fs::read_link(c.dest.join("bin/alias")).unwrap(), Path::new("tool"));
+    assert_eq!(fs::read(c.dest.join("bin/tool2")).unwrap(), b"#!/bin/sh\necho hi\n");
+    let paths: Vec<_> = files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["README", "bin/tool", "bin/tool2"]);
+    assert_eq!(files[0].sha256, sha(b"hello"));
+}
+
+#[test]
+fn tar_gz_and_file_and_zip() {
+    let t = tar_bytes(&[E::File("k3s", b"binary", 0o755)]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&t).unwrap();
+    let c = case(&gz.finish().unwrap(), "a.tar.gz");
+    run(&c, Unpack::TarGz, "k3s").unwrap();
+
+    let c = case(b"\x7fELF...", "kubectl");
+    run(&c, Unpack::File, "kubectl").unwrap();
+    let mode = fs::metadata(c.dest.join("kubectl")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o755);
+
+    let mut z = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
+    z.start_file("bin/qemu", opts).unwrap();
+    z.write_all(b"qemu").unwrap();
+    let c = case(&z.finish().unwrap().into_inner(), "a.zip");
+    run(&c, Unpack::Zip, "bin/qemu").unwrap();
+    assert_eq!(fs::read(c.dest.join("bin/qemu")).unwrap(), b"qemu");
+}
+
+#[test]
+fn parent_dir_refused() {
+    let c = case(&zst(&tar_bytes(&[E::File("../x", b"evil", 0o644)])), "a.tar.zst");
+    let e = run(&c, Unpack::TarZst, "x").unwrap_err();
+    assert!(matches!(e, UnpackError::Unsafe { ref reason, .. } if reason.contains("..")), "{e}");
+    assert_nothing_outside(&c);
+}
+
+#[test]
+fn absolute_path_refused() {
+    let c = case(&zst(&tar_bytes(&[E::File("/tmp/kubestrap-abs-test", b"evil", 0o644)])), "a.tar.zst");
+    let e = run(&c, Unpack::TarZst, "x").unwrap_err();
+    assert!(matches!(e, UnpackError::Unsafe { ref reason, .. } if reason.contains("absolute")), "{e}");
+    assert!(!Path::new("/tmp/kubestrap-abs-test").exists());
+}
+
+#[test]
+fn escaping_symlink_then_write_through_refused() {
+    let c = case(
+        &zst(&tar_bytes(&[E::Symlink("link", ".."), E::File("link/x", b"evil", 0o644)])),
+        "a.tar.zst",
+    );
+    let e = run(&c, Unpack::TarZst, "x").unwrap_err();
+    assert!(matches!(e, UnpackError::Unsafe { ref reason, .. } if reason.contains("outside")), "{e}");
+    assert_nothing_outside(&c);
+
+    // An inside-pointing symlink is fine, but writing through it is not.
+    let c = case(
+        &zst(&tar_bytes(&[E::Dir("d/"), E::Symlink("link", "d"), E::File("link/x", b"evil", 0o644)])),
+        "a.tar.zst",
+    );
+    let e = run(&c, Unpack::TarZst, "x").unwrap_err();
+    assert!(matches!(e, UnpackError::Unsafe { ref reason, .. } if reason.contains("through a symlink")), "{e}");
+
+    // `..` after a name could climb out through a symlinked directory.
+    let c = case(
+        &zst(&tar_bytes(&[E::Symlink("self", "."), E::Symlink("up", "self/../x")])),
+        "a.tar.zst",
+    );
+    let e = run(&c, Unpack::TarZst, "x").unwrap_err();
+    assert!(matches!(e, UnpackError::Unsafe { ref reason, .. } if reason.contains("after a name")), "{e}");
+
+    let c = case(&zst(&tar_bytes(&[E::Symlink("abs", "/etc/passwd")])), "a.tar.zst");
+    assert!(run(&c, Unpack::TarZst, "x").is_err());
+}
+
+#[test]
+fn escaping_hardlink_refused() {
+    let c = case(&zst(&tar_bytes(&[E::Hardlink("h", "../../etc/passwd")])), "a.tar.zst");
+    let e = run(&c, Unpack::TarZst, "x").unwrap_err();
+    assert!(matches!(e, UnpackError::Unsafe { .. }), "{e}");
+    assert_nothing_outside(&c);
+    let c = case(&zst(&tar_bytes(&[E::Hardlink("h", "/etc/passwd")])), "a.tar.zst");
+    assert!(matches!(run(&c, Unpack::TarZst, "x").unwrap_err(), UnpackError::Unsafe { .. }));
+    assert!(!c.dest.join("h").exists());
+}
+
+#[test]
+fn device_node_refused() {
+    let c = case(&zst(&tar_bytes(&[E::Char("dev/null")])), "a.tar.zst");
+    let e = run(&c, Unpack::TarZst, "x").unwrap_err();
+    assert!(matches!(e, UnpackError::Unsafe { ref reason, .. } if reason.contains("device")), "{e}");
+}
+
+#[test]
+fn decompression_bomb_refused() {
+    // 1 GiB of zeros in one entry, a few hundred KiB compressed.
+    let mut enc = zstd::Encoder::new(Vec::new(), 1).unwrap();
+    {
+        let mut b = tar::Builder::new(&mut enc);
+        let mut h = header("zeros", tar::EntryType::Regular, 1 << 30, 0o644);
+        h.set_cksum();
+        b.append(&h, io::repeat(0).take(1 << 30)).unwrap();
+        b.finish().unwrap();
+    }
+    let bytes = enc.finish().unwrap();
+    assert!(bytes.len() < 4 << 20);
+    let c = case(&bytes, "bomb.tar.zst");
+    let limits = Limits::for_size(bytes.len() as u64);
+    let e = unpack(&c.archive, Unpack::TarZst, c.digest, "zeros", &c.dest, limits).unwrap_err();
+    assert!(matches!(e, UnpackError::TooLarge { limit, .. } if limit == 256 << 20), "{e}");
+}
+
+#[test]
+fn hash_mismatch_detected() {
+    let c = case(&zst(&tar_bytes(&[E::File("k3s", b"binary", 0o755)])), "a.tar.zst");
+    let e = unpack(&c.archive, Unpack::TarZst, sha(b"other"), "k3s", &c.dest, Limits::for_size(1 << 20))
+        .unwrap_err();
+    assert!(matches!(e, UnpackError::HashMismatch { .. }), "{e}");
+}
+
+#[test]
+fn missing_bin_refused() {
+    let c = case(&zst(&tar_bytes(&[E::File("other", b"binary", 0o755)])), "a.tar.zst");
+    let e = run(&c, Unpack::TarZst, "k3s").unwrap_err();
+    assert!(matches!(e, UnpackError::MissingBin { .. }), "{e}");
+}

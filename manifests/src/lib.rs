@@ -1,0 +1,586 @@
+//! kubestrap manifest, schema 1: what a cluster release is made of.
+//!
+//! A manifest pins every artifact by URL list, sha256 and exact size, and says
+//! how localkube runs. Parsing checks every value as it is read, so an error
+//! names the file, line:column, the field and what was expected.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+mod template;
+mod types;
+
+pub use template::{NAMES as TEMPLATE_NAMES, Template, Vars};
+pub use types::{ARCHES, Driver, OSES, PkiFile, Sha256, Size, StopSignal, Target, Unpack};
+
+/// The only schema this code reads.
+pub const SCHEMA: u32 = 1;
+
+/// A parsed, validated manifest.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", try_from = "RawManifest")]
+pub struct Manifest {
+    pub schema: u32,
+    pub channel: String,
+    pub version: u64,
+    pub kubernetes: semver::Version,
+    #[serde(with = "time::serde::rfc3339")]
+    pub published: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires: OffsetDateTime,
+    pub requires_bootstrap: semver::VersionReq,
+    pub component: Components,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawManifest {
+    schema: u32,
+    channel: String,
+    version: u64,
+    kubernetes: semver::Version,
+    #[serde(with = "time::serde::rfc3339")]
+    published: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    expires: OffsetDateTime,
+    requires_bootstrap: semver::VersionReq,
+    component: Components,
+}
+
+impl TryFrom<RawManifest> for Manifest {
+    type Error = String;
+    fn try_from(r: RawManifest) -> Result<Self, String> {
+        if r.schema != SCHEMA {
+            return Err(format!(
+                "schema: expected {SCHEMA}, got {}; this kubestrap reads schema {SCHEMA} only (run `kubestrap self-update` for newer schemas)",
+                r.schema
+            ));
+        }
+        if r.channel.is_empty()
+            || !r
+                .channel
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(format!(
+                "channel: expected a name of letters, digits, '-', '_' or '.', got {:?}",
+                r.channel
+            ));
+        }
+        if r.version == 0 {
+            return Err("version: expected an integer greater than 0".into());
+        }
+        if r.expires <= r.published {
+            return Err(format!(
+                "expires: expected a time after published ({}), got {}",
+                rfc3339(r.published),
+                rfc3339(r.expires)
+            ));
+        }
+        Ok(Manifest {
+            schema: r.schema,
+            channel: r.channel,
+            version: r.version,
+            kubernetes: r.kubernetes,
+            published: r.published,
+            expires: r.expires,
+            requires_bootstrap: r.requires_bootstrap,
+            component: r.component,
+        })
+    }
+}
+
+/// The components a release is made of. Unknown component names are errors.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Components {
+    pub kubectl: Component,
+    pub localkube: Localkube,
+    pub hypervisor: Option<Component>,
+    pub base_image: Option<Component>,
+}
+
+/// One component: a version and an artifact per target.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", try_from = "RawComponent")]
+pub struct Component {
+    pub version: String,
+    /// Drivers that need this component; absent means every driver.
+    pub drivers: Option<Vec<Driver>>,
+    pub target: BTreeMap<Target, Artifact>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawComponent {
+    version: String,
+    drivers: Option<Vec<Driver>>,
+    target: BTreeMap<Target, Artifact>,
+}
+
+impl TryFrom<RawComponent> for Component {
+    type Error = String;
+    fn try_from(r: RawComponent) -> Result<Self, String> {
+        check_component(&r.version, &r.drivers, &r.target)?;
+        Ok(Component {
+            version: r.version,
+            drivers: r.drivers,
+            target: r.target,
+        })
+    }
+}
+
+fn check_component(
+    version: &str,
+    drivers: &Option<Vec<Driver>>,
+    target: &BTreeMap<Target, Artifact>,
+) -> Result<(), String> {
+    if version.is_empty() {
+        return Err("version: expected a non-empty version string".into());
+    }
+    if drivers.as_ref().is_some_and(|d| d.is_empty()) {
+        return Err("drivers: expected at least one of native|docker|qemu, or no `drivers` key for all".into());
+    }
+    if target.is_empty() {
+        return Err("target: expected at least one [component.NAME.target.<os>-<arch>] table".into());
+    }
+    Ok(())
+}
+
+/// localkube: a component plus how to run it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", try_from = "RawLocalkube")]
+pub struct Localkube {
+    pub version: String,
+    pub drivers: Option<Vec<Driver>>,
+    pub target: BTreeMap<Target, Artifact>,
+    pub run: Run,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawLocalkube {
+    version: String,
+    drivers: Option<Vec<Driver>>,
+    target: BTreeMap<Target, Artifact>,
+    run: Run,
+}
+
+impl TryFrom<RawLocalkube> for Localkube {
+    type Error = String;
+    fn try_from(r: RawLocalkube) -> Result<Self, String> {
+        check_component(&r.version, &r.drivers, &r.target)?;
+        Ok(Localkube {
+            version: r.version,
+            drivers: r.drivers,
+            target: r.target,
+            run: r.run,
+        })
+    }
+}
+
+impl Localkube {
+    /// This component seen as a plain component (for fetching and caching).
+    pub fn as_component(&self) -> Component {
+        Component {
+            version: self.version.clone(),
+            drivers: self.drivers.clone(),
+            target: self.target.clone(),
+        }
+    }
+}
+
+/// One downloadable artifact.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", try_from = "RawArtifact")]
+pub struct Artifact {
+    /// Tried in order.
+    pub urls: Vec<String>,
+    pub sha256: Sha256,
+    pub size: Size,
+    pub unpack: Unpack,
+    /// The executable inside the unpacked tree (for `file`, the name it is saved as).
+    pub bin: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawArtifact {
+    urls: Vec<String>,
+    sha256: Sha256,
+    size: Size,
+    unpack: Unpack,
+    bin: String,
+}
+
+impl TryFrom<RawArtifact> for Artifact {
+    type Error = String;
+    fn try_from(r: RawArtifact) -> Result<Self, String> {
+        if r.urls.is_empty() {
+            return Err("urls: expected at least one URL".into());
+        }
+        for url in &r.urls {
+            check_url(url)?;
+        }
+        check_rel_path("bin", &r.bin)?;
+        if r.unpack == Unpack::File && r.bin.contains('/') {
+            return Err(format!(
+                "bin: expected a plain file name for unpack = \"file\", got {:?}",
+                r.bin
+            ));
+        }
+        Ok(Artifact {
+            urls: r.urls,
+            sha256: r.sha256,
+            size: r.size,
+            unpack: r.unpack,
+            bin: r.bin,
+        })
+    }
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    let ok = ["https://", "http://", "file://"]
+        .iter()
+        .any(|p| url.starts_with(p) && url.len() > p.len())
+        || url.starts_with('/');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "urls: expected https://, http://, file:// URLs or absolute paths, got {url:?}"
+        ))
+    }
+}
+
+fn check_rel_path(field: &str, p: &str) -> Result<(), String> {
+    let bad = p.is_empty()
+        || p.starts_with('/')
+        || p.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+    if bad {
+        Err(format!(
+            "{field}: expected a relative path without '.', '..' or empty parts, got {p:?}"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// How localkube runs.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", try_from = "RawRun")]
+pub struct Run {
+    /// The executable, relative to the unpacked component tree.
+    pub program: String,
+    pub args: Vec<Template>,
+    /// Path polled over TLS with the admin client certificate until it answers 200.
+    pub ready: String,
+    pub stop_signal: StopSignal,
+    pub stop_timeout_s: u64,
+    /// Where localkube expects the PKI files kubestrap made: path template → file.
+    #[serde(default)]
+    pub pki_files: BTreeMap<Template, PkiFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRun {
+    program: String,
+    args: Vec<Template>,
+    ready: String,
+    stop_signal: StopSignal,
+    stop_timeout_s: u64,
+    #[serde(default)]
+    pki_files: BTreeMap<Template, PkiFile>,
+}
+
+impl TryFrom<RawRun> for Run {
+    type Error = String;
+    fn try_from(r: RawRun) -> Result<Self, String> {
+        check_rel_path("program", &r.program)?;
+        if !r.ready.starts_with('/') {
+            return Err(format!(
+                "ready: expected an absolute URL path such as \"/readyz\", got {:?}",
+                r.ready
+            ));
+        }
+        if !(1..=600).contains(&r.stop_timeout_s) {
+            return Err(format!(
+                "stop-timeout-s: expected 1 to 600 seconds, got {}",
+                r.stop_timeout_s
+            ));
+        }
+        if !r.args.iter().any(|a| a.uses("port")) {
+            return Err("args: expected an argument that uses {port}, so kubestrap can choose the apiserver port".into());
+        }
+        for path in r.pki_files.keys() {
+            if !(path.as_str().starts_with("{data}/") || path.as_str().starts_with("{pki}/")) {
+                return Err(format!(
+                    "pki-files: expected a path under {{data}}/ or {{pki}}/, got {:?}",
+                    path.as_str()
+                ));
+            }
+            check_rel_path("pki-files", path.as_str().split_once('/').map_or("", |x| x.1))?;
+        }
+        Ok(Run {
+            program: r.program,
+            args: r.args,
+            ready: r.ready,
+            stop_signal: r.stop_signal,
+            stop_timeout_s: r.stop_timeout_s,
+            pki_files: r.pki_files,
+        })
+    }
+}
+
+/// One artifact a machine needs, with the component it belongs to.
+#[derive(Clone, Debug)]
+pub struct Need {
+    pub component: &'static str,
+    pub version: String,
+    pub target: Target,
+    pub artifact: Artifact,
+}
+
+impl Manifest {
+    /// Parses and validates manifest bytes; `file` names them in errors.
+    pub fn parse(bytes: &[u8], file: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| ManifestError {
+            file: file.to_path_buf(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message: format!("expected UTF-8 text: {e}"),
+            snippet: String::new(),
+        })?;
+        toml::from_str::<Manifest>(text).map_err(|e| ManifestError::from_toml(file, text, &e))
+    }
+
+    /// Reads and parses a manifest file.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let bytes = std::fs::read(path).map_err(|e| ManifestError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message: format!("cannot read: {e}"),
+            snippet: String::new(),
+        })?;
+        Manifest::parse(&bytes, path)
+    }
+
+    /// Every component with its name, localkube included.
+    pub fn components(&self) -> Vec<(&'static str, Component)> {
+        let c = &self.component;
+        let mut out = vec![
+            ("kubectl", c.kubectl.clone()),
+            ("localkube", c.localkube.as_component()),
+        ];
+        if let Some(h) = &c.hypervisor {
+            out.push(("hypervisor", h.clone()));
+        }
+        if let Some(b) = &c.base_image {
+            out.push(("base-image", b.clone()));
+        }
+        out
+    }
+
+    /// The artifacts a machine of `host` needs to run `driver`. localkube runs
+    /// on the host for native, and in a `linux-<arch>` guest otherwise.
+    pub fn needs(&self, host: &Target, driver: Driver) -> Result<Vec<Need>, String> {
+        let mut out = Vec::new();
+        for (name, comp) in self.components() {
+            if comp.drivers.as_ref().is_some_and(|d| !d.contains(&driver)) {
+                continue;
+            }
+            let want = if name == "localkube" && driver != Driver::Native {
+                Target {
+                    os: "linux".into(),
+                    arch: host.arch.clone(),
+                }
+            } else {
+                host.clone()
+            };
+            let artifact = comp.target.get(&want).cloned().ok_or_else(|| {
+                format!(
+                    "component {name} has no artifact for target {want} (it has: {})",
+                    comp.target.keys().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+                )
+            })?;
+            out.push(Need {
+                component: name,
+                version: comp.version,
+                target: want,
+                artifact,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every artifact of every component and target.
+    pub fn all_artifacts(&self) -> Vec<(String, Target, Artifact)> {
+        let mut out = Vec::new();
+        for (name, comp) in self.components() {
+            for (t, a) in comp.target {
+                out.push((format!("{name} {}", comp.version), t, a));
+            }
+        }
+        out
+    }
+
+    /// A short name for the manifest: `<channel>-<version>`.
+    pub fn id(&self) -> String {
+        format!("{}-{}", self.channel, self.version)
+    }
+}
+
+/// Formats a time as RFC 3339.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+/// A manifest that does not parse or validate.
+#[derive(Debug, thiserror::Error)]
+pub struct ManifestError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the error has no position.
+    pub line: usize,
+    pub column: usize,
+    /// The dotted key path of the offending field, when known.
+    pub field: String,
+    pub message: String,
+    /// The offending line, for humans.
+    pub snippet: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        write!(f, ": ")?;
+        if !self.field.is_empty() {
+            write!(f, "field `{}`: ", self.field)?;
+        }
+        write!(f, "{}", self.message)?;
+        if !self.snippet.is_empty() {
+            write!(f, "\n    {} | {}", self.line, self.snippet)?;
+        }
+        Ok(())
+    }
+}
+
+impl ManifestError {
+    fn from_toml(file: &Path, text: &str, e: &toml::de::Error) -> ManifestError {
+        let message = e.message().trim().to_string();
+        let Some(span) = e.span() else {
+            return ManifestError {
+                file: file.to_path_buf(),
+                line: 0,
+                column: 0,
+                field: String::new(),
+                message,
+                snippet: String::new(),
+            };
+        };
+        let start = span.start.min(text.len());
+        let before = &text[..start];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = text[line_start..start].chars().count() + 1;
+        let line_text = text[line_start..].lines().next().unwrap_or("").to_string();
+        ManifestError {
+            file: file.to_path_buf(),
+            line,
+            column,
+            field: field_path(text, line_start),
+            message,
+            snippet: line_text,
+        }
+    }
+}
+
+/// The dotted key path at the line starting at `line_start`: the nearest
+/// `[table]` header above it, plus the line's own key if it has one.
+fn field_path(text: &str, line_start: usize) -> String {
+    let this_line = text[line_start..].lines().next().unwrap_or("").trim();
+    let header = |l: &str| -> Option<String> {
+        let l = l.trim();
+        let inner = l.strip_prefix('[')?.split(']').next()?;
+        Some(inner.trim_start_matches('[').trim().replace('"', ""))
+    };
+    if let Some(h) = header(this_line) {
+        return h;
+    }
+    let table = text[..line_start].lines().rev().find_map(header);
+    let key = this_line
+        .split_once('=')
+        .map(|(k, _)| k.trim().replace('"', ""))
+        .filter(|k| !k.is_empty() && !k.starts_with('#'));
+    match (table, key) {
+        (Some(t), Some(k)) => format!("{t}.{k}"),
+        (None, Some(k)) => k,
+        (Some(t), None) => t,
+        (None, None) => String::new(),
+    }
+}
+
+/// Human summary for `kubestrap manifest check`.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub channel: String,
+    pub version: u64,
+    pub kubernetes: String,
+    pub published: String,
+    pub expires: String,
+    pub requires_bootstrap: String,
+    pub components: Vec<ComponentSummary>,
+    pub total_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ComponentSummary {
+    pub name: String,
+    pub version: String,
+    pub drivers: Vec<String>,
+    pub targets: Vec<String>,
+    pub bytes: u64,
+}
+
+impl Manifest {
+    pub fn summary(&self) -> Summary {
+        let components: Vec<ComponentSummary> = self
+            .components()
+            .into_iter()
+            .map(|(name, c)| ComponentSummary {
+                name: name.to_string(),
+                version: c.version.clone(),
+                drivers: match &c.drivers {
+                    Some(d) => d.iter().map(|d| d.to_string()).collect(),
+                    None => vec!["all".into()],
+                },
+                targets: c.target.keys().map(|t| t.to_string()).collect(),
+                bytes: c.target.values().map(|a| a.size.get()).sum(),
+            })
+            .collect();
+        Summary {
+            channel: self.channel.clone(),
+            version: self.version,
+            kubernetes: self.kubernetes.to_string(),
+            published: rfc3339(self.published),
+            expires: rfc3339(self.expires),
+            requires_bootstrap: self.requires_bootstrap.to_string(),
+            total_bytes: components.iter().map(|c| c.bytes).sum(),
+            components,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

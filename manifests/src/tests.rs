@@ -1,0 +1,200 @@
+use super::*;
+
+const GOOD: &str = r#"schema = 1
+channel = "stable"
+version = 12
+kubernetes = "1.33.1"
+published = "2026-11-20T00:00:00Z"
+expires = "2027-05-20T00:00:00Z"
+requires-bootstrap = ">=0.1.0"
+
+[component.kubectl]
+version = "1.33.1"
+[component.kubectl.target.linux-x86_64]
+urls = ["https://dl.example/kubectl", "file:///mirror/kubectl"]
+sha256 = "2ffd023712bbc1a9390dbd8c0c15201c165a69d394787ef03eda3eccb4b9ac06"
+size = 57000000
+unpack = "file"
+bin = "kubectl"
+
+[component.localkube]
+version = "1.33.1+k3s1"
+drivers = ["native", "qemu"]
+[component.localkube.target.linux-x86_64]
+urls = ["https://dl.example/k3s.tar.zst"]
+sha256 = "89eb5f3d12524d0a9d5b56ba3e2707b106e1731dd0e6d2e7b898ac585f4959df"
+size = 60000000
+unpack = "tar.zst"
+bin = "bin/k3s"
+[component.localkube.run]
+program = "bin/k3s"
+args = ["server", "--data-dir={data}", "--https-listen-port={port}"]
+ready = "/readyz"
+stop-signal = "TERM"
+stop-timeout-s = 30
+[component.localkube.run.pki-files]
+"{data}/server/tls/server-ca.crt" = "ca.crt"
+"#;
+
+fn parse(s: &str) -> Result<Manifest, ManifestError> {
+    Manifest::parse(s.as_bytes(), Path::new("m.toml"))
+}
+
+fn err(s: &str) -> ManifestError {
+    parse(s).expect_err("manifest should be refused")
+}
+
+#[test]
+fn good_manifest_parses() {
+    let m = parse(GOOD).unwrap();
+    assert_eq!(m.version, 12);
+    assert_eq!(m.kubernetes, semver::Version::new(1, 33, 1));
+    assert_eq!(m.component.localkube.run.stop_signal, StopSignal::Term);
+    let needs = m.needs(&"linux-x86_64".parse().unwrap(), Driver::Native).unwrap();
+    assert_eq!(needs.len(), 2);
+    assert_eq!(m.summary().total_bytes, 117_000_000);
+    // docker is not among localkube's drivers: only kubectl is needed.
+    let needs = m.needs(&"linux-x86_64".parse().unwrap(), Driver::Docker).unwrap();
+    assert_eq!(needs.len(), 1);
+    let e = m.needs(&"darwin-aarch64".parse().unwrap(), Driver::Native).unwrap_err();
+    assert!(e.contains("no artifact for target darwin-aarch64"), "{e}");
+}
+
+#[test]
+fn sha256_wrong_length_names_line_column_and_field() {
+    let e = err(&GOOD.replace("2ffd0237", "2ffd023"));
+    assert_eq!(e.line, 13);
+    assert_eq!(e.column, 10);
+    assert_eq!(e.field, "component.kubectl.target.linux-x86_64.sha256");
+    assert!(e.message.contains("expected 64 lowercase hex characters"), "{e}");
+    let shown = e.to_string();
+    assert!(shown.starts_with("m.toml:13:10: field `component.kubectl.target.linux-x86_64.sha256`"), "{shown}");
+}
+
+#[test]
+fn sha256_uppercase_refused() {
+    let e = err(&GOOD.replace("2ffd0237", "2FFD0237"));
+    assert!(e.message.contains("lowercase hex"), "{e}");
+}
+
+#[test]
+fn size_must_be_positive() {
+    let e = err(&GOOD.replace("size = 57000000", "size = 0"));
+    assert!(e.message.contains("greater than 0"), "{e}");
+    assert_eq!(e.field, "component.kubectl.target.linux-x86_64.size");
+}
+
+#[test]
+fn unknown_unpack_kind() {
+    let e = err(&GOOD.replace("unpack = \"tar.zst\"", "unpack = \"rar\""));
+    assert!(e.message.contains("rar"), "{e}");
+    assert!(e.message.contains("tar.zst"), "{e}");
+}
+
+#[test]
+fn unknown_fields_refused() {
+    let e = err(&GOOD.replace("bin = \"kubectl\"", "bin = \"kubectl\"\nmode = 7"));
+    assert!(e.message.contains("unknown field `mode`"), "{e}");
+    let e = err(&format!("{GOOD}\n[component.dashboard]\nversion = \"1\"\n"));
+    assert!(e.message.contains("unknown field `dashboard`"), "{e}");
+}
+
+#[test]
+fn missing_field_named() {
+    let e = err(&GOOD.replace("size = 57000000\n", ""));
+    assert!(e.message.contains("missing field `size`"), "{e}");
+}
+
+#[test]
+fn bad_kubernetes_semver() {
+    let e = err(&GOOD.replace("kubernetes = \"1.33.1\"", "kubernetes = \"1.33\""));
+    assert_eq!(e.field, "kubernetes");
+    assert_eq!(e.line, 4);
+}
+
+#[test]
+fn bad_requires_bootstrap() {
+    let e = err(&GOOD.replace(">=0.1.0", "at least 0.1"));
+    assert_eq!(e.field, "requires-bootstrap");
+}
+
+#[test]
+fn bad_timestamps() {
+    let e = err(&GOOD.replace("2027-05-20T00:00:00Z", "next year"));
+    assert_eq!(e.field, "expires");
+    let e = err(&GOOD.replace("2027-05-20T00:00:00Z", "2026-01-01T00:00:00Z"));
+    assert!(e.message.contains("expected a time after published"), "{e}");
+}
+
+#[test]
+fn version_is_an_integer() {
+    let e = err(&GOOD.replace("version = 12", "version = \"12\""));
+    assert_eq!(e.field, "version");
+    let e = err(&GOOD.replace("version = 12", "version = 0"));
+    assert!(e.message.contains("greater than 0"), "{e}");
+}
+
+#[test]
+fn wrong_schema_refused() {
+    let e = err(&GOOD.replace("schema = 1", "schema = 2"));
+    assert!(e.message.contains("schema: expected 1, got 2"), "{e}");
+}
+
+#[test]
+fn unknown_template_refused() {
+    let e = err(&GOOD.replace("--data-dir={data}", "--data-dir={home}"));
+    assert!(e.message.contains("unknown template {home}"), "{e}");
+    assert_eq!(e.field, "component.localkube.run.args");
+}
+
+#[test]
+fn run_needs_port_template() {
+    let e = err(&GOOD.replace("\"--https-listen-port={port}\"", "\"--https-listen-port=6443\""));
+    assert!(e.message.contains("{port}"), "{e}");
+}
+
+#[test]
+fn unknown_pki_file_and_path() {
+    let e = err(&GOOD.replace("= \"ca.crt\"", "= \"root.crt\""));
+    assert!(e.message.contains("root.crt"), "{e}");
+    let e = err(&GOOD.replace("\"{data}/server/tls/server-ca.crt\"", "\"/etc/ca.crt\""));
+    assert!(e.message.contains("under {data}/"), "{e}");
+    let e = err(&GOOD.replace("\"{data}/server/tls/server-ca.crt\"", "\"{data}/../ca.crt\""));
+    assert!(e.message.contains("'..'"), "{e}");
+}
+
+#[test]
+fn bad_target_and_driver() {
+    let e = err(&GOOD.replace("target.linux-x86_64]\nurls = [\"https://dl.example/kubectl\"", "target.plan9-mips]\nurls = [\"https://dl.example/kubectl\""));
+    assert!(e.message.contains("plan9-mips"), "{e}");
+    let e = err(&GOOD.replace("[\"native\", \"qemu\"]", "[\"vbox\"]"));
+    assert!(e.message.contains("vbox"), "{e}");
+}
+
+#[test]
+fn bad_urls_and_bin() {
+    let e = err(&GOOD.replace("urls = [\"https://dl.example/k3s.tar.zst\"]", "urls = []"));
+    assert!(e.message.contains("at least one URL"), "{e}");
+    let e = err(&GOOD.replace("\"https://dl.example/kubectl\"", "\"ftp://x/kubectl\""));
+    assert!(e.message.contains("ftp://x/kubectl"), "{e}");
+    let e = err(&GOOD.replace("bin = \"bin/k3s\"", "bin = \"../k3s\""));
+    assert!(e.message.contains("bin: expected a relative path"), "{e}");
+    let e = err(&GOOD.replace("bin = \"kubectl\"", "bin = \"x/kubectl\""));
+    assert!(e.message.contains("plain file name"), "{e}");
+}
+
+#[test]
+fn bad_stop_signal_and_timeout() {
+    let e = err(&GOOD.replace("stop-signal = \"TERM\"", "stop-signal = \"KILL9\""));
+    assert!(e.message.contains("KILL9"), "{e}");
+    let e = err(&GOOD.replace("stop-timeout-s = 30", "stop-timeout-s = 0"));
+    assert!(e.message.contains("1 to 600"), "{e}");
+}
+
+#[test]
+fn not_toml_at_all() {
+    let e = err("schema = = 1");
+    assert_eq!(e.line, 1);
+    let e = Manifest::parse(&[0xff, 0xfe], Path::new("m.toml")).unwrap_err();
+    assert!(e.message.contains("UTF-8"), "{e}");
+}

@@ -1,0 +1,329 @@
+//! Validated value types. Each one checks itself while it is deserialized, so
+//! a bad value is reported by the TOML parser with its line and column.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+
+/// A SHA-256 digest written as 64 lowercase hex characters.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sha256([u8; 32]);
+
+impl Sha256 {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Sha256(bytes)
+    }
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+    /// The lowercase hex form, as used in file names and manifests.
+    pub fn hex(&self) -> String {
+        self.to_string()
+    }
+    /// The first 12 hex characters, for humans.
+    pub fn short(&self) -> String {
+        self.hex()[..12].to_string()
+    }
+}
+
+impl FromStr for Sha256 {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.len() != 64 {
+            return Err(format!(
+                "expected 64 lowercase hex characters, got {} characters",
+                s.len()
+            ));
+        }
+        let mut out = [0u8; 32];
+        for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+            let hi = hex_val(chunk[0]);
+            let lo = hex_val(chunk[1]);
+            match (hi, lo) {
+                (Some(h), Some(l)) => out[i] = (h << 4) | l,
+                _ => {
+                    return Err(format!(
+                        "expected 64 lowercase hex characters, found {:?} at position {}",
+                        String::from_utf8_lossy(chunk),
+                        i * 2
+                    ));
+                }
+            }
+        }
+        Ok(Sha256(out))
+    }
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+impl fmt::Display for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sha256({self})")
+    }
+}
+
+/// Deserializes a value through `FromStr`, turning its error into a serde error
+/// (which the TOML parser decorates with the value's line and column).
+macro_rules! deserialize_from_str {
+    ($t:ty) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(de::Error::custom)
+            }
+        }
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    };
+}
+
+deserialize_from_str!(Sha256);
+
+/// An exact artifact size in bytes, greater than zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Size(u64);
+
+impl Size {
+    pub fn new(n: u64) -> Option<Size> {
+        (n > 0).then_some(Size(n))
+    }
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        if n <= 0 {
+            return Err(de::Error::custom(format!(
+                "expected a size in bytes greater than 0, got {n}"
+            )));
+        }
+        Ok(Size(n as u64))
+    }
+}
+
+/// How an artifact becomes a component tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unpack {
+    /// The artifact is the binary itself, saved as `bin`.
+    File,
+    #[serde(rename = "tar.gz")]
+    TarGz,
+    #[serde(rename = "tar.zst")]
+    TarZst,
+    Zip,
+}
+
+impl fmt::Display for Unpack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Unpack::File => "file",
+            Unpack::TarGz => "tar.gz",
+            Unpack::TarZst => "tar.zst",
+            Unpack::Zip => "zip",
+        })
+    }
+}
+
+/// The machine an artifact runs on: `<os>-<arch>`, e.g. `linux-x86_64`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    pub os: String,
+    pub arch: String,
+}
+
+pub const OSES: &[&str] = &["linux", "darwin", "windows"];
+pub const ARCHES: &[&str] = &["x86_64", "aarch64", "armv7"];
+
+impl Target {
+    /// The target of the machine running this code.
+    pub fn host() -> Target {
+        let os = match std::env::consts::OS {
+            "macos" => "darwin",
+            other => other,
+        };
+        let arch = match std::env::consts::ARCH {
+            "arm" => "armv7",
+            other => other,
+        };
+        Target {
+            os: os.into(),
+            arch: arch.into(),
+        }
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let expected = || {
+            format!(
+                "expected a target \"<os>-<arch>\" with os one of {} and arch one of {}, got {s:?}",
+                OSES.join("|"),
+                ARCHES.join("|")
+            )
+        };
+        let (os, arch) = s.split_once('-').ok_or_else(expected)?;
+        if !OSES.contains(&os) || !ARCHES.contains(&arch) {
+            return Err(expected());
+        }
+        Ok(Target {
+            os: os.into(),
+            arch: arch.into(),
+        })
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.os, self.arch)
+    }
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+deserialize_from_str!(Target);
+
+/// The ways kubestrap can run a cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Driver {
+    Native,
+    Docker,
+    Qemu,
+}
+
+impl Driver {
+    pub const ALL: [Driver; 3] = [Driver::Native, Driver::Docker, Driver::Qemu];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Driver::Native => "native",
+            Driver::Docker => "docker",
+            Driver::Qemu => "qemu",
+        }
+    }
+}
+
+impl fmt::Display for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Driver {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Driver::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| format!("expected a driver (native|docker|qemu), got {s:?}"))
+    }
+}
+
+/// The signal that asks localkube to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum StopSignal {
+    Term,
+    Int,
+    Quit,
+    Hup,
+}
+
+impl StopSignal {
+    /// The POSIX signal number.
+    pub fn number(self) -> i32 {
+        match self {
+            StopSignal::Term => 15,
+            StopSignal::Int => 2,
+            StopSignal::Quit => 3,
+            StopSignal::Hup => 1,
+        }
+    }
+}
+
+/// A file of the PKI kubestrap makes for a cluster, which localkube may be
+/// told to find at a path of its own (`run.pki-files`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+pub enum PkiFile {
+    #[serde(rename = "ca.crt")]
+    CaCert,
+    #[serde(rename = "ca.key")]
+    CaKey,
+    #[serde(rename = "apiserver.crt")]
+    ApiserverCert,
+    #[serde(rename = "apiserver.key")]
+    ApiserverKey,
+    #[serde(rename = "admin.crt")]
+    AdminCert,
+    #[serde(rename = "admin.key")]
+    AdminKey,
+    #[serde(rename = "sa.key")]
+    ServiceAccountKey,
+    #[serde(rename = "sa.pub")]
+    ServiceAccountPub,
+    #[serde(rename = "token.csv")]
+    TokenCsv,
+}
+
+impl PkiFile {
+    pub const ALL: [PkiFile; 9] = [
+        PkiFile::CaCert,
+        PkiFile::CaKey,
+        PkiFile::ApiserverCert,
+        PkiFile::ApiserverKey,
+        PkiFile::AdminCert,
+        PkiFile::AdminKey,
+        PkiFile::ServiceAccountKey,
+        PkiFile::ServiceAccountPub,
+        PkiFile::TokenCsv,
+    ];
+    /// The file's name inside the profile's `pki/` directory.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            PkiFile::CaCert => "ca.crt",
+            PkiFile::CaKey => "ca.key",
+            PkiFile::ApiserverCert => "apiserver.crt",
+            PkiFile::ApiserverKey => "apiserver.key",
+            PkiFile::AdminCert => "admin.crt",
+            PkiFile::AdminKey => "admin.key",
+            PkiFile::ServiceAccountKey => "sa.key",
+            PkiFile::ServiceAccountPub => "sa.pub",
+            PkiFile::TokenCsv => "token.csv",
+        }
+    }
+    /// Whether the file holds a secret (written 0600).
+    pub fn is_secret(self) -> bool {
+        matches!(
+            self,
+            PkiFile::CaKey | PkiFile::ApiserverKey | PkiFile::AdminKey | PkiFile::ServiceAccountKey | PkiFile::TokenCsv
+        )
+    }
+}
