@@ -10,11 +10,16 @@ mod exit;
 mod fetch;
 mod fsutil;
 mod home;
+mod kubeconfig;
+mod pki;
+mod profile;
+mod source;
+mod trust;
 mod store;
 mod ui;
 mod unpack;
 
-use cli::{Cli, Cmd};
+use cli::Cli;
 use exit::Code;
 use ui::Ui;
 
@@ -66,9 +71,4 @@ fn report_error(ui: &Ui, err: &anyhow::Error, code: Code) {
         }
     }
     eprintln!("{msg}");
-}
-
-#[allow(dead_code)]
-fn _assert_cmd_used(c: Cmd) -> Cmd {
-    c
 }

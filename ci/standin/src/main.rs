@@ -1,0 +1,210 @@
+//! TEST ONLY: a stand-in localkube. A tiny HTTPS apiserver that follows the
+//! localkube contract closely enough for the real kubectl to `get ns`,
+//! `create configmap`, `get configmap` and `get sa` against it.
+
+mod api;
+mod proto;
+mod render;
+mod server;
+mod store;
+mod tls;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Parser)]
+#[command(
+    name = "localkube-standin",
+    about = "TEST ONLY: a tiny apiserver following the localkube contract"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the API over HTTPS until SIGTERM/SIGINT.
+    Server(ServerArgs),
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Where standin-state.json lives (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long)]
+    https_listen_port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_address: String,
+    #[arg(long)]
+    tls_cert_file: PathBuf,
+    #[arg(long)]
+    tls_private_key_file: PathBuf,
+    /// PEM CA that signs accepted client certificates.
+    #[arg(long)]
+    client_ca_file: PathBuf,
+    /// Kubernetes static token CSV: token,user,uid,"groups".
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
+    /// /readyz answers 500 until this long after start.
+    #[arg(long, default_value_t = 0)]
+    ready_delay_ms: u64,
+    /// /readyz always answers 500.
+    #[arg(long)]
+    never_ready: bool,
+}
+
+/// The `/version` document for a gitVersion like `v1.33.1+standin`.
+fn version_info(git_version: &str) -> Value {
+    let mut parts = git_version.trim_start_matches('v').split('.');
+    let mut num = || {
+        parts
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+    };
+    let (major, minor) = (num(), num());
+    json!({
+        "major": major,
+        "minor": minor,
+        "gitVersion": git_version,
+        "gitCommit": "0000000000000000000000000000000000000000",
+        "gitTreeState": "clean",
+        "buildDate": "2025-01-01T00:00:00Z",
+        "goVersion": "go1.24.0",
+        "compiler": "gc",
+        "platform": "linux/amd64",
+    })
+}
+
+/// `version.txt` beside the (canonicalized) executable.
+fn read_version() -> Result<String> {
+    let exe = std::env::current_exe()
+        .and_then(|p| p.canonicalize())
+        .context("locating the stand-in executable")?;
+    let path = exe.parent().unwrap_or(Path::new("/")).join("version.txt");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading the stand-in version from {} (it must exist beside the binary)",
+            path.display()
+        )
+    })?;
+    let v = text.trim().to_string();
+    anyhow::ensure!(!v.is_empty(), "{} is empty", path.display());
+    Ok(v)
+}
+
+async fn run(args: ServerArgs) -> Result<()> {
+    let started = Instant::now();
+    let git_version = read_version()?;
+    let (tls, client_certs) = tls::server_config(
+        &args.tls_cert_file,
+        &args.tls_private_key_file,
+        &args.client_ca_file,
+    )?;
+    let tokens = server::Server::load_tokens(args.token_auth_file.as_deref())?;
+    let store = store::Store::load(&args.data_dir)?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+
+    let listener =
+        tokio::net::TcpListener::bind((args.bind_address.as_str(), args.https_listen_port))
+            .await
+            .with_context(|| format!("binding {}:{}", args.bind_address, args.https_listen_port))?;
+    let addr = listener.local_addr()?;
+
+    let server = Arc::new(server::Server {
+        api: api::Api {
+            store: Mutex::new(store),
+            version: version_info(&git_version),
+            started,
+            ready_delay: Duration::from_millis(args.ready_delay_ms),
+            never_ready: args.never_ready,
+        },
+        tokens,
+        client_certs,
+    });
+    eprintln!("standin: listening on https://{addr} (version {git_version})");
+    let shutdown = async {
+        tokio::select! {
+            _ = sigterm.recv() => eprintln!("standin: SIGTERM, shutting down"),
+            _ = sigint.recv() => eprintln!("standin: SIGINT, shutting down"),
+        }
+    };
+    server
+        .clone()
+        .run(listener, tokio_rustls::TlsAcceptor::from(tls), shutdown)
+        .await;
+    let st = server.api.store.lock().unwrap_or_else(|e| e.into_inner());
+    st.save().context("saving state on shutdown")?;
+    eprintln!("standin: state saved, exiting");
+    Ok(())
+}
+
+fn main() {
+    let Cmd::Server(args) = Cli::parse().cmd;
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("standin: error: starting the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = rt.block_on(run(args));
+    // Don't wait for open connections: they are dropped with the runtime.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    if let Err(e) = result {
+        eprintln!("standin: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_document() {
+        let v = version_info("v1.33.1+standin");
+        assert_eq!(v["major"], "1");
+        assert_eq!(v["minor"], "33");
+        assert_eq!(v["gitVersion"], "v1.33.1+standin");
+        assert_eq!(v["platform"], "linux/amd64");
+    }
+
+    #[test]
+    fn cli_accepts_both_flag_forms() {
+        let cli = Cli::try_parse_from([
+            "localkube-standin",
+            "server",
+            "--data-dir=/d",
+            "--https-listen-port",
+            "6443",
+            "--tls-cert-file=c",
+            "--tls-private-key-file",
+            "k",
+            "--client-ca-file=ca",
+            "--never-ready",
+        ])
+        .unwrap();
+        let Cmd::Server(a) = cli.cmd;
+        assert_eq!(
+            (a.https_listen_port, a.bind_address.as_str(), a.never_ready),
+            (6443, "127.0.0.1", true)
+        );
+        assert_eq!(a.data_dir, PathBuf::from("/d"));
+    }
+}
