@@ -96,6 +96,9 @@ pub enum Cmd {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Internal: the parent of a running localkube (started by `start`).
+    #[command(name = "__monitor", hide = true)]
+    Monitor { run_dir: PathBuf },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -133,7 +136,8 @@ pub struct NetArgs {
 pub struct StartArgs {
     #[command(flatten)]
     pub profile: ProfileArgs,
-    #[arg(long, value_parser = parse_driver)]
+    /// Where localkube runs: native (a host process; Linux).
+    #[arg(long, value_parser = parse_start_driver)]
     pub driver: Option<Driver>,
     #[command(flatten)]
     pub source: ManifestSource,
@@ -151,6 +155,9 @@ pub struct StartArgs {
     /// Fail at once if another kubestrap command holds this profile.
     #[arg(long)]
     pub no_wait: bool,
+    /// Validity of the cluster certificates made on first start, in days.
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u16).range(1..))]
+    pub cert_days: u16,
 }
 
 #[derive(Args, Debug)]
@@ -191,6 +198,15 @@ pub enum CacheCmd {
     List,
     /// Re-hash everything in the cache; remove what is corrupt.
     Verify,
+    /// Fetch (if needed) and unpack every component a manifest needs on this machine.
+    Unpack {
+        #[command(flatten)]
+        source: ManifestSource,
+        #[arg(long, default_value = "native", value_parser = parse_driver)]
+        driver: Driver,
+        #[command(flatten)]
+        net: NetArgs,
+    },
     /// Remove what no profile or newest manifest references.
     Prune {
         /// Show what would be removed, remove nothing.
@@ -261,6 +277,14 @@ pub enum TrustCmd {
 
 fn parse_driver(s: &str) -> Result<Driver, String> {
     s.parse()
+}
+
+/// The drivers `start` can run here.
+fn parse_start_driver(s: &str) -> Result<Driver, String> {
+    match s.parse()? {
+        Driver::Native => Ok(Driver::Native),
+        other => Err(format!("the {other} driver is not part of this kubestrap; available: native")),
+    }
 }
 
 fn parse_target(s: &str) -> Result<Target, String> {

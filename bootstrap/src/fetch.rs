@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use kubestrap_manifest::{Driver, Manifest, Target};
 use kubestrap_manifest::{Artifact, Sha256};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, RANGE};
@@ -124,6 +125,21 @@ impl FetchError {
     pub fn is_integrity(&self) -> bool {
         matches!(self, FetchError::AllFailed { failures, .. } if failures.iter().any(|f| matches!(f.kind, FailureKind::HashMismatch { .. } | FailureKind::TooLarge { .. } | FailureKind::SizeMismatch { .. })))
     }
+}
+
+/// The download jobs for a manifest on a target and driver.
+pub fn jobs_for(m: &Manifest, target: &Target, driver: Driver) -> Result<Vec<Job>> {
+    let needs = m
+        .needs(target, driver)
+        .map_err(|e| crate::exit::coded(crate::exit::Code::Usage, format!("manifest {}: {e}", m.id())))
+        .context("cannot choose artifacts")?;
+    Ok(needs
+        .into_iter()
+        .map(|n| Job {
+            label: format!("{} {} ({})", n.component, n.version, n.target),
+            artifact: n.artifact,
+        })
+        .collect())
 }
 
 /// Builds the HTTP client: rustls, proxies from HTTPS_PROXY/HTTP_PROXY/NO_PROXY,

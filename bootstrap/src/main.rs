@@ -4,13 +4,16 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod apiserver;
 mod cli;
 mod commands;
+mod driver;
 mod exit;
 mod fetch;
 mod fsutil;
 mod home;
 mod kubeconfig;
+mod lifecycle;
 mod pki;
 mod profile;
 mod source;
@@ -33,7 +36,7 @@ fn main() -> ExitCode {
     };
     let result = home.and_then(|home| commands::run(cli.cmd, &home, &ui));
     match result {
-        Ok(code) => ExitCode::from(code as u8),
+        Ok(code) => ExitCode::from(code),
         Err(err) => {
             let code = exit::classify(&err);
             report_error(&ui, &err, code);

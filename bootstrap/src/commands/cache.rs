@@ -19,7 +19,22 @@ pub fn run(cmd: CacheCmd, home: &Home, ui: &Ui) -> Result<Code> {
         CacheCmd::List => list(home, ui),
         CacheCmd::Verify => verify(home, ui),
         CacheCmd::Prune { dry_run } => prune(home, ui, dry_run),
+        CacheCmd::Unpack { source, driver, net } => unpack(home, ui, source, driver, &net),
     }
+}
+
+fn unpack(home: &Home, ui: &Ui, src: crate::cli::ManifestSource, driver: kubestrap_manifest::Driver, net: &crate::cli::NetArgs) -> Result<Code> {
+    let opts = super::fetch_options(net);
+    let loaded = source::load(home, src.manifest.as_deref(), &opts, src.allow_expired, ui)?;
+    let jobs = crate::fetch::jobs_for(&loaded.manifest, &kubestrap_manifest::Target::host(), driver)?;
+    crate::fetch::fetch_all(home, &jobs, &opts, ui)?;
+    for job in &jobs {
+        let t = std::time::Instant::now();
+        let dir = store::ensure_component(home, &job.artifact)?;
+        ui.json(json!({"artifact": job.label, "dir": dir, "elapsed_ms": t.elapsed().as_millis() as u64}));
+        ui.step(&format!("unpacked {}", job.label), &dir.display().to_string(), t.elapsed());
+    }
+    Ok(Code::Ok)
 }
 
 /// For every blob hash: which manifests use it, as `component version (target) in channel-version`.

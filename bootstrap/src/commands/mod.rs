@@ -2,30 +2,43 @@
 
 use anyhow::Result;
 
-use crate::cli::{Cmd, NetArgs};
+use crate::cli::{Cmd, NetArgs, ProfileCmd};
 use crate::exit::Code;
 use crate::home::Home;
 use crate::ui::Ui;
 
 mod cache;
+mod cluster;
 mod fetch;
 mod manifest;
 mod signing;
 
-pub fn run(cmd: Cmd, home: &Home, ui: &Ui) -> Result<Code> {
-    match cmd {
-        Cmd::Fetch(args) => fetch::run(args, home, ui),
-        Cmd::Cache(c) => cache::run(c, home, ui),
-        Cmd::Manifest(c) => manifest::run(c, home, ui),
-        Cmd::Keys(c) => signing::keys(c, home, ui),
-        Cmd::Trust(c) => signing::trust_cmd(c, home, ui),
+/// Runs a command; returns the process exit code.
+pub fn run(cmd: Cmd, home: &Home, ui: &Ui) -> Result<u8> {
+    let code = match cmd {
+        Cmd::Start(a) => cluster::start(a, home, ui)?,
+        Cmd::Stop(a) => cluster::stop(a.profile, home, ui)?,
+        Cmd::Delete(a) => cluster::delete(a, home, ui)?,
+        Cmd::Status(a) => return cluster::status(a.profile, home, ui),
+        Cmd::Profile(ProfileCmd::List) => cluster::profile_list(home, ui)?,
+        Cmd::Kubectl { profile, args } => cluster::kubectl(profile, args, home)?,
+        Cmd::Logs { profile, follow, lines } => cluster::logs(profile, follow, lines, home)?,
+        Cmd::Fetch(args) => fetch::run(args, home, ui)?,
+        Cmd::Cache(c) => cache::run(c, home, ui)?,
+        Cmd::Manifest(c) => manifest::run(c, home, ui)?,
+        Cmd::Keys(c) => signing::keys(c, home, ui)?,
+        Cmd::Trust(c) => signing::trust_cmd(c, home, ui)?,
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut crate::cli::Cli::command(), "kubestrap", &mut std::io::stdout());
-            Ok(Code::Ok)
+            Code::Ok
         }
-        other => anyhow::bail!("{other:?}: in progress"),
-    }
+        Cmd::Monitor { run_dir } => {
+            crate::driver::monitor::main(&run_dir)?;
+            Code::Ok
+        }
+    };
+    Ok(code as u8)
 }
 
 /// Download options from the command line.

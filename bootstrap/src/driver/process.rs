@@ -1,0 +1,169 @@
+//! Processes identified safely: a pid plus its start time (from
+//! `/proc/<pid>/stat`), so a reused pid is never mistaken for ours and never
+//! signalled.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+
+/// A process we started: pid and kernel start time (clock ticks since boot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcId {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+/// What `/proc/<pid>/stat` says.
+struct Stat {
+    state: char,
+    start_time: u64,
+}
+
+fn stat(pid: i32) -> Option<Stat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parens: parse after the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: field 3 is state (index 0), field 22 is starttime (index 19).
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
+}
+
+impl ProcId {
+    /// Identifies a live process.
+    pub fn of(pid: i32) -> Option<ProcId> {
+        stat(pid).map(|s| ProcId { pid, start_time: s.start_time })
+    }
+
+    /// Whether this exact process is still alive (not a zombie, not a
+    /// different process that reused the pid).
+    pub fn alive(&self) -> bool {
+        stat(self.pid).is_some_and(|s| s.start_time == self.start_time && s.state != 'Z' && s.state != 'X')
+    }
+
+    /// Sends `signal` only if this exact process is alive.
+    pub fn signal(&self, signal: i32) -> bool {
+        if !self.alive() {
+            return false;
+        }
+        // SAFETY: kill(2) with a pid we just verified by start time.
+        unsafe { libc::kill(self.pid, signal) == 0 }
+    }
+
+    /// Waits until the process is gone, up to `timeout`.
+    pub fn wait_gone(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut delay = Duration::from_millis(5);
+        while self.alive() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_millis(100));
+        }
+        true
+    }
+
+    /// Asks the process to stop with `signal`; after `timeout` kills it.
+    /// Returns true if it had to be killed.
+    pub fn stop(&self, signal: i32, timeout: Duration) -> bool {
+        if !self.signal(signal) {
+            return false;
+        }
+        if self.wait_gone(timeout) {
+            return false;
+        }
+        self.signal(libc::SIGKILL);
+        self.wait_gone(Duration::from_secs(10));
+        true
+    }
+}
+
+/// The pid file of a running localkube: the process and its monitor.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PidFile {
+    pub localkube: ProcId,
+    pub monitor: ProcId,
+    pub port: u16,
+    pub started: String,
+}
+
+impl PidFile {
+    pub fn read(path: &Path) -> Result<Option<PidFile>> {
+        match fs::read_to_string(path) {
+            Ok(t) => Ok(toml::from_str(&t).ok()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+    pub fn write(&self, path: &Path) -> Result<()> {
+        fsutil::write_atomic(path, toml::to_string(self)?.as_bytes(), 0o600)
+    }
+}
+
+/// How localkube ended, recorded by its monitor.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ExitRecord {
+    pub pid: i32,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub at: String,
+}
+
+impl ExitRecord {
+    pub fn describe(&self) -> String {
+        match (self.code, self.signal) {
+            (_, Some(s)) => format!("killed by signal {s} ({})", signal_name(s)),
+            (Some(c), None) => format!("exited with code {c}"),
+            (None, None) => "exited".into(),
+        }
+    }
+}
+
+pub fn signal_name(s: i32) -> &'static str {
+    match s {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGBUS => "SIGBUS",
+        _ => "signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifies_self_and_rejects_reused_pid() {
+        let me = ProcId::of(std::process::id() as i32).unwrap();
+        assert!(me.alive());
+        let impostor = ProcId { start_time: me.start_time + 1, ..me };
+        assert!(!impostor.alive());
+        assert!(!impostor.signal(0), "a pid with another start time is never signalled");
+    }
+
+    #[test]
+    fn stops_a_child_and_sees_it_gone() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let id = ProcId::of(child.id() as i32).unwrap();
+        // Reap in the background so the zombie disappears like it would under init.
+        let waiter = std::thread::spawn(move || child.wait());
+        assert!(!id.stop(libc::SIGTERM, Duration::from_secs(5)));
+        waiter.join().unwrap().unwrap();
+        assert!(!id.alive());
+    }
+}

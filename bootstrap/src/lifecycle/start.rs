@@ -1,0 +1,258 @@
+//! `start`: idempotent; creates the profile if absent, resumes it if stopped,
+//! recovers it if localkube crashed.
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use kubestrap_manifest::{Driver as DriverKind, Manifest, Target};
+
+use super::{Steps, lock_profile, read_manifest};
+use crate::apiserver::{Probe, WaitError};
+use crate::driver::{self, HostState, Launch};
+use crate::exit::{Code, coded};
+use crate::fetch;
+use crate::home::Home;
+use crate::kubeconfig;
+use crate::pki::{self, Pki};
+use crate::profile::{self, Config, Profile};
+use crate::source::{self, Loaded};
+use crate::store;
+
+/// The port tried first.
+pub const DEFAULT_PORT: u16 = 8443;
+
+pub struct StartOptions {
+    pub profile: String,
+    pub driver: Option<DriverKind>,
+    pub manifest: Option<String>,
+    pub allow_expired: bool,
+    pub fetch: fetch::Options,
+    pub port: Option<u16>,
+    pub wait_timeout: Duration,
+    pub keep_context: bool,
+    pub no_wait: bool,
+    pub cert_validity: time::Duration,
+}
+
+#[derive(Debug)]
+pub struct Started {
+    pub profile: String,
+    pub context: String,
+    pub server: String,
+    pub kubeconfig: std::path::PathBuf,
+    pub pid: i32,
+    pub kubernetes: String,
+    pub manifest: String,
+    pub already_running: bool,
+    pub created: bool,
+}
+
+pub fn start(home: &Home, o: &StartOptions, steps: &dyn Steps) -> Result<Started> {
+    let p = Profile::new(home, &o.profile)?;
+    let _lock = lock_profile(home, &p, !o.no_wait, steps)?;
+    let existing = if p.exists() { Some(p.load()?) } else { None };
+    let driver_kind = match (&existing, o.driver) {
+        (Some(c), Some(d)) if c.driver != d => {
+            return Err(coded(Code::Usage, format!("profile {:?} uses the {} driver; delete it first to use {d}", p.name, c.driver)));
+        }
+        (Some(c), _) => c.driver,
+        (None, d) => d.unwrap_or(DriverKind::Native),
+    };
+    let drv = driver::for_kind(driver_kind)?;
+
+    // 1. The manifest: verified before anything else happens.
+    let t = Instant::now();
+    let loaded = resolve_manifest(home, o, existing.as_ref(), steps)?;
+    let m = &loaded.manifest;
+    if let Some(n) = loaded.trusted.pinned_notice() {
+        steps.warn(&n);
+    }
+    steps.step("manifest verified", &format!("{} (Kubernetes {}), {}", m.id(), m.kubernetes, loaded.trusted.path), t.elapsed());
+
+    // Already running? Then only make sure kubeconfig points at it.
+    let state = drv.state(&p)?;
+    if let (HostState::Running { pid, port }, Some(cfg)) = (&state, &existing) {
+        let pki = Pki::new(p.pki());
+        let started = finish(&p, &pki, *port, o.keep_context, steps)?;
+        return Ok(Started { pid: *pid, kubernetes: started, manifest: m.id(), already_running: true, created: false, ..result(&p, cfg, *port)? });
+    }
+    if let HostState::Crashed { how } = &state {
+        steps.warn(&format!("localkube of profile {:?} had stopped unexpectedly ({how}); starting it again", p.name));
+        drv.stop(&p, libc::SIGTERM, Duration::from_secs(1))?;
+    }
+
+    // 2. Artifacts: from the cache or downloaded, every byte verified.
+    let t = Instant::now();
+    let host = Target::host();
+    let jobs = fetch::jobs_for(m, &host, driver_kind)?;
+    fetch::fetch_all(home, &jobs, &o.fetch, steps.fetch_reporter())?;
+    let total: u64 = jobs.iter().map(|j| j.artifact.size.get()).sum();
+    steps.step("artifacts verified", &format!("{} artifact(s), {}", jobs.len(), crate::ui::human_bytes(total)), t.elapsed());
+    let t = Instant::now();
+    let lk = m.needs(&host, driver_kind).map_err(|e| coded(Code::Usage, e))?;
+    let mut component = None;
+    for need in &lk {
+        let dir = store::ensure_component(home, &need.artifact)?;
+        if need.component == "localkube" {
+            component = Some(dir);
+        }
+    }
+    let component = component.context("the manifest has no localkube for this machine")?;
+    steps.step("components unpacked", "", t.elapsed());
+
+    // 3. Profile config: port, driver, manifest pointer.
+    let port = choose_port(home, &p, o.port, existing.as_ref())?;
+    let created = existing.is_none();
+    let cfg = Config {
+        name: p.name.clone(),
+        driver: driver_kind,
+        manifest: loaded.path.clone(),
+        port,
+        port_pinned: o.port.is_some() || existing.as_ref().is_some_and(|c| c.port_pinned),
+        created: existing.as_ref().map_or_else(crate::driver::monitor::now, |c| c.created.clone()),
+    };
+    if existing.as_ref() != Some(&cfg) {
+        p.save(&cfg)?;
+    }
+
+    // 4. PKI, made once, placed where localkube expects it.
+    let t = Instant::now();
+    let pki = Pki::new(p.pki());
+    let made = pki.ensure(&pki::Options { profile: p.name.clone(), validity: o.cert_validity, extra_sans: drv.extra_sans() })?;
+    let launch = Launch { profile: p.clone(), run: m.component.localkube.run.clone(), component, port };
+    let vars = launch.vars();
+    for (dest, file) in &launch.run.pki_files {
+        pki.place(std::path::Path::new(&dest.render(&vars)), *file)?;
+    }
+    steps.step("certificates", if made { "created" } else { "reused" }, t.elapsed());
+
+    // 5. Launch and wait for ready.
+    let t = Instant::now();
+    let pid = drv.start(&launch)?;
+    steps.step("localkube started", &format!("pid {pid}, {} driver", drv.name()), t.elapsed());
+    let t = Instant::now();
+    let probe = Probe::new(&pki, port, Duration::from_secs(2))?;
+    let deadline = Instant::now() + o.wait_timeout;
+    if let Err(e) = probe.wait_ready(&m.component.localkube.run.ready, deadline, || drv.running(&p).unwrap_or(false)) {
+        let log = drv.log_file(&p);
+        let (code, what) = match &e {
+            WaitError::Exited => {
+                let how = match drv.state(&p)? {
+                    HostState::Crashed { how } => how,
+                    _ => "exited".into(),
+                };
+                (Code::LocalkubeExited, format!("localkube {how} before the apiserver became ready"))
+            }
+            WaitError::Timeout { last } => {
+                drv.stop(&p, m.component.localkube.run.stop_signal.number(), Duration::from_secs(m.component.localkube.run.stop_timeout_s))?;
+                (Code::NotReady, format!("the apiserver was not ready after {}s (last answer: {last}); localkube was stopped", o.wait_timeout.as_secs()))
+            }
+        };
+        let tail = crate::driver::native::tail(&log, 20);
+        return Err(coded(code, format!("{what}.\nLast lines of {}:\n{}\nRetry with a longer --wait-timeout, or see `kubestrap logs -p {}`", log.display(), tail.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n"), p.name)));
+    }
+    steps.step("apiserver ready", probe.server(), t.elapsed());
+    let version = finish(&p, &pki, port, o.keep_context, steps)?;
+    Ok(Started { pid, kubernetes: version, manifest: m.id(), already_running: false, created, ..result(&p, &cfg, port)? })
+}
+
+fn result(p: &Profile, _cfg: &Config, port: u16) -> Result<Started> {
+    Ok(Started {
+        profile: p.name.clone(),
+        context: kubeconfig::context_name(&p.name),
+        server: format!("https://127.0.0.1:{port}"),
+        kubeconfig: kubeconfig::path()?,
+        pid: 0,
+        kubernetes: String::new(),
+        manifest: String::new(),
+        already_running: false,
+        created: false,
+    })
+}
+
+/// Writes the kubeconfig context; returns the apiserver's version.
+fn finish(p: &Profile, pki: &Pki, port: u16, keep_context: bool, steps: &dyn Steps) -> Result<String> {
+    use kubestrap_manifest::PkiFile;
+    let t = Instant::now();
+    let path = kubeconfig::path()?;
+    let entry = kubeconfig::Entry {
+        name: kubeconfig::context_name(&p.name),
+        server: format!("https://127.0.0.1:{port}"),
+        ca_pem: pki.read(PkiFile::CaCert)?,
+        client_cert_pem: pki.read(PkiFile::AdminCert)?,
+        client_key_pem: pki.read(PkiFile::AdminKey)?,
+    };
+    kubeconfig::merge(&path, &entry, !keep_context)?;
+    let ctx = if keep_context { "added" } else { "current context" };
+    steps.step("kubeconfig", &format!("{} in {} ({ctx})", entry.name, path.display()), t.elapsed());
+    let probe = Probe::new(pki, port, Duration::from_secs(2))?;
+    Ok(probe.version().unwrap_or_default())
+}
+
+fn resolve_manifest(home: &Home, o: &StartOptions, existing: Option<&Config>, steps: &dyn Steps) -> Result<Loaded> {
+    match (&o.manifest, existing) {
+        (Some(spec), Some(cfg)) => {
+            let loaded = source::load(home, Some(spec), &o.fetch, o.allow_expired, steps.ui())?;
+            if loaded.path != cfg.manifest {
+                let current = read_manifest(&cfg.manifest).map(|m| m.id()).unwrap_or_else(|_| cfg.manifest.display().to_string());
+                return Err(coded(
+                    Code::Usage,
+                    format!("profile {:?} runs manifest {current}; {spec} is {}. Changing a cluster's release is an upgrade; delete the profile to start over with it", cfg.name, loaded.manifest.id()),
+                ));
+            }
+            Ok(loaded)
+        }
+        (Some(spec), None) => source::load(home, Some(spec), &o.fetch, o.allow_expired, steps.ui()),
+        (None, Some(cfg)) => source::load_stored(home, &cfg.manifest, o.allow_expired),
+        (None, None) => {
+            if !o.fetch.offline {
+                match source::load(home, None, &o.fetch, o.allow_expired, steps.ui()) {
+                    Ok(l) => return Ok(l),
+                    Err(e) => match newest_stored(home)? {
+                        Some(path) => steps.warn(&format!("{e:#}; using the newest manifest kept here, {}", path.display())),
+                        None => return Err(e),
+                    },
+                }
+            }
+            match newest_stored(home)? {
+                Some(path) => source::load_stored(home, &path, o.allow_expired),
+                None => Err(coded(Code::OfflineMissing, "--offline, and no manifest is kept in this kubestrap home: name one with --manifest, or use an offline bundle")),
+            }
+        }
+    }
+}
+
+fn newest_stored(home: &Home) -> Result<Option<std::path::PathBuf>> {
+    let all: Vec<(std::path::PathBuf, Manifest)> = source::stored(home)?;
+    Ok(all.into_iter().max_by_key(|(_, m)| (m.published, m.version)).map(|(p, _)| p))
+}
+
+fn port_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// The port: the one asked for (must be free), else the profile's own if
+/// free, else 8443 or the next free one not used by another profile.
+fn choose_port(home: &Home, p: &Profile, asked: Option<u16>, existing: Option<&Config>) -> Result<u16> {
+    let in_use = |port: u16| coded(Code::PortInUse, format!("port {port} on 127.0.0.1 is in use by another program; free it, or choose another with --port"));
+    if let Some(port) = asked {
+        return if port_free(port) { Ok(port) } else { Err(in_use(port)) };
+    }
+    if let Some(c) = existing {
+        if port_free(c.port) {
+            return Ok(c.port);
+        }
+        if c.port_pinned {
+            return Err(in_use(c.port));
+        }
+    }
+    let taken: Vec<u16> = profile::names(home)?
+        .into_iter()
+        .filter(|n| *n != p.name)
+        .filter_map(|n| Profile::new(home, &n).ok()?.load().ok().map(|c| c.port))
+        .collect();
+    (DEFAULT_PORT..=DEFAULT_PORT + 200)
+        .find(|port| !taken.contains(port) && port_free(*port))
+        .ok_or_else(|| coded(Code::PortInUse, format!("no free port in {DEFAULT_PORT}-{}; choose one with --port", DEFAULT_PORT + 200)))
+}

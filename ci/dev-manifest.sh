@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Builds the development artifacts and a signed development manifest:
+#   localkube = the test stand-in (a tar.zst with its binary and version.txt)
+#   kubectl   = this machine's real kubectl, pinned by sha256 and size
+# Usage: ci/dev-manifest.sh OUT_DIR [STANDIN_VERSION] [MANIFEST_VERSION] [PROFILE: debug|release]
+# Prints the manifest path. The manifest is signed with ci/dev-keys/dev.key,
+# which kubestrap trusts only where `kubestrap trust add ci/dev-keys/dev.pub` was run.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+out=$(mkdir -p "$1" && cd "$1" && pwd)
+standin_version=${2:-v1.33.1+standin}
+manifest_version=${3:-1}
+profile=${4:-release}
+
+cargo_flags=(--quiet -p kubestrap -p localkube-standin)
+[ "$profile" = release ] && cargo_flags+=(--release)
+(cd "$top" && cargo build "${cargo_flags[@]}" >&2)
+bin="$top/target/$profile"
+
+kubectl=""
+for k in /usr/lib/google-cloud-sdk/bin/kubectl.1.33 /usr/lib/google-cloud-sdk/bin/kubectl.1.3{2,1,0} "$(command -v kubectl || true)"; do
+  if [ -n "$k" ] && [ -x "$k" ]; then kubectl=$k; break; fi
+done
+[ -n "$kubectl" ] || { echo "no kubectl binary found on this machine" >&2; exit 1; }
+
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+cp "$bin/localkube-standin" "$stage/localkube-standin"
+printf '%s\n' "$standin_version" > "$stage/version.txt"
+artifact="$out/localkube-standin-${standin_version//+/_}.tar.zst"
+tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$stage" -cf - localkube-standin version.txt | zstd -q -3 -f -o "$artifact"
+
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+size() { stat -c %s "$1"; }
+k8s=${standin_version#v}; k8s=${k8s%%+*}
+now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+expires=$(date -u -d '+180 days' +%Y-%m-%dT%H:%M:%SZ)
+manifest="$out/manifest.toml"
+cat > "$manifest" <<TOML
+# Development manifest: the stand-in localkube and this machine's kubectl.
+# NOT a release manifest. Signed with ci/dev-keys/dev.key.
+schema = 1
+channel = "dev"
+version = $manifest_version
+kubernetes = "$k8s"
+published = "$now"
+expires = "$expires"
+requires-bootstrap = ">=0.1.0"
+
+[component.kubectl]
+version = "$("$kubectl" version --client -o json 2>/dev/null | sed -n 's/.*"gitVersion": *"v\([^"]*\)".*/\1/p' | head -1)"
+[component.kubectl.target.linux-x86_64]
+urls = ["file://$kubectl"]
+sha256 = "$(sha "$kubectl")"
+size = $(size "$kubectl")
+unpack = "file"
+bin = "kubectl"
+
+[component.localkube]
+version = "${standin_version#v}"
+drivers = ["native"]
+[component.localkube.target.linux-x86_64]
+urls = ["file://$artifact"]
+sha256 = "$(sha "$artifact")"
+size = $(size "$artifact")
+unpack = "tar.zst"
+bin = "localkube-standin"
+[component.localkube.run]
+program = "localkube-standin"
+args = ["server", "--data-dir={data}", "--https-listen-port={port}", "--bind-address={bind}",
+        "--tls-cert-file={pki}/apiserver.crt", "--tls-private-key-file={pki}/apiserver.key",
+        "--client-ca-file={pki}/ca.crt", "--token-auth-file={pki}/token.csv"]
+ready = "/readyz"
+stop-signal = "TERM"
+stop-timeout-s = 10
+TOML
+"$bin/kubestrap" manifest sign --key "$top/ci/dev-keys/dev.key" "$manifest" >&2
+echo "$manifest"

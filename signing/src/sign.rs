@@ -1,0 +1,221 @@
+//! Key generation and signing (prehashed minisign signatures), interoperable
+//! with the `minisign` tool.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::keys::{KeyId, PublicKey};
+use crate::minisig::parse_signatures;
+
+/// Secret key blob size: sig_alg, kdf_alg, chk_alg (2 each), salt (32),
+/// opslimit, memlimit, keynum (8 each), secret key (64), checksum (32).
+const SK_BLOB: usize = 158;
+
+/// Generates a key pair as `out_dir/NAME.key` (mode 0600) and
+/// `out_dir/NAME.pub`, in the `minisign -G` format. With a password the
+/// secret key is encrypted (scrypt), without one it is stored unencrypted
+/// like `minisign -G -W` (for CI). Existing files are never overwritten.
+pub fn generate_keypair(
+    out_dir: &Path,
+    name: &str,
+    password: Option<&str>,
+) -> Result<(PathBuf, PathBuf, KeyId)> {
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        return Err(Error::Invalid(format!(
+            "{name:?} is not a usable key name (no slashes, not empty, no leading dot)"
+        )));
+    }
+    let key_path = out_dir.join(format!("{name}.key"));
+    let pub_path = out_dir.join(format!("{name}.pub"));
+    for p in [&key_path, &pub_path] {
+        if p.exists() {
+            return Err(Error::AlreadyExists { path: p.clone() });
+        }
+    }
+    let label = key_path.display().to_string();
+    let sign_err = |e: minisign::PError| Error::Sign {
+        file: label.clone(),
+        reason: e.to_string(),
+    };
+    let (sk, pk, comment) = match password {
+        Some(pw) if !pw.is_empty() => {
+            let kp = minisign::KeyPair::generate_encrypted_keypair(Some(pw.to_string()))
+                .map_err(sign_err)?;
+            (kp.sk, kp.pk, "minisign encrypted secret key")
+        }
+        _ => {
+            // An empty password yields a checksummed, unencrypted key; mark its
+            // KDF as "none" (two zero bytes) as `minisign -G -W` does.
+            let kp = minisign::KeyPair::generate_encrypted_keypair(Some(String::new()))
+                .map_err(sign_err)?;
+            let mut bytes = kp.sk.to_bytes();
+            bytes[2..4].copy_from_slice(&[0, 0]);
+            (
+                minisign::SecretKey::from_bytes(&bytes).map_err(sign_err)?,
+                kp.pk,
+                "minisign secret key (unencrypted)",
+            )
+        }
+    };
+    let public = PublicKey::from_base64(&pk.to_base64())?;
+    let sk_text = sk.to_box(Some(comment)).map_err(sign_err)?.into_string();
+    fsutil::create_new(&key_path, sk_text.as_bytes(), true)?;
+    if let Err(e) = fsutil::create_new(&pub_path, public.to_minisign_text().as_bytes(), false) {
+        let _ = std::fs::remove_file(&key_path);
+        return Err(e);
+    }
+    fsutil::sync_dir(out_dir)?;
+    Ok((key_path, pub_path, public.key_id()))
+}
+
+/// Loads a minisign secret key file (encrypted or not).
+fn load_secret_key(path: &Path, password: Option<&str>) -> Result<minisign::SecretKey> {
+    let file = path.display().to_string();
+    let bad = |reason: &str| Error::MalformedSecretKey {
+        file: file.clone(),
+        reason: reason.to_string(),
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let [comment, b64] = lines.as_slice() else {
+        return Err(bad(
+            "expected 2 lines: `untrusted comment:` and the base64 key",
+        ));
+    };
+    if !comment.starts_with("untrusted comment:") {
+        return Err(bad("first line does not start with `untrusted comment:`"));
+    }
+    let raw = STANDARD
+        .decode(b64.trim())
+        .map_err(|_| bad("key line is not base64"))?;
+    if raw.len() != SK_BLOB {
+        return Err(bad(&format!("{} bytes, expected {SK_BLOB}", raw.len())));
+    }
+    if &raw[0..2] != b"Ed" || &raw[4..6] != b"B2" {
+        return Err(bad("not an Ed25519 minisign secret key"));
+    }
+    let pw = match &raw[2..4] {
+        b"Sc" => match password {
+            Some(p) => p.to_string(),
+            None => return Err(Error::PasswordRequired { file }),
+        },
+        // Unencrypted (`minisign -G -W`): minisign leaves the checksum zero,
+        // so take the key as is; `sign` checks the pair by verifying.
+        [0, 0] => return minisign::SecretKey::from_bytes(&raw).map_err(|e| bad(&e.to_string())),
+        _ => return Err(bad("unsupported key derivation function")),
+    };
+    let sk_box = minisign::SecretKeyBox::from_string(&format!("{comment}\n{}\n", b64.trim()))
+        .map_err(|e| bad(&e.to_string()))?;
+    minisign::SecretKey::from_box(sk_box, Some(pw)).map_err(|e| {
+        let msg = e.to_string();
+        if msg.contains("Wrong password") {
+            Error::WrongPassword { file: file.clone() }
+        } else {
+            bad(&msg)
+        }
+    })
+}
+
+/// The key id of a secret key file (decrypts it, hence the password).
+pub fn secret_key_id(secret_key_path: &Path, password: Option<&str>) -> Result<KeyId> {
+    let sk = load_secret_key(secret_key_path, password)?;
+    let mut id = [0u8; 8];
+    id.copy_from_slice(sk.keynum());
+    Ok(KeyId(id))
+}
+
+/// Signs `data` with the secret key at `secret_key_path` (prehashed,
+/// algorithm `ED`) and returns the `.minisig` text (one block).
+/// `trusted_comment` must be a single line.
+pub fn sign(
+    secret_key_path: &Path,
+    password: Option<&str>,
+    data: &[u8],
+    trusted_comment: &str,
+) -> Result<String> {
+    if trusted_comment.contains(['\n', '\r']) {
+        return Err(Error::Invalid(
+            "the trusted comment must be a single line".into(),
+        ));
+    }
+    let sk = load_secret_key(secret_key_path, password)?;
+    let file = secret_key_path.display().to_string();
+    let err = |e: minisign::PError| Error::Sign {
+        file: file.clone(),
+        reason: e.to_string(),
+    };
+    let pk = minisign::PublicKey::from_secret_key(&sk).map_err(err)?;
+    let id = PublicKey::from_base64(&pk.to_base64())?.key_id();
+    let untrusted = format!("signature from minisign secret key {id}");
+    let sig = minisign::sign(
+        Some(&pk),
+        &sk,
+        Cursor::new(data),
+        Some(trusted_comment),
+        Some(&untrusted),
+    )
+    .map_err(err)?;
+    Ok(sig.into_string())
+}
+
+/// The trusted comment `minisign -S` writes by default:
+/// `timestamp:<unix>\tfile:<name>\thashed`.
+pub fn default_trusted_comment(file_name: &str, now: time::OffsetDateTime) -> String {
+    let name: String = file_name.chars().filter(|c| !c.is_control()).collect();
+    format!("timestamp:{}\tfile:{name}\thashed", now.unix_timestamp())
+}
+
+/// The path of the detached signature of `file`: `FILE.minisig`.
+pub fn signature_path(file: &Path) -> PathBuf {
+    let mut s = file.as_os_str().to_owned();
+    s.push(".minisig");
+    PathBuf::from(s)
+}
+
+/// Writes `sig_text` to `FILE.minisig` atomically; returns that path.
+pub fn write_signature_file(file: &Path, sig_text: &str) -> Result<PathBuf> {
+    let path = signature_path(file);
+    fsutil::write_atomic(&path, sig_text.as_bytes(), false)?;
+    Ok(path)
+}
+
+/// Signs the exact bytes of `file` and writes `FILE.minisig` atomically.
+/// Returns the signature path.
+pub fn sign_file(
+    secret_key_path: &Path,
+    password: Option<&str>,
+    file: &Path,
+    trusted_comment: &str,
+) -> Result<PathBuf> {
+    let data = std::fs::read(file).map_err(|e| Error::io(file, "read", e))?;
+    let sig = sign(secret_key_path, password, &data, trusted_comment)?;
+    write_signature_file(file, &sig)
+}
+
+/// Merges two `.minisig` texts into one multi-block text; a block from
+/// `added` replaces a block of `existing` made by the same key. Lets root
+/// key holders sign a key list one after another.
+pub fn merge_signatures(existing: &str, added: &str) -> Result<String> {
+    let new = parse_signatures("added signature", added)?;
+    let mut out = String::new();
+    if !existing.trim().is_empty() {
+        for b in parse_signatures("existing signature", existing)? {
+            if !new.iter().any(|n| n.key_id() == b.key_id()) {
+                out.push_str(b.text());
+            }
+        }
+    }
+    for b in &new {
+        out.push_str(b.text());
+    }
+    Ok(out)
+}
