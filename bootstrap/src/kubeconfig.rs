@@ -126,6 +126,12 @@ fn upsert(doc: &mut Mapping, list: &str, item_key: &str, name: &str, body: Mappi
     }
 }
 
+/// Fails (touching nothing) if the kubeconfig exists but does not parse, so
+/// `start` can refuse before it launches anything.
+pub fn check(path: &Path) -> Result<()> {
+    read(&resolve(path)).map(|_| ())
+}
+
 /// Adds or updates our entries; sets current-context if `set_current`.
 pub fn merge(path: &Path, e: &Entry, set_current: bool) -> Result<()> {
     with_locked(path, |real| {

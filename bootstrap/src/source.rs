@@ -37,6 +37,7 @@ pub struct Loaded {
 pub fn load(home: &Home, spec: Option<&str>, opts: &fetch::Options, allow_expired: bool, ui: &Ui) -> Result<Loaded> {
     let spec = spec.unwrap_or(DEFAULT_CHANNEL_URL);
     let (bytes, sig) = read_pair(spec, opts)?;
+    import_channel_keys(home, spec, opts, allow_expired, ui)?;
     let loaded = accept(home, spec, &bytes, &sig, allow_expired)?;
     for w in &loaded.trusted.warnings {
         ui.warn(w);
@@ -74,6 +75,21 @@ pub fn accept(home: &Home, label: &str, bytes: &[u8], sig: &str, allow_expired: 
         fsutil::write_atomic(&path, bytes, 0o644)?;
     }
     Ok(Loaded { manifest, path, trusted })
+}
+
+/// A channel may publish its newest key list as `keys.toml` (+ `.minisig`)
+/// beside the manifest; if so it is verified against the chain this home
+/// trusts and kept, so release keys can rotate without a new kubestrap.
+fn import_channel_keys(home: &Home, spec: &str, opts: &fetch::Options, allow_expired: bool, ui: &Ui) -> Result<()> {
+    let Some(base) = spec.rsplit_once('/').map(|(b, _)| b) else { return Ok(()) };
+    let keys_spec = format!("{base}/keys.toml");
+    let Ok((bytes, sigs)) = read_pair(&keys_spec, opts) else { return Ok(()) };
+    let file = kubestrap_signing::KeyListFile::new(keys_spec.clone(), bytes, sigs);
+    match trust::import_key_list(home, file, allow_expired) {
+        Ok(v) => tracing::debug!(version = v, "key list {keys_spec} accepted"),
+        Err(e) => ui.warn(&format!("ignoring the key list {keys_spec}: {e:#}")),
+    }
+    Ok(())
 }
 
 pub fn signature_path(manifest: &Path) -> PathBuf {

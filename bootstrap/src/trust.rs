@@ -85,6 +85,10 @@ pub fn verify_manifest(home: &Home, label: &str, bytes: &[u8], sig: &str, allow_
         now: OffsetDateTime::now_utc(),
     };
     let v = signing::verify_manifest(label, bytes, sig, &ctx)?;
+    if let Some(list) = &v.key_list {
+        // Key lists are versioned too: an older one is a rollback.
+        signing::SeenVersions::check_and_record(&seen_path(home)?, KEY_LIST_CHANNEL, list.version, &list.sha256)?;
+    }
     Ok(Trusted {
         path: v.trust_path,
         trusted_comment: v.trusted_comment,
@@ -114,13 +118,20 @@ pub fn check_fresh(m: &Manifest, label: &str, allow_expired: bool, stored: bool)
     Ok(warnings)
 }
 
-/// Refuses a manifest older than one this home has seen for its channel, or
-/// the same version with other bytes; records it otherwise.
-pub fn check_not_rolled_back(home: &Home, m: &Manifest, bytes: &[u8]) -> Result<()> {
+/// The pseudo-channel under which the newest key list version is recorded.
+const KEY_LIST_CHANNEL: &str = "@keys";
+
+fn seen_path(home: &Home) -> Result<PathBuf> {
     let path = home.seen_versions();
     if let Some(dir) = path.parent() {
         fsutil::create_dir_mode(dir, 0o700)?;
     }
-    signing::SeenVersions::check_and_record(&path, &m.channel, m.version, &signing::sha256_hex(bytes))?;
+    Ok(path)
+}
+
+/// Refuses a manifest older than one this home has seen for its channel, or
+/// the same version with other bytes; records it otherwise.
+pub fn check_not_rolled_back(home: &Home, m: &Manifest, bytes: &[u8]) -> Result<()> {
+    signing::SeenVersions::check_and_record(&seen_path(home)?, &m.channel, m.version, &signing::sha256_hex(bytes))?;
     Ok(())
 }

@@ -489,3 +489,158 @@ fn parallel_downloads_of_many_artifacts_complete() {
         f.assert_blobs(&[&f.kubectl, &f.lk]);
     }
 }
+
+#[test]
+fn wrong_hash_from_first_mirror_then_good_second_mirror() {
+    let env = Env::new();
+    let server = Server::start();
+    let (kubectl, lk) = small_artifacts(&env.scratch("art"), 14);
+    let mut evil = kubectl.bytes();
+    evil[7] ^= 1;
+    server.add("bad/kubectl", evil);
+    let good = server.add_artifact("good/kubectl", &kubectl);
+    let lu = server.add_artifact("lk.tar.zst", &lk);
+    let m = env.write_signed_manifest(&spec(vec![server.url("bad/kubectl"), good], &kubectl, vec![lu], &lk), "m.toml");
+    let out = env.run(&["fetch", "--manifest", m.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", describe(&["fetch"], &out, "second mirror used"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sha256 mismatch"), "the bad mirror is reported");
+    assert_eq!(fs::read(env.blob(&kubectl.sha256)).unwrap(), kubectl.bytes());
+    // The bad bytes were not resumed from: the good mirror was asked from 0.
+    let reqs = server.requests_for("good/kubectl");
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].range, None, "{reqs:?}");
+}
+
+#[test]
+fn cut_on_first_mirror_resumes_from_second_mirror() {
+    let env = Env::new();
+    let server = Server::start();
+    let (kubectl, lk) = small_artifacts(&env.scratch("art"), 15);
+    server.add("a/kubectl", kubectl.bytes());
+    server.script("a/kubectl", std::iter::repeat_n(Reply::DropAfter(40 * 1024), 5));
+    let b = server.add_artifact("b/kubectl", &kubectl);
+    let lu = server.add_artifact("lk.tar.zst", &lk);
+    let m = env.write_signed_manifest(&spec(vec![server.url("a/kubectl"), b], &kubectl, vec![lu], &lk), "m.toml");
+    env.ok(&["fetch", "--manifest", m.to_str().unwrap()]);
+    assert_eq!(fs::read(env.blob(&kubectl.sha256)).unwrap(), kubectl.bytes());
+    let reqs = server.requests_for("b/kubectl");
+    assert_eq!(reqs.len(), 1);
+    assert!(reqs[0].range.is_some(), "bytes from the first mirror are kept (same sha256): {reqs:?}");
+}
+
+#[test]
+fn same_artifact_twice_in_one_manifest() {
+    // kubectl and localkube pinned to the same blob: two workers, one download.
+    let env = Env::new();
+    let server = Server::start();
+    let (kubectl, _) = small_artifacts(&env.scratch("art"), 16);
+    let u = server.add_artifact("same", &kubectl);
+    server.script("same", [Reply::Delay(std::time::Duration::from_millis(300))]);
+    let mut s = spec(vec![u.clone()], &kubectl, vec![u], &kubectl);
+    s.localkube.2 = "file".into();
+    s.localkube.3 = "localkube".into();
+    s.program = "localkube".into();
+    let m = env.write_signed_manifest(&s, "m.toml");
+    env.ok(&["fetch", "--jobs", "4", "--manifest", m.to_str().unwrap()]);
+    assert_eq!(env.blobs(), vec![env.blob(&kubectl.sha256)]);
+    assert_eq!(fs::read(env.blob(&kubectl.sha256)).unwrap(), kubectl.bytes());
+    assert_eq!(server.requests_for("same").len(), 1, "the second worker waits and finds it cached");
+}
+
+#[test]
+fn two_processes_fetching_at_once_share_the_download() {
+    let f = Fixture::new();
+    f.server.script("dl/kubectl", [Reply::Delay(std::time::Duration::from_millis(500))]);
+    let a = f.env.cmd(&["fetch", "--manifest", f.m()]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let b = f.env.cmd(&["fetch", "--manifest", f.m()]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", describe(&["fetch"], &out, "concurrent fetch"));
+    }
+    f.assert_blobs(&[&f.kubectl, &f.lk]);
+    assert_eq!(f.server.requests_for("dl/kubectl").len(), 1, "{:?}", f.server.requests());
+}
+
+#[test]
+fn http_proxy_is_used_and_no_proxy_bypasses_it() {
+    let f = Fixture::new();
+    let proxy = Server::start();
+    proxy.add("dl/kubectl", f.kubectl.bytes());
+    proxy.add("dl/localkube.tar.zst", f.lk.bytes());
+    let proxy_url = format!("http://{}", proxy.addr());
+    let out = f.env.cmd(&["fetch", "--manifest", f.m()]).env("HTTP_PROXY", &proxy_url).env("http_proxy", &proxy_url).output().unwrap();
+    assert!(out.status.success(), "{}", describe(&["fetch"], &out, "via proxy"));
+    f.assert_blobs(&[&f.kubectl, &f.lk]);
+    assert!(f.server.requests().is_empty(), "the origin is reached only through the proxy: {:?}", f.server.requests());
+    let via = proxy.requests();
+    assert_eq!(via.len(), 2, "{via:?}");
+    assert!(via.iter().all(|r| r.target.starts_with(&format!("http://{}/", f.server.addr()))), "absolute-form requests: {via:?}");
+
+    // NO_PROXY names the origin: straight there.
+    let env2 = Fixture::new();
+    let out = env2
+        .env
+        .cmd(&["fetch", "--manifest", env2.m()])
+        .env("HTTP_PROXY", &proxy_url)
+        .env("NO_PROXY", "127.0.0.1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&["fetch"], &out, "NO_PROXY"));
+    assert_eq!(env2.server.requests().len(), 2);
+    assert_eq!(proxy.requests().len(), 2, "the proxy saw nothing new");
+}
+
+#[test]
+fn https_mirror_needs_its_ca_via_flag_or_env() {
+    let env = Env::new();
+    let ca = TestCa::new();
+    let server = Server::start_tls(ca.server_config.clone());
+    let (kubectl, lk) = small_artifacts(&env.scratch("art"), 17);
+    let ku = server.add_artifact("kubectl", &kubectl);
+    let lu = server.add_artifact("lk.tar.zst", &lk);
+    assert!(ku.starts_with("https://127.0.0.1:"), "{ku}");
+    let m = env.write_signed_manifest(&spec(vec![ku], &kubectl, vec![lu], &lk), "m.toml");
+    let m = m.to_str().unwrap();
+    // Unknown CA: refused, not retried forever, nothing stored.
+    let err = env.fail(&["fetch", "--manifest", m], DOWNLOAD);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert!(env.blobs().is_empty());
+    // --ca-cert FILE.
+    let ca_file = env.path().join("mirror-ca.pem");
+    fs::write(&ca_file, &ca.ca_pem).unwrap();
+    env.ok(&["fetch", "--ca-cert", ca_file.to_str().unwrap(), "--manifest", m]);
+    assert_eq!(fs::read(env.blob(&kubectl.sha256)).unwrap(), kubectl.bytes());
+    // KUBESTRAP_CA_CERT, in a fresh home.
+    let env2 = Env::new();
+    let m2 = env2.write_signed_manifest(&spec(vec![server.url("kubectl")], &kubectl, vec![server.url("lk.tar.zst")], &lk), "m.toml");
+    let out = env2.cmd(&["fetch", "--manifest", m2.to_str().unwrap()]).env("KUBESTRAP_CA_CERT", &ca_file).output().unwrap();
+    assert!(out.status.success(), "{}", describe(&["fetch"], &out, "KUBESTRAP_CA_CERT"));
+    assert!(env2.blob(&lk.sha256).is_file());
+    // A file that is not PEM is a clear error.
+    let junk = env.path().join("junk.pem");
+    fs::write(&junk, "not a certificate").unwrap();
+    let env3 = Env::new();
+    let m3 = env3.write_signed_manifest(&spec(vec![server.url("kubectl")], &kubectl, vec![server.url("lk.tar.zst")], &lk), "m.toml");
+    let out = env3.run(&["fetch", "--ca-cert", junk.to_str().unwrap(), "--manifest", m3.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("junk.pem"), "{}", describe(&["fetch"], &out, "junk CA"));
+}
+
+#[test]
+fn https_mirror_cut_mid_body_resumes() {
+    let env = Env::new();
+    let ca = TestCa::new();
+    let server = Server::start_tls(ca.server_config.clone());
+    let (kubectl, lk) = small_artifacts(&env.scratch("art"), 18);
+    let ku = server.add_artifact("kubectl", &kubectl);
+    let lu = server.add_artifact("lk.tar.zst", &lk);
+    server.script("kubectl", [Reply::DropAfter(120 * 1024)]);
+    let ca_file = env.path().join("ca.pem");
+    fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let m = env.write_signed_manifest(&spec(vec![ku], &kubectl, vec![lu], &lk), "m.toml");
+    env.ok(&["fetch", "--ca-cert", ca_file.to_str().unwrap(), "--manifest", m.to_str().unwrap()]);
+    assert_eq!(fs::read(env.blob(&kubectl.sha256)).unwrap(), kubectl.bytes());
+    let reqs = server.requests_for("kubectl");
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert!(reqs[1].range.is_some(), "{reqs:?}");
+}

@@ -10,7 +10,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -81,16 +81,20 @@ pub fn main(run_dir: &Path) -> Result<()> {
     let localkube = ProcId::of(child.id() as i32).context("localkube vanished at once")?;
     let monitor = ProcId::of(std::process::id() as i32).context("cannot identify the monitor")?;
     PidFile { localkube, monitor, port: spec.port, started: now() }.write(&pid_path(run_dir))?;
-    let mut last_cap = Instant::now();
+    // Wait in a thread so the exit is recorded the moment it happens; cap
+    // the log every few seconds meanwhile.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
     let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(status) => break status?,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = cap_log(&spec.log);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => anyhow::bail!("lost track of localkube"),
         }
-        if last_cap.elapsed() > Duration::from_secs(5) {
-            let _ = cap_log(&spec.log);
-            last_cap = Instant::now();
-        }
-        std::thread::sleep(Duration::from_millis(200));
     };
     let record = ExitRecord { pid: localkube.pid, code: status.code(), signal: status.signal(), at: now() };
     fsutil::write_atomic(&exit_path(run_dir), toml::to_string(&record)?.as_bytes(), 0o600)?;

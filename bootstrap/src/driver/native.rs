@@ -119,10 +119,15 @@ impl Driver for Native {
             None => Ok(HostState::Stopped),
             Some(pf) if pf.localkube.alive() => Ok(HostState::Running { pid: pf.localkube.pid, port: pf.port }),
             Some(pf) => {
-                let how = match last_exit(profile) {
-                    Some(r) if r.pid == pf.localkube.pid => r.describe(),
-                    _ if pf.monitor.alive() => "exited".into(),
-                    _ => "exited; its monitor is gone too, so how is unknown (killed with the machine or by kill -9?)".into(),
+                // The monitor writes the exit record as soon as it reaps localkube.
+                let record = || last_exit(profile).filter(|r| r.pid == pf.localkube.pid);
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while record().is_none() && pf.monitor.alive() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let how = match record() {
+                    Some(r) => r.describe(),
+                    None => "exited; its monitor is gone too, so how is unknown (killed by kill -9, or with the machine?)".into(),
                 };
                 Ok(HostState::Crashed { how })
             }

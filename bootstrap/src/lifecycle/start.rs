@@ -60,6 +60,8 @@ pub fn start(home: &Home, o: &StartOptions, steps: &dyn Steps) -> Result<Started
         (None, d) => d.unwrap_or(DriverKind::Native),
     };
     let drv = driver::for_kind(driver_kind)?;
+    // A kubeconfig we could not update later is refused before anything runs.
+    kubeconfig::check(&kubeconfig::path()?)?;
 
     // 1. The manifest: verified before anything else happens.
     let t = Instant::now();

@@ -505,6 +505,8 @@ pub enum Reply {
 pub struct Request {
     pub method: String,
     pub path: String,
+    /// The request target as sent: the path, or an absolute URL via a proxy.
+    pub target: String,
     /// The Range header's value, if any (e.g. `bytes=1000-`).
     pub range: Option<String>,
 }
@@ -526,6 +528,7 @@ struct Shared {
 /// connection, every blocking call bounded. Stopped when dropped.
 pub struct Server {
     addr: SocketAddr,
+    scheme: &'static str,
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
     workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
@@ -537,7 +540,17 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 impl Server {
+    /// A plain HTTP server.
     pub fn start() -> Server {
+        Server::start_with(None)
+    }
+
+    /// An HTTPS server with `tls`'s certificate (see [`TestCa`]).
+    pub fn start_tls(tls: Arc<rustls::ServerConfig>) -> Server {
+        Server::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -548,6 +561,7 @@ impl Server {
         });
         let workers: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let (sh, wk) = (shared.clone(), workers.clone());
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let acceptor = std::thread::Builder::new()
             .name("test-http-accept".into())
             .spawn(move || {
@@ -556,10 +570,11 @@ impl Server {
                         Ok((stream, _)) => {
                             sh.connections.fetch_add(1, Ordering::SeqCst);
                             let sh2 = sh.clone();
+                            let tls = tls.clone();
                             let h = std::thread::Builder::new()
                                 .name("test-http-conn".into())
                                 .spawn(move || {
-                                    let _ = serve_connection(stream, &sh2);
+                                    let _ = serve_connection(stream, &sh2, tls);
                                 })
                                 .unwrap();
                             let mut w = wk.lock().unwrap();
@@ -574,6 +589,7 @@ impl Server {
             .unwrap();
         Server {
             addr,
+            scheme,
             shared,
             acceptor: Some(acceptor),
             workers,
@@ -582,7 +598,7 @@ impl Server {
 
     /// `http://127.0.0.1:PORT/path` (path with or without a leading `/`).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
+        format!("{}://{}/{}", self.scheme, self.addr, path.trim_start_matches('/'))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -640,8 +656,7 @@ fn norm(path: &str) -> String {
 }
 
 /// Reads one request head; `None` on EOF, stop or timeout.
-fn read_head(stream: &mut TcpStream, shared: &Shared, deadline: Instant) -> io::Result<Option<String>> {
-    stream.set_read_timeout(Some(Duration::from_millis(50)))?;
+fn read_head(stream: &mut Conn, shared: &Shared, deadline: Instant) -> io::Result<Option<String>> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -661,9 +676,18 @@ fn read_head(stream: &mut TcpStream, shared: &Shared, deadline: Instant) -> io::
     }
 }
 
-fn serve_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+fn serve_connection(tcp: TcpStream, shared: &Shared, tls: Option<Arc<rustls::ServerConfig>>) -> io::Result<()> {
+    tcp.set_nonblocking(false)?;
+    tcp.set_write_timeout(Some(IO_TIMEOUT))?;
+    // Short read timeouts so every wait can notice `stop`.
+    tcp.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let mut stream = match tls {
+        None => Conn::Plain(tcp),
+        Some(cfg) => {
+            let sc = rustls::ServerConnection::new(cfg).map_err(io::Error::other)?;
+            Conn::Tls(Box::new(rustls::StreamOwned::new(sc, tcp)))
+        }
+    };
     let born = Instant::now();
     // Idle keep-alive connections are closed after IO_TIMEOUT.
     let Some(head) = read_head(&mut stream, shared, born + IO_TIMEOUT)? else {
@@ -673,7 +697,13 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
     let request_line = lines.next().unwrap_or_default();
     let mut parts = request_line.split_whitespace();
     let method = parts.next().unwrap_or_default().to_string();
-    let path = parts.next().unwrap_or_default().to_string();
+    let target = parts.next().unwrap_or_default().to_string();
+    // A proxy gets the absolute form (`GET http://host:port/path`): serve
+    // it by path, and log the full target so tests can tell.
+    let path = match target.strip_prefix("http://").and_then(|r| r.find('/').map(|i| r[i..].to_string())) {
+        Some(p) => p,
+        None => target.clone(),
+    };
     let mut range = None;
     for l in lines {
         if let Some((k, v)) = l.split_once(':')
@@ -687,6 +717,7 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
         st.log.push(Request {
             method: method.clone(),
             path: path.clone(),
+            target: target.clone(),
             range: range.clone(),
         });
         let reply = st.scripts.get_mut(&path).and_then(|q| q.pop_front()).unwrap_or(Reply::Serve);
@@ -699,6 +730,7 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
         .and_then(|r| r.strip_suffix('-'))
         .and_then(|n| n.parse::<usize>().ok());
     let w = &mut stream;
+    let mut clean_close = true;
     match (reply, content) {
         (Reply::Status(code), _) => simple(w, code)?,
         (Reply::NotFound, _) | (_, None) => simple(w, 404)?,
@@ -709,7 +741,10 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
             sleep_unless_stopped(d, shared);
             ranged(w, &c, start, None, head_only)?
         }
-        (Reply::DropAfter(n), Some(c)) => ranged(w, &c, start, Some(n), head_only)?,
+        (Reply::DropAfter(n), Some(c)) => {
+            clean_close = false;
+            ranged(w, &c, start, Some(n), head_only)?
+        }
         (Reply::Extra(extra), Some(c)) => {
             write!(w, "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n")?;
             w.write_all(&c)?;
@@ -732,15 +767,17 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
             full(w, 200, &[], &all, head_only)?
         }
     }
+    if clean_close && let Conn::Tls(t) = w {
+        t.conn.send_close_notify();
+    }
     let _ = w.flush();
-    let _ = w.shutdown(Shutdown::Write);
+    let _ = w.tcp().shutdown(Shutdown::Write);
     // Let the client read everything before the socket goes (avoids a RST
     // that could drop data still in flight), bounded.
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
     let mut sink = [0u8; 1024];
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until && born.elapsed() < CONNECTION_LIFETIME && !shared.stop.load(Ordering::SeqCst) {
-        match stream.read(&mut sink) {
+        match stream.tcp().read(&mut sink) {
             Ok(0) => break,
             Ok(_) => {}
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {}
@@ -748,6 +785,45 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A plain or TLS connection.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Conn {
+    fn tcp(&mut self) -> &mut TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(t) => &mut t.sock,
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(t) => t.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(t) => t.flush(),
+        }
+    }
 }
 
 fn sleep_unless_stopped(d: Duration, shared: &Shared) {
@@ -771,12 +847,12 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
-fn simple(w: &mut TcpStream, code: u16) -> io::Result<()> {
+fn simple(w: &mut Conn, code: u16) -> io::Result<()> {
     let body = format!("{code} {}\n", reason(code));
     full(w, code, &[], body.as_bytes(), false)
 }
 
-fn full(w: &mut TcpStream, code: u16, headers: &[String], body: &[u8], head_only: bool) -> io::Result<()> {
+fn full(w: &mut Conn, code: u16, headers: &[String], body: &[u8], head_only: bool) -> io::Result<()> {
     let mut h = format!("HTTP/1.1 {code} {}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n", reason(code), body.len());
     for x in headers {
         h.push_str(x);
@@ -792,7 +868,7 @@ fn full(w: &mut TcpStream, code: u16, headers: &[String], body: &[u8], head_only
 
 /// Serves `c` from `start` (206) or whole (200); with `drop_after`, stops
 /// after that many body bytes although the headers announced more.
-fn ranged(w: &mut TcpStream, c: &[u8], start: Option<usize>, drop_after: Option<usize>, head_only: bool) -> io::Result<()> {
+fn ranged(w: &mut Conn, c: &[u8], start: Option<usize>, drop_after: Option<usize>, head_only: bool) -> io::Result<()> {
     let (code, body, headers) = match start {
         Some(s) if s >= c.len() => {
             let h = vec![format!("Content-Range: bytes */{}", c.len())];
@@ -816,6 +892,49 @@ fn ranged(w: &mut TcpStream, c: &[u8], start: Option<usize>, drop_after: Option<
             }
             Ok(())
         }
+    }
+}
+
+/// A throw-away CA and a server certificate for 127.0.0.1 / localhost
+/// signed by it, for HTTPS mirrors (`--ca-cert`).
+pub struct TestCa {
+    /// The CA certificate, PEM.
+    pub ca_pem: String,
+    /// A server config presenting the leaf certificate.
+    pub server_config: Arc<rustls::ServerConfig>,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "kubestrap test mirror CA");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let mut leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        leaf_params.distinguished_name.push(rcgen::DnType::CommonName, "127.0.0.1");
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![rustls::pki_types::CertificateDer::from(leaf.der().to_vec())],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+            )
+            .unwrap();
+        TestCa {
+            ca_pem: ca.pem(),
+            server_config: Arc::new(config),
+        }
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        TestCa::new()
     }
 }
 

@@ -1,0 +1,359 @@
+//! End to end: `kubestrap start/stop/delete/status/...` on the native driver,
+//! with the stand-in localkube and the real kubectl on this machine.
+
+mod common;
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::{Env, ManifestSpec, json_lines, wait_until};
+
+const KUBECTL_NEW: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
+const KUBECTL_OLD: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.27";
+
+/// Tests that let kubestrap choose the port run one at a time, so two of
+/// them never race for the same free port.
+static AUTO_PORT: Mutex<()> = Mutex::new(());
+
+/// A cluster environment; deletes every profile on drop so no localkube
+/// outlives its test, whatever happened.
+struct Cluster {
+    env: Env,
+    manifest: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.env.run(&["delete", "--all"]);
+    }
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        Cluster::with(|_| {})
+    }
+
+    fn with(edit: impl FnOnce(&mut ManifestSpec)) -> Cluster {
+        let env = Env::new();
+        let mut spec = ManifestSpec::standin(env.path(), "v1.33.1+standin");
+        edit(&mut spec);
+        let manifest = env.write_signed_manifest(&spec, "manifest.toml");
+        Cluster { env, manifest }
+    }
+
+    fn m(&self) -> &str {
+        self.manifest.to_str().unwrap()
+    }
+
+    /// `start` on a free port of its own; returns stdout.
+    fn start(&self, profile: &str) -> String {
+        let port = free_port().to_string();
+        self.env.ok(&["start", "-p", profile, "--manifest", self.m(), "--port", &port])
+    }
+
+    fn kubectl(&self, kubectl: &str, args: &[&str]) -> Output {
+        Command::new(kubectl)
+            .args(args)
+            .env("KUBECONFIG", &self.env.kubeconfig)
+            .env("HOME", self.env.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn kubectl_ok(&self, kubectl: &str, args: &[&str]) -> String {
+        let out = self.kubectl(kubectl, args);
+        assert!(
+            out.status.success(),
+            "{kubectl} {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn status(&self, profile: &str) -> (i32, serde_json::Value) {
+        let out = self.env.run(&["status", "-p", profile, "-o", "json"]);
+        let v = json_lines(&String::from_utf8_lossy(&out.stdout)).pop().expect("status JSON");
+        (out.status.code().unwrap(), v)
+    }
+
+    fn pid_file(&self, profile: &str) -> PathBuf {
+        self.env.home.join("profiles").join(profile).join("run/localkube.pid")
+    }
+
+    fn localkube_pid(&self, profile: &str) -> i32 {
+        let v: toml::Value = toml::from_str(&fs::read_to_string(self.pid_file(profile)).unwrap()).unwrap();
+        v["localkube"]["pid"].as_integer().unwrap() as i32
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn alive(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        let state = s[s.rfind(')').unwrap() + 2..].chars().next().unwrap();
+        state != 'Z' && state != 'X'
+    })
+}
+
+fn kubeconfig_doc(path: &Path) -> serde_norway::Value {
+    serde_norway::from_str(&fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn names(doc: &serde_norway::Value, list: &str) -> Vec<String> {
+    doc[list].as_sequence().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn start_use_stop_resume_delete_with_real_kubectl() {
+    let c = Cluster::new();
+    // An unrelated cluster in the same kubeconfig must survive everything.
+    fs::create_dir_all(c.env.kubeconfig.parent().unwrap()).unwrap();
+    fs::write(
+        &c.env.kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster:\n    server: https://prod.example:6443\ncontexts:\n- name: prod\n  context:\n    cluster: prod\n    user: prod\n    namespace: web\nusers:\n- name: prod\n  user:\n    token: secret\ncurrent-context: prod\n",
+    )
+    .unwrap();
+
+    let out = c.start("kubestrap");
+    assert!(out.contains("✓ apiserver ready"), "{out}");
+    assert!(out.contains("kubectl get ns"), "{out}");
+    let doc = kubeconfig_doc(&c.env.kubeconfig);
+    assert_eq!(doc["current-context"].as_str(), Some("kubestrap"));
+
+    // The real kubectl, old and new (1.33 POSTs protobuf).
+    let ns = c.kubectl_ok(KUBECTL_NEW, &["get", "ns"]);
+    for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(ns.contains(n), "{ns}");
+    }
+    assert!(c.kubectl_ok(KUBECTL_OLD, &["get", "ns", "-o", "name"]).contains("namespace/default"));
+    c.kubectl_ok(KUBECTL_NEW, &["create", "configmap", "demo", "--from-literal=a=b"]);
+    c.kubectl_ok(KUBECTL_OLD, &["create", "configmap", "old", "--from-literal=x=y"]);
+    assert!(c.kubectl_ok(KUBECTL_NEW, &["get", "sa", "default", "-o", "name"]).contains("serviceaccount/default"));
+    assert!(c.kubectl_ok(KUBECTL_NEW, &["version", "-o", "json"]).contains("v1.33.1+standin"));
+    let (code, st) = c.status("kubestrap");
+    assert_eq!(code, 0, "{st}");
+    assert_eq!(st["apiserver"], "Running");
+    assert_eq!(st["kubernetes"], "v1.33.1+standin");
+
+    // The pinned kubectl, through kubestrap, with the profile's context.
+    let out = c.env.ok(&["kubectl", "--", "get", "configmap", "demo", "-o", "jsonpath={.data.a}"]);
+    assert_eq!(out, "b");
+
+    // stop: state kept, status says stopped.
+    let pid = c.localkube_pid("kubestrap");
+    c.env.ok(&["stop"]);
+    assert!(!alive(pid), "localkube still running after stop");
+    let (code, st) = c.status("kubestrap");
+    assert_eq!(code, 7, "{st}");
+    assert_eq!(st["host"], "Stopped");
+    assert_eq!(st["localkube"], "Stopped");
+
+    // start again (no --manifest: the profile remembers), same port and certs: data still there.
+    let out = c.env.ok(&["start"]);
+    assert!(out.contains("up again"), "{out}");
+    assert_eq!(c.kubectl_ok(KUBECTL_NEW, &["get", "configmap", "demo", "-o", "jsonpath={.data.a}"]), "b");
+    assert_eq!(c.kubectl_ok(KUBECTL_NEW, &["get", "configmap", "old", "-o", "jsonpath={.data.x}"]), "y");
+
+    // start while running is a no-op that keeps it running.
+    let pid = c.localkube_pid("kubestrap");
+    assert!(c.env.ok(&["start"]).contains("already running"));
+    assert_eq!(c.localkube_pid("kubestrap"), pid);
+
+    // delete: profile gone, our kubeconfig entries gone, prod intact.
+    c.env.ok(&["delete"]);
+    assert!(!alive(pid));
+    assert!(!c.env.home.join("profiles/kubestrap").exists());
+    let doc = kubeconfig_doc(&c.env.kubeconfig);
+    assert_eq!(names(&doc, "clusters"), ["prod"]);
+    assert_eq!(names(&doc, "contexts"), ["prod"]);
+    assert_eq!(names(&doc, "users"), ["prod"]);
+    assert_eq!(doc["contexts"][0]["context"]["namespace"].as_str(), Some("web"));
+    assert_eq!(doc["current-context"].as_str(), Some(""));
+    c.env.fail(&["status"], 42);
+}
+
+#[test]
+fn two_profiles_run_at_once_on_their_own_ports() {
+    let _serial = AUTO_PORT.lock().unwrap_or_else(|e| e.into_inner());
+    let c = Cluster::new();
+    c.env.ok(&["start", "-p", "one", "--manifest", c.m()]);
+    c.env.ok(&["start", "-p", "two", "--manifest", c.m(), "--keep-context"]);
+    let (_, one) = c.status("one");
+    let (_, two) = c.status("two");
+    assert_ne!(one["server"], two["server"]);
+    let doc = kubeconfig_doc(&c.env.kubeconfig);
+    assert_eq!(doc["current-context"].as_str(), Some("kubestrap-one"), "--keep-context left it alone");
+    c.kubectl_ok(KUBECTL_NEW, &["--context", "kubestrap-one", "create", "configmap", "only-in-one"]);
+    let out = c.kubectl(KUBECTL_NEW, &["--context", "kubestrap-two", "get", "configmap", "only-in-one"]);
+    assert!(!out.status.success(), "clusters share state");
+    let list = c.env.ok(&["profile", "list"]);
+    assert!(list.contains("one") && list.contains("two"), "{list}");
+    c.env.ok(&["delete", "--all"]);
+    assert!(c.env.ok(&["profile", "list"]).contains("no profiles"));
+}
+
+#[test]
+fn default_port_taken_means_next_free_one_and_asked_port_in_use_is_an_error() {
+    let _serial = AUTO_PORT.lock().unwrap_or_else(|e| e.into_inner());
+    let c = Cluster::new();
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let err = c.env.fail(&["start", "--manifest", c.m(), "--port", &port], 41);
+    assert!(err.contains(&format!("port {port}")) && err.contains("in use"), "{err}");
+    assert!(!c.pid_file("kubestrap").exists(), "nothing was launched");
+
+    // Hold 8443 (or find it held by someone else): kubestrap picks another.
+    let _hold = TcpListener::bind("127.0.0.1:8443");
+    c.env.ok(&["start", "--manifest", c.m()]);
+    let (_, st) = c.status("kubestrap");
+    assert_ne!(st["server"], "https://127.0.0.1:8443", "{st}");
+}
+
+#[test]
+fn killed_localkube_is_reported_and_start_recovers() {
+    let c = Cluster::new();
+    c.start("kubestrap");
+    c.kubectl_ok(KUBECTL_NEW, &["create", "configmap", "keep", "--from-literal=k=v"]);
+    let pid = c.localkube_pid("kubestrap");
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(wait_until(Duration::from_secs(10), || c.status("kubestrap").1["localkube"] == "Crashed"));
+    let (code, st) = c.status("kubestrap");
+    assert_eq!(code, 6, "{st}");
+    assert!(st["crash"].as_str().unwrap().contains("signal 9"), "{st}");
+    assert!(!st["log_tail"].as_array().unwrap().is_empty(), "{st}");
+    let text = c.env.run(&["status"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("localkube crashed: killed by signal 9"));
+
+    let out = c.env.run(&["start"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("had stopped unexpectedly"));
+    assert_eq!(c.kubectl_ok(KUBECTL_NEW, &["get", "cm", "keep", "-o", "jsonpath={.data.k}"]), "v");
+}
+
+#[test]
+fn stale_pid_file_never_signals_an_unrelated_process() {
+    let c = Cluster::new();
+    c.start("kubestrap");
+    c.env.ok(&["stop"]);
+    // A crash left a pid file whose pid now belongs to an unrelated process.
+    let mut victim = Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = victim.id();
+    let run = c.pid_file("kubestrap");
+    fs::write(
+        &run,
+        format!(
+            "port = 1\nstarted = \"2026-01-01T00:00:00Z\"\n[localkube]\npid = {pid}\nstart-time = 1\n[monitor]\npid = {pid}\nstart-time = 1\n"
+        ),
+    )
+    .unwrap();
+    let (code, _) = c.status("kubestrap");
+    assert_eq!(code & 2, 2, "the unrelated process is not our localkube");
+    c.env.ok(&["stop"]);
+    assert!(victim.try_wait().unwrap().is_none(), "the unrelated process was signalled");
+    c.start("kubestrap");
+    assert!(victim.try_wait().unwrap().is_none(), "the unrelated process was signalled");
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+}
+
+#[test]
+fn concurrent_starts_wait_for_each_other_and_no_wait_fails_fast() {
+    // A slow apiserver keeps the first start busy for a while.
+    let c = Cluster::with(|s| s.args.push("--ready-delay-ms=1500".into()));
+    let port = free_port().to_string();
+    let args = ["start", "--manifest", c.m(), "--port", port.as_str()];
+    let first = c.env.cmd(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let lock = c.env.home.join("locks/profile-kubestrap.lock");
+    assert!(wait_until(Duration::from_secs(10), || lock.exists()));
+    std::thread::sleep(Duration::from_millis(300));
+    let err = c.env.fail(&["start", "--no-wait"], 40);
+    assert!(err.contains("locked by another kubestrap"), "{err}");
+    let second = c.env.cmd(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (a, b) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let both = format!("{}{}", String::from_utf8_lossy(&a.stdout), String::from_utf8_lossy(&b.stdout));
+    assert_eq!(both.matches("already running").count(), 1, "{both}");
+    assert!(String::from_utf8_lossy(&b.stderr).contains("waiting"), "the second start said it waits");
+}
+
+#[test]
+fn malformed_kubeconfig_is_left_untouched_and_nothing_starts() {
+    let c = Cluster::new();
+    fs::create_dir_all(c.env.kubeconfig.parent().unwrap()).unwrap();
+    let bad = "apiVersion: v1\nclusters: [\n  - name: broken\n";
+    fs::write(&c.env.kubeconfig, bad).unwrap();
+    let port = free_port().to_string();
+    let err = c.env.fail(&["start", "--manifest", c.m(), "--port", &port], 60);
+    assert!(err.contains("left it untouched"), "{err}");
+    assert_eq!(fs::read_to_string(&c.env.kubeconfig).unwrap(), bad);
+    assert!(!c.pid_file("kubestrap").exists());
+}
+
+#[test]
+fn not_ready_in_time_stops_localkube_and_shows_its_log() {
+    let c = Cluster::with(|s| s.args.push("--never-ready".into()));
+    let port = free_port().to_string();
+    let err = c.env.fail(&["start", "--manifest", c.m(), "--port", &port, "--wait-timeout", "2s"], 51);
+    assert!(err.contains("not ready after 2s"), "{err}");
+    assert!(err.contains("standin: listening"), "the log tail is shown: {err}");
+    assert!(!c.pid_file("kubestrap").exists(), "localkube was stopped");
+}
+
+#[test]
+fn localkube_that_exits_at_once_is_reported() {
+    let c = Cluster::with(|s| s.args.push("--no-such-flag".into()));
+    let port = free_port().to_string();
+    let err = c.env.fail(&["start", "--manifest", c.m(), "--port", &port], 50);
+    assert!(err.contains("exited with code 2"), "{err}");
+}
+
+#[test]
+fn json_output_and_logs() {
+    let c = Cluster::new();
+    let port = free_port().to_string();
+    let out = c.env.ok(&["start", "--manifest", c.m(), "--port", &port, "-o", "json"]);
+    let lines = json_lines(&out);
+    let steps: Vec<&str> = lines.iter().filter_map(|l| l["step"].as_str()).collect();
+    assert!(steps.contains(&"manifest verified") && steps.contains(&"apiserver ready"), "{steps:?}");
+    let done = lines.last().unwrap();
+    assert_eq!(done["event"], "done");
+    assert_eq!(done["server"], format!("https://127.0.0.1:{port}"));
+    let logs = c.env.ok(&["logs", "-n", "5"]);
+    assert!(logs.contains("standin:"), "{logs}");
+    let list = c.env.ok(&["profile", "list", "-o", "json"]);
+    assert_eq!(json_lines(&list)[0]["name"], "kubestrap");
+}
+
+#[test]
+fn pki_is_private_and_reused() {
+    let c = Cluster::new();
+    c.start("kubestrap");
+    let pki = c.env.home.join("profiles/kubestrap/pki");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(fs::metadata(&pki).unwrap().permissions().mode() & 0o777, 0o700);
+    for f in ["ca.key", "apiserver.key", "admin.key", "sa.key", "token.csv"] {
+        assert_eq!(fs::metadata(pki.join(f)).unwrap().permissions().mode() & 0o777, 0o600, "{f}");
+    }
+    let ca = fs::read(pki.join("ca.crt")).unwrap();
+    c.env.ok(&["stop"]);
+    c.env.ok(&["start"]);
+    assert_eq!(fs::read(pki.join("ca.crt")).unwrap(), ca, "the CA is reused");
+    // The static admin token works too.
+    let token = fs::read_to_string(pki.join("token.csv")).unwrap().split(',').next().unwrap().to_string();
+    let server = c.status("kubestrap").1["server"].as_str().unwrap().to_string();
+    let ca_flag = format!("--certificate-authority={}", pki.join("ca.crt").display());
+    let out = c.kubectl_ok(
+        KUBECTL_NEW,
+        &["--kubeconfig=/dev/null", "--server", &server, &ca_flag, "--token", &token, "get", "ns", "-o", "name"],
+    );
+    assert!(out.contains("namespace/default"), "{out}");
+}
