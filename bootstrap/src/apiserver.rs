@@ -15,10 +15,12 @@ pub struct Probe {
 
 impl Probe {
     pub fn new(pki: &Pki, port: u16, timeout: Duration) -> Result<Probe> {
-        let ca = reqwest::Certificate::from_pem(&pki.read(PkiFile::CaCert)?).context("ca.crt is not a PEM certificate")?;
+        let ca =
+            reqwest::Certificate::from_pem(&pki.read(PkiFile::CaCert)?).context("ca.crt is not a PEM certificate")?;
         let mut identity_pem = pki.read(PkiFile::AdminCert)?;
         identity_pem.extend_from_slice(&pki.read(PkiFile::AdminKey)?);
-        let identity = reqwest::Identity::from_pem(&identity_pem).context("admin.crt/admin.key are not a usable client identity")?;
+        let identity = reqwest::Identity::from_pem(&identity_pem)
+            .context("admin.crt/admin.key are not a usable client identity")?;
         let client = reqwest::blocking::Client::builder()
             .tls_built_in_root_certs(false)
             .add_root_certificate(ca)
@@ -48,10 +50,6 @@ impl Probe {
         })?;
         let status = resp.status().as_u16();
         Ok((status, resp.text().unwrap_or_default()))
-    }
-
-    pub fn ready(&self, path: &str) -> bool {
-        matches!(self.get(path), Ok((200, _)))
     }
 
     /// The apiserver's gitVersion.

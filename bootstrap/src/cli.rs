@@ -44,12 +44,16 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Create or resume a cluster and point kubectl at it.
-    #[command(after_help = "Examples:\n  kubestrap start\n  kubestrap start -p dev --manifest ./manifest.toml --port 9443\n  kubestrap start --offline")]
+    #[command(
+        after_help = "Examples:\n  kubestrap start\n  kubestrap start -p dev --manifest ./manifest.toml --port 9443\n  kubestrap start --offline"
+    )]
     Start(StartArgs),
     /// Stop a cluster, keeping its state.
     Stop(ProfileArgs),
     /// Delete a cluster and its kubeconfig entries.
-    #[command(after_help = "Examples:\n  kubestrap delete\n  kubestrap delete -p dev\n  kubestrap delete --all --purge")]
+    #[command(
+        after_help = "Examples:\n  kubestrap delete\n  kubestrap delete -p dev\n  kubestrap delete --all --purge"
+    )]
     Delete(DeleteArgs),
     /// Show host, localkube, apiserver and kubeconfig state. Exit code: 1 host down, 2 localkube down, 4 apiserver not ready (added).
     Status(ProfileArgs),
@@ -77,7 +81,9 @@ pub enum Cmd {
         lines: usize,
     },
     /// Download and verify every artifact a manifest needs, into the cache.
-    #[command(after_help = "Examples:\n  kubestrap fetch --manifest ./manifest.toml\n  kubestrap fetch --manifest https://mirror.example/stable/manifest.toml --target linux-aarch64\n  kubestrap fetch --manifest ./manifest.toml --offline   # list what is missing")]
+    #[command(
+        after_help = "Examples:\n  kubestrap fetch --manifest ./manifest.toml\n  kubestrap fetch --manifest https://mirror.example/stable/manifest.toml --target linux-aarch64\n  kubestrap fetch --manifest ./manifest.toml --offline   # list what is missing"
+    )]
     Fetch(FetchArgs),
     /// Inspect and maintain the download cache.
     #[command(subcommand)]
@@ -220,7 +226,9 @@ pub enum ManifestCmd {
     /// Parse and validate a manifest; print a summary (exit 2 on errors).
     Check { file: PathBuf },
     /// Make a signing key pair (minisign format) in DIR.
-    #[command(after_help = "The secret key is encrypted with a password from the prompt or KUBESTRAP_KEY_PASSWORD.\nExample:\n  kubestrap manifest keygen --out ./keys --name release-2026")]
+    #[command(
+        after_help = "The secret key is encrypted with a password from the prompt or KUBESTRAP_KEY_PASSWORD.\nExample:\n  kubestrap manifest keygen --out ./keys --name release-2026"
+    )]
     Keygen {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
@@ -293,9 +301,7 @@ fn parse_target(s: &str) -> Result<Target, String> {
 
 /// `90s`, `5m`, `1h`, `500ms` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| (&s[..i], &s[i..]));
     let n: u64 = num.parse().map_err(|_| format!("expected a duration like 90s or 5m, got {s:?}"))?;
     let ms = match unit {
         "ms" => n,

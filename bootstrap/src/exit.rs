@@ -2,7 +2,7 @@
 //! and the mapping from errors to them. Library code returns structured
 //! errors; only `main` turns them into a code.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use kubestrap_manifest::ManifestError;
 
@@ -89,7 +89,9 @@ pub fn classify(err: &anyhow::Error) -> Code {
         }
         if let Some(e) = cause.downcast_ref::<UnpackError>() {
             return match e {
-                UnpackError::Unsafe { .. } | UnpackError::TooLarge { .. } | UnpackError::TooManyEntries { .. } => Code::UnsafeArchive,
+                UnpackError::Unsafe { .. } | UnpackError::TooLarge { .. } | UnpackError::TooManyEntries { .. } => {
+                    Code::UnsafeArchive
+                }
                 UnpackError::HashMismatch { .. } | UnpackError::MissingBin { .. } => Code::CorruptCache,
                 UnpackError::Io { source, .. } if crate::fsutil::is_disk_full(source) => Code::DiskFull,
                 UnpackError::Io { .. } => Code::Disk,
@@ -124,6 +126,9 @@ fn signing_code(e: &kubestrap_signing::Error) -> Code {
 }
 
 /// One line of advice for the disk-full case, naming where space is needed.
-pub fn disk_full_advice(home: &PathBuf) -> String {
-    format!("free some space on the filesystem of {} (or point KUBESTRAP_HOME elsewhere), then run the command again: it resumes", home.display())
+pub fn disk_full_advice(home: &Path) -> String {
+    format!(
+        "free some space on the filesystem of {} (or point KUBESTRAP_HOME elsewhere), then run the command again: it resumes",
+        home.display()
+    )
 }

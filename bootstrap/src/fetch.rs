@@ -15,8 +15,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use kubestrap_manifest::{Driver, Manifest, Target};
 use kubestrap_manifest::{Artifact, Sha256};
+use kubestrap_manifest::{Driver, Manifest, Target};
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, RANGE};
 
@@ -69,23 +69,38 @@ pub struct Job {
 #[derive(Clone, Debug)]
 pub enum Event<'a> {
     /// `cached`: already verified in the store, nothing to download.
-    Start { label: &'a str, size: u64, cached: bool },
+    Start {
+        label: &'a str,
+        size: u64,
+        cached: bool,
+    },
     /// `resumed_from` bytes were already present from an earlier attempt.
-    Progress { label: &'a str, done: u64, resumed_from: u64 },
-    Retry { label: &'a str, url: &'a str, attempt: u32, delay: Duration, error: &'a str },
-    Fallback { label: &'a str, url: &'a str, error: &'a str },
-    Done { label: &'a str, downloaded: u64, elapsed: Duration },
+    Progress {
+        label: &'a str,
+        done: u64,
+    },
+    Retry {
+        label: &'a str,
+        url: &'a str,
+        attempt: u32,
+        delay: Duration,
+        error: &'a str,
+    },
+    Fallback {
+        label: &'a str,
+        url: &'a str,
+        error: &'a str,
+    },
+    Done {
+        label: &'a str,
+        downloaded: u64,
+        elapsed: Duration,
+    },
 }
 
 /// Receives download events (rendered by the CLI layer).
 pub trait Reporter: Sync {
     fn event(&self, e: Event<'_>);
-}
-
-/// A reporter that ignores everything.
-pub struct Silent;
-impl Reporter for Silent {
-    fn event(&self, _: Event<'_>) {}
 }
 
 /// Why one URL failed.
@@ -135,10 +150,7 @@ pub fn jobs_for(m: &Manifest, target: &Target, driver: Driver) -> Result<Vec<Job
         .context("cannot choose artifacts")?;
     Ok(needs
         .into_iter()
-        .map(|n| Job {
-            label: format!("{} {} ({})", n.component, n.version, n.target),
-            artifact: n.artifact,
-        })
+        .map(|n| Job { label: format!("{} {} ({})", n.component, n.version, n.target), artifact: n.artifact })
         .collect())
 }
 
@@ -162,26 +174,34 @@ pub fn client(opts: &Options) -> Result<reqwest::blocking::Client> {
 }
 
 /// Brings every job's blob into the store; returns the blob paths in order.
-pub fn fetch_all(home: &Home, jobs: &[Job], opts: &Options, reporter: &dyn Reporter) -> Result<Vec<PathBuf>, FetchError> {
-    let missing: Vec<&Job> = jobs
-        .iter()
-        .filter(|j| !store::has_blob(home, &j.artifact.sha256, j.artifact.size.get()))
-        .collect();
+pub fn fetch_all(
+    home: &Home,
+    jobs: &[Job],
+    opts: &Options,
+    reporter: &dyn Reporter,
+) -> Result<Vec<PathBuf>, FetchError> {
+    let missing: Vec<&Job> =
+        jobs.iter().filter(|j| !store::has_blob(home, &j.artifact.sha256, j.artifact.size.get())).collect();
     if opts.offline && !missing.is_empty() {
         return Err(FetchError::Offline {
             missing: missing
                 .iter()
-                .map(|j| format!("{} sha256:{} ({} bytes) from {}", j.label, j.artifact.sha256, j.artifact.size.get(), j.artifact.urls.join(" or ")))
+                .map(|j| {
+                    format!(
+                        "{} sha256:{} ({} bytes) from {}",
+                        j.label,
+                        j.artifact.sha256,
+                        j.artifact.size.get(),
+                        j.artifact.urls.join(" or ")
+                    )
+                })
                 .collect(),
         });
     }
     let client = if missing.is_empty() || missing.iter().all(|j| j.artifact.urls.iter().all(|u| !is_http(u))) {
         None
     } else {
-        Some(client(opts).map_err(|source| FetchError::Local {
-            label: "HTTP client".into(),
-            source,
-        })?)
+        Some(client(opts).map_err(|source| FetchError::Local { label: "HTTP client".into(), source })?)
     };
     let queue = Mutex::new(jobs.iter().enumerate());
     let results: Mutex<Vec<Option<Result<PathBuf, FetchError>>>> = Mutex::new((0..jobs.len()).map(|_| None).collect());
@@ -212,13 +232,16 @@ fn is_http(url: &str) -> bool {
     url.starts_with("http://") || url.starts_with("https://")
 }
 
-fn fetch_one(home: &Home, job: &Job, opts: &Options, client: Option<&reqwest::blocking::Client>, reporter: &dyn Reporter) -> Result<PathBuf, FetchError> {
+fn fetch_one(
+    home: &Home,
+    job: &Job,
+    opts: &Options,
+    client: Option<&reqwest::blocking::Client>,
+    reporter: &dyn Reporter,
+) -> Result<PathBuf, FetchError> {
     let a = &job.artifact;
     let label = job.label.as_str();
-    let local = |source: anyhow::Error| FetchError::Local {
-        label: label.to_string(),
-        source,
-    };
+    let local = |source: anyhow::Error| FetchError::Local { label: label.to_string(), source };
     let size = a.size.get();
     if store::has_blob(home, &a.sha256, size) {
         reporter.event(Event::Start { label, size, cached: true });
@@ -235,7 +258,7 @@ fn fetch_one(home: &Home, job: &Job, opts: &Options, client: Option<&reqwest::bl
     let mut failures = Vec::new();
     for (n, url) in a.urls.iter().enumerate() {
         let mut w = BlobWriter::open(home, &a.sha256).map_err(local)?;
-        let resumed = w.len();
+        let resumed = w.offset();
         let outcome = if is_http(url) {
             download_with_retries(client.expect("client built for http URLs"), url, &mut w, size, opts, label, reporter)
         } else {
@@ -266,11 +289,10 @@ fn fetch_one(home: &Home, job: &Job, opts: &Options, client: Option<&reqwest::bl
                 if matches!(f.kind, FailureKind::TooLarge { .. }) {
                     w.discard();
                 }
-                f
+                *f
             }
         };
-        if let Some(next) = a.urls.get(n + 1) {
-            let _ = next;
+        if n + 1 < a.urls.len() {
             reporter.event(Event::Fallback { label, url, error: &failure.message });
         }
         failures.push(failure);
@@ -280,7 +302,7 @@ fn fetch_one(home: &Home, job: &Job, opts: &Options, client: Option<&reqwest::bl
 
 /// Why one attempt failed: the URL (retry or next URL), or our own disk (stop).
 enum Attempt {
-    Url(UrlFailure),
+    Url(Box<UrlFailure>),
     Local(anyhow::Error),
 }
 
@@ -311,24 +333,43 @@ fn download_with_retries(
 }
 
 fn url_failure(url: &str, kind: FailureKind, message: impl fmt::Display) -> Attempt {
-    Attempt::Url(UrlFailure { url: url.to_string(), kind, message: message.to_string() })
+    Attempt::Url(Box::new(UrlFailure { url: url.to_string(), kind, message: message.to_string() }))
 }
 
-fn download_once(client: &reqwest::blocking::Client, url: &str, w: &mut BlobWriter, size: u64, label: &str, reporter: &dyn Reporter) -> Result<(), (Transient, Attempt)> {
+fn download_once(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    w: &mut BlobWriter,
+    size: u64,
+    label: &str,
+    reporter: &dyn Reporter,
+) -> Result<(), (Transient, Attempt)> {
     let transient = |m: String| (Transient(true), url_failure(url, FailureKind::Network, m));
-    let local = |e: io::Error, what: &str| (Transient(false), Attempt::Local(anyhow::Error::new(e).context(what.to_string())));
-    if w.len() > size {
+    let local =
+        |e: io::Error, what: &str| (Transient(false), Attempt::Local(anyhow::Error::new(e).context(what.to_string())));
+    if w.offset() > size {
         w.restart().map_err(|e| local(e, "cannot truncate the partial download"))?;
     }
-    if w.len() == size {
+    if w.offset() == size {
         return Ok(());
     }
-    let offset = w.len();
+    let offset = w.offset();
     let mut req = client.get(url);
     if offset > 0 {
         req = req.header(RANGE, format!("bytes={offset}-"));
     }
-    let mut resp = req.send().map_err(|e| transient(describe(&e)))?;
+    let mut resp = req.send().map_err(|e| {
+        if is_certificate_error(&e) {
+            // Deterministic: retrying cannot help; say how to fix it.
+            let m = format!(
+                "{}; if this mirror is behind TLS interception, pass its CA with --ca-cert FILE (or KUBESTRAP_CA_CERT)",
+                describe(&e)
+            );
+            (Transient(false), url_failure(url, FailureKind::Network, m))
+        } else {
+            transient(describe(&e))
+        }
+    })?;
     let status = resp.status();
     match status {
         StatusCode::PARTIAL_CONTENT if offset > 0 => {
@@ -341,7 +382,9 @@ fn download_once(client: &reqwest::blocking::Client, url: &str, w: &mut BlobWrit
                 .and_then(|v| v.parse::<u64>().ok());
             if start != Some(offset) {
                 w.restart().map_err(|e| local(e, "cannot truncate the partial download"))?;
-                return Err(transient(format!("server answered a range starting at {start:?}, asked for {offset}; restarting")));
+                return Err(transient(format!(
+                    "server answered a range starting at {start:?}, asked for {offset}; restarting"
+                )));
             }
         }
         StatusCode::OK | StatusCode::PARTIAL_CONTENT => {
@@ -358,16 +401,29 @@ fn download_once(client: &reqwest::blocking::Client, url: &str, w: &mut BlobWrit
             return Err(transient(format!("HTTP {s}")));
         }
         s => {
-            let advice = if s == StatusCode::PROXY_AUTHENTICATION_REQUIRED { " (check HTTPS_PROXY credentials)" } else { "" };
-            return Err((Transient(false), url_failure(url, FailureKind::Http(s.as_u16()), format!("HTTP {s}{advice}"))));
+            let advice =
+                if s == StatusCode::PROXY_AUTHENTICATION_REQUIRED { " (check HTTPS_PROXY credentials)" } else { "" };
+            return Err((
+                Transient(false),
+                url_failure(url, FailureKind::Http(s.as_u16()), format!("HTTP {s}{advice}")),
+            ));
         }
     }
-    let resumed_from = w.len();
-    let room = size - w.len();
+    let room = size - w.offset();
     if let Some(len) = resp.content_length()
         && len > room
     {
-        return Err((Transient(false), url_failure(url, FailureKind::TooLarge { limit: size }, format!("the server announces {} bytes, more than the {size} the manifest allows; refused", len + w.len()))));
+        return Err((
+            Transient(false),
+            url_failure(
+                url,
+                FailureKind::TooLarge { limit: size },
+                format!(
+                    "the server announces {} bytes, more than the {size} the manifest allows; refused",
+                    len + w.offset()
+                ),
+            ),
+        ));
     }
     let mut buf = vec![0u8; 256 * 1024];
     let mut last_report = Instant::now();
@@ -376,22 +432,45 @@ fn download_once(client: &reqwest::blocking::Client, url: &str, w: &mut BlobWrit
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(transient(format!("connection lost after {} of {size} bytes: {e}", w.len()))),
+            Err(e) => return Err(transient(format!("connection lost after {} of {size} bytes: {e}", w.offset()))),
         };
-        if n as u64 > size - w.len() {
-            return Err((Transient(false), url_failure(url, FailureKind::TooLarge { limit: size }, format!("the body is longer than the {size} bytes the manifest allows; cut off and refused"))));
+        if n as u64 > size - w.offset() {
+            return Err((
+                Transient(false),
+                url_failure(
+                    url,
+                    FailureKind::TooLarge { limit: size },
+                    format!("the body is longer than the {size} bytes the manifest allows; cut off and refused"),
+                ),
+            ));
         }
         w.write(&buf[..n]).map_err(|e| local(e, "cannot write the download to disk"))?;
         if last_report.elapsed() >= Duration::from_millis(100) {
-            reporter.event(Event::Progress { label, done: w.len(), resumed_from });
+            reporter.event(Event::Progress { label, done: w.offset() });
             last_report = Instant::now();
         }
     }
-    reporter.event(Event::Progress { label, done: w.len(), resumed_from });
-    if w.len() < size {
-        return Err(transient(format!("the body ended after {} of {size} bytes", w.len())));
+    reporter.event(Event::Progress { label, done: w.offset() });
+    if w.offset() < size {
+        return Err(transient(format!("the body ended after {} of {size} bytes", w.offset())));
     }
     Ok(())
+}
+
+/// Whether a request failed because the server's certificate was refused.
+fn is_certificate_error(e: &reqwest::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(rustls::Error::InvalidCertificate(_)) = c.downcast_ref::<rustls::Error>() {
+            return true;
+        }
+        // io::Error's `source()` skips its own payload: descend into it instead.
+        cause = match c.downcast_ref::<io::Error>() {
+            Some(io) => io.get_ref().map(|i| i as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
+    }
+    false
 }
 
 fn describe(e: &reqwest::Error) -> String {
@@ -415,11 +494,15 @@ fn copy_local(url: &str, w: &mut BlobWriter, size: u64, label: &str, reporter: &
         if n == 0 {
             break;
         }
-        if n as u64 > size - w.len() {
-            return Err(url_failure(url, FailureKind::TooLarge { limit: size }, format!("the file is longer than the {size} bytes the manifest allows; refused")));
+        if n as u64 > size - w.offset() {
+            return Err(url_failure(
+                url,
+                FailureKind::TooLarge { limit: size },
+                format!("the file is longer than the {size} bytes the manifest allows; refused"),
+            ));
         }
         w.write(&buf[..n]).map_err(|e| Attempt::Local(anyhow::Error::new(e).context("cannot write to the store")))?;
     }
-    reporter.event(Event::Progress { label, done: w.len(), resumed_from: 0 });
+    reporter.event(Event::Progress { label, done: w.offset() });
     Ok(())
 }

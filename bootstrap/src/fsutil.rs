@@ -25,18 +25,11 @@ pub fn create_dir_mode(dir: &Path, mode: u32) -> Result<()> {
 /// Writes `bytes` to `path` atomically with `mode`: temp file, fsync, rename,
 /// fsync the directory. A crash leaves either the old file or the new one.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
     let tmp = temp_sibling(path);
     let result = (|| -> io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         // The umask may have narrowed the mode; set it exactly.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(bytes)?;

@@ -97,7 +97,6 @@ impl Home {
 #[derive(Debug)]
 pub struct LockGuard {
     _file: File,
-    pub path: PathBuf,
 }
 
 /// The lock is held by another process and the caller asked not to wait.
@@ -121,21 +120,14 @@ pub fn lock_file(path: &Path, wait: bool, waiting: impl FnOnce()) -> Result<Lock
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
             if !wait {
-                return Err(Locked {
-                    path: path.to_path_buf(),
-                }
-                .into());
+                return Err(Locked { path: path.to_path_buf() }.into());
             }
             waiting();
-            file.lock()
-                .with_context(|| format!("cannot lock {}", path.display()))?;
+            file.lock().with_context(|| format!("cannot lock {}", path.display()))?;
         }
         Err(TryLockError::Error(e)) => {
             return Err(e).with_context(|| format!("cannot lock {}", path.display()));
         }
     }
-    Ok(LockGuard {
-        _file: file,
-        path: path.to_path_buf(),
-    })
+    Ok(LockGuard { _file: file })
 }

@@ -16,12 +16,14 @@ use crate::home;
 
 /// The kubeconfig file kubestrap writes to.
 pub fn path() -> Result<PathBuf> {
-    if let Some(list) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
-        if let Some(first) = std::env::split_paths(&list).find(|p| !p.as_os_str().is_empty()) {
-            return Ok(first);
-        }
+    if let Some(list) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty())
+        && let Some(first) = std::env::split_paths(&list).find(|p| !p.as_os_str().is_empty())
+    {
+        return Ok(first);
     }
-    let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).context("cannot find the kubeconfig: set KUBECONFIG or HOME")?;
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .context("cannot find the kubeconfig: set KUBECONFIG or HOME")?;
     Ok(PathBuf::from(home).join(".kube/config"))
 }
 
@@ -61,7 +63,10 @@ fn read(path: &Path) -> Result<Mapping> {
     let not_parsed = |why: String| {
         coded(
             Code::Kubeconfig,
-            format!("kubeconfig {} does not parse ({why}); kubestrap left it untouched. Fix it, or point KUBECONFIG at another file", path.display()),
+            format!(
+                "kubeconfig {} does not parse ({why}); kubestrap left it untouched. Fix it, or point KUBECONFIG at another file",
+                path.display()
+            ),
         )
     };
     match serde_norway::from_str::<Value>(&text) {
@@ -189,9 +194,13 @@ pub fn remove(path: &Path, name: &str) -> Result<bool> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum State {
     /// Present and pointing at this server.
-    Configured { current: bool },
+    Configured {
+        current: bool,
+    },
     /// Present but pointing elsewhere (e.g. a stale port).
-    Misconfigured { server: String },
+    Misconfigured {
+        server: String,
+    },
     Missing,
 }
 
@@ -210,9 +219,9 @@ pub fn state(path: &Path, name: &str, server: &str) -> Result<State> {
         .and_then(Value::as_sequence)
         .is_some_and(|seq| seq.iter().any(|v| v.get("name").and_then(Value::as_str) == Some(name)));
     Ok(match found {
-        Some(s) if s == server && has_context => State::Configured {
-            current: doc.get(key("current-context")).and_then(Value::as_str) == Some(name),
-        },
+        Some(s) if s == server && has_context => {
+            State::Configured { current: doc.get(key("current-context")).and_then(Value::as_str) == Some(name) }
+        }
         Some(s) => State::Misconfigured { server: s },
         None => State::Missing,
     })

@@ -17,8 +17,8 @@ mod lifecycle;
 mod pki;
 mod profile;
 mod source;
-mod trust;
 mod store;
+mod trust;
 mod ui;
 mod unpack;
 
@@ -34,7 +34,11 @@ fn main() -> ExitCode {
         Some(h) => Ok(home::Home::new(h.clone())),
         None => home::Home::from_env(),
     };
-    let result = home.and_then(|home| commands::run(cli.cmd, &home, &ui));
+    let result = home.and_then(|home| {
+        commands::run(cli.cmd, &home, &ui).map_err(|e| {
+            if exit::classify(&e) == Code::DiskFull { e.context(exit::disk_full_advice(home.root())) } else { e }
+        })
+    });
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use kubestrap_manifest::PkiFile;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -61,12 +62,6 @@ impl Pki {
         let p = self.path(f);
         fs::read(&p).with_context(|| format!("cannot read {}", p.display()))
     }
-    /// The static admin token.
-    pub fn admin_token(&self) -> Result<String> {
-        let csv = String::from_utf8(self.read(PkiFile::TokenCsv)?)?;
-        csv.split(',').next().map(str::to_string).context("token.csv is empty")
-    }
-
     fn complete(&self) -> bool {
         PkiFile::ALL.iter().all(|f| self.path(*f).is_file())
     }
@@ -118,7 +113,13 @@ impl Pki {
         Ok(true)
     }
 
-    fn issue_apiserver(&self, ca: &rcgen::Certificate, ca_key: &KeyPair, sans: &[String], opts: &Options) -> Result<()> {
+    fn issue_apiserver(
+        &self,
+        ca: &rcgen::Certificate,
+        ca_key: &KeyPair,
+        sans: &[String],
+        opts: &Options,
+    ) -> Result<()> {
         let key = KeyPair::generate()?;
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         p.subject_alt_names = sans
@@ -174,7 +175,8 @@ impl Pki {
         let mut out = Vec::new();
         for f in [PkiFile::CaCert, PkiFile::ApiserverCert, PkiFile::AdminCert] {
             let pem = self.read(f)?;
-            let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).with_context(|| format!("{} is not PEM", f.file_name()))?;
+            let (_, pem) =
+                x509_parser::pem::parse_x509_pem(&pem).with_context(|| format!("{} is not PEM", f.file_name()))?;
             let cert = pem.parse_x509().with_context(|| format!("{} is not a certificate", f.file_name()))?;
             out.push((f, cert.validity().not_after.to_datetime()));
         }
@@ -219,11 +221,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn opts() -> Options {
-        Options {
-            profile: "t".into(),
-            validity: Duration::days(365),
-            extra_sans: vec![],
-        }
+        Options { profile: "t".into(), validity: Duration::days(365), extra_sans: vec![] }
     }
 
     #[test]
@@ -249,7 +247,8 @@ mod tests {
         assert!(pki.apiserver_sans().unwrap().contains(&"10.0.2.15".to_string()));
         assert_eq!(pki.read(PkiFile::CaCert).unwrap(), ca);
         assert_eq!(pki.read(PkiFile::AdminCert).unwrap(), admin);
-        assert_eq!(pki.admin_token().unwrap().len(), 48);
+        let csv = String::from_utf8(pki.read(PkiFile::TokenCsv).unwrap()).unwrap();
+        assert_eq!(csv.split(',').next().unwrap().len(), 48);
         let exp = pki.expiries().unwrap();
         assert_eq!(exp.len(), 3);
         assert!(exp[0].1 > OffsetDateTime::now_utc() + Duration::days(300));

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use kubestrap_manifest::Driver;
@@ -39,10 +39,7 @@ pub struct Profile {
 impl Profile {
     pub fn new(home: &Home, name: &str) -> Result<Profile> {
         check_name(name)?;
-        Ok(Profile {
-            name: name.to_string(),
-            dir: home.profile(name),
-        })
+        Ok(Profile { name: name.to_string(), dir: home.profile(name) })
     }
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("config.toml")
@@ -70,12 +67,20 @@ impl Profile {
         let path = self.config_path();
         let text = fs::read_to_string(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                coded(Code::NoProfile, format!("profile {:?} does not exist; create it with `kubestrap start -p {}`", self.name, self.name))
+                coded(
+                    Code::NoProfile,
+                    format!(
+                        "profile {:?} does not exist; create it with `kubestrap start -p {}`",
+                        self.name, self.name
+                    ),
+                )
             } else {
                 anyhow::Error::new(e).context(format!("cannot read {}", path.display()))
             }
         })?;
-        toml::from_str(&text).with_context(|| format!("{} is damaged; fix it or run `kubestrap delete -p {}`", path.display(), self.name))
+        toml::from_str(&text).with_context(|| {
+            format!("{} is damaged; fix it or run `kubestrap delete -p {}`", path.display(), self.name)
+        })
     }
 
     pub fn save(&self, cfg: &Config) -> Result<()> {
@@ -95,7 +100,12 @@ pub fn check_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(coded(Code::Usage, format!("invalid profile name {name:?}: use 1-63 lowercase letters, digits or '-', not starting or ending with '-'")))
+        Err(coded(
+            Code::Usage,
+            format!(
+                "invalid profile name {name:?}: use 1-63 lowercase letters, digits or '-', not starting or ending with '-'"
+            ),
+        ))
     }
 }
 
@@ -127,9 +137,4 @@ pub fn all_manifest_paths(home: &Home) -> Result<BTreeSet<PathBuf>> {
         }
     }
     Ok(out)
-}
-
-/// Whether `p` is inside `dir` (both as given, no symlink resolution).
-pub fn is_within(p: &Path, dir: &Path) -> bool {
-    p.starts_with(dir)
 }

@@ -54,11 +54,7 @@ pub fn load_stored(home: &Home, path: &Path, allow_expired: bool) -> Result<Load
     let trusted = trust::verify_manifest(home, &label, &bytes, &sig, allow_expired)?;
     let manifest = Manifest::parse(&bytes, path)?;
     trust::check_fresh(&manifest, &label, allow_expired, true)?;
-    Ok(Loaded {
-        manifest,
-        path: path.to_path_buf(),
-        trusted,
-    })
+    Ok(Loaded { manifest, path: path.to_path_buf(), trusted })
 }
 
 /// Verifies bytes + signature and records the manifest (rollback state and a
@@ -81,8 +77,11 @@ pub fn accept(home: &Home, label: &str, bytes: &[u8], sig: &str, allow_expired: 
 /// beside the manifest; if so it is verified against the chain this home
 /// trusts and kept, so release keys can rotate without a new kubestrap.
 fn import_channel_keys(home: &Home, spec: &str, opts: &fetch::Options, allow_expired: bool, ui: &Ui) -> Result<()> {
-    let Some(base) = spec.rsplit_once('/').map(|(b, _)| b) else { return Ok(()) };
-    let keys_spec = format!("{base}/keys.toml");
+    let keys_spec = match spec.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/keys.toml"),
+        // A bare file name (`--manifest manifest.toml`): its directory is the current one.
+        None => "keys.toml".to_string(),
+    };
     let Ok((bytes, sigs)) = read_pair(&keys_spec, opts) else { return Ok(()) };
     let file = kubestrap_signing::KeyListFile::new(keys_spec.clone(), bytes, sigs);
     match trust::import_key_list(home, file, allow_expired) {
@@ -105,13 +104,16 @@ fn read_pair(spec: &str, opts: &fetch::Options) -> Result<(Vec<u8>, String)> {
         if opts.offline {
             return Err(coded(
                 Code::OfflineMissing,
-                format!("--offline: cannot download the manifest {spec}; name a manifest file with --manifest, or use an offline bundle"),
+                format!(
+                    "--offline: cannot download the manifest {spec}; name a manifest file with --manifest, or use an offline bundle"
+                ),
             ));
         }
         let client = fetch::client(opts)?;
         let bytes = http_get(&client, spec)?;
         let sig = http_get(&client, &sig_spec)?;
-        let sig = String::from_utf8(sig).map_err(|_| coded(Code::Signature, format!("{sig_spec}: the signature file is not text")))?;
+        let sig = String::from_utf8(sig)
+            .map_err(|_| coded(Code::Signature, format!("{sig_spec}: the signature file is not text")))?;
         Ok((bytes, sig))
     } else {
         let path = Path::new(spec.strip_prefix("file://").unwrap_or(spec));
@@ -120,7 +122,10 @@ fn read_pair(spec: &str, opts: &fetch::Options) -> Result<(Vec<u8>, String)> {
         let sig = fs::read_to_string(&sig_path).map_err(|e| {
             coded(
                 Code::Signature,
-                format!("cannot read the signature {}: {e}; every manifest must be signed (`kubestrap manifest sign`)", sig_path.display()),
+                format!(
+                    "cannot read the signature {}: {e}; every manifest must be signed (`kubestrap manifest sign`)",
+                    sig_path.display()
+                ),
             )
         })?;
         Ok((bytes, sig))
@@ -130,9 +135,14 @@ fn read_pair(spec: &str, opts: &fetch::Options) -> Result<(Vec<u8>, String)> {
 fn read_capped(path: &Path) -> Result<Vec<u8>> {
     let f = fs::File::open(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
     let mut bytes = Vec::new();
-    f.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes).with_context(|| format!("cannot read manifest {}", path.display()))?;
+    f.take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read manifest {}", path.display()))?;
     if bytes.len() as u64 > MAX_MANIFEST_BYTES {
-        return Err(coded(Code::Usage, format!("{}: larger than {MAX_MANIFEST_BYTES} bytes; not a manifest", path.display())));
+        return Err(coded(
+            Code::Usage,
+            format!("{}: larger than {MAX_MANIFEST_BYTES} bytes; not a manifest", path.display()),
+        ));
     }
     Ok(bytes)
 }
@@ -168,6 +178,8 @@ pub fn stored(home: &Home) -> Result<Vec<(PathBuf, Manifest)>> {
             out.push((p, m));
         }
     }
-    out.sort_by(|a, b| (&a.1.channel, std::cmp::Reverse(a.1.version)).cmp(&(&b.1.channel, std::cmp::Reverse(b.1.version))));
+    out.sort_by(|a, b| {
+        (&a.1.channel, std::cmp::Reverse(a.1.version)).cmp(&(&b.1.channel, std::cmp::Reverse(b.1.version)))
+    });
     Ok(out)
 }

@@ -53,21 +53,12 @@ impl BlobWriter {
         let mut hasher = sha2::Sha256::new();
         let len = io::copy(&mut (&mut file).take(u64::MAX), &mut HashSink(&mut hasher))
             .with_context(|| format!("cannot read {}", partial.display()))?;
-        Ok(BlobWriter {
-            file,
-            hasher,
-            len,
-            partial,
-        })
+        Ok(BlobWriter { file, hasher, len, partial })
     }
 
     /// Bytes already present (the offset to resume from).
-    pub fn len(&self) -> u64 {
+    pub fn offset(&self) -> u64 {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Drops everything written so far (the server ignored our Range).
@@ -94,21 +85,13 @@ impl BlobWriter {
             drop(self.file);
             let _ = fs::remove_file(&self.partial);
             return Err(if self.len != size {
-                BlobError::SizeMismatch {
-                    expected: size,
-                    actual: self.len,
-                }
+                BlobError::SizeMismatch { expected: size, actual: self.len }
             } else {
-                BlobError::HashMismatch {
-                    expected: *expected,
-                    actual,
-                }
+                BlobError::HashMismatch { expected: *expected, actual }
             }
             .into());
         }
-        self.file
-            .sync_all()
-            .with_context(|| format!("cannot sync {}", self.partial.display()))?;
+        self.file.sync_all().with_context(|| format!("cannot sync {}", self.partial.display()))?;
         let dir = home.blobs();
         fsutil::create_dir_mode(&dir, 0o755)?;
         let dest = home.blob(expected);
@@ -176,8 +159,7 @@ pub fn ensure_component(home: &Home, artifact: &Artifact) -> Result<PathBuf> {
         fsutil::write_atomic(&tmp.join(COMPLETE), render_complete(&files).as_bytes(), 0o644)?;
         // A leftover tree without `.complete` is from a crash: replace it.
         fsutil::remove_any(&final_dir)?;
-        fs::rename(&tmp, &final_dir)
-            .with_context(|| format!("cannot move {} into place", tmp.display()))?;
+        fs::rename(&tmp, &final_dir).with_context(|| format!("cannot move {} into place", tmp.display()))?;
         fsutil::sync_dir(&root)?;
         Ok(())
     })();
@@ -208,9 +190,7 @@ pub fn verify_component(dir: &Path) -> Result<Vec<String>> {
             bad.push(format!("malformed line {line:?}"));
             continue;
         };
-        let ok = hex.parse::<Sha256>().is_ok_and(|want| {
-            hash_file(&dir.join(path)).is_ok_and(|(got, _)| got == want)
-        });
+        let ok = hex.parse::<Sha256>().is_ok_and(|want| hash_file(&dir.join(path)).is_ok_and(|(got, _)| got == want));
         if !ok {
             bad.push(path.to_string());
         }

@@ -60,15 +60,23 @@ pub fn key_chain(home: &Home) -> Result<Vec<KeyListFile>> {
 /// Adds a key list (verified against the current chain first) to the home.
 pub fn import_key_list(home: &Home, file: KeyListFile, allow_expired: bool) -> Result<u64> {
     let mut chain = key_chain(home)?;
-    chain.push(file.clone());
+    // The list this home already has as its newest (a channel serves the same
+    // keys.toml with every manifest): nothing to import, nothing to warn about.
+    let known = chain.last().is_some_and(|newest| newest.bytes == file.bytes);
+    if !known {
+        chain.push(file.clone());
+    }
     let pinned = signing::pinned_keys(&home.trust())?;
     let roots = signing::builtin_roots();
     let now = OffsetDateTime::now_utc();
-    let verified = signing::KeyChain::verify(&chain, &roots, now, allow_expired)
-        .or_else(|e| if pinned.is_empty() { Err(e) } else { signing::KeyChain::verify(&chain, &pinned, now, allow_expired) })?;
-    let path = home.keys().join(format!("keys-{}.toml", verified.version));
-    fsutil::write_atomic(&signing::signature_path(&path), file.sigs.as_bytes(), 0o644)?;
-    fsutil::write_atomic(&path, &file.bytes, 0o644)?;
+    let verified = signing::KeyChain::verify(&chain, &roots, now, allow_expired).or_else(|e| {
+        if pinned.is_empty() { Err(e) } else { signing::KeyChain::verify(&chain, &pinned, now, allow_expired) }
+    })?;
+    if !known {
+        let path = home.keys().join(format!("keys-{}.toml", verified.version));
+        fsutil::write_atomic(&signing::signature_path(&path), file.sigs.as_bytes(), 0o644)?;
+        fsutil::write_atomic(&path, &file.bytes, 0o644)?;
+    }
     Ok(verified.version)
 }
 
@@ -89,11 +97,7 @@ pub fn verify_manifest(home: &Home, label: &str, bytes: &[u8], sig: &str, allow_
         // Key lists are versioned too: an older one is a rollback.
         signing::SeenVersions::check_and_record(&seen_path(home)?, KEY_LIST_CHANNEL, list.version, &list.sha256)?;
     }
-    Ok(Trusted {
-        path: v.trust_path,
-        trusted_comment: v.trusted_comment,
-        warnings: v.warnings,
-    })
+    Ok(Trusted { path: v.trust_path, trusted_comment: v.trusted_comment, warnings: v.warnings })
 }
 
 /// Expiry and `requires-bootstrap`. Returns warnings to print. `stored`: a
@@ -112,7 +116,10 @@ pub fn check_fresh(m: &Manifest, label: &str, allow_expired: bool, stored: bool)
     if !m.requires_bootstrap.matches(&me) {
         return Err(coded(
             Code::NeedsNewerKubestrap,
-            format!("{what} requires kubestrap {}, this is {me}; run `kubestrap self-update` (or download a newer kubestrap) and try again", m.requires_bootstrap),
+            format!(
+                "{what} requires kubestrap {}, this is {me}; run `kubestrap self-update` (or download a newer kubestrap) and try again",
+                m.requires_bootstrap
+            ),
         ));
     }
     Ok(warnings)

@@ -31,7 +31,8 @@ impl Ui {
         let color = tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
         Ui {
             output,
-            bars: (tty && output == Output::Text).then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
+            bars: (tty && output == Output::Text)
+                .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
             color,
             active: Mutex::new(HashMap::new()),
         }
@@ -75,7 +76,9 @@ impl Ui {
     /// A finished step: `✓ name  (1.2s)` or a JSON step object.
     pub fn step(&self, name: &str, detail: &str, elapsed: Duration) {
         if self.is_json() {
-            self.json(json!({"step": name, "status": "ok", "detail": detail, "elapsed_ms": elapsed.as_millis() as u64}));
+            self.json(
+                json!({"step": name, "status": "ok", "detail": detail, "elapsed_ms": elapsed.as_millis() as u64}),
+            );
         } else {
             let tick = if self.color { "\x1b[32m✓\x1b[0m" } else { "✓" };
             let detail = if detail.is_empty() { String::new() } else { format!(": {detail}") };
@@ -85,11 +88,7 @@ impl Ui {
 }
 
 pub fn human_duration(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
+    if d < Duration::from_secs(1) { format!("{}ms", d.as_millis()) } else { format!("{:.1}s", d.as_secs_f64()) }
 }
 
 pub fn human_bytes(n: u64) -> String {
@@ -100,17 +99,27 @@ impl fetch::Reporter for Ui {
     fn event(&self, e: Event<'_>) {
         if self.is_json() {
             let v = match e {
-                Event::Start { label, size, cached } => json!({"event": "download-start", "artifact": label, "size": size, "cached": cached}),
+                Event::Start { label, size, cached } => {
+                    json!({"event": "download-start", "artifact": label, "size": size, "cached": cached})
+                }
                 Event::Progress { .. } => return,
-                Event::Retry { label, url, attempt, delay, error } => json!({"event": "download-retry", "artifact": label, "url": url, "attempt": attempt, "delay_ms": delay.as_millis() as u64, "error": error}),
-                Event::Fallback { label, url, error } => json!({"event": "download-fallback", "artifact": label, "url": url, "error": error}),
-                Event::Done { label, downloaded, elapsed } => json!({"event": "download-done", "artifact": label, "downloaded": downloaded, "elapsed_ms": elapsed.as_millis() as u64}),
+                Event::Retry { label, url, attempt, delay, error } => {
+                    json!({"event": "download-retry", "artifact": label, "url": url, "attempt": attempt, "delay_ms": delay.as_millis() as u64, "error": error})
+                }
+                Event::Fallback { label, url, error } => {
+                    json!({"event": "download-fallback", "artifact": label, "url": url, "error": error})
+                }
+                Event::Done { label, downloaded, elapsed } => {
+                    json!({"event": "download-done", "artifact": label, "downloaded": downloaded, "elapsed_ms": elapsed.as_millis() as u64})
+                }
             };
             self.json(v);
             return;
         }
         match (&self.bars, e) {
-            (_, Event::Start { label, size, cached: true }) => self.println(&format!("  {label}: cached ({})", human_bytes(size))),
+            (_, Event::Start { label, size, cached: true }) => {
+                self.println(&format!("  {label}: cached ({})", human_bytes(size)))
+            }
             (Some(mp), Event::Start { label, size, cached: false }) => {
                 let bar = mp.add(ProgressBar::new(size));
                 bar.set_style(
@@ -121,8 +130,10 @@ impl fetch::Reporter for Ui {
                 bar.set_message(label.to_string());
                 self.active.lock().unwrap().insert(label.to_string(), bar);
             }
-            (None, Event::Start { label, size, cached: false }) => self.println(&format!("  {label}: downloading {}", human_bytes(size))),
-            (_, Event::Progress { label, done, .. }) => {
+            (None, Event::Start { label, size, cached: false }) => {
+                self.println(&format!("  {label}: downloading {}", human_bytes(size)))
+            }
+            (_, Event::Progress { label, done }) => {
                 if let Some(bar) = self.active.lock().unwrap().get(label) {
                     bar.set_position(done);
                 }
@@ -130,13 +141,20 @@ impl fetch::Reporter for Ui {
             (_, Event::Retry { label, url, attempt, delay, error }) => {
                 self.warn(&format!("{label}: {url}: {error}; retry {attempt} in {}", human_duration(delay)))
             }
-            (_, Event::Fallback { label, url, error }) => self.warn(&format!("{label}: {url}: {error}; trying the next URL")),
+            (_, Event::Fallback { label, url, error }) => {
+                self.warn(&format!("{label}: {url}: {error}; trying the next URL"))
+            }
             (_, Event::Done { label, downloaded, elapsed }) => {
                 if let Some(bar) = self.active.lock().unwrap().remove(label) {
                     bar.finish_and_clear();
                 }
                 let rate = downloaded as f64 / elapsed.as_secs_f64().max(1e-3);
-                self.println(&format!("  {label}: verified {} in {} ({}/s)", human_bytes(downloaded), human_duration(elapsed), human_bytes(rate as u64)));
+                self.println(&format!(
+                    "  {label}: verified {} in {} ({}/s)",
+                    human_bytes(downloaded),
+                    human_duration(elapsed),
+                    human_bytes(rate as u64)
+                ));
             }
         }
     }

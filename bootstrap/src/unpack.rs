@@ -26,10 +26,7 @@ impl Limits {
     /// The default for an archive of `compressed` bytes: 50× its size, at
     /// least 256 MiB and at most 32 GiB; at most a million entries.
     pub fn for_size(compressed: u64) -> Limits {
-        Limits {
-            max_bytes: compressed.saturating_mul(50).clamp(256 << 20, 32 << 30),
-            max_entries: 1_000_000,
-        }
+        Limits { max_bytes: compressed.saturating_mul(50).clamp(256 << 20, 32 << 30), max_entries: 1_000_000 }
     }
 }
 
@@ -43,23 +40,21 @@ pub struct FileEntry {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
-    #[error("{archive}: refused entry {entry:?}: {reason}; the archive is unsafe to unpack, so nothing from it is used")]
-    Unsafe {
-        archive: PathBuf,
-        entry: String,
-        reason: String,
-    },
+    #[error(
+        "{archive}: refused entry {entry:?}: {reason}; the archive is unsafe to unpack, so nothing from it is used"
+    )]
+    Unsafe { archive: PathBuf, entry: String, reason: String },
     #[error("{archive}: expands past the limit of {limit} bytes (a decompression bomb?); nothing from it is used")]
     TooLarge { archive: PathBuf, limit: u64 },
     #[error("{archive}: more than {limit} entries; nothing from it is used")]
     TooManyEntries { archive: PathBuf, limit: u64 },
-    #[error("{archive}: sha256 is {actual}, the manifest says {expected}; the cached file is corrupt: run `kubestrap cache verify` and try again")]
-    HashMismatch {
-        archive: PathBuf,
-        expected: Sha256,
-        actual: Sha256,
-    },
-    #[error("{archive}: the manifest names `{bin}` as the executable, but the archive does not contain it as a regular file")]
+    #[error(
+        "{archive}: sha256 is {actual}, the manifest says {expected}; the cached file is corrupt: run `kubestrap cache verify` and try again"
+    )]
+    HashMismatch { archive: PathBuf, expected: Sha256, actual: Sha256 },
+    #[error(
+        "{archive}: the manifest names `{bin}` as the executable, but the archive does not contain it as a regular file"
+    )]
     MissingBin { archive: PathBuf, bin: String },
     #[error("{archive}: cannot unpack: {source}")]
     Io {
@@ -78,11 +73,7 @@ pub struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hasher: sha2::Sha256::new(),
-            count: 0,
-        }
+        HashingReader { inner, hasher: sha2::Sha256::new(), count: 0 }
     }
     /// Reads the rest of the input, then returns its digest and length.
     pub fn finish(mut self) -> io::Result<(Sha256, u64)> {
@@ -97,23 +88,6 @@ impl<R: Read> Read for HashingReader<R> {
         self.hasher.update(&buf[..n]);
         self.count += n as u64;
         Ok(n)
-    }
-}
-
-/// Writes through, hashing every byte.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: sha2::Sha256,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
     }
 }
 
@@ -134,10 +108,7 @@ pub fn unpack(
         entries: 0,
         files: Vec::new(),
     };
-    let io_err = |source| UnpackError::Io {
-        archive: archive.to_path_buf(),
-        source,
-    };
+    let io_err = |source| UnpackError::Io { archive: archive.to_path_buf(), source };
     let file = File::open(archive).map_err(io_err)?;
     let reader = HashingReader::new(BufReader::with_capacity(1 << 20, file));
     let actual = match kind {
@@ -146,21 +117,7 @@ pub fn unpack(
             u.write_file(bin, &mut r, 0o755)?;
             r.finish().map_err(io_err)?.0
         }
-        Unpack::TarGz => {
-            let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(reader));
-            u.tar(&mut ar)?;
-            let gz = ar.into_inner();
-            gz.into_inner().finish().map_err(io_err)?.0
-        }
-        Unpack::TarZst => {
-            let dec = zstd::Decoder::with_buffer(BufReader::with_capacity(1 << 20, reader))
-                .map_err(io_err)?;
-            let mut ar = tar::Archive::new(dec);
-            u.tar(&mut ar)?;
-            let buffered = ar.into_inner().finish();
-            // Bytes still in the buffer were already hashed; drain the rest.
-            buffered.into_inner().finish().map_err(io_err)?.0
-        }
+        Unpack::TarGz | Unpack::TarZst => untar_pipelined(&mut u, reader, kind)?,
         Unpack::Zip => {
             // zip needs random access: hash the whole file first.
             let actual = reader.finish().map_err(io_err)?.0;
@@ -171,21 +128,106 @@ pub fn unpack(
         }
     };
     if actual != expected {
-        return Err(UnpackError::HashMismatch {
-            archive: archive.to_path_buf(),
-            expected,
-            actual,
-        });
+        return Err(UnpackError::HashMismatch { archive: archive.to_path_buf(), expected, actual });
     }
     let bin_ok = fs::symlink_metadata(dest.join(bin)).is_ok_and(|m| m.is_file());
     if !bin_ok {
-        return Err(UnpackError::MissingBin {
-            archive: archive.to_path_buf(),
-            bin: bin.to_string(),
-        });
+        return Err(UnpackError::MissingBin { archive: archive.to_path_buf(), bin: bin.to_string() });
     }
     u.files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(u.files)
+}
+
+/// Untars with decompression on a second thread: reading, hashing and
+/// decoding the archive overlap with parsing the tar stream and writing the
+/// tree (two cores, as `tar --zstd` uses with its zstd child). Returns the
+/// archive's sha256.
+fn untar_pipelined(
+    u: &mut Unpacker,
+    reader: HashingReader<BufReader<File>>,
+    kind: Unpack,
+) -> Result<Sha256, UnpackError> {
+    let archive = u.archive.clone();
+    let io_err = |source| UnpackError::Io { archive: archive.clone(), source };
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
+    std::thread::scope(|s| {
+        let decoder = s.spawn(move || -> io::Result<Sha256> {
+            let hashed = match kind {
+                Unpack::TarGz => {
+                    let mut gz = flate2::read::GzDecoder::new(reader);
+                    pump(&mut gz, &tx)?;
+                    gz.into_inner()
+                }
+                _ => {
+                    let mut z = zstd::Decoder::with_buffer(BufReader::with_capacity(1 << 20, reader))?;
+                    pump(&mut z, &tx)?;
+                    // Bytes still in the buffer were already hashed.
+                    z.finish().into_inner()
+                }
+            };
+            Ok(hashed.finish()?.0)
+        });
+        let mut ar = tar::Archive::new(ChannelReader { rx, chunk: Vec::new(), pos: 0 });
+        let parsed = u.tar(&mut ar);
+        if parsed.is_ok() {
+            // Let the decoder reach the end so the whole archive is hashed.
+            io::copy(&mut ar.into_inner(), &mut io::sink()).map_err(io_err)?;
+        } else {
+            drop(ar); // the decoder sees the closed channel and stops
+        }
+        let digest = decoder.join().expect("the decoder thread does not panic");
+        parsed?;
+        digest.map_err(io_err)
+    })
+}
+
+/// Sends the decoded stream in 1 MiB chunks; a decoding error is sent too.
+fn pump(dec: &mut dyn Read, tx: &std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>) -> io::Result<()> {
+    loop {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0;
+        while n < buf.len() {
+            match dec.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                    return Err(e);
+                }
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        buf.truncate(n);
+        tx.send(Ok(buf)).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "unpacking stopped"))?;
+    }
+}
+
+/// The receiving end of [`pump`], as a reader.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(chunk) => {
+                    self.chunk = chunk?;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.chunk.len() - self.pos);
+        out[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 struct Unpacker {
@@ -199,27 +241,17 @@ struct Unpacker {
 
 impl Unpacker {
     fn unsafe_entry(&self, entry: &str, reason: impl Into<String>) -> UnpackError {
-        UnpackError::Unsafe {
-            archive: self.archive.clone(),
-            entry: entry.to_string(),
-            reason: reason.into(),
-        }
+        UnpackError::Unsafe { archive: self.archive.clone(), entry: entry.to_string(), reason: reason.into() }
     }
 
     fn io(&self, source: io::Error) -> UnpackError {
-        UnpackError::Io {
-            archive: self.archive.clone(),
-            source,
-        }
+        UnpackError::Io { archive: self.archive.clone(), source }
     }
 
     fn count_entry(&mut self) -> Result<(), UnpackError> {
         self.entries += 1;
         if self.entries > self.limits.max_entries {
-            return Err(UnpackError::TooManyEntries {
-                archive: self.archive.clone(),
-                limit: self.limits.max_entries,
-            });
+            return Err(UnpackError::TooManyEntries { archive: self.archive.clone(), limit: self.limits.max_entries });
         }
         Ok(())
     }
@@ -283,32 +315,32 @@ impl Unpacker {
         let path = self.dest.join(&rel);
         self.clear(&path)?;
         let mode = (mode & 0o777) | 0o600;
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&path)
-            .map_err(|e| self.io(e))?;
-        let mut w = HashingWriter {
-            inner: io::BufWriter::with_capacity(1 << 20, f),
-            hasher: sha2::Sha256::new(),
-        };
+        let f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&path).map_err(|e| self.io(e))?;
+        let mut f = f;
+        let mut hasher = sha2::Sha256::new();
         let room = self.limits.max_bytes - self.written;
-        let n = io::copy(&mut data.take(room + 1), &mut w).map_err(|e| self.io(e))?;
-        if n > room {
-            return Err(UnpackError::TooLarge {
-                archive: self.archive.clone(),
-                limit: self.limits.max_bytes,
-            });
+        let mut n: u64 = 0;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let k = match data.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io(e)),
+            };
+            n += k as u64;
+            if n > room {
+                return Err(UnpackError::TooLarge { archive: self.archive.clone(), limit: self.limits.max_bytes });
+            }
+            hasher.update(&buf[..k]);
+            f.write_all(&buf[..k]).map_err(|e| self.io(e))?;
         }
         self.written += n;
-        w.flush().map_err(|e| self.io(e))?;
-        let f = w.inner.into_inner().map_err(|e| self.io(e.into_error()))?;
         // Set exactly: the umask must not strip exec bits, and no setuid/setgid.
         f.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| self.io(e))?;
         self.files.push(FileEntry {
             path: rel.to_string_lossy().into_owned(),
-            sha256: Sha256::from_bytes(w.hasher.finalize().into()),
+            sha256: Sha256::from_bytes(hasher.finalize().into()),
             mode,
         });
         Ok(())
@@ -350,17 +382,15 @@ impl Unpacker {
                 Component::ParentDir if !named => depth -= 1,
                 Component::CurDir => {}
                 _ => {
-                    return Err(self.unsafe_entry(
-                        raw,
-                        format!("symlink target {} has '..' after a name", target.display()),
-                    ));
+                    return Err(
+                        self.unsafe_entry(raw, format!("symlink target {} has '..' after a name", target.display()))
+                    );
                 }
             }
             if depth < 0 {
-                return Err(self.unsafe_entry(
-                    raw,
-                    format!("symlink to {} points outside the destination", target.display()),
-                ));
+                return Err(
+                    self.unsafe_entry(raw, format!("symlink to {} points outside the destination", target.display()))
+                );
             }
         }
         self.prepare_parents(raw, &rel)?;
@@ -392,10 +422,7 @@ impl Unpacker {
         self.clear(&path)?;
         fs::hard_link(&src, &path).map_err(|e| self.io(e))?;
         if let Some(f) = self.files.iter().find(|f| Path::new(&f.path) == tgt).cloned() {
-            self.files.push(FileEntry {
-                path: rel.to_string_lossy().into_owned(),
-                ..f
-            });
+            self.files.push(FileEntry { path: rel.to_string_lossy().into_owned(), ..f });
         }
         Ok(())
     }
@@ -415,7 +442,8 @@ impl Unpacker {
                     self.symlink(&raw, &target)?;
                 }
                 T::Link => {
-                    let target = entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+                    let target =
+                        entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
                     self.hardlink(&raw, &target)?;
                 }
                 T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => {}

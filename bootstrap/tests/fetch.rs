@@ -56,13 +56,7 @@ impl Fixture {
         let ku = server.add_artifact("dl/kubectl", &kubectl);
         let lu = server.add_artifact("dl/localkube.tar.zst", &lk);
         let manifest = env.write_signed_manifest(&spec(vec![ku], &kubectl, vec![lu], &lk), "m.toml");
-        Fixture {
-            env,
-            server,
-            kubectl,
-            lk,
-            manifest,
-        }
+        Fixture { env, server, kubectl, lk, manifest }
     }
 
     fn m(&self) -> &str {
@@ -137,7 +131,16 @@ fn wrong_hash_is_refused_naming_url_and_both_hashes() {
     let mut evil = kubectl.bytes();
     evil[1000] ^= 0x40;
     server.add("kubectl", evil.clone());
-    let err = env.fail(&["fetch", "--jobs", "1", "--manifest", env.write_signed_manifest(&spec(vec![ku.clone()], &kubectl, vec![lu], &lk), "m.toml").to_str().unwrap()], INTEGRITY);
+    let err = env.fail(
+        &[
+            "fetch",
+            "--jobs",
+            "1",
+            "--manifest",
+            env.write_signed_manifest(&spec(vec![ku.clone()], &kubectl, vec![lu], &lk), "m.toml").to_str().unwrap(),
+        ],
+        INTEGRITY,
+    );
     assert!(err.contains(&ku), "names the URL: {err}");
     assert!(err.contains(&kubectl.sha256), "names the expected hash: {err}");
     assert!(err.contains(&sha256_hex(&evil)), "names the actual hash: {err}");
@@ -323,7 +326,8 @@ fn file_url_and_plain_path_sources() {
     let env = Env::new();
     let (kubectl, lk) = small_artifacts(&env.scratch("art"), 6);
     let nowhere = env.path().join("nowhere/kubectl").display().to_string();
-    let m = env.write_signed_manifest(&spec(vec![nowhere, kubectl.path_url()], &kubectl, vec![lk.file_url()], &lk), "m.toml");
+    let m = env
+        .write_signed_manifest(&spec(vec![nowhere, kubectl.path_url()], &kubectl, vec![lk.file_url()], &lk), "m.toml");
     env.ok(&["fetch", "--manifest", m.to_str().unwrap()]);
     assert!(env.blob(&kubectl.sha256).is_file());
 }
@@ -551,8 +555,20 @@ fn same_artifact_twice_in_one_manifest() {
 fn two_processes_fetching_at_once_share_the_download() {
     let f = Fixture::new();
     f.server.script("dl/kubectl", [Reply::Delay(std::time::Duration::from_millis(500))]);
-    let a = f.env.cmd(&["fetch", "--manifest", f.m()]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let b = f.env.cmd(&["fetch", "--manifest", f.m()]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let a = f
+        .env
+        .cmd(&["fetch", "--manifest", f.m()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = f
+        .env
+        .cmd(&["fetch", "--manifest", f.m()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     for child in [a, b] {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", describe(&["fetch"], &out, "concurrent fetch"));
@@ -568,13 +584,22 @@ fn http_proxy_is_used_and_no_proxy_bypasses_it() {
     proxy.add("dl/kubectl", f.kubectl.bytes());
     proxy.add("dl/localkube.tar.zst", f.lk.bytes());
     let proxy_url = format!("http://{}", proxy.addr());
-    let out = f.env.cmd(&["fetch", "--manifest", f.m()]).env("HTTP_PROXY", &proxy_url).env("http_proxy", &proxy_url).output().unwrap();
+    let out = f
+        .env
+        .cmd(&["fetch", "--manifest", f.m()])
+        .env("HTTP_PROXY", &proxy_url)
+        .env("http_proxy", &proxy_url)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", describe(&["fetch"], &out, "via proxy"));
     f.assert_blobs(&[&f.kubectl, &f.lk]);
     assert!(f.server.requests().is_empty(), "the origin is reached only through the proxy: {:?}", f.server.requests());
     let via = proxy.requests();
     assert_eq!(via.len(), 2, "{via:?}");
-    assert!(via.iter().all(|r| r.target.starts_with(&format!("http://{}/", f.server.addr()))), "absolute-form requests: {via:?}");
+    assert!(
+        via.iter().all(|r| r.target.starts_with(&format!("http://{}/", f.server.addr()))),
+        "absolute-form requests: {via:?}"
+    );
 
     // NO_PROXY names the origin: straight there.
     let env2 = Fixture::new();
@@ -602,8 +627,15 @@ fn https_mirror_needs_its_ca_via_flag_or_env() {
     let m = env.write_signed_manifest(&spec(vec![ku], &kubectl, vec![lu], &lk), "m.toml");
     let m = m.to_str().unwrap();
     // Unknown CA: refused, not retried forever, nothing stored.
+    let t = std::time::Instant::now();
     let err = env.fail(&["fetch", "--manifest", m], DOWNLOAD);
-    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert!(
+        err.to_lowercase().contains("certificate") && err.contains("--ca-cert"),
+        "names the cause and the fix: {err}"
+    );
+    assert!(!err.contains("retry"), "a certificate error is not retried: {err}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(server.requests().len(), 0, "no request got through the handshake");
     assert!(env.blobs().is_empty());
     // --ca-cert FILE.
     let ca_file = env.path().join("mirror-ca.pem");
@@ -612,15 +644,22 @@ fn https_mirror_needs_its_ca_via_flag_or_env() {
     assert_eq!(fs::read(env.blob(&kubectl.sha256)).unwrap(), kubectl.bytes());
     // KUBESTRAP_CA_CERT, in a fresh home.
     let env2 = Env::new();
-    let m2 = env2.write_signed_manifest(&spec(vec![server.url("kubectl")], &kubectl, vec![server.url("lk.tar.zst")], &lk), "m.toml");
-    let out = env2.cmd(&["fetch", "--manifest", m2.to_str().unwrap()]).env("KUBESTRAP_CA_CERT", &ca_file).output().unwrap();
+    let m2 = env2.write_signed_manifest(
+        &spec(vec![server.url("kubectl")], &kubectl, vec![server.url("lk.tar.zst")], &lk),
+        "m.toml",
+    );
+    let out =
+        env2.cmd(&["fetch", "--manifest", m2.to_str().unwrap()]).env("KUBESTRAP_CA_CERT", &ca_file).output().unwrap();
     assert!(out.status.success(), "{}", describe(&["fetch"], &out, "KUBESTRAP_CA_CERT"));
     assert!(env2.blob(&lk.sha256).is_file());
     // A file that is not PEM is a clear error.
     let junk = env.path().join("junk.pem");
     fs::write(&junk, "not a certificate").unwrap();
     let env3 = Env::new();
-    let m3 = env3.write_signed_manifest(&spec(vec![server.url("kubectl")], &kubectl, vec![server.url("lk.tar.zst")], &lk), "m.toml");
+    let m3 = env3.write_signed_manifest(
+        &spec(vec![server.url("kubectl")], &kubectl, vec![server.url("lk.tar.zst")], &lk),
+        "m.toml",
+    );
     let out = env3.run(&["fetch", "--ca-cert", junk.to_str().unwrap(), "--manifest", m3.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("junk.pem"), "{}", describe(&["fetch"], &out, "junk CA"));
@@ -643,4 +682,41 @@ fn https_mirror_cut_mid_body_resumes() {
     let reqs = server.requests_for("kubectl");
     assert_eq!(reqs.len(), 2, "{reqs:?}");
     assert!(reqs[1].range.is_some(), "{reqs:?}");
+}
+
+#[test]
+fn standin_manifest_fetches_and_unpacks_into_the_store() {
+    // The lifecycle tests' manifest: real kubectl (path), stand-in tar.zst (path).
+    let env = Env::new();
+    let spec = ManifestSpec::standin(&env.scratch("art"), "v1.33.1+standin");
+    let m = env.write_signed_manifest(&spec, "m.toml");
+    let m = m.to_str().unwrap();
+    env.ok(&["manifest", "check", m]);
+    env.ok(&["fetch", "--manifest", m]);
+    let (kubectl, lk) = (&spec.kubectl.1, &spec.localkube.1);
+    assert!(env.blob(&kubectl.sha256).is_file() && env.blob(&lk.sha256).is_file());
+
+    let out = json_lines(&env.ok(&["-o", "json", "cache", "unpack", "--manifest", m]));
+    let dirs: Vec<PathBuf> = out.iter().filter_map(|v| v["dir"].as_str().map(PathBuf::from)).collect();
+    assert_eq!(dirs.len(), 2, "{out:?}");
+    let lk_dir = env.home.join("components").join(&lk.sha256);
+    let kubectl_dir = env.home.join("components").join(&kubectl.sha256);
+    assert!(dirs.contains(&lk_dir) && dirs.contains(&kubectl_dir), "{dirs:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let bin = lk_dir.join("localkube-standin");
+    assert_eq!(fs::metadata(&bin).unwrap().permissions().mode() & 0o777, 0o755);
+    assert_eq!(fs::read(&bin).unwrap(), fs::read(standin_binary()).unwrap());
+    assert_eq!(fs::read_to_string(lk_dir.join("version.txt")).unwrap().trim(), "v1.33.1+standin");
+    assert!(lk_dir.join(".complete").is_file() && kubectl_dir.join(".complete").is_file());
+    assert_eq!(fs::metadata(kubectl_dir.join("kubectl")).unwrap().permissions().mode() & 0o111, 0o111);
+    assert!(env.ok(&["cache", "verify"]).contains("all good"));
+
+    // A changed file in an unpacked tree: verify removes the tree (exit 33)
+    // but keeps the verified blob; unpack rebuilds it offline.
+    flip_byte(&lk_dir.join("version.txt"), 0);
+    let err = env.fail(&["cache", "verify"], CORRUPT_CACHE);
+    assert!(err.contains("version.txt"), "{err}");
+    assert!(!lk_dir.exists() && env.blob(&lk.sha256).is_file());
+    env.ok(&["cache", "unpack", "--offline", "--manifest", m]);
+    assert_eq!(fs::read_to_string(lk_dir.join("version.txt")).unwrap().trim(), "v1.33.1+standin");
 }

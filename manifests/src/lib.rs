@@ -61,15 +61,9 @@ impl TryFrom<RawManifest> for Manifest {
             ));
         }
         if r.channel.is_empty()
-            || !r
-                .channel
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            || !r.channel.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         {
-            return Err(format!(
-                "channel: expected a name of letters, digits, '-', '_' or '.', got {:?}",
-                r.channel
-            ));
+            return Err(format!("channel: expected a name of letters, digits, '-', '_' or '.', got {:?}", r.channel));
         }
         if r.version == 0 {
             return Err("version: expected an integer greater than 0".into());
@@ -126,11 +120,7 @@ impl TryFrom<RawComponent> for Component {
     type Error = String;
     fn try_from(r: RawComponent) -> Result<Self, String> {
         check_component(&r.version, &r.drivers, &r.target)?;
-        Ok(Component {
-            version: r.version,
-            drivers: r.drivers,
-            target: r.target,
-        })
+        Ok(Component { version: r.version, drivers: r.drivers, target: r.target })
     }
 }
 
@@ -174,23 +164,14 @@ impl TryFrom<RawLocalkube> for Localkube {
     type Error = String;
     fn try_from(r: RawLocalkube) -> Result<Self, String> {
         check_component(&r.version, &r.drivers, &r.target)?;
-        Ok(Localkube {
-            version: r.version,
-            drivers: r.drivers,
-            target: r.target,
-            run: r.run,
-        })
+        Ok(Localkube { version: r.version, drivers: r.drivers, target: r.target, run: r.run })
     }
 }
 
 impl Localkube {
     /// This component seen as a plain component (for fetching and caching).
     pub fn as_component(&self) -> Component {
-        Component {
-            version: self.version.clone(),
-            drivers: self.drivers.clone(),
-            target: self.target.clone(),
-        }
+        Component { version: self.version.clone(), drivers: self.drivers.clone(), target: self.target.clone() }
     }
 }
 
@@ -228,43 +209,26 @@ impl TryFrom<RawArtifact> for Artifact {
         }
         check_rel_path("bin", &r.bin)?;
         if r.unpack == Unpack::File && r.bin.contains('/') {
-            return Err(format!(
-                "bin: expected a plain file name for unpack = \"file\", got {:?}",
-                r.bin
-            ));
+            return Err(format!("bin: expected a plain file name for unpack = \"file\", got {:?}", r.bin));
         }
-        Ok(Artifact {
-            urls: r.urls,
-            sha256: r.sha256,
-            size: r.size,
-            unpack: r.unpack,
-            bin: r.bin,
-        })
+        Ok(Artifact { urls: r.urls, sha256: r.sha256, size: r.size, unpack: r.unpack, bin: r.bin })
     }
 }
 
 fn check_url(url: &str) -> Result<(), String> {
-    let ok = ["https://", "http://", "file://"]
-        .iter()
-        .any(|p| url.starts_with(p) && url.len() > p.len())
+    let ok = ["https://", "http://", "file://"].iter().any(|p| url.starts_with(p) && url.len() > p.len())
         || url.starts_with('/');
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "urls: expected https://, http://, file:// URLs or absolute paths, got {url:?}"
-        ))
+        Err(format!("urls: expected https://, http://, file:// URLs or absolute paths, got {url:?}"))
     }
 }
 
 fn check_rel_path(field: &str, p: &str) -> Result<(), String> {
-    let bad = p.is_empty()
-        || p.starts_with('/')
-        || p.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+    let bad = p.is_empty() || p.starts_with('/') || p.split('/').any(|c| c.is_empty() || c == "." || c == "..");
     if bad {
-        Err(format!(
-            "{field}: expected a relative path without '.', '..' or empty parts, got {p:?}"
-        ))
+        Err(format!("{field}: expected a relative path without '.', '..' or empty parts, got {p:?}"))
     } else {
         Ok(())
     }
@@ -303,26 +267,19 @@ impl TryFrom<RawRun> for Run {
     fn try_from(r: RawRun) -> Result<Self, String> {
         check_rel_path("program", &r.program)?;
         if !r.ready.starts_with('/') {
-            return Err(format!(
-                "ready: expected an absolute URL path such as \"/readyz\", got {:?}",
-                r.ready
-            ));
+            return Err(format!("ready: expected an absolute URL path such as \"/readyz\", got {:?}", r.ready));
         }
         if !(1..=600).contains(&r.stop_timeout_s) {
-            return Err(format!(
-                "stop-timeout-s: expected 1 to 600 seconds, got {}",
-                r.stop_timeout_s
-            ));
+            return Err(format!("stop-timeout-s: expected 1 to 600 seconds, got {}", r.stop_timeout_s));
         }
         if !r.args.iter().any(|a| a.uses("port")) {
-            return Err("args: expected an argument that uses {port}, so kubestrap can choose the apiserver port".into());
+            return Err(
+                "args: expected an argument that uses {port}, so kubestrap can choose the apiserver port".into()
+            );
         }
         for path in r.pki_files.keys() {
             if !(path.as_str().starts_with("{data}/") || path.as_str().starts_with("{pki}/")) {
-                return Err(format!(
-                    "pki-files: expected a path under {{data}}/ or {{pki}}/, got {:?}",
-                    path.as_str()
-                ));
+                return Err(format!("pki-files: expected a path under {{data}}/ or {{pki}}/, got {:?}", path.as_str()));
             }
             check_rel_path("pki-files", path.as_str().split_once('/').map_or("", |x| x.1))?;
         }
@@ -376,10 +333,7 @@ impl Manifest {
     /// Every component with its name, localkube included.
     pub fn components(&self) -> Vec<(&'static str, Component)> {
         let c = &self.component;
-        let mut out = vec![
-            ("kubectl", c.kubectl.clone()),
-            ("localkube", c.localkube.as_component()),
-        ];
+        let mut out = vec![("kubectl", c.kubectl.clone()), ("localkube", c.localkube.as_component())];
         if let Some(h) = &c.hypervisor {
             out.push(("hypervisor", h.clone()));
         }
@@ -398,10 +352,7 @@ impl Manifest {
                 continue;
             }
             let want = if name == "localkube" && driver != Driver::Native {
-                Target {
-                    os: "linux".into(),
-                    arch: host.arch.clone(),
-                }
+                Target { os: "linux".into(), arch: host.arch.clone() }
             } else {
                 host.clone()
             };
@@ -411,12 +362,7 @@ impl Manifest {
                     comp.target.keys().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
                 )
             })?;
-            out.push(Need {
-                component: name,
-                version: comp.version,
-                target: want,
-                artifact,
-            });
+            out.push(Need { component: name, version: comp.version, target: want, artifact });
         }
         Ok(out)
     }
@@ -440,8 +386,7 @@ impl Manifest {
 
 /// Formats a time as RFC 3339.
 pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.to_string())
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
 /// A manifest that does not parse or validate.

@@ -64,16 +64,11 @@ fn pieces(s: &str) -> Result<Vec<Piece<'_>>, String> {
         }
         out.push(Piece::Text(&rest[..open]));
         let after = &rest[open + 1..];
-        let close = after
-            .find('}')
-            .ok_or_else(|| format!("unclosed '{{' in {s:?}"))?;
+        let close = after.find('}').ok_or_else(|| format!("unclosed '{{' in {s:?}"))?;
         let name = &after[..close];
         if !NAMES.iter().any(|(n, _)| *n == name) {
             let known: Vec<String> = NAMES.iter().map(|(n, _)| format!("{{{n}}}")).collect();
-            return Err(format!(
-                "unknown template {{{name}}} in {s:?}; expected one of {}",
-                known.join(", ")
-            ));
+            return Err(format!("unknown template {{{name}}} in {s:?}; expected one of {}", known.join(", ")));
         }
         out.push(Piece::Var(name));
         rest = &after[close + 1..];
@@ -101,10 +96,7 @@ impl Template {
 
     /// Whether the template uses `{name}`.
     pub fn uses(&self, name: &str) -> bool {
-        pieces(&self.0)
-            .expect("checked at parse time")
-            .iter()
-            .any(|p| matches!(p, Piece::Var(n) if *n == name))
+        pieces(&self.0).expect("checked at parse time").iter().any(|p| matches!(p, Piece::Var(n) if *n == name))
     }
 }
 
@@ -148,13 +140,7 @@ mod tests {
     #[test]
     fn renders_every_name() {
         let t: Template = "--data-dir={data} --port={port} {profile}/{node}".parse().unwrap();
-        let vars = Vars {
-            data: "/d".into(),
-            port: 8443,
-            profile: "p".into(),
-            node: "n".into(),
-            ..Vars::default()
-        };
+        let vars = Vars { data: "/d".into(), port: 8443, profile: "p".into(), node: "n".into(), ..Vars::default() };
         assert_eq!(t.render(&vars), "--data-dir=/d --port=8443 p/n");
         assert!(t.uses("port"));
         assert!(!t.uses("pki"));

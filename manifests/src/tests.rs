@@ -165,7 +165,10 @@ fn unknown_pki_file_and_path() {
 
 #[test]
 fn bad_target_and_driver() {
-    let e = err(&GOOD.replace("target.linux-x86_64]\nurls = [\"https://dl.example/kubectl\"", "target.plan9-mips]\nurls = [\"https://dl.example/kubectl\""));
+    let e = err(&GOOD.replace(
+        "target.linux-x86_64]\nurls = [\"https://dl.example/kubectl\"",
+        "target.plan9-mips]\nurls = [\"https://dl.example/kubectl\"",
+    ));
     assert!(e.message.contains("plan9-mips"), "{e}");
     let e = err(&GOOD.replace("[\"native\", \"qemu\"]", "[\"vbox\"]"));
     assert!(e.message.contains("vbox"), "{e}");

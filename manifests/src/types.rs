@@ -32,10 +32,7 @@ impl FromStr for Sha256 {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         if s.len() != 64 {
-            return Err(format!(
-                "expected 64 lowercase hex characters, got {} characters",
-                s.len()
-            ));
+            return Err(format!("expected 64 lowercase hex characters, got {} characters", s.len()));
         }
         let mut out = [0u8; 32];
         for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
@@ -116,9 +113,7 @@ impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let n = i64::deserialize(d)?;
         if n <= 0 {
-            return Err(de::Error::custom(format!(
-                "expected a size in bytes greater than 0, got {n}"
-            )));
+            return Err(de::Error::custom(format!("expected a size in bytes greater than 0, got {n}")));
         }
         Ok(Size(n as u64))
     }
@@ -169,10 +164,7 @@ impl Target {
             "arm" => "armv7",
             other => other,
         };
-        Target {
-            os: os.into(),
-            arch: arch.into(),
-        }
+        Target { os: os.into(), arch: arch.into() }
     }
 }
 
@@ -190,10 +182,7 @@ impl FromStr for Target {
         if !OSES.contains(&os) || !ARCHES.contains(&arch) {
             return Err(expected());
         }
-        Ok(Target {
-            os: os.into(),
-            arch: arch.into(),
-        })
+        Ok(Target { os: os.into(), arch: arch.into() })
     }
 }
 

@@ -10,8 +10,7 @@ pub fn builtin_roots() -> Vec<PublicKey> {
     ROOT_KEY_FILES
         .iter()
         .map(|(name, text)| {
-            PublicKey::from_minisign_text(text)
-                .unwrap_or_else(|e| panic!("built-in root key {name} is malformed: {e}"))
+            PublicKey::from_minisign_text(text).unwrap_or_else(|e| panic!("built-in root key {name} is malformed: {e}"))
         })
         .collect()
 }

@@ -29,11 +29,7 @@ pub struct KeyListFile {
 impl KeyListFile {
     /// Builds one from bytes and signature text.
     pub fn new(label: impl Into<String>, bytes: Vec<u8>, sigs: impl Into<String>) -> Self {
-        KeyListFile {
-            label: label.into(),
-            bytes,
-            sigs: sigs.into(),
-        }
+        KeyListFile { label: label.into(), bytes, sigs: sigs.into() }
     }
 
     /// Reads `path` and `path.minisig`.
@@ -143,18 +139,10 @@ impl KeyChain {
                     previous: list.version,
                 });
             }
-            if let Some(k) = next
-                .roots
-                .iter()
-                .chain(&next.release)
-                .find(|k| revoked.contains(&k.key.key_id()))
-            {
+            if let Some(k) = next.roots.iter().chain(&next.release).find(|k| revoked.contains(&k.key.key_id())) {
                 return Err(Error::KeyListInvalid {
                     file: f.label.clone(),
-                    reason: format!(
-                        "lists key {}, which an earlier key list revoked",
-                        k.key.key_id()
-                    ),
+                    reason: format!("lists key {}, which an earlier key list revoked", k.key.key_id()),
                 });
             }
             require(
@@ -189,23 +177,14 @@ impl KeyChain {
 }
 
 /// Requires `need` distinct valid signatures by `keys` on `f`.
-fn require(
-    f: &KeyListFile,
-    keys: &[PublicKey],
-    need: usize,
-    by: &str,
-    version: Option<u64>,
-) -> Result<()> {
+fn require(f: &KeyListFile, keys: &[PublicKey], need: usize, by: &str, version: Option<u64>) -> Result<()> {
     let blocks = parse_signatures(&format!("{}.minisig", f.label), &f.sigs)?;
     let c = check_all(&blocks, &f.bytes, keys);
     if c.valid.len() >= need {
         return Ok(());
     }
     if let Some(key_id) = c.bad.first() {
-        return Err(Error::BadSignature {
-            file: f.label.clone(),
-            key_id: *key_id,
-        });
+        return Err(Error::BadSignature { file: f.label.clone(), key_id: *key_id });
     }
     Err(Error::Threshold {
         file: f.label.clone(),
@@ -220,16 +199,10 @@ fn require(
 /// Signs key list bytes with several secret keys (`(path, password)`) and
 /// returns the concatenated `.minisig` blocks, for `keys sign-list`. The
 /// bytes are checked to be a valid key list first.
-pub fn sign_key_list(
-    bytes: &[u8],
-    secret_keys: &[(&Path, Option<&str>)],
-    trusted_comment: &str,
-) -> Result<String> {
+pub fn sign_key_list(bytes: &[u8], secret_keys: &[(&Path, Option<&str>)], trusted_comment: &str) -> Result<String> {
     let list = KeyList::parse("key list", bytes)?;
     if secret_keys.is_empty() {
-        return Err(Error::Invalid(
-            "no secret key given to sign the key list".into(),
-        ));
+        return Err(Error::Invalid("no secret key given to sign the key list".into()));
     }
     let tc = if trusted_comment.is_empty() {
         format!("kubestrap key list version {}", list.version)

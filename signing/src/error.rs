@@ -16,10 +16,7 @@ fn ids(v: &[KeyId]) -> String {
     if v.is_empty() {
         return "(none)".to_string();
     }
-    v.iter()
-        .map(|k| k.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    v.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// Everything that can go wrong while handling keys, signatures and trust.
@@ -57,9 +54,7 @@ pub enum Error {
     },
 
     /// A public key is not in the minisign public key format.
-    #[error(
-        "{file}: malformed public key: {reason} (expected a minisign .pub file or its 56-character base64 line)"
-    )]
+    #[error("{file}: malformed public key: {reason} (expected a minisign .pub file or its 56-character base64 line)")]
     MalformedPublicKey {
         /// The key file (or label).
         file: String,
@@ -181,9 +176,7 @@ pub enum Error {
     },
 
     /// Key list versions must strictly increase along the chain.
-    #[error(
-        "{file}: key list version {version} does not follow version {previous} (versions must strictly increase)"
-    )]
+    #[error("{file}: key list version {version} does not follow version {previous} (versions must strictly increase)")]
     KeyListVersion {
         /// The offending key list.
         file: String,
@@ -275,10 +268,6 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, op: &'static str, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            op,
-            source,
-        }
+        Error::Io { path: path.into(), op, source }
     }
 }

@@ -26,20 +26,15 @@ pub fn write_atomic(path: &Path, data: &[u8], private: bool) -> Result<()> {
     }
     #[cfg(not(unix))]
     let _ = private;
-    tmp.write_all(data)
-        .and_then(|_| tmp.as_file().sync_all())
-        .map_err(|e| Error::io(tmp.path(), "write", e))?;
-    tmp.persist(path)
-        .map_err(|e| Error::io(path, "rename into place", e.error))?;
+    tmp.write_all(data).and_then(|_| tmp.as_file().sync_all()).map_err(|e| Error::io(tmp.path(), "write", e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, "rename into place", e.error))?;
     sync_dir(dir)
 }
 
 /// fsyncs a directory so a rename in it is durable (no-op off Unix).
 pub fn sync_dir(dir: &Path) -> Result<()> {
     #[cfg(unix)]
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, "fsync", e))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, "fsync", e))?;
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())
@@ -64,7 +59,5 @@ pub fn create_new(path: &Path, data: &[u8], private: bool) -> Result<()> {
             Error::io(path, "create", e)
         }
     })?;
-    f.write_all(data)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Error::io(path, "write", e))
+    f.write_all(data).and_then(|_| f.sync_all()).map_err(|e| Error::io(path, "write", e))
 }

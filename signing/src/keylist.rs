@@ -75,27 +75,19 @@ impl KeyList {
     /// Parses and validates key list bytes; `file` names it in errors.
     /// Call only on bytes whose signatures were verified.
     pub fn parse(file: &str, bytes: &[u8]) -> Result<KeyList> {
-        let bad = |reason: String| Error::KeyListInvalid {
-            file: file.to_string(),
-            reason,
-        };
+        let bad = |reason: String| Error::KeyListInvalid { file: file.to_string(), reason };
         let text = std::str::from_utf8(bytes).map_err(|e| bad(format!("not UTF-8: {e}")))?;
         let raw: RawKeyList = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
         if raw.version == 0 {
             return Err(bad("`version` must be at least 1".into()));
         }
         let expires = OffsetDateTime::parse(&raw.expires, &Rfc3339).map_err(|e| {
-            bad(format!(
-                "`expires` = {:?} is not an RFC 3339 time like \"2027-06-01T00:00:00Z\": {e}",
-                raw.expires
-            ))
+            bad(format!("`expires` = {:?} is not an RFC 3339 time like \"2027-06-01T00:00:00Z\": {e}", raw.expires))
         })?;
         let roots = keys(file, "root", raw.root)?;
         let release = keys(file, "release", raw.release)?;
         if roots.is_empty() {
-            return Err(bad(
-                "no [[root]] key: a key list must name its root keys".into()
-            ));
+            return Err(bad("no [[root]] key: a key list must name its root keys".into()));
         }
         if raw.threshold == 0 || raw.threshold > roots.len() {
             return Err(bad(format!(
@@ -108,19 +100,14 @@ impl KeyList {
         for k in roots.iter().chain(&release) {
             let id = k.key.key_id();
             if seen.contains(&id) {
-                return Err(bad(format!(
-                    "key {id} is listed twice (a key is either a root or a release key, once)"
-                )));
+                return Err(bad(format!("key {id} is listed twice (a key is either a root or a release key, once)")));
             }
             seen.push(id);
         }
         let mut revoked = Vec::new();
         for r in &raw.revoked {
-            let id: KeyId = r.parse().map_err(|_| {
-                bad(format!(
-                    "`revoked` entry {r:?} is not a 16-hex-digit key id"
-                ))
-            })?;
+            let id: KeyId =
+                r.parse().map_err(|_| bad(format!("`revoked` entry {r:?} is not a 16-hex-digit key id")))?;
             if seen.contains(&id) {
                 return Err(bad(format!("key {id} is both listed and revoked")));
             }
@@ -128,14 +115,7 @@ impl KeyList {
                 revoked.push(id);
             }
         }
-        Ok(KeyList {
-            version: raw.version,
-            expires,
-            threshold: raw.threshold,
-            roots,
-            release,
-            revoked,
-        })
+        Ok(KeyList { version: raw.version, expires, threshold: raw.threshold, roots, release, revoked })
     }
 
     /// The root public keys.
@@ -157,11 +137,7 @@ impl KeyList {
         }
         for (section, list) in [("root", &self.roots), ("release", &self.release)] {
             for k in list {
-                s.push_str(&format!(
-                    "\n[[{section}]]\nid = \"{}\"\nkey = \"{}\"\n",
-                    k.key.key_id(),
-                    k.key.to_base64()
-                ));
+                s.push_str(&format!("\n[[{section}]]\nid = \"{}\"\nkey = \"{}\"\n", k.key.key_id(), k.key.to_base64()));
                 if let Some(c) = &k.comment {
                     s.push_str(&format!("comment = {}\n", toml_string(c)));
                 }
@@ -194,19 +170,11 @@ fn keys(file: &str, section: &str, raw: Vec<RawKey>) -> Result<Vec<ListedKey>> {
                 reason: format!("[[{section}]] #{}: {reason}", i + 1),
             };
             let key = PublicKey::from_base64(&k.key).map_err(|e| bad(e.to_string()))?;
-            let id: KeyId =
-                k.id.parse()
-                    .map_err(|_| bad(format!("`id` = {:?} is not a 16-hex-digit key id", k.id)))?;
+            let id: KeyId = k.id.parse().map_err(|_| bad(format!("`id` = {:?} is not a 16-hex-digit key id", k.id)))?;
             if id != key.key_id() {
-                return Err(bad(format!(
-                    "`id` = {id} does not match the key, whose id is {}",
-                    key.key_id()
-                )));
+                return Err(bad(format!("`id` = {id} does not match the key, whose id is {}", key.key_id())));
             }
-            Ok(ListedKey {
-                key,
-                comment: k.comment,
-            })
+            Ok(ListedKey { key, comment: k.comment })
         })
         .collect()
 }

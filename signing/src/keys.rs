@@ -69,24 +69,14 @@ impl PublicKey {
     }
 
     fn parse_b64(label: &str, b64: &str) -> Result<Self> {
-        let bad = |reason: &str| Error::MalformedPublicKey {
-            file: label.to_string(),
-            reason: reason.to_string(),
-        };
-        let raw = STANDARD
-            .decode(b64.trim())
-            .map_err(|e| bad(&format!("not base64: {e}")))?;
-        let blob: [u8; PK_BLOB] = raw
-            .as_slice()
-            .try_into()
-            .map_err(|_| bad(&format!("{} bytes, expected {PK_BLOB}", raw.len())))?;
+        let bad = |reason: &str| Error::MalformedPublicKey { file: label.to_string(), reason: reason.to_string() };
+        let raw = STANDARD.decode(b64.trim()).map_err(|e| bad(&format!("not base64: {e}")))?;
+        let blob: [u8; PK_BLOB] =
+            raw.as_slice().try_into().map_err(|_| bad(&format!("{} bytes, expected {PK_BLOB}", raw.len())))?;
         if &blob[0..2] != b"Ed" {
             return Err(bad("not an Ed25519 minisign key (algorithm is not `Ed`)"));
         }
-        Ok(PublicKey {
-            blob,
-            comment: None,
-        })
+        Ok(PublicKey { blob, comment: None })
     }
 
     /// Parses the text of a minisign `.pub` file (`untrusted comment:` line
@@ -96,11 +86,8 @@ impl PublicKey {
     }
 
     pub(crate) fn parse_text(label: &str, text: &str) -> Result<Self> {
-        let lines: Vec<&str> = text
-            .lines()
-            .map(|l| l.trim_end_matches('\r'))
-            .filter(|l| !l.trim().is_empty())
-            .collect();
+        let lines: Vec<&str> =
+            text.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.trim().is_empty()).collect();
         match lines.as_slice() {
             [b64] => Self::parse_b64(label, b64),
             [comment, b64] => {
@@ -146,11 +133,7 @@ impl PublicKey {
 
     /// The full `.pub` file text, as `minisign -G` writes it.
     pub fn to_minisign_text(&self) -> String {
-        format!(
-            "untrusted comment: minisign public key {}\n{}\n",
-            self.key_id(),
-            self.to_base64()
-        )
+        format!("untrusted comment: minisign public key {}\n{}\n", self.key_id(), self.to_base64())
     }
 
     /// Same key material (ignores the comment).
@@ -160,8 +143,7 @@ impl PublicKey {
 
     pub(crate) fn to_verifier(&self) -> minisign_verify::PublicKey {
         // The blob was validated at construction: 42 bytes, algorithm "Ed".
-        minisign_verify::PublicKey::from_base64(&self.to_base64())
-            .expect("validated public key blob")
+        minisign_verify::PublicKey::from_base64(&self.to_base64()).expect("validated public key blob")
     }
 }
 
@@ -186,9 +168,7 @@ mod tests {
         assert_eq!(pk.key_id().to_string(), "E7620F1842B4E81F");
         assert_eq!(pk.to_minisign_text(), text);
         assert_eq!(
-            PublicKey::from_base64("RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3")
-                .unwrap()
-                .key_id(),
+            PublicKey::from_base64("RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3").unwrap().key_id(),
             pk.key_id()
         );
     }

@@ -71,25 +71,17 @@ impl TrustPath {
 impl fmt::Display for TrustPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TrustPath::Release {
-                key_id,
-                list_version,
-            } => write!(
+            TrustPath::Release { key_id, list_version } => write!(
                 f,
                 "signed by release key {key_id} of key list version {list_version} (rooted in kubestrap's built-in root keys)"
             ),
-            TrustPath::PinnedRelease {
-                key_id,
-                list_version,
-                pinned_root,
-            } => write!(
+            TrustPath::PinnedRelease { key_id, list_version, pinned_root } => write!(
                 f,
                 "signed by release key {key_id} of key list version {list_version}, trusted through key {pinned_root} pinned in this kubestrap home"
             ),
-            TrustPath::Pinned { key_id } => write!(
-                f,
-                "signed by key {key_id}, trusted through a key pinned in this kubestrap home"
-            ),
+            TrustPath::Pinned { key_id } => {
+                write!(f, "signed by key {key_id}, trusted through a key pinned in this kubestrap home")
+            }
         }
     }
 }
@@ -115,72 +107,41 @@ pub struct VerifiedManifest {
 /// key, and that key is not revoked. Root keys never sign manifests.
 /// `file` names the manifest in errors. Version/expiry of the manifest itself
 /// are the caller's job (see [`crate::SeenVersions`], [`crate::check_expiry`]).
-pub fn verify_manifest(
-    file: &str,
-    bytes: &[u8],
-    sig_text: &str,
-    ctx: &TrustContext<'_>,
-) -> Result<VerifiedManifest> {
+pub fn verify_manifest(file: &str, bytes: &[u8], sig_text: &str, ctx: &TrustContext<'_>) -> Result<VerifiedManifest> {
     let blocks = parse_signatures(&format!("{file}.minisig"), sig_text)?;
     let (list, pinned_root, chain_err) = trusted_list(ctx);
 
     let revoked = |id: &KeyId| list.as_ref().is_some_and(|l| l.revoked.contains(id));
-    let release: Vec<PublicKey> = list
-        .as_ref()
-        .map(|l| l.release.iter().map(|k| k.key.clone()).collect())
-        .unwrap_or_default();
-    let pinned: Vec<PublicKey> = ctx
-        .pinned_keys
-        .iter()
-        .filter(|k| !revoked(&k.key_id()))
-        .cloned()
-        .collect();
+    let release: Vec<PublicKey> =
+        list.as_ref().map(|l| l.release.iter().map(|k| k.key.clone()).collect()).unwrap_or_default();
+    let pinned: Vec<PublicKey> = ctx.pinned_keys.iter().filter(|k| !revoked(&k.key_id())).cloned().collect();
     let candidates: Vec<PublicKey> = release.iter().chain(&pinned).cloned().collect();
     let c = check_all(&blocks, bytes, &candidates);
 
     let is_release = |id: &KeyId| release.iter().any(|k| k.key_id() == *id);
-    let chosen = c
-        .valid
-        .iter()
-        .find(|(id, _)| is_release(id))
-        .or_else(|| c.valid.first());
+    let chosen = c.valid.iter().find(|(id, _)| is_release(id)).or_else(|| c.valid.first());
     if let Some((key_id, tc)) = chosen {
         let key_id = *key_id;
         let trust_path = match (&list, is_release(&key_id), pinned_root) {
-            (Some(l), true, None) => TrustPath::Release {
-                key_id,
-                list_version: l.version,
-            },
-            (Some(l), true, Some(root)) => TrustPath::PinnedRelease {
-                key_id,
-                list_version: l.version,
-                pinned_root: root,
-            },
+            (Some(l), true, None) => TrustPath::Release { key_id, list_version: l.version },
+            (Some(l), true, Some(root)) => {
+                TrustPath::PinnedRelease { key_id, list_version: l.version, pinned_root: root }
+            }
             _ => TrustPath::Pinned { key_id },
         };
-        let mut warnings = list
-            .as_ref()
-            .map(|l| l.warnings.clone())
-            .unwrap_or_default();
+        let mut warnings = list.as_ref().map(|l| l.warnings.clone()).unwrap_or_default();
         if let Some(e) = &chain_err {
-            warnings.push(format!("WARNING: the key list was not trusted ({e}); the file is trusted only through the pinned key"));
+            warnings.push(format!(
+                "WARNING: the key list was not trusted ({e}); the file is trusted only through the pinned key"
+            ));
         }
-        return Ok(VerifiedManifest {
-            trust_path,
-            trusted_comment: tc.clone(),
-            warnings,
-            key_list: list,
-        });
+        return Ok(VerifiedManifest { trust_path, trusted_comment: tc.clone(), warnings, key_list: list });
     }
     if !c.bad.is_empty() || !c.legacy.is_empty() {
         return no_valid_signature(file, &c, candidates.len());
     }
     if let (Some(l), Some(id)) = (&list, c.all.iter().find(|id| revoked(id))) {
-        return Err(Error::Revoked {
-            file: file.to_string(),
-            key_id: *id,
-            list_version: l.version,
-        });
+        return Err(Error::Revoked { file: file.to_string(), key_id: *id, list_version: l.version });
     }
     if let Some(e) = chain_err {
         return Err(e);
@@ -189,15 +150,10 @@ pub fn verify_manifest(
         .builtin_roots
         .iter()
         .map(|k| k.key_id())
-        .chain(
-            list.iter()
-                .flat_map(|l| l.roots.iter().map(|k| k.key.key_id())),
-        )
+        .chain(list.iter().flat_map(|l| l.roots.iter().map(|k| k.key.key_id())))
         .collect();
     let hint = if let Some(id) = c.all.iter().find(|id| roots.contains(id)) {
-        format!(
-            "key {id} is a root key; root keys sign key lists only, manifests must be signed by a release key"
-        )
+        format!("key {id} is a root key; root keys sign key lists only, manifests must be signed by a release key")
     } else if let Some(l) = &list {
         format!(
             "not a release key of key list {} version {} nor a key pinned in this kubestrap home",
@@ -206,11 +162,7 @@ pub fn verify_manifest(
     } else {
         "no key list (keys.toml) was given and no key pinned in this kubestrap home made it; fetch the channel's keys.toml, or pin the signer's public key with `kubestrap trust add`".into()
     };
-    Err(Error::UnknownKey {
-        file: file.to_string(),
-        key_ids: c.all,
-        hint,
-    })
+    Err(Error::UnknownKey { file: file.to_string(), key_ids: c.all, hint })
 }
 
 /// Verifies the key list chain against the built-in roots, then against each
@@ -220,9 +172,7 @@ fn trusted_list(ctx: &TrustContext<'_>) -> (Option<TrustedKeyList>, Option<KeyId
     if ctx.key_chain.is_empty() {
         return (None, None, None);
     }
-    let verify = |anchors: &[PublicKey]| {
-        KeyChain::verify(ctx.key_chain, anchors, ctx.now, ctx.allow_expired)
-    };
+    let verify = |anchors: &[PublicKey]| KeyChain::verify(ctx.key_chain, anchors, ctx.now, ctx.allow_expired);
     let mut err = match verify(ctx.builtin_roots) {
         Ok(l) => return (Some(l), None, None),
         Err(e) => e,
@@ -231,12 +181,7 @@ fn trusted_list(ctx: &TrustContext<'_>) -> (Option<TrustedKeyList>, Option<KeyId
         match verify(std::slice::from_ref(pk)) {
             Ok(l) => return (Some(l), Some(pk.key_id()), None),
             // Prefer an error from a chain that was anchored over "not anchored".
-            Err(e)
-                if matches!(err, Error::NotAnchored { .. })
-                    && !matches!(e, Error::NotAnchored { .. }) =>
-            {
-                err = e
-            }
+            Err(e) if matches!(err, Error::NotAnchored { .. }) && !matches!(e, Error::NotAnchored { .. }) => err = e,
             Err(_) => {}
         }
     }

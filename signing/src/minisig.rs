@@ -57,23 +57,13 @@ impl SignatureBlock {
 /// Parses a `.minisig` text holding one or more signature blocks back to
 /// back (blank lines between blocks are allowed). `file` names it in errors.
 pub fn parse_signatures(file: &str, text: &str) -> Result<Vec<SignatureBlock>> {
-    let bad = |reason: String| Error::MalformedSignature {
-        file: file.to_string(),
-        reason,
-    };
-    let lines: Vec<&str> = text
-        .lines()
-        .map(|l| l.trim_end_matches('\r'))
-        .filter(|l| !l.trim().is_empty())
-        .collect();
+    let bad = |reason: String| Error::MalformedSignature { file: file.to_string(), reason };
+    let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.trim().is_empty()).collect();
     if lines.is_empty() {
         return Err(bad("empty".into()));
     }
     if !lines.len().is_multiple_of(4) {
-        return Err(bad(format!(
-            "{} non-empty lines; each signature block has exactly 4",
-            lines.len()
-        )));
+        return Err(bad(format!("{} non-empty lines; each signature block has exactly 4", lines.len())));
     }
     let mut out = Vec::with_capacity(lines.len() / 4);
     for (n, block) in lines.chunks(4).enumerate() {
@@ -82,18 +72,11 @@ pub fn parse_signatures(file: &str, text: &str) -> Result<Vec<SignatureBlock>> {
             unreachable!("chunks of 4");
         };
         if !untrusted.starts_with(UNTRUSTED) {
-            return Err(bad(format!(
-                "block {n}: line 1 does not start with `{UNTRUSTED}`"
-            )));
+            return Err(bad(format!("block {n}: line 1 does not start with `{UNTRUSTED}`")));
         }
-        let sig = STANDARD
-            .decode(sig_b64)
-            .map_err(|e| bad(format!("block {n}: signature line is not base64: {e}")))?;
+        let sig = STANDARD.decode(sig_b64).map_err(|e| bad(format!("block {n}: signature line is not base64: {e}")))?;
         if sig.len() != 74 {
-            return Err(bad(format!(
-                "block {n}: signature is {} bytes, expected 74",
-                sig.len()
-            )));
+            return Err(bad(format!("block {n}: signature is {} bytes, expected 74", sig.len())));
         }
         let prehashed = match &sig[0..2] {
             b"ED" => true,
@@ -101,18 +84,12 @@ pub fn parse_signatures(file: &str, text: &str) -> Result<Vec<SignatureBlock>> {
             _ => return Err(bad(format!("block {n}: unknown signature algorithm"))),
         };
         let Some(tc) = trusted.strip_prefix(TRUSTED) else {
-            return Err(bad(format!(
-                "block {n}: line 3 does not start with `{TRUSTED}`"
-            )));
+            return Err(bad(format!("block {n}: line 3 does not start with `{TRUSTED}`")));
         };
-        let global = STANDARD
-            .decode(global_b64)
-            .map_err(|e| bad(format!("block {n}: global signature is not base64: {e}")))?;
+        let global =
+            STANDARD.decode(global_b64).map_err(|e| bad(format!("block {n}: global signature is not base64: {e}")))?;
         if global.len() != 64 {
-            return Err(bad(format!(
-                "block {n}: global signature is {} bytes, expected 64",
-                global.len()
-            )));
+            return Err(bad(format!("block {n}: global signature is {} bytes, expected 64", global.len())));
         }
         let mut id = [0u8; 8];
         id.copy_from_slice(&sig[2..10]);
@@ -148,12 +125,7 @@ pub(crate) struct Checked {
 }
 
 pub(crate) fn check_all(blocks: &[SignatureBlock], data: &[u8], keys: &[PublicKey]) -> Checked {
-    let mut c = Checked {
-        valid: Vec::new(),
-        bad: Vec::new(),
-        legacy: Vec::new(),
-        all: Vec::new(),
-    };
+    let mut c = Checked { valid: Vec::new(), bad: Vec::new(), legacy: Vec::new(), all: Vec::new() };
     for b in blocks {
         if !c.all.contains(&b.key_id) {
             c.all.push(b.key_id);
@@ -178,19 +150,11 @@ pub(crate) fn check_all(blocks: &[SignatureBlock], data: &[u8], keys: &[PublicKe
 /// `data` against `candidate_keys`; succeeds on the first block made by a
 /// candidate key that verifies. Only prehashed (`ED`) signatures are accepted.
 /// `file` names the signed file in errors.
-pub fn verify(
-    file: &str,
-    data: &[u8],
-    sig_text: &str,
-    candidate_keys: &[PublicKey],
-) -> Result<Verified> {
+pub fn verify(file: &str, data: &[u8], sig_text: &str, candidate_keys: &[PublicKey]) -> Result<Verified> {
     let blocks = parse_signatures(&format!("{file}.minisig"), sig_text)?;
     let c = check_all(&blocks, data, candidate_keys);
     if let Some((key_id, trusted_comment)) = c.valid.first().cloned() {
-        return Ok(Verified {
-            key_id,
-            trusted_comment,
-        });
+        return Ok(Verified { key_id, trusted_comment });
     }
     no_valid_signature(file, &c, candidate_keys.len())
 }
@@ -198,10 +162,7 @@ pub fn verify(
 /// The error for a signature file without any valid block.
 pub(crate) fn no_valid_signature<T>(file: &str, c: &Checked, candidates: usize) -> Result<T> {
     if let Some(key_id) = c.bad.first() {
-        return Err(Error::BadSignature {
-            file: file.to_string(),
-            key_id: *key_id,
-        });
+        return Err(Error::BadSignature { file: file.to_string(), key_id: *key_id });
     }
     if let Some(key_id) = c.legacy.first() {
         return Err(Error::MalformedSignature {

@@ -40,11 +40,7 @@ pub fn check_expiry(
             rfc3339(expires)
         )));
     }
-    Err(Error::Expired {
-        what: what.to_string(),
-        expires: rfc3339(expires),
-        now: rfc3339(now),
-    })
+    Err(Error::Expired { what: what.to_string(), expires: rfc3339(expires), now: rfc3339(now) })
 }
 
 /// What was seen for one channel.
@@ -75,9 +71,7 @@ pub struct SeenVersions {
 fn normalize_sha(sha256: &str) -> Result<String> {
     let s = sha256.trim().to_ascii_lowercase();
     if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Error::Invalid(format!(
-            "{sha256:?} is not a sha256 (64 hex digits)"
-        )));
+        return Err(Error::Invalid(format!("{sha256:?} is not a sha256 (64 hex digits)")));
     }
     Ok(s)
 }
@@ -87,10 +81,8 @@ impl SeenVersions {
     pub fn load(path: &Path) -> Result<Self> {
         let channels = match std::fs::read_to_string(path) {
             Ok(text) => {
-                let f: SeenFile = toml::from_str(&text).map_err(|e| Error::StateCorrupt {
-                    path: path.into(),
-                    reason: e.to_string(),
-                })?;
+                let f: SeenFile = toml::from_str(&text)
+                    .map_err(|e| Error::StateCorrupt { path: path.into(), reason: e.to_string() })?;
                 for (ch, e) in &f.channel {
                     normalize_sha(&e.sha256).map_err(|_| Error::StateCorrupt {
                         path: path.into(),
@@ -102,10 +94,7 @@ impl SeenVersions {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(Error::io(path, "read", e)),
         };
-        Ok(SeenVersions {
-            path: path.into(),
-            channels,
-        })
+        Ok(SeenVersions { path: path.into(), channels })
     }
 
     /// What was seen for `channel`, if anything.
@@ -126,11 +115,7 @@ impl SeenVersions {
             return Ok(());
         };
         if version < seen.version {
-            return Err(Error::Rollback {
-                channel: channel.into(),
-                seen: seen.version,
-                got: version,
-            });
+            return Err(Error::Rollback { channel: channel.into(), seen: seen.version, got: version });
         }
         if version == seen.version && sha != seen.sha256 {
             return Err(Error::VersionReplaced {
@@ -151,8 +136,7 @@ impl SeenVersions {
         if self.channels.get(channel).map(|e| e.version) == Some(version) {
             return Ok(());
         }
-        self.channels
-            .insert(channel.into(), SeenEntry { version, sha256 });
+        self.channels.insert(channel.into(), SeenEntry { version, sha256 });
         self.save()
     }
 
@@ -162,13 +146,9 @@ impl SeenVersions {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
         }
-        let f = SeenFile {
-            channel: self.channels.clone(),
-        };
+        let f = SeenFile { channel: self.channels.clone() };
         let body = toml::to_string(&f).map_err(|e| Error::Invalid(e.to_string()))?;
-        let text = format!(
-            "# kubestrap: highest manifest version seen per channel (rollback protection)\n{body}"
-        );
+        let text = format!("# kubestrap: highest manifest version seen per channel (rollback protection)\n{body}");
         write_atomic(&self.path, text.as_bytes(), false)
     }
 

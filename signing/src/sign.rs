@@ -20,11 +20,7 @@ const SK_BLOB: usize = 158;
 /// `out_dir/NAME.pub`, in the `minisign -G` format. With a password the
 /// secret key is encrypted (scrypt), without one it is stored unencrypted
 /// like `minisign -G -W` (for CI). Existing files are never overwritten.
-pub fn generate_keypair(
-    out_dir: &Path,
-    name: &str,
-    password: Option<&str>,
-) -> Result<(PathBuf, PathBuf, KeyId)> {
+pub fn generate_keypair(out_dir: &Path, name: &str, password: Option<&str>) -> Result<(PathBuf, PathBuf, KeyId)> {
     if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
         return Err(Error::Invalid(format!(
             "{name:?} is not a usable key name (no slashes, not empty, no leading dot)"
@@ -38,28 +34,19 @@ pub fn generate_keypair(
         }
     }
     let label = key_path.display().to_string();
-    let sign_err = |e: minisign::PError| Error::Sign {
-        file: label.clone(),
-        reason: e.to_string(),
-    };
+    let sign_err = |e: minisign::PError| Error::Sign { file: label.clone(), reason: e.to_string() };
     let (sk, pk, comment) = match password {
         Some(pw) if !pw.is_empty() => {
-            let kp = minisign::KeyPair::generate_encrypted_keypair(Some(pw.to_string()))
-                .map_err(sign_err)?;
+            let kp = minisign::KeyPair::generate_encrypted_keypair(Some(pw.to_string())).map_err(sign_err)?;
             (kp.sk, kp.pk, "minisign encrypted secret key")
         }
         _ => {
             // An empty password yields a checksummed, unencrypted key; mark its
             // KDF as "none" (two zero bytes) as `minisign -G -W` does.
-            let kp = minisign::KeyPair::generate_encrypted_keypair(Some(String::new()))
-                .map_err(sign_err)?;
+            let kp = minisign::KeyPair::generate_encrypted_keypair(Some(String::new())).map_err(sign_err)?;
             let mut bytes = kp.sk.to_bytes();
             bytes[2..4].copy_from_slice(&[0, 0]);
-            (
-                minisign::SecretKey::from_bytes(&bytes).map_err(sign_err)?,
-                kp.pk,
-                "minisign secret key (unencrypted)",
-            )
+            (minisign::SecretKey::from_bytes(&bytes).map_err(sign_err)?, kp.pk, "minisign secret key (unencrypted)")
         }
     };
     let public = PublicKey::from_base64(&pk.to_base64())?;
@@ -76,27 +63,16 @@ pub fn generate_keypair(
 /// Loads a minisign secret key file (encrypted or not).
 fn load_secret_key(path: &Path, password: Option<&str>) -> Result<minisign::SecretKey> {
     let file = path.display().to_string();
-    let bad = |reason: &str| Error::MalformedSecretKey {
-        file: file.clone(),
-        reason: reason.to_string(),
-    };
+    let bad = |reason: &str| Error::MalformedSecretKey { file: file.clone(), reason: reason.to_string() };
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
-    let lines: Vec<&str> = text
-        .lines()
-        .map(|l| l.trim_end_matches('\r'))
-        .filter(|l| !l.trim().is_empty())
-        .collect();
+    let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.trim().is_empty()).collect();
     let [comment, b64] = lines.as_slice() else {
-        return Err(bad(
-            "expected 2 lines: `untrusted comment:` and the base64 key",
-        ));
+        return Err(bad("expected 2 lines: `untrusted comment:` and the base64 key"));
     };
     if !comment.starts_with("untrusted comment:") {
         return Err(bad("first line does not start with `untrusted comment:`"));
     }
-    let raw = STANDARD
-        .decode(b64.trim())
-        .map_err(|_| bad("key line is not base64"))?;
+    let raw = STANDARD.decode(b64.trim()).map_err(|_| bad("key line is not base64"))?;
     if raw.len() != SK_BLOB {
         return Err(bad(&format!("{} bytes, expected {SK_BLOB}", raw.len())));
     }
@@ -117,11 +93,7 @@ fn load_secret_key(path: &Path, password: Option<&str>) -> Result<minisign::Secr
         .map_err(|e| bad(&e.to_string()))?;
     minisign::SecretKey::from_box(sk_box, Some(pw)).map_err(|e| {
         let msg = e.to_string();
-        if msg.contains("Wrong password") {
-            Error::WrongPassword { file: file.clone() }
-        } else {
-            bad(&msg)
-        }
+        if msg.contains("Wrong password") { Error::WrongPassword { file: file.clone() } } else { bad(&msg) }
     })
 }
 
@@ -136,34 +108,18 @@ pub fn secret_key_id(secret_key_path: &Path, password: Option<&str>) -> Result<K
 /// Signs `data` with the secret key at `secret_key_path` (prehashed,
 /// algorithm `ED`) and returns the `.minisig` text (one block).
 /// `trusted_comment` must be a single line.
-pub fn sign(
-    secret_key_path: &Path,
-    password: Option<&str>,
-    data: &[u8],
-    trusted_comment: &str,
-) -> Result<String> {
+pub fn sign(secret_key_path: &Path, password: Option<&str>, data: &[u8], trusted_comment: &str) -> Result<String> {
     if trusted_comment.contains(['\n', '\r']) {
-        return Err(Error::Invalid(
-            "the trusted comment must be a single line".into(),
-        ));
+        return Err(Error::Invalid("the trusted comment must be a single line".into()));
     }
     let sk = load_secret_key(secret_key_path, password)?;
     let file = secret_key_path.display().to_string();
-    let err = |e: minisign::PError| Error::Sign {
-        file: file.clone(),
-        reason: e.to_string(),
-    };
+    let err = |e: minisign::PError| Error::Sign { file: file.clone(), reason: e.to_string() };
     let pk = minisign::PublicKey::from_secret_key(&sk).map_err(err)?;
     let id = PublicKey::from_base64(&pk.to_base64())?.key_id();
     let untrusted = format!("signature from minisign secret key {id}");
-    let sig = minisign::sign(
-        Some(&pk),
-        &sk,
-        Cursor::new(data),
-        Some(trusted_comment),
-        Some(&untrusted),
-    )
-    .map_err(err)?;
+    let sig =
+        minisign::sign(Some(&pk), &sk, Cursor::new(data), Some(trusted_comment), Some(&untrusted)).map_err(err)?;
     Ok(sig.into_string())
 }
 

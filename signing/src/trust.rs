@@ -105,10 +105,7 @@ pub fn trust_remove(dir: &Path, id: KeyId) -> Result<PathBuf> {
             sync_dir(dir)?;
             Ok(path)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotPinned {
-            dir: dir.into(),
-            key_id: id,
-        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotPinned { dir: dir.into(), key_id: id }),
         Err(e) => Err(Error::io(&path, "remove", e)),
     }
 }

@@ -4,8 +4,7 @@ mod common;
 
 use common::{Key, NOW, flip, key, list_toml, sign_with, signed_list};
 use kubestrap_signing::{
-    Error, KeyListFile, PublicKey, TrustContext, TrustPath, VerifiedManifest, builtin_roots,
-    verify_manifest,
+    Error, KeyListFile, PublicKey, TrustContext, TrustPath, VerifiedManifest, builtin_roots, verify_manifest,
 };
 
 const FAR: &str = "2030-01-01T00:00:00Z";
@@ -21,23 +20,9 @@ struct Setup {
 
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let (root, rel, other) = (
-        key(dir.path(), "root"),
-        key(dir.path(), "rel"),
-        key(dir.path(), "other"),
-    );
-    let chain = vec![signed_list(
-        "keys.toml",
-        &list_toml(1, FAR, 1, &[&root], &[&rel], &[]),
-        &[&root],
-    )];
-    Setup {
-        _dir: dir,
-        root,
-        rel,
-        other,
-        chain,
-    }
+    let (root, rel, other) = (key(dir.path(), "root"), key(dir.path(), "rel"), key(dir.path(), "other"));
+    let chain = vec![signed_list("keys.toml", &list_toml(1, FAR, 1, &[&root], &[&rel], &[]), &[&root])];
+    Setup { _dir: dir, root, rel, other, chain }
 }
 
 fn check(
@@ -48,13 +33,7 @@ fn check(
     pinned: &[PublicKey],
     allow_expired: bool,
 ) -> Result<VerifiedManifest, Error> {
-    let ctx = TrustContext {
-        builtin_roots: roots,
-        key_chain: chain,
-        pinned_keys: pinned,
-        allow_expired,
-        now: NOW,
-    };
+    let ctx = TrustContext { builtin_roots: roots, key_chain: chain, pinned_keys: pinned, allow_expired, now: NOW };
     verify_manifest("stable.toml", bytes, sig, &ctx)
 }
 
@@ -62,22 +41,8 @@ fn check(
 fn release_key_signature_is_accepted() {
     let s = setup();
     let sig = sign_with(&s.rel, MANIFEST);
-    let v = check(
-        MANIFEST,
-        &sig,
-        std::slice::from_ref(&s.root.pk),
-        &s.chain,
-        &[],
-        false,
-    )
-    .unwrap();
-    assert_eq!(
-        v.trust_path,
-        TrustPath::Release {
-            key_id: s.rel.id,
-            list_version: 1
-        }
-    );
+    let v = check(MANIFEST, &sig, std::slice::from_ref(&s.root.pk), &s.chain, &[], false).unwrap();
+    assert_eq!(v.trust_path, TrustPath::Release { key_id: s.rel.id, list_version: 1 });
     assert!(!v.trust_path.via_pinned_key());
     assert_eq!(v.trusted_comment, "test manifest");
     assert!(v.warnings.is_empty());
@@ -91,10 +56,7 @@ fn flipped_byte_in_manifest_or_signature_is_refused() {
     let roots = [s.root.pk.clone()];
     for at in [0, 10, MANIFEST.len() - 1] {
         let e = check(&flip(MANIFEST, at), &sig, &roots, &s.chain, &[], false).unwrap_err();
-        assert!(
-            matches!(e, Error::BadSignature { key_id, .. } if key_id == s.rel.id),
-            "{e}"
-        );
+        assert!(matches!(e, Error::BadSignature { key_id, .. } if key_id == s.rel.id), "{e}");
         assert!(e.to_string().contains("stable.toml"));
     }
     let line2 = sig.lines().next().unwrap().len() + 1;
@@ -108,30 +70,11 @@ fn flipped_byte_in_manifest_or_signature_is_refused() {
 fn untrusted_key_is_refused() {
     let s = setup();
     let sig = sign_with(&s.other, MANIFEST);
-    let e = check(
-        MANIFEST,
-        &sig,
-        std::slice::from_ref(&s.root.pk),
-        &s.chain,
-        &[],
-        false,
-    )
-    .unwrap_err();
-    assert!(
-        matches!(&e, Error::UnknownKey { key_ids, .. } if key_ids == &[s.other.id]),
-        "{e}"
-    );
+    let e = check(MANIFEST, &sig, std::slice::from_ref(&s.root.pk), &s.chain, &[], false).unwrap_err();
+    assert!(matches!(&e, Error::UnknownKey { key_ids, .. } if key_ids == &[s.other.id]), "{e}");
     assert!(e.to_string().contains(&s.other.id.to_string()));
     // Without any key list, the hint says what to do.
-    let e = check(
-        MANIFEST,
-        &sig,
-        std::slice::from_ref(&s.root.pk),
-        &[],
-        &[],
-        false,
-    )
-    .unwrap_err();
+    let e = check(MANIFEST, &sig, std::slice::from_ref(&s.root.pk), &[], &[], false).unwrap_err();
     assert!(e.to_string().contains("trust add"), "{e}");
 }
 
@@ -139,19 +82,8 @@ fn untrusted_key_is_refused() {
 fn root_key_cannot_sign_manifests() {
     let s = setup();
     let sig = sign_with(&s.root, MANIFEST);
-    let e = check(
-        MANIFEST,
-        &sig,
-        std::slice::from_ref(&s.root.pk),
-        &s.chain,
-        &[],
-        false,
-    )
-    .unwrap_err();
-    assert!(
-        e.to_string().contains("root keys sign key lists only"),
-        "{e}"
-    );
+    let e = check(MANIFEST, &sig, std::slice::from_ref(&s.root.pk), &s.chain, &[], false).unwrap_err();
+    assert!(e.to_string().contains("root keys sign key lists only"), "{e}");
 }
 
 #[test]
@@ -159,35 +91,13 @@ fn revoked_release_key_is_refused() {
     let s = setup();
     let d = tempfile::tempdir().unwrap();
     let rel2 = key(d.path(), "rel2");
-    let chain = vec![signed_list(
-        "keys.toml",
-        &list_toml(2, FAR, 1, &[&s.root], &[&rel2], &[s.rel.id]),
-        &[&s.root],
-    )];
+    let chain = vec![signed_list("keys.toml", &list_toml(2, FAR, 1, &[&s.root], &[&rel2], &[s.rel.id]), &[&s.root])];
     let sig = sign_with(&s.rel, MANIFEST);
-    let e = check(
-        MANIFEST,
-        &sig,
-        std::slice::from_ref(&s.root.pk),
-        &chain,
-        &[],
-        false,
-    )
-    .unwrap_err();
-    assert!(
-        matches!(e, Error::Revoked { key_id, list_version: 2, .. } if key_id == s.rel.id),
-        "{e}"
-    );
+    let e = check(MANIFEST, &sig, std::slice::from_ref(&s.root.pk), &chain, &[], false).unwrap_err();
+    assert!(matches!(e, Error::Revoked { key_id, list_version: 2, .. } if key_id == s.rel.id), "{e}");
     // Even when the revoked key is pinned.
-    let e = check(
-        MANIFEST,
-        &sig,
-        std::slice::from_ref(&s.root.pk),
-        &chain,
-        std::slice::from_ref(&s.rel.pk),
-        false,
-    )
-    .unwrap_err();
+    let e = check(MANIFEST, &sig, std::slice::from_ref(&s.root.pk), &chain, std::slice::from_ref(&s.rel.pk), false)
+        .unwrap_err();
     assert!(matches!(e, Error::Revoked { .. }), "{e}");
 }
 
@@ -196,45 +106,15 @@ fn release_key_rotation() {
     let s = setup();
     let d = tempfile::tempdir().unwrap();
     let rel2 = key(d.path(), "rel2");
-    let v2 = signed_list(
-        "keys-2.toml",
-        &list_toml(2, FAR, 1, &[&s.root], &[&rel2], &[]),
-        &[&s.root],
-    );
+    let v2 = signed_list("keys-2.toml", &list_toml(2, FAR, 1, &[&s.root], &[&rel2], &[]), &[&s.root]);
     let chain = vec![s.chain[0].clone(), v2];
     let roots = [s.root.pk.clone()];
-    let v = check(
-        MANIFEST,
-        &sign_with(&rel2, MANIFEST),
-        &roots,
-        &chain,
-        &[],
-        false,
-    )
-    .unwrap();
-    assert_eq!(
-        v.trust_path,
-        TrustPath::Release {
-            key_id: rel2.id,
-            list_version: 2
-        }
-    );
-    let e = check(
-        MANIFEST,
-        &sign_with(&s.rel, MANIFEST),
-        &roots,
-        &chain,
-        &[],
-        false,
-    )
-    .unwrap_err();
+    let v = check(MANIFEST, &sign_with(&rel2, MANIFEST), &roots, &chain, &[], false).unwrap();
+    assert_eq!(v.trust_path, TrustPath::Release { key_id: rel2.id, list_version: 2 });
+    let e = check(MANIFEST, &sign_with(&s.rel, MANIFEST), &roots, &chain, &[], false).unwrap_err();
     assert!(matches!(e, Error::UnknownKey { .. }), "{e}");
     // Overlap: a manifest carrying signatures by the old and the new key passes.
-    let both = format!(
-        "{}{}",
-        sign_with(&s.rel, MANIFEST),
-        sign_with(&rel2, MANIFEST)
-    );
+    let both = format!("{}{}", sign_with(&s.rel, MANIFEST), sign_with(&rel2, MANIFEST));
     check(MANIFEST, &both, &roots, &chain, &[], false).unwrap();
 }
 
@@ -264,19 +144,12 @@ fn pinned_key_signs_manifests_directly() {
     let v = check(MANIFEST, &sig, &roots, &[], &pinned, false).unwrap();
     assert_eq!(v.trust_path, TrustPath::Pinned { key_id: s.other.id });
     assert!(v.trust_path.via_pinned_key());
-    assert!(
-        v.trust_path
-            .to_string()
-            .contains("pinned in this kubestrap home")
-    );
+    assert!(v.trust_path.to_string().contains("pinned in this kubestrap home"));
     // With the official chain present too.
     let v = check(MANIFEST, &sig, &roots, &s.chain, &pinned, false).unwrap();
     assert_eq!(v.trust_path, TrustPath::Pinned { key_id: s.other.id });
     // Tampered: refused.
-    assert!(matches!(
-        check(&flip(MANIFEST, 3), &sig, &roots, &[], &pinned, false),
-        Err(Error::BadSignature { .. })
-    ));
+    assert!(matches!(check(&flip(MANIFEST, 3), &sig, &roots, &[], &pinned, false), Err(Error::BadSignature { .. })));
 }
 
 #[test]
@@ -294,11 +167,7 @@ fn pinned_key_as_root_of_its_own_key_list() {
     let v = check(MANIFEST, &sig, &builtin, &chain, &pinned, false).unwrap();
     assert_eq!(
         v.trust_path,
-        TrustPath::PinnedRelease {
-            key_id: private_rel.id,
-            list_version: 7,
-            pinned_root: private_root.id
-        }
+        TrustPath::PinnedRelease { key_id: private_rel.id, list_version: 7, pinned_root: private_root.id }
     );
     assert!(v.trust_path.via_pinned_key());
     // Not pinned: the private list is not anchored anywhere.
@@ -307,14 +176,7 @@ fn pinned_key_as_root_of_its_own_key_list() {
     // Pinned but its list expired: the expiry is what is reported.
     let chain = vec![signed_list(
         "private/keys.toml",
-        &list_toml(
-            7,
-            "2020-01-01T00:00:00Z",
-            1,
-            &[&private_root],
-            &[&private_rel],
-            &[],
-        ),
+        &list_toml(7, "2020-01-01T00:00:00Z", 1, &[&private_root], &[&private_rel], &[]),
         &[&private_root],
     )];
     let e = check(MANIFEST, &sig, &builtin, &chain, &pinned, false).unwrap_err();

@@ -7,8 +7,8 @@ use std::process::Command;
 
 use common::{flip, key, minisign_bin};
 use kubestrap_signing::{
-    Error, PublicKey, generate_keypair, merge_signatures, parse_signatures, secret_key_id, sign,
-    sign_file, signature_path, verify,
+    Error, PublicKey, generate_keypair, merge_signatures, parse_signatures, secret_key_id, sign, sign_file,
+    signature_path, verify,
 };
 
 #[test]
@@ -20,34 +20,16 @@ fn our_signature_verifies_with_minisign() {
     let k = key(dir.path(), "release");
     let file = dir.path().join("manifest.toml");
     std::fs::write(&file, b"schema = 1\nchannel = \"stable\"\n").unwrap();
-    let sig = sign_file(
-        &k.sk,
-        None,
-        &file,
-        "timestamp:1\tfile:manifest.toml\thashed",
-    )
-    .unwrap();
+    let sig = sign_file(&k.sk, None, &file, "timestamp:1\tfile:manifest.toml\thashed").unwrap();
     assert_eq!(sig, signature_path(&file));
-    let out = Command::new(&bin)
-        .arg("-Vm")
-        .arg(&file)
-        .arg("-p")
-        .arg(dir.path().join("release.pub"))
-        .output()
-        .unwrap();
+    let out = Command::new(&bin).arg("-Vm").arg(&file).arg("-p").arg(dir.path().join("release.pub")).output().unwrap();
     assert!(out.status.success(), "minisign -V failed: {out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("file:manifest.toml"), "{stdout}");
 
     // A flipped byte is refused by minisign too.
     std::fs::write(&file, b"schema = 2\nchannel = \"stable\"\n").unwrap();
-    let out = Command::new(&bin)
-        .arg("-Vm")
-        .arg(&file)
-        .arg("-p")
-        .arg(dir.path().join("release.pub"))
-        .output()
-        .unwrap();
+    let out = Command::new(&bin).arg("-Vm").arg(&file).arg("-p").arg(dir.path().join("release.pub")).output().unwrap();
     assert!(!out.status.success());
 }
 
@@ -58,13 +40,7 @@ fn minisign_signature_verifies_with_ours() {
     };
     let dir = tempfile::tempdir().unwrap();
     let (sk, pk) = (dir.path().join("m.key"), dir.path().join("m.pub"));
-    let st = Command::new(&bin)
-        .args(["-G", "-W", "-s"])
-        .arg(&sk)
-        .arg("-p")
-        .arg(&pk)
-        .output()
-        .unwrap();
+    let st = Command::new(&bin).args(["-G", "-W", "-s"]).arg(&sk).arg("-p").arg(&pk).output().unwrap();
     assert!(st.status.success(), "{st:?}");
     let file = dir.path().join("data.bin");
     let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
@@ -118,11 +94,8 @@ fn multi_block_signature_blocks_verify_alone_with_minisign() {
     let file = dir.path().join("keys.toml");
     std::fs::write(&file, b"version = 1\n").unwrap();
     let data = std::fs::read(&file).unwrap();
-    let both = merge_signatures(
-        &sign(&a.sk, None, &data, "a").unwrap(),
-        &sign(&b.sk, None, &data, "b").unwrap(),
-    )
-    .unwrap();
+    let both =
+        merge_signatures(&sign(&a.sk, None, &data, "a").unwrap(), &sign(&b.sk, None, &data, "b").unwrap()).unwrap();
     let blocks = parse_signatures("keys.toml.minisig", &both).unwrap();
     assert_eq!(blocks.len(), 2);
     for (block, name) in blocks.iter().zip(["a", "b"]) {
@@ -151,10 +124,7 @@ fn flipped_byte_in_data_or_signature_is_refused() {
     verify("m", &data, &sig, &keys).unwrap();
     for at in 0..data.len() {
         let e = verify("m", &flip(&data, at), &sig, &keys).unwrap_err();
-        assert!(
-            matches!(e, Error::BadSignature { key_id, .. } if key_id == k.id),
-            "{e}"
-        );
+        assert!(matches!(e, Error::BadSignature { key_id, .. } if key_id == k.id), "{e}");
     }
     // Flip bits all over the signature text: never accepted.
     let sb = sig.as_bytes();
@@ -175,10 +145,7 @@ fn flipped_byte_in_data_or_signature_is_refused() {
     }
     // The trusted comment is signed.
     let forged = sig.replace("trusted comment: tc", "trusted comment: td");
-    assert!(matches!(
-        verify("m", &data, &forged, &keys),
-        Err(Error::BadSignature { .. })
-    ));
+    assert!(matches!(verify("m", &data, &forged, &keys), Err(Error::BadSignature { .. })));
 }
 
 #[test]
@@ -204,18 +171,9 @@ fn encrypted_key_round_trip_and_wrong_password() {
     assert_eq!(pk.key_id(), id);
     let sig = sign(&sk, Some("s3cret"), b"data", "tc").unwrap();
     verify("d", b"data", &sig, &[pk]).unwrap();
-    assert!(matches!(
-        sign(&sk, Some("nope"), b"data", "tc"),
-        Err(Error::WrongPassword { .. })
-    ));
-    assert!(matches!(
-        sign(&sk, None, b"data", "tc"),
-        Err(Error::PasswordRequired { .. })
-    ));
-    assert!(matches!(
-        sign(&sk, Some("s3cret"), b"data", "two\nlines"),
-        Err(Error::Invalid(_))
-    ));
+    assert!(matches!(sign(&sk, Some("nope"), b"data", "tc"), Err(Error::WrongPassword { .. })));
+    assert!(matches!(sign(&sk, None, b"data", "tc"), Err(Error::PasswordRequired { .. })));
+    assert!(matches!(sign(&sk, Some("s3cret"), b"data", "two\nlines"), Err(Error::Invalid(_))));
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -256,17 +214,11 @@ fn keygen_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     generate_keypair(dir.path(), "k", None).unwrap();
     let before = std::fs::read(dir.path().join("k.key")).unwrap();
-    assert!(matches!(
-        generate_keypair(dir.path(), "k", None),
-        Err(Error::AlreadyExists { .. })
-    ));
+    assert!(matches!(generate_keypair(dir.path(), "k", None), Err(Error::AlreadyExists { .. })));
     assert_eq!(std::fs::read(dir.path().join("k.key")).unwrap(), before);
     // Only the .pub left over: still refused, nothing written.
     std::fs::remove_file(dir.path().join("k.key")).unwrap();
-    assert!(matches!(
-        generate_keypair(dir.path(), "k", None),
-        Err(Error::AlreadyExists { .. })
-    ));
+    assert!(matches!(generate_keypair(dir.path(), "k", None), Err(Error::AlreadyExists { .. })));
     assert!(!dir.path().join("k.key").exists());
     assert!(generate_keypair(dir.path(), "../x", None).is_err());
 }
@@ -280,17 +232,9 @@ fn legacy_signature_is_refused() {
     let k = key(dir.path(), "k");
     let file = dir.path().join("f");
     std::fs::write(&file, b"legacy").unwrap();
-    let out = Command::new(&bin)
-        .args(["-S", "-l", "-s"])
-        .arg(&k.sk)
-        .arg("-m")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = Command::new(&bin).args(["-S", "-l", "-s"]).arg(&k.sk).arg("-m").arg(&file).output().unwrap();
     if !out.status.success() {
-        eprintln!(
-            "SKIPPED legacy_signature_is_refused: this minisign cannot make legacy signatures"
-        );
+        eprintln!("SKIPPED legacy_signature_is_refused: this minisign cannot make legacy signatures");
         return;
     }
     let sig = std::fs::read_to_string(signature_path(&file)).unwrap();

@@ -4,8 +4,7 @@ mod common;
 
 use common::{NOW, key};
 use kubestrap_signing::{
-    Error, KeyId, SeenVersions, check_expiry, pinned_keys, sha256_hex, trust_add, trust_list,
-    trust_remove,
+    Error, KeyId, SeenVersions, check_expiry, pinned_keys, sha256_hex, trust_add, trust_list, trust_remove,
 };
 use time::Duration;
 
@@ -35,15 +34,8 @@ fn trust_add_list_remove() {
     // A malformed .pub is refused, and so is a file named after another id.
     std::fs::write(d.path().join("junk.pub"), "nope").unwrap();
     assert!(trust_add(&store, &d.path().join("junk.pub")).is_err());
-    std::fs::copy(
-        d.path().join("a.pub"),
-        store.join(format!("{}.pub", "0000000000000000")),
-    )
-    .unwrap();
-    assert!(matches!(
-        trust_list(&store),
-        Err(Error::MalformedPublicKey { .. })
-    ));
+    std::fs::copy(d.path().join("a.pub"), store.join(format!("{}.pub", "0000000000000000"))).unwrap();
+    assert!(matches!(trust_list(&store), Err(Error::MalformedPublicKey { .. })));
 }
 
 #[test]
@@ -86,15 +78,9 @@ fn rollback_and_replaced_version_are_refused() {
     let mut seen = SeenVersions::load(&path).unwrap();
     assert_eq!(seen.get("stable").unwrap().version, 12);
     let e = seen.check("stable", 11, &v12).unwrap_err();
-    assert!(
-        matches!(&e, Error::Rollback { channel, seen: 12, got: 11 } if channel == "stable"),
-        "{e}"
-    );
+    assert!(matches!(&e, Error::Rollback { channel, seen: 12, got: 11 } if channel == "stable"), "{e}");
     let e = seen.check("stable", 12, &v13).unwrap_err();
-    assert!(
-        matches!(e, Error::VersionReplaced { version: 12, .. }),
-        "{e}"
-    );
+    assert!(matches!(e, Error::VersionReplaced { version: 12, .. }), "{e}");
     // Other channels are independent.
     seen.check("beta", 1, &v13).unwrap();
     seen.record("stable", 13, &v13).unwrap();
@@ -102,10 +88,7 @@ fn rollback_and_replaced_version_are_refused() {
     assert_eq!(seen.get("stable").unwrap().version, 13);
     assert!(seen.check("stable", 12, &v12).is_err());
     // No temp files left behind.
-    let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, vec![std::ffi::OsString::from("seen.toml")]);
 }
 
@@ -119,12 +102,7 @@ fn check_and_record_under_lock() {
         .map(|v| {
             let path = path.clone();
             std::thread::spawn(move || {
-                SeenVersions::check_and_record(
-                    &path,
-                    "stable",
-                    v,
-                    &sha256_hex(v.to_string().as_bytes()),
-                )
+                SeenVersions::check_and_record(&path, "stable", v, &sha256_hex(v.to_string().as_bytes()))
             })
         })
         .collect();
@@ -134,10 +112,7 @@ fn check_and_record_under_lock() {
     }
     let seen = SeenVersions::load(&path).unwrap();
     assert_eq!(seen.get("stable").unwrap().version, 11);
-    assert!(matches!(
-        SeenVersions::check_and_record(&path, "stable", 2, &h("2")),
-        Err(Error::Rollback { .. })
-    ));
+    assert!(matches!(SeenVersions::check_and_record(&path, "stable", 2, &h("2")), Err(Error::Rollback { .. })));
 }
 
 #[test]
@@ -155,20 +130,12 @@ fn corrupt_state_is_reported() {
 fn expiry_helper() {
     let past = NOW - Duration::days(1);
     let future = NOW + Duration::days(1);
-    assert_eq!(
-        check_expiry("manifest stable 12", future, NOW, false).unwrap(),
-        None
-    );
-    assert_eq!(
-        check_expiry("manifest stable 12", NOW, NOW, false).unwrap(),
-        None
-    );
+    assert_eq!(check_expiry("manifest stable 12", future, NOW, false).unwrap(), None);
+    assert_eq!(check_expiry("manifest stable 12", NOW, NOW, false).unwrap(), None);
     let e = check_expiry("manifest stable 12", past, NOW, false).unwrap_err();
     assert!(matches!(e, Error::Expired { .. }));
     assert!(e.to_string().contains("manifest stable 12"), "{e}");
-    let w = check_expiry("manifest stable 12", past, NOW, true)
-        .unwrap()
-        .unwrap();
+    let w = check_expiry("manifest stable 12", past, NOW, true).unwrap().unwrap();
     assert!(w.contains("expired"), "{w}");
 }
 

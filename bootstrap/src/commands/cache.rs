@@ -23,7 +23,13 @@ pub fn run(cmd: CacheCmd, home: &Home, ui: &Ui) -> Result<Code> {
     }
 }
 
-fn unpack(home: &Home, ui: &Ui, src: crate::cli::ManifestSource, driver: kubestrap_manifest::Driver, net: &crate::cli::NetArgs) -> Result<Code> {
+fn unpack(
+    home: &Home,
+    ui: &Ui,
+    src: crate::cli::ManifestSource,
+    driver: kubestrap_manifest::Driver,
+    net: &crate::cli::NetArgs,
+) -> Result<Code> {
     let opts = super::fetch_options(net);
     let loaded = source::load(home, src.manifest.as_deref(), &opts, src.allow_expired, ui)?;
     let jobs = crate::fetch::jobs_for(&loaded.manifest, &kubestrap_manifest::Target::host(), driver)?;
@@ -83,15 +89,29 @@ fn verify(home: &Home, ui: &Ui) -> Result<Code> {
     let components = store::list_components(home)?;
     for (name, complete) in &components {
         let dir = home.components().join(name);
-        let problems = if *complete { store::verify_component(&dir)? } else { vec!["no .complete marker (interrupted unpack)".to_string()] };
+        let problems = if *complete {
+            store::verify_component(&dir)?
+        } else {
+            vec!["no .complete marker (interrupted unpack)".to_string()]
+        };
         if !problems.is_empty() {
             bad += 1;
             fsutil::remove_any(&dir)?;
-            ui.warn(&format!("{}: {} damaged, removed (it will be unpacked again): {}", dir.display(), problems.len(), problems.join(", ")));
+            ui.warn(&format!(
+                "{}: {} damaged, removed (it will be unpacked again): {}",
+                dir.display(),
+                problems.len(),
+                problems.join(", ")
+            ));
         }
         ui.json(json!({"component": name, "ok": problems.is_empty()}));
     }
-    ui.line(&format!("checked {} blob(s) and {} component tree(s): {}", blobs.len(), components.len(), if bad == 0 { "all good".to_string() } else { format!("{bad} removed") }));
+    ui.line(&format!(
+        "checked {} blob(s) and {} component tree(s): {}",
+        blobs.len(),
+        components.len(),
+        if bad == 0 { "all good".to_string() } else { format!("{bad} removed") }
+    ));
     Ok(if bad == 0 { Code::Ok } else { Code::CorruptCache })
 }
 
@@ -111,7 +131,8 @@ fn prune(home: &Home, ui: &Ui, dry_run: bool) -> Result<Code> {
             removed.push(source::signature_path(path));
         }
     }
-    let keep: BTreeSet<Sha256> = keep_manifests.iter().flat_map(|m| m.all_artifacts()).map(|(_, _, a)| a.sha256).collect();
+    let keep: BTreeSet<Sha256> =
+        keep_manifests.iter().flat_map(|m| m.all_artifacts()).map(|(_, _, a)| a.sha256).collect();
     let mut freed = 0;
     for (sha, size) in store::list_blobs(home)? {
         if !keep.contains(&sha) {

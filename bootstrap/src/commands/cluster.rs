@@ -52,8 +52,20 @@ pub fn start(a: StartArgs, home: &Home, ui: &Ui) -> Result<Code> {
     ui.json(json!({"event": "done", "profile": s.profile, "context": s.context, "server": s.server, "kubeconfig": s.kubeconfig,
         "pid": s.pid, "kubernetes": s.kubernetes, "manifest": s.manifest, "already_running": s.already_running, "created": s.created,
         "elapsed_ms": t.elapsed().as_millis() as u64}));
-    let what = if s.already_running { "was already running" } else if s.created { "is up" } else { "is up again" };
-    ui.line(&format!("\nCluster {:?} {what} ({} at {}) in {}.", s.profile, s.kubernetes, s.server, human_duration(t.elapsed())));
+    let what = if s.already_running {
+        "was already running"
+    } else if s.created {
+        "is up"
+    } else {
+        "is up again"
+    };
+    ui.line(&format!(
+        "\nCluster {:?} {what} ({} at {}) in {}.",
+        s.profile,
+        s.kubernetes,
+        s.server,
+        human_duration(t.elapsed())
+    ));
     let ctx = if o.keep_context { format!(" --context {}", s.context) } else { String::new() };
     ui.line(&format!("Try:  kubectl{ctx} get ns      (or: kubestrap kubectl -p {} -- get ns)", s.profile));
     Ok(Code::Ok)
@@ -79,7 +91,10 @@ pub fn delete(a: DeleteArgs, home: &Home, ui: &Ui) -> Result<Code> {
     } else {
         let p = Profile::new(home, &a.profile.profile)?;
         if !p.dir.exists() && !a.purge {
-            return Err(coded(Code::NoProfile, format!("profile {:?} does not exist (see `kubestrap profile list`)", p.name)));
+            return Err(coded(
+                Code::NoProfile,
+                format!("profile {:?} does not exist (see `kubestrap profile list`)", p.name),
+            ));
         }
         vec![p.name]
     };
@@ -128,12 +143,23 @@ pub fn profile_list(home: &Home, ui: &Ui) -> Result<Code> {
     if names.is_empty() {
         ui.line("no profiles; create one with `kubestrap start`");
     } else {
-        ui.line(&format!("{:<20} {:<8} {:<10} {:<10} {:<26} {}", "PROFILE", "DRIVER", "LOCALKUBE", "APISERVER", "SERVER", "KUBERNETES"));
+        ui.line(&format!(
+            "{:<20} {:<8} {:<10} {:<10} {:<26} {}",
+            "PROFILE", "DRIVER", "LOCALKUBE", "APISERVER", "SERVER", "KUBERNETES"
+        ));
     }
     for n in names {
         let st = lifecycle::status(home, &n)?;
         ui.json(serde_json::to_value(&st)?);
-        ui.line(&format!("{:<20} {:<8} {:<10} {:<10} {:<26} {}", st.name, st.driver, st.localkube, st.apiserver.split(' ').next().unwrap_or(""), st.server, st.kubernetes));
+        ui.line(&format!(
+            "{:<20} {:<8} {:<10} {:<10} {:<26} {}",
+            st.name,
+            st.driver,
+            st.localkube,
+            st.apiserver.split(' ').next().unwrap_or(""),
+            st.server,
+            st.kubernetes
+        ));
     }
     Ok(Code::Ok)
 }
@@ -150,7 +176,10 @@ pub fn kubectl(name: String, args: Vec<String>, home: &Home) -> Result<Code> {
         .find(|n| n.component == "kubectl")
         .context("the manifest has no kubectl for this machine")?;
     if !store::has_blob(home, &need.artifact.sha256, need.artifact.size.get()) {
-        return Err(coded(Code::OfflineMissing, format!("kubectl is not in the cache; run `kubestrap start -p {name}` (or `kubestrap fetch`) first")));
+        return Err(coded(
+            Code::OfflineMissing,
+            format!("kubectl is not in the cache; run `kubestrap start -p {name}` (or `kubestrap fetch`) first"),
+        ));
     }
     let dir = store::ensure_component(home, &need.artifact)?;
     let bin = dir.join(&need.artifact.bin);

@@ -30,4 +30,3 @@ pub fn run(args: FetchArgs, home: &Home, ui: &Ui) -> Result<Code> {
     ui.step("fetched and verified", &format!("{} artifact(s), {}", jobs.len(), human_bytes(total)), started.elapsed());
     Ok(Code::Ok)
 }
-

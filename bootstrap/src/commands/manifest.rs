@@ -22,7 +22,10 @@ fn check(file: &Path, ui: &Ui) -> Result<Code> {
     ui.json(serde_json::to_value(&s)?);
     ui.line(&format!("{}: valid manifest, schema {}", file.display(), m.schema));
     ui.line(&format!("  channel {} version {}, Kubernetes {}", s.channel, s.version, s.kubernetes));
-    ui.line(&format!("  published {}, expires {}, requires kubestrap {}", s.published, s.expires, s.requires_bootstrap));
+    ui.line(&format!(
+        "  published {}, expires {}, requires kubestrap {}",
+        s.published, s.expires, s.requires_bootstrap
+    ));
     for c in &s.components {
         ui.line(&format!(
             "  {:<11} {:<16} drivers: {:<12} targets: {} ({})",

@@ -22,10 +22,18 @@ pub fn manifest(cmd: ManifestCmd, home: &Home, ui: &Ui) -> Result<Code> {
     match cmd {
         ManifestCmd::Check { .. } => unreachable!("handled by commands::manifest"),
         ManifestCmd::Keygen { out, name, unencrypted } => {
-            let password = if unencrypted { None } else { Some(password(&format!("Password for the new key {name}"), true)?) };
+            let password =
+                if unencrypted { None } else { Some(password(&format!("Password for the new key {name}"), true)?) };
             let (key, public, id) = signing::generate_keypair(&out, &name, password.as_deref())?;
-            ui.json(json!({"key_id": id.to_string(), "secret_key": key, "public_key": public, "encrypted": !unencrypted}));
-            ui.line(&format!("key {id}\n  secret: {} (keep it offline; mode 0600{})\n  public: {}", key.display(), if unencrypted { ", NOT encrypted" } else { ", encrypted" }, public.display()));
+            ui.json(
+                json!({"key_id": id.to_string(), "secret_key": key, "public_key": public, "encrypted": !unencrypted}),
+            );
+            ui.line(&format!(
+                "key {id}\n  secret: {} (keep it offline; mode 0600{})\n  public: {}",
+                key.display(),
+                if unencrypted { ", NOT encrypted" } else { ", encrypted" },
+                public.display()
+            ));
             Ok(Code::Ok)
         }
         ManifestCmd::Sign { key, file, comment } => {
@@ -47,7 +55,16 @@ pub fn manifest(cmd: ManifestCmd, home: &Home, ui: &Ui) -> Result<Code> {
 fn verify(file: &Path, allow_expired: bool, home: &Home, ui: &Ui) -> Result<Code> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let sig_path = source::signature_path(file);
-    let sig = std::fs::read_to_string(&sig_path).with_context(|| format!("cannot read the signature {}", sig_path.display()))?;
+    // Same classification as `fetch`/`start` (source::read_pair): an unsigned manifest is a signature failure.
+    let sig = std::fs::read_to_string(&sig_path).map_err(|e| {
+        coded(
+            Code::Signature,
+            format!(
+                "cannot read the signature {}: {e}; every manifest must be signed (`kubestrap manifest sign`)",
+                sig_path.display()
+            ),
+        )
+    })?;
     let label = file.display().to_string();
     let trusted = trust::verify_manifest(home, &label, &bytes, &sig, allow_expired)?;
     let m = Manifest::parse(&bytes, file)?;
@@ -91,7 +108,10 @@ pub fn keys(cmd: KeysCmd, home: &Home, ui: &Ui) -> Result<Code> {
                 sigs = signing::merge_signatures(&sigs, &added)?;
             }
             signing::write_signature_file(&file, &sigs)?;
-            let ids: Vec<String> = signing::parse_signatures(&sig_path.display().to_string(), &sigs)?.iter().map(|b| b.key_id().to_string()).collect();
+            let ids: Vec<String> = signing::parse_signatures(&sig_path.display().to_string(), &sigs)?
+                .iter()
+                .map(|b| b.key_id().to_string())
+                .collect();
             ui.json(json!({"file": file, "signature": sig_path, "signed_by": ids}));
             ui.line(&format!("{}: now signed by {}", sig_path.display(), ids.join(", ")));
             Ok(Code::Ok)
@@ -108,7 +128,10 @@ pub fn keys(cmd: KeysCmd, home: &Home, ui: &Ui) -> Result<Code> {
             let revoked: Vec<String> = v.revoked.iter().map(|k| k.to_string()).collect();
             ui.json(json!({"version": v.version, "expires": rfc3339(v.expires), "release_keys": release, "revoked": revoked, "threshold": v.threshold, "anchored_by": v.anchored_by.iter().map(|k| k.to_string()).collect::<Vec<_>>()}));
             ui.line(&format!("{}: valid key list version {}, expires {}", v.label, v.version, rfc3339(v.expires)));
-            ui.line(&format!("  anchored by root key(s) {}", v.anchored_by.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", ")));
+            ui.line(&format!(
+                "  anchored by root key(s) {}",
+                v.anchored_by.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", ")
+            ));
             ui.line(&format!("  release keys: {}", release.join(", ")));
             if !revoked.is_empty() {
                 ui.line(&format!("  revoked: {}", revoked.join(", ")));
@@ -175,7 +198,12 @@ fn password(prompt: &str, confirm: bool) -> Result<String> {
         return Ok(pw);
     }
     if !std::io::stdin().is_terminal() {
-        return Err(coded(Code::Usage, format!("a password is needed: set {PASSWORD_ENV}, run in a terminal, or use --unencrypted for a development key")));
+        return Err(coded(
+            Code::Usage,
+            format!(
+                "a password is needed: set {PASSWORD_ENV}, run in a terminal, or use --unencrypted for a development key"
+            ),
+        ));
     }
     let first = read_hidden(&format!("{prompt}: "))?;
     if confirm && read_hidden("Again: ")? != first {

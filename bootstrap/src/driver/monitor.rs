@@ -52,11 +52,7 @@ pub fn main(run_dir: &Path) -> Result<()> {
         .open(&spec.log)
         .with_context(|| format!("cannot open {}", spec.log.display()))?;
     let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args)
-        .current_dir(&spec.cwd)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log.try_clone()?);
+    cmd.args(&spec.args).current_dir(&spec.cwd).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log.try_clone()?);
     // localkube must not inherit the monitor's ignored signals.
     unsafe {
         cmd.pre_exec(|| {

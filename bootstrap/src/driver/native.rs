@@ -48,7 +48,13 @@ impl Driver for Native {
         let vars = launch.vars();
         let program = launch.component.join(&launch.run.program);
         if !program.is_file() {
-            return Err(coded(Code::CorruptCache, format!("{}: the manifest's run.program is missing from the unpacked component; run `kubestrap cache verify`", program.display())));
+            return Err(coded(
+                Code::CorruptCache,
+                format!(
+                    "{}: the manifest's run.program is missing from the unpacked component; run `kubestrap cache verify`",
+                    program.display()
+                ),
+            ));
         }
         let spec = LaunchSpec {
             program,
@@ -82,7 +88,10 @@ impl Driver for Native {
             }
             if let Some(status) = mon.try_wait()? {
                 let how = last_exit(p).map_or_else(|| format!("monitor {status}"), |r| r.describe());
-                return Err(coded(Code::LocalkubeExited, format!("localkube did not start ({how}); see {}", p.log_file().display())));
+                return Err(coded(
+                    Code::LocalkubeExited,
+                    format!("localkube did not start ({how}); see {}", p.log_file().display()),
+                ));
             }
             if Instant::now() > deadline {
                 let _ = mon.kill();
@@ -127,7 +136,10 @@ impl Driver for Native {
                 }
                 let how = match record() {
                     Some(r) => r.describe(),
-                    None => "exited; its monitor is gone too, so how is unknown (killed by kill -9, or with the machine?)".into(),
+                    None => {
+                        "exited; its monitor is gone too, so how is unknown (killed by kill -9, or with the machine?)"
+                            .into()
+                    }
                 };
                 Ok(HostState::Crashed { how })
             }
@@ -143,8 +155,13 @@ impl Driver for Native {
 pub fn tail(log: &Path, n: usize) -> Vec<String> {
     let mut old = log.as_os_str().to_owned();
     old.push(".1");
-    let mut lines: Vec<String> = fs::read(&old).map(|b| String::from_utf8_lossy(&b).lines().map(str::to_string).collect()).unwrap_or_default();
-    lines.extend(fs::read(log).map(|b| String::from_utf8_lossy(&b).lines().map(str::to_string).collect::<Vec<_>>()).unwrap_or_default());
+    let mut lines: Vec<String> =
+        fs::read(&old).map(|b| String::from_utf8_lossy(&b).lines().map(str::to_string).collect()).unwrap_or_default();
+    lines.extend(
+        fs::read(log)
+            .map(|b| String::from_utf8_lossy(&b).lines().map(str::to_string).collect::<Vec<_>>())
+            .unwrap_or_default(),
+    );
     let skip = lines.len().saturating_sub(n);
     lines.split_off(skip)
 }

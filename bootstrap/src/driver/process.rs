@@ -30,10 +30,7 @@ fn stat(pid: i32) -> Option<Stat> {
     let rest = &text[text.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the name: field 3 is state (index 0), field 22 is starttime (index 19).
-    Some(Stat {
-        state: fields.first()?.chars().next()?,
-        start_time: fields.get(19)?.parse().ok()?,
-    })
+    Some(Stat { state: fields.first()?.chars().next()?, start_time: fields.get(19)?.parse().ok()? })
 }
 
 impl ProcId {

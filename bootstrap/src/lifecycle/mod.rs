@@ -51,7 +51,10 @@ pub fn stop(home: &Home, name: &str, wait: bool, steps: &dyn Steps) -> Result<St
 fn stop_locked(p: &Profile, cfg: &profile::Config) -> Result<StopOutcome> {
     let drv = driver::for_kind(cfg.driver)?;
     let (signal, timeout) = match read_manifest(&cfg.manifest) {
-        Ok(m) => (m.component.localkube.run.stop_signal.number(), Duration::from_secs(m.component.localkube.run.stop_timeout_s)),
+        Ok(m) => (
+            m.component.localkube.run.stop_signal.number(),
+            Duration::from_secs(m.component.localkube.run.stop_timeout_s),
+        ),
         Err(_) => (libc::SIGTERM, Duration::from_secs(30)),
     };
     drv.stop(p, signal, timeout)
@@ -151,13 +154,18 @@ pub fn status(home: &Home, name: &str) -> Result<Status> {
             st.log_tail = driver::native::tail(&drv.log_file(&p), 20);
         }
     }
-    st.exit_code = (u8::from(st.host != "Running")) | (u8::from(st.localkube != "Running") << 1) | (u8::from(st.apiserver != "Running") << 2);
+    st.exit_code = (u8::from(st.host != "Running"))
+        | (u8::from(st.localkube != "Running") << 1)
+        | (u8::from(st.apiserver != "Running") << 2);
     let kc = kubeconfig::path()?;
     st.kubeconfig = match kubeconfig::state(&kc, &kubeconfig::context_name(name), &st.server) {
         Ok(kubeconfig::State::Configured { current: true }) => "Configured (current context)".into(),
         Ok(kubeconfig::State::Configured { current: false }) => "Configured".into(),
         Ok(kubeconfig::State::Misconfigured { server }) => {
-            st.warnings.push(format!("kubeconfig points at {server}, the cluster is at {}; run `kubestrap start -p {name}` to fix it", st.server));
+            st.warnings.push(format!(
+                "kubeconfig points at {server}, the cluster is at {}; run `kubestrap start -p {name}` to fix it",
+                st.server
+            ));
             "Misconfigured".into()
         }
         Ok(kubeconfig::State::Missing) => "Missing".into(),
@@ -167,7 +175,11 @@ pub fn status(home: &Home, name: &str) -> Result<Status> {
         let soon = time::OffsetDateTime::now_utc() + time::Duration::days(30);
         for (f, at) in exp {
             if at < soon {
-                st.warnings.push(format!("certificate {} expires {}; delete and recreate the profile to renew it", f.file_name(), kubestrap_manifest::rfc3339(at)));
+                st.warnings.push(format!(
+                    "certificate {} expires {}; delete and recreate the profile to renew it",
+                    f.file_name(),
+                    kubestrap_manifest::rfc3339(at)
+                ));
             }
         }
     }

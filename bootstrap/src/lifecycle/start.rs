@@ -54,7 +54,10 @@ pub fn start(home: &Home, o: &StartOptions, steps: &dyn Steps) -> Result<Started
     let existing = if p.exists() { Some(p.load()?) } else { None };
     let driver_kind = match (&existing, o.driver) {
         (Some(c), Some(d)) if c.driver != d => {
-            return Err(coded(Code::Usage, format!("profile {:?} uses the {} driver; delete it first to use {d}", p.name, c.driver)));
+            return Err(coded(
+                Code::Usage,
+                format!("profile {:?} uses the {} driver; delete it first to use {d}", p.name, c.driver),
+            ));
         }
         (Some(c), _) => c.driver,
         (None, d) => d.unwrap_or(DriverKind::Native),
@@ -70,14 +73,25 @@ pub fn start(home: &Home, o: &StartOptions, steps: &dyn Steps) -> Result<Started
     if let Some(n) = loaded.trusted.pinned_notice() {
         steps.warn(&n);
     }
-    steps.step("manifest verified", &format!("{} (Kubernetes {}), {}", m.id(), m.kubernetes, loaded.trusted.path), t.elapsed());
+    steps.step(
+        "manifest verified",
+        &format!("{} (Kubernetes {}), {}", m.id(), m.kubernetes, loaded.trusted.path),
+        t.elapsed(),
+    );
 
     // Already running? Then only make sure kubeconfig points at it.
     let state = drv.state(&p)?;
     if let (HostState::Running { pid, port }, Some(cfg)) = (&state, &existing) {
         let pki = Pki::new(p.pki());
         let started = finish(&p, &pki, *port, o.keep_context, steps)?;
-        return Ok(Started { pid: *pid, kubernetes: started, manifest: m.id(), already_running: true, created: false, ..result(&p, cfg, *port)? });
+        return Ok(Started {
+            pid: *pid,
+            kubernetes: started,
+            manifest: m.id(),
+            already_running: true,
+            created: false,
+            ..result(&p, cfg, *port)?
+        });
     }
     if let HostState::Crashed { how } = &state {
         steps.warn(&format!("localkube of profile {:?} had stopped unexpectedly ({how}); starting it again", p.name));
@@ -90,7 +104,11 @@ pub fn start(home: &Home, o: &StartOptions, steps: &dyn Steps) -> Result<Started
     let jobs = fetch::jobs_for(m, &host, driver_kind)?;
     fetch::fetch_all(home, &jobs, &o.fetch, steps.fetch_reporter())?;
     let total: u64 = jobs.iter().map(|j| j.artifact.size.get()).sum();
-    steps.step("artifacts verified", &format!("{} artifact(s), {}", jobs.len(), crate::ui::human_bytes(total)), t.elapsed());
+    steps.step(
+        "artifacts verified",
+        &format!("{} artifact(s), {}", jobs.len(), crate::ui::human_bytes(total)),
+        t.elapsed(),
+    );
     let t = Instant::now();
     let lk = m.needs(&host, driver_kind).map_err(|e| coded(Code::Usage, e))?;
     let mut component = None;
@@ -121,7 +139,8 @@ pub fn start(home: &Home, o: &StartOptions, steps: &dyn Steps) -> Result<Started
     // 4. PKI, made once, placed where localkube expects it.
     let t = Instant::now();
     let pki = Pki::new(p.pki());
-    let made = pki.ensure(&pki::Options { profile: p.name.clone(), validity: o.cert_validity, extra_sans: drv.extra_sans() })?;
+    let made =
+        pki.ensure(&pki::Options { profile: p.name.clone(), validity: o.cert_validity, extra_sans: drv.extra_sans() })?;
     let launch = Launch { profile: p.clone(), run: m.component.localkube.run.clone(), component, port };
     let vars = launch.vars();
     for (dest, file) in &launch.run.pki_files {
@@ -147,16 +166,41 @@ pub fn start(home: &Home, o: &StartOptions, steps: &dyn Steps) -> Result<Started
                 (Code::LocalkubeExited, format!("localkube {how} before the apiserver became ready"))
             }
             WaitError::Timeout { last } => {
-                drv.stop(&p, m.component.localkube.run.stop_signal.number(), Duration::from_secs(m.component.localkube.run.stop_timeout_s))?;
-                (Code::NotReady, format!("the apiserver was not ready after {}s (last answer: {last}); localkube was stopped", o.wait_timeout.as_secs()))
+                drv.stop(
+                    &p,
+                    m.component.localkube.run.stop_signal.number(),
+                    Duration::from_secs(m.component.localkube.run.stop_timeout_s),
+                )?;
+                (
+                    Code::NotReady,
+                    format!(
+                        "the apiserver was not ready after {}s (last answer: {last}); localkube was stopped",
+                        o.wait_timeout.as_secs()
+                    ),
+                )
             }
         };
         let tail = crate::driver::native::tail(&log, 20);
-        return Err(coded(code, format!("{what}.\nLast lines of {}:\n{}\nRetry with a longer --wait-timeout, or see `kubestrap logs -p {}`", log.display(), tail.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n"), p.name)));
+        return Err(coded(
+            code,
+            format!(
+                "{what}.\nLast lines of {}:\n{}\nRetry with a longer --wait-timeout, or see `kubestrap logs -p {}`",
+                log.display(),
+                tail.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n"),
+                p.name
+            ),
+        ));
     }
     steps.step("apiserver ready", probe.server(), t.elapsed());
     let version = finish(&p, &pki, port, o.keep_context, steps)?;
-    Ok(Started { pid, kubernetes: version, manifest: m.id(), already_running: false, created, ..result(&p, &cfg, port)? })
+    Ok(Started {
+        pid,
+        kubernetes: version,
+        manifest: m.id(),
+        already_running: false,
+        created,
+        ..result(&p, &cfg, port)?
+    })
 }
 
 fn result(p: &Profile, _cfg: &Config, port: u16) -> Result<Started> {
@@ -197,10 +241,15 @@ fn resolve_manifest(home: &Home, o: &StartOptions, existing: Option<&Config>, st
         (Some(spec), Some(cfg)) => {
             let loaded = source::load(home, Some(spec), &o.fetch, o.allow_expired, steps.ui())?;
             if loaded.path != cfg.manifest {
-                let current = read_manifest(&cfg.manifest).map(|m| m.id()).unwrap_or_else(|_| cfg.manifest.display().to_string());
+                let current =
+                    read_manifest(&cfg.manifest).map(|m| m.id()).unwrap_or_else(|_| cfg.manifest.display().to_string());
                 return Err(coded(
                     Code::Usage,
-                    format!("profile {:?} runs manifest {current}; {spec} is {}. Changing a cluster's release is an upgrade; delete the profile to start over with it", cfg.name, loaded.manifest.id()),
+                    format!(
+                        "profile {:?} runs manifest {current}; {spec} is {}. Changing a cluster's release is an upgrade; delete the profile to start over with it",
+                        cfg.name,
+                        loaded.manifest.id()
+                    ),
                 ));
             }
             Ok(loaded)
@@ -212,14 +261,19 @@ fn resolve_manifest(home: &Home, o: &StartOptions, existing: Option<&Config>, st
                 match source::load(home, None, &o.fetch, o.allow_expired, steps.ui()) {
                     Ok(l) => return Ok(l),
                     Err(e) => match newest_stored(home)? {
-                        Some(path) => steps.warn(&format!("{e:#}; using the newest manifest kept here, {}", path.display())),
+                        Some(path) => {
+                            steps.warn(&format!("{e:#}; using the newest manifest kept here, {}", path.display()))
+                        }
                         None => return Err(e),
                     },
                 }
             }
             match newest_stored(home)? {
                 Some(path) => source::load_stored(home, &path, o.allow_expired),
-                None => Err(coded(Code::OfflineMissing, "--offline, and no manifest is kept in this kubestrap home: name one with --manifest, or use an offline bundle")),
+                None => Err(coded(
+                    Code::OfflineMissing,
+                    "--offline, and no manifest is kept in this kubestrap home: name one with --manifest, or use an offline bundle",
+                )),
             }
         }
     }
@@ -237,7 +291,12 @@ fn port_free(port: u16) -> bool {
 /// The port: the one asked for (must be free), else the profile's own if
 /// free, else 8443 or the next free one not used by another profile.
 fn choose_port(home: &Home, p: &Profile, asked: Option<u16>, existing: Option<&Config>) -> Result<u16> {
-    let in_use = |port: u16| coded(Code::PortInUse, format!("port {port} on 127.0.0.1 is in use by another program; free it, or choose another with --port"));
+    let in_use = |port: u16| {
+        coded(
+            Code::PortInUse,
+            format!("port {port} on 127.0.0.1 is in use by another program; free it, or choose another with --port"),
+        )
+    };
     if let Some(port) = asked {
         return if port_free(port) { Ok(port) } else { Err(in_use(port)) };
     }
@@ -254,7 +313,7 @@ fn choose_port(home: &Home, p: &Profile, asked: Option<u16>, existing: Option<&C
         .filter(|n| *n != p.name)
         .filter_map(|n| Profile::new(home, &n).ok()?.load().ok().map(|c| c.port))
         .collect();
-    (DEFAULT_PORT..=DEFAULT_PORT + 200)
-        .find(|port| !taken.contains(port) && port_free(*port))
-        .ok_or_else(|| coded(Code::PortInUse, format!("no free port in {DEFAULT_PORT}-{}; choose one with --port", DEFAULT_PORT + 200)))
+    (DEFAULT_PORT..=DEFAULT_PORT + 200).find(|port| !taken.contains(port) && port_free(*port)).ok_or_else(|| {
+        coded(Code::PortInUse, format!("no free port in {DEFAULT_PORT}-{}; choose one with --port", DEFAULT_PORT + 200))
+    })
 }

@@ -37,11 +37,7 @@ fn tar_bytes(entries: &[E]) -> Vec<u8> {
                 b.append(&h, io::empty()).unwrap();
             }
             E::Symlink(name, target) | E::Hardlink(name, target) => {
-                let kind = if matches!(e, E::Symlink(..)) {
-                    tar::EntryType::Symlink
-                } else {
-                    tar::EntryType::Link
-                };
+                let kind = if matches!(e, E::Symlink(..)) { tar::EntryType::Symlink } else { tar::EntryType::Link };
                 let mut h = header(name, kind, 0, 0o777);
                 let t = target.as_bytes();
                 h.as_old_mut().linkname[..t.len()].copy_from_slice(t);
@@ -78,13 +74,7 @@ fn case(bytes: &[u8], name: &str) -> Case {
     let outside = dir.path().join("outside");
     let dest = outside.join("dest");
     fs::create_dir_all(&dest).unwrap();
-    Case {
-        digest: sha(bytes),
-        _dir: dir,
-        archive,
-        dest,
-        outside,
-    }
+    Case { digest: sha(bytes), _dir: dir, archive, dest, outside }
 }
 
 fn run(c: &Case, kind: Unpack, bin: &str) -> Result<Vec<FileEntry>, UnpackError> {
@@ -97,10 +87,8 @@ fn zst(b: &[u8]) -> Vec<u8> {
 
 /// Nothing but `dest` exists next to the destination.
 fn assert_nothing_outside(c: &Case) {
-    let names: Vec<_> = fs::read_dir(&c.outside)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let names: Vec<_> =
+        fs::read_dir(&c.outside).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert_eq!(names, vec!["dest".to_string()], "something was written outside dest");
 }
 
@@ -164,10 +152,7 @@ fn absolute_path_refused() {
 
 #[test]
 fn escaping_symlink_then_write_through_refused() {
-    let c = case(
-        &zst(&tar_bytes(&[E::Symlink("link", ".."), E::File("link/x", b"evil", 0o644)])),
-        "a.tar.zst",
-    );
+    let c = case(&zst(&tar_bytes(&[E::Symlink("link", ".."), E::File("link/x", b"evil", 0o644)])), "a.tar.zst");
     let e = run(&c, Unpack::TarZst, "x").unwrap_err();
     assert!(matches!(e, UnpackError::Unsafe { ref reason, .. } if reason.contains("outside")), "{e}");
     assert_nothing_outside(&c);
@@ -181,10 +166,7 @@ fn escaping_symlink_then_write_through_refused() {
     assert!(matches!(e, UnpackError::Unsafe { ref reason, .. } if reason.contains("through a symlink")), "{e}");
 
     // `..` after a name could climb out through a symlinked directory.
-    let c = case(
-        &zst(&tar_bytes(&[E::Symlink("self", "."), E::Symlink("up", "self/../x")])),
-        "a.tar.zst",
-    );
+    let c = case(&zst(&tar_bytes(&[E::Symlink("self", "."), E::Symlink("up", "self/../x")])), "a.tar.zst");
     let e = run(&c, Unpack::TarZst, "x").unwrap_err();
     assert!(matches!(e, UnpackError::Unsafe { ref reason, .. } if reason.contains("after a name")), "{e}");
 
@@ -232,8 +214,7 @@ fn decompression_bomb_refused() {
 #[test]
 fn hash_mismatch_detected() {
     let c = case(&zst(&tar_bytes(&[E::File("k3s", b"binary", 0o755)])), "a.tar.zst");
-    let e = unpack(&c.archive, Unpack::TarZst, sha(b"other"), "k3s", &c.dest, Limits::for_size(1 << 20))
-        .unwrap_err();
+    let e = unpack(&c.archive, Unpack::TarZst, sha(b"other"), "k3s", &c.dest, Limits::for_size(1 << 20)).unwrap_err();
     assert!(matches!(e, UnpackError::HashMismatch { .. }), "{e}");
 }
 

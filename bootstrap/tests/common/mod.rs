@@ -66,12 +66,7 @@ impl Env {
     pub fn new() -> Env {
         let dir = tempfile::Builder::new().prefix("kubestrap-test-").tempdir().expect("temp dir");
         let root = dir.path().to_path_buf();
-        let env = Env {
-            home: root.join("home"),
-            kubeconfig: root.join(".kube/config"),
-            keys: root.join("keys"),
-            dir,
-        };
+        let env = Env { home: root.join("home"), kubeconfig: root.join(".kube/config"), keys: root.join("keys"), dir };
         // keygen does not create its --out directory.
         fs::create_dir_all(&env.keys).unwrap();
         let keys = env.keys.to_str().unwrap().to_string();
@@ -264,11 +259,7 @@ pub fn file_artifact(dir: &Path, name: &str, bytes: &[u8]) -> Artifact {
     let path = dir.join(name);
     fs::write(&path, bytes).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-    Artifact {
-        path,
-        sha256: sha256_hex(bytes),
-        size: bytes.len() as u64,
-    }
+    Artifact { path, sha256: sha256_hex(bytes), size: bytes.len() as u64 }
 }
 
 /// Writes a tar.zst `dir/name` with regular-file `entries` (path, bytes, mode).
@@ -380,7 +371,10 @@ pub fn standin_args() -> Vec<String> {
 impl ManifestSpec {
     /// Channel `test`, version 1, Kubernetes 1.33.1; `kubectl` and
     /// `localkube` as given; the stand-in's run section.
-    pub fn new(kubectl: (Vec<String>, Artifact, String), localkube: (Vec<String>, Artifact, String, String)) -> ManifestSpec {
+    pub fn new(
+        kubectl: (Vec<String>, Artifact, String),
+        localkube: (Vec<String>, Artifact, String, String),
+    ) -> ManifestSpec {
         let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
         ManifestSpec {
             channel: "test".into(),
@@ -587,13 +581,7 @@ impl Server {
                 }
             })
             .unwrap();
-        Server {
-            addr,
-            scheme,
-            shared,
-            acceptor: Some(acceptor),
-            workers,
-        }
+        Server { addr, scheme, shared, acceptor: Some(acceptor), workers }
     }
 
     /// `http://127.0.0.1:PORT/path` (path with or without a leading `/`).
@@ -670,7 +658,11 @@ fn read_head(stream: &mut Conn, shared: &Shared, deadline: Instant) -> io::Resul
         match stream.read(&mut chunk) {
             Ok(0) => return Ok(None),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => return Err(e),
         }
     }
@@ -751,7 +743,10 @@ fn serve_connection(tcp: TcpStream, shared: &Shared, tls: Option<Arc<rustls::Ser
             w.write_all(&extra)?;
         }
         (Reply::ExtraChunked(extra), Some(c)) => {
-            write!(w, "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")?;
+            write!(
+                w,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            )?;
             for part in [&c[..], &extra[..]] {
                 for piece in part.chunks(64 * 1024) {
                     write!(w, "{:x}\r\n", piece.len())?;
@@ -780,7 +775,11 @@ fn serve_connection(tcp: TcpStream, shared: &Shared, tls: Option<Arc<rustls::Ser
         match stream.tcp().read(&mut sink) {
             Ok(0) => break,
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) => {}
             Err(_) => break,
         }
     }
@@ -853,7 +852,11 @@ fn simple(w: &mut Conn, code: u16) -> io::Result<()> {
 }
 
 fn full(w: &mut Conn, code: u16, headers: &[String], body: &[u8], head_only: bool) -> io::Result<()> {
-    let mut h = format!("HTTP/1.1 {code} {}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n", reason(code), body.len());
+    let mut h = format!(
+        "HTTP/1.1 {code} {}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n",
+        reason(code),
+        body.len()
+    );
     for x in headers {
         h.push_str(x);
         h.push_str("\r\n");
@@ -874,13 +877,21 @@ fn ranged(w: &mut Conn, c: &[u8], start: Option<usize>, drop_after: Option<usize
             let h = vec![format!("Content-Range: bytes */{}", c.len())];
             return full(w, 416, &h, b"", head_only);
         }
-        Some(s) => (206, &c[s..], vec![format!("Content-Range: bytes {s}-{}/{}", c.len() - 1, c.len()), "Accept-Ranges: bytes".to_string()]),
+        Some(s) => (
+            206,
+            &c[s..],
+            vec![format!("Content-Range: bytes {s}-{}/{}", c.len() - 1, c.len()), "Accept-Ranges: bytes".to_string()],
+        ),
         None => (200, c, vec!["Accept-Ranges: bytes".to_string()]),
     };
     match drop_after {
         None => full(w, code, &headers, body, head_only),
         Some(n) => {
-            let mut h = format!("HTTP/1.1 {code} {}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n", reason(code), body.len());
+            let mut h = format!(
+                "HTTP/1.1 {code} {}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n",
+                reason(code),
+                body.len()
+            );
             for x in &headers {
                 h.push_str(x);
                 h.push_str("\r\n");
@@ -911,7 +922,8 @@ impl TestCa {
         ca_params.distinguished_name.push(rcgen::DnType::CommonName, "kubestrap test mirror CA");
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let ca = ca_params.self_signed(&ca_key).unwrap();
-        let mut leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        let mut leaf_params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
         leaf_params.distinguished_name.push(rcgen::DnType::CommonName, "127.0.0.1");
         let leaf_key = rcgen::KeyPair::generate().unwrap();
         let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
@@ -922,13 +934,12 @@ impl TestCa {
             .with_no_client_auth()
             .with_single_cert(
                 vec![rustls::pki_types::CertificateDer::from(leaf.der().to_vec())],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+                rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+                    leaf_key.serialize_der(),
+                )),
             )
             .unwrap();
-        TestCa {
-            ca_pem: ca.pem(),
-            server_config: Arc::new(config),
-        }
+        TestCa { ca_pem: ca.pem(), server_config: Arc::new(config) }
     }
 }
 

@@ -31,18 +31,10 @@ impl Reply {
     pub fn json(code: u16, v: &Value) -> Reply {
         let mut body = serde_json::to_vec(v).unwrap_or_default();
         body.push(b'\n');
-        Reply {
-            code,
-            content_type: "application/json",
-            body,
-        }
+        Reply { code, content_type: "application/json", body }
     }
     pub fn text(code: u16, s: &str) -> Reply {
-        Reply {
-            code,
-            content_type: "text/plain; charset=utf-8",
-            body: s.as_bytes().to_vec(),
-        }
+        Reply { code, content_type: "text/plain; charset=utf-8", body: s.as_bytes().to_vec() }
     }
     /// A `v1 Status` failure.
     pub fn status(code: u16, reason: &str, message: &str, details: Option<Value>) -> Reply {
@@ -57,19 +49,13 @@ impl Reply {
     }
     fn not_found(res: Res, name: &str) -> Reply {
         let msg = format!("{} \"{name}\" not found", res.plural());
-        Reply::status(
-            404,
-            "NotFound",
-            &msg,
-            Some(json!({"name": name, "kind": res.plural()})),
-        )
+        Reply::status(404, "NotFound", &msg, Some(json!({"name": name, "kind": res.plural()})))
     }
     fn bad_request(msg: &str) -> Reply {
         Reply::status(400, "BadRequest", msg, None)
     }
     fn method_not_allowed(method: &str) -> Reply {
-        let msg =
-            format!("the server does not allow this method on the requested resource ({method})");
+        let msg = format!("the server does not allow this method on the requested resource ({method})");
         Reply::status(405, "MethodNotAllowed", &msg, None)
     }
 }
@@ -93,10 +79,7 @@ impl Query {
         Query(pairs.collect())
     }
     fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
     fn dry_run(&self) -> bool {
         self.0.iter().any(|(k, v)| k == "dryRun" && v == "All")
@@ -134,11 +117,7 @@ impl Api {
         let q = Query::parse(req.query);
         let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
         let get_only = |r: Reply| {
-            if req.method == "GET" {
-                r
-            } else {
-                Reply::method_not_allowed(req.method)
-            }
+            if req.method == "GET" { r } else { Reply::method_not_allowed(req.method) }
         };
         match segs.as_slice() {
             ["ping"] => get_only(Reply::text(200, "pong")),
@@ -146,28 +125,17 @@ impl Api {
             ["readyz", ..] => get_only(if self.ready() {
                 Reply::text(200, "ok")
             } else {
-                Reply::text(
-                    500,
-                    "[-]standin-ready failed: reason withheld\nreadyz check failed\n",
-                )
+                Reply::text(500, "[-]standin-ready failed: reason withheld\nreadyz check failed\n")
             }),
             ["version"] => get_only(Reply::json(200, &self.version)),
-            ["api"] => get_only(Reply::json(
-                200,
-                &json!({"kind": "APIVersions", "versions": ["v1"]}),
-            )),
-            ["apis"] => get_only(Reply::json(
-                200,
-                &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
-            )),
+            ["api"] => get_only(Reply::json(200, &json!({"kind": "APIVersions", "versions": ["v1"]}))),
+            ["apis"] => get_only(Reply::json(200, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}))),
             ["api", "v1"] => get_only(Reply::json(200, &discovery())),
             ["api", "v1", "namespaces", name] => self.object(req, &q, Res::Namespaces, "", name),
-            ["api", "v1", "namespaces", ns, plural] => {
-                match Res::from_plural(plural).filter(|r| r.namespaced()) {
-                    Some(res) => self.collection(req, &q, res, Some(ns)),
-                    None => not_found_path(req.path),
-                }
-            }
+            ["api", "v1", "namespaces", ns, plural] => match Res::from_plural(plural).filter(|r| r.namespaced()) {
+                Some(res) => self.collection(req, &q, res, Some(ns)),
+                None => not_found_path(req.path),
+            },
             ["api", "v1", "namespaces", ns, plural, name] => {
                 match Res::from_plural(plural).filter(|r| r.namespaced()) {
                     Some(res) => self.object(req, &q, res, ns, name),
@@ -175,9 +143,7 @@ impl Api {
                 }
             }
             ["api", "v1", plural] => match Res::from_plural(plural) {
-                Some(res) if res.namespaced() && req.method != "GET" => {
-                    Reply::method_not_allowed(req.method)
-                }
+                Some(res) if res.namespaced() && req.method != "GET" => Reply::method_not_allowed(req.method),
                 Some(res) => self.collection(req, &q, res, None),
                 None => not_found_path(req.path),
             },
@@ -212,15 +178,9 @@ impl Api {
         drop(st);
         match req.method {
             "GET" if render::wants_table(req.accept) => {
-                let rv = obj["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string();
+                let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
                 let include = Include::parse(q.get("includeObject"));
-                Reply::json(
-                    200,
-                    &render::table(res, &[&obj], include, &rv, OffsetDateTime::now_utc()),
-                )
+                Reply::json(200, &render::table(res, &[&obj], include, &rv, OffsetDateTime::now_utc()))
             }
             "GET" => Reply::json(200, &obj),
             "DELETE" if res.verbs().contains(&"delete") => {
@@ -259,10 +219,7 @@ impl Api {
         }
         if render::wants_table(req.accept) {
             let include = Include::parse(q.get("includeObject"));
-            return Reply::json(
-                200,
-                &render::table(res, &items, include, &rv, OffsetDateTime::now_utc()),
-            );
+            return Reply::json(200, &render::table(res, &items, include, &rv, OffsetDateTime::now_utc()));
         }
         Reply::json(
             200,
@@ -282,10 +239,8 @@ impl Api {
         let kind = obj["kind"].as_str().unwrap_or(res.kind());
         let api_version = obj["apiVersion"].as_str().unwrap_or("v1");
         if kind != res.kind() || api_version != "v1" {
-            let msg = format!(
-                "the API version in the data ({api_version}) and kind ({kind}) do not match v1 {}",
-                res.kind()
-            );
+            let msg =
+                format!("the API version in the data ({api_version}) and kind ({kind}) do not match v1 {}", res.kind());
             return Reply::bad_request(&msg);
         }
         if !obj["metadata"].is_object() {
@@ -294,14 +249,7 @@ impl Api {
         let meta = &mut obj["metadata"];
         // Server-set fields are never taken from the client.
         if let Some(m) = meta.as_object_mut() {
-            for f in [
-                "uid",
-                "resourceVersion",
-                "creationTimestamp",
-                "deletionTimestamp",
-                "managedFields",
-                "selfLink",
-            ] {
+            for f in ["uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "managedFields", "selfLink"] {
                 m.remove(f);
             }
         }
@@ -318,27 +266,14 @@ impl Api {
                 }
             }
         }
-        let valid = if res == Res::Namespaces {
-            store::is_dns_label(&name)
-        } else {
-            store::is_dns_subdomain(&name)
-        };
+        let valid = if res == Res::Namespaces { store::is_dns_label(&name) } else { store::is_dns_subdomain(&name) };
         if !valid {
             let msg = format!(
                 "{} \"{name}\" is invalid: metadata.name: Invalid value: \"{name}\": must be a lowercase RFC 1123 {}",
                 res.kind(),
-                if res == Res::Namespaces {
-                    "label"
-                } else {
-                    "subdomain"
-                }
+                if res == Res::Namespaces { "label" } else { "subdomain" }
             );
-            return Reply::status(
-                422,
-                "Invalid",
-                &msg,
-                Some(json!({"name": name, "kind": res.kind()})),
-            );
+            return Reply::status(422, "Invalid", &msg, Some(json!({"name": name, "kind": res.kind()})));
         }
         meta["name"] = json!(name);
         if res.namespaced() {
@@ -354,13 +289,9 @@ impl Api {
         if res == Res::ConfigMaps {
             for field in ["data", "binaryData"] {
                 let v = &obj[field];
-                let ok = v.is_null()
-                    || v.as_object()
-                        .is_some_and(|m| m.values().all(Value::is_string));
+                let ok = v.is_null() || v.as_object().is_some_and(|m| m.values().all(Value::is_string));
                 if !ok {
-                    return Reply::bad_request(&format!(
-                        "ConfigMap {field} must map strings to strings"
-                    ));
+                    return Reply::bad_request(&format!("ConfigMap {field} must map strings to strings"));
                 }
             }
         }
@@ -376,18 +307,11 @@ impl Api {
         }
         if st.state.get(res, ns, &name).is_some() {
             let msg = format!("{} \"{name}\" already exists", res.plural());
-            return Reply::status(
-                409,
-                "AlreadyExists",
-                &msg,
-                Some(json!({"name": name, "kind": res.plural()})),
-            );
+            return Reply::status(409, "AlreadyExists", &msg, Some(json!({"name": name, "kind": res.plural()})));
         }
         if dry_run {
             store::stamp(&mut obj, "");
-            obj["metadata"]
-                .as_object_mut()
-                .map(|m| m.remove("resourceVersion"));
+            obj["metadata"].as_object_mut().map(|m| m.remove("resourceVersion"));
             return Reply::json(201, &obj);
         }
         let stored = st.state.insert(res, obj);
@@ -399,14 +323,8 @@ impl Api {
 
     fn delete(&self, res: Res, ns: &str, name: &str, obj: Value, dry_run: bool) -> Reply {
         if res == Res::Namespaces && SYSTEM_NAMESPACES.contains(&name) {
-            let msg =
-                format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted");
-            return Reply::status(
-                403,
-                "Forbidden",
-                &msg,
-                Some(json!({"name": name, "kind": "namespaces"})),
-            );
+            let msg = format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted");
+            return Reply::status(403, "Forbidden", &msg, Some(json!({"name": name, "kind": "namespaces"})));
         }
         let mut reply_obj = obj;
         if res == Res::Namespaces {
@@ -448,27 +366,19 @@ fn save(st: &Store, ok: Reply) -> Reply {
 }
 
 fn not_found_path(path: &str) -> Reply {
-    Reply::status(
-        404,
-        "NotFound",
-        &format!("the server could not find the requested resource ({path})"),
-        None,
-    )
+    Reply::status(404, "NotFound", &format!("the server could not find the requested resource ({path})"), None)
 }
 
 /// The JSON object in a create body, from JSON or Kubernetes protobuf.
 fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, Reply> {
-    let ct = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let ct = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match ct.as_str() {
-        "application/vnd.kubernetes.protobuf" => crate::proto::decode_object(body)
-            .map_err(|e| Reply::bad_request(&format!("decoding protobuf body: {e}"))),
-        "application/json" | "" => serde_json::from_slice(body)
-            .map_err(|e| Reply::bad_request(&format!("decoding JSON body: {e}"))),
+        "application/vnd.kubernetes.protobuf" => {
+            crate::proto::decode_object(body).map_err(|e| Reply::bad_request(&format!("decoding protobuf body: {e}")))
+        }
+        "application/json" | "" => {
+            serde_json::from_slice(body).map_err(|e| Reply::bad_request(&format!("decoding JSON body: {e}")))
+        }
         other => Err(Reply::status(
             415,
             "UnsupportedMediaType",

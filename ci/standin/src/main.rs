@@ -19,10 +19,7 @@ use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
-#[command(
-    name = "localkube-standin",
-    about = "TEST ONLY: a tiny apiserver following the localkube contract"
-)]
+#[command(name = "localkube-standin", about = "TEST ONLY: a tiny apiserver following the localkube contract")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -64,14 +61,7 @@ struct ServerArgs {
 /// The `/version` document for a gitVersion like `v1.33.1+standin`.
 fn version_info(git_version: &str) -> Value {
     let mut parts = git_version.trim_start_matches('v').split('.');
-    let mut num = || {
-        parts
-            .next()
-            .unwrap_or("")
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-    };
+    let mut num = || parts.next().unwrap_or("").chars().take_while(char::is_ascii_digit).collect::<String>();
     let (major, minor) = (num(), num());
     json!({
         "major": major,
@@ -88,15 +78,10 @@ fn version_info(git_version: &str) -> Value {
 
 /// `version.txt` beside the (canonicalized) executable.
 fn read_version() -> Result<String> {
-    let exe = std::env::current_exe()
-        .and_then(|p| p.canonicalize())
-        .context("locating the stand-in executable")?;
+    let exe = std::env::current_exe().and_then(|p| p.canonicalize()).context("locating the stand-in executable")?;
     let path = exe.parent().unwrap_or(Path::new("/")).join("version.txt");
     let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "reading the stand-in version from {} (it must exist beside the binary)",
-            path.display()
-        )
+        format!("reading the stand-in version from {} (it must exist beside the binary)", path.display())
     })?;
     let v = text.trim().to_string();
     anyhow::ensure!(!v.is_empty(), "{} is empty", path.display());
@@ -106,20 +91,16 @@ fn read_version() -> Result<String> {
 async fn run(args: ServerArgs) -> Result<()> {
     let started = Instant::now();
     let git_version = read_version()?;
-    let (tls, client_certs) = tls::server_config(
-        &args.tls_cert_file,
-        &args.tls_private_key_file,
-        &args.client_ca_file,
-    )?;
+    let (tls, client_certs) =
+        tls::server_config(&args.tls_cert_file, &args.tls_private_key_file, &args.client_ca_file)?;
     let tokens = server::Server::load_tokens(args.token_auth_file.as_deref())?;
     let store = store::Store::load(&args.data_dir)?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
-    let listener =
-        tokio::net::TcpListener::bind((args.bind_address.as_str(), args.https_listen_port))
-            .await
-            .with_context(|| format!("binding {}:{}", args.bind_address, args.https_listen_port))?;
+    let listener = tokio::net::TcpListener::bind((args.bind_address.as_str(), args.https_listen_port))
+        .await
+        .with_context(|| format!("binding {}:{}", args.bind_address, args.https_listen_port))?;
     let addr = listener.local_addr()?;
 
     let server = Arc::new(server::Server {
@@ -140,10 +121,7 @@ async fn run(args: ServerArgs) -> Result<()> {
             _ = sigint.recv() => eprintln!("standin: SIGINT, shutting down"),
         }
     };
-    server
-        .clone()
-        .run(listener, tokio_rustls::TlsAcceptor::from(tls), shutdown)
-        .await;
+    server.clone().run(listener, tokio_rustls::TlsAcceptor::from(tls), shutdown).await;
     let st = server.api.store.lock().unwrap_or_else(|e| e.into_inner());
     st.save().context("saving state on shutdown")?;
     eprintln!("standin: state saved, exiting");
@@ -152,11 +130,7 @@ async fn run(args: ServerArgs) -> Result<()> {
 
 fn main() {
     let Cmd::Server(args) = Cli::parse().cmd;
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("standin: error: starting the runtime: {e}");
@@ -201,10 +175,7 @@ mod tests {
         ])
         .unwrap();
         let Cmd::Server(a) = cli.cmd;
-        assert_eq!(
-            (a.https_listen_port, a.bind_address.as_str(), a.never_ready),
-            (6443, "127.0.0.1", true)
-        );
+        assert_eq!((a.https_listen_port, a.bind_address.as_str(), a.never_ready), (6443, "127.0.0.1", true));
         assert_eq!(a.data_dir, PathBuf::from("/d"));
     }
 }

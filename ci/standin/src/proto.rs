@@ -75,15 +75,9 @@ pub struct Namespace {
 /// Decodes a `k8s\0` + `runtime.Unknown` body into the JSON object a JSON
 /// client would have sent. The error is a human-readable reason (for a 400).
 pub fn decode_object(body: &[u8]) -> Result<Value, String> {
-    let rest = body
-        .strip_prefix(MAGIC.as_slice())
-        .ok_or("protobuf body does not start with the k8s\\0 magic")?;
+    let rest = body.strip_prefix(MAGIC.as_slice()).ok_or("protobuf body does not start with the k8s\\0 magic")?;
     let unknown = Unknown::decode(rest).map_err(|e| format!("runtime.Unknown: {e}"))?;
-    if let Some(enc) = unknown
-        .content_encoding
-        .as_deref()
-        .filter(|e| !e.is_empty())
-    {
+    if let Some(enc) = unknown.content_encoding.as_deref().filter(|e| !e.is_empty()) {
         return Err(format!("unsupported contentEncoding {enc:?}"));
     }
     let tm = unknown.type_meta.unwrap_or_default();
@@ -94,20 +88,13 @@ pub fn decode_object(body: &[u8]) -> Result<Value, String> {
         "ConfigMap" => {
             let cm = ConfigMap::decode(raw.as_slice()).map_err(|e| format!("v1.ConfigMap: {e}"))?;
             let mut o = Map::new();
-            o.insert(
-                "metadata".into(),
-                meta_json(cm.metadata.unwrap_or_default()),
-            );
+            o.insert("metadata".into(), meta_json(cm.metadata.unwrap_or_default()));
             if !cm.data.is_empty() {
                 o.insert("data".into(), json!(cm.data));
             }
             if !cm.binary_data.is_empty() {
                 let b64 = base64::engine::general_purpose::STANDARD;
-                let bin: BTreeMap<_, _> = cm
-                    .binary_data
-                    .into_iter()
-                    .map(|(k, v)| (k, b64.encode(v)))
-                    .collect();
+                let bin: BTreeMap<_, _> = cm.binary_data.into_iter().map(|(k, v)| (k, b64.encode(v))).collect();
                 o.insert("binaryData".into(), json!(bin));
             }
             if let Some(i) = cm.immutable {
@@ -118,16 +105,11 @@ pub fn decode_object(body: &[u8]) -> Result<Value, String> {
         "Namespace" => {
             let ns = Namespace::decode(raw.as_slice()).map_err(|e| format!("v1.Namespace: {e}"))?;
             let mut o = Map::new();
-            o.insert(
-                "metadata".into(),
-                meta_json(ns.metadata.unwrap_or_default()),
-            );
+            o.insert("metadata".into(), meta_json(ns.metadata.unwrap_or_default()));
             o
         }
         other => {
-            return Err(format!(
-                "protobuf kind {other:?} is not supported by the stand-in"
-            ));
+            return Err(format!("protobuf kind {other:?} is not supported by the stand-in"));
         }
     };
     obj.insert("apiVersion".into(), json!(api_version));
@@ -137,11 +119,7 @@ pub fn decode_object(body: &[u8]) -> Result<Value, String> {
 
 fn meta_json(m: ObjectMeta) -> Value {
     let mut o = Map::new();
-    let fields = [
-        ("name", m.name),
-        ("generateName", m.generate_name),
-        ("namespace", m.namespace),
-    ];
+    let fields = [("name", m.name), ("generateName", m.generate_name), ("namespace", m.namespace)];
     for (k, v) in fields {
         if let Some(v) = v.filter(|v| !v.is_empty()) {
             o.insert(k.into(), json!(v));
@@ -176,13 +154,8 @@ mod tests {
     fn decodes_hand_made_configmap() {
         // ObjectMeta: name=demo, namespace=default, an unknown field 4 (selfLink),
         // labels {app: x}.
-        let meta = [
-            field(1, b"demo"),
-            field(3, b"default"),
-            field(4, b"ignored"),
-            field(11, &entry("app", b"x")),
-        ]
-        .concat();
+        let meta =
+            [field(1, b"demo"), field(3, b"default"), field(4, b"ignored"), field(11, &entry("app", b"x"))].concat();
         let cm = [
             field(1, &meta),
             field(2, &entry("a", b"b")),
@@ -192,13 +165,7 @@ mod tests {
         ]
         .concat();
         let type_meta = [field(1, b"v1"), field(2, b"ConfigMap")].concat();
-        let unknown = [
-            field(1, &type_meta),
-            field(2, &cm),
-            field(3, b""),
-            field(4, b""),
-        ]
-        .concat();
+        let unknown = [field(1, &type_meta), field(2, &cm), field(3, b""), field(4, b"")].concat();
         let body = [MAGIC.as_slice(), &unknown].concat();
 
         let v = decode_object(&body).unwrap();
@@ -217,27 +184,16 @@ mod tests {
 
     #[test]
     fn decodes_prost_encoded_namespace() {
-        let ns = Namespace {
-            metadata: Some(ObjectMeta {
-                generate_name: Some("t-".into()),
-                ..Default::default()
-            }),
-        };
+        let ns = Namespace { metadata: Some(ObjectMeta { generate_name: Some("t-".into()), ..Default::default() }) };
         let unknown = Unknown {
-            type_meta: Some(TypeMeta {
-                api_version: Some("v1".into()),
-                kind: Some("Namespace".into()),
-            }),
+            type_meta: Some(TypeMeta { api_version: Some("v1".into()), kind: Some("Namespace".into()) }),
             raw: Some(ns.encode_to_vec()),
             content_encoding: None,
             content_type: None,
         };
         let body = [MAGIC.as_slice(), &unknown.encode_to_vec()].concat();
         let v = decode_object(&body).unwrap();
-        assert_eq!(
-            v,
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"generateName": "t-"}})
-        );
+        assert_eq!(v, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"generateName": "t-"}}));
     }
 
     #[test]

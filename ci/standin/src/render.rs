@@ -51,12 +51,7 @@ fn columns(res: Res) -> Vec<Value> {
     );
     let middle = match res {
         Res::Namespaces => column("Status", "string", "", "The status of the namespace"),
-        Res::ConfigMaps => column(
-            "Data",
-            "integer",
-            "",
-            "Data contains the configuration data.",
-        ),
+        Res::ConfigMaps => column("Data", "integer", "", "Data contains the configuration data."),
         Res::ServiceAccounts => column(
             "Secrets",
             "integer",
@@ -97,11 +92,7 @@ pub fn human_duration(seconds: i64) -> String {
     }
     let (minutes, hours) = (s / 60, s / 3600);
     let pair = |a: i64, ua: &str, b: i64, ub: &str| {
-        if b == 0 {
-            format!("{a}{ua}")
-        } else {
-            format!("{a}{ua}{b}{ub}")
-        }
+        if b == 0 { format!("{a}{ua}") } else { format!("{a}{ua}{b}{ub}") }
     };
     if minutes < 10 {
         pair(minutes, "m", s % 60, "s")
@@ -125,9 +116,7 @@ pub fn human_duration(seconds: i64) -> String {
 fn cells(res: Res, obj: &Value, now: OffsetDateTime) -> Value {
     let name = obj["metadata"]["name"].clone();
     let middle = match res {
-        Res::Namespaces => obj["status"]["phase"]
-            .as_str()
-            .map_or(json!("Active"), |p| json!(p)),
+        Res::Namespaces => obj["status"]["phase"].as_str().map_or(json!("Active"), |p| json!(p)),
         Res::ConfigMaps => json!(len_of(&obj["data"]) + len_of(&obj["binaryData"])),
         Res::ServiceAccounts => json!(len_of(&obj["secrets"])),
     };
@@ -135,13 +124,7 @@ fn cells(res: Res, obj: &Value, now: OffsetDateTime) -> Value {
 }
 
 /// A `meta.k8s.io/v1 Table` of `objs`.
-pub fn table(
-    res: Res,
-    objs: &[&Value],
-    include: Include,
-    resource_version: &str,
-    now: OffsetDateTime,
-) -> Value {
+pub fn table(res: Res, objs: &[&Value], include: Include, resource_version: &str, now: OffsetDateTime) -> Value {
     let rows: Vec<Value> = objs
         .iter()
         .map(|obj| {
@@ -172,21 +155,17 @@ pub fn table(
 /// Equality-based label selectors: `a=b`, `a==b`, `a!=b`, `a`, `!a`, comma-separated.
 pub fn labels_match(obj: &Value, selector: &str) -> bool {
     let labels = &obj["metadata"]["labels"];
-    selector
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .all(|term| {
-            if let Some((k, v)) = term.split_once("!=") {
-                labels[k.trim()].as_str() != Some(v.trim())
-            } else if let Some((k, v)) = term.split_once('=') {
-                labels[k.trim()].as_str() == Some(v.trim_start_matches('=').trim())
-            } else if let Some(k) = term.strip_prefix('!') {
-                labels.get(k.trim()).is_none()
-            } else {
-                labels.get(term).is_some()
-            }
-        })
+    selector.split(',').map(str::trim).filter(|t| !t.is_empty()).all(|term| {
+        if let Some((k, v)) = term.split_once("!=") {
+            labels[k.trim()].as_str() != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once('=') {
+            labels[k.trim()].as_str() == Some(v.trim_start_matches('=').trim())
+        } else if let Some(k) = term.strip_prefix('!') {
+            labels.get(k.trim()).is_none()
+        } else {
+            labels.get(term).is_some()
+        }
+    })
 }
 
 /// Field selectors on `metadata.name` and `metadata.namespace` (`=`, `==`, `!=`).
@@ -231,12 +210,8 @@ mod tests {
         assert_eq!(t["kind"], "Table");
         assert_eq!(t["apiVersion"], "meta.k8s.io/v1");
         assert_eq!(t["metadata"]["resourceVersion"], "7");
-        let names: Vec<&str> = t["columnDefinitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["name"].as_str().unwrap())
-            .collect();
+        let names: Vec<&str> =
+            t["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["Name", "Data", "Age"]);
         assert_eq!(t["rows"][0]["cells"], json!(["a", 3, "5m30s"]));
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
@@ -267,9 +242,7 @@ mod tests {
             "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
         ));
         assert!(!wants_table("application/json"));
-        assert!(!wants_table(
-            "application/json;as=Table;v=v1beta1;g=meta.k8s.io"
-        ));
+        assert!(!wants_table("application/json;as=Table;v=v1beta1;g=meta.k8s.io"));
     }
 
     #[test]

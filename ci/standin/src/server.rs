@@ -71,8 +71,7 @@ impl Server {
         let Some(path) = path else {
             return Ok(HashMap::new());
         };
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading token file {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading token file {}", path.display()))?;
         parse_token_file(&text).with_context(|| format!("parsing token file {}", path.display()))
     }
 
@@ -85,21 +84,12 @@ impl Server {
         self.tokens.get(token).map(|u| format!("token:{u}"))
     }
 
-    async fn serve(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        has_client_cert: bool,
-    ) -> Response<Full<Bytes>> {
+    async fn serve(self: Arc<Self>, req: Request<Incoming>, has_client_cert: bool) -> Response<Full<Bytes>> {
         let method = req.method().as_str().to_string();
         let uri = req.uri().clone();
         let path = uri.path();
-        let header = |name| {
-            req.headers()
-                .get(name)
-                .and_then(|v: &HeaderValue| v.to_str().ok())
-                .unwrap_or("")
-                .to_string()
-        };
+        let header =
+            |name| req.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok()).unwrap_or("").to_string();
         let (accept, content_type) = (header(ACCEPT), header(CONTENT_TYPE));
         let user = self.authenticate(has_client_cert, req.headers().get(AUTHORIZATION));
         let reply = if path == "/ping" {
@@ -108,12 +98,7 @@ impl Server {
             Reply::status(401, "Unauthorized", "Unauthorized", None)
         } else {
             match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                Err(e) => Reply::status(
-                    413,
-                    "RequestEntityTooLarge",
-                    &format!("reading request body: {e}"),
-                    None,
-                ),
+                Err(e) => Reply::status(413, "RequestEntityTooLarge", &format!("reading request body: {e}"), None),
                 Ok(body) => {
                     let body = body.to_bytes();
                     let r = crate::api::Request {
@@ -132,16 +117,11 @@ impl Server {
         let who = user.as_deref().unwrap_or("anonymous");
         match content_type.as_str() {
             "" => eprintln!("standin: {method} {target} -> {} ({who})", reply.code),
-            ct => eprintln!(
-                "standin: {method} {target} -> {} ({who}, body {ct})",
-                reply.code
-            ),
+            ct => eprintln!("standin: {method} {target} -> {} ({who}, body {ct})", reply.code),
         }
         let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
-        *resp.status_mut() =
-            StatusCode::from_u16(reply.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        resp.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+        *resp.status_mut() = StatusCode::from_u16(reply.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
         resp
     }
 
@@ -177,17 +157,13 @@ impl Server {
                 let certs = tls.get_ref().1.peer_certificates();
                 let has_cert = certs.is_some_and(|c| server.client_certs.trusted(c));
                 if certs.is_some() && !has_cert {
-                    eprintln!(
-                        "standin: {peer} presented a client certificate not signed by the client CA"
-                    );
+                    eprintln!("standin: {peer} presented a client certificate not signed by the client CA");
                 }
                 let svc = service_fn(move |req| {
                     let server = server.clone();
                     async move { Ok::<_, Infallible>(server.serve(req, has_cert).await) }
                 });
-                if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await
+                if let Err(e) = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), svc).await
                 {
                     eprintln!("standin: connection from {peer}: {e}");
                 }
@@ -202,9 +178,7 @@ mod tests {
 
     #[test]
     fn parses_static_token_csv() {
-        let t =
-            parse_token_file("# comment\nabc,admin,uid1,\"system:masters,other\"\n\ndef,bob,2\n")
-                .unwrap();
+        let t = parse_token_file("# comment\nabc,admin,uid1,\"system:masters,other\"\n\ndef,bob,2\n").unwrap();
         assert_eq!(t.get("abc").map(String::as_str), Some("admin"));
         assert_eq!(t.get("def").map(String::as_str), Some("bob"));
         assert!(parse_token_file("justatoken\n").is_err());

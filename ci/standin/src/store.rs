@@ -16,8 +16,7 @@ use time::format_description::well_known::Rfc3339;
 pub const STATE_FILE: &str = "standin-state.json";
 
 /// Namespaces that always exist and cannot be deleted.
-pub const SYSTEM_NAMESPACES: [&str; 4] =
-    ["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// The resources the stand-in serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,11 +87,7 @@ pub struct State {
 }
 
 pub fn key(res: Res, ns: &str, name: &str) -> String {
-    if res.namespaced() {
-        format!("{ns}/{name}")
-    } else {
-        name.to_string()
-    }
+    if res.namespaced() { format!("{ns}/{name}") } else { name.to_string() }
 }
 
 impl State {
@@ -132,11 +127,7 @@ impl State {
         let rv = self.next_resource_version();
         stamp(&mut obj, &rv);
         let meta = &obj["metadata"];
-        let k = key(
-            res,
-            meta["namespace"].as_str().unwrap_or(""),
-            meta["name"].as_str().unwrap_or(""),
-        );
+        let k = key(res, meta["namespace"].as_str().unwrap_or(""), meta["name"].as_str().unwrap_or(""));
         self.map_mut(res).insert(k, obj.clone());
         obj
     }
@@ -194,12 +185,7 @@ pub fn namespace_object(name: &str, user: Option<&Value>) -> Value {
 
 pub fn random_u64() -> u64 {
     let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
     h.finish()
 }
 
@@ -219,9 +205,7 @@ pub fn new_uid() -> String {
 }
 
 pub fn now_rfc3339() -> String {
-    let now = OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or(OffsetDateTime::UNIX_EPOCH);
     now.format(&Rfc3339).unwrap_or_default()
 }
 
@@ -230,8 +214,7 @@ pub fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -267,8 +250,7 @@ impl Store {
         fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
         let path = dir.join(STATE_FILE);
         let mut state = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("parsing {}", path.display()))?,
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
@@ -292,13 +274,11 @@ impl Store {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
         let bytes = serde_json::to_vec_pretty(&self.state)?;
-        let mut f =
-            fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         f.write_all(&bytes)?;
         f.sync_all()?;
         drop(f);
-        fs::rename(&tmp, &self.path)
-            .with_context(|| format!("renaming to {}", self.path.display()))?;
+        fs::rename(&tmp, &self.path).with_context(|| format!("renaming to {}", self.path.display()))?;
         fs::File::open(dir)?.sync_all()?;
         Ok(())
     }
@@ -309,11 +289,7 @@ mod tests {
     use super::*;
 
     fn temp_dir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "standin-{tag}-{}-{:x}",
-            std::process::id(),
-            random_u64()
-        ));
+        let d = std::env::temp_dir().join(format!("standin-{tag}-{}-{:x}", std::process::id(), random_u64()));
         fs::create_dir_all(&d).unwrap();
         d
     }
@@ -324,13 +300,7 @@ mod tests {
         let store = Store::load(&dir).unwrap();
         for ns in SYSTEM_NAMESPACES {
             assert!(store.state.get(Res::Namespaces, "", ns).is_some(), "{ns}");
-            assert!(
-                store
-                    .state
-                    .get(Res::ServiceAccounts, ns, "default")
-                    .is_some(),
-                "{ns}"
-            );
+            assert!(store.state.get(Res::ServiceAccounts, ns, "default").is_some(), "{ns}");
         }
         assert!(dir.join(STATE_FILE).exists());
         fs::remove_dir_all(dir).unwrap();
@@ -348,14 +318,8 @@ mod tests {
 
         let again = Store::load(&dir).unwrap();
         assert_eq!(again.state, store.state);
-        assert_eq!(
-            again.state.get(Res::ConfigMaps, "default", "demo"),
-            Some(&stored)
-        );
-        assert_eq!(
-            again.state.list(Res::ServiceAccounts, Some("extra")).len(),
-            1
-        );
+        assert_eq!(again.state.get(Res::ConfigMaps, "default", "demo"), Some(&stored));
+        assert_eq!(again.state.list(Res::ServiceAccounts, Some("extra")).len(), 1);
         assert_eq!(again.state.list(Res::ServiceAccounts, None).len(), 5);
         fs::remove_dir_all(dir).unwrap();
     }

@@ -10,14 +10,10 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{
-    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
-};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
 
 fn reader(path: &Path) -> Result<BufReader<File>> {
-    Ok(BufReader::new(
-        File::open(path).with_context(|| format!("opening {}", path.display()))?,
-    ))
+    Ok(BufReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?))
 }
 
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
@@ -55,9 +51,7 @@ impl LateClientVerifier {
         let Some((end_entity, intermediates)) = chain.split_first() else {
             return false;
         };
-        self.inner
-            .verify_client_cert(end_entity, intermediates, UnixTime::now())
-            .is_ok()
+        self.inner.verify_client_cert(end_entity, intermediates, UnixTime::now()).is_ok()
     }
 }
 
@@ -108,9 +102,7 @@ pub fn server_config(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     for ca in load_certs(client_ca)? {
-        roots
-            .add(ca)
-            .with_context(|| format!("adding client CA from {}", client_ca.display()))?;
+        roots.add(ca).with_context(|| format!("adding client CA from {}", client_ca.display()))?;
     }
     let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .allow_unauthenticated()
@@ -121,13 +113,7 @@ pub fn server_config(
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier.clone())
         .with_single_cert(load_certs(cert)?, load_key(key)?)
-        .with_context(|| {
-            format!(
-                "using serving cert {} with key {}",
-                cert.display(),
-                key.display()
-            )
-        })?;
+        .with_context(|| format!("using serving cert {} with key {}", cert.display(), key.display()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok((Arc::new(config), verifier))
 }

@@ -37,11 +37,7 @@ pub fn list_toml(
     let ids: Vec<String> = revoked.iter().map(|k| format!("\"{k}\"")).collect();
     s.push_str(&format!("revoked = [{}]\n", ids.join(", ")));
     for r in roots {
-        s.push_str(&format!(
-            "[[root]]\nid = \"{}\"\nkey = \"{}\"\n",
-            r.id,
-            r.pk.to_base64()
-        ));
+        s.push_str(&format!("[[root]]\nid = \"{}\"\nkey = \"{}\"\n", r.id, r.pk.to_base64()));
     }
     for r in release {
         s.push_str(&format!(
@@ -74,11 +70,8 @@ pub fn flip(data: &[u8], at: usize) -> Vec<u8> {
 
 /// The `minisign` binary, or None with a clear skip message.
 pub fn minisign_bin(test: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("minisign"))
-            .find(|p| p.is_file())
-    });
+    let found = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("minisign")).find(|p| p.is_file()));
     if found.is_none() {
         eprintln!(
             "SKIPPED {test}: the `minisign` binary is not installed (apt-get install minisign); the CI script installs it"

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Lifecycle benchmark (issue 4): kubestrap's own overhead on `start` and the
+# latency of `status`, each against a baseline measured in the same run.
+#
+#   start overhead = median(`kubestrap start` of a stopped profile, warm cache)
+#                  - median(stand-in launched by hand until /readyz answers 200)
+#   status latency = median(`kubestrap status`) vs median(curl of /readyz with
+#                    the same client certificate)
+#
+# Usage: bench/lifecycle.sh [RUNS]   (default 15). Needs curl and zstd.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+runs=${1:-15}
+work=$(mktemp -d)
+export KUBESTRAP_HOME=$work/home KUBECONFIG=$work/kubeconfig
+ks=$top/target/release/kubestrap
+cleanup() { "$ks" delete --all >/dev/null 2>&1 || true; [ -n "${sp:-}" ] && kill "$sp" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+manifest=$("$top/ci/dev-manifest.sh" "$work/artifacts" v1.33.1+standin 1 release)
+"$ks" trust add "$top/ci/dev-keys/dev.pub" 2>/dev/null
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$ks" start --manifest "$manifest" --port "$port" >/dev/null 2>&1
+"$ks" stop >/dev/null
+
+now() { date +%s%N; }
+median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.1f", m/1e6}'; }
+
+pki=$KUBESTRAP_HOME/profiles/kubestrap/pki
+comp=$(dirname "$(find "$KUBESTRAP_HOME/components" -name localkube-standin -type f | head -1)")
+curl_ready() { curl -s -o /dev/null -w '%{http_code}' --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" "https://127.0.0.1:$port/readyz" || true; }
+
+# Baseline: the stand-in by itself, from exec to its first 200 on /readyz.
+base=()
+for _ in $(seq "$runs"); do
+  data=$(mktemp -d -p "$work")
+  t0=$(now)
+  "$comp/localkube-standin" server --data-dir "$data" --https-listen-port "$port" --tls-cert-file "$pki/apiserver.crt" \
+    --tls-private-key-file "$pki/apiserver.key" --client-ca-file "$pki/ca.crt" 2>/dev/null & sp=$!
+  until [ "$(curl_ready)" = 200 ]; do :; done
+  base+=($(( $(now) - t0 )))
+  kill "$sp"; wait "$sp" 2>/dev/null || true; sp=
+done
+
+# kubestrap start of the stopped profile (manifest re-verified, artifacts checked, PKI reused).
+ks_start=()
+for _ in $(seq "$runs"); do
+  t0=$(now); "$ks" start >/dev/null 2>&1; ks_start+=($(( $(now) - t0 )))
+  "$ks" stop >/dev/null
+done
+
+"$ks" start >/dev/null 2>&1
+ks_status=(); curl_status=()
+for _ in $(seq "$runs"); do
+  t0=$(now); "$ks" status >/dev/null; ks_status+=($(( $(now) - t0 )))
+  t0=$(now); curl_ready >/dev/null; curl_status+=($(( $(now) - t0 )))
+done
+
+b=$(printf '%s\n' "${base[@]}" | median); s=$(printf '%s\n' "${ks_start[@]}" | median)
+st=$(printf '%s\n' "${ks_status[@]}" | median); cs=$(printf '%s\n' "${curl_status[@]}" | median)
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $runs runs, medians"
+printf '%-44s %9s ms\n' "stand-in alone, exec -> /readyz 200 (baseline)" "$b"
+printf '%-44s %9s ms\n' "kubestrap start (stopped profile, warm cache)" "$s"
+printf '%-44s %9s ms   (target <= 100)\n' "kubestrap overhead (start - baseline)" "$(awk "BEGIN{printf \"%.1f\", $s-$b}")"
+printf '%-44s %9s ms   (target <= 50)\n' "kubestrap status (running cluster)" "$st"
+printf '%-44s %9s ms   (ratio %.2fx)\n' "curl /readyz with the admin cert (baseline)" "$cs" "$(awk "BEGIN{print $st/$cs}")"
