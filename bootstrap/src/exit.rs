@@ -120,7 +120,18 @@ fn signing_code(e: &kubestrap_signing::Error) -> Code {
     match e {
         E::Expired { .. } => Code::Expired,
         E::Rollback { .. } | E::VersionReplaced { .. } => Code::Rollback,
-        E::Io { .. } => Code::Disk,
+        E::Io { source, .. } if crate::fsutil::is_disk_full(source) => Code::DiskFull,
+        E::Io { .. } | E::StateCorrupt { .. } => Code::Disk,
+        // Mistakes in what the user asked for, not verdicts on a signature.
+        E::AlreadyExists { .. }
+        | E::MalformedSecretKey { .. }
+        | E::PasswordRequired { .. }
+        | E::WrongPassword { .. }
+        | E::Sign { .. }
+        | E::NotPinned { .. }
+        | E::PinConflict { .. }
+        | E::BadKeyId { .. }
+        | E::Invalid(_) => Code::Usage,
         _ => Code::Signature,
     }
 }

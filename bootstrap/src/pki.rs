@@ -17,6 +17,9 @@ use time::{Duration, OffsetDateTime};
 
 use crate::fsutil;
 
+/// Leaf certificates closer than this to expiry are renewed by `start`.
+pub const RENEW_BEFORE: Duration = Duration::days(30);
+
 /// The Kubernetes service IP of `kubernetes.default` in the default service CIDR.
 pub const SERVICE_IP: &str = "10.96.0.1";
 
@@ -73,12 +76,22 @@ impl Pki {
         fsutil::create_dir_mode(&self.dir, 0o700)?;
         let wanted: Vec<String> = default_sans().into_iter().chain(opts.extra_sans.iter().cloned()).collect();
         if self.complete() {
-            let have = self.apiserver_sans()?;
-            if wanted.iter().all(|w| have.contains(w)) {
+            let soon = OffsetDateTime::now_utc() + RENEW_BEFORE;
+            let expiring = |f: PkiFile| self.expiries().map(|e| e.iter().any(|(g, at)| *g == f && *at < soon));
+            let renew_api = !wanted.iter().all(|w| self.apiserver_sans().is_ok_and(|have| have.contains(w)))
+                || expiring(PkiFile::ApiserverCert)?;
+            let renew_admin = expiring(PkiFile::AdminCert)?;
+            if !renew_api && !renew_admin {
                 return Ok(false);
             }
+            // Same CA: the cluster and existing kubeconfigs keep trusting it.
             let (ca, ca_key) = self.load_ca()?;
-            self.issue_apiserver(&ca, &ca_key, &wanted, opts)?;
+            if renew_api {
+                self.issue_apiserver(&ca, &ca_key, &wanted, opts)?;
+            }
+            if renew_admin {
+                self.issue_admin(&ca, &ca_key, opts)?;
+            }
             return Ok(true);
         }
         // Incomplete (first start, or a crash while making it): make it all anew.
@@ -92,15 +105,7 @@ impl Pki {
         self.write(PkiFile::CaKey, ca_key.serialize_pem())?;
         self.issue_apiserver(&ca, &ca_key, &wanted, opts)?;
 
-        let admin_key = KeyPair::generate()?;
-        let mut p = CertificateParams::new(Vec::<String>::new())?;
-        p.distinguished_name = dn("kubestrap-admin", Some("system:masters"));
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        validity(&mut p, opts.validity);
-        let admin = p.signed_by(&admin_key, &ca, &ca_key)?;
-        self.write(PkiFile::AdminKey, admin_key.serialize_pem())?;
-        self.write(PkiFile::AdminCert, admin.pem())?;
+        self.issue_admin(&ca, &ca_key, opts)?;
 
         let sa = KeyPair::generate()?;
         self.write(PkiFile::ServiceAccountKey, sa.serialize_pem())?;
@@ -137,6 +142,18 @@ impl Pki {
         self.write(PkiFile::ApiserverKey, key.serialize_pem())?;
         self.write(PkiFile::ApiserverCert, cert.pem())?;
         Ok(())
+    }
+
+    fn issue_admin(&self, ca: &rcgen::Certificate, ca_key: &KeyPair, opts: &Options) -> Result<()> {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name = dn("kubestrap-admin", Some("system:masters"));
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        validity(&mut p, opts.validity);
+        let cert = p.signed_by(&key, ca, ca_key)?;
+        self.write(PkiFile::AdminKey, key.serialize_pem())?;
+        self.write(PkiFile::AdminCert, cert.pem())
     }
 
     fn load_ca(&self) -> Result<(rcgen::Certificate, KeyPair)> {
@@ -247,6 +264,16 @@ mod tests {
         assert!(pki.apiserver_sans().unwrap().contains(&"10.0.2.15".to_string()));
         assert_eq!(pki.read(PkiFile::CaCert).unwrap(), ca);
         assert_eq!(pki.read(PkiFile::AdminCert).unwrap(), admin);
+        // Leaf certificates close to expiry are renewed under the same CA.
+        let mut short = opts();
+        short.validity = Duration::days(10);
+        let dir2 = tempfile::tempdir().unwrap();
+        let pki2 = Pki::new(dir2.path().join("pki"));
+        pki2.ensure(&short).unwrap();
+        let ca2 = pki2.read(PkiFile::CaCert).unwrap();
+        assert!(pki2.ensure(&opts()).unwrap(), "expiring leaves are renewed");
+        assert_eq!(pki2.read(PkiFile::CaCert).unwrap(), ca2);
+        assert!(pki2.expiries().unwrap().iter().all(|(_, at)| *at > OffsetDateTime::now_utc() + Duration::days(300)));
         let csv = String::from_utf8(pki.read(PkiFile::TokenCsv).unwrap()).unwrap();
         assert_eq!(csv.split(',').next().unwrap().len(), 48);
         let exp = pki.expiries().unwrap();

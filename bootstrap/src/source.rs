@@ -51,7 +51,7 @@ pub fn load_stored(home: &Home, path: &Path, allow_expired: bool) -> Result<Load
     let sig_path = signature_path(path);
     let sig = fs::read_to_string(&sig_path).with_context(|| format!("cannot read signature {}", sig_path.display()))?;
     let label = path.display().to_string();
-    let trusted = trust::verify_manifest(home, &label, &bytes, &sig, allow_expired)?;
+    let trusted = trust::verify_manifest(home, &label, &bytes, &sig, allow_expired, None, true)?;
     let manifest = Manifest::parse(&bytes, path)?;
     trust::check_fresh(&manifest, &label, allow_expired, true)?;
     Ok(Loaded { manifest, path: path.to_path_buf(), trusted })
@@ -61,7 +61,7 @@ pub fn load_stored(home: &Home, path: &Path, allow_expired: bool) -> Result<Load
 /// copy in the home).
 pub fn accept(home: &Home, label: &str, bytes: &[u8], sig: &str, allow_expired: bool) -> Result<Loaded> {
     // Signature first, over the exact bytes; nothing is parsed before it holds.
-    let mut trusted = trust::verify_manifest(home, label, bytes, sig, allow_expired)?;
+    let mut trusted = trust::verify_manifest(home, label, bytes, sig, allow_expired, None, true)?;
     let manifest = Manifest::parse(bytes, Path::new(label))?;
     trusted.warnings.extend(trust::check_fresh(&manifest, label, allow_expired, false)?);
     trust::check_not_rolled_back(home, &manifest, bytes)?;

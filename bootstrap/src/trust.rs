@@ -80,9 +80,24 @@ pub fn import_key_list(home: &Home, file: KeyListFile, allow_expired: bool) -> R
     Ok(verified.version)
 }
 
-/// Verifies a manifest's signature over its exact bytes.
-pub fn verify_manifest(home: &Home, label: &str, bytes: &[u8], sig: &str, allow_expired: bool) -> Result<Trusted> {
-    let chain = key_chain(home)?;
+/// Verifies a manifest's signature over its exact bytes. `extra`: a key list
+/// that came with the manifest but is not kept (`manifest verify`); with
+/// `record`, the key list version used is recorded against rollback.
+pub fn verify_manifest(
+    home: &Home,
+    label: &str,
+    bytes: &[u8],
+    sig: &str,
+    allow_expired: bool,
+    extra: Option<KeyListFile>,
+    record: bool,
+) -> Result<Trusted> {
+    let mut chain = key_chain(home)?;
+    if let Some(list) = extra
+        && chain.last().is_none_or(|newest| newest.bytes != list.bytes)
+    {
+        chain.push(list);
+    }
     let pinned = signing::pinned_keys(&home.trust())?;
     let roots = signing::builtin_roots();
     let ctx = TrustContext {
@@ -93,7 +108,7 @@ pub fn verify_manifest(home: &Home, label: &str, bytes: &[u8], sig: &str, allow_
         now: OffsetDateTime::now_utc(),
     };
     let v = signing::verify_manifest(label, bytes, sig, &ctx)?;
-    if let Some(list) = &v.key_list {
+    if let Some(list) = v.key_list.as_ref().filter(|_| record) {
         // Key lists are versioned too: an older one is a rollback.
         signing::SeenVersions::check_and_record(&seen_path(home)?, KEY_LIST_CHANNEL, list.version, &list.sha256)?;
     }

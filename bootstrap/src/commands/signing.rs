@@ -24,6 +24,7 @@ pub fn manifest(cmd: ManifestCmd, home: &Home, ui: &Ui) -> Result<Code> {
         ManifestCmd::Keygen { out, name, unencrypted } => {
             let password =
                 if unencrypted { None } else { Some(password(&format!("Password for the new key {name}"), true)?) };
+            crate::fsutil::create_dir_mode(&out, 0o700)?;
             let (key, public, id) = signing::generate_keypair(&out, &name, password.as_deref())?;
             ui.json(
                 json!({"key_id": id.to_string(), "secret_key": key, "public_key": public, "encrypted": !unencrypted}),
@@ -66,7 +67,10 @@ fn verify(file: &Path, allow_expired: bool, home: &Home, ui: &Ui) -> Result<Code
         )
     })?;
     let label = file.display().to_string();
-    let trusted = trust::verify_manifest(home, &label, &bytes, &sig, allow_expired)?;
+    // A key list shipped beside the manifest is taken into account, not kept.
+    let beside = file.parent().map(|d| d.join("keys.toml")).filter(|p| p.is_file());
+    let extra = beside.map(|p| KeyListFile::from_path(&p)).transpose()?;
+    let trusted = trust::verify_manifest(home, &label, &bytes, &sig, allow_expired, extra, false)?;
     let m = Manifest::parse(&bytes, file)?;
     let mut warnings = trusted.warnings.clone();
     warnings.extend(trust::check_fresh(&m, &label, allow_expired, false)?);

@@ -120,3 +120,26 @@ pub fn cap_log(log: &Path) -> Result<()> {
 pub fn now() -> String {
     kubestrap_manifest::rfc3339(time::OffsetDateTime::now_utc())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_is_cut_back_keeping_its_newest_half() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("localkube.log");
+        let mut body = vec![b'a'; (LOG_CAP / 2) as usize];
+        body.extend(vec![b'z'; (LOG_CAP / 2 + 10) as usize]);
+        fs::write(&log, &body).unwrap();
+        cap_log(&log).unwrap();
+        assert_eq!(fs::metadata(&log).unwrap().len(), 0);
+        let old = fs::read(dir.path().join("localkube.log.1")).unwrap();
+        assert_eq!(old.len() as u64, LOG_CAP / 2);
+        assert!(old.iter().all(|b| *b == b'z'), "the newest half is kept");
+        // Under the cap nothing happens.
+        fs::write(&log, b"small").unwrap();
+        cap_log(&log).unwrap();
+        assert_eq!(fs::read(&log).unwrap(), b"small");
+    }
+}

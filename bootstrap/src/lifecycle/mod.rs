@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
-use kubestrap_manifest::Manifest;
+use kubestrap_manifest::{Manifest, PkiFile};
 use serde::Serialize;
 
 use crate::apiserver::Probe;
@@ -175,8 +175,15 @@ pub fn status(home: &Home, name: &str) -> Result<Status> {
         let soon = time::OffsetDateTime::now_utc() + time::Duration::days(30);
         for (f, at) in exp {
             if at < soon {
+                let how = if f == PkiFile::CaCert {
+                    format!(
+                        "the cluster CA cannot be renewed in place: keep what you need, then `kubestrap delete -p {name}` and start again"
+                    )
+                } else {
+                    format!("`kubestrap stop -p {name}` then `kubestrap start -p {name}` renews it")
+                };
                 st.warnings.push(format!(
-                    "certificate {} expires {}; delete and recreate the profile to renew it",
+                    "certificate {} expires {}; {how}",
                     f.file_name(),
                     kubestrap_manifest::rfc3339(at)
                 ));
