@@ -112,13 +112,7 @@ pub fn check_name(name: &str) -> Result<()> {
 /// Names of every profile in the home.
 pub fn names(home: &Home) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    let dir = home.profiles();
-    let rd = match fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
-    };
-    for e in rd.flatten() {
+    for e in fsutil::list_dir(&home.profiles())? {
         let name = e.file_name().to_string_lossy().into_owned();
         if e.path().join("config.toml").is_file() && check_name(&name).is_ok() {
             out.push(name);

@@ -116,20 +116,25 @@ fn read_pair(spec: &str, opts: &fetch::Options) -> Result<(Vec<u8>, String)> {
             .map_err(|_| coded(Code::Signature, format!("{sig_spec}: the signature file is not text")))?;
         Ok((bytes, sig))
     } else {
-        let path = Path::new(spec.strip_prefix("file://").unwrap_or(spec));
-        let bytes = read_capped(path)?;
-        let sig_path = signature_path(path);
-        let sig = fs::read_to_string(&sig_path).map_err(|e| {
-            coded(
-                Code::Signature,
-                format!(
-                    "cannot read the signature {}: {e}; every manifest must be signed (`kubestrap manifest sign`)",
-                    sig_path.display()
-                ),
-            )
-        })?;
-        Ok((bytes, sig))
+        read_local(Path::new(spec.strip_prefix("file://").unwrap_or(spec)))
     }
+}
+
+/// Reads a manifest file (size-capped) and its `.minisig`; a missing
+/// signature is a signature failure, like a bad one.
+pub fn read_local(path: &Path) -> Result<(Vec<u8>, String)> {
+    let bytes = read_capped(path)?;
+    let sig_path = signature_path(path);
+    let sig = fs::read_to_string(&sig_path).map_err(|e| {
+        coded(
+            Code::Signature,
+            format!(
+                "cannot read the signature {}: {e}; every manifest must be signed (`kubestrap manifest sign`)",
+                sig_path.display()
+            ),
+        )
+    })?;
+    Ok((bytes, sig))
 }
 
 fn read_capped(path: &Path) -> Result<Vec<u8>> {
@@ -163,14 +168,8 @@ fn http_get(client: &reqwest::blocking::Client, url: &str) -> Result<Vec<u8>> {
 
 /// Stored manifests, newest version first per channel.
 pub fn stored(home: &Home) -> Result<Vec<(PathBuf, Manifest)>> {
-    let dir = home.manifests();
     let mut out = Vec::new();
-    let rd = match fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
-    };
-    for e in rd.flatten() {
+    for e in fsutil::list_dir(&home.manifests())? {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "toml")
             && let Ok(m) = Manifest::load(&p)

@@ -201,14 +201,7 @@ pub fn verify_component(dir: &Path) -> Result<Vec<String>> {
 /// Every blob in the store with its size.
 pub fn list_blobs(home: &Home) -> Result<Vec<(Sha256, u64)>> {
     let mut out = Vec::new();
-    let dir = home.blobs();
-    let entries = match fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
-    };
-    for e in entries {
-        let e = e?;
+    for e in fsutil::list_dir(&home.blobs())? {
         if let Ok(sha) = e.file_name().to_string_lossy().parse::<Sha256>() {
             out.push((sha, e.metadata()?.len()));
         }
@@ -220,14 +213,7 @@ pub fn list_blobs(home: &Home) -> Result<Vec<(Sha256, u64)>> {
 /// Every component tree directory name (complete or not).
 pub fn list_components(home: &Home) -> Result<Vec<(String, bool)>> {
     let mut out = Vec::new();
-    let dir = home.components();
-    let entries = match fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
-    };
-    for e in entries {
-        let e = e?;
+    for e in fsutil::list_dir(&home.components())? {
         let name = e.file_name().to_string_lossy().into_owned();
         let complete = e.path().join(COMPLETE).is_file();
         out.push((name, complete));

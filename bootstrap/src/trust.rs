@@ -2,10 +2,9 @@
 //! (built-in roots, key lists kept under `keys/`, keys pinned under `trust/`),
 //! and the freshness checks on a parsed manifest.
 
-use std::fs;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use kubestrap_manifest::Manifest;
 use kubestrap_signing::{self as signing, KeyListFile, TrustContext, TrustPath};
 use time::OffsetDateTime;
@@ -40,19 +39,14 @@ fn pinned_id(p: &TrustPath) -> String {
 
 /// Key lists kept in the home, oldest first.
 pub fn key_chain(home: &Home) -> Result<Vec<KeyListFile>> {
-    let dir = home.keys();
-    let mut files: Vec<(u64, PathBuf)> = match fs::read_dir(&dir) {
-        Ok(rd) => rd
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let v = name.strip_prefix("keys-")?.strip_suffix(".toml")?.parse().ok()?;
-                Some((v, e.path()))
-            })
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
-    };
+    let mut files: Vec<(u64, PathBuf)> = fsutil::list_dir(&home.keys())?
+        .into_iter()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let v = name.strip_prefix("keys-")?.strip_suffix(".toml")?.parse().ok()?;
+            Some((v, e.path()))
+        })
+        .collect();
     files.sort();
     files.into_iter().map(|(_, p)| Ok(KeyListFile::from_path(&p)?)).collect()
 }

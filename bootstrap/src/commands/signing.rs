@@ -54,18 +54,7 @@ pub fn manifest(cmd: ManifestCmd, home: &Home, ui: &Ui) -> Result<Code> {
 
 /// Verification without side effects: no rollback state is recorded.
 fn verify(file: &Path, allow_expired: bool, home: &Home, ui: &Ui) -> Result<Code> {
-    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let sig_path = source::signature_path(file);
-    // Same classification as `fetch`/`start` (source::read_pair): an unsigned manifest is a signature failure.
-    let sig = std::fs::read_to_string(&sig_path).map_err(|e| {
-        coded(
-            Code::Signature,
-            format!(
-                "cannot read the signature {}: {e}; every manifest must be signed (`kubestrap manifest sign`)",
-                sig_path.display()
-            ),
-        )
-    })?;
+    let (bytes, sig) = source::read_local(file)?;
     let label = file.display().to_string();
     // A key list shipped beside the manifest is taken into account, not kept.
     let beside = file.parent().map(|d| d.join("keys.toml")).filter(|p| p.is_file());
