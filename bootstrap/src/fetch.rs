@@ -68,6 +68,11 @@ pub struct Job {
 /// What a download is doing, for the UI.
 #[derive(Clone, Debug)]
 pub enum Event<'a> {
+    /// What is about to be downloaded (not already cached).
+    Plan {
+        count: usize,
+        bytes: u64,
+    },
     /// `cached`: already verified in the store, nothing to download.
     Start {
         label: &'a str,
@@ -197,6 +202,10 @@ pub fn fetch_all(
                 })
                 .collect(),
         });
+    }
+    if !missing.is_empty() {
+        reporter
+            .event(Event::Plan { count: missing.len(), bytes: missing.iter().map(|j| j.artifact.size.get()).sum() });
     }
     let client = if missing.is_empty() || missing.iter().all(|j| j.artifact.urls.iter().all(|u| !is_http(u))) {
         None

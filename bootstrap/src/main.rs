@@ -34,16 +34,19 @@ fn main() -> ExitCode {
         Some(h) => Ok(home::Home::new(h.clone())),
         None => home::Home::from_env(),
     };
-    let result = home.and_then(|home| {
-        commands::run(cli.cmd, &home, &ui).map_err(|e| {
-            if exit::classify(&e) == Code::DiskFull { e.context(exit::disk_full_advice(home.root())) } else { e }
-        })
-    });
-    match result {
+    let home = match home {
+        Ok(h) => h,
+        Err(err) => {
+            report_error(&ui, &err, Code::Usage, None);
+            return ExitCode::from(Code::Usage as u8);
+        }
+    };
+    match commands::run(cli.cmd, &home, &ui) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             let code = exit::classify(&err);
-            report_error(&ui, &err, code);
+            let hint = (code == Code::DiskFull).then(|| exit::disk_full_advice(home.root()));
+            report_error(&ui, &err, code, hint);
             ExitCode::from(code as u8)
         }
     }
@@ -65,10 +68,10 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-fn report_error(ui: &Ui, err: &anyhow::Error, code: Code) {
+fn report_error(ui: &Ui, err: &anyhow::Error, code: Code, hint: Option<String>) {
     if ui.is_json() {
         let causes: Vec<String> = err.chain().skip(1).map(|c| c.to_string()).collect();
-        ui.json(serde_json::json!({"error": err.to_string(), "causes": causes, "exit_code": code as u8}));
+        ui.json(serde_json::json!({"error": err.to_string(), "causes": causes, "hint": hint, "exit_code": code as u8}));
     }
     let mut msg = format!("error: {err}");
     for cause in err.chain().skip(1) {
@@ -76,6 +79,9 @@ fn report_error(ui: &Ui, err: &anyhow::Error, code: Code) {
         if !msg.contains(&c) {
             msg.push_str(&format!("\n  caused by: {c}"));
         }
+    }
+    if let Some(h) = hint {
+        msg.push_str(&format!("\nhint: {h}"));
     }
     eprintln!("{msg}");
 }

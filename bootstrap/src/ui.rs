@@ -23,6 +23,8 @@ pub struct Ui {
     bars: Option<MultiProgress>,
     color: bool,
     active: Mutex<HashMap<String, ProgressBar>>,
+    /// The "total" bar and each artifact's bytes so far.
+    total: Mutex<Option<(ProgressBar, HashMap<String, u64>)>>,
 }
 
 impl Ui {
@@ -35,6 +37,7 @@ impl Ui {
                 .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
             color,
             active: Mutex::new(HashMap::new()),
+            total: Mutex::new(None),
         }
     }
 
@@ -103,6 +106,7 @@ impl fetch::Reporter for Ui {
                     json!({"event": "download-start", "artifact": label, "size": size, "cached": cached})
                 }
                 Event::Progress { .. } => return,
+                Event::Plan { count, bytes } => json!({"event": "download-plan", "artifacts": count, "bytes": bytes}),
                 Event::Retry { label, url, attempt, delay, error } => {
                     json!({"event": "download-retry", "artifact": label, "url": url, "attempt": attempt, "delay_ms": delay.as_millis() as u64, "error": error})
                 }
@@ -117,6 +121,17 @@ impl fetch::Reporter for Ui {
             return;
         }
         match (&self.bars, e) {
+            (Some(mp), Event::Plan { count, bytes }) => {
+                let bar = mp.add(ProgressBar::new(bytes));
+                bar.set_style(
+                    ProgressStyle::with_template("  {msg:32!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+                        .expect("valid template")
+                        .progress_chars("=> "),
+                );
+                bar.set_message(format!("total ({count} downloads)"));
+                *self.total.lock().unwrap() = Some((bar, HashMap::new()));
+            }
+            (None, Event::Plan { .. }) => {}
             (_, Event::Start { label, size, cached: true }) => {
                 self.println(&format!("  {label}: cached ({})", human_bytes(size)))
             }
@@ -137,6 +152,10 @@ impl fetch::Reporter for Ui {
                 if let Some(bar) = self.active.lock().unwrap().get(label) {
                     bar.set_position(done);
                 }
+                if let Some((bar, each)) = self.total.lock().unwrap().as_mut() {
+                    each.insert(label.to_string(), done);
+                    bar.set_position(each.values().sum());
+                }
             }
             (_, Event::Retry { label, url, attempt, delay, error }) => {
                 self.warn(&format!("{label}: {url}: {error}; retry {attempt} in {}", human_duration(delay)))
@@ -146,6 +165,12 @@ impl fetch::Reporter for Ui {
             }
             (_, Event::Done { label, downloaded, elapsed }) => {
                 if let Some(bar) = self.active.lock().unwrap().remove(label) {
+                    bar.finish_and_clear();
+                }
+                let mut total = self.total.lock().unwrap();
+                if self.active.lock().unwrap().is_empty()
+                    && let Some((bar, _)) = total.take()
+                {
                     bar.finish_and_clear();
                 }
                 let rate = downloaded as f64 / elapsed.as_secs_f64().max(1e-3);

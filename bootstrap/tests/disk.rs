@@ -1,0 +1,47 @@
+//! A full disk: the store lives on a 1 MiB tmpfs in a private mount
+//! namespace (needs root; skipped with a message otherwise).
+
+mod common;
+
+use std::process::Command;
+
+use common::{Env, KUBESTRAP, ManifestSpec, file_artifact, pseudo_random};
+
+#[test]
+fn full_disk_is_a_clear_error_and_stores_nothing() {
+    let env = Env::new();
+    let big = file_artifact(&env.scratch("src"), "kubectl", &pseudo_random(4 << 20, 7));
+    let small = file_artifact(&env.scratch("src"), "lk", &pseudo_random(1000, 8));
+    let spec = ManifestSpec::new(
+        (vec![big.path_url()], big.clone(), "file".into()),
+        (vec![small.path_url()], small, "file".into(), "localkube-standin".into()),
+    );
+    let manifest = env.write_signed_manifest(&spec, "manifest.toml");
+    let store = env.scratch("small-disk");
+    std::fs::create_dir_all(&store).unwrap();
+    // The trust store and seen-versions live in the home too: copy the pinned key over.
+    let script = format!(
+        "mount -t tmpfs -o size=1m tmpfs {store} || exit 77; cp -r {home}/trust {store}/; \
+         {ks} fetch --manifest {m}; echo \"exit=$?\"; ls {store}/blobs/sha256 2>/dev/null | wc -l",
+        store = store.display(),
+        home = env.home.display(),
+        ks = KUBESTRAP,
+        m = manifest.display(),
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env("KUBESTRAP_HOME", &store)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("unshare");
+    if out.status.code() == Some(77) || !out.status.success() {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root): {}", String::from_utf8_lossy(&out.stderr));
+        return;
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("exit=31"), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stderr.contains("free some space"), "{stderr}");
+    assert!(stderr.contains("No space left"), "{stderr}");
+    assert_eq!(stdout.lines().last().unwrap().trim(), "0", "nothing in blobs/: {stdout}");
+}
