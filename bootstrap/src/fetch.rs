@@ -482,7 +482,8 @@ fn is_certificate_error(e: &reqwest::Error) -> bool {
     false
 }
 
-fn describe(e: &reqwest::Error) -> String {
+/// A request error with its causes (DNS, TLS, connect…), on one line.
+pub fn describe(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(cause) = src {

@@ -153,8 +153,15 @@ fn read_capped(path: &Path) -> Result<Vec<u8>> {
 }
 
 fn http_get(client: &reqwest::blocking::Client, url: &str) -> Result<Vec<u8>> {
-    let fail = |m: String| coded(Code::Download, format!("cannot download {url}: {m}"));
-    let resp = client.get(url).send().map_err(|e| fail(e.to_string()))?;
+    let fail = |m: String| {
+        coded(
+            Code::Download,
+            format!(
+                "cannot download {url}: {m}; check the network and HTTPS_PROXY, or name a manifest file with --manifest"
+            ),
+        )
+    };
+    let resp = client.get(url).send().map_err(|e| fail(fetch::describe(&e)))?;
     if !resp.status().is_success() {
         return Err(fail(format!("HTTP {}", resp.status())));
     }
