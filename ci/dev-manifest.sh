@@ -2,14 +2,17 @@
 # Builds the development artifacts and a signed development manifest:
 #   localkube = the test stand-in (a tar.zst with its binary and version.txt)
 #   kubectl   = this machine's real kubectl, pinned by sha256 and size
-# Usage: ci/dev-manifest.sh OUT_DIR [STANDIN_VERSION] [MANIFEST_VERSION] [PROFILE: debug|release]
-# Prints the manifest path. The manifest is signed with ci/dev-keys/dev.key,
+# Usage: ci/dev-manifest.sh OUT_DIR [STANDIN_VERSION] [MANIFEST_VERSION|auto] [PROFILE: debug|release]
+# Prints the manifest path. With MANIFEST_VERSION auto (the default), an
+# existing OUT_DIR/manifest.toml pinning the same artifacts is kept as it is,
+# and one pinning other artifacts is replaced by the next version (kubestrap
+# refuses a version it has seen with other bytes: rollback protection). The manifest is signed with ci/dev-keys/dev.key,
 # which kubestrap trusts only where `kubestrap trust add ci/dev-keys/dev.pub` was run.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 out=$(mkdir -p "$1" && cd "$1" && pwd)
 standin_version=${2:-v1.33.1+standin}
-manifest_version=${3:-1}
+manifest_version=${3:-auto}
 profile=${4:-release}
 
 cargo_flags=(--quiet -p kubestrap -p localkube-standin)
@@ -33,9 +36,18 @@ tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$stage" -cf -
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 size() { stat -c %s "$1"; }
 k8s=${standin_version#v}; k8s=${k8s%%+*}
+manifest="$out/manifest.toml"
+if [ "$manifest_version" = auto ]; then
+  manifest_version=1
+  if [ -f "$manifest" ] && [ -f "$manifest.minisig" ]; then
+    pinned=$(grep '^sha256' "$manifest" | sort)
+    wanted=$(printf 'sha256 = "%s"\n' "$(sha "$kubectl")" "$(sha "$artifact")" | sort)
+    if [ "$pinned" = "$wanted" ]; then echo "$manifest"; exit 0; fi
+    manifest_version=$(( $(sed -n 's/^version = \([0-9]*\)$/\1/p' "$manifest") + 1 ))
+  fi
+fi
 now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 expires=$(date -u -d '+180 days' +%Y-%m-%dT%H:%M:%SZ)
-manifest="$out/manifest.toml"
 cat > "$manifest" <<TOML
 # Development manifest: the stand-in localkube and this machine's kubectl.
 # NOT a release manifest. Signed with ci/dev-keys/dev.key.

@@ -16,9 +16,17 @@ command -v zstd >/dev/null || { echo "zstd is needed: apt-get install -y zstd" >
 
 export KUBESTRAP_HOME=${KUBESTRAP_HOME:-$top/.quickstart/home}
 echo "==> building kubestrap and the development manifest (release build; the first one takes a few minutes)"
-manifest=$(ci/dev-manifest.sh "$top/.quickstart/artifacts" v1.33.1+standin 1 release)
+manifest=$(ci/dev-manifest.sh "$top/.quickstart/artifacts" v1.33.1+standin auto release)
 ks=$top/target/release/kubestrap
 "$ks" trust add ci/dev-keys/dev.pub 2>/dev/null
+# A quickstart cluster from an earlier build runs an older development manifest:
+# changing a cluster's release is an upgrade, so recreate the quickstart's own cluster.
+version=$(sed -n 's/^version = \([0-9]*\)$/\1/p' "$manifest")
+config=$KUBESTRAP_HOME/profiles/kubestrap/config.toml
+if [ -f "$config" ] && ! grep -q "dev-$version.toml" "$config"; then
+  echo "==> the development build changed: recreating the quickstart cluster"
+  "$ks" delete
+fi
 echo "==> kubestrap start --manifest $manifest"
 "$ks" start --manifest "$manifest"
 kubectl=$(command -v /usr/lib/google-cloud-sdk/bin/kubectl.1.33 kubectl 2>/dev/null | head -1)
