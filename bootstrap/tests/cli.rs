@@ -1,0 +1,61 @@
+//! The command line itself: help with examples, completions, version, errors.
+
+mod common;
+
+use common::Env;
+
+#[test]
+fn help_has_examples_and_every_command() {
+    let env = Env::new();
+    let help = env.ok(&["--help"]);
+    assert!(help.contains("Examples:"), "{help}");
+    for cmd in [
+        "start",
+        "stop",
+        "delete",
+        "status",
+        "profile",
+        "kubectl",
+        "logs",
+        "fetch",
+        "cache",
+        "manifest",
+        "keys",
+        "trust",
+        "completions",
+    ] {
+        assert!(help.contains(cmd), "{cmd} missing from --help");
+    }
+    assert!(!help.contains("__monitor"), "the internal monitor is hidden");
+    assert!(env.ok(&["start", "--help"]).contains("kubestrap start -p dev"));
+    assert!(env.ok(&["--version"]).starts_with("kubestrap "));
+}
+
+#[test]
+fn completions_for_each_shell() {
+    let env = Env::new();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = env.ok(&["completions", shell]);
+        assert!(out.contains("kubestrap") && out.contains("start"), "{shell}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_and_unbuilt_drivers_are_refused() {
+    let env = Env::new();
+    env.fail(&["start", "--bogus"], 2);
+    let err = env.fail(&["start", "--driver", "qemu"], 2);
+    assert!(err.contains("available: native"), "{err}");
+    let err = env.fail(&["start", "-p", "Bad_Name"], 2);
+    assert!(err.contains("invalid profile name"), "{err}");
+}
+
+#[test]
+fn errors_in_json_mode_are_json() {
+    let env = Env::new();
+    let out = env.run(&["status", "-p", "nope", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(42));
+    let v = common::json_lines(&String::from_utf8_lossy(&out.stdout)).pop().unwrap();
+    assert_eq!(v["exit_code"], 42);
+    assert!(v["error"].as_str().unwrap().contains("does not exist"));
+}
