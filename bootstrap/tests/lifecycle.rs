@@ -357,3 +357,24 @@ fn pki_is_private_and_reused() {
     );
     assert!(out.contains("namespace/default"), "{out}");
 }
+
+#[test]
+fn start_killed_mid_way_is_finished_by_the_next_start() {
+    let c = Cluster::with(|s| s.args.push("--ready-delay-ms=2000".into()));
+    let port = free_port().to_string();
+    let mut first = c
+        .env
+        .cmd(&["start", "--manifest", c.m(), "--port", &port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it after localkube was launched, while it waits for ready.
+    assert!(wait_until(Duration::from_secs(20), || c.pid_file("kubestrap").exists()));
+    unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
+    first.wait().unwrap();
+    let out = c.env.ok(&["start"]);
+    assert!(out.contains("already running") && out.contains("apiserver ready"), "{out}");
+    assert_eq!(c.status("kubestrap").0, 0);
+    assert!(c.kubectl_ok(KUBECTL_NEW, &["get", "ns", "-o", "name"]).contains("namespace/default"));
+}

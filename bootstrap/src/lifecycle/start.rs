@@ -79,10 +79,12 @@ pub fn start(home: &Home, o: &StartOptions, steps: &dyn Steps) -> Result<Started
         t.elapsed(),
     );
 
-    // Already running? Then only make sure kubeconfig points at it.
+    // Already running (or launched by a start that was interrupted)? Then
+    // wait until it is ready and make sure kubeconfig points at it.
     let state = drv.state(&p)?;
     if let (HostState::Running { pid, port }, Some(cfg)) = (&state, &existing) {
         let pki = Pki::new(p.pki());
+        wait_ready(drv.as_ref(), &p, &pki, *port, &m.component.localkube.run, o.wait_timeout, steps)?;
         let started = finish(&p, &pki, *port, o.keep_context, steps)?;
         return Ok(Started {
             pid: *pid,
@@ -152,46 +154,7 @@ pub fn start(home: &Home, o: &StartOptions, steps: &dyn Steps) -> Result<Started
     let t = Instant::now();
     let pid = drv.start(&launch)?;
     steps.step("localkube started", &format!("pid {pid}, {} driver", drv.name()), t.elapsed());
-    let t = Instant::now();
-    let probe = Probe::new(&pki, port, Duration::from_secs(2))?;
-    let deadline = Instant::now() + o.wait_timeout;
-    if let Err(e) = probe.wait_ready(&m.component.localkube.run.ready, deadline, || drv.running(&p).unwrap_or(false)) {
-        let log = drv.log_file(&p);
-        let (code, what) = match &e {
-            WaitError::Exited => {
-                let how = match drv.state(&p)? {
-                    HostState::Crashed { how } => how,
-                    _ => "exited".into(),
-                };
-                (Code::LocalkubeExited, format!("localkube {how} before the apiserver became ready"))
-            }
-            WaitError::Timeout { last } => {
-                drv.stop(
-                    &p,
-                    m.component.localkube.run.stop_signal.number(),
-                    Duration::from_secs(m.component.localkube.run.stop_timeout_s),
-                )?;
-                (
-                    Code::NotReady,
-                    format!(
-                        "the apiserver was not ready after {}s (last answer: {last}); localkube was stopped",
-                        o.wait_timeout.as_secs()
-                    ),
-                )
-            }
-        };
-        let tail = crate::driver::native::tail(&log, 20);
-        return Err(coded(
-            code,
-            format!(
-                "{what}.\nLast lines of {}:\n{}\nRetry with a longer --wait-timeout, or see `kubestrap logs -p {}`",
-                log.display(),
-                tail.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n"),
-                p.name
-            ),
-        ));
-    }
-    steps.step("apiserver ready", probe.server(), t.elapsed());
+    wait_ready(drv.as_ref(), &p, &pki, port, &m.component.localkube.run, o.wait_timeout, steps)?;
     let version = finish(&p, &pki, port, o.keep_context, steps)?;
     Ok(Started {
         pid,
@@ -215,6 +178,56 @@ fn result(p: &Profile, _cfg: &Config, port: u16) -> Result<Started> {
         already_running: false,
         created: false,
     })
+}
+
+/// Polls the apiserver until ready. Not ready in time: localkube is stopped;
+/// exited: how it ended. Either way with the last log lines.
+fn wait_ready(
+    drv: &dyn crate::driver::Driver,
+    p: &Profile,
+    pki: &Pki,
+    port: u16,
+    run: &kubestrap_manifest::Run,
+    timeout: Duration,
+    steps: &dyn Steps,
+) -> Result<()> {
+    let t = Instant::now();
+    let probe = Probe::new(pki, port, Duration::from_secs(2))?;
+    let deadline = Instant::now() + timeout;
+    if let Err(e) = probe.wait_ready(&run.ready, deadline, || drv.running(p).unwrap_or(false)) {
+        let log = drv.log_file(p);
+        let (code, what) = match &e {
+            WaitError::Exited => {
+                let how = match drv.state(p)? {
+                    HostState::Crashed { how } => how,
+                    _ => "exited".into(),
+                };
+                (Code::LocalkubeExited, format!("localkube {how} before the apiserver became ready"))
+            }
+            WaitError::Timeout { last } => {
+                drv.stop(p, run.stop_signal.number(), Duration::from_secs(run.stop_timeout_s))?;
+                (
+                    Code::NotReady,
+                    format!(
+                        "the apiserver was not ready after {}s (last answer: {last}); localkube was stopped",
+                        timeout.as_secs()
+                    ),
+                )
+            }
+        };
+        let tail = crate::driver::native::tail(&log, 20);
+        return Err(coded(
+            code,
+            format!(
+                "{what}.\nLast lines of {}:\n{}\nRetry with a longer --wait-timeout, or see `kubestrap logs -p {}`",
+                log.display(),
+                tail.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n"),
+                p.name
+            ),
+        ));
+    }
+    steps.step("apiserver ready", probe.server(), t.elapsed());
+    Ok(())
 }
 
 /// Writes the kubeconfig context; returns the apiserver's version.
