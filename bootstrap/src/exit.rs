@@ -92,7 +92,9 @@ pub fn classify(err: &anyhow::Error) -> Code {
                 UnpackError::Unsafe { .. } | UnpackError::TooLarge { .. } | UnpackError::TooManyEntries { .. } => {
                     Code::UnsafeArchive
                 }
-                UnpackError::HashMismatch { .. } | UnpackError::MissingBin { .. } => Code::CorruptCache,
+                UnpackError::HashMismatch { .. } => Code::CorruptCache,
+                // The archive matches its hash: the manifest names a bin it lacks.
+                UnpackError::MissingBin { .. } => Code::Usage,
                 UnpackError::Io { source, .. } if crate::fsutil::is_disk_full(source) => Code::DiskFull,
                 UnpackError::Io { .. } => Code::Disk,
             };

@@ -265,7 +265,11 @@ fn fetch_one(
     reporter.event(Event::Start { label, size, cached: false });
     let started = Instant::now();
     let mut failures = Vec::new();
-    for (n, url) in a.urls.iter().enumerate() {
+    let mut urls: Vec<(usize, &String)> = a.urls.iter().enumerate().collect();
+    let mut k = 0;
+    while k < urls.len() {
+        let (n, url) = urls[k];
+        k += 1;
         let mut w = BlobWriter::open(home, &a.sha256).map_err(local)?;
         let resumed = w.offset();
         let outcome = if is_http(url) {
@@ -301,6 +305,14 @@ fn fetch_one(
                 *f
             }
         };
+        let mismatch = matches!(failure.kind, FailureKind::HashMismatch { .. } | FailureKind::SizeMismatch { .. });
+        if mismatch && resumed > 0 {
+            // The bad bytes may have come from the earlier attempt (another
+            // mirror, or a previous run): try this URL once more from zero.
+            reporter.event(Event::Retry { label, url, attempt: 1, delay: Duration::ZERO, error: &failure.message });
+            urls.insert(k, (n, url));
+            continue;
+        }
         if n + 1 < a.urls.len() {
             reporter.event(Event::Fallback { label, url, error: &failure.message });
         }

@@ -69,6 +69,38 @@ pub fn remove_any(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Removes a file, or a directory tree as one step: the tree is first renamed
+/// to a `.trash-*` sibling (and the directory fsynced), so a crash never leaves
+/// a half-deleted tree under its real name. Leftover `.trash-*` entries are
+/// swept by `cache prune` (and by `delete` for profiles).
+pub fn remove_tree(path: &Path) -> Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    };
+    if !meta.is_dir() {
+        return fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()));
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let nonce: u64 = rand::random();
+    let trash = path.with_file_name(format!(".trash-{name}-{nonce:x}"));
+    fs::rename(path, &trash).with_context(|| format!("cannot remove {}", path.display()))?;
+    if let Some(parent) = path.parent() {
+        let _ = sync_dir(parent);
+    }
+    fs::remove_dir_all(&trash).with_context(|| format!("cannot remove {}", trash.display()))
+}
+
+/// Flushes the whole filesystem holding `dir` (one call, instead of an fsync
+/// per file) so that what was written there is durable.
+pub fn sync_fs(dir: &Path) -> io::Result<()> {
+    let f = File::open(dir)?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: syncfs on a descriptor we own.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
 /// Whether an I/O error means the disk is full (or over quota).
 pub fn is_disk_full(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))

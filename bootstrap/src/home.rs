@@ -90,6 +90,38 @@ impl Home {
     pub fn lock(&self, name: &str, wait: bool, waiting: impl FnOnce()) -> Result<LockGuard> {
         lock_file(&self.locks().join(format!("{name}.lock")), wait, waiting)
     }
+
+    /// The store lock: shared by commands that add to or use the cache
+    /// (fetch, start, unpack), exclusive for those that remove from it
+    /// (prune, verify, purge), so nothing is deleted from under a user.
+    pub fn store_lock(&self, exclusive: bool, waiting: impl FnOnce()) -> Result<LockGuard> {
+        let path = self.locks().join("store.lock");
+        if exclusive {
+            return lock_file(&path, true, waiting);
+        }
+        let file = open_lock(&path)?;
+        match file.try_lock_shared() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                waiting();
+                file.lock_shared().with_context(|| format!("cannot lock {}", path.display()))?;
+            }
+            Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
+        }
+        Ok(LockGuard { _file: file })
+    }
+}
+
+fn open_lock(path: &Path) -> Result<File> {
+    if let Some(dir) = path.parent() {
+        fsutil::create_dir_mode(dir, 0o700)?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))
 }
 
 /// An exclusive advisory lock, released on drop (and by the kernel if the
@@ -107,15 +139,7 @@ pub struct Locked {
 }
 
 pub fn lock_file(path: &Path, wait: bool, waiting: impl FnOnce()) -> Result<LockGuard> {
-    if let Some(dir) = path.parent() {
-        fsutil::create_dir_mode(dir, 0o700)?;
-    }
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    let file = open_lock(path)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {

@@ -79,8 +79,12 @@ impl Pki {
             let soon = OffsetDateTime::now_utc() + RENEW_BEFORE;
             let expiring = |f: PkiFile| self.expiries().map(|e| e.iter().any(|(g, at)| *g == f && *at < soon));
             let renew_api = !wanted.iter().all(|w| self.apiserver_sans().is_ok_and(|have| have.contains(w)))
-                || expiring(PkiFile::ApiserverCert)?;
-            let renew_admin = expiring(PkiFile::AdminCert)?;
+                || expiring(PkiFile::ApiserverCert)?
+                || !self.cert_matches_key(PkiFile::ApiserverCert, PkiFile::ApiserverKey);
+            // A key and its certificate are two files: a crash between the two
+            // writes of a renewal leaves them apart, which is repaired here.
+            let renew_admin =
+                expiring(PkiFile::AdminCert)? || !self.cert_matches_key(PkiFile::AdminCert, PkiFile::AdminKey);
             if !renew_api && !renew_admin {
                 return Ok(false);
             }
@@ -161,6 +165,17 @@ impl Pki {
         let params = CertificateParams::from_ca_cert_pem(&String::from_utf8(self.read(PkiFile::CaCert)?)?)?;
         let cert = params.self_signed(&key)?;
         Ok((cert, key))
+    }
+
+    /// Whether a certificate carries the public half of a key file.
+    fn cert_matches_key(&self, cert: PkiFile, key: PkiFile) -> bool {
+        let (Ok(cert_pem), Ok(key_pem)) = (self.read(cert), self.read(key)) else { return false };
+        let Ok(key) = String::from_utf8(key_pem).map_err(|_| ()).and_then(|k| KeyPair::from_pem(&k).map_err(|_| ()))
+        else {
+            return false;
+        };
+        let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(&cert_pem) else { return false };
+        pem.parse_x509().is_ok_and(|c| c.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
     }
 
     fn apiserver_sans(&self) -> Result<Vec<String>> {
@@ -264,6 +279,12 @@ mod tests {
         assert!(pki.apiserver_sans().unwrap().contains(&"10.0.2.15".to_string()));
         assert_eq!(pki.read(PkiFile::CaCert).unwrap(), ca);
         assert_eq!(pki.read(PkiFile::AdminCert).unwrap(), admin);
+        // A key that does not match its certificate (a crash mid-renewal) is repaired.
+        let other = KeyPair::generate().unwrap();
+        pki.write(PkiFile::AdminKey, other.serialize_pem()).unwrap();
+        assert!(pki.ensure(&o).unwrap(), "mismatched admin key/cert is re-issued");
+        assert!(pki.cert_matches_key(PkiFile::AdminCert, PkiFile::AdminKey));
+        assert!(!pki.ensure(&o).unwrap());
         // Leaf certificates close to expiry are renewed under the same CA.
         let mut short = opts();
         short.validity = Duration::days(10);

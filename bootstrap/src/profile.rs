@@ -78,8 +78,11 @@ impl Profile {
                 anyhow::Error::new(e).context(format!("cannot read {}", path.display()))
             }
         })?;
-        toml::from_str(&text).with_context(|| {
-            format!("{} is damaged; fix it or run `kubestrap delete -p {}`", path.display(), self.name)
+        toml::from_str(&text).map_err(|e| {
+            coded(
+                Code::Disk,
+                format!("{} is damaged ({e}); fix it, or run `kubestrap delete -p {}`", path.display(), self.name),
+            )
         })
     }
 

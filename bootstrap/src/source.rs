@@ -19,6 +19,8 @@ use crate::ui::Ui;
 
 /// The channel kubestrap follows when no manifest is named.
 pub const DEFAULT_CHANNEL_URL: &str = "https://kubestrap.dev/channels/stable/manifest.toml";
+/// The `channel` a manifest served at [`DEFAULT_CHANNEL_URL`] must declare.
+pub const DEFAULT_CHANNEL: &str = "stable";
 
 /// A manifest is small; anything bigger is refused before it is read whole.
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
@@ -39,6 +41,16 @@ pub fn load(home: &Home, spec: Option<&str>, opts: &fetch::Options, allow_expire
     let (bytes, sig) = read_pair(spec, opts)?;
     import_channel_keys(home, spec, opts, allow_expired, ui)?;
     let loaded = accept(home, spec, &bytes, &sig, allow_expired)?;
+    if spec == DEFAULT_CHANNEL_URL && loaded.manifest.channel != DEFAULT_CHANNEL {
+        // A validly signed manifest of another channel (an old beta, say) served in its place.
+        return Err(coded(
+            Code::Signature,
+            format!(
+                "{spec} served a manifest of channel {:?}, not {DEFAULT_CHANNEL:?}; refusing it (a mirror or proxy may be tampering)",
+                loaded.manifest.channel
+            ),
+        ));
+    }
     for w in &loaded.trusted.warnings {
         ui.warn(w);
     }
@@ -46,14 +58,16 @@ pub fn load(home: &Home, spec: Option<&str>, opts: &fetch::Options, allow_expire
 }
 
 /// Re-verifies a manifest already kept in the home (a profile's pointer).
-pub fn load_stored(home: &Home, path: &Path, allow_expired: bool) -> Result<Loaded> {
+/// `running`: the manifest a profile already runs (expiry then only warns);
+/// otherwise an expired one is refused like a downloaded one.
+pub fn load_stored(home: &Home, path: &Path, allow_expired: bool, running: bool) -> Result<Loaded> {
     let bytes = fs::read(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
     let sig_path = signature_path(path);
     let sig = fs::read_to_string(&sig_path).with_context(|| format!("cannot read signature {}", sig_path.display()))?;
     let label = path.display().to_string();
-    let trusted = trust::verify_manifest(home, &label, &bytes, &sig, allow_expired, None, true)?;
+    let mut trusted = trust::verify_manifest(home, &label, &bytes, &sig, allow_expired, None, true)?;
     let manifest = Manifest::parse(&bytes, path)?;
-    trust::check_fresh(&manifest, &label, allow_expired, true)?;
+    trusted.warnings.extend(trust::check_fresh(&manifest, &label, allow_expired, running)?);
     Ok(Loaded { manifest, path: path.to_path_buf(), trusted })
 }
 
@@ -138,7 +152,16 @@ pub fn read_local(path: &Path) -> Result<(Vec<u8>, String)> {
 }
 
 fn read_capped(path: &Path) -> Result<Vec<u8>> {
-    let f = fs::File::open(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
+    let f = fs::File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            coded(
+                Code::Usage,
+                format!("manifest {} does not exist; check the path given to --manifest", path.display()),
+            )
+        } else {
+            anyhow::Error::new(e).context(format!("cannot read manifest {}", path.display()))
+        }
+    })?;
     let mut bytes = Vec::new();
     f.take(MAX_MANIFEST_BYTES + 1)
         .read_to_end(&mut bytes)

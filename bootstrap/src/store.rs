@@ -156,9 +156,11 @@ pub fn ensure_component(home: &Home, artifact: &Artifact) -> Result<PathBuf> {
             &tmp,
             Limits::for_size(artifact.size.get()),
         )?;
+        // Every unpacked file durable before `.complete` says the tree is whole.
+        fsutil::sync_fs(&tmp).with_context(|| format!("cannot sync {}", tmp.display()))?;
         fsutil::write_atomic(&tmp.join(COMPLETE), render_complete(&files).as_bytes(), 0o644)?;
         // A leftover tree without `.complete` is from a crash: replace it.
-        fsutil::remove_any(&final_dir)?;
+        fsutil::remove_tree(&final_dir)?;
         fs::rename(&tmp, &final_dir).with_context(|| format!("cannot move {} into place", tmp.display()))?;
         fsutil::sync_dir(&root)?;
         Ok(())

@@ -720,3 +720,17 @@ fn standin_manifest_fetches_and_unpacks_into_the_store() {
     env.ok(&["cache", "unpack", "--offline", "--manifest", m]);
     assert_eq!(fs::read_to_string(lk_dir.join("version.txt")).unwrap().trim(), "v1.33.1+standin");
 }
+
+#[test]
+fn a_bad_partial_from_an_earlier_run_is_redone_from_zero_not_blamed_on_the_mirror() {
+    let f = Fixture::new();
+    // Garbage left in the partial file (a previous run, a broken mirror).
+    let partial = f.env.home.join("blobs/partial").join(format!("{}.partial", f.kubectl.sha256));
+    std::fs::create_dir_all(partial.parent().unwrap()).unwrap();
+    std::fs::write(&partial, pseudo_random(10 * 1024, 99)).unwrap();
+    f.env.ok(&["fetch", "--manifest", f.m()]);
+    f.assert_blobs(&[&f.kubectl, &f.lk]);
+    let reqs = f.server.requests_for("dl/kubectl");
+    assert_eq!(reqs.len(), 2, "a resumed try, then one from zero: {reqs:?}");
+    assert!(reqs[0].range.is_some() && reqs[1].range.is_none(), "{reqs:?}");
+}

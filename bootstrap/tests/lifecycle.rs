@@ -378,3 +378,76 @@ fn start_killed_mid_way_is_finished_by_the_next_start() {
     assert_eq!(c.status("kubestrap").0, 0);
     assert!(c.kubectl_ok(KUBECTL_NEW, &["get", "ns", "-o", "name"]).contains("namespace/default"));
 }
+
+#[test]
+fn stop_kills_what_localkube_left_in_its_process_group() {
+    // A localkube that starts a helper process (as k3s starts containerd).
+    let c = Cluster::with(|s| {
+        let dir = s.localkube.1.path.parent().unwrap().to_path_buf();
+        let script =
+            b"#!/bin/sh\nsleep 300 &\necho $! > \"$1\"\nshift\nexec \"$(dirname \"$0\")/localkube-standin\" \"$@\"\n";
+        let standin = fs::read(common::standin_binary()).unwrap();
+        let a = common::tar_zst_artifact(
+            &dir,
+            "with-helper.tar.zst",
+            &[
+                ("run.sh", script, 0o755),
+                ("localkube-standin", &standin, 0o755),
+                ("version.txt", b"v1.33.1+standin\n", 0o644),
+            ],
+        );
+        s.localkube = (vec![a.path_url()], a, "tar.zst".into(), "run.sh".into());
+        s.program = "run.sh".into();
+        s.args.insert(0, "{data}/helper.pid".into());
+    });
+    c.start("kubestrap");
+    let helper_file = c.env.home.join("profiles/kubestrap/data/helper.pid");
+    let helper: i32 = fs::read_to_string(&helper_file).unwrap().trim().parse().unwrap();
+    assert!(alive(helper));
+    c.env.ok(&["stop"]);
+    assert!(wait_until(Duration::from_secs(5), || !alive(helper)), "the helper outlived stop");
+}
+
+#[test]
+fn new_profile_from_an_expired_kept_manifest_is_refused() {
+    let c = Cluster::with(|s| {
+        s.channel = "stable".into();
+        s.published = time::OffsetDateTime::now_utc() - time::Duration::days(400);
+        s.expires = time::OffsetDateTime::now_utc() - time::Duration::days(10);
+    });
+    // Kept in the home knowingly…
+    c.env.ok(&["fetch", "--manifest", c.m(), "--allow-expired"]);
+    // …but a new cluster from it needs the same explicit consent.
+    let err = c.env.fail(&["start", "-p", "fresh", "--offline"], 11);
+    assert!(err.contains("--allow-expired"), "{err}");
+    assert!(!c.env.home.join("profiles/fresh/run/localkube.pid").exists());
+}
+
+#[test]
+fn delete_with_a_damaged_config_still_stops_localkube() {
+    let c = Cluster::new();
+    c.start("kubestrap");
+    let pid = c.localkube_pid("kubestrap");
+    fs::write(c.env.home.join("profiles/kubestrap/config.toml"), "this is not toml [").unwrap();
+    c.env.fail(&["status"], 30);
+    c.env.ok(&["delete"]);
+    assert!(wait_until(Duration::from_secs(5), || !alive(pid)), "localkube outlived delete");
+    assert!(!c.env.home.join("profiles/kubestrap").exists());
+}
+
+#[test]
+fn an_interrupted_stop_reads_as_stopped_not_crashed() {
+    let c = Cluster::new();
+    c.start("kubestrap");
+    // What a stop killed right after localkube ended leaves behind.
+    fs::write(c.env.home.join("profiles/kubestrap/run/stopping"), "").unwrap();
+    let pid = c.localkube_pid("kubestrap");
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(wait_until(Duration::from_secs(5), || !alive(pid)));
+    let (code, st) = c.status("kubestrap");
+    assert_eq!(code, 7, "{st}");
+    assert_eq!(st["localkube"], "Stopped");
+    let out = c.env.run(&["start"]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("unexpectedly"));
+}

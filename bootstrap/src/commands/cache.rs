@@ -15,6 +15,9 @@ use crate::store;
 use crate::ui::{Ui, human_bytes};
 
 pub fn run(cmd: CacheCmd, home: &Home, ui: &Ui) -> Result<Code> {
+    // Removing from the cache waits for (and blocks) commands using it.
+    let removes = matches!(cmd, CacheCmd::Verify | CacheCmd::Prune { dry_run: false });
+    let _store = home.store_lock(removes, || ui.warn("waiting for other kubestrap commands using the cache…"))?;
     match cmd {
         CacheCmd::List => list(home, ui),
         CacheCmd::Verify => verify(home, ui),
@@ -80,8 +83,8 @@ fn verify(home: &Home, ui: &Ui) -> Result<Code> {
         let ok = store::hash_file(&path).is_ok_and(|(actual, _)| actual == *sha);
         if !ok {
             bad += 1;
-            fsutil::remove_any(&path)?;
-            fsutil::remove_any(&home.component(sha))?;
+            fsutil::remove_tree(&path)?;
+            fsutil::remove_tree(&home.component(sha))?;
             ui.warn(&format!("{}: corrupt, removed (it will be downloaded again when needed)", path.display()));
         }
         ui.json(json!({"blob": sha.hex(), "ok": ok}));
@@ -96,7 +99,7 @@ fn verify(home: &Home, ui: &Ui) -> Result<Code> {
         };
         if !problems.is_empty() {
             bad += 1;
-            fsutil::remove_any(&dir)?;
+            fsutil::remove_tree(&dir)?;
             ui.warn(&format!(
                 "{}: {} damaged, removed (it will be unpacked again): {}",
                 dir.display(),
@@ -159,7 +162,7 @@ fn prune(home: &Home, ui: &Ui, dry_run: bool) -> Result<Code> {
             ui.json(json!({"remove": path, "dry_run": dry_run}));
             ui.line(&format!("{} {}", if dry_run { "would remove" } else { "removed" }, path.display()));
             if !dry_run {
-                fsutil::remove_any(path)?;
+                fsutil::remove_tree(path)?;
             }
         }
     }

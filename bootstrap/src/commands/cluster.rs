@@ -168,7 +168,7 @@ pub fn profile_list(home: &Home, ui: &Ui) -> Result<Code> {
 pub fn kubectl(name: String, args: Vec<String>, home: &Home) -> Result<Code> {
     let p = Profile::new(home, &name)?;
     let cfg = p.load()?;
-    let m = crate::source::load_stored(home, &cfg.manifest, true)?.manifest;
+    let m = crate::source::load_stored(home, &cfg.manifest, true, true)?.manifest;
     let need = m
         .needs(&Target::host(), cfg.driver)
         .map_err(|e| coded(Code::Usage, e))?
@@ -181,7 +181,10 @@ pub fn kubectl(name: String, args: Vec<String>, home: &Home) -> Result<Code> {
             format!("kubectl is not in the cache; run `kubestrap start -p {name}` (or `kubestrap fetch`) first"),
         ));
     }
-    let dir = store::ensure_component(home, &need.artifact)?;
+    let dir = {
+        let _store = home.store_lock(false, || {})?;
+        store::ensure_component(home, &need.artifact)?
+    };
     let bin = dir.join(&need.artifact.bin);
     let mut cmd = std::process::Command::new(&bin);
     if !args.iter().any(|a| a == "--context" || a.starts_with("--context=")) {

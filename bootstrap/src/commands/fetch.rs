@@ -11,6 +11,8 @@ use crate::ui::{Ui, human_bytes};
 
 pub fn run(args: FetchArgs, home: &Home, ui: &Ui) -> Result<Code> {
     let started = std::time::Instant::now();
+    let _store =
+        home.store_lock(false, || ui.warn("waiting for another kubestrap command that is cleaning the cache…"))?;
     let opts = super::fetch_options(&args.net);
     let loaded = source::load(home, args.source.manifest.as_deref(), &opts, args.source.allow_expired, ui)?;
     let target = args.target.unwrap_or_else(Target::host);

@@ -22,6 +22,11 @@ fn pid_file(profile: &Profile) -> Result<Option<PidFile>> {
     PidFile::read(&monitor::pid_path(&profile.run()))
 }
 
+/// Present while a stop is under way.
+fn stopping_path(profile: &Profile) -> PathBuf {
+    profile.run().join("stopping")
+}
+
 fn last_exit(profile: &Profile) -> Option<ExitRecord> {
     let text = fs::read_to_string(monitor::exit_path(&profile.run())).ok()?;
     toml::from_str(&text).ok()
@@ -42,7 +47,7 @@ impl Driver for Native {
         fsutil::create_dir_mode(&run, 0o700)?;
         fsutil::create_dir_mode(&p.logs(), 0o700)?;
         fsutil::create_dir_mode(&p.data(), 0o700)?;
-        for stale in [monitor::pid_path(&run), monitor::exit_path(&run)] {
+        for stale in [monitor::pid_path(&run), monitor::exit_path(&run), stopping_path(p)] {
             fsutil::remove_any(&stale)?;
         }
         let vars = launch.vars();
@@ -108,6 +113,9 @@ impl Driver for Native {
     fn stop(&self, profile: &Profile, signal: i32, timeout: Duration) -> Result<StopOutcome> {
         let path = monitor::pid_path(&profile.run());
         let Some(pf) = PidFile::read(&path)? else { return Ok(StopOutcome::WasNotRunning) };
+        // Mark the stop as asked for: if this command is killed half-way,
+        // status says "stopped", not "crashed".
+        fsutil::write_atomic(&stopping_path(profile), b"", 0o600)?;
         let outcome = if !pf.localkube.alive() {
             StopOutcome::WasNotRunning
         } else if pf.localkube.stop(signal, timeout) {
@@ -115,11 +123,26 @@ impl Driver for Native {
         } else {
             StopOutcome::Stopped
         };
-        // Give the monitor a moment to write the exit record, then stop it if it lingers.
-        if !pf.monitor.wait_gone(Duration::from_secs(2)) {
-            pf.monitor.signal(libc::SIGTERM);
+        // Give the monitor a moment to record the exit. Then whatever localkube
+        // left in the monitor's process group (e.g. containerd and shims of a
+        // real k3s) is killed, each one verified by its start time.
+        pf.monitor.wait_gone(Duration::from_secs(2));
+        for leftover in pf.monitor.group_members() {
+            leftover.signal(libc::SIGKILL);
+            leftover.wait_gone(Duration::from_secs(5));
+        }
+        if pf.localkube.alive() {
+            return Err(coded(
+                Code::Driver,
+                format!(
+                    "localkube (pid {}) survived SIGKILL; the pid file {} is kept so it is not started twice",
+                    pf.localkube.pid,
+                    path.display()
+                ),
+            ));
         }
         fsutil::remove_any(&path)?;
+        fsutil::remove_any(&stopping_path(profile))?;
         Ok(outcome)
     }
 
@@ -127,6 +150,8 @@ impl Driver for Native {
         match pid_file(profile)? {
             None => Ok(HostState::Stopped),
             Some(pf) if pf.localkube.alive() => Ok(HostState::Running { pid: pf.localkube.pid, port: pf.port }),
+            // A stop that was interrupted after localkube ended.
+            Some(_) if stopping_path(profile).exists() => Ok(HostState::Stopped),
             Some(pf) => {
                 // The monitor writes the exit record as soon as it reaps localkube.
                 let record = || last_exit(profile).filter(|r| r.pid == pf.localkube.pid);

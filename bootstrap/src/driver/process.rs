@@ -21,6 +21,7 @@ pub struct ProcId {
 /// What `/proc/<pid>/stat` says.
 struct Stat {
     state: char,
+    pgrp: i32,
     start_time: u64,
 }
 
@@ -30,7 +31,11 @@ fn stat(pid: i32) -> Option<Stat> {
     let rest = &text[text.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the name: field 3 is state (index 0), field 22 is starttime (index 19).
-    Some(Stat { state: fields.first()?.chars().next()?, start_time: fields.get(19)?.parse().ok()? })
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
 }
 
 impl ProcId {
@@ -52,6 +57,21 @@ impl ProcId {
         }
         // SAFETY: kill(2) with a pid we just verified by start time.
         unsafe { libc::kill(self.pid, signal) == 0 }
+    }
+
+    /// Live processes in the process group this process leads, started after
+    /// it (so they are its descendants' and not a later group's that reused
+    /// the number).
+    pub fn group_members(&self) -> Vec<ProcId> {
+        let Ok(rd) = fs::read_dir("/proc") else { return Vec::new() };
+        rd.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter_map(|pid| {
+                let s = stat(pid)?;
+                (s.pgrp == self.pid && s.start_time >= self.start_time && s.state != 'Z')
+                    .then_some(ProcId { pid, start_time: s.start_time })
+            })
+            .collect()
     }
 
     /// Waits until the process is gone, up to `timeout`.

@@ -67,18 +67,35 @@ pub fn delete(home: &Home, names: &[String], purge: bool, wait: bool, steps: &dy
     for name in names {
         let p = Profile::new(home, name)?;
         let _lock = lock_profile(home, &p, wait, steps)?;
-        if let Ok(cfg) = p.load() {
-            stop_locked(&p, &cfg)?;
+        match p.load() {
+            Ok(cfg) => {
+                stop_locked(&p, &cfg)?;
+            }
+            // A damaged config must not leave localkube running: the pid file suffices.
+            Err(_) => {
+                driver::for_kind(kubestrap_manifest::Driver::Native)?.stop(
+                    &p,
+                    libc::SIGTERM,
+                    Duration::from_secs(30),
+                )?;
+            }
         }
         let kc = kubeconfig::path()?;
         kubeconfig::remove(&kc, &kubeconfig::context_name(name))?;
-        fsutil::remove_any(&p.dir)?;
+        fsutil::remove_tree(&p.dir)?;
         fsutil::sync_dir(&home.profiles()).ok();
         deleted.push(name.clone());
     }
+    // Trees a killed delete left behind (renamed first, so never half a profile).
+    for e in fsutil::list_dir(&home.profiles())? {
+        if e.file_name().to_string_lossy().starts_with(".trash-") {
+            fsutil::remove_tree(&e.path())?;
+        }
+    }
     if purge {
+        let _store = home.store_lock(true, || steps.warn("waiting for other kubestrap commands using the cache…"))?;
         for dir in [home.root().join("blobs"), home.components()] {
-            fsutil::remove_any(&dir)?;
+            fsutil::remove_tree(&dir)?;
         }
     }
     Ok(deleted)

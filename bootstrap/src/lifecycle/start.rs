@@ -51,6 +51,8 @@ pub struct Started {
 pub fn start(home: &Home, o: &StartOptions, steps: &dyn Steps) -> Result<Started> {
     let p = Profile::new(home, &o.profile)?;
     let _lock = lock_profile(home, &p, !o.no_wait, steps)?;
+    let _store =
+        home.store_lock(false, || steps.warn("waiting for another kubestrap command that is cleaning the cache…"))?;
     let existing = if p.exists() { Some(p.load()?) } else { None };
     let driver_kind = match (&existing, o.driver) {
         (Some(c), Some(d)) if c.driver != d => {
@@ -268,33 +270,57 @@ fn resolve_manifest(home: &Home, o: &StartOptions, existing: Option<&Config>, st
             Ok(loaded)
         }
         (Some(spec), None) => source::load(home, Some(spec), &o.fetch, o.allow_expired, steps.ui()),
-        (None, Some(cfg)) => source::load_stored(home, &cfg.manifest, o.allow_expired),
+        (None, Some(cfg)) => stored(home, &cfg.manifest, o.allow_expired, true, steps),
         (None, None) => {
             if !o.fetch.offline {
                 match source::load(home, None, &o.fetch, o.allow_expired, steps.ui()) {
                     Ok(l) => return Ok(l),
-                    Err(e) => match newest_stored(home)? {
-                        Some(path) => {
-                            steps.warn(&format!("{e:#}; using the newest manifest kept here, {}", path.display()))
-                        }
+                    // Only an unreachable channel falls back; a bad, old or expired
+                    // manifest is an answer, not an outage (freeze protection).
+                    Err(e) if crate::exit::classify(&e) == Code::Download => match newest_stored(home)? {
+                        Some(path) => steps.warn(&format!(
+                            "{e:#}; using the newest {} manifest kept here, {}",
+                            source::DEFAULT_CHANNEL,
+                            path.display()
+                        )),
                         None => return Err(e),
                     },
+                    Err(e) => return Err(e),
                 }
             }
             match newest_stored(home)? {
-                Some(path) => source::load_stored(home, &path, o.allow_expired),
+                Some(path) => stored(home, &path, o.allow_expired, false, steps),
                 None => Err(coded(
                     Code::OfflineMissing,
-                    "--offline, and no manifest is kept in this kubestrap home: name one with --manifest, or use an offline bundle",
+                    "--offline, and no manifest of the stable channel is kept in this kubestrap home: name one with --manifest, or use an offline bundle",
                 )),
             }
         }
     }
 }
 
+/// A manifest kept in the home, re-verified; its warnings shown.
+fn stored(
+    home: &Home,
+    path: &std::path::Path,
+    allow_expired: bool,
+    running: bool,
+    steps: &dyn Steps,
+) -> Result<Loaded> {
+    let loaded = source::load_stored(home, path, allow_expired, running)?;
+    for w in &loaded.trusted.warnings {
+        steps.warn(w);
+    }
+    Ok(loaded)
+}
+
 fn newest_stored(home: &Home) -> Result<Option<std::path::PathBuf>> {
     let all: Vec<(std::path::PathBuf, Manifest)> = source::stored(home)?;
-    Ok(all.into_iter().max_by_key(|(_, m)| (m.published, m.version)).map(|(p, _)| p))
+    Ok(all
+        .into_iter()
+        .filter(|(_, m)| m.channel == source::DEFAULT_CHANNEL)
+        .max_by_key(|(_, m)| m.version)
+        .map(|(p, _)| p))
 }
 
 fn port_free(port: u16) -> bool {
