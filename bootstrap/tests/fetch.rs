@@ -615,14 +615,32 @@ fn http_proxy_is_used_and_no_proxy_bypasses_it() {
     assert_eq!(proxy.requests().len(), 2, "the proxy saw nothing new");
 }
 
+/// A mirror behind HTTPS whose certificate a test CA issued, serving two
+/// small artifacts at `ku` and `lu`.
+struct TlsMirror {
+    ca: TestCa,
+    server: Server,
+    kubectl: Artifact,
+    lk: Artifact,
+    ku: String,
+    lu: String,
+}
+
+impl TlsMirror {
+    fn new(env: &Env, seed: u64) -> Self {
+        let ca = TestCa::new();
+        let server = Server::start_tls(ca.server_config.clone());
+        let (kubectl, lk) = small_artifacts(&env.scratch("art"), seed);
+        let ku = server.add_artifact("kubectl", &kubectl);
+        let lu = server.add_artifact("lk.tar.zst", &lk);
+        TlsMirror { ca, server, kubectl, lk, ku, lu }
+    }
+}
+
 #[test]
 fn https_mirror_needs_its_ca_via_flag_or_env() {
     let env = Env::new();
-    let ca = TestCa::new();
-    let server = Server::start_tls(ca.server_config.clone());
-    let (kubectl, lk) = small_artifacts(&env.scratch("art"), 17);
-    let ku = server.add_artifact("kubectl", &kubectl);
-    let lu = server.add_artifact("lk.tar.zst", &lk);
+    let TlsMirror { ca, server, kubectl, lk, ku, lu } = TlsMirror::new(&env, 17);
     assert!(ku.starts_with("https://127.0.0.1:"), "{ku}");
     let m = env.write_signed_manifest(&spec(vec![ku], &kubectl, vec![lu], &lk), "m.toml");
     let m = m.to_str().unwrap();
@@ -643,11 +661,14 @@ fn https_mirror_needs_its_ca_via_flag_or_env() {
     env.ok(&["fetch", "--ca-cert", ca_file.to_str().unwrap(), "--manifest", m]);
     assert_eq!(fs::read(env.blob(&kubectl.sha256)).unwrap(), kubectl.bytes());
     // KUBESTRAP_CA_CERT, in a fresh home.
+    let served_manifest = |e: &Env| {
+        e.write_signed_manifest(
+            &spec(vec![server.url("kubectl")], &kubectl, vec![server.url("lk.tar.zst")], &lk),
+            "m.toml",
+        )
+    };
     let env2 = Env::new();
-    let m2 = env2.write_signed_manifest(
-        &spec(vec![server.url("kubectl")], &kubectl, vec![server.url("lk.tar.zst")], &lk),
-        "m.toml",
-    );
+    let m2 = served_manifest(&env2);
     let out =
         env2.cmd(&["fetch", "--manifest", m2.to_str().unwrap()]).env("KUBESTRAP_CA_CERT", &ca_file).output().unwrap();
     assert!(out.status.success(), "{}", describe(&["fetch"], &out, "KUBESTRAP_CA_CERT"));
@@ -656,10 +677,7 @@ fn https_mirror_needs_its_ca_via_flag_or_env() {
     let junk = env.path().join("junk.pem");
     fs::write(&junk, "not a certificate").unwrap();
     let env3 = Env::new();
-    let m3 = env3.write_signed_manifest(
-        &spec(vec![server.url("kubectl")], &kubectl, vec![server.url("lk.tar.zst")], &lk),
-        "m.toml",
-    );
+    let m3 = served_manifest(&env3);
     let out = env3.run(&["fetch", "--ca-cert", junk.to_str().unwrap(), "--manifest", m3.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("junk.pem"), "{}", describe(&["fetch"], &out, "junk CA"));
@@ -668,11 +686,7 @@ fn https_mirror_needs_its_ca_via_flag_or_env() {
 #[test]
 fn https_mirror_cut_mid_body_resumes() {
     let env = Env::new();
-    let ca = TestCa::new();
-    let server = Server::start_tls(ca.server_config.clone());
-    let (kubectl, lk) = small_artifacts(&env.scratch("art"), 18);
-    let ku = server.add_artifact("kubectl", &kubectl);
-    let lu = server.add_artifact("lk.tar.zst", &lk);
+    let TlsMirror { ca, server, kubectl, lk, ku, lu } = TlsMirror::new(&env, 18);
     server.script("kubectl", [Reply::DropAfter(120 * 1024)]);
     let ca_file = env.path().join("ca.pem");
     fs::write(&ca_file, &ca.ca_pem).unwrap();

@@ -129,6 +129,32 @@ fn key_list(version: u64, root: (&str, &Path), release: &[(&str, &Path)], revoke
     t
 }
 
+/// A private channel's keys, made in `private-keys/`: a root key pinned in
+/// `env`'s home and one release key.
+struct PrivateKeys {
+    root_key: PathBuf,
+    root_pub: PathBuf,
+    root_id: String,
+    rel_key: PathBuf,
+    rel_pub: PathBuf,
+    rel_id: String,
+}
+
+impl PrivateKeys {
+    fn new(env: &Env) -> Self {
+        let kdir = env.scratch("private-keys");
+        let (root_key, root_pub, root_id) = keygen(env, &kdir, "root");
+        let (rel_key, rel_pub, rel_id) = keygen(env, &kdir, "release");
+        assert_eq!(pin(env, &root_pub), root_id);
+        PrivateKeys { root_key, root_pub, root_id, rel_key, rel_pub, rel_id }
+    }
+
+    /// Version 1 of the key list: the root and the one release key.
+    fn list(&self) -> String {
+        key_list(1, (&self.root_id, &self.root_pub), &[(&self.rel_id, &self.rel_pub)], &[])
+    }
+}
+
 /// Writes `dir/keys.toml` and signs it with `root_key` via `keys sign-list`.
 fn publish_key_list(env: &Env, dir: &Path, text: &str, root_key: &Path) -> PathBuf {
     fs::create_dir_all(dir).unwrap();
@@ -572,13 +598,10 @@ fn key_list_rooted_in_a_pinned_key_rotates_and_revokes_release_keys() {
 #[test]
 fn key_list_beside_a_relative_manifest_path_is_imported() {
     let env = Env::new();
-    let kdir = env.scratch("private-keys");
-    let (root_key, root_pub, root_id) = keygen(&env, &kdir, "root");
-    let (rel_key, rel_pub, rel_id) = keygen(&env, &kdir, "release");
-    pin(&env, &root_pub);
+    let keys = PrivateKeys::new(&env);
     let chan = env.scratch("chan");
-    publish_key_list(&env, &chan, &key_list(1, (&root_id, &root_pub), &[(&rel_id, &rel_pub)], &[]), &root_key);
-    write_signed_with(&env, &small_spec(&env, 1), &chan.join("manifest.toml"), &rel_key);
+    publish_key_list(&env, &chan, &keys.list(), &keys.root_key);
+    write_signed_with(&env, &small_spec(&env, 1), &chan.join("manifest.toml"), &keys.rel_key);
     let out = env.cmd(&["fetch", "--manifest", "manifest.toml"]).current_dir(&chan).output().unwrap();
     assert!(out.status.success(), "{}", describe(&["fetch", "--manifest", "manifest.toml"], &out, "expected success"));
 }
@@ -642,26 +665,23 @@ fn minisign_interop_both_ways() {
 #[test]
 fn expired_key_list_refused_unless_allowed() {
     let env = Env::new();
-    let kdir = env.scratch("private-keys");
-    let (root_key, root_pub, root_id) = keygen(&env, &kdir, "root");
-    let (rel_key, rel_pub, rel_id) = keygen(&env, &kdir, "release");
-    pin(&env, &root_pub);
+    let keys = PrivateKeys::new(&env);
     let chan = env.scratch("chan");
-    let text = key_list(1, (&root_id, &root_pub), &[(&rel_id, &rel_pub)], &[]);
+    let text = keys.list();
     let past = rfc3339(now() - time::Duration::days(2));
     let text = text
         .lines()
         .map(|l| if l.starts_with("expires") { format!("expires = \"{past}\"") } else { l.to_string() })
         .collect::<Vec<_>>()
         .join("\n");
-    let list = publish_key_list(&env, &chan, &text, &root_key);
+    let list = publish_key_list(&env, &chan, &text, &keys.root_key);
     let err = env.fail(&["keys", "verify-list", s(&list)], 11);
     assert!(err.contains("expired"), "{err}");
     let out = env.run(&["keys", "verify-list", "--allow-expired", s(&list)]);
     assert!(out.status.success(), "{}", describe(&["keys", "verify-list"], &out, "expected success"));
     assert!(stderr_of(&out).contains("expired"), "{}", stderr_of(&out));
 
-    let m = write_signed_with(&env, &small_spec(&env, 1), &chan.join("manifest.toml"), &rel_key);
+    let m = write_signed_with(&env, &small_spec(&env, 1), &chan.join("manifest.toml"), &keys.rel_key);
     let out = env.run(&["fetch", "--manifest", s(&m)]);
     assert_eq!(out.status.code(), Some(10), "{}", describe(&["fetch"], &out, "expected 10"));
     let err = stderr_of(&out);
@@ -680,18 +700,14 @@ fn expired_key_list_refused_unless_allowed() {
 #[test]
 fn channel_over_http_with_key_list() {
     let env = Env::new();
-    let kdir = env.scratch("private-keys");
-    let (root_key, root_pub, root_id) = keygen(&env, &kdir, "root");
-    let (rel_key, rel_pub, rel_id) = keygen(&env, &kdir, "release");
-    pin(&env, &root_pub);
+    let keys = PrivateKeys::new(&env);
     let server = Server::start();
     let dir = env.scratch("served");
-    let list =
-        publish_key_list(&env, &dir, &key_list(1, (&root_id, &root_pub), &[(&rel_id, &rel_pub)], &[]), &root_key);
+    let list = publish_key_list(&env, &dir, &keys.list(), &keys.root_key);
     let mut spec = small_spec(&env, 1);
     spec.kubectl.0 = vec![server.add_artifact("a/kubectl", &spec.kubectl.1)];
     spec.localkube.0 = vec![server.add_artifact("a/localkube.tar.zst", &spec.localkube.1)];
-    let m = write_signed_with(&env, &spec, &dir.join("manifest.toml"), &rel_key);
+    let m = write_signed_with(&env, &spec, &dir.join("manifest.toml"), &keys.rel_key);
     let sig = |p: &Path| fs::read(format!("{}.minisig", p.display())).unwrap();
     server.add("stable/manifest.toml", fs::read(&m).unwrap());
     server.add("stable/manifest.toml.minisig", sig(&m));
@@ -709,7 +725,7 @@ fn channel_over_http_with_key_list() {
 
     // A tampered manifest from the server: refused before downloading.
     let env2 = Env::new();
-    pin(&env2, &root_pub);
+    pin(&env2, &keys.root_pub);
     let mut bytes = fs::read(&m).unwrap();
     let n = bytes.len() / 2;
     bytes[n] ^= 1;
