@@ -451,3 +451,28 @@ fn an_interrupted_stop_reads_as_stopped_not_crashed() {
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("unexpectedly"));
 }
+
+#[test]
+fn every_kubectl_from_1_27_to_1_33_works_against_the_cluster() {
+    let c = Cluster::new();
+    c.start("kubestrap");
+    let mut tried = Vec::new();
+    for minor in 27..=33 {
+        let kubectl = format!("/usr/lib/google-cloud-sdk/bin/kubectl.1.{minor}");
+        if !Path::new(&kubectl).is_file() {
+            continue;
+        }
+        let k = kubectl.as_str();
+        let cm = format!("cm-{minor}");
+        assert!(c.kubectl_ok(k, &["get", "ns", "-o", "name"]).contains("namespace/kube-system"), "{k}");
+        c.kubectl_ok(k, &["create", "configmap", &cm, "--from-literal=minor=1", "-n", "kube-public"]);
+        let got = c.kubectl_ok(k, &["get", "configmap", &cm, "-n", "kube-public", "-o", "jsonpath={.data.minor}"]);
+        assert_eq!(got, "1", "{k}");
+        assert!(c.kubectl_ok(k, &["get", "sa", "default", "-n", "kube-public", "-o", "name"]).contains("default"));
+        c.kubectl_ok(k, &["delete", "configmap", &cm, "-n", "kube-public"]);
+        assert!(!c.kubectl(k, &["get", "configmap", &cm, "-n", "kube-public"]).status.success(), "{k}: still there");
+        tried.push(minor);
+    }
+    assert!(tried.contains(&27) && tried.contains(&33), "kubectl 1.27 and 1.33 must be on the machine: {tried:?}");
+    println!("kubectl minors tried: {tried:?}");
+}
