@@ -32,3 +32,8 @@ echo "==> kubestrap start --manifest $manifest"
 kubectl=$(command -v /usr/lib/google-cloud-sdk/bin/kubectl.1.33 kubectl 2>/dev/null | head -1)
 echo "==> $kubectl get ns"
 "$kubectl" get ns
+echo
+echo "The cluster keeps running. Its commands (this quickstart's home):"
+echo "  KUBESTRAP_HOME=$KUBESTRAP_HOME $ks status"
+echo "  KUBESTRAP_HOME=$KUBESTRAP_HOME $ks stop      # state kept"
+echo "  KUBESTRAP_HOME=$KUBESTRAP_HOME $ks delete    # removes it and its kubeconfig entries"
