@@ -50,6 +50,21 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.{}.{nonce:x}.tmp", std::process::id()))
 }
 
+/// Removes temp files that [`write_atomic`] left beside `path` when its
+/// process was killed mid-write. Call it only while holding the lock that
+/// every writer of `path` takes, so none of them is in use.
+pub fn remove_stale_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    for e in list_dir(dir).unwrap_or_default() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&prefix) && n.ends_with(".tmp") {
+            tracing::debug!("removing {} left by an interrupted write", e.path().display());
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 /// The entries of a directory; none if it does not exist (yet).
 pub fn list_dir(dir: &Path) -> Result<Vec<fs::DirEntry>> {
     match fs::read_dir(dir) {

@@ -86,8 +86,17 @@ fn read(path: &Path) -> Result<Mapping> {
     }
 }
 
+/// Serializes a kubeconfig for kubectl, whose YAML reader follows YAML 1.1:
+/// a string such as `on`, `no`, `y` or `1:20` is quoted so it stays a string
+/// (serde_norway would write it bare and kubectl would read a bool or a
+/// number), and long strings stay on one line rather than in block style.
+fn to_yaml(doc: &Mapping) -> Result<String> {
+    let options = serde_saphyr::ser_options! { prefer_block_scalars: false };
+    serde_saphyr::to_string_with_options(doc, options).context("cannot serialize kubeconfig")
+}
+
 fn write(path: &Path, doc: &Mapping) -> Result<()> {
-    let text = serde_norway::to_string(doc).context("cannot serialize kubeconfig")?;
+    let text = to_yaml(doc)?;
     fsutil::write_atomic(path, text.as_bytes(), 0o600).map_err(|e| coded(Code::Kubeconfig, format!("{e:#}")))
 }
 
@@ -104,29 +113,29 @@ fn with_locked<T>(path: &Path, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> 
         PathBuf::from(s)
     };
     let _guard = home::lock_file(&lock_path, true, || {})?;
+    // A write killed half-way leaves a temp file holding admin keys: gone now.
+    fsutil::remove_stale_temps(&real);
     f(&real)
 }
 
-fn upsert(doc: &mut Mapping, list: &str, item_key: &str, name: &str, body: Mapping) {
+fn upsert(doc: &mut Mapping, list: &str, item_key: &str, name: &str, mut body: Mapping) {
     let seq = doc.entry(key(list)).or_insert_with(|| Value::Sequence(Vec::new()));
     if !seq.is_sequence() {
         *seq = Value::Sequence(Vec::new());
     }
     let seq = seq.as_sequence_mut().expect("sequence");
+    let existing = seq.iter_mut().find(|v| v.get("name").and_then(Value::as_str) == Some(name));
+    // Our entry is ours: replaced whole, so no stale credential (a token, a
+    // certificate path) lingers beside the new ones. Only `extensions`,
+    // which tools add to entries, is kept.
+    if let Some(ext) = existing.as_ref().and_then(|e| e.get(item_key)).and_then(|b| b.get("extensions")) {
+        body.insert(key("extensions"), ext.clone());
+    }
     let mut item = Mapping::new();
     item.insert(key("name"), key(name));
-    item.insert(key(item_key), Value::Mapping(body.clone()));
-    match seq.iter_mut().find(|v| v.get("name").and_then(Value::as_str) == Some(name)) {
-        Some(existing) => {
-            // Keep any extra fields someone added to our entry (extensions…).
-            if let Some(Value::Mapping(old)) = existing.get_mut(item_key) {
-                for (k, v) in body {
-                    old.insert(k, v);
-                }
-            } else {
-                *existing = Value::Mapping(item);
-            }
-        }
+    item.insert(key(item_key), Value::Mapping(body));
+    match existing {
+        Some(existing) => *existing = Value::Mapping(item),
         None => seq.push(Value::Mapping(item)),
     }
 }
@@ -293,5 +302,73 @@ mod tests {
         let doc: Value = serde_norway::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
         assert_eq!(doc["kind"], key("Config"));
         assert_eq!(doc["users"][0]["user"]["client-key-data"], key("S0VZ"));
+    }
+
+    /// Values a YAML 1.1 reader (kubectl's) would take for bools, numbers or
+    /// timestamps unless they are quoted.
+    const TRICKY: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: odd\n  cluster:\n    server: 'https://odd.example:6443'\n    tls-server-name: 'on'\n    proxy-url: 'y'\n- name: kubestrap\n  cluster:\n    server: https://old:1\n    certificate-authority: /old/ca.crt\n    extensions:\n    - name: keep\n      extension: {a: b}\ncontexts:\n- name: odd\n  context:\n    cluster: odd\n    user: odd\n    namespace: 'no'\n- name: times\n  context:\n    cluster: odd\n    user: odd\n    namespace: '2001-12-14'\n- name: sexagesimal\n  context:\n    cluster: odd\n    user: odd\n    namespace: '1:20'\nusers:\n- name: odd\n  user:\n    username: 'off'\n    password: 'null'\n- name: kubestrap\n  user:\n    token: stale\ncurrent-context: odd\n";
+
+    /// `kubectl config view -o json --raw` of a kubeconfig file.
+    fn kubectl_view(kubectl: &str, p: &Path) -> serde_json::Value {
+        let out = std::process::Command::new(kubectl)
+            .args(["config", "view", "-o", "json", "--raw"])
+            .env("KUBECONFIG", p)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kubectl config view: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn named<'a>(v: &'a serde_json::Value, list: &str, name: &str) -> &'a serde_json::Value {
+        v[list].as_array().unwrap().iter().find(|e| e["name"] == name).unwrap_or(&serde_json::Value::Null)
+    }
+
+    #[test]
+    fn kubectl_reads_every_other_entry_unchanged_after_a_merge() {
+        let Some(kubectl) = ["/usr/lib/google-cloud-sdk/bin/kubectl.1.33", "/usr/bin/kubectl"]
+            .into_iter()
+            .find(|k| Path::new(k).is_file())
+        else {
+            println!("SKIPPED: no kubectl on this machine");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config");
+        fs::write(&p, TRICKY).unwrap();
+        let before = kubectl_view(kubectl, &p);
+        merge(&p, &entry("kubestrap", 8443), false).unwrap();
+        let after = kubectl_view(kubectl, &p);
+        assert_eq!(named(&after, "clusters", "odd"), named(&before, "clusters", "odd"));
+        assert_eq!(named(&after, "users", "odd"), named(&before, "users", "odd"));
+        for ctx in ["odd", "times", "sexagesimal"] {
+            assert_eq!(named(&after, "contexts", ctx), named(&before, "contexts", ctx));
+        }
+        assert_eq!(after["current-context"], "odd");
+        // Our entries were replaced whole: no stale token or CA path, extensions kept.
+        let ours = &named(&after, "users", "kubestrap")["user"];
+        assert!(ours.get("token").is_none() && ours["client-key-data"] == "S0VZ", "{ours}");
+        let ours = &named(&after, "clusters", "kubestrap")["cluster"];
+        assert!(ours.get("certificate-authority").is_none(), "{ours}");
+        assert_eq!(ours["server"], "https://127.0.0.1:8443");
+        assert_eq!(ours["extensions"][0]["name"], "keep", "{ours}");
+        // And the same after our entries are removed again.
+        assert!(remove(&p, "kubestrap").unwrap());
+        let removed = kubectl_view(kubectl, &p);
+        assert_eq!(named(&removed, "contexts", "odd"), named(&before, "contexts", "odd"));
+        assert_eq!(named(&removed, "users", "odd"), named(&before, "users", "odd"));
+        assert_eq!(named(&removed, "clusters", "kubestrap"), &serde_json::Value::Null);
+    }
+
+    #[test]
+    fn temp_files_left_by_a_killed_write_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config");
+        let stale = dir.path().join(".config.4242.abc.tmp");
+        fs::write(&stale, "client-key-data: secret").unwrap();
+        let unrelated = dir.path().join(".other.1.tmp");
+        fs::write(&unrelated, "x").unwrap();
+        merge(&p, &entry("kubestrap", 8443), true).unwrap();
+        assert!(!stale.exists());
+        assert!(unrelated.exists());
     }
 }
