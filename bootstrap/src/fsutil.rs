@@ -104,7 +104,29 @@ pub fn remove_tree(path: &Path) -> Result<()> {
     if let Some(parent) = path.parent() {
         let _ = sync_dir(parent);
     }
-    fs::remove_dir_all(&trash).with_context(|| format!("cannot remove {}", trash.display()))
+    remove_trash(&trash)
+}
+
+/// Removes a renamed-away tree; another sweeper already removing it is fine.
+fn remove_trash(trash: &Path) -> Result<()> {
+    match fs::remove_dir_all(trash) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", trash.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Removes the `.trash-*` trees in `dir` that a killed [`remove_tree`] left.
+/// Best effort: another command may be removing the same ones.
+pub fn sweep_trash(dir: &Path) {
+    for e in list_dir(dir).unwrap_or_default() {
+        if e.file_name().to_string_lossy().starts_with(".trash-")
+            && let Err(err) = remove_trash(&e.path())
+        {
+            tracing::warn!("{err:#}");
+        }
+    }
 }
 
 /// Flushes the whole filesystem holding `dir` (one call, instead of an fsync

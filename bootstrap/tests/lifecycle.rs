@@ -238,30 +238,100 @@ fn killed_localkube_is_reported_and_start_recovers() {
     assert_eq!(c.kubectl_ok(KUBECTL_NEW, &["get", "cm", "keep", "-o", "jsonpath={.data.k}"]), "v");
 }
 
+/// `/proc/<pid>/stat`'s start time (clock ticks after boot).
+fn start_time(pid: u32) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    s[s.rfind(')').unwrap() + 2..].split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap().trim().to_string()
+}
+
+/// A pid file in kubestrap's format naming `pid` (with `start`) as localkube
+/// and as its monitor.
+fn fake_pid_file(pid: u32, start: u64, boot: &str) -> String {
+    format!(
+        "port = 1\nstarted = \"2026-01-01T00:00:00Z\"\nboot = \"{boot}\"\n[localkube]\npid = {pid}\nstart_time = {start}\n[monitor]\npid = {pid}\nstart_time = {start}\n"
+    )
+}
+
 #[test]
 fn stale_pid_file_never_signals_an_unrelated_process() {
+    use std::os::unix::process::CommandExt;
     let c = Cluster::new();
     c.start("kubestrap");
     c.env.ok(&["stop"]);
-    // A crash left a pid file whose pid now belongs to an unrelated process.
-    let mut victim = Command::new("sleep").arg("60").spawn().unwrap();
+    // The unrelated process leads its own process group, like a monitor did.
+    let mut victim = Command::new("sleep").arg("60").process_group(0).spawn().unwrap();
     let pid = victim.id();
     let run = c.pid_file("kubestrap");
-    fs::write(
-        &run,
-        format!(
-            "port = 1\nstarted = \"2026-01-01T00:00:00Z\"\n[localkube]\npid = {pid}\nstart-time = 1\n[monitor]\npid = {pid}\nstart-time = 1\n"
-        ),
-    )
-    .unwrap();
+    // 1. A crash left a pid file whose pid now belongs to an unrelated process.
+    fs::write(&run, fake_pid_file(pid, 1, &boot_id())).unwrap();
     let (code, _) = c.status("kubestrap");
     assert_eq!(code & 2, 2, "the unrelated process is not our localkube");
     c.env.ok(&["stop"]);
-    assert!(victim.try_wait().unwrap().is_none(), "the unrelated process was signalled");
+    assert!(victim.try_wait().unwrap().is_none(), "the unrelated process was signalled by stop");
+    // 2. A pid file from before a reboot: even pid and start time matching
+    // prove nothing, so nothing is signalled.
+    fs::write(&run, fake_pid_file(pid, start_time(pid), "another-boot")).unwrap();
+    let (code, st) = c.status("kubestrap");
+    assert_eq!(code, 7, "stopped by the reboot: {st}");
+    c.env.ok(&["stop"]);
+    assert!(victim.try_wait().unwrap().is_none(), "the unrelated process was signalled after a reboot");
+    fs::write(&run, fake_pid_file(pid, 1, &boot_id())).unwrap();
     c.start("kubestrap");
-    assert!(victim.try_wait().unwrap().is_none(), "the unrelated process was signalled");
+    assert!(victim.try_wait().unwrap().is_none(), "the unrelated process was signalled by start");
+    c.env.ok(&["delete"]);
+    assert!(victim.try_wait().unwrap().is_none(), "the unrelated process was signalled by delete");
     victim.kill().unwrap();
     victim.wait().unwrap();
+}
+
+#[test]
+fn damaged_pid_file_never_leads_to_a_second_localkube() {
+    let c = Cluster::new();
+    c.start("kubestrap");
+    c.kubectl_ok(KUBECTL_NEW, &["create", "configmap", "keep", "--from-literal=k=v"]);
+    let old = c.localkube_pid("kubestrap");
+    fs::write(c.pid_file("kubestrap"), "garbage = [").unwrap();
+    let (code, st) = c.status("kubestrap");
+    assert_eq!(code & 2, 2, "{st}");
+    assert!(st["crash"].as_str().unwrap().contains("damaged"), "{st}");
+    // start stops what runs of the cluster (found by its marker), then starts it once.
+    c.start("kubestrap");
+    assert!(!alive(old), "the old localkube still runs beside the new one");
+    assert_eq!(c.kubectl_ok(KUBECTL_NEW, &["get", "cm", "keep", "-o", "jsonpath={.data.k}"]), "v");
+    // Pid file gone and config gone: delete still stops localkube.
+    let pid = c.localkube_pid("kubestrap");
+    fs::remove_file(c.pid_file("kubestrap")).unwrap();
+    let (code, st) = c.status("kubestrap");
+    assert_eq!(code & 2, 2, "processes without a pid file are reported: {st}");
+    fs::remove_file(c.env.home.join("profiles/kubestrap/config.toml")).unwrap();
+    c.env.ok(&["delete"]);
+    assert!(!alive(pid), "delete left localkube running");
+}
+
+#[test]
+fn profiles_started_at_once_get_different_ports() {
+    let _serial = AUTO_PORT.lock().unwrap_or_else(|e| e.into_inner());
+    let c = Cluster::new();
+    let spawn = |name: &str| {
+        c.env
+            .cmd(&["start", "-p", name, "--manifest", c.m(), "--keep-context"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("aa"), spawn("bb"));
+    for out in [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()] {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let (ca, aa) = c.status("aa");
+    let (cb, bb) = c.status("bb");
+    assert_eq!((ca, cb), (0, 0));
+    assert_ne!(aa["server"], bb["server"]);
 }
 
 #[test]
@@ -439,9 +509,12 @@ fn delete_with_a_damaged_config_still_stops_localkube() {
 fn an_interrupted_stop_reads_as_stopped_not_crashed() {
     let c = Cluster::new();
     c.start("kubestrap");
-    // What a stop killed right after localkube ended leaves behind.
-    fs::write(c.env.home.join("profiles/kubestrap/run/stopping"), "").unwrap();
+    // What a stop killed right after localkube ended leaves behind: the
+    // marker naming the localkube it stops.
+    let marker = c.env.home.join("profiles/kubestrap/run/stopping");
     let pid = c.localkube_pid("kubestrap");
+    let stopping = format!("pid = {pid}\nstart_time = {}\n", start_time(pid as u32));
+    fs::write(&marker, &stopping).unwrap();
     unsafe { libc::kill(pid, libc::SIGTERM) };
     assert!(wait_until(Duration::from_secs(5), || !alive(pid)));
     let (code, st) = c.status("kubestrap");
@@ -450,6 +523,16 @@ fn an_interrupted_stop_reads_as_stopped_not_crashed() {
     let out = c.env.run(&["start"]);
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("unexpectedly"));
+
+    // A stop killed before it signalled, then a start that found localkube
+    // running: a later crash is a crash.
+    let pid = c.localkube_pid("kubestrap");
+    fs::write(&marker, format!("pid = {pid}\nstart_time = {}\n", start_time(pid as u32))).unwrap();
+    assert!(c.env.ok(&["start"]).contains("already running"));
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(wait_until(Duration::from_secs(5), || !alive(pid)));
+    let (code, st) = c.status("kubestrap");
+    assert_eq!((code, &st["localkube"]), (6, &serde_json::json!("Crashed")), "{st}");
 }
 
 #[test]

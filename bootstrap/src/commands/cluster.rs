@@ -90,14 +90,31 @@ pub fn delete(a: DeleteArgs, home: &Home, ui: &Ui) -> Result<Code> {
         profile::names(home)?
     } else {
         let p = Profile::new(home, &a.profile.profile)?;
-        if !p.dir.exists() && !a.purge {
+        match (p.dir.exists(), a.purge) {
+            (true, _) => vec![p.name],
+            // Only the cache to purge.
+            (false, true) => Vec::new(),
+            (false, false) => {
+                return Err(coded(
+                    Code::NoProfile,
+                    format!("profile {:?} does not exist (see `kubestrap profile list`)", p.name),
+                ));
+            }
+        }
+    };
+    if a.purge {
+        // The cache holds what the other clusters run: purge only with them.
+        let others: Vec<String> = profile::names(home)?.into_iter().filter(|n| !names.contains(n)).collect();
+        if !others.is_empty() {
             return Err(coded(
-                Code::NoProfile,
-                format!("profile {:?} does not exist (see `kubestrap profile list`)", p.name),
+                Code::Usage,
+                format!(
+                    "--purge removes the download cache, which profile(s) {} still use; delete them too (`kubestrap delete --all --purge`), or leave out --purge",
+                    others.join(", ")
+                ),
             ));
         }
-        vec![p.name]
-    };
+    }
     let deleted = lifecycle::delete(home, &names, a.purge, true, ui)?;
     for name in &deleted {
         ui.json(json!({"deleted": name}));
@@ -149,7 +166,15 @@ pub fn profile_list(home: &Home, ui: &Ui) -> Result<Code> {
         ));
     }
     for n in names {
-        let st = lifecycle::status(home, &n)?;
+        let st = match lifecycle::status(home, &n) {
+            Ok(st) => st,
+            // One damaged profile does not hide the others.
+            Err(e) => {
+                ui.json(json!({"name": n, "error": format!("{e:#}")}));
+                ui.line(&format!("{n:<20} damaged: {e:#}"));
+                continue;
+            }
+        };
         ui.json(serde_json::to_value(&st)?);
         ui.line(&format!(
             "{:<20} {:<8} {:<10} {:<10} {:<26} {}",

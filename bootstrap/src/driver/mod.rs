@@ -49,20 +49,33 @@ pub enum HostState {
     Crashed { how: String },
 }
 
+/// What runs one profile's localkube. The lifecycle calls, in order:
+/// `create` (idempotent) → `start` → `running` while it waits for ready;
+/// `status` at any time; `stop`; `delete` before the profile is removed.
 pub trait Driver {
     fn name(&self) -> &'static str;
     /// Addresses the apiserver certificate must carry besides the defaults.
     fn extra_sans(&self) -> Vec<String>;
+    /// Makes (or repairs) what the driver needs for this profile before a
+    /// start: directories with their modes, for a VM driver the machine.
+    fn create(&self, profile: &Profile) -> Result<()>;
     /// Launches localkube detached; returns once it is running (not ready).
+    /// Refuses if anything of this profile is still running.
     fn start(&self, launch: &Launch) -> Result<i32>;
     /// Whether localkube is still running (checked while waiting for ready).
     fn running(&self, profile: &Profile) -> Result<bool>;
-    /// Stops gracefully: the manifest's signal, then SIGKILL after `timeout`.
-    /// Returns how it went, for the user.
+    /// Stops gracefully: the manifest's signal, then SIGKILL after `timeout`;
+    /// then whatever localkube left behind. Returns how it went.
     fn stop(&self, profile: &Profile, signal: i32, timeout: Duration) -> Result<StopOutcome>;
-    fn state(&self, profile: &Profile) -> Result<HostState>;
-    /// localkube's log file.
-    fn log_file(&self, profile: &Profile) -> PathBuf;
+    /// A start found localkube running: a stop interrupted before it acted
+    /// no longer applies.
+    fn resume(&self, profile: &Profile) -> Result<()>;
+    fn status(&self, profile: &Profile) -> Result<HostState>;
+    /// Removes what `create` made outside the profile directory and makes
+    /// sure nothing of the profile still runs. Called after `stop`.
+    fn delete(&self, profile: &Profile) -> Result<()>;
+    /// localkube's log file (kept under a size cap, older part in `.1`).
+    fn logs(&self, profile: &Profile) -> PathBuf;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::process::{ExitRecord, PidFile, ProcId};
+use super::process::{ExitRecord, PidFile, ProcId, boot_id};
 use crate::fsutil;
 
 /// The log is cut back to its last part when it grows past this.
@@ -76,7 +76,7 @@ pub fn main(run_dir: &Path) -> Result<()> {
     };
     let localkube = ProcId::of(child.id() as i32).context("localkube vanished at once")?;
     let monitor = ProcId::of(std::process::id() as i32).context("cannot identify the monitor")?;
-    PidFile { localkube, monitor, port: spec.port, started: now() }.write(&pid_path(run_dir))?;
+    PidFile { localkube, monitor, port: spec.port, started: now(), boot: boot_id() }.write(&pid_path(run_dir))?;
     // Wait in a thread so the exit is recorded the moment it happens; cap
     // the log every few seconds meanwhile.
     let (tx, rx) = std::sync::mpsc::channel();

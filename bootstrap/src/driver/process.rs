@@ -21,7 +21,6 @@ pub struct ProcId {
 /// What `/proc/<pid>/stat` says.
 struct Stat {
     state: char,
-    pgrp: i32,
     start_time: u64,
 }
 
@@ -31,11 +30,7 @@ fn stat(pid: i32) -> Option<Stat> {
     let rest = &text[text.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the name: field 3 is state (index 0), field 22 is starttime (index 19).
-    Some(Stat {
-        state: fields.first()?.chars().next()?,
-        pgrp: fields.get(2)?.parse().ok()?,
-        start_time: fields.get(19)?.parse().ok()?,
-    })
+    Some(Stat { state: fields.first()?.chars().next()?, start_time: fields.get(19)?.parse().ok()? })
 }
 
 impl ProcId {
@@ -57,21 +52,6 @@ impl ProcId {
         }
         // SAFETY: kill(2) with a pid we just verified by start time.
         unsafe { libc::kill(self.pid, signal) == 0 }
-    }
-
-    /// Live processes in the process group this process leads, started after
-    /// it (so they are its descendants' and not a later group's that reused
-    /// the number).
-    pub fn group_members(&self) -> Vec<ProcId> {
-        let Ok(rd) = fs::read_dir("/proc") else { return Vec::new() };
-        rd.flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter_map(|pid| {
-                let s = stat(pid)?;
-                (s.pgrp == self.pid && s.start_time >= self.start_time && s.state != 'Z')
-                    .then_some(ProcId { pid, start_time: s.start_time })
-            })
-            .collect()
     }
 
     /// Waits until the process is gone, up to `timeout`.
@@ -103,6 +83,39 @@ impl ProcId {
     }
 }
 
+/// The environment variable that marks every process of one cluster: the
+/// monitor, localkube and whatever localkube starts inherit it. Its value is
+/// the profile's run directory. It finds a cluster's processes even when the
+/// pid file is gone or damaged, and it proves a process is ours before
+/// anything but localkube itself is signalled.
+pub const MARKER: &str = "KUBESTRAP_RUN_DIR";
+
+/// Live processes (not zombies) whose environment marks them as belonging to
+/// the cluster whose run directory is `run_dir`; never this process.
+pub fn owned_by(run_dir: &Path) -> Vec<ProcId> {
+    let mut want = format!("{MARKER}=").into_bytes();
+    want.extend_from_slice(run_dir.as_os_str().as_encoded_bytes());
+    let me = std::process::id() as i32;
+    let Ok(rd) = fs::read_dir("/proc") else { return Vec::new() };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter_map(|pid| {
+            let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
+            if !env.split(|b| *b == 0).any(|kv| kv == want.as_slice()) {
+                return None;
+            }
+            let s = stat(pid)?;
+            (s.state != 'Z' && s.state != 'X').then_some(ProcId { pid, start_time: s.start_time })
+        })
+        .collect()
+}
+
+/// This boot's id: pids and start times mean nothing across a reboot.
+pub fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
 /// The pid file of a running localkube: the process and its monitor.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -111,15 +124,35 @@ pub struct PidFile {
     pub monitor: ProcId,
     pub port: u16,
     pub started: String,
+    /// The boot it was written in ([`boot_id`]).
+    pub boot: String,
+}
+
+/// What a pid file says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PidInfo {
+    /// No pid file: nothing was launched, or it was stopped.
+    Absent,
+    /// Written in this boot.
+    Current(PidFile),
+    /// Written before a reboot: nothing it names is ours any more.
+    OtherBoot,
+    /// Does not parse (why): which processes are ours must be found otherwise.
+    Damaged(String),
 }
 
 impl PidFile {
-    pub fn read(path: &Path) -> Result<Option<PidFile>> {
-        match fs::read_to_string(path) {
-            Ok(t) => Ok(toml::from_str(&t).ok()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-        }
+    pub fn read(path: &Path) -> Result<PidInfo> {
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PidInfo::Absent),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        Ok(match toml::from_str::<PidFile>(&text) {
+            Ok(pf) if pf.boot == boot_id() => PidInfo::Current(pf),
+            Ok(_) => PidInfo::OtherBoot,
+            Err(e) => PidInfo::Damaged(e.message().to_string()),
+        })
     }
     pub fn write(&self, path: &Path) -> Result<()> {
         fsutil::write_atomic(path, toml::to_string(self)?.as_bytes(), 0o600)
@@ -171,6 +204,22 @@ mod tests {
         let impostor = ProcId { start_time: me.start_time + 1, ..me };
         assert!(!impostor.alive());
         assert!(!impostor.signal(0), "a pid with another start time is never signalled");
+    }
+
+    #[test]
+    fn finds_processes_by_their_marker_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let mut ours = std::process::Command::new("sleep").arg("30").env(MARKER, &run).spawn().unwrap();
+        let mut other =
+            std::process::Command::new("sleep").arg("30").env(MARKER, dir.path().join("run2")).spawn().unwrap();
+        let found = owned_by(&run);
+        assert_eq!(found.iter().map(|p| p.pid).collect::<Vec<_>>(), vec![ours.id() as i32]);
+        for c in [&mut ours, &mut other] {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        assert!(owned_by(&run).is_empty());
     }
 
     #[test]

@@ -67,19 +67,20 @@ pub fn delete(home: &Home, names: &[String], purge: bool, wait: bool, steps: &dy
     for name in names {
         let p = Profile::new(home, name)?;
         let _lock = lock_profile(home, &p, wait, steps)?;
-        match p.load() {
+        let drv = match p.load() {
             Ok(cfg) => {
                 stop_locked(&p, &cfg)?;
+                driver::for_kind(cfg.driver)?
             }
-            // A damaged config must not leave localkube running: the pid file suffices.
+            // A damaged config must not leave localkube running: the pid file
+            // and the processes' marker suffice.
             Err(_) => {
-                driver::for_kind(kubestrap_manifest::Driver::Native)?.stop(
-                    &p,
-                    libc::SIGTERM,
-                    Duration::from_secs(30),
-                )?;
+                let drv = driver::for_kind(kubestrap_manifest::Driver::Native)?;
+                drv.stop(&p, libc::SIGTERM, Duration::from_secs(30))?;
+                drv
             }
-        }
+        };
+        drv.delete(&p)?;
         let kc = kubeconfig::path()?;
         kubeconfig::remove(&kc, &kubeconfig::context_name(name))?;
         fsutil::remove_tree(&p.dir)?;
@@ -87,11 +88,7 @@ pub fn delete(home: &Home, names: &[String], purge: bool, wait: bool, steps: &dy
         deleted.push(name.clone());
     }
     // Trees a killed delete left behind (renamed first, so never half a profile).
-    for e in fsutil::list_dir(&home.profiles())? {
-        if e.file_name().to_string_lossy().starts_with(".trash-") {
-            fsutil::remove_tree(&e.path())?;
-        }
-    }
+    fsutil::sweep_trash(&home.profiles());
     if purge {
         let _store = home.store_lock(true, || steps.warn("waiting for other kubestrap commands using the cache…"))?;
         for dir in [home.root().join("blobs"), home.components()] {
@@ -144,7 +141,7 @@ pub fn status(home: &Home, name: &str) -> Result<Status> {
         exit_code: 0,
     };
     let pki = Pki::new(p.pki());
-    match drv.state(&p)? {
+    match drv.status(&p)? {
         HostState::Running { pid, port } => {
             st.host = "Running".into();
             st.localkube = "Running".into();
@@ -168,7 +165,7 @@ pub fn status(home: &Home, name: &str) -> Result<Status> {
             st.host = "Running".into();
             st.localkube = "Crashed".into();
             st.crash = Some(how);
-            st.log_tail = driver::native::tail(&drv.log_file(&p), 20);
+            st.log_tail = driver::native::tail(&drv.logs(&p), 20);
         }
     }
     st.exit_code = (u8::from(st.host != "Running"))

@@ -83,8 +83,9 @@ pub fn start(home: &Home, o: &StartOptions, steps: &dyn Steps) -> Result<Started
 
     // Already running (or launched by a start that was interrupted)? Then
     // wait until it is ready and make sure kubeconfig points at it.
-    let state = drv.state(&p)?;
+    let state = drv.status(&p)?;
     if let (HostState::Running { pid, port }, Some(cfg)) = (&state, &existing) {
+        drv.resume(&p)?;
         let pki = Pki::new(p.pki());
         wait_ready(drv.as_ref(), &p, &pki, *port, &m.component.localkube.run, o.wait_timeout, steps)?;
         let started = finish(&p, &pki, *port, o.keep_context, steps)?;
@@ -125,7 +126,10 @@ pub fn start(home: &Home, o: &StartOptions, steps: &dyn Steps) -> Result<Started
     let component = component.context("the manifest has no localkube for this machine")?;
     steps.step("components unpacked", "", t.elapsed());
 
-    // 3. Profile config: port, driver, manifest pointer.
+    // 3. Profile config: port, driver, manifest pointer. Ports are chosen
+    // under a home-wide lock and recorded before it is released, so two
+    // profiles starting at once never pick the same one.
+    let ports_lock = home.lock("ports", true, || {})?;
     let port = choose_port(home, &p, o.port, existing.as_ref())?;
     let created = existing.is_none();
     let cfg = Config {
@@ -139,9 +143,11 @@ pub fn start(home: &Home, o: &StartOptions, steps: &dyn Steps) -> Result<Started
     if existing.as_ref() != Some(&cfg) {
         p.save(&cfg)?;
     }
+    drop(ports_lock);
 
     // 4. PKI, made once, placed where localkube expects it.
     let t = Instant::now();
+    drv.create(&p)?;
     let pki = Pki::new(p.pki());
     let made =
         pki.ensure(&pki::Options { profile: p.name.clone(), validity: o.cert_validity, extra_sans: drv.extra_sans() })?;
@@ -197,34 +203,44 @@ fn wait_ready(
     let probe = Probe::new(pki, port, Duration::from_secs(2))?;
     let deadline = Instant::now() + timeout;
     if let Err(e) = probe.wait_ready(&run.ready, deadline, || drv.running(p).unwrap_or(false)) {
-        let log = drv.log_file(p);
-        let (code, what) = match &e {
+        let log = drv.logs(p);
+        let tail = crate::driver::native::tail(&log, 20);
+        let (code, what, advice) = match &e {
             WaitError::Exited => {
-                let how = match drv.state(p)? {
+                let how = match drv.status(p)? {
                     HostState::Crashed { how } => how,
                     _ => "exited".into(),
                 };
-                (Code::LocalkubeExited, format!("localkube {how} before the apiserver became ready"))
+                let advice = if tail.iter().any(|l| l.to_lowercase().contains("address already in use")) {
+                    format!(
+                        "Its port {port} was taken by another program after kubestrap chose it: start again, or pick one with --port"
+                    )
+                } else {
+                    format!("The log above says why; see also `kubestrap logs -p {}`", p.name)
+                };
+                (Code::LocalkubeExited, format!("localkube {how} before the apiserver became ready"), advice)
             }
             WaitError::Timeout { last } => {
-                drv.stop(p, run.stop_signal.number(), Duration::from_secs(run.stop_timeout_s))?;
+                let stopped = match drv.stop(p, run.stop_signal.number(), Duration::from_secs(run.stop_timeout_s)) {
+                    Ok(_) => "localkube was stopped".to_string(),
+                    Err(stop) => format!("stopping localkube failed too: {stop:#}"),
+                };
                 (
                     Code::NotReady,
                     format!(
-                        "the apiserver was not ready after {}s (last answer: {last}); localkube was stopped",
+                        "the apiserver was not ready after {}s (last answer: {last}); {stopped}",
                         timeout.as_secs()
                     ),
+                    format!("Retry with a longer --wait-timeout, or see `kubestrap logs -p {}`", p.name),
                 )
             }
         };
-        let tail = crate::driver::native::tail(&log, 20);
         return Err(coded(
             code,
             format!(
-                "{what}.\nLast lines of {}:\n{}\nRetry with a longer --wait-timeout, or see `kubestrap logs -p {}`",
+                "{what}.\nLast lines of {}:\n{}\n{advice}",
                 log.display(),
                 tail.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n"),
-                p.name
             ),
         ));
     }
