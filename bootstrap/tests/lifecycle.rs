@@ -148,6 +148,8 @@ fn start_use_stop_resume_delete_with_real_kubectl() {
     assert_eq!(out, "b");
 
     // stop: state kept, status says stopped.
+    let saved = c.env.path().join("kubeconfig-before-stop");
+    fs::copy(&c.env.kubeconfig, &saved).unwrap();
     let pid = c.localkube_pid("kubestrap");
     c.env.ok(&["stop"]);
     assert!(!alive(pid), "localkube still running after stop");
@@ -161,6 +163,12 @@ fn start_use_stop_resume_delete_with_real_kubectl() {
     assert!(out.contains("up again"), "{out}");
     assert_eq!(c.kubectl_ok(KUBECTL_NEW, &["get", "configmap", "demo", "-o", "jsonpath={.data.a}"]), "b");
     assert_eq!(c.kubectl_ok(KUBECTL_NEW, &["get", "configmap", "old", "-o", "jsonpath={.data.x}"]), "y");
+    // A kubeconfig copied before the stop still works: same CA, same admin cert.
+    let out = Command::new(KUBECTL_NEW)
+        .args(["--kubeconfig", saved.to_str().unwrap(), "get", "configmap", "demo", "-o", "name"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // start while running is a no-op that keeps it running.
     let pid = c.localkube_pid("kubestrap");
@@ -340,14 +348,20 @@ fn concurrent_starts_wait_for_each_other_and_no_wait_fails_fast() {
     let c = Cluster::with(|s| s.args.push("--ready-delay-ms=1500".into()));
     let port = free_port().to_string();
     let args = ["start", "--manifest", c.m(), "--port", port.as_str()];
-    let first = c.env.cmd(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let lock = c.env.home.join("locks/profile-kubestrap.lock");
-    assert!(wait_until(Duration::from_secs(10), || lock.exists()));
-    std::thread::sleep(Duration::from_millis(300));
+    let mut first = c.env.cmd(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // Its first step line means it holds the profile lock (taken before the
+    // manifest is read) and, with the slow apiserver, keeps it a while.
+    let mut first_out = std::io::BufReader::new(first.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut first_out, &mut line).unwrap();
+    assert!(line.contains("manifest verified"), "{line}");
     let err = c.env.fail(&["start", "--no-wait"], 40);
     assert!(err.contains("locked by another kubestrap"), "{err}");
     let second = c.env.cmd(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let (a, b) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut first_out, &mut rest).unwrap();
+    let (mut a, b) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
+    a.stdout = format!("{line}{rest}").into_bytes();
     assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
     assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
     let both = format!("{}{}", String::from_utf8_lossy(&a.stdout), String::from_utf8_lossy(&b.stdout));
@@ -558,4 +572,43 @@ fn every_kubectl_from_1_27_to_1_33_works_against_the_cluster() {
     }
     assert!(tried.contains(&27) && tried.contains(&33), "kubectl 1.27 and 1.33 must be on the machine: {tried:?}");
     println!("kubectl minors tried: {tried:?}");
+}
+
+#[test]
+fn purge_only_with_every_profile_and_profile_list_survives_a_damaged_one() {
+    let c = Cluster::new();
+    c.start("one");
+    c.start("two");
+    let blobs = c.env.home.join("blobs/sha256");
+    assert!(fs::read_dir(&blobs).unwrap().count() > 0);
+    // --purge while another cluster still uses the cache: refused, nothing removed.
+    let err = c.env.fail(&["delete", "-p", "one", "--purge"], 2);
+    assert!(err.contains("two") && err.contains("--all --purge"), "{err}");
+    assert!(c.env.home.join("profiles/one").is_dir());
+    // A damaged profile is listed as such; the others still are.
+    fs::write(c.env.home.join("profiles/two/config.toml"), "not toml [").unwrap();
+    let list = c.env.ok(&["profile", "list"]);
+    assert!(list.contains("two") && list.contains("damaged"), "{list}");
+    assert!(list.lines().any(|l| l.starts_with("one") && l.contains("Running")), "{list}");
+    // With every profile: everything goes, the cache too.
+    c.env.ok(&["delete", "--all", "--purge"]);
+    assert!(!blobs.exists() || fs::read_dir(&blobs).unwrap().count() == 0);
+    assert!(c.env.ok(&["profile", "list"]).contains("no profiles"));
+    // A profile that does not exist: purge still works, and says nothing about deleting it.
+    let out = c.env.ok(&["delete", "-p", "nosuch", "--purge"]);
+    assert!(!out.contains("deleted profile"), "{out}");
+    c.env.fail(&["delete", "-p", "nosuch"], 42);
+}
+
+#[test]
+fn status_warns_before_the_certificates_expire() {
+    let c = Cluster::new();
+    let port = free_port().to_string();
+    c.env.ok(&["start", "--manifest", c.m(), "--port", &port, "--cert-days", "10"]);
+    let (code, st) = c.status("kubestrap");
+    assert_eq!(code, 0, "a warning is not a failure: {st}");
+    let warnings = st["warnings"].to_string();
+    assert!(warnings.contains("apiserver.crt") && warnings.contains("renews it"), "{st}");
+    let text = String::from_utf8_lossy(&c.env.run(&["status"]).stderr).into_owned();
+    assert!(text.contains("apiserver.crt expires"), "a warning on stderr: {text}");
 }
