@@ -174,6 +174,12 @@ fn start_use_stop_resume_delete_with_real_kubectl() {
     let pid = c.localkube_pid("kubestrap");
     assert!(c.env.ok(&["start"]).contains("already running"));
     assert_eq!(c.localkube_pid("kubestrap"), pid);
+    // …and says so when asked for another port.
+    let other = free_port().to_string();
+    let out = c.env.run(&["start", "--port", &other]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("--port {other} is ignored")));
+    assert_eq!(c.localkube_pid("kubestrap"), pid);
 
     // delete: profile gone, our kubeconfig entries gone, prod intact.
     c.env.ok(&["delete"]);

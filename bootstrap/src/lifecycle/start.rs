@@ -86,8 +86,14 @@ pub fn start(home: &Home, o: &StartOptions, steps: &dyn Steps) -> Result<Started
     let state = drv.status(&p)?;
     if let (HostState::Running { pid, port }, Some(cfg)) = (&state, &existing) {
         drv.resume(&p)?;
+        if let Some(asked) = o.port.filter(|asked| asked != port) {
+            steps.warn(&format!(
+                "profile {:?} is already running on port {port}; --port {asked} is ignored (stop it first to move it)",
+                p.name
+            ));
+        }
         let pki = Pki::new(p.pki());
-        wait_ready(drv.as_ref(), &p, &pki, *port, &m.component.localkube.run, o.wait_timeout, steps)?;
+        wait_ready(drv.as_ref(), &p, &pki, *port, &m.component.localkube.run, o.wait_timeout, false, steps)?;
         let started = finish(&p, &pki, *port, o.keep_context, steps)?;
         return Ok(Started {
             pid: *pid,
@@ -149,8 +155,15 @@ pub fn start(home: &Home, o: &StartOptions, steps: &dyn Steps) -> Result<Started
     let t = Instant::now();
     drv.create(&p)?;
     let pki = Pki::new(p.pki());
-    let made =
-        pki.ensure(&pki::Options { profile: p.name.clone(), validity: o.cert_validity, extra_sans: drv.extra_sans() })?;
+    let made = pki
+        .ensure(&pki::Options { profile: p.name.clone(), validity: o.cert_validity, extra_sans: drv.extra_sans() })
+        .with_context(|| {
+            format!(
+                "the cluster certificates in {} cannot be used; restore them from a backup, or `kubestrap delete -p {}` and start again (its data goes with it)",
+                p.pki().display(),
+                p.name
+            )
+        })?;
     let launch = Launch { profile: p.clone(), run: m.component.localkube.run.clone(), component, port };
     let vars = launch.vars();
     for (dest, file) in &launch.run.pki_files {
@@ -162,7 +175,7 @@ pub fn start(home: &Home, o: &StartOptions, steps: &dyn Steps) -> Result<Started
     let t = Instant::now();
     let pid = drv.start(&launch)?;
     steps.step("localkube started", &format!("pid {pid}, {} driver", drv.name()), t.elapsed());
-    wait_ready(drv.as_ref(), &p, &pki, port, &m.component.localkube.run, o.wait_timeout, steps)?;
+    wait_ready(drv.as_ref(), &p, &pki, port, &m.component.localkube.run, o.wait_timeout, true, steps)?;
     let version = finish(&p, &pki, port, o.keep_context, steps)?;
     Ok(Started {
         pid,
@@ -188,8 +201,10 @@ fn result(p: &Profile, _cfg: &Config, port: u16) -> Result<Started> {
     })
 }
 
-/// Polls the apiserver until ready. Not ready in time: localkube is stopped;
+/// Polls the apiserver until ready. Not ready in time: localkube is stopped
+/// if this start launched it (one that was running already is left alone);
 /// exited: how it ended. Either way with the last log lines.
+#[allow(clippy::too_many_arguments)]
 fn wait_ready(
     drv: &dyn crate::driver::Driver,
     p: &Profile,
@@ -197,6 +212,7 @@ fn wait_ready(
     port: u16,
     run: &kubestrap_manifest::Run,
     timeout: Duration,
+    launched: bool,
     steps: &dyn Steps,
 ) -> Result<()> {
     let t = Instant::now();
@@ -221,9 +237,13 @@ fn wait_ready(
                 (Code::LocalkubeExited, format!("localkube {how} before the apiserver became ready"), advice)
             }
             WaitError::Timeout { last } => {
-                let stopped = match drv.stop(p, run.stop_signal.number(), Duration::from_secs(run.stop_timeout_s)) {
-                    Ok(_) => "localkube was stopped".to_string(),
-                    Err(stop) => format!("stopping localkube failed too: {stop:#}"),
+                let stopped = if !launched {
+                    "it was running before this start, so it was left running".to_string()
+                } else {
+                    match drv.stop(p, run.stop_signal.number(), Duration::from_secs(run.stop_timeout_s)) {
+                        Ok(_) => "localkube was stopped".to_string(),
+                        Err(stop) => format!("stopping localkube failed too: {stop:#}"),
+                    }
                 };
                 (
                     Code::NotReady,
