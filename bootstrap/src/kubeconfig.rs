@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use base64::Engine;
 use serde_norway::{Mapping, Value};
 
+use crate::driver::process::ProcId;
 use crate::exit::{Code, coded};
 use crate::fsutil;
 use crate::home;
@@ -113,9 +114,77 @@ fn with_locked<T>(path: &Path, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> 
         PathBuf::from(s)
     };
     let _guard = home::lock_file(&lock_path, true, || {})?;
+    let _kubectl = KubectlLock::take(&real)?;
     // A write killed half-way leaves a temp file holding admin keys: gone now.
     fsutil::remove_stale_temps(&real);
     f(&real)
+}
+
+/// kubectl's own lock on a kubeconfig (client-go): `<file>.lock`, created
+/// exclusively for the length of a write and removed after. Taking it too
+/// means a `kubectl config ...` running at the same moment never loses its
+/// change or ours. Ours records who holds it, so one left by a killed
+/// kubestrap is recognised and removed; kubectl's is waited for.
+struct KubectlLock(PathBuf);
+
+impl KubectlLock {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+    fn take(kubeconfig: &Path) -> Result<KubectlLock> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut s = kubeconfig.as_os_str().to_owned();
+        s.push(".lock");
+        let path = PathBuf::from(s);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)
+                .map_err(|e| coded(Code::Kubeconfig, format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let me = ProcId::of(std::process::id() as i32).context("cannot identify this process")?;
+        let deadline = std::time::Instant::now() + Self::WAIT;
+        loop {
+            match fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+                Ok(mut f) => {
+                    let _ = writeln!(f, "kubestrap {} {}", me.pid, me.start_time);
+                    return Ok(KubectlLock(path));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if Self::left_by_dead_kubestrap(&path) {
+                        let _ = fs::remove_file(&path);
+                        continue;
+                    }
+                }
+                Err(e) => return Err(coded(Code::Kubeconfig, format!("cannot create {}: {e}", path.display()))),
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(coded(
+                    Code::Kubeconfig,
+                    format!(
+                        "{} has existed for {}s: another program (kubectl?) is changing the kubeconfig, or one was killed while doing so. If none is running, remove {} and retry",
+                        path.display(),
+                        Self::WAIT.as_secs(),
+                        path.display()
+                    ),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    fn left_by_dead_kubestrap(path: &Path) -> bool {
+        let Ok(text) = fs::read_to_string(path) else { return false };
+        let mut w = text.split_whitespace();
+        match (w.next(), w.next().and_then(|p| p.parse().ok()), w.next().and_then(|t| t.parse().ok())) {
+            (Some("kubestrap"), Some(pid), Some(start_time)) => !ProcId { pid, start_time }.alive(),
+            _ => false,
+        }
+    }
+}
+
+impl Drop for KubectlLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
 }
 
 fn upsert(doc: &mut Mapping, list: &str, item_key: &str, name: &str, mut body: Mapping) {
@@ -370,5 +439,29 @@ mod tests {
         merge(&p, &entry("kubestrap", 8443), true).unwrap();
         assert!(!stale.exists());
         assert!(unrelated.exists());
+    }
+
+    #[test]
+    fn waits_for_kubectls_lock_and_clears_a_dead_kubestraps() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config");
+        let lock = dir.path().join("config.lock");
+        // Held by kubectl (empty file, as client-go makes it): we wait for it.
+        fs::write(&lock, "").unwrap();
+        let l2 = lock.clone();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            fs::remove_file(l2).unwrap();
+        });
+        let t = std::time::Instant::now();
+        merge(&p, &entry("kubestrap", 8443), true).unwrap();
+        assert!(t.elapsed() >= std::time::Duration::from_millis(250), "did not wait for kubectl's lock");
+        releaser.join().unwrap();
+        assert!(!lock.exists(), "our lock is released");
+        // Left by a kubestrap that died: removed, and the write goes ahead.
+        fs::write(&lock, "kubestrap 999999 1\n").unwrap();
+        merge(&p, &entry("kubestrap", 8444), true).unwrap();
+        assert!(!lock.exists());
+        assert_eq!(state(&p, "kubestrap", "https://127.0.0.1:8444").unwrap(), State::Configured { current: true });
     }
 }
