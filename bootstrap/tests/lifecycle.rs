@@ -322,8 +322,11 @@ fn damaged_pid_file_never_leads_to_a_second_localkube() {
     let (code, st) = c.status("kubestrap");
     assert_eq!(code & 2, 2, "processes without a pid file are reported: {st}");
     fs::remove_file(c.env.home.join("profiles/kubestrap/config.toml")).unwrap();
+    // stop finds and stops it without config or pid file.
+    c.env.ok(&["stop"]);
+    assert!(!alive(pid), "stop left localkube running");
     c.env.ok(&["delete"]);
-    assert!(!alive(pid), "delete left localkube running");
+    assert!(!c.env.home.join("profiles/kubestrap").exists());
 }
 
 #[test]

@@ -15,7 +15,7 @@ use crate::fsutil;
 use crate::home::{Home, LockGuard};
 use crate::kubeconfig;
 use crate::pki::Pki;
-use crate::profile::{self, Profile};
+use crate::profile::Profile;
 
 mod start;
 pub use start::{StartOptions, start};
@@ -44,20 +44,30 @@ pub fn read_manifest(path: &Path) -> Result<Manifest> {
 pub fn stop(home: &Home, name: &str, wait: bool, steps: &dyn Steps) -> Result<StopOutcome> {
     let p = Profile::new(home, name)?;
     let _lock = lock_profile(home, &p, wait, steps)?;
-    let cfg = p.load()?;
-    stop_locked(&p, &cfg)
+    if !p.dir.exists() {
+        p.load()?; // the "no such profile" error
+    }
+    Ok(stop_locked(&p)?.0)
 }
 
-fn stop_locked(p: &Profile, cfg: &profile::Config) -> Result<StopOutcome> {
-    let drv = driver::for_kind(cfg.driver)?;
-    let (signal, timeout) = match read_manifest(&cfg.manifest) {
-        Ok(m) => (
-            m.component.localkube.run.stop_signal.number(),
-            Duration::from_secs(m.component.localkube.run.stop_timeout_s),
-        ),
-        Err(_) => (libc::SIGTERM, Duration::from_secs(30)),
+/// Stops a profile's localkube with its manifest's signal and timeout. A
+/// damaged or missing config must not leave localkube running: the native
+/// driver finds it by its pid file and its processes' marker.
+fn stop_locked(p: &Profile) -> Result<(StopOutcome, Box<dyn driver::Driver>)> {
+    let (drv, signal, timeout) = match p.load() {
+        Ok(cfg) => {
+            let (signal, timeout) = match read_manifest(&cfg.manifest) {
+                Ok(m) => (
+                    m.component.localkube.run.stop_signal.number(),
+                    Duration::from_secs(m.component.localkube.run.stop_timeout_s),
+                ),
+                Err(_) => (libc::SIGTERM, Duration::from_secs(30)),
+            };
+            (driver::for_kind(cfg.driver)?, signal, timeout)
+        }
+        Err(_) => (driver::for_kind(kubestrap_manifest::Driver::Native)?, libc::SIGTERM, Duration::from_secs(30)),
     };
-    drv.stop(p, signal, timeout)
+    Ok((drv.stop(p, signal, timeout)?, drv))
 }
 
 /// Deletes profiles (stopping them first) and only our kubeconfig entries;
@@ -67,19 +77,7 @@ pub fn delete(home: &Home, names: &[String], purge: bool, wait: bool, steps: &dy
     for name in names {
         let p = Profile::new(home, name)?;
         let _lock = lock_profile(home, &p, wait, steps)?;
-        let drv = match p.load() {
-            Ok(cfg) => {
-                stop_locked(&p, &cfg)?;
-                driver::for_kind(cfg.driver)?
-            }
-            // A damaged config must not leave localkube running: the pid file
-            // and the processes' marker suffice.
-            Err(_) => {
-                let drv = driver::for_kind(kubestrap_manifest::Driver::Native)?;
-                drv.stop(&p, libc::SIGTERM, Duration::from_secs(30))?;
-                drv
-            }
-        };
+        let (_, drv) = stop_locked(&p)?;
         drv.delete(&p)?;
         let kc = kubeconfig::path()?;
         kubeconfig::remove(&kc, &kubeconfig::context_name(name))?;
