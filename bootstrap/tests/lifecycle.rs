@@ -621,3 +621,56 @@ fn status_warns_before_the_certificates_expire() {
     let text = String::from_utf8_lossy(&c.env.run(&["status"]).stderr).into_owned();
     assert!(text.contains("apiserver.crt expires"), "a warning on stderr: {text}");
 }
+
+#[test]
+fn monitor_caps_the_log_and_logs_follow_carries_on() {
+    // A localkube that writes 17 MiB of output first (the cap is 16 MiB).
+    let c = Cluster::with(|s| {
+        let dir = s.localkube.1.path.parent().unwrap().to_path_buf();
+        let script = b"#!/bin/sh\nyes 'chatty localkube line' | head -c 17000000\nexec \"$(dirname \"$0\")/localkube-standin\" \"$@\"\n";
+        let standin = fs::read(common::standin_binary()).unwrap();
+        let a = common::tar_zst_artifact(
+            &dir,
+            "chatty.tar.zst",
+            &[
+                ("run.sh", script, 0o755),
+                ("localkube-standin", &standin, 0o755),
+                ("version.txt", b"v1.33.1+standin\n", 0o644),
+            ],
+        );
+        s.localkube = (vec![a.path_url()], a, "tar.zst".into(), "run.sh".into());
+        s.program = "run.sh".into();
+    });
+    c.start("kubestrap");
+    let mut follow = c.env.cmd(&["logs", "-f", "-n", "3"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdout = follow.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+        s
+    });
+    let logs = c.env.home.join("profiles/kubestrap/logs");
+    let (log, rotated) = (logs.join("localkube.log"), logs.join("localkube.log.1"));
+    // The monitor checks every 5 s.
+    assert!(
+        wait_until(Duration::from_secs(15), || rotated.is_file()
+            && fs::metadata(&log).is_ok_and(|m| m.len() < 16 << 20)),
+        "the log was not cut back"
+    );
+    let old = fs::read(&rotated).unwrap();
+    assert_eq!(old.len(), 8 << 20, "the newest half is kept");
+    assert!(String::from_utf8_lossy(&old[old.len() - 4096..]).contains("chatty localkube line"));
+    // Lines after the cut still reach `logs -f` and the new log.
+    c.kubectl(KUBECTL_NEW, &["get", "configmap", "after-the-cut"]);
+    assert!(wait_until(Duration::from_secs(5), || fs::read_to_string(&log).unwrap().contains("after-the-cut")));
+    std::thread::sleep(Duration::from_millis(600));
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    let shown = reader.join().unwrap();
+    assert!(
+        shown.contains("after-the-cut"),
+        "logs -f stopped at the cut: {}",
+        &shown[shown.len().saturating_sub(500)..]
+    );
+    assert!(shown.len() < 1 << 20, "logs -f replayed the rotated part: {} bytes", shown.len());
+}

@@ -234,21 +234,70 @@ pub fn logs(name: String, follow: bool, lines: usize, home: &Home) -> Result<Cod
         return Ok(Code::Ok);
     }
     let mut pos = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    // The last bytes shown, to find our place in `localkube.log.1` when the
+    // monitor cuts the log back between two polls.
+    let mut shown = read_range(&log, pos.saturating_sub(FOLLOW_WINDOW), pos).unwrap_or_default();
     loop {
         std::thread::sleep(Duration::from_millis(200));
         let len = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        let mut buf = Vec::new();
         if len < pos {
-            pos = 0; // the log was cut back (size cap)
+            // Cut back (size cap): what came after our place moved to `.1`.
+            let mut rotated = log.as_os_str().to_owned();
+            rotated.push(".1");
+            let old = std::fs::read(&rotated).unwrap_or_default();
+            buf.extend_from_slice(missed_before_cut(&shown, &old));
+            pos = 0;
         }
         if len > pos {
-            let mut f = std::fs::File::open(&log)?;
-            f.seek(SeekFrom::Start(pos))?;
-            let mut buf = Vec::new();
-            f.take(len - pos).read_to_end(&mut buf)?;
-            if out.write_all(&buf).and_then(|_| out.flush()).is_err() {
-                return Ok(Code::Ok);
-            }
+            buf.extend(read_range(&log, pos, len)?);
             pos = len;
         }
+        if buf.is_empty() {
+            continue;
+        }
+        if out.write_all(&buf).and_then(|_| out.flush()).is_err() {
+            return Ok(Code::Ok);
+        }
+        shown.extend_from_slice(&buf);
+        let excess = shown.len().saturating_sub(FOLLOW_WINDOW as usize);
+        shown.drain(..excess);
+    }
+}
+
+const FOLLOW_WINDOW: u64 = 4096;
+
+fn read_range(path: &std::path::Path, from: u64, to: u64) -> Result<Vec<u8>> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    f.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::new();
+    f.take(to.saturating_sub(from)).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// What of the rotated part `rotated` comes after the bytes already shown
+/// (`shown`, the newest of them last); all of it if they are not found.
+fn missed_before_cut<'a>(shown: &[u8], rotated: &'a [u8]) -> &'a [u8] {
+    if shown.is_empty() {
+        return rotated;
+    }
+    match memchr::memmem::rfind(rotated, shown) {
+        Some(at) => &rotated[at + shown.len()..],
+        None => rotated,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missed_before_cut;
+
+    #[test]
+    fn follow_finds_its_place_in_the_rotated_log() {
+        let rotated = b"line 1\nline 2\nline 3\nline 4\n";
+        assert_eq!(missed_before_cut(b"line 1\nline 2\n", rotated), b"line 3\nline 4\n");
+        assert_eq!(missed_before_cut(b"line 4\n", rotated), b"");
+        // Fell behind further than the rotated part reaches: all of it.
+        assert_eq!(missed_before_cut(b"line 0\n", rotated), rotated);
+        assert_eq!(missed_before_cut(b"", rotated), rotated);
     }
 }
