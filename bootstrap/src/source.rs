@@ -41,16 +41,6 @@ pub fn load(home: &Home, spec: Option<&str>, opts: &fetch::Options, allow_expire
     let (bytes, sig) = read_pair(spec, opts)?;
     import_channel_keys(home, spec, opts, allow_expired, ui)?;
     let loaded = accept(home, spec, &bytes, &sig, allow_expired)?;
-    if spec == DEFAULT_CHANNEL_URL && loaded.manifest.channel != DEFAULT_CHANNEL {
-        // A validly signed manifest of another channel (an old beta, say) served in its place.
-        return Err(coded(
-            Code::Signature,
-            format!(
-                "{spec} served a manifest of channel {:?}, not {DEFAULT_CHANNEL:?}; refusing it (a mirror or proxy may be tampering)",
-                loaded.manifest.channel
-            ),
-        ));
-    }
     for w in &loaded.trusted.warnings {
         ui.warn(w);
     }
@@ -77,8 +67,19 @@ pub fn accept(home: &Home, label: &str, bytes: &[u8], sig: &str, allow_expired: 
     // Signature first, over the exact bytes; nothing is parsed before it holds.
     let mut trusted = trust::verify_manifest(home, label, bytes, sig, allow_expired, None, true)?;
     let manifest = Manifest::parse(bytes, Path::new(label))?;
+    if label == DEFAULT_CHANNEL_URL && manifest.channel != DEFAULT_CHANNEL {
+        // A validly signed manifest of another channel (an old beta, say)
+        // served in its place: refused before anything is recorded.
+        return Err(coded(
+            Code::Signature,
+            format!(
+                "{label} served a manifest of channel {:?}, not {DEFAULT_CHANNEL:?}; refusing it (a mirror or proxy may be tampering)",
+                manifest.channel
+            ),
+        ));
+    }
     trusted.warnings.extend(trust::check_fresh(&manifest, label, allow_expired, false)?);
-    trust::check_not_rolled_back(home, &manifest, bytes)?;
+    trust::check_not_rolled_back(home, &manifest, &trusted, bytes)?;
     let path = home.manifests().join(format!("{}.toml", manifest.id()));
     if fs::read(&path).ok().as_deref() != Some(bytes) {
         fsutil::write_atomic(&signature_path(&path), sig.as_bytes(), 0o644)?;

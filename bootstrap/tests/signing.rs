@@ -142,7 +142,12 @@ struct PrivateKeys {
 
 impl PrivateKeys {
     fn new(env: &Env) -> Self {
-        let kdir = env.scratch("private-keys");
+        Self::named(env, "private-keys")
+    }
+
+    /// Another private channel's keys, in `dir`.
+    fn named(env: &Env, dir: &str) -> Self {
+        let kdir = env.scratch(dir);
         let (root_key, root_pub, root_id) = keygen(env, &kdir, "root");
         let (rel_key, rel_pub, rel_id) = keygen(env, &kdir, "release");
         assert_eq!(pin(env, &root_pub), root_id);
@@ -247,6 +252,16 @@ fn keygen_encrypted_with_password_from_env() {
     let out = env.run(&["manifest", "keygen", "--out", s(&dir), "--name", "rel"]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&["manifest", "keygen"], &out, "expected 2"));
     assert!(stderr_of(&out).contains("KUBESTRAP_KEY_PASSWORD"), "{}", stderr_of(&out));
+
+    // An empty password would leave the key unprotected: refused, nothing written.
+    let out = env
+        .cmd(&["manifest", "keygen", "--out", s(&dir), "--name", "rel"])
+        .env("KUBESTRAP_KEY_PASSWORD", "")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&["manifest", "keygen"], &out, "empty password"));
+    assert!(stderr_of(&out).contains("--unencrypted"), "{}", stderr_of(&out));
+    assert!(!dir.join("rel.key").exists());
 
     let out = env
         .cmd(&["-o", "json", "manifest", "keygen", "--out", s(&dir), "--name", "rel"])
@@ -520,7 +535,7 @@ fn key_list_rooted_in_a_pinned_key_rotates_and_revokes_release_keys() {
     let out = env.run(&["fetch", "--manifest", s(&m1)]);
     assert!(out.status.success(), "{}", describe(&["fetch"], &out, "expected success"));
     assert!(!stderr_of(&out).contains("ignoring"), "{}", stderr_of(&out));
-    assert!(env.home.join("keys/keys-1.toml").is_file(), "key list not kept in the home");
+    assert!(env.home.join(format!("keys/{root_id}/keys-1.toml")).is_file(), "key list not kept in the home");
     let v = &json_lines(&env.ok(&["-o", "json", "manifest", "verify", s(&m1)]))[0];
     assert_eq!(v["key_id"], rel_id.as_str(), "{v}");
     let trust = v["trust"].as_str().unwrap();
@@ -560,7 +575,7 @@ fn key_list_rooted_in_a_pinned_key_rotates_and_revokes_release_keys() {
     let m2 = write_signed_with(&env, &small_spec(&env, 2), &chan2.join("manifest.toml"), &rel_key);
     let err = env.fail(&["fetch", "--manifest", s(&m2)], 10);
     assert!(err.contains(&rel_id) && err.contains("revoke"), "{err}");
-    assert!(env.home.join("keys/keys-2.toml").is_file());
+    assert!(env.home.join(format!("keys/{root_id}/keys-2.toml")).is_file());
     // The newly listed key signs.
     let m2 = write_signed_with(&env, &small_spec(&env, 2), &chan2.join("manifest.toml"), &rel2_key);
     env.ok(&["fetch", "--manifest", s(&m2)]);
@@ -576,10 +591,10 @@ fn key_list_rooted_in_a_pinned_key_rotates_and_revokes_release_keys() {
     let out = env.run(&["fetch", "--manifest", s(&m3)]);
     assert_eq!(out.status.code(), Some(10), "{}", describe(&["fetch"], &out, "expected 10"));
     assert!(stderr_of(&out).contains("revoke"), "{}", stderr_of(&out));
-    assert!(!env.home.join("keys/keys-1.toml").exists() || env.home.join("keys/keys-2.toml").is_file());
+    assert!(env.home.join(format!("keys/{root_id}/keys-2.toml")).is_file(), "the newer list is still the one kept");
     // Deleting the newer list from the home does not roll the keys back.
-    fs::remove_file(env.home.join("keys/keys-2.toml")).unwrap();
-    fs::remove_file(env.home.join("keys/keys-2.toml.minisig")).unwrap();
+    fs::remove_file(env.home.join(format!("keys/{root_id}/keys-2.toml"))).unwrap();
+    fs::remove_file(env.home.join(format!("keys/{root_id}/keys-2.toml.minisig"))).unwrap();
     let m4 = write_signed_with(&env, &small_spec(&env, 4), &env.path().join("m4/manifest.toml"), &rel_key);
     let out = env.run(&["fetch", "--manifest", s(&m4)]);
     assert!(
@@ -593,6 +608,82 @@ fn key_list_rooted_in_a_pinned_key_rotates_and_revokes_release_keys() {
     env.ok(&["trust", "remove", &root_id]);
     let m5 = write_signed_with(&env, &small_spec(&env, 5), &env.path().join("m5/manifest.toml"), &rel2_key);
     env.fail(&["fetch", "--manifest", s(&m5)], 10);
+}
+
+#[test]
+fn sign_list_drops_signatures_over_an_earlier_text() {
+    let env = Env::new();
+    let kdir = env.scratch("roots");
+    let (r1_key, r1_pub, r1_id) = keygen(&env, &kdir, "r1");
+    let (r2_key, r2_pub, r2_id) = keygen(&env, &kdir, "r2");
+    let (_, rel_pub, rel_id) = keygen(&env, &kdir, "rel");
+    pin(&env, &r1_pub);
+    let two_roots = |version: u64| {
+        key_list(version, (&r1_id, &r1_pub), &[(&rel_id, &rel_pub)], &[]).replace("threshold = 1", "threshold = 2")
+            + &format!("\n[[root]]\nid = \"{r2_id}\"\nkey = \"{}\"\n", pub_line(&r2_pub))
+    };
+    let dir = env.scratch("list");
+    let list = publish_key_list(&env, &dir, &two_roots(1), &r1_key);
+    env.ok(&["keys", "sign-list", "--key", s(&r2_key), s(&list)]);
+    env.ok(&["keys", "verify-list", s(&list)]);
+    // The list is edited; only r1 signs the new text: r2's old block goes.
+    fs::write(&list, two_roots(2)).unwrap();
+    let out = env.run(&["keys", "sign-list", "--key", s(&r1_key), s(&list)]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains(&format!("dropped the signature by key {r2_id}")), "{}", stderr_of(&out));
+    let sigs = fs::read_to_string(dir.join("keys.toml.minisig")).unwrap();
+    assert_eq!(sigs.matches("untrusted comment").count(), 1, "{sigs}");
+    // Short of signatures, not "bad signature".
+    let err = env.fail(&["keys", "verify-list", s(&list)], 10);
+    assert!(!err.contains("bad signature"), "{err}");
+}
+
+#[test]
+fn private_channels_keep_their_own_key_list_chains() {
+    let env = Env::new();
+    let (a, b) = (PrivateKeys::named(&env, "keys-a"), PrivateKeys::named(&env, "keys-b"));
+    let publish = |k: &PrivateKeys, chan: &str, version: u64| {
+        let dir = env.scratch(chan);
+        publish_key_list(&env, &dir, &k.list(), &k.root_key);
+        write_signed_with(&env, &small_spec(&env, version), &dir.join("manifest.toml"), &k.rel_key)
+    };
+    // Each channel's key list starts its own chain, anchored in its pinned root.
+    let ma = publish(&a, "chan-a", 1);
+    env.ok(&["fetch", "--manifest", s(&ma)]);
+    let mb = publish(&b, "chan-b", 2);
+    let out = env.run(&["fetch", "--manifest", s(&mb)]);
+    assert!(out.status.success(), "{}", describe(&["fetch"], &out, "the second private channel"));
+    assert!(!stderr_of(&out).contains("ignoring"), "{}", stderr_of(&out));
+    for k in [&a, &b] {
+        assert!(env.home.join(format!("keys/{}/keys-1.toml", k.root_id)).is_file());
+    }
+    // Both stay usable, each through its own chain.
+    for (m, k) in [(&ma, &a), (&mb, &b)] {
+        let v = &json_lines(&env.ok(&["-o", "json", "manifest", "verify", s(m)]))[0];
+        assert!(v["trust"].as_str().unwrap().contains(&k.root_id), "{v}");
+    }
+    let listed = env.ok(&["trust", "list"]);
+    assert!(listed.contains(&format!("rooted in pinned key {}", a.root_id)), "{listed}");
+    // Another version 1 of a's chain with other contents: never replaces the kept one.
+    let other = env.scratch("chan-a2");
+    let text = key_list(1, (&a.root_id, &a.root_pub), &[(&a.rel_id, &a.rel_pub), (&b.rel_id, &b.rel_pub)], &[]);
+    publish_key_list(&env, &other, &text, &a.root_key);
+    let m = write_signed_with(&env, &small_spec(&env, 3), &other.join("manifest.toml"), &b.rel_key);
+    let out = env.run(&["fetch", "--manifest", s(&m)]);
+    assert!(stderr_of(&out).contains("ignoring the key list"), "{}", stderr_of(&out));
+    assert_eq!(fs::read_to_string(env.home.join(format!("keys/{}/keys-1.toml", a.root_id))).unwrap(), a.list());
+    // …and both channels still work afterwards. Their manifests' versions are
+    // recorded per trust root, so one private channel (or a pinned key
+    // claiming the official channel's name) never blocks another as a rollback.
+    // (the version 3 signed by b's release key went to b's record, not a's).
+    env.ok(&["fetch", "--manifest", s(&ma)]);
+    env.fail(&["fetch", "--manifest", s(&mb)], 12);
+    env.ok(&["manifest", "verify", s(&mb)]);
+    let seen = fs::read_to_string(env.home.join("state/seen-versions.toml")).unwrap();
+    for k in [&a, &b] {
+        assert!(seen.contains(&format!("test@{}", k.root_id)), "{seen}");
+        assert!(seen.contains(&format!("@keys/{}", k.root_id)), "{seen}");
+    }
 }
 
 #[test]
@@ -721,7 +812,7 @@ fn channel_over_http_with_key_list() {
     server.add("stable/keys.toml.minisig", sig(&list));
     env.ok(&["fetch", "--manifest", &url]);
     assert_eq!(env.blobs().len(), 2);
-    assert!(env.home.join("keys/keys-1.toml").is_file());
+    assert!(env.home.join(format!("keys/{}/keys-1.toml", keys.root_id)).is_file());
 
     // A tampered manifest from the server: refused before downloading.
     let env2 = Env::new();

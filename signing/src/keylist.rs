@@ -97,10 +97,18 @@ impl KeyList {
             )));
         }
         let mut seen: Vec<KeyId> = Vec::new();
-        for k in roots.iter().chain(&release) {
+        let all: Vec<&ListedKey> = roots.iter().chain(&release).collect();
+        for (i, k) in all.iter().enumerate() {
             let id = k.key.key_id();
             if seen.contains(&id) {
                 return Err(bad(format!("key {id} is listed twice (a key is either a root or a release key, once)")));
+            }
+            // The same key under another id would count twice toward a threshold.
+            if let Some(twin) = all[..i].iter().find(|o| o.key.same_key(&k.key)) {
+                return Err(bad(format!(
+                    "keys {} and {id} are the same key under two ids (a key is listed once)",
+                    twin.key.key_id()
+                )));
             }
             seen.push(id);
         }

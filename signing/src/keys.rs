@@ -136,9 +136,11 @@ impl PublicKey {
         format!("untrusted comment: minisign public key {}\n{}\n", self.key_id(), self.to_base64())
     }
 
-    /// Same key material (ignores the comment).
+    /// Same Ed25519 key material, whatever key id and comment it carries.
+    /// The id is not covered by any signature: anyone can relabel a
+    /// signature block, so keys are told apart by their material only.
     pub fn same_key(&self, other: &PublicKey) -> bool {
-        self.blob == other.blob
+        self.blob[10..] == other.blob[10..]
     }
 
     pub(crate) fn to_verifier(&self) -> minisign_verify::PublicKey {

@@ -36,7 +36,7 @@ pub use manifest::{TrustContext, TrustPath, VerifiedManifest, verify_manifest};
 pub use minisig::{SignatureBlock, Verified, parse_signatures, verify};
 pub use seen::{SeenEntry, SeenVersions, check_expiry, sha256_hex};
 pub use sign::{
-    default_trusted_comment, generate_keypair, merge_signatures, secret_key_id, sign, sign_file, signature_path,
-    write_signature_file,
+    default_trusted_comment, drop_stale_signatures, generate_keypair, merge_signatures, secret_key_id, sign, sign_file,
+    signature_path, write_signature_file,
 };
 pub use trust::{PinnedKey, pinned_keys, trust_add, trust_list, trust_remove};

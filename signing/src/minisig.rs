@@ -43,7 +43,7 @@ impl SignatureBlock {
 
     /// Checks this block against `key` over `data`; `false` when the key
     /// id matches but the signature does not (or is not prehashed).
-    fn verify_with(&self, key: &PublicKey, data: &[u8]) -> bool {
+    pub(crate) fn verify_with(&self, key: &PublicKey, data: &[u8]) -> bool {
         if !self.prehashed || key.key_id() != self.key_id {
             return false;
         }
@@ -126,6 +126,9 @@ pub(crate) struct Checked {
 
 pub(crate) fn check_all(blocks: &[SignatureBlock], data: &[u8], keys: &[PublicKey]) -> Checked {
     let mut c = Checked { valid: Vec::new(), bad: Vec::new(), legacy: Vec::new(), all: Vec::new() };
+    // Keys counted so far: one key counts once toward a threshold, even if
+    // listed under two ids (a block's key id can be relabelled by anyone).
+    let mut counted: Vec<&PublicKey> = Vec::new();
     for b in blocks {
         if !c.all.contains(&b.key_id) {
             c.all.push(b.key_id);
@@ -136,7 +139,8 @@ pub(crate) fn check_all(blocks: &[SignatureBlock], data: &[u8], keys: &[PublicKe
         if !b.prehashed {
             c.legacy.push(b.key_id);
         } else if b.verify_with(key, data) {
-            if !c.valid.iter().any(|(id, _)| *id == b.key_id) {
+            if !counted.iter().any(|k| k.same_key(key)) {
+                counted.push(key);
                 c.valid.push((b.key_id, b.trusted_comment.clone()));
             }
         } else if !c.bad.contains(&b.key_id) {

@@ -175,3 +175,22 @@ pub fn merge_signatures(existing: &str, added: &str) -> Result<String> {
     }
     Ok(out)
 }
+
+/// Drops the blocks of `sigs` made by one of `keys` that do not verify over
+/// `data`: signatures over an earlier text of the file, which would only
+/// fail later as "bad signature". Blocks by other keys are kept unchecked.
+/// Returns the text kept and the key ids dropped.
+pub fn drop_stale_signatures(sigs: &str, data: &[u8], keys: &[PublicKey]) -> Result<(String, Vec<KeyId>)> {
+    let mut kept = String::new();
+    let mut dropped = Vec::new();
+    if sigs.trim().is_empty() {
+        return Ok((kept, dropped));
+    }
+    for b in parse_signatures("existing signature", sigs)? {
+        match keys.iter().find(|k| k.key_id() == b.key_id()) {
+            Some(k) if !b.verify_with(k, data) => dropped.push(b.key_id()),
+            _ => kept.push_str(b.text()),
+        }
+    }
+    Ok((kept, dropped))
+}

@@ -183,3 +183,24 @@ fn key_list_validation() {
         assert!(msg.contains(needle) && msg.contains("keys.toml"), "{needle}: {msg}");
     }
 }
+
+#[test]
+fn one_key_under_two_ids_is_refused() {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    // Key ids are not covered by signatures: a list naming one key twice,
+    // under two ids, would let its holder count twice toward a threshold.
+    let d = tempfile::tempdir().unwrap();
+    let (a, rel) = (key(d.path(), "a"), key(d.path(), "rel"));
+    let mut blob = STANDARD.decode(a.pk.to_base64()).unwrap();
+    blob[2..10].copy_from_slice(&[0x11; 8]);
+    let twin_pk = kubestrap_signing::PublicKey::from_base64(&STANDARD.encode(&blob)).unwrap();
+    let twin = common::Key { sk: a.sk.clone(), id: twin_pk.key_id(), pk: twin_pk };
+    assert!(twin.pk.same_key(&a.pk) && twin.id != a.id);
+    let toml = list_toml(1, FAR, 2, &[&a, &twin], &[&rel], &[]);
+    let e = KeyList::parse("keys.toml", toml.as_bytes()).unwrap_err();
+    assert!(e.to_string().contains("same key under two ids"), "{e}");
+    // Nor as root and release at once.
+    let toml = list_toml(1, FAR, 1, &[&a], &[&twin], &[]);
+    assert!(KeyList::parse("keys.toml", toml.as_bytes()).is_err());
+}

@@ -57,14 +57,28 @@ fn verify(file: &Path, allow_expired: bool, home: &Home, ui: &Ui) -> Result<Code
     let (bytes, sig) = source::read_local(file)?;
     let label = file.display().to_string();
     // A key list shipped beside the manifest is taken into account, not kept.
+    // One that cannot be used (no signature, older than this home's) is said
+    // and left out, as `fetch` does.
     let beside = file.parent().map(|d| d.join("keys.toml")).filter(|p| p.is_file());
-    let extra = beside.map(|p| KeyListFile::from_path(&p)).transpose()?;
-    let trusted = trust::verify_manifest(home, &label, &bytes, &sig, allow_expired, extra, false)?;
+    let extra = beside.and_then(|p| match KeyListFile::from_path(&p) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            ui.warn(&format!("ignoring the key list {}: {e:#}", p.display()));
+            None
+        }
+    });
+    let trusted = match trust::verify_manifest(home, &label, &bytes, &sig, allow_expired, extra.clone(), false) {
+        Err(e) if extra.is_some() => {
+            ui.warn(&format!("ignoring the key list beside {label}: {e:#}"));
+            trust::verify_manifest(home, &label, &bytes, &sig, allow_expired, None, false)?
+        }
+        r => r?,
+    };
     let m = Manifest::parse(&bytes, file)?;
     let mut warnings = trusted.warnings.clone();
     warnings.extend(trust::check_fresh(&m, &label, allow_expired, false)?);
     let seen = signing::SeenVersions::load(&home.seen_versions())?;
-    let seen_version = seen.get(&m.channel).map(|e| e.version);
+    let seen_version = seen.get(&trust::seen_channel(&m, &trusted)).map(|e| e.version);
     ui.json(json!({
         "file": file, "key_id": trusted.path.key_id().to_string(), "trust": trusted.path.to_string(),
         "pinned": trusted.path.via_pinned_key(), "trusted_comment": trusted.trusted_comment,
@@ -95,7 +109,16 @@ pub fn keys(cmd: KeysCmd, home: &Home, ui: &Ui) -> Result<Code> {
             let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let sig_path = signing::signature_path(&file);
             let existing = std::fs::read_to_string(&sig_path).unwrap_or_default();
-            let mut sigs = existing;
+            // Signatures by this list's roots over an earlier text are stale.
+            let roots =
+                signing::KeyList::parse(&file.display().to_string(), &bytes).map(|l| l.root_keys()).unwrap_or_default();
+            let (mut sigs, dropped) = signing::drop_stale_signatures(&existing, &bytes, &roots)?;
+            for id in dropped {
+                ui.warn(&format!(
+                    "dropped the signature by key {id} from {}: it was made over an earlier text of the list",
+                    sig_path.display()
+                ));
+            }
             for key in &keys {
                 let added = with_password(key, |pw| signing::sign_key_list(&bytes, &[(key.as_path(), pw)], ""))?;
                 sigs = signing::merge_signatures(&sigs, &added)?;
@@ -155,8 +178,16 @@ pub fn trust_cmd(cmd: TrustCmd, home: &Home, ui: &Ui) -> Result<Code> {
                 ui.json(json!({"key_id": k.key_id.to_string(), "kind": "pinned", "path": k.path}));
                 ui.line(&format!("{}  pinned ({})", k.key_id, k.path.display()));
             }
-            for f in trust::key_chain(home)? {
-                ui.line(&format!("key list {}", f.label));
+            for c in trust::key_chains(home)? {
+                for f in &c.files {
+                    let anchor = if c.anchor == trust::BUILTIN_ANCHOR {
+                        "the built-in roots".to_string()
+                    } else {
+                        format!("pinned key {}", c.anchor)
+                    };
+                    ui.json(json!({"key_list": f.label, "anchor": c.anchor}));
+                    ui.line(&format!("key list {} (rooted in {anchor})", f.label));
+                }
             }
             Ok(Code::Ok)
         }
@@ -187,8 +218,16 @@ fn with_password<T>(key: &Path, f: impl Fn(Option<&str>) -> signing::Result<T>) 
 
 /// A password from KUBESTRAP_KEY_PASSWORD or typed at the terminal without echo.
 fn password(prompt: &str, confirm: bool) -> Result<String> {
+    let empty = || {
+        coded(
+            Code::Usage,
+            format!(
+                "an empty password would leave the key unprotected; use --unencrypted if that is what you mean (from {PASSWORD_ENV} or the prompt)"
+            ),
+        )
+    };
     if let Ok(pw) = std::env::var(PASSWORD_ENV) {
-        return Ok(pw);
+        return if pw.is_empty() { Err(empty()) } else { Ok(pw) };
     }
     if !std::io::stdin().is_terminal() {
         return Err(coded(
