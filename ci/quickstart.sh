@@ -23,7 +23,7 @@ ks=$top/target/release/kubestrap
 # changing a cluster's release is an upgrade, so recreate the quickstart's own cluster.
 version=$(sed -n 's/^version = \([0-9]*\)$/\1/p' "$manifest")
 config=$KUBESTRAP_HOME/profiles/kubestrap/config.toml
-if [ -f "$config" ] && ! grep -q "dev-$version.toml" "$config"; then
+if [ -f "$config" ] && ! grep -q -- "-$version.toml\"" "$config"; then
   echo "==> the development build changed: recreating the quickstart cluster"
   "$ks" delete
 fi

@@ -80,7 +80,9 @@ pub fn accept(home: &Home, label: &str, bytes: &[u8], sig: &str, allow_expired: 
     }
     trusted.warnings.extend(trust::check_fresh(&manifest, label, allow_expired, false)?);
     trust::check_not_rolled_back(home, &manifest, &trusted, bytes)?;
-    let path = home.manifests().join(format!("{}.toml", manifest.id()));
+    // Named by its rollback record, so two private channels of one name (or
+    // a private one named like the official) never overwrite each other.
+    let path = home.manifests().join(format!("{}-{}.toml", trust::seen_channel(&manifest, &trusted), manifest.version));
     if fs::read(&path).ok().as_deref() != Some(bytes) {
         fsutil::write_atomic(&signature_path(&path), sig.as_bytes(), 0o644)?;
         fsutil::write_atomic(&path, bytes, 0o644)?;

@@ -421,7 +421,19 @@ fn cache_prune_dry_run_then_prune() {
     fs::write(&stray, b"half").unwrap();
 
     let old_blob = env.blob(&lk1.sha256);
-    let old_manifest = env.home.join("manifests/test-1.toml");
+    // Trusted through the pinned dev key: kept as `test@<key id>-<version>.toml`.
+    let kept = |version: u32| {
+        fs::read_dir(env.home.join("manifests"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                let n = p.file_name().unwrap().to_string_lossy();
+                n.starts_with("test@") && n.ends_with(&format!("-{version}.toml"))
+            })
+            .unwrap_or_else(|| panic!("no kept manifest test version {version}"))
+    };
+    let old_manifest = kept(1);
     assert!(old_manifest.is_file());
     let out = env.ok(&["cache", "prune", "--dry-run"]);
     for p in [&old_blob, &old_manifest, &stray] {
@@ -436,7 +448,7 @@ fn cache_prune_dry_run_then_prune() {
     let mut want = vec![env.blob(&kubectl.sha256), env.blob(&lk2.sha256)];
     want.sort();
     assert_eq!(env.blobs(), want);
-    assert!(env.home.join("manifests/test-2.toml").is_file());
+    assert!(kept(2).is_file());
     // Nothing more to prune; the newest manifest still fetches offline.
     let out = env.ok(&["cache", "prune", "--dry-run"]);
     assert!(!out.contains("would remove"), "{out}");
