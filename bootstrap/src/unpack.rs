@@ -117,7 +117,18 @@ pub fn unpack(
             u.write_file(bin, &mut r, 0o755)?;
             r.finish().map_err(io_err)?.0
         }
-        Unpack::TarGz | Unpack::TarZst => untar_pipelined(&mut u, reader, kind)?,
+        Unpack::TarGz | Unpack::TarZst => match untar_pipelined(&mut u, reader, kind) {
+            Ok(actual) => actual,
+            // Decoding stopped early, so the archive was not hashed to its
+            // end: a blob damaged on disk is reported as corrupt, not unsafe.
+            Err(e) => {
+                let actual = crate::store::hash_file(archive).map_err(io_err)?.0;
+                if actual != expected {
+                    return Err(UnpackError::HashMismatch { archive: archive.to_path_buf(), expected, actual });
+                }
+                return Err(e);
+            }
+        },
         Unpack::Zip => {
             // zip needs random access: hash the whole file first.
             let actual = reader.finish().map_err(io_err)?.0;

@@ -224,3 +224,28 @@ fn missing_bin_refused() {
     let e = run(&c, Unpack::TarZst, "k3s").unwrap_err();
     assert!(matches!(e, UnpackError::MissingBin { .. }), "{e}");
 }
+
+#[test]
+fn damaged_cached_archive_is_reported_corrupt_not_unsafe() {
+    // A blob verified at download, damaged on disk since: decoding fails
+    // part-way, and the error says the file does not match its hash.
+    let data: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    for (kind, bytes) in [
+        (Unpack::TarZst, zst(&tar_bytes(&[E::File("k3s", &data, 0o755)]))),
+        (Unpack::TarGz, {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&tar_bytes(&[E::File("k3s", &data, 0o755)])).unwrap();
+            gz.finish().unwrap()
+        }),
+    ] {
+        let c = case(&bytes, "a.tar");
+        let mut damaged = bytes.clone();
+        let mid = damaged.len() / 3;
+        for b in &mut damaged[mid..mid + 64] {
+            *b ^= 0xA5;
+        }
+        fs::write(&c.archive, &damaged).unwrap();
+        let e = run(&c, kind, "k3s").unwrap_err();
+        assert!(matches!(e, UnpackError::HashMismatch { .. }), "{kind:?}: {e}");
+    }
+}
