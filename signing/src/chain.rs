@@ -70,14 +70,18 @@ pub struct TrustedKeyList {
 pub struct KeyChain;
 
 impl KeyChain {
-    /// Signatures needed from the anchor keys (built-in or pinned roots) on
-    /// the first list of the chain that is used.
-    pub const ANCHOR_THRESHOLD: usize = 1;
+    /// Signatures needed from `anchors` keys (the built-in roots, or one
+    /// pinned key) on the first list of the chain that is used: a majority,
+    /// so that with several built-in roots no single one can start a chain
+    /// on its own (one of one today; two of three when roots are added).
+    pub fn anchor_threshold(anchors: usize) -> usize {
+        anchors / 2 + 1
+    }
 
     /// Verifies a chain of key lists, oldest first, and returns the newest.
     ///
     /// The chain starts at the oldest list signed by
-    /// [`Self::ANCHOR_THRESHOLD`] of `anchors` (the built-in roots, or a
+    /// [`Self::anchor_threshold`] of `anchors` (the built-in roots, or a
     /// pinned key); lists before it are ignored (a binary built with newer
     /// roots starts where those roots were introduced). From there every step
     /// is checked, so later lists cannot escape an earlier list's threshold. That list and every later one
@@ -99,7 +103,7 @@ impl KeyChain {
         for (i, f) in chain.iter().enumerate() {
             let blocks = parse_signatures(&format!("{}.minisig", f.label), &f.sigs)?;
             let c = check_all(&blocks, &f.bytes, anchors);
-            if c.valid.len() >= Self::ANCHOR_THRESHOLD {
+            if c.valid.len() >= Self::anchor_threshold(anchors.len()) {
                 start = Some((i, c.valid.iter().map(|(id, _)| *id).collect::<Vec<_>>()));
                 break;
             }

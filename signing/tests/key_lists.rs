@@ -204,3 +204,18 @@ fn one_key_under_two_ids_is_refused() {
     let toml = list_toml(1, FAR, 1, &[&a], &[&twin], &[]);
     assert!(KeyList::parse("keys.toml", toml.as_bytes()).is_err());
 }
+
+#[test]
+fn several_anchor_keys_need_a_majority_to_start_a_chain() {
+    let d = tempfile::tempdir().unwrap();
+    let (r1, r2, r3, rel) = (key(d.path(), "r1"), key(d.path(), "r2"), key(d.path(), "r3"), key(d.path(), "rel"));
+    let anchors = [r1.pk.clone(), r2.pk.clone(), r3.pk.clone()];
+    // One compromised built-in root names itself the only root: not enough.
+    let alone = signed_list("keys.toml", &list_toml(1, FAR, 1, &[&r1], &[&rel], &[]), &[&r1]);
+    let e = KeyChain::verify(&[alone], &anchors, NOW, false).unwrap_err();
+    assert!(matches!(e, Error::NotAnchored { .. }), "{e}");
+    // Two of three: a chain.
+    let two = signed_list("keys.toml", &list_toml(1, FAR, 1, &[&r1], &[&rel], &[]), &[&r1, &r2]);
+    assert_eq!(KeyChain::verify(&[two], &anchors, NOW, false).unwrap().version, 1);
+    assert_eq!(KeyChain::anchor_threshold(1), 1);
+}
