@@ -40,6 +40,13 @@ fn spec(kubectl_urls: Vec<String>, kubectl: &Artifact, lk_urls: Vec<String>, lk:
 }
 
 /// A served pair of artifacts and a signed manifest pointing at the server.
+/// A fresh home, a loopback server, and two small artifacts (not served yet).
+fn served(seed: u64) -> (Env, Server, Artifact, Artifact) {
+    let env = Env::new();
+    let (kubectl, lk) = small_artifacts(&env.scratch("art"), seed);
+    (env, Server::start(), kubectl, lk)
+}
+
 struct Fixture {
     env: Env,
     server: Server,
@@ -50,9 +57,7 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let env = Env::new();
-        let server = Server::start();
-        let (kubectl, lk) = small_artifacts(&env.scratch("art"), 1);
+        let (env, server, kubectl, lk) = served(1);
         let ku = server.add_artifact("dl/kubectl", &kubectl);
         let lu = server.add_artifact("dl/localkube.tar.zst", &lk);
         let manifest = env.write_signed_manifest(&spec(vec![ku], &kubectl, vec![lu], &lk), "m.toml");
@@ -122,9 +127,7 @@ fn json_output_names_each_blob() {
 
 #[test]
 fn wrong_hash_is_refused_naming_url_and_both_hashes() {
-    let env = Env::new();
-    let server = Server::start();
-    let (kubectl, lk) = small_artifacts(&env.scratch("art"), 2);
+    let (env, server, kubectl, lk) = served(2);
     let ku = server.add_artifact("kubectl", &kubectl);
     let lu = server.add_artifact("lk.tar.zst", &lk);
     // The server's kubectl is one bit off what the manifest pins (same size).
@@ -241,9 +244,7 @@ fn body_shorter_than_size_is_refused() {
 
 #[test]
 fn first_url_404_second_url_used() {
-    let env = Env::new();
-    let server = Server::start();
-    let (kubectl, lk) = small_artifacts(&env.scratch("art"), 3);
+    let (env, server, kubectl, lk) = served(3);
     let ku = server.add_artifact("mirror/kubectl", &kubectl);
     let lu = server.add_artifact("lk.tar.zst", &lk);
     let missing = server.url("gone/kubectl");
@@ -259,9 +260,7 @@ fn first_url_404_second_url_used() {
 
 #[test]
 fn every_url_failing_is_a_download_error() {
-    let env = Env::new();
-    let server = Server::start();
-    let (kubectl, lk) = small_artifacts(&env.scratch("art"), 4);
+    let (env, server, kubectl, lk) = served(4);
     let lu = server.add_artifact("lk.tar.zst", &lk);
     let (a, b) = (server.url("a/kubectl"), server.url("b/kubectl"));
     let m = env.write_signed_manifest(&spec(vec![a.clone(), b.clone()], &kubectl, vec![lu], &lk), "m.toml");
@@ -484,9 +483,7 @@ fn manifest_check_reports_file_line_column() {
 
 #[test]
 fn fetch_of_an_invalid_signed_manifest_is_a_usage_error() {
-    let env = Env::new();
-    let server = Server::start();
-    let (kubectl, lk) = small_artifacts(&env.scratch("art"), 13);
+    let (env, server, kubectl, lk) = served(13);
     let mut s = spec(vec![server.url("kubectl")], &kubectl, vec![server.url("lk")], &lk);
     s.args = vec!["--port={nope}".into()];
     let m = env.write_signed_manifest(&s, "m.toml");
@@ -508,9 +505,7 @@ fn parallel_downloads_of_many_artifacts_complete() {
 
 #[test]
 fn wrong_hash_from_first_mirror_then_good_second_mirror() {
-    let env = Env::new();
-    let server = Server::start();
-    let (kubectl, lk) = small_artifacts(&env.scratch("art"), 14);
+    let (env, server, kubectl, lk) = served(14);
     let mut evil = kubectl.bytes();
     evil[7] ^= 1;
     server.add("bad/kubectl", evil);
@@ -529,9 +524,7 @@ fn wrong_hash_from_first_mirror_then_good_second_mirror() {
 
 #[test]
 fn cut_on_first_mirror_resumes_from_second_mirror() {
-    let env = Env::new();
-    let server = Server::start();
-    let (kubectl, lk) = small_artifacts(&env.scratch("art"), 15);
+    let (env, server, kubectl, lk) = served(15);
     server.add("a/kubectl", kubectl.bytes());
     server.script("a/kubectl", std::iter::repeat_n(Reply::DropAfter(40 * 1024), 5));
     let b = server.add_artifact("b/kubectl", &kubectl);
@@ -567,21 +560,15 @@ fn same_artifact_twice_in_one_manifest() {
 fn two_processes_fetching_at_once_share_the_download() {
     let f = Fixture::new();
     f.server.script("dl/kubectl", [Reply::Delay(std::time::Duration::from_millis(500))]);
-    let a = f
-        .env
-        .cmd(&["fetch", "--manifest", f.m()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let b = f
-        .env
-        .cmd(&["fetch", "--manifest", f.m()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    for child in [a, b] {
+    let spawn = || {
+        f.env
+            .cmd(&["fetch", "--manifest", f.m()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    for child in [spawn(), spawn()] {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", describe(&["fetch"], &out, "concurrent fetch"));
     }

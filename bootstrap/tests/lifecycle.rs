@@ -92,6 +92,25 @@ impl Cluster {
     }
 }
 
+/// Makes localkube a shell script that runs `prelude`, then execs the
+/// stand-in with its arguments (a localkube with helpers, a chatty one…).
+fn wrap_standin(s: &mut ManifestSpec, name: &str, prelude: &str) {
+    let dir = s.localkube.1.path.parent().unwrap().to_path_buf();
+    let script = format!("#!/bin/sh\n{prelude}\nexec \"$(dirname \"$0\")/localkube-standin\" \"$@\"\n");
+    let standin = fs::read(common::standin_binary()).unwrap();
+    let a = common::tar_zst_artifact(
+        &dir,
+        &format!("{name}.tar.zst"),
+        &[
+            ("run.sh", script.as_bytes(), 0o755),
+            ("localkube-standin", &standin, 0o755),
+            ("version.txt", b"v1.33.1+standin\n", 0o644),
+        ],
+    );
+    s.localkube = (vec![a.path_url()], a, "tar.zst".into(), "run.sh".into());
+    s.program = "run.sh".into();
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -476,21 +495,7 @@ fn start_killed_mid_way_is_finished_by_the_next_start() {
 fn stop_kills_what_localkube_left_in_its_process_group() {
     // A localkube that starts a helper process (as k3s starts containerd).
     let c = Cluster::with(|s| {
-        let dir = s.localkube.1.path.parent().unwrap().to_path_buf();
-        let script =
-            b"#!/bin/sh\nsleep 300 &\necho $! > \"$1\"\nshift\nexec \"$(dirname \"$0\")/localkube-standin\" \"$@\"\n";
-        let standin = fs::read(common::standin_binary()).unwrap();
-        let a = common::tar_zst_artifact(
-            &dir,
-            "with-helper.tar.zst",
-            &[
-                ("run.sh", script, 0o755),
-                ("localkube-standin", &standin, 0o755),
-                ("version.txt", b"v1.33.1+standin\n", 0o644),
-            ],
-        );
-        s.localkube = (vec![a.path_url()], a, "tar.zst".into(), "run.sh".into());
-        s.program = "run.sh".into();
+        wrap_standin(s, "with-helper", "sleep 300 &\necho $! > \"$1\"\nshift");
         s.args.insert(0, "{data}/helper.pid".into());
     });
     c.start("kubestrap");
@@ -625,22 +630,7 @@ fn status_warns_before_the_certificates_expire() {
 #[test]
 fn monitor_caps_the_log_and_logs_follow_carries_on() {
     // A localkube that writes 17 MiB of output first (the cap is 16 MiB).
-    let c = Cluster::with(|s| {
-        let dir = s.localkube.1.path.parent().unwrap().to_path_buf();
-        let script = b"#!/bin/sh\nyes 'chatty localkube line' | head -c 17000000\nexec \"$(dirname \"$0\")/localkube-standin\" \"$@\"\n";
-        let standin = fs::read(common::standin_binary()).unwrap();
-        let a = common::tar_zst_artifact(
-            &dir,
-            "chatty.tar.zst",
-            &[
-                ("run.sh", script, 0o755),
-                ("localkube-standin", &standin, 0o755),
-                ("version.txt", b"v1.33.1+standin\n", 0o644),
-            ],
-        );
-        s.localkube = (vec![a.path_url()], a, "tar.zst".into(), "run.sh".into());
-        s.program = "run.sh".into();
-    });
+    let c = Cluster::with(|s| wrap_standin(s, "chatty", "yes 'chatty localkube line' | head -c 17000000"));
     c.start("kubestrap");
     let mut follow = c.env.cmd(&["logs", "-f", "-n", "3"]).stdout(Stdio::piped()).spawn().unwrap();
     let mut stdout = follow.stdout.take().unwrap();
