@@ -213,7 +213,14 @@ mod tests {
         let mut ours = std::process::Command::new("sleep").arg("30").env(MARKER, &run).spawn().unwrap();
         let mut other =
             std::process::Command::new("sleep").arg("30").env(MARKER, dir.path().join("run2")).spawn().unwrap();
-        let found = owned_by(&run);
+        // spawn() returns when the child's exec closed its descriptors, a
+        // moment before the kernel publishes its new environment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut found = owned_by(&run);
+        while found.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            found = owned_by(&run);
+        }
         assert_eq!(found.iter().map(|p| p.pid).collect::<Vec<_>>(), vec![ours.id() as i32]);
         for c in [&mut ours, &mut other] {
             c.kill().unwrap();
