@@ -124,6 +124,15 @@ fn open_lock(path: &Path) -> Result<File> {
         .with_context(|| format!("cannot open lock file {}", path.display()))
 }
 
+/// Takes an exclusive lock on a directory itself (flock works on directory
+/// descriptors): serialises writers of files in it without leaving a lock
+/// file behind. Waits for other holders.
+pub fn lock_dir(dir: &Path) -> Result<LockGuard> {
+    let file = File::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
+    file.lock().with_context(|| format!("cannot lock {}", dir.display()))?;
+    Ok(LockGuard { _file: file })
+}
+
 /// An exclusive advisory lock, released on drop (and by the kernel if the
 /// process dies, so a `kill -9` never leaves a stale lock).
 #[derive(Debug)]

@@ -108,12 +108,11 @@ fn resolve(path: &Path) -> PathBuf {
 
 fn with_locked<T>(path: &Path, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let real = resolve(path);
-    let lock_path = {
-        let mut s = real.as_os_str().to_owned();
-        s.push(".kubestrap-lock");
-        PathBuf::from(s)
-    };
-    let _guard = home::lock_file(&lock_path, true, || {})?;
+    // kubestraps (of any home) take turns on the kubeconfig's directory, so
+    // only one at a time deals with kubectl's lock file below.
+    let dir = real.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| coded(Code::Kubeconfig, format!("cannot create {}: {e}", dir.display())))?;
+    let _guard = home::lock_dir(dir)?;
     let _kubectl = KubectlLock::take(&real)?;
     // A write killed half-way leaves a temp file holding admin keys: gone now.
     fsutil::remove_stale_temps(&real);
@@ -124,7 +123,8 @@ fn with_locked<T>(path: &Path, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> 
 /// exclusively for the length of a write and removed after. Taking it too
 /// means a `kubectl config ...` running at the same moment never loses its
 /// change or ours. Ours records who holds it, so one left by a killed
-/// kubestrap is recognised and removed; kubectl's is waited for.
+/// kubestrap is recognised and removed (only one kubestrap at a time gets
+/// here: see `with_locked`); kubectl's is waited for.
 struct KubectlLock(PathBuf);
 
 impl KubectlLock {
@@ -136,10 +136,6 @@ impl KubectlLock {
         let mut s = kubeconfig.as_os_str().to_owned();
         s.push(".lock");
         let path = PathBuf::from(s);
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)
-                .map_err(|e| coded(Code::Kubeconfig, format!("cannot create {}: {e}", dir.display())))?;
-        }
         let me = ProcId::of(std::process::id() as i32).context("cannot identify this process")?;
         let deadline = std::time::Instant::now() + Self::WAIT;
         loop {
@@ -368,6 +364,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("nested/config");
         merge(&p, &entry("kubestrap-dev", 9443), true).unwrap();
+        // No lock file or temp file is left beside it.
+        let names: Vec<String> =
+            fs::read_dir(p.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(names, ["config"]);
         let doc: Value = serde_norway::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
         assert_eq!(doc["kind"], key("Config"));
         assert_eq!(doc["users"][0]["user"]["client-key-data"], key("S0VZ"));
