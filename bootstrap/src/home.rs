@@ -1,7 +1,7 @@
 //! Where kubestrap keeps its state: `$KUBESTRAP_HOME`, else
 //! `$XDG_DATA_HOME/kubestrap`, else `~/.local/share/kubestrap`.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -16,7 +16,10 @@ pub struct Home {
 }
 
 impl Home {
+    /// A home at `root`, made absolute (and symlinks resolved when it
+    /// exists), so paths recorded in it mean the same from any directory.
     pub fn new(root: PathBuf) -> Home {
+        let root = fs::canonicalize(&root).or_else(|_| std::path::absolute(&root)).unwrap_or(root);
         Home { root }
     }
 

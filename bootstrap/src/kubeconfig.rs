@@ -113,7 +113,9 @@ fn with_locked<T>(path: &Path, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> 
     let dir = real.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|e| coded(Code::Kubeconfig, format!("cannot create {}: {e}", dir.display())))?;
     let _guard = home::lock_dir(dir)?;
-    let _kubectl = KubectlLock::take(&real)?;
+    // kubectl locks the path it was given, not a symlink's target: take both.
+    let _kubectl = KubectlLock::take(path)?;
+    let _kubectl_real = if real != path { Some(KubectlLock::take(&real)?) } else { None };
     // A write killed half-way leaves a temp file holding admin keys: gone now.
     fsutil::remove_stale_temps(&real);
     f(&real)
@@ -131,22 +133,29 @@ impl KubectlLock {
     const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
     fn take(kubeconfig: &Path) -> Result<KubectlLock> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let mut s = kubeconfig.as_os_str().to_owned();
         s.push(".lock");
         let path = PathBuf::from(s);
         let me = ProcId::of(std::process::id() as i32).context("cannot identify this process")?;
+        // The lock appears with its owner already written in it (a hard link
+        // to a finished temp file), so a kill can never leave an empty lock
+        // that looks like kubectl's.
+        let owner = fsutil::temp_sibling(&path);
+        fs::write(&owner, format!("kubestrap {} {}\n", me.pid, me.start_time))
+            .map_err(|e| coded(Code::Kubeconfig, format!("cannot write {}: {e}", owner.display())))?;
+        let taken = Self::link(&owner, &path);
+        let _ = fs::remove_file(&owner);
+        taken
+    }
+
+    fn link(owner: &Path, path: &Path) -> Result<KubectlLock> {
         let deadline = std::time::Instant::now() + Self::WAIT;
         loop {
-            match fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
-                Ok(mut f) => {
-                    let _ = writeln!(f, "kubestrap {} {}", me.pid, me.start_time);
-                    return Ok(KubectlLock(path));
-                }
+            match fs::hard_link(owner, path) {
+                Ok(()) => return Ok(KubectlLock(path.to_path_buf())),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    if Self::left_by_dead_kubestrap(&path) {
-                        let _ = fs::remove_file(&path);
+                    if Self::left_by_dead_kubestrap(path) {
+                        let _ = fs::remove_file(path);
                         continue;
                     }
                 }
@@ -190,11 +199,16 @@ fn upsert(doc: &mut Mapping, list: &str, item_key: &str, name: &str, mut body: M
     }
     let seq = seq.as_sequence_mut().expect("sequence");
     let existing = seq.iter_mut().find(|v| v.get("name").and_then(Value::as_str) == Some(name));
-    // Our entry is ours: replaced whole, so no stale credential (a token, a
-    // certificate path) lingers beside the new ones. Only `extensions`,
-    // which tools add to entries, is kept.
-    if let Some(ext) = existing.as_ref().and_then(|e| e.get(item_key)).and_then(|b| b.get("extensions")) {
-        body.insert(key("extensions"), ext.clone());
+    // Our cluster and user are ours: replaced whole, so no stale credential
+    // (a token, a certificate path) lingers beside the new ones; only
+    // `extensions`, which tools add to entries, is kept. Our context holds
+    // no credential: what the user set on it (a namespace…) is kept.
+    if let Some(Value::Mapping(old)) = existing.as_ref().and_then(|e| e.get(item_key)) {
+        for (k, v) in old {
+            if (list == "contexts" || k.as_str() == Some("extensions")) && !body.contains_key(k) {
+                body.insert(k.clone(), v.clone());
+            }
+        }
     }
     let mut item = Mapping::new();
     item.insert(key("name"), key(name));
@@ -413,7 +427,17 @@ mod tests {
             assert_eq!(named(&after, "contexts", ctx), named(&before, "contexts", ctx));
         }
         assert_eq!(after["current-context"], "odd");
-        // Our entries were replaced whole: no stale token or CA path, extensions kept.
+        // A namespace set on our context survives the next start.
+        let out = std::process::Command::new(kubectl)
+            .args(["config", "set-context", "kubestrap", "--namespace=team"])
+            .env("KUBECONFIG", &p)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        merge(&p, &entry("kubestrap", 8443), false).unwrap();
+        let after = kubectl_view(kubectl, &p);
+        assert_eq!(named(&after, "contexts", "kubestrap")["context"]["namespace"], "team");
+        // Our cluster and user were replaced whole: no stale token or CA path, extensions kept.
         let ours = &named(&after, "users", "kubestrap")["user"];
         assert!(ours.get("token").is_none() && ours["client-key-data"] == "S0VZ", "{ours}");
         let ours = &named(&after, "clusters", "kubestrap")["cluster"];

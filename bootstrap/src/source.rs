@@ -67,6 +67,15 @@ pub fn accept(home: &Home, label: &str, bytes: &[u8], sig: &str, allow_expired: 
     // Signature first, over the exact bytes; nothing is parsed before it holds.
     let mut trusted = trust::verify_manifest(home, label, bytes, sig, allow_expired, None, true)?;
     let manifest = Manifest::parse(bytes, Path::new(label))?;
+    if label == DEFAULT_CHANNEL_URL && trusted.path.via_pinned_key() {
+        return Err(coded(
+            Code::Signature,
+            format!(
+                "{label} served a manifest that is not signed through kubestrap's built-in root keys ({}); refusing it: the official channel is trusted only that way",
+                trusted.path
+            ),
+        ));
+    }
     if label == DEFAULT_CHANNEL_URL && manifest.channel != DEFAULT_CHANNEL {
         // A validly signed manifest of another channel (an old beta, say)
         // served in its place: refused before anything is recorded.

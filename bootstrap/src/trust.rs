@@ -138,6 +138,14 @@ fn place(
     Err(best.unwrap_or_else(|| anyhow::anyhow!("{}: no trusted key anchors this key list", file.label)))
 }
 
+/// Whether a key list would be accepted into one of this home's chains
+/// (nothing is kept): `manifest verify` uses a list beside the manifest
+/// only then.
+pub fn check_key_list(home: &Home, file: &KeyListFile, allow_expired: bool) -> Result<()> {
+    let pinned = signing::pinned_keys(&home.trust())?;
+    place(&key_chains(home)?, file, &pinned, allow_expired).map(|_| ())
+}
+
 /// Adds a key list (verified against the chain it extends) to the home.
 pub fn import_key_list(home: &Home, file: KeyListFile, allow_expired: bool) -> Result<u64> {
     let _lock = home.lock("keys", true, || {})?;
@@ -184,6 +192,8 @@ pub fn verify_manifest(
         chains.retain(|c| c.anchor != chain.anchor);
         chains.push(chain);
     }
+    // A chain whose pinned anchor was removed trusts nothing: left out.
+    chains.retain(|c| !anchor_keys(&c.anchor, &pinned).is_empty());
     if chains.is_empty() {
         chains.push(Chain { anchor: BUILTIN_ANCHOR.into(), files: Vec::new() });
     }
@@ -199,14 +209,16 @@ pub fn verify_manifest(
         })
         .collect();
     // A release key of some chain; else a revocation by any chain wins over
-    // a pinned key's direct signature; else that signature; else the most
-    // telling error.
-    let pick = results
-        .iter()
-        .position(|(_, r)| r.as_ref().is_ok_and(|v| !matches!(v.trust_path, TrustPath::Pinned { .. })))
-        .or_else(|| results.iter().position(|(_, r)| matches!(r, Err(signing::Error::Revoked { .. }))))
-        .or_else(|| results.iter().position(|(_, r)| r.is_ok()))
-        .or_else(|| results.iter().position(|(_, r)| !matches!(r, Err(signing::Error::UnknownKey { .. }))))
+    // a pinned key's direct signature; else that signature. Failing all:
+    // a bad signature, then the built-in chain's answer (chains sort it
+    // first), rather than an unrelated private chain's trouble.
+    let find = |f: &dyn Fn(&signing::Result<signing::VerifiedManifest>) -> bool| results.iter().position(|(_, r)| f(r));
+    let pick = find(&|r| r.as_ref().is_ok_and(|v| !matches!(v.trust_path, TrustPath::Pinned { .. })))
+        .or_else(|| find(&|r| matches!(r, Err(signing::Error::Revoked { .. }))))
+        .or_else(|| find(&|r| r.is_ok()))
+        .or_else(|| {
+            find(&|r| matches!(r, Err(signing::Error::BadSignature { .. } | signing::Error::MalformedSignature { .. })))
+        })
         .unwrap_or(0);
     let (anchor, result) = results.into_iter().nth(pick).expect("one result per chain");
     let v = result?;

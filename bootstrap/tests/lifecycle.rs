@@ -507,7 +507,7 @@ fn stop_kills_what_localkube_left_in_its_process_group() {
 }
 
 #[test]
-fn new_profile_from_an_expired_kept_manifest_is_refused() {
+fn kept_manifests_need_the_same_consent_and_a_private_stable_is_no_fallback() {
     let c = Cluster::with(|s| {
         s.channel = "stable".into();
         s.published = time::OffsetDateTime::now_utc() - time::Duration::days(400);
@@ -516,9 +516,13 @@ fn new_profile_from_an_expired_kept_manifest_is_refused() {
     // Kept in the home knowingly…
     c.env.ok(&["fetch", "--manifest", c.m(), "--allow-expired"]);
     // …but a new cluster from it needs the same explicit consent.
-    let err = c.env.fail(&["start", "-p", "fresh", "--offline"], 11);
+    let err = c.env.fail(&["start", "-p", "fresh", "--manifest", c.m(), "--port", &free_port().to_string()], 11);
     assert!(err.contains("--allow-expired"), "{err}");
     assert!(!c.env.home.join("profiles/fresh/run/localkube.pid").exists());
+    // A manifest that calls itself "stable" but is trusted through a pinned
+    // key is never taken for the official channel when it is unreachable.
+    let err = c.env.fail(&["start", "-p", "other", "--offline"], 22);
+    assert!(err.contains("no manifest of the stable channel"), "{err}");
 }
 
 #[test]
@@ -663,4 +667,28 @@ fn monitor_caps_the_log_and_logs_follow_carries_on() {
         &shown[shown.len().saturating_sub(500)..]
     );
     assert!(shown.len() < 1 << 20, "logs -f replayed the rotated part: {} bytes", shown.len());
+}
+
+#[test]
+fn a_relative_home_means_the_same_cluster_from_any_directory() {
+    let c = Cluster::new();
+    let port = free_port().to_string();
+    // Started with a relative KUBESTRAP_HOME from the test directory…
+    let out = c
+        .env
+        .cmd(&["start", "--manifest", c.m(), "--port", &port])
+        .env("KUBESTRAP_HOME", "home")
+        .current_dir(c.env.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(c.env.home, c.env.path().join("home"), "the harness's home is <dir>/home");
+    // …it is the same cluster for the absolute spelling, from elsewhere.
+    let (code, st) = c.status("kubestrap");
+    assert_eq!(code, 0, "{st}");
+    let pid = c.localkube_pid("kubestrap");
+    c.env.ok(&["stop"]);
+    assert!(!alive(pid), "stop with another spelling of the home missed localkube");
+    // The paths it recorded (the manifest it runs) hold from here too.
+    c.env.ok(&["start"]);
 }

@@ -830,3 +830,21 @@ fn channel_over_http_with_key_list() {
         &server.requests()[requests..]
     );
 }
+
+#[test]
+fn manifest_verify_applies_a_revocation_in_the_key_list_beside_it() {
+    let env = Env::new();
+    let keys = PrivateKeys::new(&env);
+    let chan1 = env.scratch("v1");
+    publish_key_list(&env, &chan1, &keys.list(), &keys.root_key);
+    let m1 = write_signed_with(&env, &small_spec(&env, 1), &chan1.join("manifest.toml"), &keys.rel_key);
+    env.ok(&["fetch", "--manifest", s(&m1)]);
+    // Version 2 revokes the release key, and sits beside a manifest it signed.
+    let (_, rel2_pub, rel2_id) = keygen(&env, &env.scratch("k2"), "release2");
+    let chan2 = env.scratch("v2");
+    let v2 = key_list(2, (&keys.root_id, &keys.root_pub), &[(&rel2_id, &rel2_pub)], &[&keys.rel_id]);
+    publish_key_list(&env, &chan2, &v2, &keys.root_key);
+    let m2 = write_signed_with(&env, &small_spec(&env, 2), &chan2.join("manifest.toml"), &keys.rel_key);
+    let err = env.fail(&["manifest", "verify", s(&m2)], 10);
+    assert!(err.contains("revoke"), "{err}");
+}

@@ -277,12 +277,15 @@ fn read_range(path: &std::path::Path, from: u64, to: u64) -> Result<Vec<u8>> {
 
 /// What of the rotated part `rotated` comes after the bytes already shown
 /// (`shown`, the newest of them last); all of it if they are not found.
+/// The start of `shown` places it: its end may be missing from `rotated`
+/// (written just before the cut, after the copy was taken).
 fn missed_before_cut<'a>(shown: &[u8], rotated: &'a [u8]) -> &'a [u8] {
     if shown.is_empty() {
         return rotated;
     }
-    match memchr::memmem::rfind(rotated, shown) {
-        Some(at) => &rotated[at + shown.len()..],
+    let anchor = &shown[..(shown.len() / 2).clamp(1, 512)];
+    match memchr::memmem::rfind(rotated, anchor) {
+        Some(at) => &rotated[(at + shown.len()).min(rotated.len())..],
         None => rotated,
     }
 }
@@ -295,9 +298,11 @@ mod tests {
     fn follow_finds_its_place_in_the_rotated_log() {
         let rotated = b"line 1\nline 2\nline 3\nline 4\n";
         assert_eq!(missed_before_cut(b"line 1\nline 2\n", rotated), b"line 3\nline 4\n");
-        assert_eq!(missed_before_cut(b"line 4\n", rotated), b"");
+        assert_eq!(missed_before_cut(b"line 3\nline 4\n", rotated), b"");
         // Fell behind further than the rotated part reaches: all of it.
-        assert_eq!(missed_before_cut(b"line 0\n", rotated), rotated);
+        assert_eq!(missed_before_cut(b"older line 0\n", rotated), rotated);
         assert_eq!(missed_before_cut(b"", rotated), rotated);
+        // Shown bytes past the copy's end (written just before the cut).
+        assert_eq!(missed_before_cut(b"line 3\nline 4\nline 5\n", rotated), b"");
     }
 }

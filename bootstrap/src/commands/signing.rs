@@ -67,13 +67,16 @@ fn verify(file: &Path, allow_expired: bool, home: &Home, ui: &Ui) -> Result<Code
             None
         }
     });
-    let trusted = match trust::verify_manifest(home, &label, &bytes, &sig, allow_expired, extra.clone(), false) {
-        Err(e) if extra.is_some() => {
-            ui.warn(&format!("ignoring the key list beside {label}: {e:#}"));
-            trust::verify_manifest(home, &label, &bytes, &sig, allow_expired, None, false)?
+    // Only the list itself decides: once it is usable, what it says (a
+    // revocation above all) applies.
+    let extra = extra.filter(|f| match trust::check_key_list(home, f, allow_expired) {
+        Ok(()) => true,
+        Err(e) => {
+            ui.warn(&format!("ignoring the key list {}: {e:#}", f.label));
+            false
         }
-        r => r?,
-    };
+    });
+    let trusted = trust::verify_manifest(home, &label, &bytes, &sig, allow_expired, extra, false)?;
     let m = Manifest::parse(&bytes, file)?;
     let mut warnings = trusted.warnings.clone();
     warnings.extend(trust::check_fresh(&m, &label, allow_expired, false)?);

@@ -120,7 +120,7 @@ impl Driver for Native {
         let mut cmd = Command::new(exe);
         cmd.arg("__monitor")
             .arg(&run)
-            .env(process::MARKER, &run)
+            .env(process::MARKER, process::marker_value(&run))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

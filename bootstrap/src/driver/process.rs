@@ -94,7 +94,7 @@ pub const MARKER: &str = "KUBESTRAP_RUN_DIR";
 /// the cluster whose run directory is `run_dir`; never this process.
 pub fn owned_by(run_dir: &Path) -> Vec<ProcId> {
     let mut want = format!("{MARKER}=").into_bytes();
-    want.extend_from_slice(run_dir.as_os_str().as_encoded_bytes());
+    want.extend_from_slice(marker_value(run_dir).as_os_str().as_encoded_bytes());
     let me = std::process::id() as i32;
     let Ok(rd) = fs::read_dir("/proc") else { return Vec::new() };
     rd.flatten()
@@ -111,6 +111,13 @@ pub fn owned_by(run_dir: &Path) -> Vec<ProcId> {
         .collect()
 }
 
+/// The marker's value for a run directory: its canonical path, so that two
+/// spellings of one directory (relative, through a symlink) agree and two
+/// directories never do.
+pub fn marker_value(run_dir: &Path) -> std::path::PathBuf {
+    fs::canonicalize(run_dir).unwrap_or_else(|_| run_dir.to_path_buf())
+}
+
 /// This boot's id: pids and start times mean nothing across a reboot.
 pub fn boot_id() -> String {
     fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
@@ -124,7 +131,9 @@ pub struct PidFile {
     pub monitor: ProcId,
     pub port: u16,
     pub started: String,
-    /// The boot it was written in ([`boot_id`]).
+    /// The boot it was written in ([`boot_id`]); empty in pid files of
+    /// earlier kubestraps, whose pid and start time are then trusted alone.
+    #[serde(default)]
     pub boot: String,
 }
 
@@ -149,7 +158,7 @@ impl PidFile {
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
         Ok(match toml::from_str::<PidFile>(&text) {
-            Ok(pf) if pf.boot == boot_id() => PidInfo::Current(pf),
+            Ok(pf) if pf.boot.is_empty() || pf.boot == boot_id() => PidInfo::Current(pf),
             Ok(_) => PidInfo::OtherBoot,
             Err(e) => PidInfo::Damaged(e.message().to_string()),
         })

@@ -354,7 +354,12 @@ fn newest_stored(home: &Home) -> Result<Option<std::path::PathBuf>> {
     let all: Vec<(std::path::PathBuf, Manifest)> = source::stored(home)?;
     Ok(all
         .into_iter()
-        .filter(|(_, m)| m.channel == source::DEFAULT_CHANNEL)
+        // The official record only (`stable-<v>.toml`), never a private
+        // channel that calls itself stable (`stable@<key>-<v>.toml`).
+        .filter(|(p, m)| {
+            m.channel == source::DEFAULT_CHANNEL
+                && p.file_name().is_some_and(|n| *n == *format!("{}-{}.toml", source::DEFAULT_CHANNEL, m.version))
+        })
         .max_by_key(|(_, m)| m.version)
         .map(|(p, _)| p))
 }
