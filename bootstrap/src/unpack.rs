@@ -149,10 +149,10 @@ pub fn unpack(
     Ok(u.files)
 }
 
-/// Untars with decompression on a second thread: reading, hashing and
-/// decoding the archive overlap with parsing the tar stream and writing the
-/// tree (two cores, as `tar --zstd` uses with its zstd child). Returns the
-/// archive's sha256.
+/// Untars in a pipeline of three threads: one reads and hashes the archive,
+/// one decompresses, and this one parses the tar stream, checks and writes
+/// the tree (as `tar --zstd` runs zstd as a child, plus the hash). Returns
+/// the archive's sha256, over every byte of the file.
 fn untar_pipelined(
     u: &mut Unpacker,
     reader: HashingReader<BufReader<File>>,
@@ -160,23 +160,32 @@ fn untar_pipelined(
 ) -> Result<Sha256, UnpackError> {
     let archive = u.archive.clone();
     let io_err = |source| UnpackError::Io { archive: archive.clone(), source };
+    let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
     std::thread::scope(|s| {
-        let decoder = s.spawn(move || -> io::Result<Sha256> {
-            let hashed = match kind {
+        let hasher = s.spawn(move || -> io::Result<Sha256> {
+            let mut reader = reader;
+            pump(&mut reader, &raw_tx)?;
+            Ok(reader.finish()?.0)
+        });
+        let decoder = s.spawn(move || -> io::Result<()> {
+            let input = ChannelReader { rx: raw_rx, chunk: Vec::new(), pos: 0 };
+            let mut rest = match kind {
                 Unpack::TarGz => {
-                    let mut gz = flate2::read::GzDecoder::new(reader);
+                    let mut gz = flate2::read::GzDecoder::new(input);
                     pump(&mut gz, &tx)?;
                     gz.into_inner()
                 }
                 _ => {
-                    let mut z = zstd::Decoder::with_buffer(BufReader::with_capacity(1 << 20, reader))?;
+                    let mut z = zstd::Decoder::with_buffer(BufReader::with_capacity(1 << 20, input))?;
                     pump(&mut z, &tx)?;
-                    // Bytes still in the buffer were already hashed.
                     z.finish().into_inner()
                 }
             };
-            Ok(hashed.finish()?.0)
+            // Whatever follows the compressed stream is read too, so the
+            // hasher reaches the end of the file.
+            io::copy(&mut rest, &mut io::sink())?;
+            Ok(())
         });
         let mut ar = tar::Archive::new(ChannelReader { rx, chunk: Vec::new(), pos: 0 });
         let parsed = u.tar(&mut ar);
@@ -184,10 +193,12 @@ fn untar_pipelined(
             // Let the decoder reach the end so the whole archive is hashed.
             io::copy(&mut ar.into_inner(), &mut io::sink()).map_err(io_err)?;
         } else {
-            drop(ar); // the decoder sees the closed channel and stops
+            drop(ar); // the decoder sees the closed channel and stops, then the hasher
         }
-        let digest = decoder.join().expect("the decoder thread does not panic");
+        let decoded = decoder.join().expect("the decoder thread does not panic");
+        let digest = hasher.join().expect("the hasher thread does not panic");
         parsed?;
+        decoded.map_err(io_err)?;
         digest.map_err(io_err)
     })
 }
