@@ -222,6 +222,29 @@ pub fn verify_manifest(
         .unwrap_or(0);
     let (anchor, result) = results.into_iter().nth(pick).expect("one result per chain");
     let v = result?;
+    // What kubestrap's own key lists revoke is revoked everywhere: a private
+    // chain or a pinned key cannot bring back a key the official chain
+    // revoked (by id or by key material).
+    if anchor != BUILTIN_ANCHOR
+        && let Some(official) = chains.iter().find(|c| c.anchor == BUILTIN_ANCHOR && !c.files.is_empty())
+        && let Ok(official) = verify_chain(BUILTIN_ANCHOR, &official.files, &pinned, true)
+    {
+        let signer = v.trust_path.key_id();
+        let material = v
+            .key_list
+            .iter()
+            .flat_map(|l| l.release.iter().map(|k| &k.key))
+            .chain(&pinned)
+            .find(|k| k.key_id() == signer);
+        if official.revoked.contains(&signer) || material.is_some_and(|k| official.is_revoked(k)) {
+            return Err(signing::Error::Revoked {
+                file: label.to_string(),
+                key_id: signer,
+                list_version: official.version,
+            }
+            .into());
+        }
+    }
     if let Some(list) = v.key_list.as_ref().filter(|_| record) {
         // Key lists are versioned too: an older one is a rollback.
         let channel = format!("{KEY_LIST_CHANNEL}/{anchor}");

@@ -671,7 +671,8 @@ fn private_channels_keep_their_own_key_list_chains() {
     let m = write_signed_with(&env, &small_spec(&env, 3), &other.join("manifest.toml"), &b.rel_key);
     let out = env.run(&["fetch", "--manifest", s(&m)]);
     assert!(stderr_of(&out).contains("ignoring the key list"), "{}", stderr_of(&out));
-    assert_eq!(fs::read_to_string(env.home.join(format!("keys/{}/keys-1.toml", a.root_id))).unwrap(), a.list());
+    let published = fs::read_to_string(env.path().join("chan-a/keys.toml")).unwrap();
+    assert_eq!(fs::read_to_string(env.home.join(format!("keys/{}/keys-1.toml", a.root_id))).unwrap(), published);
     // …and both channels still work afterwards. Their manifests' versions are
     // recorded per trust root, so one private channel (or a pinned key
     // claiming the official channel's name) never blocks another as a rollback.

@@ -60,10 +60,21 @@ pub struct TrustedKeyList {
     pub release: Vec<ListedKey>,
     /// Revoked key ids, accumulated along the chain.
     pub revoked: BTreeSet<KeyId>,
+    /// The revoked keys the chain had listed before: a revocation holds for
+    /// the key material, whatever id it is later presented under.
+    pub revoked_keys: Vec<PublicKey>,
     /// The anchor keys that signed the first list used.
     pub anchored_by: Vec<KeyId>,
     /// Warnings for the user (e.g. expired but allowed).
     pub warnings: Vec<String>,
+}
+
+impl TrustedKeyList {
+    /// Whether `key` is revoked by this chain: by its id, or as key material
+    /// the chain listed under a revoked id.
+    pub fn is_revoked(&self, key: &PublicKey) -> bool {
+        self.revoked.contains(&key.key_id()) || self.revoked_keys.iter().any(|k| k.same_key(key))
+    }
 }
 
 /// Verification of key list chains.
@@ -126,6 +137,7 @@ impl KeyChain {
             Some(list.version),
         )?;
         revoked.extend(list.revoked.iter().copied());
+        let mut known: Vec<PublicKey> = list.roots.iter().chain(&list.release).map(|k| k.key.clone()).collect();
         let mut last = f;
         for f in &chain[start + 1..] {
             require(
@@ -143,7 +155,14 @@ impl KeyChain {
                     previous: list.version,
                 });
             }
-            if let Some(k) = next.roots.iter().chain(&next.release).find(|k| revoked.contains(&k.key.key_id())) {
+            let revoked_material =
+                |k: &PublicKey| known.iter().any(|old| revoked.contains(&old.key_id()) && old.same_key(k));
+            if let Some(k) = next
+                .roots
+                .iter()
+                .chain(&next.release)
+                .find(|k| revoked.contains(&k.key.key_id()) || revoked_material(&k.key))
+            {
                 return Err(Error::KeyListInvalid {
                     file: f.label.clone(),
                     reason: format!("lists key {}, which an earlier key list revoked", k.key.key_id()),
@@ -157,6 +176,7 @@ impl KeyChain {
                 Some(next.version),
             )?;
             revoked.extend(next.revoked.iter().copied());
+            known.extend(next.roots.iter().chain(&next.release).map(|k| k.key.clone()));
             list = next;
             last = f;
         }
@@ -164,6 +184,12 @@ impl KeyChain {
         let what = format!("key list {} version {}", last.label, list.version);
         if let Some(w) = check_expiry(&what, list.expires, now, allow_expired)? {
             warnings.push(w);
+        }
+        let mut revoked_keys: Vec<PublicKey> = Vec::new();
+        for k in known.iter().filter(|k| revoked.contains(&k.key_id())) {
+            if !revoked_keys.iter().any(|r| r.same_key(k)) {
+                revoked_keys.push(k.clone());
+            }
         }
         Ok(TrustedKeyList {
             label: last.label.clone(),
@@ -174,6 +200,7 @@ impl KeyChain {
             threshold: list.threshold,
             release: list.release,
             revoked,
+            revoked_keys,
             anchored_by,
             warnings,
         })

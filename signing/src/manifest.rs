@@ -114,7 +114,8 @@ pub fn verify_manifest(file: &str, bytes: &[u8], sig_text: &str, ctx: &TrustCont
     let revoked = |id: &KeyId| list.as_ref().is_some_and(|l| l.revoked.contains(id));
     let release: Vec<PublicKey> =
         list.as_ref().map(|l| l.release.iter().map(|k| k.key.clone()).collect()).unwrap_or_default();
-    let pinned: Vec<PublicKey> = ctx.pinned_keys.iter().filter(|k| !revoked(&k.key_id())).cloned().collect();
+    let revoked_key = |k: &PublicKey| list.as_ref().is_some_and(|l| l.is_revoked(k));
+    let pinned: Vec<PublicKey> = ctx.pinned_keys.iter().filter(|k| !revoked_key(k)).cloned().collect();
     let candidates: Vec<PublicKey> = release.iter().chain(&pinned).cloned().collect();
     let c = check_all(&blocks, bytes, &candidates);
 
@@ -140,7 +141,9 @@ pub fn verify_manifest(file: &str, bytes: &[u8], sig_text: &str, ctx: &TrustCont
     if !c.bad.is_empty() || !c.legacy.is_empty() {
         return no_valid_signature(file, &c, candidates.len());
     }
-    if let (Some(l), Some(id)) = (&list, c.all.iter().find(|id| revoked(id))) {
+    // Revoked by id, or a pinned key whose material the list revoked under another id.
+    let revoked_pinned = |id: &KeyId| ctx.pinned_keys.iter().any(|k| k.key_id() == *id && revoked_key(k));
+    if let (Some(l), Some(id)) = (&list, c.all.iter().find(|id| revoked(id) || revoked_pinned(id))) {
         return Err(Error::Revoked { file: file.to_string(), key_id: *id, list_version: l.version });
     }
     if let Some(e) = chain_err {

@@ -186,17 +186,11 @@ fn key_list_validation() {
 
 #[test]
 fn one_key_under_two_ids_is_refused() {
-    use base64::Engine;
-    use base64::engine::general_purpose::STANDARD;
     // Key ids are not covered by signatures: a list naming one key twice,
     // under two ids, would let its holder count twice toward a threshold.
     let d = tempfile::tempdir().unwrap();
     let (a, rel) = (key(d.path(), "a"), key(d.path(), "rel"));
-    let mut blob = STANDARD.decode(a.pk.to_base64()).unwrap();
-    blob[2..10].copy_from_slice(&[0x11; 8]);
-    let twin_pk = kubestrap_signing::PublicKey::from_base64(&STANDARD.encode(&blob)).unwrap();
-    let twin = common::Key { sk: a.sk.clone(), id: twin_pk.key_id(), pk: twin_pk };
-    assert!(twin.pk.same_key(&a.pk) && twin.id != a.id);
+    let twin = common::twin(&a, 0x11);
     let toml = list_toml(1, FAR, 2, &[&a, &twin], &[&rel], &[]);
     let e = KeyList::parse("keys.toml", toml.as_bytes()).unwrap_err();
     assert!(e.to_string().contains("same key under two ids"), "{e}");
@@ -218,4 +212,19 @@ fn several_anchor_keys_need_a_majority_to_start_a_chain() {
     let two = signed_list("keys.toml", &list_toml(1, FAR, 1, &[&r1], &[&rel], &[]), &[&r1, &r2]);
     assert_eq!(KeyChain::verify(&[two], &anchors, NOW, false).unwrap().version, 1);
     assert_eq!(KeyChain::anchor_threshold(1), 1);
+}
+
+#[test]
+fn a_revoked_key_stays_revoked_under_another_id() {
+    let d = tempfile::tempdir().unwrap();
+    let (root, rel, rel2) = (key(d.path(), "root"), key(d.path(), "rel"), key(d.path(), "rel2"));
+    let v1 = signed_list("v1", &list_toml(1, FAR, 1, &[&root], &[&rel], &[]), &[&root]);
+    let v2 = signed_list("v2", &list_toml(2, FAR, 1, &[&root], &[&rel2], &[rel.id]), &[&root]);
+    let t = KeyChain::verify(&[v1.clone(), v2.clone()], std::slice::from_ref(&root.pk), NOW, false).unwrap();
+    let relabelled = common::twin(&rel, 0x22);
+    assert!(t.is_revoked(&rel.pk) && t.is_revoked(&relabelled.pk) && !t.is_revoked(&rel2.pk));
+    // A later list cannot bring it back under a new id.
+    let v3 = signed_list("v3", &list_toml(3, FAR, 1, &[&root], &[&rel2, &relabelled], &[]), &[&root]);
+    let e = KeyChain::verify(&[v1, v2, v3], std::slice::from_ref(&root.pk), NOW, false).unwrap_err();
+    assert!(e.to_string().contains("revoked"), "{e}");
 }

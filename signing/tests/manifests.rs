@@ -193,3 +193,30 @@ fn malformed_signature_file_is_refused() {
         assert!(e.to_string().contains("stable.toml.minisig"), "{e}");
     }
 }
+
+#[test]
+fn a_pinned_key_revoked_under_another_id_is_refused() {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    let s = setup();
+    let d = tempfile::tempdir().unwrap();
+    let rel2 = key(d.path(), "rel2");
+    let v2 = signed_list("v2", &list_toml(2, FAR, 1, &[&s.root], &[&rel2], &[s.rel.id]), &[&s.root]);
+    let chain = [s.chain[0].clone(), v2];
+    // The revoked release key, pinned under another id, signs a manifest
+    // whose signature block is relabelled to that id.
+    let relabelled = common::twin(&s.rel, 0x33);
+    let sig = sign_with(&s.rel, MANIFEST);
+    let mut lines: Vec<String> = sig.lines().map(str::to_string).collect();
+    let mut raw = STANDARD.decode(&lines[1]).unwrap();
+    raw[2..10].copy_from_slice(relabelled.pk.key_id().as_bytes());
+    lines[1] = STANDARD.encode(&raw);
+    let sig = lines.join("\n") + "\n";
+    let pinned = std::slice::from_ref(&relabelled.pk);
+    // Valid on its own: a pinned key's signature…
+    let v = check(MANIFEST, &sig, &[], &[], pinned, false).unwrap();
+    assert_eq!(v.trust_path, TrustPath::Pinned { key_id: relabelled.id });
+    // …but the chain revoked that key material.
+    let e = check(MANIFEST, &sig, std::slice::from_ref(&s.root.pk), &chain, pinned, false).unwrap_err();
+    assert!(matches!(e, Error::Revoked { .. }), "{e}");
+}

@@ -79,3 +79,15 @@ pub fn minisign_bin(test: &str) -> Option<PathBuf> {
     }
     found
 }
+
+/// The same key material as `k` under another key id (ids are not signed:
+/// anyone can relabel a key or a signature block).
+pub fn twin(k: &Key, id_byte: u8) -> Key {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    let mut blob = STANDARD.decode(k.pk.to_base64()).unwrap();
+    blob[2..10].copy_from_slice(&[id_byte; 8]);
+    let pk = PublicKey::from_base64(&STANDARD.encode(&blob)).unwrap();
+    assert!(pk.same_key(&k.pk) && pk.key_id() != k.id);
+    Key { sk: k.sk.clone(), id: pk.key_id(), pk }
+}
