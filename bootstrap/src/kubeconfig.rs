@@ -101,9 +101,26 @@ fn write(path: &Path, doc: &Mapping) -> Result<()> {
     fsutil::write_atomic(path, text.as_bytes(), 0o600).map_err(|e| coded(Code::Kubeconfig, format!("{e:#}")))
 }
 
-/// The real file behind a symlinked kubeconfig (dotfile managers do this).
+/// The real file behind a symlinked kubeconfig (dotfile managers do this),
+/// also when the link points at a file not made yet: it is written there,
+/// and the link is kept.
 fn resolve(path: &Path) -> PathBuf {
-    fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+    if let Ok(real) = fs::canonicalize(path) {
+        return real;
+    }
+    match fs::read_link(path) {
+        Ok(target) => in_real_dir(&path.parent().map_or(target.clone(), |dir| dir.join(&target))),
+        Err(_) => in_real_dir(path),
+    }
+}
+
+/// `path` with its directory resolved (the file itself need not exist).
+fn in_real_dir(path: &Path) -> PathBuf {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match (fs::canonicalize(dir), path.file_name()) {
+        (Ok(dir), Some(name)) => dir.join(name),
+        _ => path.to_path_buf(),
+    }
 }
 
 fn with_locked<T>(path: &Path, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
@@ -113,9 +130,10 @@ fn with_locked<T>(path: &Path, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> 
     let dir = real.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|e| coded(Code::Kubeconfig, format!("cannot create {}: {e}", dir.display())))?;
     let _guard = home::lock_dir(dir)?;
-    // kubectl locks the path it was given, not a symlink's target: take both.
+    // kubectl locks the path it was given, not a symlink's target: take both
+    // when they are two files (not two spellings of one path).
     let _kubectl = KubectlLock::take(path)?;
-    let _kubectl_real = if real != path { Some(KubectlLock::take(&real)?) } else { None };
+    let _kubectl_real = if in_real_dir(path) != real { Some(KubectlLock::take(&real)?) } else { None };
     // A write killed half-way leaves a temp file holding admin keys: gone now.
     fsutil::remove_stale_temps(&real);
     f(&real)
@@ -463,6 +481,28 @@ mod tests {
         merge(&p, &entry("kubestrap", 8443), true).unwrap();
         assert!(!stale.exists());
         assert!(unrelated.exists());
+    }
+
+    #[test]
+    fn a_relative_or_symlinked_kubeconfig_is_locked_once_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real-config");
+        let link = dir.path().join("config");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        merge(&link, &entry("kubestrap", 8443), true).unwrap();
+        // Now the target exists: both locks (link and target) are taken and released.
+        merge(&link, &entry("kubestrap", 8444), true).unwrap();
+        assert!(!dir.path().join("config.lock").exists() && !dir.path().join("real-config.lock").exists());
+        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the symlink is kept");
+        assert_eq!(state(&real, "kubestrap", "https://127.0.0.1:8444").unwrap(), State::Configured { current: true });
+        // Another spelling of one file (through a linked directory) is one
+        // file, one lock: no waiting on our own lock.
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("same-dir")).unwrap();
+        let other = dir.path().join("same-dir/plain-config");
+        merge(&other, &entry("kubestrap", 8443), true).unwrap();
+        let t = std::time::Instant::now();
+        merge(&other, &entry("kubestrap", 8444), true).unwrap();
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "waited on its own lock: {:?}", t.elapsed());
     }
 
     #[test]
