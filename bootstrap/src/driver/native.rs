@@ -79,7 +79,6 @@ impl Driver for Native {
     fn start(&self, launch: &Launch) -> Result<i32> {
         let p = &launch.profile;
         let run = p.run();
-        self.create(p)?;
         // Never two localkubes on one data directory, whatever the pid file says.
         let left = process::owned_by(&run);
         if !left.is_empty() {

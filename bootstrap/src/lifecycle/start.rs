@@ -84,7 +84,7 @@ pub fn start(home: &Home, o: &StartOptions, steps: &dyn Steps) -> Result<Started
     // Already running (or launched by a start that was interrupted)? Then
     // wait until it is ready and make sure kubeconfig points at it.
     let state = drv.status(&p)?;
-    if let (HostState::Running { pid, port }, Some(cfg)) = (&state, &existing) {
+    if let (HostState::Running { pid, port }, Some(_)) = (&state, &existing) {
         drv.resume(&p)?;
         if let Some(asked) = o.port.filter(|asked| asked != port) {
             steps.warn(&format!(
@@ -101,12 +101,15 @@ pub fn start(home: &Home, o: &StartOptions, steps: &dyn Steps) -> Result<Started
             manifest: m.id(),
             already_running: true,
             created: false,
-            ..result(&p, cfg, *port)?
+            ..result(&p, *port)?
         });
     }
     if let HostState::Crashed { how } = &state {
         steps.warn(&format!("localkube of profile {:?} had stopped unexpectedly ({how}); starting it again", p.name));
-        drv.stop(&p, libc::SIGTERM, Duration::from_secs(1))?;
+        // What is left of it (helpers; all of it when only the pid file was
+        // lost) is stopped the way the manifest says.
+        let run = &m.component.localkube.run;
+        drv.stop(&p, run.stop_signal.number(), Duration::from_secs(run.stop_timeout_s))?;
     }
 
     // 2. Artifacts: from the cache or downloaded, every byte verified.
@@ -177,17 +180,10 @@ pub fn start(home: &Home, o: &StartOptions, steps: &dyn Steps) -> Result<Started
     steps.step("localkube started", &format!("pid {pid}, {} driver", drv.name()), t.elapsed());
     wait_ready(drv.as_ref(), &p, &pki, port, &m.component.localkube.run, o.wait_timeout, true, steps)?;
     let version = finish(&p, &pki, port, o.keep_context, steps)?;
-    Ok(Started {
-        pid,
-        kubernetes: version,
-        manifest: m.id(),
-        already_running: false,
-        created,
-        ..result(&p, &cfg, port)?
-    })
+    Ok(Started { pid, kubernetes: version, manifest: m.id(), already_running: false, created, ..result(&p, port)? })
 }
 
-fn result(p: &Profile, _cfg: &Config, port: u16) -> Result<Started> {
+fn result(p: &Profile, port: u16) -> Result<Started> {
     Ok(Started {
         profile: p.name.clone(),
         context: kubeconfig::context_name(&p.name),
