@@ -12,7 +12,15 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 command -v cargo >/dev/null || { echo "cargo is needed (https://rustup.rs)" >&2; exit 1; }
-command -v zstd >/dev/null || { echo "zstd is needed: apt-get install -y zstd" >&2; exit 1; }
+if ! command -v zstd >/dev/null; then
+  # The development artifact is a tar.zst: install zstd when we can (root with apt).
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing zstd (apt-get)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zstd) >/dev/null
+  else
+    echo "zstd is needed: sudo apt-get install -y zstd" >&2; exit 1
+  fi
+fi
 
 export KUBESTRAP_HOME=${KUBESTRAP_HOME:-$top/.quickstart/home}
 echo "==> building kubestrap and the development manifest (release build; the first one takes a few minutes)"
