@@ -1,13 +1,30 @@
-//! Where kubestrap keeps its state: `$KUBESTRAP_HOME`, else
-//! `$XDG_DATA_HOME/kubestrap`, else `~/.local/share/kubestrap`.
+//! Where kubestrap keeps its state: `$KUBESTRAP_HOME`, else the platform
+//! data directory (`$XDG_DATA_HOME/kubestrap`, i.e. `~/.local/share/kubestrap`
+//! on Linux; `~/Library/Application Support/dev.kubestrap.kubestrap` on
+//! macOS; `%APPDATA%\kubestrap\kubestrap\data` on Windows). The home records
+//! its layout version so a kubestrap never misreads a home that a newer one
+//! reshaped.
 
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
-use anyhow::{Context, Result, bail};
+use kubestrap_fskit::{self as fskit, FsError, Lock, Mode, caps};
 use kubestrap_manifest::Sha256;
 
-use crate::fsutil;
+/// The layout of the home this kubestrap reads and writes.
+pub const LAYOUT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    #[error("cannot find a home for kubestrap: set KUBESTRAP_HOME (or HOME)")]
+    Unknown,
+    #[error(
+        "{} was written by a newer kubestrap (home layout {found}; this kubestrap understands layout {LAYOUT} and older): run that newer kubestrap, or point KUBESTRAP_HOME at another directory",
+        path.display()
+    )]
+    NewerLayout { path: PathBuf, found: u32 },
+}
 
 /// The kubestrap home directory and the layout inside it.
 #[derive(Clone, Debug)]
@@ -15,26 +32,65 @@ pub struct Home {
     root: PathBuf,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LayoutFile {
+    layout: u32,
+}
+
 impl Home {
     /// A home at `root`, made absolute (and symlinks resolved when it
     /// exists), so paths recorded in it mean the same from any directory.
-    pub fn new(root: PathBuf) -> Home {
+    /// Refuses a home whose layout is newer than this kubestrap's.
+    pub fn open(root: PathBuf) -> Result<Home, HomeError> {
         let root = fs::canonicalize(&root).or_else(|_| std::path::absolute(&root)).unwrap_or(root);
-        Home { root }
+        let home = Home { root };
+        home.check_layout()?;
+        Ok(home)
     }
 
-    /// The home chosen by the environment (see module docs).
-    pub fn from_env() -> Result<Home> {
+    /// The home chosen by the environment (see module docs). A variable
+    /// that is set but empty counts as unset.
+    pub fn from_env() -> Result<Home, HomeError> {
         if let Some(h) = std::env::var_os("KUBESTRAP_HOME").filter(|v| !v.is_empty()) {
-            return Ok(Home::new(PathBuf::from(h)));
+            return Home::open(PathBuf::from(h));
         }
-        if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
-            return Ok(Home::new(PathBuf::from(x).join("kubestrap")));
+        let dirs = directories::ProjectDirs::from("dev", "kubestrap", "kubestrap").ok_or(HomeError::Unknown)?;
+        Home::open(dirs.data_dir().to_path_buf())
+    }
+
+    fn layout_path(&self) -> PathBuf {
+        self.root.join("state/layout.toml")
+    }
+
+    /// A missing record is layout 1 (homes made before it was recorded); a
+    /// damaged one is rewritten when the home is next locked.
+    fn check_layout(&self) -> Result<(), HomeError> {
+        let path = self.layout_path();
+        let found = fskit::read_capped_text(&path, caps::STATE)
+            .ok()
+            .and_then(|t| toml::from_str::<LayoutFile>(&t).ok())
+            .map_or(LAYOUT, |l| l.layout);
+        if found > LAYOUT {
+            return Err(HomeError::NewerLayout { path, found });
         }
-        match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-            Some(h) => Ok(Home::new(PathBuf::from(h).join(".local/share/kubestrap"))),
-            None => bail!("cannot find a home for kubestrap: set KUBESTRAP_HOME (or HOME)"),
-        }
+        Ok(())
+    }
+
+    /// Records this layout (once per process, when the home is first locked:
+    /// every command that writes to the home takes a lock first).
+    fn record_layout(&self) {
+        static DONE: OnceLock<()> = OnceLock::new();
+        DONE.get_or_init(|| {
+            let path = self.layout_path();
+            let current =
+                fskit::read_capped_text(&path, caps::STATE).ok().and_then(|t| toml::from_str::<LayoutFile>(&t).ok());
+            if current.is_none_or(|l| l.layout < LAYOUT) {
+                let text = format!("# the layout of this kubestrap home; do not edit\nlayout = {LAYOUT}\n");
+                if let Err(e) = fskit::write_atomic(&path, text.as_bytes(), 0o644) {
+                    tracing::warn!("{e}");
+                }
+            }
+        });
     }
 
     pub fn root(&self) -> &Path {
@@ -75,7 +131,7 @@ impl Home {
     pub fn trust(&self) -> PathBuf {
         self.root.join("trust")
     }
-    /// Root-signed key lists, `keys-<version>.toml` with `.minisig` beside.
+    /// Root-signed key lists, `<anchor>/keys-<version>.toml` with `.minisig` beside.
     pub fn keys(&self) -> PathBuf {
         self.root.join("keys")
     }
@@ -89,81 +145,40 @@ impl Home {
 
     /// Takes an exclusive lock named `name` under `locks/`. If another
     /// kubestrap holds it, calls `waiting` once and then blocks — or fails at
-    /// once when `wait` is false.
-    pub fn lock(&self, name: &str, wait: bool, waiting: impl FnOnce()) -> Result<LockGuard> {
-        lock_file(&self.locks().join(format!("{name}.lock")), wait, waiting)
+    /// once ([`FsError::Locked`]) when `wait` is false.
+    pub fn lock(&self, name: &str, wait: bool, waiting: impl FnOnce()) -> Result<Lock, FsError> {
+        let lock = fskit::lock(&self.locks().join(format!("{name}.lock")), Mode::Exclusive, wait, waiting)?;
+        self.record_layout();
+        Ok(lock)
     }
 
     /// The store lock: shared by commands that add to or use the cache
     /// (fetch, start, unpack), exclusive for those that remove from it
     /// (prune, verify, purge), so nothing is deleted from under a user.
-    pub fn store_lock(&self, exclusive: bool, waiting: impl FnOnce()) -> Result<LockGuard> {
-        let path = self.locks().join("store.lock");
-        if exclusive {
-            return lock_file(&path, true, waiting);
-        }
-        let file = open_lock(&path)?;
-        match file.try_lock_shared() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                waiting();
-                file.lock_shared().with_context(|| format!("cannot lock {}", path.display()))?;
-            }
-            Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
-        }
-        Ok(LockGuard { _file: file })
+    pub fn store_lock(&self, exclusive: bool, waiting: impl FnOnce()) -> Result<Lock, FsError> {
+        let mode = if exclusive { Mode::Exclusive } else { Mode::Shared };
+        let lock = fskit::lock(&self.locks().join("store.lock"), mode, true, waiting)?;
+        self.record_layout();
+        Ok(lock)
     }
 }
 
-fn open_lock(path: &Path) -> Result<File> {
-    if let Some(dir) = path.parent() {
-        fsutil::create_dir_mode(dir, 0o700)?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_layout_is_refused_and_an_older_one_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::open(dir.path().to_path_buf()).unwrap();
+        drop(home.lock("x", true, || {}).unwrap());
+        let text = fs::read_to_string(dir.path().join("state/layout.toml")).unwrap();
+        assert!(text.contains(&format!("layout = {LAYOUT}")), "{text}");
+        fs::write(dir.path().join("state/layout.toml"), "layout = 99\n").unwrap();
+        let err = Home::open(dir.path().to_path_buf()).unwrap_err();
+        assert!(matches!(err, HomeError::NewerLayout { found: 99, .. }), "{err}");
+        // A damaged record does not lock the user out.
+        fs::write(dir.path().join("state/layout.toml"), [0xff, 0x00, 0x12]).unwrap();
+        Home::open(dir.path().to_path_buf()).unwrap();
     }
-    OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("cannot open lock file {}", path.display()))
-}
-
-/// Takes an exclusive lock on a directory itself (flock works on directory
-/// descriptors): serialises writers of files in it without leaving a lock
-/// file behind. Waits for other holders.
-pub fn lock_dir(dir: &Path) -> Result<LockGuard> {
-    let file = File::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
-    file.lock().with_context(|| format!("cannot lock {}", dir.display()))?;
-    Ok(LockGuard { _file: file })
-}
-
-/// An exclusive advisory lock, released on drop (and by the kernel if the
-/// process dies, so a `kill -9` never leaves a stale lock).
-#[derive(Debug)]
-pub struct LockGuard {
-    _file: File,
-}
-
-/// The lock is held by another process and the caller asked not to wait.
-#[derive(Debug, thiserror::Error)]
-#[error("{path} is locked by another kubestrap command; wait for it to finish, or retry without --no-wait")]
-pub struct Locked {
-    pub path: PathBuf,
-}
-
-pub fn lock_file(path: &Path, wait: bool, waiting: impl FnOnce()) -> Result<LockGuard> {
-    let file = open_lock(path)?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            if !wait {
-                return Err(Locked { path: path.to_path_buf() }.into());
-            }
-            waiting();
-            file.lock().with_context(|| format!("cannot lock {}", path.display()))?;
-        }
-        Err(TryLockError::Error(e)) => {
-            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
-        }
-    }
-    Ok(LockGuard { _file: file })
 }

@@ -216,8 +216,14 @@ impl TryFrom<RawArtifact> for Artifact {
 }
 
 fn check_url(url: &str) -> Result<(), String> {
-    let ok = ["https://", "http://", "file://"].iter().any(|p| url.starts_with(p) && url.len() > p.len())
-        || url.starts_with('/');
+    let ok = match url::Url::parse(url) {
+        Ok(u) => match u.scheme() {
+            "http" | "https" => u.has_host(),
+            "file" => u.path().len() > 1,
+            _ => false,
+        },
+        Err(_) => url.starts_with('/'),
+    };
     if ok {
         Ok(())
     } else {
@@ -278,8 +284,13 @@ impl TryFrom<RawRun> for Run {
             );
         }
         for path in r.pki_files.keys() {
-            if !(path.as_str().starts_with("{data}/") || path.as_str().starts_with("{pki}/")) {
-                return Err(format!("pki-files: expected a path under {{data}}/ or {{pki}}/, got {:?}", path.as_str()));
+            // Never inside {pki}: a copy there could overwrite kubestrap's own
+            // PKI (ca.crt with the CA key, say).
+            if !path.as_str().starts_with("{data}/") {
+                return Err(format!(
+                    "pki-files: expected a path under {{data}}/ (never inside kubestrap's own {{pki}}), got {:?}",
+                    path.as_str()
+                ));
             }
             check_rel_path("pki-files", path.as_str().split_once('/').map_or("", |x| x.1))?;
         }
@@ -376,6 +387,26 @@ impl Manifest {
             }
         }
         out
+    }
+
+    /// The manifest as schema-1 TOML. The one manifest writer: `kubestrap
+    /// manifest new`, the tests, `bench/` and `ci/` all write through it.
+    /// The text parses back to an equal manifest (checked by `parse`).
+    pub fn to_toml(&self) -> String {
+        let body = toml::to_string(self).expect("a manifest serializes to TOML");
+        format!("# kubestrap manifest, schema {SCHEMA}\n{body}")
+    }
+
+    /// Builds an artifact, checked like one read from a manifest.
+    pub fn artifact(
+        urls: Vec<String>,
+        sha256: Sha256,
+        size: u64,
+        unpack: Unpack,
+        bin: &str,
+    ) -> Result<Artifact, String> {
+        let size = Size::new(size).ok_or("size: expected a size in bytes greater than 0")?;
+        Artifact::try_from(RawArtifact { urls, sha256, size, unpack, bin: bin.to_string() })
     }
 
     /// A short name for the manifest: `<channel>-<version>`.
@@ -511,7 +542,7 @@ impl Manifest {
                     None => vec!["all".into()],
                 },
                 targets: c.target.keys().map(|t| t.to_string()).collect(),
-                bytes: c.target.values().map(|a| a.size.get()).sum(),
+                bytes: c.target.values().fold(0u64, |n, a| n.saturating_add(a.size.get())),
             })
             .collect();
         Summary {
@@ -521,7 +552,7 @@ impl Manifest {
             published: rfc3339(self.published),
             expires: rfc3339(self.expires),
             requires_bootstrap: self.requires_bootstrap.to_string(),
-            total_bytes: components.iter().map(|c| c.bytes).sum(),
+            total_bytes: components.iter().fold(0u64, |n, c| n.saturating_add(c.bytes)),
             components,
         }
     }

@@ -201,3 +201,23 @@ fn not_toml_at_all() {
     let e = Manifest::parse(&[0xff, 0xfe], Path::new("m.toml")).unwrap_err();
     assert!(e.message.contains("UTF-8"), "{e}");
 }
+
+#[test]
+fn the_writer_round_trips() {
+    let m = parse(GOOD).unwrap();
+    let text = m.to_toml();
+    let again = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(again.to_toml(), text);
+    assert_eq!(again.component.localkube.run.pki_files.len(), 1);
+    assert_eq!(again.id(), "stable-12");
+    let a = Manifest::artifact(
+        vec!["/x".into()],
+        again.component.kubectl.target.values().next().unwrap().sha256,
+        5,
+        Unpack::File,
+        "kubectl",
+    )
+    .unwrap();
+    assert_eq!(a.size.get(), 5);
+    assert!(Manifest::artifact(vec![], a.sha256, 5, Unpack::File, "kubectl").is_err());
+}

@@ -34,39 +34,22 @@ impl FromStr for Sha256 {
         if s.len() != 64 {
             return Err(format!("expected 64 lowercase hex characters, got {} characters", s.len()));
         }
-        let mut out = [0u8; 32];
-        for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-            let hi = hex_val(chunk[0]);
-            let lo = hex_val(chunk[1]);
-            match (hi, lo) {
-                (Some(h), Some(l)) => out[i] = (h << 4) | l,
-                _ => {
-                    return Err(format!(
-                        "expected 64 lowercase hex characters, found {:?} at position {}",
-                        String::from_utf8_lossy(chunk),
-                        i * 2
-                    ));
-                }
-            }
+        // Lowercase only: the form file names and manifests use.
+        if let Some(at) = s.find(|c: char| !matches!(c, '0'..='9' | 'a'..='f')) {
+            return Err(format!(
+                "expected 64 lowercase hex characters, found {:?} at position {at}",
+                &s[at..].chars().next().unwrap_or(' ')
+            ));
         }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|e| format!("expected 64 lowercase hex characters: {e}"))?;
         Ok(Sha256(out))
-    }
-}
-
-fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
     }
 }
 
 impl fmt::Display for Sha256 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&hex::encode(self.0))
     }
 }
 

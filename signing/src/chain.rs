@@ -1,6 +1,7 @@
 //! Key list chains: root rotation (each list signed by a threshold of the
 //! previous roots and of its own), anchored in built-in or pinned root keys.
 
+use kubestrap_fskit::{self as fskit, caps};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -12,7 +13,8 @@ use crate::keylist::{KeyList, ListedKey};
 use crate::keys::{KeyId, PublicKey};
 use crate::minisig::{check_all, parse_signatures};
 use crate::seen::check_expiry;
-use crate::sign::{sign, signature_path};
+use crate::sign::sign;
+use kubestrap_fskit::signature_path;
 
 /// A key list file as shipped: its exact bytes and its `.minisig` text
 /// (one or several signature blocks back to back).
@@ -34,9 +36,14 @@ impl KeyListFile {
 
     /// Reads `path` and `path.minisig`.
     pub fn from_path(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, "read", e))?;
+        let bytes = fskit::read_capped(path, caps::DOCUMENT)?;
         let sp = signature_path(path);
-        let sigs = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, "read", e))?;
+        let sigs = fskit::read_capped_text(&sp, caps::SIGNATURE).map_err(|e| match e {
+            fskit::FsError::NotText { .. } => {
+                Error::MalformedSignature { file: sp.display().to_string(), reason: "not text".into() }
+            }
+            other => other.into(),
+        })?;
         Ok(Self::new(path.display().to_string(), bytes, sigs))
     }
 }

@@ -35,6 +35,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A file could not be read (too large, not a regular file, not text).
+    #[error(transparent)]
+    File(#[from] kubestrap_fskit::FsError),
+
     /// A file that must not be overwritten already exists.
     #[error("{}: already exists; refusing to overwrite it (move it away or choose another name)", path.display())]
     AlreadyExists {

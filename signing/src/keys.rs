@@ -110,7 +110,15 @@ impl PublicKey {
 
     /// Reads a minisign `.pub` file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+        let text = kubestrap_fskit::read_capped_text(path, kubestrap_fskit::caps::KEY).map_err(|e| match e {
+            kubestrap_fskit::FsError::NotText { .. } | kubestrap_fskit::FsError::TooLarge { .. } => {
+                Error::MalformedPublicKey {
+                    file: path.display().to_string(),
+                    reason: "not a minisign public key file".into(),
+                }
+            }
+            other => other.into(),
+        })?;
         Self::parse_text(&path.display().to_string(), &text)
     }
 

@@ -17,7 +17,6 @@
 mod builtin;
 mod chain;
 mod error;
-mod fsutil;
 mod keylist;
 mod keys;
 mod manifest;
@@ -29,14 +28,14 @@ mod trust;
 pub use builtin::builtin_roots;
 pub use chain::{KeyChain, KeyListFile, TrustedKeyList, sign_key_list};
 pub use error::{Error, Result};
-pub use fsutil::write_atomic;
 pub use keylist::{KeyList, ListedKey};
 pub use keys::{KeyId, PublicKey};
+pub use kubestrap_fskit::signature_path;
 pub use manifest::{TrustContext, TrustPath, VerifiedManifest, verify_manifest};
 pub use minisig::{SignatureBlock, Verified, parse_signatures, verify};
 pub use seen::{SeenEntry, SeenVersions, check_expiry, sha256_hex};
 pub use sign::{
     default_trusted_comment, drop_stale_signatures, generate_keypair, merge_signatures, secret_key_id, sign, sign_file,
-    signature_path, write_signature_file,
+    write_signature_file,
 };
 pub use trust::{PinnedKey, pinned_keys, trust_add, trust_list, trust_remove};

@@ -2,7 +2,6 @@
 //! replacement protection, stored crash-safely) and expiry checks.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -11,7 +10,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::error::{Error, Result};
-use crate::fsutil::write_atomic;
+use kubestrap_fskit::{self as fskit, caps};
 
 /// Lower-case hex sha256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -79,7 +78,7 @@ fn normalize_sha(sha256: &str) -> Result<String> {
 impl SeenVersions {
     /// Loads the state file; a missing file means nothing seen yet.
     pub fn load(path: &Path) -> Result<Self> {
-        let channels = match std::fs::read_to_string(path) {
+        let channels = match fskit::read_capped_text(path, caps::DOCUMENT) {
             Ok(text) => {
                 let f: SeenFile = toml::from_str(&text)
                     .map_err(|e| Error::StateCorrupt { path: path.into(), reason: e.to_string() })?;
@@ -91,8 +90,11 @@ impl SeenVersions {
                 }
                 f.channel
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(Error::io(path, "read", e)),
+            Err(e) if e.is_not_found() => BTreeMap::new(),
+            Err(e @ fskit::FsError::Io { .. }) => return Err(e.into()),
+            // Damaged (garbage, not text, huge): rollback state is only ever
+            // written whole by kubestrap, so this is damage, said as such.
+            Err(e) => return Err(Error::StateCorrupt { path: path.into(), reason: e.to_string() }),
         };
         Ok(SeenVersions { path: path.into(), channels })
     }
@@ -149,7 +151,8 @@ impl SeenVersions {
         let f = SeenFile { channel: self.channels.clone() };
         let body = toml::to_string(&f).map_err(|e| Error::Invalid(e.to_string()))?;
         let text = format!("# kubestrap: highest manifest version seen per channel (rollback protection)\n{body}");
-        write_atomic(&self.path, text.as_bytes(), false)
+        fskit::write_atomic(&self.path, text.as_bytes(), 0o644)?;
+        Ok(())
     }
 
     /// Under an exclusive lock on `PATH.lock`: load, check, record, save.
@@ -158,16 +161,7 @@ impl SeenVersions {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
         }
-        let mut lock_path = path.as_os_str().to_owned();
-        lock_path.push(".lock");
-        let lock_path = PathBuf::from(lock_path);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io(&lock_path, "open", e))?;
-        lock.lock().map_err(|e| Error::io(&lock_path, "lock", e))?;
+        let _lock = fskit::lock(&fskit::sidecar(path, ".lock"), fskit::Mode::Exclusive, true, || {})?;
         let mut seen = Self::load(path)?;
         seen.record(channel, version, sha256)
         // `lock` is released when dropped.

@@ -8,9 +8,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use crate::error::{Error, Result};
-use crate::fsutil;
 use crate::keys::{KeyId, PublicKey};
 use crate::minisig::parse_signatures;
+use kubestrap_fskit::{self as fskit, caps};
 
 /// Secret key blob size: sig_alg, kdf_alg, chk_alg (2 each), salt (32),
 /// opslimit, memlimit, keynum (8 each), secret key (64), checksum (32).
@@ -51,12 +51,12 @@ pub fn generate_keypair(out_dir: &Path, name: &str, password: Option<&str>) -> R
     };
     let public = PublicKey::from_base64(&pk.to_base64())?;
     let sk_text = sk.to_box(Some(comment)).map_err(sign_err)?.into_string();
-    fsutil::create_new(&key_path, sk_text.as_bytes(), true)?;
-    if let Err(e) = fsutil::create_new(&pub_path, public.to_minisign_text().as_bytes(), false) {
+    create_new(&key_path, sk_text.as_bytes(), 0o600)?;
+    if let Err(e) = create_new(&pub_path, public.to_minisign_text().as_bytes(), 0o644) {
         let _ = std::fs::remove_file(&key_path);
         return Err(e);
     }
-    fsutil::sync_dir(out_dir)?;
+    fskit::sync_dir(out_dir)?;
     Ok((key_path, pub_path, public.key_id()))
 }
 
@@ -64,7 +64,10 @@ pub fn generate_keypair(out_dir: &Path, name: &str, password: Option<&str>) -> R
 fn load_secret_key(path: &Path, password: Option<&str>) -> Result<minisign::SecretKey> {
     let file = path.display().to_string();
     let bad = |reason: &str| Error::MalformedSecretKey { file: file.clone(), reason: reason.to_string() };
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, "read", e))?;
+    let text = fskit::read_capped_text(path, caps::KEY).map_err(|e| match e {
+        fskit::FsError::NotText { .. } | fskit::FsError::TooLarge { .. } => bad("not a minisign secret key file"),
+        other => other.into(),
+    })?;
     let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.trim().is_empty()).collect();
     let [comment, b64] = lines.as_slice() else {
         return Err(bad("expected 2 lines: `untrusted comment:` and the base64 key"));
@@ -130,17 +133,10 @@ pub fn default_trusted_comment(file_name: &str, now: time::OffsetDateTime) -> St
     format!("timestamp:{}\tfile:{name}\thashed", now.unix_timestamp())
 }
 
-/// The path of the detached signature of `file`: `FILE.minisig`.
-pub fn signature_path(file: &Path) -> PathBuf {
-    let mut s = file.as_os_str().to_owned();
-    s.push(".minisig");
-    PathBuf::from(s)
-}
-
 /// Writes `sig_text` to `FILE.minisig` atomically; returns that path.
 pub fn write_signature_file(file: &Path, sig_text: &str) -> Result<PathBuf> {
-    let path = signature_path(file);
-    fsutil::write_atomic(&path, sig_text.as_bytes(), false)?;
+    let path = fskit::signature_path(file);
+    fskit::write_atomic(&path, sig_text.as_bytes(), 0o644)?;
     Ok(path)
 }
 
@@ -152,7 +148,7 @@ pub fn sign_file(
     file: &Path,
     trusted_comment: &str,
 ) -> Result<PathBuf> {
-    let data = std::fs::read(file).map_err(|e| Error::io(file, "read", e))?;
+    let data = fskit::read_capped(file, caps::DOCUMENT)?;
     let sig = sign(secret_key_path, password, &data, trusted_comment)?;
     write_signature_file(file, &sig)
 }
@@ -193,4 +189,15 @@ pub fn drop_stale_signatures(sigs: &str, data: &[u8], keys: &[PublicKey]) -> Res
         }
     }
     Ok((kept, dropped))
+}
+
+/// Creates a key file that must not exist yet.
+fn create_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    fskit::create_new(path, bytes, mode).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::AlreadyExists { path: path.into() }
+        } else {
+            Error::io(path, "create", e)
+        }
+    })
 }

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::fsutil::{sync_dir, write_atomic};
 use crate::keys::{KeyId, PublicKey};
+use kubestrap_fskit::{sync_dir, write_atomic};
 
 /// A key pinned in a trust store.
 #[derive(Clone, Debug)]
@@ -54,7 +54,7 @@ pub fn trust_add(dir: &Path, pub_path: &Path) -> Result<KeyId> {
         .map(|c| c.to_string())
         .unwrap_or_else(|| format!("minisign public key {id}"));
     let text = format!("untrusted comment: {comment}\n{}\n", key.to_base64());
-    write_atomic(&path, text.as_bytes(), false)?;
+    write_atomic(&path, text.as_bytes(), 0o644)?;
     Ok(id)
 }
 

@@ -1,81 +1,72 @@
-//! Drivers run localkube somewhere: `native` runs it as a supervised host
-//! process (Linux, no VM). Each driver implements [`Driver`].
+//! Drivers run localkube somewhere. Each implements [`Driver`]; nothing above
+//! this module sees how (a host process, a VM, a container): the lifecycle
+//! holds an opaque [`Host`] and asks the driver for state, logs and stops.
+//!
+//! To add a driver: a module beside `native` implementing [`Driver`] (its
+//! prerequisites in `check`, its extra apiserver names in `extra_sans`, the
+//! paths localkube sees in `vars`), and a line in [`for_kind`].
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Result;
-use kubestrap_manifest::{Run, Vars};
+use kubestrap_fskit::FsError;
+use kubestrap_manifest::{Driver as Kind, Run, Sha256, StopSignal, Vars};
 
-use crate::profile::Profile;
+use crate::cluster::profile::Profile;
 
-pub mod monitor;
 pub mod native;
-pub mod process;
 
 /// Everything a driver needs to run one profile's localkube.
 #[derive(Clone, Debug)]
 pub struct Launch {
     pub profile: Profile,
     pub run: Run,
-    /// The unpacked localkube component tree.
+    /// The unpacked localkube component tree (verified).
     pub component: PathBuf,
+    /// The sha256 `run.program` must have when it is executed.
+    pub program_sha256: Sha256,
     pub port: u16,
 }
 
-impl Launch {
-    /// Template values for the manifest's args and pki-files paths.
-    pub fn vars(&self) -> Vars {
-        Vars {
-            data: self.profile.data().display().to_string(),
-            pki: self.profile.pki().display().to_string(),
-            port: self.port,
-            bind: "127.0.0.1".into(),
-            profile: self.profile.name.clone(),
-            node: format!("kubestrap-{}", self.profile.name),
-            component: self.component.display().to_string(),
-        }
-    }
+/// A running localkube as the lifecycle sees it: what to call it, and the
+/// apiserver port on 127.0.0.1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// For humans and JSON: `pid 1234`, a container id, a VM name.
+    pub id: String,
+    pub port: u16,
 }
 
 /// What a driver sees of its host and localkube.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostState {
-    /// localkube runs (pid, port).
-    Running { pid: i32, port: u16 },
+    Running(Host),
+    /// Still running, but a stop was asked for (a `stop` or `delete` that
+    /// was interrupted): it is on its way down.
+    Stopping(Host),
     /// Stopped by the user (or never started).
     Stopped,
     /// Should run but does not: how it ended, if known.
-    Crashed { how: String },
+    Crashed {
+        how: String,
+    },
 }
 
-/// What runs one profile's localkube. The lifecycle calls, in order:
-/// `create` (idempotent) → `start` → `running` while it waits for ready;
-/// `status` at any time; `stop`; `delete` before the profile is removed.
-pub trait Driver {
-    fn name(&self) -> &'static str;
-    /// Addresses the apiserver certificate must carry besides the defaults.
-    fn extra_sans(&self) -> Vec<String>;
-    /// Makes (or repairs) what the driver needs for this profile before a
-    /// start: directories with their modes, for a VM driver the machine.
-    fn create(&self, profile: &Profile) -> Result<()>;
-    /// Launches localkube detached; returns once it is running (not ready).
-    /// Refuses if anything of this profile is still running.
-    fn start(&self, launch: &Launch) -> Result<i32>;
-    /// Whether localkube is still running (checked while waiting for ready).
-    fn running(&self, profile: &Profile) -> Result<bool>;
-    /// Stops gracefully: the manifest's signal, then SIGKILL after `timeout`;
-    /// then whatever localkube left behind. Returns how it went.
-    fn stop(&self, profile: &Profile, signal: i32, timeout: Duration) -> Result<StopOutcome>;
-    /// A start found localkube running: a stop interrupted before it acted
-    /// no longer applies.
-    fn resume(&self, profile: &Profile) -> Result<()>;
-    fn status(&self, profile: &Profile) -> Result<HostState>;
-    /// Removes what `create` made outside the profile directory and makes
-    /// sure nothing of the profile still runs. Called after `stop`.
-    fn delete(&self, profile: &Profile) -> Result<()>;
-    /// localkube's log file (kept under a size cap, older part in `.1`).
-    fn logs(&self, profile: &Profile) -> PathBuf;
+/// How to stop localkube gracefully: the manifest's signal, then a kill
+/// after the timeout.
+#[derive(Clone, Copy, Debug)]
+pub struct Stop {
+    pub signal: StopSignal,
+    pub timeout: Duration,
+}
+
+impl Stop {
+    pub fn of(run: &Run) -> Stop {
+        Stop { signal: run.stop_signal, timeout: Duration::from_secs(run.stop_timeout_s) }
+    }
+    /// Without a readable manifest: SIGTERM and 30 s.
+    pub const DEFAULT: Stop = Stop { signal: StopSignal::Term, timeout: Duration::from_secs(30) };
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,13 +76,120 @@ pub enum StopOutcome {
     WasNotRunning,
 }
 
-/// The driver for a profile.
-pub fn for_kind(kind: kubestrap_manifest::Driver) -> Result<Box<dyn Driver>> {
-    match kind {
-        kubestrap_manifest::Driver::Native => Ok(Box::new(native::Native)),
-        other => Err(crate::exit::coded(
-            crate::exit::Code::Usage,
-            format!("this kubestrap has no {other} driver; use --driver native"),
-        )),
+/// What a driver can do beyond start and stop.
+#[allow(dead_code, reason = "read by upgrade and doctor, which build on this seam")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `stop` can save the running state and `start` resume it (a VM).
+    pub suspend: bool,
+    /// The cluster's state can be copied aside and put back (upgrade).
+    pub snapshot: bool,
+}
+
+/// One prerequisite of a driver on this machine (shown by `kubestrap doctor`).
+#[allow(dead_code, reason = "read by doctor, which builds on this seam")]
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+    /// What to do when it fails.
+    pub advice: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[allow(dead_code, reason = "returned by the optional capabilities a driver lacks")]
+    #[error("the {driver} driver cannot {what}")]
+    Unsupported { driver: Kind, what: &'static str },
+    #[error("this kubestrap has no {0} driver; use --driver native")]
+    NotAvailable(Kind),
+    #[error("processes of profile {profile:?} are still running (pid {pids}); run `kubestrap stop -p {profile}` first")]
+    StillRunning { profile: String, pids: String },
+    #[error("process(es) {pids} of profile {profile:?} survived SIGKILL; {consequence}")]
+    Survived { profile: String, pids: String, consequence: String },
+    #[error("the localkube monitor did not report a pid within {}s", .0.as_secs())]
+    NoReport(Duration),
+    #[error("localkube did not start ({how}); see {}", log.display())]
+    DidNotStart { how: String, log: PathBuf },
+    #[error(
+        "{}: the manifest's run.program is missing from the unpacked component; run `kubestrap cache verify`",
+        path.display()
+    )]
+    ProgramMissing { path: PathBuf },
+    #[error("cannot {what}: {source}")]
+    Spawn {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Fs(#[from] FsError),
+}
+
+pub type Result<T, E = DriverError> = std::result::Result<T, E>;
+
+/// What runs one profile's localkube. The lifecycle calls, in order:
+/// `create` (idempotent) → `start` → `running` while it waits for ready;
+/// `status` at any time; `stop`; `delete` before the profile is removed.
+#[allow(
+    dead_code,
+    reason = "capabilities, checks, suspend and snapshots are the seam upgrade, doctor and the VM driver use"
+)]
+pub trait Driver {
+    fn kind(&self) -> Kind;
+    fn capabilities(&self) -> Capabilities;
+    /// What this driver needs on this machine, checked.
+    fn check(&self) -> Vec<Check>;
+    /// Addresses the apiserver certificate must carry besides the defaults.
+    fn extra_sans(&self) -> Vec<String>;
+    /// The template values localkube's args and pki-files paths are
+    /// rendered with, as localkube sees its paths.
+    fn vars(&self, launch: &Launch) -> Vars;
+    /// Makes (or repairs) what the driver needs for this profile before a
+    /// start: directories with their modes, for a VM driver the machine.
+    fn create(&self, profile: &Profile) -> Result<()>;
+    /// Launches localkube detached; returns once it is running (not ready).
+    /// Refuses if anything of this profile is still running.
+    fn start(&self, launch: &Launch) -> Result<Host>;
+    /// Whether localkube is still running (checked while waiting for ready).
+    fn running(&self, profile: &Profile) -> Result<bool>;
+    /// Stops gracefully (the signal, then a kill after the timeout; then
+    /// whatever localkube left behind). Returns how it went.
+    fn stop(&self, profile: &Profile, how: Stop) -> Result<StopOutcome>;
+    /// A start found localkube running and keeps it: a stop interrupted
+    /// before it acted no longer applies.
+    fn adopt(&self, profile: &Profile) -> Result<()>;
+    fn status(&self, profile: &Profile) -> Result<HostState>;
+    /// Removes what `create` made outside the profile directory and makes
+    /// sure nothing of the profile still runs. Called after `stop`.
+    fn delete(&self, profile: &Profile) -> Result<()>;
+    /// The last `n` lines of localkube's log.
+    fn log_tail(&self, profile: &Profile, n: usize) -> Vec<String>;
+    /// Writes what localkube logs from now on to `out`, until writing fails.
+    fn follow_log(&self, profile: &Profile, out: &mut dyn Write) -> Result<()>;
+
+    /// Saves the running cluster's state and stops it (a VM's RAM).
+    fn suspend(&self, _profile: &Profile) -> Result<()> {
+        Err(DriverError::Unsupported { driver: self.kind(), what: "suspend a cluster" })
+    }
+    /// Copies the stopped cluster's state to `dest` (upgrade's safety net).
+    fn snapshot(&self, _profile: &Profile, _dest: &Path) -> Result<()> {
+        Err(DriverError::Unsupported { driver: self.kind(), what: "snapshot a cluster" })
+    }
+    /// Puts a snapshot back in place of the stopped cluster's state.
+    fn restore(&self, _profile: &Profile, _src: &Path) -> Result<()> {
+        Err(DriverError::Unsupported { driver: self.kind(), what: "restore a snapshot" })
     }
 }
+
+/// The driver for a profile.
+pub fn for_kind(kind: Kind) -> Result<Box<dyn Driver>> {
+    match kind {
+        Kind::Native => Ok(Box::new(native::Native)),
+        other => Err(DriverError::NotAvailable(other)),
+    }
+}
+
+/// Kinds `start --driver` accepts in this build.
+pub const AVAILABLE: &[Kind] = &[Kind::Native];

@@ -1,0 +1,67 @@
+use std::path::PathBuf;
+
+use kubestrap_fskit::FsError;
+use kubestrap_manifest::ManifestError;
+
+/// Why a manifest (or key list) was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("manifest {} does not exist; check the path given to --manifest", path.display())]
+    NotFound { path: PathBuf },
+    #[error("{what}: {source}")]
+    Unreadable {
+        what: String,
+        #[source]
+        source: FsError,
+    },
+    #[error(
+        "cannot read the signature {location}: {reason}; every manifest must be signed (`kubestrap manifest sign`)"
+    )]
+    MissingSignature { location: String, reason: String },
+    #[error(
+        "cannot download {location}: {reason}; check the network and HTTPS_PROXY, or name a manifest file with --manifest"
+    )]
+    Download { location: String, reason: String },
+    #[error(
+        "--offline: cannot download the manifest {location}; name a manifest file with --manifest, or use an offline bundle"
+    )]
+    Offline { location: String },
+    #[error(
+        "--offline, and no manifest of the stable channel is kept in this kubestrap home: name one with --manifest, or use an offline bundle"
+    )]
+    NoneKept,
+    #[error(
+        "{location} served a manifest that is not signed through kubestrap's built-in root keys ({trust}); refusing it: the official channel is trusted only that way"
+    )]
+    NotOfficial { location: String, trust: String },
+    #[error(
+        "{location} served a manifest of channel {got:?}, not {want:?}; refusing it (a mirror or proxy may be tampering)"
+    )]
+    WrongChannel { location: String, got: String, want: &'static str },
+    #[error(
+        "{what} requires kubestrap {req}, this is {me}; run `kubestrap self-update` (or download a newer kubestrap) and try again"
+    )]
+    NeedsNewer { what: String, req: String, me: String },
+    #[error(
+        "{source}; refusing an expired manifest (a frozen or replayed channel): get a current one, or pass --allow-expired to accept it knowingly"
+    )]
+    Expired {
+        #[source]
+        source: kubestrap_signing::Error,
+    },
+    #[error(
+        "{label}: version {version} of this key list chain is kept already with other contents ({}); refusing to replace it",
+        path.display()
+    )]
+    KeyListReplaced { label: String, version: u64, path: PathBuf },
+    #[error("{label}: no trusted key anchors this key list")]
+    NotAnchored { label: String },
+    #[error(transparent)]
+    Signing(#[from] kubestrap_signing::Error),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error(transparent)]
+    Client(#[from] crate::artifacts::source::ClientError),
+}

@@ -1,0 +1,253 @@
+//! Where a manifest comes from — a file, a URL, a copy kept in the home (and
+//! next a bundle) — and whether it is accepted ([`policy`]: signature over the
+//! exact bytes before parsing, then schema, expiry, `requires-bootstrap` and
+//! rollback). An accepted manifest is kept in `manifests/` (with its
+//! signature) for offline use.
+
+use std::path::{Path, PathBuf};
+
+use kubestrap_fskit::{self as fskit};
+use kubestrap_manifest::Manifest;
+use kubestrap_signing::KeyListFile;
+
+use crate::artifacts;
+use crate::home::Home;
+use crate::progress::Progress;
+use crate::urls::Location;
+
+mod error;
+pub mod keys;
+pub mod policy;
+mod read;
+
+pub use error::ChannelError;
+pub use keys::Trusted;
+
+type Result<T, E = ChannelError> = std::result::Result<T, E>;
+
+/// The channel kubestrap follows when no manifest is named.
+pub const DEFAULT_CHANNEL_URL: &str = "https://kubestrap.dev/channels/stable/manifest.toml";
+/// The `channel` a manifest served at [`DEFAULT_CHANNEL_URL`] must declare.
+pub const DEFAULT_CHANNEL: &str = "stable";
+
+/// A verified, parsed manifest.
+#[derive(Debug)]
+pub struct Loaded {
+    pub manifest: Manifest,
+    /// Where it is kept in the home.
+    pub path: PathBuf,
+    pub trusted: Trusted,
+}
+
+/// What `start` asks for.
+pub struct Want<'a> {
+    /// `--manifest`: a path or URL.
+    pub spec: Option<&'a str>,
+    /// The manifest the profile runs, if it exists.
+    pub current: Option<&'a Path>,
+    pub allow_expired: bool,
+    pub fetch: &'a artifacts::Options,
+}
+
+/// The manifest a start uses: the one named, else the one the profile runs,
+/// else the channel's newest (falling back to the newest kept here only when
+/// the channel cannot be reached: a bad, old or expired manifest is an
+/// answer, not an outage — freeze protection). Warnings are reported.
+pub fn resolve(home: &Home, want: &Want<'_>, progress: &dyn Progress) -> Result<Loaded> {
+    let loaded = match (want.spec, want.current) {
+        (Some(spec), _) => load(home, Some(spec), want.fetch, want.allow_expired, progress)?,
+        (None, Some(current)) => load_stored(home, current, want.allow_expired, true)?,
+        (None, None) => {
+            let mut fallback = None;
+            if !want.fetch.offline {
+                match load(home, None, want.fetch, want.allow_expired, progress) {
+                    Ok(l) => return Ok(l),
+                    Err(e @ ChannelError::Download { .. }) => match newest_stored(home)? {
+                        Some(path) => {
+                            progress.warn(format!(
+                                "{e}; using the newest {DEFAULT_CHANNEL} manifest kept here, {}",
+                                path.display()
+                            ));
+                            fallback = Some(path);
+                        }
+                        None => return Err(e),
+                    },
+                    Err(e) => return Err(e),
+                }
+            }
+            let path = match fallback {
+                Some(p) => p,
+                None => newest_stored(home)?.ok_or(ChannelError::NoneKept)?,
+            };
+            load_stored(home, &path, want.allow_expired, false)?
+        }
+    };
+    if want.spec.is_none() {
+        for w in &loaded.trusted.warnings {
+            progress.warn(w.clone());
+        }
+    }
+    Ok(loaded)
+}
+
+/// Loads, verifies and records the manifest named by `spec` (a path or URL),
+/// or, with none named, the channel's. Warnings are reported.
+pub fn load(
+    home: &Home,
+    spec: Option<&str>,
+    opts: &artifacts::Options,
+    allow_expired: bool,
+    progress: &dyn Progress,
+) -> Result<Loaded> {
+    let at = Location::parse(spec.unwrap_or(DEFAULT_CHANNEL_URL));
+    let signed = read::read_signed(&at, opts)?;
+    import_channel_keys(home, &at, opts, allow_expired, progress);
+    let loaded = accept(home, &at, &signed.bytes, &signed.sig, allow_expired)?;
+    for w in &loaded.trusted.warnings {
+        progress.warn(w.clone());
+    }
+    Ok(loaded)
+}
+
+/// Re-verifies a manifest already kept in the home (a profile's pointer).
+/// `running`: the manifest a profile already runs (expiry then only warns);
+/// otherwise an expired one is refused like a downloaded one.
+pub fn load_stored(home: &Home, path: &Path, allow_expired: bool, running: bool) -> Result<Loaded> {
+    let signed = read::read_stored(path)?;
+    let label = path.display().to_string();
+    let mut trusted = policy::verify_manifest(home, &label, &signed.bytes, &signed.sig, allow_expired, None, true)?;
+    let manifest = Manifest::parse(&signed.bytes, path)?;
+    trusted.warnings.extend(policy::check_fresh(&manifest, &label, allow_expired, running)?);
+    Ok(Loaded { manifest, path: path.to_path_buf(), trusted })
+}
+
+/// Verifies bytes + signature and records the manifest (rollback state and a
+/// copy in the home).
+pub fn accept(home: &Home, at: &Location, bytes: &[u8], sig: &str, allow_expired: bool) -> Result<Loaded> {
+    let label = at.to_string();
+    // Signature first, over the exact bytes; nothing is parsed before it holds.
+    let mut trusted = policy::verify_manifest(home, &label, bytes, sig, allow_expired, None, true)?;
+    let manifest = Manifest::parse(bytes, Path::new(&label))?;
+    let official = matches!(at, Location::Http(u) if u.as_str() == DEFAULT_CHANNEL_URL);
+    if official && trusted.path.via_pinned_key() {
+        return Err(ChannelError::NotOfficial { location: label, trust: trusted.path.to_string() });
+    }
+    if official && manifest.channel != DEFAULT_CHANNEL {
+        // A validly signed manifest of another channel (an old beta, say)
+        // served in its place: refused before anything is recorded.
+        return Err(ChannelError::WrongChannel { location: label, got: manifest.channel, want: DEFAULT_CHANNEL });
+    }
+    trusted.warnings.extend(policy::check_fresh(&manifest, &label, allow_expired, false)?);
+    policy::check_not_rolled_back(home, &manifest, &trusted, bytes)?;
+    // Named by its rollback record, so two private channels of one name (or
+    // a private one named like the official) never overwrite each other.
+    let path =
+        home.manifests().join(format!("{}-{}.toml", policy::seen_channel(&manifest, &trusted), manifest.version));
+    if fskit::read_capped(&path, fskit::caps::DOCUMENT).ok().as_deref() != Some(bytes) {
+        fskit::write_atomic(&fskit::signature_path(&path), sig.as_bytes(), 0o644)?;
+        fskit::write_atomic(&path, bytes, 0o644)?;
+    }
+    Ok(Loaded { manifest, path, trusted })
+}
+
+/// A channel may publish its newest key list as `keys.toml` (+ `.minisig`)
+/// beside the manifest; if so it is verified against the chain this home
+/// trusts and kept, so release keys can rotate without a new kubestrap. One
+/// that cannot be read or used is said and left out.
+fn import_channel_keys(
+    home: &Home,
+    manifest: &Location,
+    opts: &artifacts::Options,
+    allow_expired: bool,
+    progress: &dyn Progress,
+) {
+    let at = manifest.sibling("keys.toml");
+    let Ok(signed) = read::read_signed(&at, opts) else { return };
+    let file = KeyListFile::new(at.to_string(), signed.bytes, signed.sig);
+    match keys::import_key_list(home, file, allow_expired) {
+        Ok(v) => tracing::debug!(version = v, "key list {at} accepted"),
+        Err(e) => progress.warn(format!("ignoring the key list {at}: {e}")),
+    }
+}
+
+/// Stored manifests, newest version first per channel. A damaged one is
+/// skipped (it is re-verified before any use anyway).
+pub fn stored(home: &Home) -> Result<Vec<(PathBuf, Manifest)>> {
+    let mut out = Vec::new();
+    for e in fskit::list_dir(&home.manifests())? {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "toml")
+            && let Ok(bytes) = fskit::read_capped(&p, fskit::caps::DOCUMENT)
+            && let Ok(m) = Manifest::parse(&bytes, &p)
+        {
+            out.push((p, m));
+        }
+    }
+    out.sort_by(|a, b| {
+        (&a.1.channel, std::cmp::Reverse(a.1.version)).cmp(&(&b.1.channel, std::cmp::Reverse(b.1.version)))
+    });
+    Ok(out)
+}
+
+/// Parses a manifest kept in the home to read its settings (stop signal,
+/// versions); nothing from it is executed. `None` if it is gone or damaged.
+pub fn peek(path: &Path) -> Option<Manifest> {
+    let bytes = fskit::read_capped(path, fskit::caps::DOCUMENT).ok()?;
+    Manifest::parse(&bytes, path).ok()
+}
+
+fn newest_stored(home: &Home) -> Result<Option<PathBuf>> {
+    Ok(stored(home)?
+        .into_iter()
+        // The official record only (`stable-<v>.toml`), never a private
+        // channel that calls itself stable (`stable@<key>-<v>.toml`).
+        .filter(|(p, m)| {
+            m.channel == DEFAULT_CHANNEL
+                && p.file_name().is_some_and(|n| *n == *format!("{DEFAULT_CHANNEL}-{}.toml", m.version))
+        })
+        .max_by_key(|(_, m)| m.version)
+        .map(|(p, _)| p))
+}
+
+/// What `manifest verify` shows: verification without side effects (no
+/// rollback state recorded).
+pub struct Inspected {
+    pub manifest: Manifest,
+    pub trusted: Trusted,
+    pub warnings: Vec<String>,
+    /// The highest version of its channel this home has seen.
+    pub highest_seen: Option<u64>,
+}
+
+/// Verifies a manifest file without recording anything. A key list shipped
+/// beside it is taken into account (not kept) when it is usable; one that is
+/// not is said in the warnings and left out, as `fetch` does.
+pub fn inspect(home: &Home, file: &Path, allow_expired: bool) -> Result<Inspected> {
+    let signed = read::read_local(file)?;
+    let label = file.display().to_string();
+    let mut warnings = Vec::new();
+    let beside = file.parent().map(|d| d.join("keys.toml")).filter(|p| p.is_file());
+    let extra = beside.and_then(|p| match KeyListFile::from_path(&p) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            warnings.push(format!("ignoring the key list {}: {e}", p.display()));
+            None
+        }
+    });
+    // Only the list itself decides: once it is usable, what it says (a
+    // revocation above all) applies.
+    let extra = extra.filter(|f| match keys::check_key_list(home, f, allow_expired) {
+        Ok(()) => true,
+        Err(e) => {
+            warnings.push(format!("ignoring the key list {}: {e}", f.label));
+            false
+        }
+    });
+    let trusted = policy::verify_manifest(home, &label, &signed.bytes, &signed.sig, allow_expired, extra, false)?;
+    let manifest = Manifest::parse(&signed.bytes, file)?;
+    warnings.extend(trusted.warnings.iter().cloned());
+    warnings.extend(policy::check_fresh(&manifest, &label, allow_expired, false)?);
+    let seen = kubestrap_signing::SeenVersions::load(&home.seen_versions())?;
+    let highest_seen = seen.get(&policy::seen_channel(&manifest, &trusted)).map(|e| e.version);
+    Ok(Inspected { manifest, trusted, warnings, highest_seen })
+}

@@ -1,0 +1,151 @@
+//! The acceptance policy for a manifest, in one place: its signature over
+//! the exact bytes (through a key list chain or a pinned key, revocations of
+//! the official chain applying everywhere), then freshness (`expires`,
+//! `requires-bootstrap`) and rollback (never older than a version seen for
+//! its channel, never the same version with other bytes).
+
+use std::path::PathBuf;
+
+use kubestrap_manifest::Manifest;
+use kubestrap_signing::{self as signing, KeyListFile, PublicKey, TrustContext, TrustPath};
+use time::OffsetDateTime;
+
+use super::keys::{self, BUILTIN_ANCHOR, Chain, anchor_keys, pinned_id, verify_chain};
+use super::{ChannelError, Trusted};
+use crate::home::Home;
+
+type Result<T, E = ChannelError> = std::result::Result<T, E>;
+
+/// Verifies a manifest's signature over its exact bytes, against each key
+/// list chain kept here (and keys pinned here). `extra`: a key list that
+/// came with the manifest but is not kept (`manifest verify`); with
+/// `record`, the key list version used is recorded against rollback.
+#[allow(clippy::too_many_arguments)]
+pub fn verify_manifest(
+    home: &Home,
+    label: &str,
+    bytes: &[u8],
+    sig: &str,
+    allow_expired: bool,
+    extra: Option<KeyListFile>,
+    record: bool,
+) -> Result<Trusted> {
+    let pinned = signing::pinned_keys(&home.trust())?;
+    let mut chains = keys::key_chains(home)?;
+    if let Some(list) = extra {
+        let (chain, _, _) = keys::place(&chains, &list, &pinned, allow_expired)?;
+        chains.retain(|c| c.anchor != chain.anchor);
+        chains.push(chain);
+    }
+    // A chain whose pinned anchor was removed trusts nothing: left out.
+    chains.retain(|c| !anchor_keys(&c.anchor, &pinned).is_empty());
+    if chains.is_empty() {
+        chains.push(Chain { anchor: BUILTIN_ANCHOR.into(), files: Vec::new() });
+    }
+    let roots = signing::builtin_roots();
+    let now = OffsetDateTime::now_utc();
+    let results: Vec<(String, signing::Result<signing::VerifiedManifest>)> = chains
+        .iter()
+        .map(|c| {
+            let builtin: &[PublicKey] = if c.anchor == BUILTIN_ANCHOR { &roots } else { &[] };
+            let ctx =
+                TrustContext { builtin_roots: builtin, key_chain: &c.files, pinned_keys: &pinned, allow_expired, now };
+            (c.anchor.clone(), signing::verify_manifest(label, bytes, sig, &ctx))
+        })
+        .collect();
+    // A release key of some chain; else a revocation by any chain wins over
+    // a pinned key's direct signature; else that signature. Failing all:
+    // a bad signature, then the built-in chain's answer (chains sort it
+    // first), rather than an unrelated private chain's trouble.
+    let find = |f: &dyn Fn(&signing::Result<signing::VerifiedManifest>) -> bool| results.iter().position(|(_, r)| f(r));
+    let pick = find(&|r| r.as_ref().is_ok_and(|v| !matches!(v.trust_path, TrustPath::Pinned { .. })))
+        .or_else(|| find(&|r| matches!(r, Err(signing::Error::Revoked { .. }))))
+        .or_else(|| find(&|r| r.is_ok()))
+        .or_else(|| {
+            find(&|r| matches!(r, Err(signing::Error::BadSignature { .. } | signing::Error::MalformedSignature { .. })))
+        })
+        .unwrap_or(0);
+    let (anchor, result) = results.into_iter().nth(pick).expect("one result per chain");
+    let v = result?;
+    // What kubestrap's own key lists revoke is revoked everywhere: a private
+    // chain or a pinned key cannot bring back a key the official chain
+    // revoked (by id or by key material).
+    if anchor != BUILTIN_ANCHOR
+        && let Some(official) = chains.iter().find(|c| c.anchor == BUILTIN_ANCHOR && !c.files.is_empty())
+        && let Ok(official) = verify_chain(BUILTIN_ANCHOR, &official.files, &pinned, true)
+    {
+        let signer = v.trust_path.key_id();
+        let material = v
+            .key_list
+            .iter()
+            .flat_map(|l| l.release.iter().map(|k| &k.key))
+            .chain(&pinned)
+            .find(|k| k.key_id() == signer);
+        if official.revoked.contains(&signer) || material.is_some_and(|k| official.is_revoked(k)) {
+            return Err(signing::Error::Revoked {
+                file: label.to_string(),
+                key_id: signer,
+                list_version: official.version,
+            }
+            .into());
+        }
+    }
+    if let Some(list) = v.key_list.as_ref().filter(|_| record) {
+        // Key lists are versioned too: an older one is a rollback.
+        let channel = format!("{KEY_LIST_CHANNEL}/{anchor}");
+        signing::SeenVersions::check_and_record(&seen_path(home)?, &channel, list.version, &list.sha256)?;
+    }
+    Ok(Trusted { path: v.trust_path, trusted_comment: v.trusted_comment, warnings: v.warnings })
+}
+
+/// Expiry and `requires-bootstrap`. Returns warnings to print. `stored`: a
+/// manifest a profile already runs (expiry then only warns: a running
+/// cluster is never stranded by the calendar; upgrades still refuse).
+pub fn check_fresh(m: &Manifest, label: &str, allow_expired: bool, stored: bool) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    let what = format!("manifest {label} ({} version {})", m.channel, m.version);
+    let now = OffsetDateTime::now_utc();
+    match signing::check_expiry(&what, m.expires, now, allow_expired || stored) {
+        Ok(Some(w)) => warnings.push(w),
+        Ok(None) => {}
+        Err(source) => return Err(ChannelError::Expired { source }),
+    }
+    let me = semver::Version::parse(env!("CARGO_PKG_VERSION")).expect("crate version is semver");
+    if !m.requires_bootstrap.matches(&me) {
+        return Err(ChannelError::NeedsNewer { what, req: m.requires_bootstrap.to_string(), me: me.to_string() });
+    }
+    Ok(warnings)
+}
+
+/// The pseudo-channel under which the newest key list version of a chain is
+/// recorded (`@keys/<anchor>`).
+const KEY_LIST_CHANNEL: &str = "@keys";
+
+fn seen_path(home: &Home) -> Result<PathBuf> {
+    let path = home.seen_versions();
+    if let Some(dir) = path.parent() {
+        kubestrap_fskit::create_dir_mode(dir, 0o700)?;
+    }
+    Ok(path)
+}
+
+/// The name under which a manifest's channel is recorded against rollback:
+/// the channel for manifests trusted through the built-in roots,
+/// `<channel>@<pinned key>` for those trusted through a key pinned here, so a
+/// private channel can never block (or be blocked by) the official one of
+/// the same name.
+pub fn seen_channel(m: &Manifest, trusted: &Trusted) -> String {
+    if trusted.path.via_pinned_key() {
+        format!("{}@{}", m.channel, pinned_id(&trusted.path))
+    } else {
+        m.channel.clone()
+    }
+}
+
+/// Refuses a manifest older than one this home has seen for its channel, or
+/// the same version with other bytes; records it otherwise.
+pub fn check_not_rolled_back(home: &Home, m: &Manifest, trusted: &Trusted, bytes: &[u8]) -> Result<()> {
+    let channel = seen_channel(m, trusted);
+    signing::SeenVersions::check_and_record(&seen_path(home)?, &channel, m.version, &signing::sha256_hex(bytes))?;
+    Ok(())
+}

@@ -1,0 +1,398 @@
+//! The command line: clap definitions only. `main` dispatches.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use kubestrap_manifest::{Driver, Target};
+
+use super::render::Output;
+
+const EXAMPLES: &str = "\
+Examples:
+  kubestrap start                      start (or resume) the default cluster
+  kubestrap start -p dev --port 9443   a second cluster named dev
+  kubestrap kubectl -- get ns          the pinned kubectl, pointed at the cluster
+  kubestrap status -o json             machine-readable status (exit code: bitmask)
+  kubestrap stop                       stop, keeping the cluster's state
+  kubestrap delete --all --purge       remove every cluster and the download cache
+  kubestrap fetch --manifest ./m.toml  download and verify what a manifest needs
+  kubestrap completions bash > /etc/bash_completion.d/kubestrap";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kubestrap",
+    version,
+    about = "A local Kubernetes cluster in one command, from one file",
+    long_about = "A local Kubernetes cluster in one command, from one file.\n\nEvery artifact is pinned by sha256 and size in a signed manifest and verified before use.",
+    after_help = EXAMPLES,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace); logs go to stderr.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Output format: human text, or one JSON object per line for scripts.
+    #[arg(short, long, value_enum, default_value = "text", global = true)]
+    pub output: Output,
+    /// kubestrap's state directory [env: KUBESTRAP_HOME; default: $XDG_DATA_HOME/kubestrap].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Create or resume a cluster and point kubectl at it.
+    #[command(
+        after_help = "Examples:\n  kubestrap start\n  kubestrap start -p dev --manifest ./manifest.toml --port 9443\n  kubestrap start --offline"
+    )]
+    Start(StartArgs),
+    /// Stop a cluster, keeping its state.
+    Stop(ProfileArgs),
+    /// Delete a cluster and its kubeconfig entries.
+    #[command(
+        after_help = "Examples:\n  kubestrap delete\n  kubestrap delete -p dev\n  kubestrap delete --all --purge"
+    )]
+    Delete(DeleteArgs),
+    /// Show host, localkube, apiserver and kubeconfig state. Exit code: 1 host down, 2 localkube down, 4 apiserver not ready (added).
+    Status(ProfileArgs),
+    /// Manage profiles (clusters).
+    #[command(subcommand)]
+    Profile(ProfileCmd),
+    /// Run the pinned kubectl with this profile's context.
+    #[command(after_help = "Examples:\n  kubestrap kubectl -- get pods -A\n  kubestrap kubectl -p dev -- version")]
+    Kubectl {
+        #[arg(short, long, default_value = "kubestrap")]
+        profile: String,
+        /// Arguments for kubectl (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Show localkube's log.
+    Logs {
+        #[arg(short, long, default_value = "kubestrap")]
+        profile: String,
+        /// Keep printing as the log grows.
+        #[arg(short, long)]
+        follow: bool,
+        /// Lines from the end to show first.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+    },
+    /// Download and verify every artifact a manifest needs, into the cache.
+    #[command(
+        after_help = "Examples:\n  kubestrap fetch --manifest ./manifest.toml\n  kubestrap fetch --manifest https://mirror.example/stable/manifest.toml --target linux-aarch64\n  kubestrap fetch --manifest ./manifest.toml --offline   # list what is missing"
+    )]
+    Fetch(FetchArgs),
+    /// Inspect and maintain the download cache.
+    #[command(subcommand)]
+    Cache(CacheCmd),
+    /// Check, sign and verify manifests; make signing keys.
+    #[command(subcommand)]
+    Manifest(ManifestCmd),
+    /// Sign and verify root-signed key lists (keys.toml).
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Pin extra signing keys in this kubestrap home (private channels).
+    #[command(subcommand)]
+    Trust(TrustCmd),
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Internal: the parent of a running localkube (started by `start`).
+    #[command(name = "__monitor", hide = true)]
+    Monitor { run_dir: PathBuf },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProfileArgs {
+    /// The cluster's name.
+    #[arg(short, long, default_value = "kubestrap")]
+    pub profile: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ManifestSource {
+    /// The manifest: a file path or an http(s) URL; its signature is read from
+    /// `<manifest>.minisig`.
+    #[arg(long, value_name = "FILE|URL", env = "KUBESTRAP_MANIFEST")]
+    pub manifest: Option<String>,
+    /// Accept an expired manifest or key list (warns).
+    #[arg(long)]
+    pub allow_expired: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NetArgs {
+    /// Never touch the network; fail listing what is missing from the cache.
+    #[arg(long)]
+    pub offline: bool,
+    /// An extra trusted CA certificate (PEM) for mirrors behind TLS interception.
+    #[arg(long, env = "KUBESTRAP_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Downloads at once (1-64).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+    /// Give up on a download slower than this many bytes per second over
+    /// --speed-time (it resumes on the next attempt); 0 turns it off.
+    #[arg(long, default_value_t = 1024, value_name = "BYTES")]
+    pub speed_limit: u64,
+    /// The window for --speed-limit (e.g. 30s).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub speed_time: std::time::Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+    /// Where localkube runs: native (a host process; Linux).
+    #[arg(long, value_parser = parse_start_driver)]
+    pub driver: Option<Driver>,
+    #[command(flatten)]
+    pub source: ManifestSource,
+    #[command(flatten)]
+    pub net: NetArgs,
+    /// The apiserver port on 127.0.0.1 (1-65535) [default: 8443, or the next free one].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// How long to wait for the apiserver to become ready (1s to 24h, e.g. 90s, 5m).
+    #[arg(long, default_value = "120s", value_parser = parse_wait)]
+    pub wait_timeout: std::time::Duration,
+    /// Do not switch kubectl's current context to this cluster.
+    #[arg(long)]
+    pub keep_context: bool,
+    /// Fail at once if another kubestrap command holds this profile.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Validity of the cluster certificates made on first start, in days.
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u16).range(1..))]
+    pub cert_days: u16,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+    /// Delete every profile.
+    #[arg(long)]
+    pub all: bool,
+    /// Also remove the download cache (blobs and component trees).
+    #[arg(long)]
+    pub purge: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProfileCmd {
+    /// List profiles with their state.
+    List,
+}
+
+#[derive(Args, Debug)]
+pub struct FetchArgs {
+    #[command(flatten)]
+    pub source: ManifestSource,
+    /// The machine the artifacts are for [default: this one].
+    #[arg(long, value_parser = parse_target)]
+    pub target: Option<Target>,
+    /// Which driver's artifacts to fetch.
+    #[arg(long, default_value = "native", value_parser = parse_driver)]
+    pub driver: Driver,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCmd {
+    /// List cached artifacts, their sizes and which manifests use them.
+    List,
+    /// Re-hash everything in the cache; remove what is corrupt.
+    Verify,
+    /// Fetch (if needed) and unpack every component a manifest needs on this machine.
+    Unpack {
+        #[command(flatten)]
+        source: ManifestSource,
+        #[arg(long, default_value = "native", value_parser = parse_driver)]
+        driver: Driver,
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Remove what no profile or newest manifest references.
+    Prune {
+        /// Show what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ManifestCmd {
+    /// Parse and validate a manifest; print a summary (exit 2 on errors).
+    Check { file: PathBuf },
+    /// Write an unsigned manifest pinning local files by sha256 and size.
+    #[command(after_help = "Examples:
+  kubestrap manifest new --out m.toml --channel dev --manifest-version 3 --kubernetes 1.33.1 \\
+    --component kubectl@1.33.1=/usr/bin/kubectl \\
+    --component localkube@1.33.1+k3s1=./k3s.tar.zst#k3s --drivers localkube=native,qemu \\
+    --url localkube=https://mirror.example/k3s.tar.zst --run ./run.toml
+  kubestrap manifest sign --key release.key m.toml")]
+    New(Box<NewManifestArgs>),
+    /// Make a signing key pair (minisign format) in DIR.
+    #[command(
+        after_help = "The secret key is encrypted with a password from the prompt or KUBESTRAP_KEY_PASSWORD.\nExample:\n  kubestrap manifest keygen --out ./keys --name release-2026"
+    )]
+    Keygen {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long, default_value = "kubestrap")]
+        name: String,
+        /// Store the secret key without a password (CI and development only).
+        #[arg(long)]
+        unencrypted: bool,
+    },
+    /// Sign FILE with KEY, writing FILE.minisig.
+    Sign {
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        file: PathBuf,
+        /// The trusted comment [default: file name and time].
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Verify FILE against FILE.minisig and the trusted keys; show signer and freshness.
+    Verify {
+        file: PathBuf,
+        #[arg(long)]
+        allow_expired: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct NewManifestArgs {
+    /// Where to write the manifest.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    #[arg(long, default_value = "dev")]
+    pub channel: String,
+    /// The manifest's `version` (strictly increasing per channel).
+    #[arg(long, default_value_t = 1)]
+    pub manifest_version: u64,
+    /// The Kubernetes release, e.g. 1.33.1.
+    #[arg(long)]
+    pub kubernetes: semver::Version,
+    /// How long it stays valid from now (e.g. 180d).
+    #[arg(long, default_value = "180d", value_parser = parse_duration)]
+    pub valid_for: std::time::Duration,
+    /// Which kubestrap versions may use it [default: >=0.1.0].
+    #[arg(long, default_value = ">=0.1.0")]
+    pub requires_bootstrap: semver::VersionReq,
+    /// The machine the files are for [default: this one].
+    #[arg(long, value_parser = parse_target)]
+    pub target: Option<Target>,
+    /// NAME@VERSION=FILE[#BIN]: pin FILE (unpacked by its extension:
+    /// .tar.gz, .tar.zst, .zip, else a plain executable) as component NAME
+    /// (kubectl, localkube, hypervisor, base-image); BIN is the executable
+    /// inside an archive.
+    #[arg(long = "component", value_name = "NAME@VERSION=FILE[#BIN]", required = true)]
+    pub components: Vec<String>,
+    /// NAME=URL: where the component is downloaded from (repeat for
+    /// mirrors) [default: file://FILE].
+    #[arg(long = "url", value_name = "NAME=URL")]
+    pub urls: Vec<String>,
+    /// NAME=D1,D2: the drivers that need a component [default: all].
+    #[arg(long = "drivers", value_name = "NAME=DRIVERS")]
+    pub drivers: Vec<String>,
+    /// localkube's run section, a TOML file (program, args, ready,
+    /// stop-signal, stop-timeout-s, pki-files).
+    #[arg(long, value_name = "FILE")]
+    pub run: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCmd {
+    /// Sign a key list with one or more root keys (adds to FILE.minisig).
+    SignList {
+        /// A root secret key; repeat for a threshold.
+        #[arg(long = "key", value_name = "KEY", required = true)]
+        keys: Vec<PathBuf>,
+        file: PathBuf,
+    },
+    /// Verify a chain of key lists (oldest first) against the built-in and pinned roots.
+    VerifyList {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        allow_expired: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TrustCmd {
+    /// Pin a public key (minisign .pub) in this kubestrap home.
+    Add { key: PathBuf },
+    /// List pinned and built-in keys.
+    List,
+    /// Unpin a key by id.
+    Remove { id: String },
+}
+
+fn parse_driver(s: &str) -> Result<Driver, String> {
+    s.parse()
+}
+
+/// The drivers `start` can run here.
+fn parse_start_driver(s: &str) -> Result<Driver, String> {
+    let d: Driver = s.parse()?;
+    let available = crate::driver::AVAILABLE;
+    if available.contains(&d) {
+        Ok(d)
+    } else {
+        let names: Vec<&str> = available.iter().map(|d| d.as_str()).collect();
+        Err(format!("the {d} driver is not part of this kubestrap; available: {}", names.join(", ")))
+    }
+}
+
+fn parse_target(s: &str) -> Result<Target, String> {
+    s.parse()
+}
+
+/// `90s`, `5m`, `1h 30m`, `500ms` (humantime), or plain seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().map(std::time::Duration::from_secs).map_err(|_| format!("{s:?} is too large"));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("expected a duration like 90s or 5m, got {s:?} ({e})"))
+}
+
+/// A wait a user can mean: 1 s to 24 h.
+fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(24 * 3600) {
+        return Err(format!("expected 1s to 24h, got {s:?}"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap().as_secs(), 90);
+        assert_eq!(parse_duration("5m").unwrap().as_secs(), 300);
+        assert_eq!(parse_duration("250ms").unwrap().as_millis(), 250);
+        assert_eq!(parse_duration("7").unwrap().as_secs(), 7);
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_wait("0s").is_err() && parse_wait("2d").is_err() && parse_wait("5m").is_ok());
+    }
+}

@@ -1,0 +1,174 @@
+//! `manifest check` and `manifest new`; signing subcommands live in `signing`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use kubestrap_fskit::{self as fskit, caps};
+use kubestrap_manifest::{Component, Components, Driver, Localkube, Manifest, Run, Target, Unpack};
+
+use crate::artifacts::hash;
+use crate::channel::ChannelError;
+use crate::cli::args::{ManifestCmd, NewManifestArgs};
+use crate::cli::exit::Code;
+use crate::cli::render::{Ui, human_bytes};
+use crate::home::Home;
+
+pub fn run(cmd: ManifestCmd, home: &Home, ui: &Ui) -> Result<Code> {
+    match cmd {
+        ManifestCmd::Check { file } => check(&file, ui),
+        ManifestCmd::New(a) => new(*a, ui),
+        other => super::signing::manifest(other, home, ui),
+    }
+}
+
+/// Reads and parses a manifest file named on the command line (capped).
+pub fn read_manifest(file: &Path) -> Result<Manifest> {
+    let bytes = fskit::read_capped(file, caps::DOCUMENT).map_err(|e| match e {
+        e if e.is_not_found() => ChannelError::NotFound { path: file.into() },
+        source => ChannelError::Unreadable { what: "manifest".into(), source },
+    })?;
+    Ok(Manifest::parse(&bytes, file)?)
+}
+
+fn check(file: &Path, ui: &Ui) -> Result<Code> {
+    let m = read_manifest(file)?;
+    let s = m.summary();
+    ui.json(serde_json::to_value(&s)?);
+    ui.line(&format!("{}: valid manifest, schema {}", file.display(), m.schema));
+    ui.line(&format!("  channel {} version {}, Kubernetes {}", s.channel, s.version, s.kubernetes));
+    ui.line(&format!(
+        "  published {}, expires {}, requires kubestrap {}",
+        s.published, s.expires, s.requires_bootstrap
+    ));
+    for c in &s.components {
+        ui.line(&format!(
+            "  {:<11} {:<16} drivers: {:<12} targets: {} ({})",
+            c.name,
+            c.version,
+            c.drivers.join(","),
+            c.targets.join(", "),
+            human_bytes(c.bytes)
+        ));
+    }
+    ui.line(&format!("  total {} ({} bytes)", human_bytes(s.total_bytes), s.total_bytes));
+    Ok(Code::Ok)
+}
+
+/// `NAME@VERSION=FILE[#BIN]`.
+struct ComponentSpec {
+    name: String,
+    version: String,
+    file: std::path::PathBuf,
+    bin: Option<String>,
+}
+
+fn parse_component(s: &str) -> Result<ComponentSpec> {
+    let usage = || format!("--component {s:?}: expected NAME@VERSION=FILE[#BIN]");
+    let (name, rest) = s.split_once('@').with_context(usage)?;
+    let (version, file) = rest.split_once('=').with_context(usage)?;
+    let (file, bin) = match file.rsplit_once('#') {
+        Some((f, b)) => (f, Some(b.to_string())),
+        None => (file, None),
+    };
+    if name.is_empty() || version.is_empty() || file.is_empty() {
+        bail!(usage());
+    }
+    Ok(ComponentSpec { name: name.into(), version: version.into(), file: file.into(), bin })
+}
+
+/// `NAME=VALUE` options, grouped by name.
+fn by_name(opts: &[String], flag: &str) -> Result<BTreeMap<String, Vec<String>>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for o in opts {
+        let (k, v) = o.split_once('=').with_context(|| format!("--{flag} {o:?}: expected NAME=VALUE"))?;
+        out.entry(k.to_string()).or_default().push(v.to_string());
+    }
+    Ok(out)
+}
+
+fn unpack_of(file: &Path) -> Unpack {
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+        Unpack::TarGz
+    } else if name.ends_with(".tar.zst") {
+        Unpack::TarZst
+    } else if name.ends_with(".zip") {
+        Unpack::Zip
+    } else {
+        Unpack::File
+    }
+}
+
+fn new(a: NewManifestArgs, ui: &Ui) -> Result<Code> {
+    let target = a.target.clone().unwrap_or_else(Target::host);
+    let urls = by_name(&a.urls, "url")?;
+    let drivers = by_name(&a.drivers, "drivers")?;
+    let mut components: BTreeMap<String, Component> = BTreeMap::new();
+    for spec in &a.components {
+        let c = parse_component(spec)?;
+        if !["kubectl", "localkube", "hypervisor", "base-image"].contains(&c.name.as_str()) {
+            bail!("--component {spec:?}: NAME must be kubectl, localkube, hypervisor or base-image");
+        }
+        let file = std::path::absolute(&c.file)?;
+        let (sha256, size) =
+            hash::hash_file(&file).with_context(|| format!("--component {spec:?}: cannot read {}", file.display()))?;
+        let unpack = unpack_of(&file);
+        let bin = match (&c.bin, unpack) {
+            (Some(b), _) => b.clone(),
+            (None, Unpack::File) => c.name.clone(),
+            (None, _) => bail!("--component {spec:?}: an archive needs #BIN, the executable inside it"),
+        };
+        let urls = urls.get(&c.name).cloned().unwrap_or_else(|| vec![format!("file://{}", file.display())]);
+        let artifact = Manifest::artifact(urls, sha256, size, unpack, &bin)
+            .map_err(|e| anyhow::anyhow!("--component {spec:?}: {e}"))?;
+        let drivers = match drivers.get(&c.name) {
+            Some(list) => Some(
+                list.iter()
+                    .flat_map(|l| l.split(','))
+                    .map(|d| d.parse::<Driver>().map_err(anyhow::Error::msg))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            None => None,
+        };
+        let entry = components.entry(c.name.clone()).or_insert_with(|| Component {
+            version: c.version.clone(),
+            drivers,
+            target: BTreeMap::new(),
+        });
+        entry.target.insert(target.clone(), artifact);
+    }
+    let run_text = fskit::read_capped_text(&a.run, caps::DOCUMENT)?;
+    let run: Run = toml::from_str(&run_text).map_err(|e| anyhow::anyhow!("--run {}: {e}", a.run.display()))?;
+    let mut take = |name: &str| components.remove(name);
+    let kubectl = take("kubectl").context("--component kubectl@VERSION=FILE is required")?;
+    let lk = take("localkube").context("--component localkube@VERSION=FILE#BIN is required")?;
+    let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).expect("0 is a valid nanosecond");
+    let m = Manifest {
+        schema: kubestrap_manifest::SCHEMA,
+        channel: a.channel,
+        version: a.manifest_version,
+        kubernetes: a.kubernetes,
+        published: now,
+        expires: now + a.valid_for,
+        requires_bootstrap: a.requires_bootstrap,
+        component: Components {
+            kubectl,
+            localkube: Localkube { version: lk.version, drivers: lk.drivers, target: lk.target, run },
+            hypervisor: take("hypervisor"),
+            base_image: take("base-image"),
+        },
+    };
+    let text = m.to_toml();
+    // What was written must read back as a valid manifest.
+    Manifest::parse(text.as_bytes(), &a.out)?;
+    fskit::write_atomic(&a.out, text.as_bytes(), 0o644)?;
+    ui.json(serde_json::json!({"manifest": a.out, "id": m.id()}));
+    ui.line(&format!(
+        "wrote {} ({}); sign it with `kubestrap manifest sign --key KEY {}`",
+        a.out.display(),
+        m.id(),
+        a.out.display()
+    ));
+    Ok(Code::Ok)
+}

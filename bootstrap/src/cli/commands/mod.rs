@@ -1,0 +1,55 @@
+//! One function per command: arguments in, calls into the layers below,
+//! results rendered. Returns the process exit code.
+
+use anyhow::Result;
+
+use super::args::{Cmd, NetArgs, ProfileCmd};
+use super::exit::Code;
+use super::render::Ui;
+use crate::home::Home;
+
+mod cache;
+mod cluster;
+mod fetch;
+mod manifest;
+mod signing;
+
+/// Runs a command; returns the process exit code.
+pub fn run(cmd: Cmd, home: &Home, ui: &Ui) -> Result<u8> {
+    let code = match cmd {
+        Cmd::Start(a) => cluster::start(a, home, ui)?,
+        Cmd::Stop(a) => cluster::stop(a.profile, home, ui)?,
+        Cmd::Delete(a) => cluster::delete(a, home, ui)?,
+        Cmd::Status(a) => return cluster::status(a.profile, home, ui),
+        Cmd::Profile(ProfileCmd::List) => cluster::profile_list(home, ui)?,
+        Cmd::Kubectl { profile, args } => cluster::kubectl(profile, args, home, ui)?,
+        Cmd::Logs { profile, follow, lines } => cluster::logs(profile, follow, lines, home)?,
+        Cmd::Fetch(args) => fetch::run(args, home, ui)?,
+        Cmd::Cache(c) => cache::run(c, home, ui)?,
+        Cmd::Manifest(c) => manifest::run(c, home, ui)?,
+        Cmd::Keys(c) => signing::keys(c, home, ui)?,
+        Cmd::Trust(c) => signing::trust_cmd(c, home, ui)?,
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut super::args::Cli::command(), "kubestrap", &mut std::io::stdout());
+            Code::Ok
+        }
+        Cmd::Monitor { run_dir } => {
+            crate::driver::native::monitor::main(&run_dir)?;
+            Code::Ok
+        }
+    };
+    Ok(code as u8)
+}
+
+/// Download options from the command line.
+pub fn fetch_options(net: &NetArgs) -> crate::artifacts::Options {
+    crate::artifacts::Options {
+        offline: net.offline,
+        ca_cert: net.ca_cert.clone(),
+        jobs: net.jobs.into(),
+        speed_limit: net.speed_limit,
+        speed_time: net.speed_time,
+        ..Default::default()
+    }
+}

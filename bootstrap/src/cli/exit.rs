@@ -1,0 +1,226 @@
+//! Exit codes, one block per source of failure (documented in README.md),
+//! and the one place that maps errors to them. Library code returns typed
+//! errors; only the CLI turns them into a code.
+
+use kubestrap_fskit::FsError;
+use kubestrap_manifest::ManifestError;
+
+use crate::artifacts::{FetchError, StoreError, UnpackError, source::ClientError};
+use crate::channel::ChannelError;
+use crate::cluster::ClusterError;
+use crate::cluster::kubeconfig::KubeconfigError;
+use crate::driver::DriverError;
+use crate::home::HomeError;
+
+/// Exit codes. Keep in sync with README.md ("Exit codes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Code {
+    Ok = 0,
+    /// Anything not classified below.
+    Internal = 1,
+    /// Bad command line, or a manifest that does not parse or validate.
+    Usage = 2,
+    /// Manifest signature bad, key untrusted or revoked.
+    Signature = 10,
+    /// Manifest or key list expired.
+    Expired = 11,
+    /// Manifest older than one already seen (rollback), or replayed with other bytes.
+    Rollback = 12,
+    /// The manifest needs a newer kubestrap.
+    NeedsNewerKubestrap = 13,
+    /// A download failed from every source.
+    Download = 20,
+    /// A download did not match its sha256 or size.
+    Integrity = 21,
+    /// `--offline` and artifacts are missing from the cache.
+    OfflineMissing = 22,
+    /// Local disk: cannot read or write the store.
+    Disk = 30,
+    /// The disk is full.
+    DiskFull = 31,
+    /// An archive tried to write outside its destination, expands too far,
+    /// or is not the archive its manifest says.
+    UnsafeArchive = 32,
+    /// A cached blob or component tree is corrupt.
+    CorruptCache = 33,
+    /// The home was written by a newer kubestrap.
+    NewerHome = 34,
+    /// The profile is locked by another kubestrap command (`--no-wait`).
+    Locked = 40,
+    /// The requested port is in use.
+    PortInUse = 41,
+    /// The profile does not exist.
+    NoProfile = 42,
+    /// The driver could not create, start or stop the host.
+    Driver = 43,
+    /// localkube exited while starting.
+    LocalkubeExited = 50,
+    /// The apiserver did not become ready in time.
+    NotReady = 51,
+    /// The kubeconfig cannot be read or written.
+    Kubeconfig = 60,
+}
+
+/// A mistake in what was asked that no layer below describes (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The exit code for an error: the first cause in its chain that has one.
+pub fn classify(err: &anyhow::Error) -> Code {
+    err.chain().find_map(code_of).unwrap_or(Code::Internal)
+}
+
+fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<Code> {
+    if let Some(e) = cause.downcast_ref::<ClusterError>() {
+        return Some(cluster_code(e));
+    }
+    if cause.is::<KubeconfigError>() {
+        return Some(Code::Kubeconfig);
+    }
+    if let Some(e) = cause.downcast_ref::<ChannelError>() {
+        return channel_code(e);
+    }
+    if let Some(e) = cause.downcast_ref::<FetchError>() {
+        return Some(match e {
+            FetchError::Offline { .. } => Code::OfflineMissing,
+            FetchError::AllFailed { .. } if e.is_integrity() => Code::Integrity,
+            FetchError::AllFailed { .. } => Code::Download,
+            FetchError::Local { source, .. } => fs_code(source),
+            FetchError::NoArtifact { .. } | FetchError::Client(_) => Code::Usage,
+        });
+    }
+    if let Some(e) = cause.downcast_ref::<StoreError>() {
+        return match e {
+            StoreError::Fs(e) => Some(fs_code(e)),
+            StoreError::Unpack(e) => Some(unpack_code(e)),
+            StoreError::Corrupt { .. } => Some(Code::CorruptCache),
+        };
+    }
+    if let Some(e) = cause.downcast_ref::<UnpackError>() {
+        return Some(unpack_code(e));
+    }
+    if let Some(e) = cause.downcast_ref::<DriverError>() {
+        return Some(match e {
+            DriverError::NotAvailable(_) | DriverError::Unsupported { .. } => Code::Usage,
+            DriverError::DidNotStart { .. } => Code::LocalkubeExited,
+            DriverError::ProgramMissing { .. } => Code::CorruptCache,
+            DriverError::Fs(e) => fs_code(e),
+            _ => Code::Driver,
+        });
+    }
+    if cause.is::<ClientError>() || cause.is::<ManifestError>() || cause.is::<UsageError>() {
+        return Some(Code::Usage);
+    }
+    if let Some(e) = cause.downcast_ref::<HomeError>() {
+        return Some(match e {
+            HomeError::Unknown => Code::Usage,
+            HomeError::NewerLayout { .. } => Code::NewerHome,
+        });
+    }
+    if let Some(e) = cause.downcast_ref::<kubestrap_signing::Error>() {
+        return Some(signing_code(e));
+    }
+    if let Some(e) = cause.downcast_ref::<FsError>() {
+        return Some(fs_code(e));
+    }
+    if let Some(e) = cause.downcast_ref::<std::io::Error>() {
+        return Some(if kubestrap_fskit::is_disk_full(e) { Code::DiskFull } else { Code::Disk });
+    }
+    None
+}
+
+fn cluster_code(e: &ClusterError) -> Code {
+    use ClusterError as E;
+    match e {
+        E::NoProfile { .. } => Code::NoProfile,
+        E::BadName { .. } | E::DriverMismatch { .. } | E::OtherRelease { .. } | E::PurgeInUse { .. } => Code::Usage,
+        E::NoComponent { .. } => Code::Usage,
+        E::DamagedConfig { .. } | E::Pki { .. } => Code::Disk,
+        E::PortInUse { .. } | E::NoFreePort { .. } => Code::PortInUse,
+        E::LocalkubeExited { .. } => Code::LocalkubeExited,
+        E::NotReady { .. } => Code::NotReady,
+        E::NotCached { .. } => Code::OfflineMissing,
+    }
+}
+
+/// `None` where the cause carried inside decides.
+fn channel_code(e: &ChannelError) -> Option<Code> {
+    use ChannelError as E;
+    Some(match e {
+        E::NotFound { .. } => Code::Usage,
+        E::Unreadable { source, .. } => match source {
+            FsError::Io { .. } => fs_code(source),
+            // Too big, not a file, not text: not a manifest.
+            _ => Code::Usage,
+        },
+        E::MissingSignature { .. } | E::NotOfficial { .. } | E::WrongChannel { .. } | E::NotAnchored { .. } => {
+            Code::Signature
+        }
+        E::Download { .. } => Code::Download,
+        E::Offline { .. } | E::NoneKept => Code::OfflineMissing,
+        E::NeedsNewer { .. } => Code::NeedsNewerKubestrap,
+        E::Expired { .. } => Code::Expired,
+        E::KeyListReplaced { .. } => Code::Rollback,
+        E::Signing(e) => signing_code(e),
+        E::Manifest(_) | E::Client(_) => Code::Usage,
+        E::Fs(e) => fs_code(e),
+    })
+}
+
+fn fs_code(e: &FsError) -> Code {
+    match e {
+        FsError::Locked { .. } => Code::Locked,
+        e if e.is_disk_full() => Code::DiskFull,
+        _ => Code::Disk,
+    }
+}
+
+fn unpack_code(e: &UnpackError) -> Code {
+    match e {
+        UnpackError::Unsafe { .. }
+        | UnpackError::TooLarge { .. }
+        | UnpackError::TooManyEntries { .. }
+        | UnpackError::Malformed { .. } => Code::UnsafeArchive,
+        UnpackError::HashMismatch { .. } => Code::CorruptCache,
+        // The archive matches its hash: the manifest names a bin it lacks.
+        UnpackError::MissingBin { .. } => Code::Usage,
+        UnpackError::Io { source, .. } if kubestrap_fskit::is_disk_full(source) => Code::DiskFull,
+        UnpackError::Io { .. } => Code::Disk,
+    }
+}
+
+fn signing_code(e: &kubestrap_signing::Error) -> Code {
+    use kubestrap_signing::Error as E;
+    match e {
+        E::Expired { .. } => Code::Expired,
+        E::Rollback { .. } | E::VersionReplaced { .. } => Code::Rollback,
+        E::Io { source, .. } if kubestrap_fskit::is_disk_full(source) => Code::DiskFull,
+        E::Io { .. } | E::StateCorrupt { .. } => Code::Disk,
+        E::File(f) => match f {
+            FsError::Io { .. } => fs_code(f),
+            // A key or list file that is too big, not a file or not text.
+            _ => Code::Usage,
+        },
+        // Mistakes in what the user asked for, not verdicts on a signature.
+        E::AlreadyExists { .. }
+        | E::MalformedSecretKey { .. }
+        | E::PasswordRequired { .. }
+        | E::WrongPassword { .. }
+        | E::Sign { .. }
+        | E::NotPinned { .. }
+        | E::PinConflict { .. }
+        | E::BadKeyId { .. }
+        | E::Invalid(_) => Code::Usage,
+        _ => Code::Signature,
+    }
+}
+
+/// One line of advice for the disk-full case, naming where space is needed.
+pub fn disk_full_advice(home: &std::path::Path) -> String {
+    format!(
+        "free some space on the filesystem of {} (or point KUBESTRAP_HOME elsewhere), then run the command again: it resumes",
+        home.display()
+    )
+}

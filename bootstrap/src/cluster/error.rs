@@ -1,0 +1,44 @@
+use std::path::PathBuf;
+
+/// Lifecycle failures no lower layer describes. Each names the profile,
+/// port or file, and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(
+        "profile {profile:?} does not exist; create it with `kubestrap start -p {profile}` (see `kubestrap profile list`)"
+    )]
+    NoProfile { profile: String },
+    #[error(
+        "invalid profile name {name:?}: use 1-63 lowercase letters, digits or '-', not starting or ending with '-'"
+    )]
+    BadName { name: String },
+    #[error("{} is damaged ({why}); fix it, or run `kubestrap delete -p {profile}`", path.display())]
+    DamagedConfig { path: PathBuf, why: String, profile: String },
+    #[error("profile {profile:?} uses the {has} driver; delete it first to use {asked}")]
+    DriverMismatch { profile: String, has: String, asked: String },
+    #[error(
+        "profile {profile:?} runs manifest {current}; {spec} is {candidate}. Changing a cluster's release is an upgrade; delete the profile to start over with it"
+    )]
+    OtherRelease { profile: String, current: String, spec: String, candidate: String },
+    #[error(
+        "--purge removes the download cache, which profile(s) {others} still use; delete them too (`kubestrap delete --all --purge`), or leave out --purge"
+    )]
+    PurgeInUse { others: String },
+    #[error("port {port} on 127.0.0.1 is in use by another program; free it, or choose another with --port")]
+    PortInUse { port: u16 },
+    #[error("no free port in {from}-{to}; choose one with --port")]
+    NoFreePort { from: u16, to: u16 },
+    #[error("{what}.\nLast lines of {log}:\n{tail}\n{advice}")]
+    LocalkubeExited { what: String, log: String, tail: String, advice: String },
+    #[error("{what}.\nLast lines of {log}:\n{tail}\n{advice}")]
+    NotReady { what: String, log: String, tail: String, advice: String },
+    #[error("{what} is not in the cache; run `kubestrap start -p {profile}` (or `kubestrap fetch`) first")]
+    NotCached { what: String, profile: String },
+    #[error("the manifest has no {component} for this machine")]
+    NoComponent { component: &'static str },
+    #[error(
+        "the cluster certificates in {} cannot be used ({reason}); restore them from a backup, or `kubestrap delete -p {profile}` and start again (its data goes with it)",
+        dir.display()
+    )]
+    Pki { dir: PathBuf, profile: String, reason: String },
+}

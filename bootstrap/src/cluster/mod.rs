@@ -1,0 +1,35 @@
+//! The cluster lifecycle: `start` as named steps, `stop`, `delete`,
+//! `status`, and what a cluster is made of besides localkube — its profile,
+//! PKI, kubeconfig entries and the apiserver probe. Logic only: progress
+//! goes out as typed events ([`crate::progress`]), results are returned.
+
+use anyhow::Result;
+use kubestrap_fskit::Lock;
+
+use crate::home::Home;
+use crate::progress::Progress;
+
+pub mod apiserver;
+mod error;
+pub mod kubeconfig;
+pub mod pki;
+mod ports;
+pub mod profile;
+mod start;
+pub mod status;
+mod stop;
+
+pub use error::ClusterError;
+pub use start::{StartOptions, start};
+pub use status::status;
+pub use stop::{delete, purge, stop};
+
+use profile::Profile;
+
+/// Takes the profile's lock; says so if it has to wait.
+pub fn lock_profile(home: &Home, p: &Profile, wait: bool, progress: &dyn Progress) -> Result<Lock> {
+    Ok(home.lock(&format!("profile-{}", p.name), wait, || {
+        progress
+            .warn(format!("another kubestrap command is working on profile {:?}; waiting for it to finish…", p.name))
+    })?)
+}

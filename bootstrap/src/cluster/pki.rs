@@ -1,0 +1,303 @@
+//! The cluster's PKI, made on first start and reused afterwards so the
+//! kubeconfig stays valid across stop/start/upgrade: a CA, the apiserver's
+//! serving certificate, an admin client certificate (O=system:masters), a
+//! service-account signing key pair and a static admin token.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use kubestrap_manifest::PkiFile;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+use kubestrap_fskit::{self as fskit, caps};
+
+/// Leaf certificates closer than this to expiry are renewed by `start`.
+pub const RENEW_BEFORE: Duration = Duration::days(30);
+
+/// The Kubernetes service IP of `kubernetes.default` in the default service CIDR.
+pub const SERVICE_IP: &str = "10.96.0.1";
+
+/// The names every apiserver certificate carries.
+pub fn default_sans() -> Vec<String> {
+    [
+        "127.0.0.1",
+        "::1",
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        SERVICE_IP,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub profile: String,
+    /// Certificate validity.
+    pub validity: Duration,
+    /// Extra apiserver names or addresses a driver needs.
+    pub extra_sans: Vec<String>,
+}
+
+/// Paths of a profile's PKI files.
+#[derive(Clone, Debug)]
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: PathBuf) -> Pki {
+        Pki { dir }
+    }
+    pub fn path(&self, f: PkiFile) -> PathBuf {
+        self.dir.join(f.file_name())
+    }
+    pub fn read(&self, f: PkiFile) -> Result<Vec<u8>> {
+        Ok(fskit::read_capped(&self.path(f), caps::STATE)?)
+    }
+    fn complete(&self) -> bool {
+        PkiFile::ALL.iter().all(|f| self.path(*f).is_file())
+    }
+
+    /// Makes the PKI if it is missing or incomplete; otherwise reuses it,
+    /// re-issuing only the apiserver certificate when it lacks a needed name.
+    /// Returns whether anything was written.
+    pub fn ensure(&self, opts: &Options) -> Result<bool> {
+        fskit::create_dir_mode(&self.dir, 0o700)?;
+        let wanted: Vec<String> = default_sans().into_iter().chain(opts.extra_sans.iter().cloned()).collect();
+        if self.complete() {
+            let soon = OffsetDateTime::now_utc() + RENEW_BEFORE;
+            let expiring = |f: PkiFile| self.expiries().map(|e| e.iter().any(|(g, at)| *g == f && *at < soon));
+            let renew_api = !wanted.iter().all(|w| self.apiserver_sans().is_ok_and(|have| have.contains(w)))
+                || expiring(PkiFile::ApiserverCert)?
+                || !self.cert_matches_key(PkiFile::ApiserverCert, PkiFile::ApiserverKey);
+            // A key and its certificate are two files: a crash between the two
+            // writes of a renewal leaves them apart, which is repaired here.
+            let renew_admin =
+                expiring(PkiFile::AdminCert)? || !self.cert_matches_key(PkiFile::AdminCert, PkiFile::AdminKey);
+            if !renew_api && !renew_admin {
+                return Ok(false);
+            }
+            // Same CA: the cluster and existing kubeconfigs keep trusting it.
+            let (ca, ca_key) = self.load_ca()?;
+            if renew_api {
+                self.issue_apiserver(&ca, &ca_key, &wanted, opts)?;
+            }
+            if renew_admin {
+                self.issue_admin(&ca, &ca_key, opts)?;
+            }
+            return Ok(true);
+        }
+        // Incomplete (first start, or a crash while making it): make it all anew.
+        let ca_key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name = dn(&format!("kubestrap-{}-ca", opts.profile), None);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        validity(&mut p, opts.validity + Duration::days(365));
+        let ca = p.self_signed(&ca_key)?;
+        self.write(PkiFile::CaKey, ca_key.serialize_pem())?;
+        self.issue_apiserver(&ca, &ca_key, &wanted, opts)?;
+
+        self.issue_admin(&ca, &ca_key, opts)?;
+
+        let sa = KeyPair::generate()?;
+        self.write(PkiFile::ServiceAccountKey, sa.serialize_pem())?;
+        self.write(PkiFile::ServiceAccountPub, sa.public_key_pem())?;
+
+        let token: [u8; 24] = rand::random();
+        self.write(PkiFile::TokenCsv, format!("{},admin,admin,\"system:masters\"\n", hex::encode(token)))?;
+        // The CA certificate last: its presence with the rest marks a complete PKI.
+        self.write(PkiFile::CaCert, ca.pem())?;
+        Ok(true)
+    }
+
+    fn issue_apiserver(
+        &self,
+        ca: &rcgen::Certificate,
+        ca_key: &KeyPair,
+        sans: &[String],
+        opts: &Options,
+    ) -> Result<()> {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.subject_alt_names = sans
+            .iter()
+            .map(|s| match s.parse::<IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => Ok(SanType::DnsName(s.clone().try_into()?)),
+            })
+            .collect::<Result<_, rcgen::Error>>()?;
+        p.distinguished_name = dn("kube-apiserver", None);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        validity(&mut p, opts.validity);
+        let cert = p.signed_by(&key, ca, ca_key)?;
+        self.write(PkiFile::ApiserverKey, key.serialize_pem())?;
+        self.write(PkiFile::ApiserverCert, cert.pem())?;
+        Ok(())
+    }
+
+    fn issue_admin(&self, ca: &rcgen::Certificate, ca_key: &KeyPair, opts: &Options) -> Result<()> {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name = dn("kubestrap-admin", Some("system:masters"));
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        validity(&mut p, opts.validity);
+        let cert = p.signed_by(&key, ca, ca_key)?;
+        self.write(PkiFile::AdminKey, key.serialize_pem())?;
+        self.write(PkiFile::AdminCert, cert.pem())
+    }
+
+    fn load_ca(&self) -> Result<(rcgen::Certificate, KeyPair)> {
+        let key = KeyPair::from_pem(&String::from_utf8(self.read(PkiFile::CaKey)?)?)?;
+        let params = CertificateParams::from_ca_cert_pem(&String::from_utf8(self.read(PkiFile::CaCert)?)?)?;
+        let cert = params.self_signed(&key)?;
+        Ok((cert, key))
+    }
+
+    /// Whether a certificate carries the public half of a key file.
+    fn cert_matches_key(&self, cert: PkiFile, key: PkiFile) -> bool {
+        let (Ok(cert_pem), Ok(key_pem)) = (self.read(cert), self.read(key)) else { return false };
+        let Ok(key) = String::from_utf8(key_pem).map_err(|_| ()).and_then(|k| KeyPair::from_pem(&k).map_err(|_| ()))
+        else {
+            return false;
+        };
+        let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(&cert_pem) else { return false };
+        pem.parse_x509().is_ok_and(|c| c.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
+    }
+
+    fn apiserver_sans(&self) -> Result<Vec<String>> {
+        let pem = self.read(PkiFile::ApiserverCert)?;
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).context("apiserver.crt is not PEM")?;
+        let cert = pem.parse_x509().context("apiserver.crt is not a certificate")?;
+        let mut out = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    x509_parser::extensions::GeneralName::DNSName(d) => out.push(d.to_string()),
+                    x509_parser::extensions::GeneralName::IPAddress(b) => {
+                        let ip = match b.len() {
+                            4 => IpAddr::from(<[u8; 4]>::try_from(*b).expect("4 bytes")),
+                            16 => IpAddr::from(<[u8; 16]>::try_from(*b).expect("16 bytes")),
+                            _ => continue,
+                        };
+                        out.push(ip.to_string());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// When each certificate expires, soonest first.
+    pub fn expiries(&self) -> Result<Vec<(PkiFile, OffsetDateTime)>> {
+        let mut out = Vec::new();
+        for f in [PkiFile::CaCert, PkiFile::ApiserverCert, PkiFile::AdminCert] {
+            let pem = self.read(f)?;
+            let (_, pem) =
+                x509_parser::pem::parse_x509_pem(&pem).with_context(|| format!("{} is not PEM", f.file_name()))?;
+            let cert = pem.parse_x509().with_context(|| format!("{} is not a certificate", f.file_name()))?;
+            out.push((f, cert.validity().not_after.to_datetime()));
+        }
+        out.sort_by_key(|(_, t)| *t);
+        Ok(out)
+    }
+
+    fn write(&self, f: PkiFile, content: String) -> Result<()> {
+        let mode = if f.is_secret() { 0o600 } else { 0o644 };
+        Ok(fskit::write_atomic(&self.path(f), content.as_bytes(), mode)?)
+    }
+
+    /// Copies PKI files to where localkube expects them (`run.pki-files`).
+    pub fn place(&self, dest: &Path, f: PkiFile) -> Result<()> {
+        let mode = if f.is_secret() { 0o600 } else { 0o644 };
+        if let Some(dir) = dest.parent() {
+            fskit::create_dir_mode(dir, 0o700)?;
+        }
+        Ok(fskit::write_atomic(dest, &self.read(f)?, mode)?)
+    }
+}
+
+fn dn(cn: &str, org: Option<&str>) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    if let Some(o) = org {
+        dn.push(DnType::OrganizationName, o);
+    }
+    dn
+}
+
+fn validity(p: &mut CertificateParams, d: Duration) {
+    let now = OffsetDateTime::now_utc();
+    // Backdated a little for clocks that disagree by a few minutes.
+    p.not_before = now - Duration::minutes(5);
+    p.not_after = now + d;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn opts() -> Options {
+        Options { profile: "t".into(), validity: Duration::days(365), extra_sans: vec![] }
+    }
+
+    #[test]
+    fn made_once_then_reused_and_extended() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path().join("pki"));
+        assert!(pki.ensure(&opts()).unwrap());
+        let ca = pki.read(PkiFile::CaCert).unwrap();
+        let admin = pki.read(PkiFile::AdminCert).unwrap();
+        assert!(!pki.ensure(&opts()).unwrap(), "second ensure reuses");
+        let mode = fs::metadata(pki.path(PkiFile::CaKey)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let dmode = fs::metadata(&pki.dir).unwrap().permissions().mode();
+        assert_eq!(dmode & 0o777, 0o700);
+        let sans = pki.apiserver_sans().unwrap();
+        for s in default_sans() {
+            assert!(sans.contains(&s), "{s} missing from {sans:?}");
+        }
+        // A driver that needs another address gets a new serving cert, same CA and admin.
+        let mut o = opts();
+        o.extra_sans = vec!["10.0.2.15".into()];
+        assert!(pki.ensure(&o).unwrap());
+        assert!(pki.apiserver_sans().unwrap().contains(&"10.0.2.15".to_string()));
+        assert_eq!(pki.read(PkiFile::CaCert).unwrap(), ca);
+        assert_eq!(pki.read(PkiFile::AdminCert).unwrap(), admin);
+        // A key that does not match its certificate (a crash mid-renewal) is repaired.
+        let other = KeyPair::generate().unwrap();
+        pki.write(PkiFile::AdminKey, other.serialize_pem()).unwrap();
+        assert!(pki.ensure(&o).unwrap(), "mismatched admin key/cert is re-issued");
+        assert!(pki.cert_matches_key(PkiFile::AdminCert, PkiFile::AdminKey));
+        assert!(!pki.ensure(&o).unwrap());
+        // Leaf certificates close to expiry are renewed under the same CA.
+        let mut short = opts();
+        short.validity = Duration::days(10);
+        let dir2 = tempfile::tempdir().unwrap();
+        let pki2 = Pki::new(dir2.path().join("pki"));
+        pki2.ensure(&short).unwrap();
+        let ca2 = pki2.read(PkiFile::CaCert).unwrap();
+        assert!(pki2.ensure(&opts()).unwrap(), "expiring leaves are renewed");
+        assert_eq!(pki2.read(PkiFile::CaCert).unwrap(), ca2);
+        assert!(pki2.expiries().unwrap().iter().all(|(_, at)| *at > OffsetDateTime::now_utc() + Duration::days(300)));
+        let csv = String::from_utf8(pki.read(PkiFile::TokenCsv).unwrap()).unwrap();
+        assert_eq!(csv.split(',').next().unwrap().len(), 48);
+        let exp = pki.expiries().unwrap();
+        assert_eq!(exp.len(), 3);
+        assert!(exp[0].1 > OffsetDateTime::now_utc() + Duration::days(300));
+    }
+}

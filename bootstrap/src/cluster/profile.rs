@@ -1,0 +1,115 @@
+//! Per-cluster state: `profiles/<name>/config.toml` and the directories
+//! beside it (pki/, data/, logs/, run/).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use kubestrap_fskit::{self as fskit, FsError};
+use kubestrap_manifest::Driver;
+use serde::{Deserialize, Serialize};
+
+use super::ClusterError;
+use crate::home::Home;
+use crate::state::{read as read_state, write as write_state};
+
+/// What a profile runs. Changed only by atomic rename.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    pub name: String,
+    pub driver: Driver,
+    /// The accepted manifest this cluster runs (kept under `manifests/`).
+    pub manifest: PathBuf,
+    /// The apiserver port on the host.
+    pub port: u16,
+    /// Whether the user chose the port (then it is never changed silently).
+    #[serde(default)]
+    pub port_pinned: bool,
+    pub created: String,
+}
+
+/// Paths of one profile.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl Profile {
+    pub fn new(home: &Home, name: &str) -> Result<Profile, ClusterError> {
+        check_name(name)?;
+        Ok(Profile { name: name.to_string(), dir: home.profile(name) })
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+    pub fn pki(&self) -> PathBuf {
+        self.dir.join("pki")
+    }
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+    pub fn log_file(&self) -> PathBuf {
+        self.logs().join("localkube.log")
+    }
+    pub fn run(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+    /// Whether the profile exists (its config, damaged or not).
+    pub fn exists(&self) -> bool {
+        std::fs::symlink_metadata(self.config_path()).is_ok()
+    }
+
+    /// The profile's config: [`ClusterError::NoProfile`] if there is none,
+    /// [`ClusterError::DamagedConfig`] if it cannot be read as one.
+    pub fn load(&self) -> Result<Config, ClusterError> {
+        let path = self.config_path();
+        match read_state::<Config>(&path) {
+            Ok(Some(c)) => Ok(c),
+            Ok(None) => Err(ClusterError::NoProfile { profile: self.name.clone() }),
+            Err(why) => Err(ClusterError::DamagedConfig { path, why, profile: self.name.clone() }),
+        }
+    }
+
+    pub fn save(&self, cfg: &Config) -> Result<(), FsError> {
+        fskit::create_dir_mode(&self.dir, 0o700)?;
+        write_state(&self.config_path(), cfg)
+    }
+}
+
+/// Profile names become directory names, kubeconfig entries and node names.
+pub fn check_name(name: &str) -> Result<(), ClusterError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok { Ok(()) } else { Err(ClusterError::BadName { name: name.to_string() }) }
+}
+
+/// Names of every profile in the home (damaged ones included).
+pub fn names(home: &Home) -> Result<Vec<String>, FsError> {
+    let mut out = Vec::new();
+    for e in fskit::list_dir(&home.profiles())? {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if std::fs::symlink_metadata(e.path().join("config.toml")).is_ok() && check_name(&name).is_ok() {
+            out.push(name);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The manifests any profile points at.
+pub fn all_manifest_paths(home: &Home) -> Result<BTreeSet<PathBuf>, FsError> {
+    let mut out = BTreeSet::new();
+    for name in names(home)? {
+        if let Ok(cfg) = Profile::new(home, &name).and_then(|p| p.load()) {
+            out.insert(cfg.manifest);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,436 @@
+//! `start`: idempotent; creates the profile if absent, resumes it if stopped,
+//! recovers it if localkube crashed or was left stopping. Its named steps —
+//! resolve → verify → fetch → unpack → configure → PKI → launch → ready →
+//! kubeconfig — are functions `upgrade` reuses.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use kubestrap_manifest::{Driver as Kind, Manifest, PkiFile, Target};
+
+use super::apiserver::{Probe, WaitError};
+use super::pki::{self, Pki};
+use super::profile::{Config, Profile};
+use super::{ClusterError, kubeconfig, lock_profile, ports};
+use crate::artifacts::{self, store};
+use crate::channel::{self, Loaded};
+use crate::driver::{self, Driver, Host, HostState, Launch, Stop};
+use crate::home::Home;
+use crate::progress::{Progress, Step};
+
+pub struct StartOptions {
+    pub profile: String,
+    pub driver: Option<Kind>,
+    pub manifest: Option<String>,
+    pub allow_expired: bool,
+    pub fetch: artifacts::Options,
+    pub port: Option<u16>,
+    pub wait_timeout: Duration,
+    pub keep_context: bool,
+    pub no_wait: bool,
+    pub cert_validity: time::Duration,
+}
+
+#[derive(Debug)]
+pub struct Started {
+    pub profile: String,
+    pub context: String,
+    pub server: String,
+    pub kubeconfig: PathBuf,
+    /// The driver's name for the running localkube (`pid 1234`).
+    pub host: String,
+    pub kubernetes: String,
+    pub manifest: String,
+    pub already_running: bool,
+    pub created: bool,
+}
+
+pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<Started> {
+    let p = Profile::new(home, &o.profile)?;
+    let _lock = lock_profile(home, &p, !o.no_wait, progress)?;
+    let _store = home.store_lock(false, || {
+        progress.warn("waiting for another kubestrap command that is cleaning the cache…".into())
+    })?;
+    let existing = if p.exists() { Some(p.load()?) } else { None };
+    let kind = match (&existing, o.driver) {
+        (Some(c), Some(d)) if c.driver != d => {
+            return Err(ClusterError::DriverMismatch {
+                profile: p.name.clone(),
+                has: c.driver.to_string(),
+                asked: d.to_string(),
+            }
+            .into());
+        }
+        (Some(c), _) => c.driver,
+        (None, d) => d.unwrap_or(Kind::Native),
+    };
+    let drv = driver::for_kind(kind)?;
+    // A kubeconfig we could not update later is refused before anything runs.
+    kubeconfig::check(&kubeconfig::path()?)?;
+
+    let loaded = resolve(home, o, &p, existing.as_ref(), progress)?;
+    let run = &loaded.manifest.component.localkube.run;
+    match drv.status(&p)? {
+        HostState::Running(host) if existing.is_some() => {
+            if let Some(started) = rejoin(drv.as_ref(), &p, &host, &loaded, o, progress)? {
+                return Ok(started);
+            }
+        }
+        HostState::Stopping(_) => {
+            // A stop (or delete) was cut short while localkube shut down:
+            // finish it, then start afresh.
+            let t = Instant::now();
+            drv.stop(&p, Stop::of(run))?;
+            progress.step(Step::StopFinished { profile: p.name.clone() }, t.elapsed());
+        }
+        HostState::Crashed { how } => {
+            progress
+                .warn(format!("localkube of profile {:?} had stopped unexpectedly ({how}); starting it again", p.name));
+            // What is left of it (helpers; all of it when only the pid file was
+            // lost) is stopped the way the manifest says.
+            drv.stop(&p, Stop::of(run))?;
+        }
+        HostState::Running(_) | HostState::Stopped => {}
+    }
+
+    let components = fetch_and_unpack(home, &loaded.manifest, kind, &o.fetch, progress)?;
+    let (port, created) = configure(home, &p, kind, o.port, existing.as_ref(), &loaded, progress)?;
+    let launch = Launch {
+        profile: p.clone(),
+        run: run.clone(),
+        program_sha256: components.program_sha256,
+        component: components.localkube,
+        port,
+    };
+    let pki = certificates(drv.as_ref(), &launch, o.cert_validity, progress)?;
+    let host = launch_localkube(drv.as_ref(), &launch, progress)?;
+    let version = (|| {
+        wait_ready(drv.as_ref(), &p, &pki, port, &launch.run, o.wait_timeout, true, progress)?;
+        write_kubeconfig(&p, &pki, port, o.keep_context, progress)
+    })();
+    let version = match version {
+        Ok(v) => v,
+        Err(e) => {
+            // Nothing this start launched is left running behind a failure.
+            if drv.running(&p).unwrap_or(false) {
+                let _ = drv.stop(&p, Stop::of(&launch.run));
+            }
+            return Err(e);
+        }
+    };
+    Ok(Started {
+        host: host.id,
+        kubernetes: version,
+        manifest: loaded.manifest.id(),
+        already_running: false,
+        created,
+        ..result(&p, port)?
+    })
+}
+
+/// Step "resolve → verify": the manifest to run, verified before anything
+/// else happens. A different release than the profile runs is an upgrade.
+fn resolve(
+    home: &Home,
+    o: &StartOptions,
+    p: &Profile,
+    existing: Option<&Config>,
+    progress: &dyn Progress,
+) -> Result<Loaded> {
+    let t = Instant::now();
+    let want = channel::Want {
+        spec: o.manifest.as_deref(),
+        current: existing.map(|c| c.manifest.as_path()),
+        allow_expired: o.allow_expired,
+        fetch: &o.fetch,
+    };
+    let loaded = channel::resolve(home, &want, progress)?;
+    if let (Some(spec), Some(cfg)) = (&o.manifest, existing)
+        && loaded.path != cfg.manifest
+    {
+        let current = channel::peek(&cfg.manifest).map_or_else(|| cfg.manifest.display().to_string(), |m| m.id());
+        return Err(ClusterError::OtherRelease {
+            profile: p.name.clone(),
+            current,
+            spec: crate::urls::redact(spec),
+            candidate: loaded.manifest.id(),
+        }
+        .into());
+    }
+    if let Some(n) = loaded.trusted.pinned_notice() {
+        progress.warn(n);
+    }
+    let m = &loaded.manifest;
+    progress.step(
+        Step::ManifestVerified {
+            manifest: m.id(),
+            kubernetes: m.kubernetes.to_string(),
+            trust: loaded.trusted.path.to_string(),
+        },
+        t.elapsed(),
+    );
+    Ok(loaded)
+}
+
+/// A start found localkube running: wait until it is ready and make sure
+/// kubeconfig points at it. `None` when it ended meanwhile (it was going
+/// down): the caller starts it again.
+fn rejoin(
+    drv: &dyn Driver,
+    p: &Profile,
+    host: &Host,
+    loaded: &Loaded,
+    o: &StartOptions,
+    progress: &dyn Progress,
+) -> Result<Option<Started>> {
+    drv.adopt(p)?;
+    if let Some(asked) = o.port.filter(|asked| *asked != host.port) {
+        progress.warn(format!(
+            "profile {:?} is already running on port {}; --port {asked} is ignored (stop it first to move it)",
+            p.name, host.port
+        ));
+    }
+    let pki = Pki::new(p.pki());
+    let run = &loaded.manifest.component.localkube.run;
+    match wait_ready(drv, p, &pki, host.port, run, o.wait_timeout, false, progress) {
+        Ok(()) => {}
+        Err(e) if !drv.running(p).unwrap_or(true) => {
+            progress.warn(format!(
+                "localkube of profile {:?} ended while this start waited for it ({e}); starting it again",
+                p.name
+            ));
+            drv.stop(p, Stop::of(run))?;
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    }
+    let version = write_kubeconfig(p, &pki, host.port, o.keep_context, progress)?;
+    Ok(Some(Started {
+        host: host.id.clone(),
+        kubernetes: version,
+        manifest: loaded.manifest.id(),
+        already_running: true,
+        created: false,
+        ..result(p, host.port)?
+    }))
+}
+
+/// The unpacked, verified trees a launch needs.
+pub struct Components {
+    pub localkube: PathBuf,
+    /// What localkube's program hashes to (from its tree's `.complete`).
+    pub program_sha256: kubestrap_manifest::Sha256,
+}
+
+/// Steps "fetch → unpack": every artifact from the cache or downloaded,
+/// every byte verified; trees unpacked, and what will run re-hashed now
+/// (repaired from the verified blob if it no longer matches).
+pub fn fetch_and_unpack(
+    home: &Home,
+    m: &Manifest,
+    kind: Kind,
+    fetch: &artifacts::Options,
+    progress: &dyn Progress,
+) -> Result<Components> {
+    let t = Instant::now();
+    let host = Target::host();
+    let jobs = artifacts::jobs_for(m, &host, kind)?;
+    artifacts::fetch_all(home, &jobs, fetch, progress)?;
+    let bytes = jobs.iter().map(|j| j.artifact.size.get()).sum();
+    progress.step(Step::ArtifactsVerified { count: jobs.len(), bytes }, t.elapsed());
+
+    let t = Instant::now();
+    let needs =
+        m.needs(&host, kind).map_err(|reason| artifacts::FetchError::NoArtifact { manifest: m.id(), reason })?;
+    let mut localkube = None;
+    for need in &needs {
+        // kubectl is checked when `kubestrap kubectl` runs it; what the
+        // driver runs is checked now.
+        if need.component == "kubectl" {
+            store::ensure_component(home, &need.artifact)?;
+            continue;
+        }
+        let (dir, repaired) = store::ensure_intact(home, &need.artifact)?;
+        if !repaired.is_empty() {
+            progress.step(
+                Step::ComponentRepaired { component: format!("{} {}", need.component, need.version), files: repaired },
+                t.elapsed(),
+            );
+        }
+        if need.component == "localkube" {
+            localkube = Some(dir);
+        }
+    }
+    let localkube = localkube.ok_or(ClusterError::NoComponent { component: "localkube" })?;
+    let program = &m.component.localkube.run.program;
+    let program_sha256 = store::complete_list(&localkube)?
+        .remove(program)
+        .and_then(Result::ok)
+        .ok_or_else(|| driver::DriverError::ProgramMissing { path: localkube.join(program) })?;
+    progress.step(Step::ComponentsUnpacked { count: needs.len() }, t.elapsed());
+    Ok(Components { localkube, program_sha256 })
+}
+
+/// Step "configure": port, driver, manifest pointer. Ports are chosen under
+/// a home-wide lock and recorded before it is released, so two profiles
+/// starting at once never pick the same one. Returns the port and whether
+/// the profile is new.
+fn configure(
+    home: &Home,
+    p: &Profile,
+    kind: Kind,
+    asked: Option<u16>,
+    existing: Option<&Config>,
+    loaded: &Loaded,
+    progress: &dyn Progress,
+) -> Result<(u16, bool)> {
+    let t = Instant::now();
+    let ports_lock = home.lock("ports", true, || {})?;
+    let port = ports::choose(home, p, asked, existing)?;
+    let created = existing.is_none();
+    let cfg = Config {
+        name: p.name.clone(),
+        driver: kind,
+        manifest: loaded.path.clone(),
+        port,
+        port_pinned: asked.is_some() || existing.is_some_and(|c| c.port_pinned),
+        created: existing.map_or_else(crate::driver::native::monitor::now, |c| c.created.clone()),
+    };
+    if existing != Some(&cfg) {
+        p.save(&cfg)?;
+    }
+    drop(ports_lock);
+    progress.step(Step::Configured { profile: p.name.clone(), port, created }, t.elapsed());
+    Ok((port, created))
+}
+
+/// Step "PKI": made once, reused after, placed where localkube expects it.
+fn certificates(drv: &dyn Driver, launch: &Launch, validity: time::Duration, progress: &dyn Progress) -> Result<Pki> {
+    let t = Instant::now();
+    let p = &launch.profile;
+    drv.create(p)?;
+    let pki = Pki::new(p.pki());
+    let made = pki
+        .ensure(&pki::Options { profile: p.name.clone(), validity, extra_sans: drv.extra_sans() })
+        .map_err(|e| ClusterError::Pki { dir: p.pki(), profile: p.name.clone(), reason: format!("{e:#}") })?;
+    let vars = drv.vars(launch);
+    for (dest, file) in &launch.run.pki_files {
+        pki.place(std::path::Path::new(&dest.render(&vars)), *file)?;
+    }
+    progress.step(Step::Certificates { created: made }, t.elapsed());
+    Ok(pki)
+}
+
+/// Step "launch".
+fn launch_localkube(drv: &dyn Driver, launch: &Launch, progress: &dyn Progress) -> Result<Host> {
+    let t = Instant::now();
+    let host = drv.start(launch)?;
+    progress.step(Step::LocalkubeStarted { host: host.id.clone(), driver: drv.kind().as_str() }, t.elapsed());
+    Ok(host)
+}
+
+fn result(p: &Profile, port: u16) -> Result<Started> {
+    Ok(Started {
+        profile: p.name.clone(),
+        context: kubeconfig::context_name(&p.name),
+        server: format!("https://127.0.0.1:{port}"),
+        kubeconfig: kubeconfig::path()?,
+        host: String::new(),
+        kubernetes: String::new(),
+        manifest: String::new(),
+        already_running: false,
+        created: false,
+    })
+}
+
+/// Step "ready": polls the apiserver until ready. Not ready in time:
+/// localkube is stopped if this start launched it (one that was running
+/// already is left alone); exited: how it ended. Either way with the last
+/// log lines.
+#[allow(clippy::too_many_arguments)]
+pub fn wait_ready(
+    drv: &dyn Driver,
+    p: &Profile,
+    pki: &Pki,
+    port: u16,
+    run: &kubestrap_manifest::Run,
+    timeout: Duration,
+    launched: bool,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let t = Instant::now();
+    let probe = Probe::new(pki, port, Duration::from_secs(2))?;
+    let deadline = Instant::now() + timeout;
+    let Err(e) = probe.wait_ready(&run.ready, deadline, || drv.running(p).unwrap_or(false)) else {
+        progress.step(Step::ApiserverReady { server: probe.server().to_string() }, t.elapsed());
+        return Ok(());
+    };
+    let tail = drv.log_tail(p, 20);
+    let log = p.log_file().display().to_string();
+    let tail_text = tail.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n");
+    Err(match e {
+        WaitError::Exited => {
+            let how = match drv.status(p)? {
+                HostState::Crashed { how } => how,
+                _ => "exited".into(),
+            };
+            let advice = if tail.iter().any(|l| l.to_lowercase().contains("address already in use")) {
+                format!(
+                    "Its port {port} was taken by another program after kubestrap chose it: start again, or pick one with --port"
+                )
+            } else {
+                format!("The log above says why; see also `kubestrap logs -p {}`", p.name)
+            };
+            ClusterError::LocalkubeExited {
+                what: format!("localkube {how} before the apiserver became ready"),
+                log,
+                tail: tail_text,
+                advice,
+            }
+        }
+        WaitError::Timeout { last } => {
+            let stopped = if !launched {
+                "it was running before this start, so it was left running".to_string()
+            } else {
+                match drv.stop(p, Stop::of(run)) {
+                    Ok(_) => "localkube was stopped".to_string(),
+                    Err(stop) => format!("stopping localkube failed too: {stop}"),
+                }
+            };
+            ClusterError::NotReady {
+                what: format!(
+                    "the apiserver was not ready after {}s (last answer: {last}); {stopped}",
+                    timeout.as_secs()
+                ),
+                log,
+                tail: tail_text,
+                advice: format!("Retry with a longer --wait-timeout, or see `kubestrap logs -p {}`", p.name),
+            }
+        }
+    }
+    .into())
+}
+
+/// Step "kubeconfig": writes the context; returns the apiserver's version.
+pub fn write_kubeconfig(
+    p: &Profile,
+    pki: &Pki,
+    port: u16,
+    keep_context: bool,
+    progress: &dyn Progress,
+) -> Result<String> {
+    let t = Instant::now();
+    let path = kubeconfig::path()?;
+    let entry = kubeconfig::Entry {
+        name: kubeconfig::context_name(&p.name),
+        server: format!("https://127.0.0.1:{port}"),
+        ca_pem: pki.read(PkiFile::CaCert)?,
+        client_cert_pem: pki.read(PkiFile::AdminCert)?,
+        client_key_pem: pki.read(PkiFile::AdminKey)?,
+    };
+    kubeconfig::merge(&path, &entry, !keep_context)?;
+    progress.step(Step::Kubeconfig { context: entry.name.clone(), path, current: !keep_context }, t.elapsed());
+    let probe = Probe::new(pki, port, Duration::from_secs(2))?;
+    Ok(probe.version().unwrap_or_default())
+}

@@ -1,0 +1,234 @@
+//! `status`: what the driver, the apiserver and the kubeconfig say, as
+//! typed states; the exit bitmask is computed from them.
+
+use std::fmt;
+use std::time::Duration;
+
+use anyhow::Result;
+use kubestrap_manifest::PkiFile;
+use serde::{Serialize, Serializer};
+
+use super::apiserver::Probe;
+use super::kubeconfig;
+use super::pki::Pki;
+use super::profile::Profile;
+use crate::channel;
+use crate::driver::{self, HostState};
+use crate::home::Home;
+
+/// Serializes a state as its display string (`"Running"`, `"Not ready (HTTP 500)"`).
+macro_rules! display_serialize {
+    ($t:ty) => {
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    };
+}
+
+/// The machine localkube runs on (the host process's, a VM, a container).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostStatus {
+    Running,
+    Stopped,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalkubeStatus {
+    Running,
+    /// Told to stop (an interrupted stop); on its way down.
+    Stopping,
+    Stopped,
+    Crashed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiserverStatus {
+    Running,
+    Stopped,
+    NotReady { code: u16 },
+    NotAnswering { error: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KubeconfigStatus {
+    Configured { current: bool },
+    Misconfigured,
+    Missing,
+    Unreadable { error: String },
+}
+
+impl fmt::Display for HostStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HostStatus::Running => "Running",
+            HostStatus::Stopped => "Stopped",
+        })
+    }
+}
+
+impl fmt::Display for LocalkubeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LocalkubeStatus::Running => "Running",
+            LocalkubeStatus::Stopping => "Stopping",
+            LocalkubeStatus::Stopped => "Stopped",
+            LocalkubeStatus::Crashed => "Crashed",
+        })
+    }
+}
+
+impl fmt::Display for ApiserverStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiserverStatus::Running => f.write_str("Running"),
+            ApiserverStatus::Stopped => f.write_str("Stopped"),
+            ApiserverStatus::NotReady { code } => write!(f, "Not ready (HTTP {code})"),
+            ApiserverStatus::NotAnswering { error } => write!(f, "Not answering ({error})"),
+        }
+    }
+}
+
+impl fmt::Display for KubeconfigStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KubeconfigStatus::Configured { current: true } => f.write_str("Configured (current context)"),
+            KubeconfigStatus::Configured { current: false } => f.write_str("Configured"),
+            KubeconfigStatus::Misconfigured => f.write_str("Misconfigured"),
+            KubeconfigStatus::Missing => f.write_str("Missing"),
+            KubeconfigStatus::Unreadable { error } => write!(f, "Unreadable ({error})"),
+        }
+    }
+}
+
+display_serialize!(HostStatus);
+display_serialize!(LocalkubeStatus);
+display_serialize!(ApiserverStatus);
+display_serialize!(KubeconfigStatus);
+
+/// A profile's state, minikube-style.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub name: String,
+    pub driver: String,
+    pub host: HostStatus,
+    pub localkube: LocalkubeStatus,
+    pub apiserver: ApiserverStatus,
+    pub kubeconfig: KubeconfigStatus,
+    pub kubernetes: String,
+    pub manifest: String,
+    pub server: String,
+    /// The driver's name for the running localkube (`pid 1234`).
+    pub host_id: Option<String>,
+    /// The pid, for the native driver.
+    pub pid: Option<i32>,
+    /// Why localkube is not running, when it should be.
+    pub crash: Option<String>,
+    pub log_tail: Vec<String>,
+    pub warnings: Vec<String>,
+    /// Bitmask: 1 host down, 2 localkube down, 4 apiserver not ready.
+    pub exit_code: u8,
+}
+
+impl Status {
+    /// 1 host down, 2 localkube down, 4 apiserver not ready (added).
+    pub fn bitmask(&self) -> u8 {
+        u8::from(self.host != HostStatus::Running)
+            | (u8::from(self.localkube != LocalkubeStatus::Running) << 1)
+            | (u8::from(self.apiserver != ApiserverStatus::Running) << 2)
+    }
+}
+
+pub fn status(home: &Home, name: &str) -> Result<Status> {
+    let p = Profile::new(home, name)?;
+    let cfg = p.load()?;
+    let drv = driver::for_kind(cfg.driver)?;
+    let manifest = channel::peek(&cfg.manifest);
+    let mut st = Status {
+        name: p.name.clone(),
+        driver: cfg.driver.to_string(),
+        host: HostStatus::Stopped,
+        localkube: LocalkubeStatus::Stopped,
+        apiserver: ApiserverStatus::Stopped,
+        kubeconfig: KubeconfigStatus::Missing,
+        kubernetes: manifest.as_ref().map(|m| m.kubernetes.to_string()).unwrap_or_default(),
+        manifest: manifest.as_ref().map(|m| m.id()).unwrap_or_else(|| cfg.manifest.display().to_string()),
+        server: format!("https://127.0.0.1:{}", cfg.port),
+        host_id: None,
+        pid: None,
+        crash: None,
+        log_tail: Vec::new(),
+        warnings: Vec::new(),
+        exit_code: 0,
+    };
+    let pki = Pki::new(p.pki());
+    let (host, stopping) = match drv.status(&p)? {
+        HostState::Running(host) => (Some(host), false),
+        HostState::Stopping(host) => (Some(host), true),
+        HostState::Stopped => (None, false),
+        HostState::Crashed { how } => {
+            st.host = HostStatus::Running;
+            st.localkube = LocalkubeStatus::Crashed;
+            st.crash = Some(how);
+            st.log_tail = drv.log_tail(&p, 20);
+            (None, false)
+        }
+    };
+    if let Some(host) = host {
+        st.host = HostStatus::Running;
+        st.localkube = if stopping { LocalkubeStatus::Stopping } else { LocalkubeStatus::Running };
+        st.pid = host.id.strip_prefix("pid ").and_then(|p| p.parse().ok());
+        st.host_id = Some(host.id);
+        st.server = format!("https://127.0.0.1:{}", host.port);
+        let probe = Probe::new(&pki, host.port, Duration::from_secs(2))?;
+        let ready = manifest.as_ref().map_or("/readyz", |m| m.component.localkube.run.ready.as_str());
+        match probe.get(ready) {
+            Ok((200, _)) => {
+                st.apiserver = ApiserverStatus::Running;
+                if let Some(v) = probe.version() {
+                    st.kubernetes = v;
+                }
+            }
+            Ok((code, _)) => st.apiserver = ApiserverStatus::NotReady { code },
+            Err(error) => st.apiserver = ApiserverStatus::NotAnswering { error },
+        }
+        if stopping {
+            st.warnings.push(format!(
+                    "a stop of profile {name:?} was interrupted; localkube is shutting down. `kubestrap start -p {name}` waits for it and starts it again"
+                ));
+        }
+    }
+    st.exit_code = st.bitmask();
+    let kc = kubeconfig::path()?;
+    st.kubeconfig = match kubeconfig::state(&kc, &kubeconfig::context_name(name), &st.server) {
+        Ok(kubeconfig::State::Configured { current }) => KubeconfigStatus::Configured { current },
+        Ok(kubeconfig::State::Misconfigured { server }) => {
+            st.warnings.push(format!(
+                "kubeconfig points at {server}, the cluster is at {}; run `kubestrap start -p {name}` to fix it",
+                st.server
+            ));
+            KubeconfigStatus::Misconfigured
+        }
+        Ok(kubeconfig::State::Missing) => KubeconfigStatus::Missing,
+        Err(e) => KubeconfigStatus::Unreadable { error: e.to_string() },
+    };
+    if let Ok(exp) = pki.expiries() {
+        let soon = time::OffsetDateTime::now_utc() + super::pki::RENEW_BEFORE;
+        for (f, at) in exp.into_iter().filter(|(_, at)| *at < soon) {
+            let how = if f == PkiFile::CaCert {
+                format!(
+                    "the cluster CA cannot be renewed in place: keep what you need, then `kubestrap delete -p {name}` and start again"
+                )
+            } else {
+                format!("`kubestrap stop -p {name}` then `kubestrap start -p {name}` renews it")
+            };
+            st.warnings.push(format!(
+                "certificate {} expires {}; {how}",
+                f.file_name(),
+                kubestrap_manifest::rfc3339(at)
+            ));
+        }
+    }
+    Ok(st)
+}

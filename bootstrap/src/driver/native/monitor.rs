@@ -1,0 +1,157 @@
+//! The per-cluster monitor (`kubestrap __monitor RUN_DIR`), in the manner of
+//! podman's conmon: the parent of localkube, and nothing else. It records
+//! localkube's pid (with start time) and, when it ends, its exit code or
+//! signal — which only a parent can learn — and keeps the log under its size
+//! cap. It holds no state, serves nothing, and never restarts localkube; if it
+//! is killed, localkube keeps running and only the exit record is lost.
+//!
+//! It is also the last check that what runs is what the manifest pins: the
+//! program is opened, hashed from that open file, and executed from the
+//! same descriptor (`/proc/self/fd/N`), so a file swapped after the check is
+//! never the one that runs.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use kubestrap_manifest::Sha256;
+use nix::sys::signal::{SigHandler, Signal, signal};
+use serde::{Deserialize, Serialize};
+
+use super::logs::cap_log;
+use super::process::{ExitRecord, PidFile, ProcId, boot_id};
+use crate::artifacts::hash::hash_reader;
+use crate::state::{read as read_state, write as write_state};
+
+/// What the monitor launches, written by `start` to `run/launch.toml`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LaunchSpec {
+    pub program: PathBuf,
+    /// What `program` must hash to when it is executed.
+    pub sha256: Sha256,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    pub log: PathBuf,
+    pub port: u16,
+}
+
+pub fn launch_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("launch.toml")
+}
+pub fn pid_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("localkube.pid")
+}
+pub fn exit_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("last-exit.toml")
+}
+
+/// The exit code recorded when the program did not match its hash.
+pub const NOT_VERIFIED: i32 = 126;
+
+/// Entry point of `kubestrap __monitor RUN_DIR`.
+pub fn main(run_dir: &Path) -> anyhow::Result<()> {
+    let spec: LaunchSpec = read_state(&launch_path(run_dir))
+        .map_err(|why| anyhow::anyhow!("{}: {why}", launch_path(run_dir).display()))?
+        .ok_or_else(|| anyhow::anyhow!("{} is missing", launch_path(run_dir).display()))?;
+    cap_log(&spec.log)?;
+    let log = OpenOptions::new().create(true).append(true).open(&spec.log)?;
+    let refuse = |code: i32, msg: String| -> anyhow::Result<()> {
+        let mut l = &log;
+        let _ = writeln!(l, "kubestrap: {msg}");
+        write_state(&exit_path(run_dir), &ExitRecord { pid: 0, code: Some(code), signal: None, at: now() })?;
+        anyhow::bail!(msg)
+    };
+    let program = match open_verified(&spec.program, &spec.sha256) {
+        Ok(f) => f,
+        Err(msg) => return refuse(NOT_VERIFIED, msg),
+    };
+    let fd = program.as_raw_fd();
+    // A binary runs from the verified descriptor itself. A script cannot (its
+    // interpreter would see /proc/self/fd/N as its own name): it runs by
+    // path, and the child checks just before exec that the path is still
+    // the very file that was verified (same device and inode).
+    let script = is_script(&program);
+    let mut cmd = if script { Command::new(&spec.program) } else { Command::new(format!("/proc/self/fd/{fd}")) };
+    let (dev, ino) = program.metadata().map(|m| (m.dev(), m.ino()))?;
+    let path_c = std::ffi::CString::new(spec.program.as_os_str().as_encoded_bytes())?;
+    cmd.arg0(&spec.program)
+        .args(&spec.args)
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log.try_clone()?);
+    // SAFETY: fcntl and signal are async-signal-safe; nothing else runs here.
+    unsafe {
+        cmd.pre_exec(move || {
+            if script {
+                let mut st: libc::stat = std::mem::zeroed();
+                if libc::stat(path_c.as_ptr(), &mut st) != 0 || st.st_dev != dev || st.st_ino != ino {
+                    return Err(std::io::Error::other("the program was replaced after it was verified"));
+                }
+            } else if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                // The verified descriptor survives the exec that runs it.
+                return Err(std::io::Error::last_os_error());
+            }
+            // localkube must not inherit the monitor's ignored signals.
+            let _ = signal(Signal::SIGHUP, SigHandler::SigDfl);
+            let _ = signal(Signal::SIGINT, SigHandler::SigDfl);
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return refuse(127, format!("cannot start {}: {e}", spec.program.display())),
+    };
+    drop(program);
+    let localkube = ProcId::of(child.id() as i32).ok_or_else(|| anyhow::anyhow!("localkube vanished at once"))?;
+    let monitor =
+        ProcId::of(std::process::id() as i32).ok_or_else(|| anyhow::anyhow!("cannot identify the monitor"))?;
+    PidFile { localkube, monitor, port: spec.port, started: now(), boot: boot_id() }.write(&pid_path(run_dir))?;
+    // Wait in a thread so the exit is recorded the moment it happens; cap
+    // the log every few seconds meanwhile.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = loop {
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(status) => break status?,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = cap_log(&spec.log);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => anyhow::bail!("lost track of localkube"),
+        }
+    };
+    let record = ExitRecord { pid: localkube.pid, code: status.code(), signal: status.signal(), at: now() };
+    write_state(&exit_path(run_dir), &record)?;
+    Ok(())
+}
+
+/// Whether a file starts with `#!`.
+fn is_script(f: &File) -> bool {
+    let mut head = [0u8; 2];
+    std::os::unix::fs::FileExt::read_exact_at(f, &mut head, 0).is_ok() && head == *b"#!"
+}
+
+/// Opens the program and checks the open file against its pinned hash.
+fn open_verified(program: &Path, want: &Sha256) -> Result<File, String> {
+    let f = kubestrap_fskit::open_regular(program).map_err(|e| e.to_string())?;
+    let (got, _) = hash_reader(&f).map_err(|e| format!("cannot read {}: {e}", program.display()))?;
+    if got != *want {
+        return Err(format!(
+            "{} does not match the signed manifest (sha256 {got}, expected {want}); refusing to run it",
+            program.display()
+        ));
+    }
+    Ok(f)
+}
+
+pub fn now() -> String {
+    kubestrap_manifest::rfc3339(time::OffsetDateTime::now_utc())
+}

@@ -1,0 +1,106 @@
+//! Processes identified safely: a pid plus its start time (from
+//! `/proc/<pid>/stat`), so a reused pid is never mistaken for ours and never
+//! signalled.
+
+use std::fs;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::retry::Backoff;
+
+/// A process we started: pid and kernel start time (clock ticks since boot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcId {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+/// What `/proc/<pid>/stat` says.
+pub struct Stat {
+    pub state: char,
+    pub start_time: u64,
+}
+
+/// `/proc/<pid>/stat` is parsed by hand: two fields of one line, for which a
+/// `/proc` crate would be a large dependency.
+pub fn stat(pid: i32) -> Option<Stat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parens: parse after the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: field 3 is state (index 0), field 22 is starttime (index 19).
+    Some(Stat { state: fields.first()?.chars().next()?, start_time: fields.get(19)?.parse().ok()? })
+}
+
+impl ProcId {
+    /// Identifies a live process.
+    pub fn of(pid: i32) -> Option<ProcId> {
+        stat(pid).map(|s| ProcId { pid, start_time: s.start_time })
+    }
+
+    /// Whether this exact process is still alive (not a zombie, not a
+    /// different process that reused the pid).
+    pub fn alive(&self) -> bool {
+        stat(self.pid).is_some_and(|s| s.start_time == self.start_time && s.state != 'Z' && s.state != 'X')
+    }
+
+    /// Sends `signal` only if this exact process is alive.
+    pub fn signal(&self, signal: Signal) -> bool {
+        self.alive() && nix::sys::signal::kill(Pid::from_raw(self.pid), signal).is_ok()
+    }
+
+    /// Waits until the process is gone, up to `timeout`.
+    pub fn wait_gone(&self, timeout: Duration) -> bool {
+        Backoff::new(Duration::from_millis(5), Duration::from_millis(100))
+            .for_at_most(timeout)
+            .poll(|| (!self.alive()).then_some(()))
+            .is_some()
+    }
+
+    /// Asks the process to stop with `signal`; after `timeout` kills it.
+    /// Returns true if it had to be killed.
+    pub fn stop(&self, signal: Signal, timeout: Duration) -> bool {
+        if !self.signal(signal) {
+            return false;
+        }
+        if self.wait_gone(timeout) {
+            return false;
+        }
+        self.signal(Signal::SIGKILL);
+        self.wait_gone(Duration::from_secs(10));
+        true
+    }
+}
+
+/// This boot's id: pids and start times mean nothing across a reboot.
+pub fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifies_self_and_rejects_reused_pid() {
+        let me = ProcId::of(std::process::id() as i32).unwrap();
+        assert!(me.alive());
+        let impostor = ProcId { start_time: me.start_time + 1, ..me };
+        assert!(!impostor.alive());
+        assert!(!impostor.signal(Signal::SIGCONT), "a pid with another start time is never signalled");
+    }
+
+    #[test]
+    fn stops_a_child_and_sees_it_gone() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let id = ProcId::of(child.id() as i32).unwrap();
+        // Reap in the background so the zombie disappears like it would under init.
+        let waiter = std::thread::spawn(move || child.wait());
+        assert!(!id.stop(Signal::SIGTERM, Duration::from_secs(5)));
+        waiter.join().unwrap().unwrap();
+        assert!(!id.alive());
+    }
+}
