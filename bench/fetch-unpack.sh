@@ -97,53 +97,20 @@ BASE="http://127.0.0.1:$(cat "$W/port")"
 curl -sf -o /dev/null "$BASE/kubectl" || { log "the loopback server does not answer"; exit 1; }
 
 # --- manifests ---------------------------------------------------------------
-sha() { sha256sum "$1" | cut -d' ' -f1; }
-size() { stat -c %s "$1"; }
-now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-later=$(date -u -d '+180 days' +%Y-%m-%dT%H:%M:%SZ)
-earlier=$(date -u -d '-1 day' +%Y-%m-%dT%H:%M:%SZ)
-: "$now"
-manifest() { # manifest FILE VERSION LOCALKUBE_PATH UNPACK BIN
-    cat >"$1" <<EOF
-schema = 1
-channel = "bench"
-version = $2
-kubernetes = "1.33.1"
-published = "$earlier"
-expires = "$later"
-requires-bootstrap = ">=0.1.0"
-
-[component.kubectl]
-version = "1.33.1"
-[component.kubectl.target.linux-x86_64]
-urls = ["$BASE/kubectl"]
-sha256 = "$(sha "$W/srv/kubectl")"
-size = $(size "$W/srv/kubectl")
-unpack = "file"
-bin = "kubectl"
-
-[component.localkube]
-version = "1.33.1+bench"
-drivers = ["native"]
-[component.localkube.target.linux-x86_64]
-urls = ["$BASE/$(basename "$3")"]
-sha256 = "$(sha "$3")"
-size = $(size "$3")
-unpack = "$4"
-bin = "$5"
-[component.localkube.run]
-program = "$5"
-args = ["server", "--https-listen-port={port}"]
-ready = "/readyz"
-stop-signal = "TERM"
-stop-timeout-s = 10
-EOF
+printf 'program = "%s"\nargs = ["server", "--https-listen-port={port}"]\nready = "/readyz"\nstop-signal = "TERM"\nstop-timeout-s = 10\n' localkube > "$W/run-file.toml"
+printf 'program = "%s"\nargs = ["server", "--https-listen-port={port}"]\nready = "/readyz"\nstop-signal = "TERM"\nstop-timeout-s = 10\n' bin/localkube > "$W/run-tar.toml"
+manifest() { # manifest FILE VERSION LOCALKUBE_PATH BIN RUN — through the one manifest writer
+    local lk=$3; [[ $4 == localkube ]] || lk="$3#$4"
+    ks manifest new --out "$1" --channel bench --manifest-version "$2" --kubernetes 1.33.1 \
+        --component "kubectl@1.33.1=$W/srv/kubectl" --url "kubectl=$BASE/kubectl" \
+        --component "localkube@1.33.1+bench=$lk" --url "localkube=$BASE/$(basename "$3")" \
+        --drivers localkube=native --run "$5" >/dev/null
 }
 mkdir -p "$W/keys"
 ks manifest keygen --out "$W/keys" --name bench --unencrypted >/dev/null
 ks --home "$W/home-template" trust add "$W/keys/bench.pub" 2>/dev/null
-manifest "$W/fetch.toml" 1 "$W/srv/artifact.bin" file localkube
-manifest "$W/unpack.toml" 2 "$W/srv/artifact.tar.zst" tar.zst bin/localkube
+manifest "$W/fetch.toml" 1 "$W/srv/artifact.bin" localkube "$W/run-file.toml"
+manifest "$W/unpack.toml" 2 "$W/srv/artifact.tar.zst" bin/localkube "$W/run-tar.toml"
 ks manifest sign --key "$W/keys/bench.key" "$W/fetch.toml" >/dev/null
 ks manifest sign --key "$W/keys/bench.key" "$W/unpack.toml" >/dev/null
 

@@ -46,45 +46,13 @@ if [ "$manifest_version" = auto ]; then
     manifest_version=$(( $(sed -n 's/^version = \([0-9]*\)$/\1/p' "$manifest") + 1 ))
   fi
 fi
-now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-expires=$(date -u -d '+180 days' +%Y-%m-%dT%H:%M:%SZ)
-cat > "$manifest" <<TOML
-# Development manifest: the stand-in localkube and this machine's kubectl.
-# NOT a release manifest. Signed with ci/dev-keys/dev.key.
-schema = 1
-channel = "dev"
-version = $manifest_version
-kubernetes = "$k8s"
-published = "$now"
-expires = "$expires"
-requires-bootstrap = ">=0.1.0"
-
-[component.kubectl]
-version = "$("$kubectl" version --client -o json 2>/dev/null | sed -n 's/.*"gitVersion": *"v\([^"]*\)".*/\1/p' | head -1)"
-[component.kubectl.target.linux-x86_64]
-urls = ["file://$kubectl"]
-sha256 = "$(sha "$kubectl")"
-size = $(size "$kubectl")
-unpack = "file"
-bin = "kubectl"
-
-[component.localkube]
-version = "${standin_version#v}"
-drivers = ["native"]
-[component.localkube.target.linux-x86_64]
-urls = ["file://$artifact"]
-sha256 = "$(sha "$artifact")"
-size = $(size "$artifact")
-unpack = "tar.zst"
-bin = "localkube-standin"
-[component.localkube.run]
-program = "localkube-standin"
-args = ["server", "--data-dir={data}", "--https-listen-port={port}", "--bind-address={bind}",
-        "--tls-cert-file={pki}/apiserver.crt", "--tls-private-key-file={pki}/apiserver.key",
-        "--client-ca-file={pki}/ca.crt", "--token-auth-file={pki}/token.csv"]
-ready = "/readyz"
-stop-signal = "TERM"
-stop-timeout-s = 10
-TOML
+kubectl_version=$("$kubectl" version --client -o json 2>/dev/null | sed -n 's/.*"gitVersion": *"v\([^"]*\)".*/\1/p' | head -1)
+# Written by the one manifest writer (`kubestrap manifest new`): the stand-in
+# localkube and this machine's kubectl. NOT a release manifest.
+"$bin/kubestrap" manifest new --out "$manifest" --channel dev --manifest-version "$manifest_version" \
+  --kubernetes "$k8s" --valid-for 180d \
+  --component "kubectl@$kubectl_version=$kubectl" \
+  --component "localkube@${standin_version#v}=$artifact#localkube-standin" --drivers localkube=native \
+  --run "$top/ci/standin/run.toml" >&2
 "$bin/kubestrap" manifest sign --key "$top/ci/dev-keys/dev.key" "$manifest" >&2
 echo "$manifest"

@@ -252,7 +252,7 @@ pub struct Run {
     pub stop_signal: StopSignal,
     pub stop_timeout_s: u64,
     /// Where localkube expects the PKI files kubestrap made: path template → file.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pki_files: BTreeMap<Template, PkiFile>,
 }
 

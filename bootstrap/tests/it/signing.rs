@@ -3,13 +3,11 @@
 //! keys, expiry, rollback, `requires-bootstrap`, key lists with rotation and
 //! revocation, and minisign interoperability both ways.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::support::*;
 
 /// The built-in root key's id (signing/keys/root-1.pub).
 const BUILTIN_ROOT: &str = "D2F3155BC513B327";

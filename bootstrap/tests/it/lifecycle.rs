@@ -1,8 +1,6 @@
 //! End to end: `kubestrap start/stop/delete/status/...` on the native driver,
 //! with the stand-in localkube and the real kubectl on this machine.
 
-mod common;
-
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -10,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{Env, ManifestSpec, json_lines, wait_until};
+use crate::support::{Env, ManifestSpec, json_lines, wait_until};
 
 const KUBECTL_NEW: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
 const KUBECTL_OLD: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.27";
@@ -97,8 +95,8 @@ impl Cluster {
 fn wrap_standin(s: &mut ManifestSpec, name: &str, prelude: &str) {
     let dir = s.localkube.1.path.parent().unwrap().to_path_buf();
     let script = format!("#!/bin/sh\n{prelude}\nexec \"$(dirname \"$0\")/localkube-standin\" \"$@\"\n");
-    let standin = fs::read(common::standin_binary()).unwrap();
-    let a = common::tar_zst_artifact(
+    let standin = fs::read(crate::support::standin_binary()).unwrap();
+    let a = crate::support::tar_zst_artifact(
         &dir,
         &format!("{name}.tar.zst"),
         &[

@@ -2,12 +2,10 @@
 //! content-addressed store, resume, retry, fallback, endless data, offline,
 //! local sources, signatures, and the cache commands.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::support::*;
 
 /// Exit codes (bootstrap/src/exit.rs).
 const USAGE: i32 = 2;
@@ -484,9 +482,9 @@ fn manifest_check_reports_file_line_column() {
 #[test]
 fn fetch_of_an_invalid_signed_manifest_is_a_usage_error() {
     let (env, server, kubectl, lk) = served(13);
-    let mut s = spec(vec![server.url("kubectl")], &kubectl, vec![server.url("lk")], &lk);
-    s.args = vec!["--port={nope}".into()];
-    let m = env.write_signed_manifest(&s, "m.toml");
+    let s = spec(vec![server.url("kubectl")], &kubectl, vec![server.url("lk")], &lk);
+    let text = s.to_toml().replace("\"--https-listen-port={port}\"", "\"--port={nope}\"");
+    let m = env.write_signed_text(&text, "m.toml");
     let err = env.fail(&["fetch", "--manifest", m.to_str().unwrap()], USAGE);
     assert!(err.contains("{nope}"), "{err}");
     assert_eq!(server.connections(), 0);

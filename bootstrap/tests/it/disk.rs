@@ -1,11 +1,9 @@
 //! A full disk: the store lives on a 1 MiB tmpfs in a private mount
 //! namespace (needs root; skipped with a message otherwise).
 
-mod common;
-
 use std::process::Command;
 
-use common::{Env, KUBESTRAP, ManifestSpec, file_artifact, pseudo_random};
+use crate::support::{Env, KUBESTRAP, ManifestSpec, file_artifact, pseudo_random};
 
 #[test]
 fn full_disk_is_a_clear_error_and_stores_nothing() {

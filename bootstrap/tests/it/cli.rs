@@ -1,8 +1,6 @@
 //! The command line itself: help with examples, completions, version, errors.
 
-mod common;
-
-use common::Env;
+use crate::support::Env;
 
 #[test]
 fn help_has_examples_and_every_command() {
@@ -55,7 +53,7 @@ fn errors_in_json_mode_are_json() {
     let env = Env::new();
     let out = env.run(&["status", "-p", "nope", "-o", "json"]);
     assert_eq!(out.status.code(), Some(42));
-    let v = common::json_lines(&String::from_utf8_lossy(&out.stdout)).pop().unwrap();
+    let v = crate::support::json_lines(&String::from_utf8_lossy(&out.stdout)).pop().unwrap();
     assert_eq!(v["exit_code"], 42);
     assert!(v["error"].as_str().unwrap().contains("does not exist"));
 }

@@ -1,0 +1,11 @@
+//! kubestrap's integration tests, one binary: they run the `kubestrap`
+//! binary the way a user does, against servers on loopback, the stand-in
+//! localkube and the real kubectl on this machine.
+
+mod support;
+
+mod cli;
+mod disk;
+mod fetch;
+mod lifecycle;
+mod signing;

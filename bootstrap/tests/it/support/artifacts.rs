@@ -1,0 +1,143 @@
+//! Artifacts for manifests: files with their sha256, tar.zst archives, the
+//! stand-in localkube and this machine's real kubectl.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use sha2::{Digest, Sha256};
+
+/// A file on disk with its sha256 (lowercase hex) and size.
+#[derive(Clone, Debug)]
+pub struct Artifact {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+}
+
+impl Artifact {
+    /// Describes an existing file (hashes it).
+    pub fn of(path: impl Into<PathBuf>) -> Artifact {
+        let path = path.into();
+        let (sha256, size) = sha256_file(&path);
+        Artifact { path, sha256, size }
+    }
+
+    /// The artifact's bytes.
+    pub fn bytes(&self) -> Vec<u8> {
+        fs::read(&self.path).unwrap()
+    }
+
+    /// `file://` URL of the artifact.
+    pub fn file_url(&self) -> String {
+        format!("file://{}", self.path.display())
+    }
+
+    /// Plain path, as a manifest source.
+    pub fn path_url(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+pub fn sha256_file(path: &Path) -> (String, u64) {
+    let mut f = fs::File::open(path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf).unwrap();
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    (hex::encode(h.finalize()), n)
+}
+
+/// Deterministic pseudo-random bytes (xorshift), incompressible enough for tests.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes `bytes` to `dir/name` (mode 0755: usable as a `file` artifact).
+pub fn file_artifact(dir: &Path, name: &str, bytes: &[u8]) -> Artifact {
+    fs::create_dir_all(dir).unwrap();
+    let path = dir.join(name);
+    fs::write(&path, bytes).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    Artifact { path, sha256: sha256_hex(bytes), size: bytes.len() as u64 }
+}
+
+/// Writes a tar.zst `dir/name` with regular-file `entries` (path, bytes, mode).
+/// Parent directories are implied; metadata is fixed (reproducible).
+pub fn tar_zst_artifact(dir: &Path, name: &str, entries: &[(&str, &[u8], u32)]) -> Artifact {
+    fs::create_dir_all(dir).unwrap();
+    let path = dir.join(name);
+    let file = fs::File::create(&path).unwrap();
+    let enc = zstd::stream::write::Encoder::new(file, 3).unwrap();
+    let mut tar = tar::Builder::new(enc);
+    for (p, data, mode) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(data.len() as u64);
+        h.set_mode(*mode);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        tar.append_data(&mut h, p, *data).unwrap();
+    }
+    let enc = tar.into_inner().unwrap();
+    enc.finish().unwrap().sync_all().unwrap();
+    Artifact::of(path)
+}
+
+/// The stand-in localkube binary built beside the test executable.
+pub fn standin_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> → target/<profile>/localkube-standin
+    let bin = exe.parent().and_then(Path::parent).unwrap().join("localkube-standin");
+    if !bin.is_file() {
+        panic!("{} is missing: run `cargo build -p localkube-standin` first", bin.display());
+    }
+    bin
+}
+
+/// A tar.zst holding `localkube-standin` (0755) and `version.txt` (`version`,
+/// e.g. `v1.33.1+standin`), written as `dir/localkube-standin-<version>.tar.zst`.
+pub fn standin_artifact(dir: &Path, version: &str) -> Artifact {
+    let bin = fs::read(standin_binary()).unwrap();
+    let name = format!("localkube-standin-{}.tar.zst", version.replace(['/', '+'], "_"));
+    tar_zst_artifact(
+        dir,
+        &name,
+        &[("localkube-standin", &bin, 0o755), ("version.txt", format!("{version}\n").as_bytes(), 0o644)],
+    )
+}
+
+/// The machine's real kubectl 1.33, referenced in place (nothing copied).
+pub const KUBECTL_PATH: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
+
+/// The real kubectl as an artifact (hashed once per test process).
+pub fn kubectl_artifact(_dir: &Path) -> Artifact {
+    static HASHED: OnceLock<(String, u64)> = OnceLock::new();
+    let path = PathBuf::from(KUBECTL_PATH);
+    assert!(path.is_file(), "{KUBECTL_PATH} is missing (the build image ships it)");
+    let (sha256, size) = HASHED.get_or_init(|| sha256_file(&path)).clone();
+    Artifact { path, sha256, size }
+}

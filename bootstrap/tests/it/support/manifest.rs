@@ -1,0 +1,152 @@
+//! Test manifests, written through the manifest crate's own writer
+//! (`Manifest::to_toml`), the one kubestrap and ci/ use too.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use kubestrap_manifest::{Component, Components, Localkube, Manifest, Run, Target};
+
+use super::TARGET;
+use super::artifacts::{Artifact, kubectl_artifact, standin_artifact};
+
+/// Everything a test manifest says; [`ManifestSpec::new`] fills the defaults
+/// (stand-in localkube's run section, expiry 180 days ahead).
+#[derive(Clone, Debug)]
+pub struct ManifestSpec {
+    pub channel: String,
+    pub version: u64,
+    pub kubernetes: String,
+    pub published: time::OffsetDateTime,
+    pub expires: time::OffsetDateTime,
+    pub requires_bootstrap: String,
+    pub target: String,
+    pub kubectl_version: String,
+    /// (urls, artifact, unpack); `bin` is `kubectl`.
+    pub kubectl: (Vec<String>, Artifact, String),
+    pub localkube_version: String,
+    /// (urls, artifact, unpack, bin).
+    pub localkube: (Vec<String>, Artifact, String, String),
+    pub localkube_drivers: Vec<String>,
+    pub program: String,
+    pub args: Vec<String>,
+    pub ready: String,
+    pub stop_signal: String,
+    pub stop_timeout_s: u64,
+    /// `[component.localkube.run.pki-files]`: (path template, PKI file name).
+    pub pki_files: Vec<(String, String)>,
+}
+
+/// The stand-in's command line (see ci/standin).
+pub fn standin_args() -> Vec<String> {
+    [
+        "server",
+        "--data-dir={data}",
+        "--https-listen-port={port}",
+        "--bind-address={bind}",
+        "--tls-cert-file={pki}/apiserver.crt",
+        "--tls-private-key-file={pki}/apiserver.key",
+        "--client-ca-file={pki}/ca.crt",
+        "--token-auth-file={pki}/token.csv",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+impl ManifestSpec {
+    /// Channel `test`, version 1, Kubernetes 1.33.1; `kubectl` and
+    /// `localkube` as given; the stand-in's run section.
+    pub fn new(
+        kubectl: (Vec<String>, Artifact, String),
+        localkube: (Vec<String>, Artifact, String, String),
+    ) -> ManifestSpec {
+        let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        ManifestSpec {
+            channel: "test".into(),
+            version: 1,
+            kubernetes: "1.33.1".into(),
+            published: now - time::Duration::days(1),
+            expires: now + time::Duration::days(180),
+            requires_bootstrap: ">=0.1.0".into(),
+            target: TARGET.into(),
+            kubectl_version: "1.33.1".into(),
+            kubectl,
+            localkube_version: "1.33.1+standin".into(),
+            localkube,
+            localkube_drivers: vec!["native".into()],
+            program: "localkube-standin".into(),
+            args: standin_args(),
+            ready: "/readyz".into(),
+            stop_signal: "TERM".into(),
+            stop_timeout_s: 10,
+            pki_files: Vec::new(),
+        }
+    }
+
+    /// The usual pair for lifecycle tests: the real kubectl (path URL) and
+    /// the stand-in localkube tar.zst written in `dir` (path URL).
+    pub fn standin(dir: &Path, standin_version: &str) -> ManifestSpec {
+        let kubectl = kubectl_artifact(dir);
+        let lk = standin_artifact(dir, standin_version);
+        ManifestSpec::new(
+            (vec![kubectl.path_url()], kubectl, "file".into()),
+            (vec![lk.path_url()], lk, "tar.zst".into(), "localkube-standin".into()),
+        )
+    }
+
+    /// Schema-1 TOML, through the manifest crate's writer. Values a
+    /// manifest cannot hold (an unknown template, say) cannot be written
+    /// this way: tests of such manifests edit the text.
+    pub fn to_toml(&self) -> String {
+        self.manifest().to_toml()
+    }
+
+    /// The manifest this spec describes.
+    pub fn manifest(&self) -> Manifest {
+        let target: Target = self.target.parse().unwrap();
+        let artifact = |urls: &[String], a: &Artifact, unpack: &str, bin: &str| {
+            let sha = a.sha256.parse().unwrap();
+            Manifest::artifact(urls.to_vec(), sha, a.size, value(unpack), bin).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (urls, a, unpack) = &self.kubectl;
+        let kubectl = Component {
+            version: self.kubectl_version.clone(),
+            drivers: None,
+            target: BTreeMap::from([(target.clone(), artifact(urls, a, unpack, "kubectl"))]),
+        };
+        let (urls, a, unpack, bin) = &self.localkube;
+        let run = Run {
+            program: self.program.clone(),
+            args: self.args.iter().map(|a| a.parse().unwrap_or_else(|e| panic!("{a}: {e}"))).collect(),
+            ready: self.ready.clone(),
+            stop_signal: value(&self.stop_signal),
+            stop_timeout_s: self.stop_timeout_s,
+            pki_files: self.pki_files.iter().map(|(p, f)| (p.parse().unwrap(), value(f))).collect(),
+        };
+        Manifest {
+            schema: 1,
+            channel: self.channel.clone(),
+            version: self.version,
+            kubernetes: self.kubernetes.parse().unwrap(),
+            published: self.published,
+            expires: self.expires,
+            requires_bootstrap: self.requires_bootstrap.parse().unwrap(),
+            component: Components {
+                kubectl,
+                localkube: Localkube {
+                    version: self.localkube_version.clone(),
+                    drivers: Some(self.localkube_drivers.iter().map(|d| d.parse().unwrap()).collect()),
+                    target: BTreeMap::from([(target, artifact(urls, a, unpack, bin))]),
+                    run,
+                },
+                hypervisor: None,
+                base_image: None,
+            },
+        }
+    }
+}
+
+/// A manifest value from its TOML spelling (`"tar.zst"`, `"TERM"`, `"ca.crt"`).
+fn value<T: serde::de::DeserializeOwned>(s: &str) -> T {
+    toml::Value::String(s.to_string()).try_into().unwrap_or_else(|e| panic!("{s:?}: {e}"))
+}
