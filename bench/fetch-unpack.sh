@@ -97,6 +97,8 @@ BASE="http://127.0.0.1:$(cat "$W/port")"
 curl -sf -o /dev/null "$BASE/kubectl" || { log "the loopback server does not answer"; exit 1; }
 
 # --- manifests ---------------------------------------------------------------
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+size() { stat -c %s "$1"; }
 printf 'program = "%s"\nargs = ["server", "--https-listen-port={port}"]\nready = "/readyz"\nstop-signal = "TERM"\nstop-timeout-s = 10\n' localkube > "$W/run-file.toml"
 printf 'program = "%s"\nargs = ["server", "--https-listen-port={port}"]\nready = "/readyz"\nstop-signal = "TERM"\nstop-timeout-s = 10\n' bin/localkube > "$W/run-tar.toml"
 manifest() { # manifest FILE VERSION LOCALKUBE_PATH BIN RUN — through the one manifest writer

@@ -33,7 +33,7 @@ pub use keys::{KeyId, PublicKey};
 pub use kubestrap_fskit::signature_path;
 pub use manifest::{TrustContext, TrustPath, VerifiedManifest, verify_manifest};
 pub use minisig::{SignatureBlock, Verified, parse_signatures, verify};
-pub use seen::{SeenEntry, SeenVersions, check_expiry, sha256_hex};
+pub use seen::{Recorded, SeenEntry, SeenVersions, check_expiry, sha256_hex};
 pub use sign::{
     default_trusted_comment, drop_stale_signatures, generate_keypair, merge_signatures, secret_key_id, sign, sign_file,
     write_signature_file,

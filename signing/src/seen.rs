@@ -50,6 +50,23 @@ pub struct SeenEntry {
     pub version: u64,
     /// sha256 (hex) of that version's exact bytes.
     pub sha256: String,
+    /// The key that signed it. The record binds only while that key is
+    /// trusted for the channel (see [`SeenVersions::check_and_record_signed`]);
+    /// records without one (written before keys were recorded) always bind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// What recording a version did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// Nothing seen for the channel before, or the same or a newer version.
+    Accepted,
+    /// The record it replaced was vouched for by a key no longer trusted
+    /// (revoked, or rotated out of the key list): that record no longer
+    /// binds, whatever version it named (recovery from a fast-forward by a
+    /// compromised key).
+    Superseded { version: u64, key: String },
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -138,7 +155,7 @@ impl SeenVersions {
         if self.channels.get(channel).map(|e| e.version) == Some(version) {
             return Ok(());
         }
-        self.channels.insert(channel.into(), SeenEntry { version, sha256 });
+        self.channels.insert(channel.into(), SeenEntry { version, sha256, key: None });
         self.save()
     }
 
@@ -153,6 +170,44 @@ impl SeenVersions {
         let text = format!("# kubestrap: highest manifest version seen per channel (rollback protection)\n{body}");
         fskit::write_atomic(&self.path, text.as_bytes(), 0o644)?;
         Ok(())
+    }
+
+    /// Under an exclusive lock on `PATH.lock`: load, then check and record a
+    /// version signed by `signer`. A record vouched for by a key for which
+    /// `still_trusted` says no does not bind: it is replaced (TUF's rule for
+    /// version records when a signing key changes), so a compromised key
+    /// that signed a huge version cannot block the channel once it is
+    /// revoked or rotated out. Records whose key is still trusted, or that
+    /// name none, bind as usual.
+    pub fn check_and_record_signed(
+        path: &Path,
+        channel: &str,
+        version: u64,
+        sha256: &str,
+        signer: &str,
+        still_trusted: &dyn Fn(&str) -> bool,
+    ) -> Result<Recorded> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, "create", e))?;
+        }
+        let _lock = fskit::lock(&fskit::sidecar(path, ".lock"), fskit::Mode::Exclusive, true, || {})?;
+        let mut seen = Self::load(path)?;
+        let sha = normalize_sha(sha256)?;
+        let superseded = match seen.channels.get(channel) {
+            Some(old) if old.key.as_deref().is_some_and(|k| !still_trusted(k)) => {
+                Some(Recorded::Superseded { version: old.version, key: old.key.clone().unwrap_or_default() })
+            }
+            _ => None,
+        };
+        if superseded.is_none() {
+            seen.check(channel, version, &sha)?;
+            if seen.channels.get(channel).is_some_and(|e| e.version == version && e.key.as_deref() == Some(signer)) {
+                return Ok(Recorded::Accepted);
+            }
+        }
+        seen.channels.insert(channel.into(), SeenEntry { version, sha256: sha, key: Some(signer.to_string()) });
+        seen.save()?;
+        Ok(superseded.unwrap_or(Recorded::Accepted))
     }
 
     /// Under an exclusive lock on `PATH.lock`: load, check, record, save.

@@ -19,6 +19,10 @@ pub struct Trusted {
     pub path: TrustPath,
     pub trusted_comment: String,
     pub warnings: Vec<String>,
+    /// The keys that may sign for this trust path now (the release keys of
+    /// the key list used, less revoked ones; or the pinned keys): a rollback
+    /// record vouched for by any other key no longer binds.
+    pub current_keys: Vec<String>,
 }
 
 impl Trusted {

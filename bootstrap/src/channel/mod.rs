@@ -138,7 +138,7 @@ pub fn accept(home: &Home, at: &Location, bytes: &[u8], sig: &str, allow_expired
         return Err(ChannelError::WrongChannel { location: label, got: manifest.channel, want: DEFAULT_CHANNEL });
     }
     trusted.warnings.extend(policy::check_fresh(&manifest, &label, allow_expired, false)?);
-    policy::check_not_rolled_back(home, &manifest, &trusted, bytes)?;
+    trusted.warnings.extend(policy::check_not_rolled_back(home, &manifest, &trusted, bytes)?);
     // Named by its rollback record, so two private channels of one name (or
     // a private one named like the official) never overwrite each other.
     let path =

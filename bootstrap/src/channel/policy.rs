@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use kubestrap_fskit as fskit;
 use kubestrap_manifest::Manifest;
 use kubestrap_signing::{self as signing, KeyListFile, PublicKey, TrustContext, TrustPath};
 use time::OffsetDateTime;
@@ -95,7 +96,17 @@ pub fn verify_manifest(
         let channel = format!("{KEY_LIST_CHANNEL}/{anchor}");
         signing::SeenVersions::check_and_record(&seen_path(home)?, &channel, list.version, &list.sha256)?;
     }
-    Ok(Trusted { path: v.trust_path, trusted_comment: v.trusted_comment, warnings: v.warnings })
+    let current_keys = match &v.key_list {
+        Some(l) => l
+            .release
+            .iter()
+            .map(|k| k.key.key_id())
+            .filter(|id| !l.revoked.contains(id))
+            .map(|id| id.to_string())
+            .collect(),
+        None => pinned.iter().map(|k| k.key_id().to_string()).collect(),
+    };
+    Ok(Trusted { path: v.trust_path, trusted_comment: v.trusted_comment, warnings: v.warnings, current_keys })
 }
 
 /// Expiry and `requires-bootstrap`. Returns warnings to print. `stored`: a
@@ -126,7 +137,60 @@ fn seen_path(home: &Home) -> Result<PathBuf> {
     if let Some(dir) = path.parent() {
         kubestrap_fskit::create_dir_mode(dir, 0o700)?;
     }
+    if let Err(signing::Error::StateCorrupt { reason, .. }) = signing::SeenVersions::load(&path) {
+        rebuild_seen(home, &path, &reason)?;
+    }
     Ok(path)
+}
+
+/// A damaged rollback record is moved aside and rebuilt from what the home
+/// keeps: every accepted manifest (`manifests/<channel>-<v>.toml`) and key
+/// list (`keys/<anchor>/keys-<v>.toml`) names its channel, version and bytes.
+fn rebuild_seen(home: &Home, path: &std::path::Path, reason: &str) -> Result<()> {
+    let _lock = fskit::lock(&fskit::sidecar(path, ".lock"), fskit::Mode::Exclusive, true, || {})?;
+    if !matches!(signing::SeenVersions::load(path), Err(signing::Error::StateCorrupt { .. })) {
+        return Ok(()); // repaired meanwhile
+    }
+    let aside = fskit::sidecar(path, &format!(".damaged-{}", time::OffsetDateTime::now_utc().unix_timestamp()));
+    std::fs::rename(path, &aside).map_err(|e| fskit::FsError::io(path, "move aside", e))?;
+    let mut found: Vec<(String, u64, String)> = Vec::new();
+    let mut scan = |dir: &std::path::Path, channel_of: &dyn Fn(&str) -> Option<(String, u64)>| -> Result<()> {
+        for e in fskit::list_dir(dir)? {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let (Some((channel, v)), Ok(bytes)) =
+                (channel_of(&name), fskit::read_capped(&e.path(), fskit::caps::DOCUMENT))
+            {
+                found.push((channel, v, signing::sha256_hex(&bytes)));
+            }
+        }
+        Ok(())
+    };
+    let split = |stem: &str| -> Option<(String, u64)> {
+        let (c, v) = stem.rsplit_once('-')?;
+        Some((c.to_string(), v.parse().ok()?))
+    };
+    scan(&home.manifests(), &|n| split(n.strip_suffix(".toml")?))?;
+    for anchor in fskit::list_dir(&home.keys())? {
+        let a = anchor.file_name().to_string_lossy().into_owned();
+        scan(&anchor.path(), &|n| {
+            let v = n.strip_prefix("keys-")?.strip_suffix(".toml")?.parse().ok()?;
+            Some((format!("{KEY_LIST_CHANNEL}/{a}"), v))
+        })?;
+    }
+    found.sort();
+    let mut seen = signing::SeenVersions::load(path)?;
+    for (channel, v, sha) in found {
+        // The highest kept version of each channel wins; a clash is skipped.
+        let _ = seen.record(&channel, v, &sha);
+    }
+    seen.save()?;
+    tracing::warn!(
+        "{} was damaged ({reason}); it was moved to {} and rebuilt from the manifests and key lists kept in {}",
+        path.display(),
+        aside.display(),
+        home.root().display()
+    );
+    Ok(())
 }
 
 /// The name under which a manifest's channel is recorded against rollback:
@@ -143,9 +207,25 @@ pub fn seen_channel(m: &Manifest, trusted: &Trusted) -> String {
 }
 
 /// Refuses a manifest older than one this home has seen for its channel, or
-/// the same version with other bytes; records it otherwise.
-pub fn check_not_rolled_back(home: &Home, m: &Manifest, trusted: &Trusted, bytes: &[u8]) -> Result<()> {
+/// the same version with other bytes; records it otherwise. A record
+/// vouched for by a key that is no longer trusted (revoked, rotated out)
+/// does not bind: it is replaced, and a warning returned.
+pub fn check_not_rolled_back(home: &Home, m: &Manifest, trusted: &Trusted, bytes: &[u8]) -> Result<Option<String>> {
     let channel = seen_channel(m, trusted);
-    signing::SeenVersions::check_and_record(&seen_path(home)?, &channel, m.version, &signing::sha256_hex(bytes))?;
-    Ok(())
+    let signer = trusted.path.key_id().to_string();
+    let recorded = signing::SeenVersions::check_and_record_signed(
+        &seen_path(home)?,
+        &channel,
+        m.version,
+        &signing::sha256_hex(bytes),
+        &signer,
+        &|k| trusted.current_keys.iter().any(|c| c == k),
+    )?;
+    Ok(match recorded {
+        signing::Recorded::Accepted => None,
+        signing::Recorded::Superseded { version, key } => Some(format!(
+            "channel {channel}: the record of version {version} was signed by key {key}, which is no longer trusted (revoked or rotated out); it no longer binds, and version {} signed by {signer} replaces it",
+            m.version
+        )),
+    })
 }

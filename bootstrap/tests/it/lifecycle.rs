@@ -3,122 +3,13 @@
 
 use std::fs;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{Env, ManifestSpec, json_lines, wait_until};
+use crate::support::{AUTO_PORT, Cluster, KUBECTL_NEW, alive, free_port, json_lines, wait_until, wrap_standin};
 
-const KUBECTL_NEW: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
 const KUBECTL_OLD: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.27";
-
-/// Tests that let kubestrap choose the port run one at a time, so two of
-/// them never race for the same free port.
-static AUTO_PORT: Mutex<()> = Mutex::new(());
-
-/// A cluster environment; deletes every profile on drop so no localkube
-/// outlives its test, whatever happened.
-struct Cluster {
-    env: Env,
-    manifest: PathBuf,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.env.run(&["delete", "--all"]);
-    }
-}
-
-impl Cluster {
-    fn new() -> Cluster {
-        Cluster::with(|_| {})
-    }
-
-    fn with(edit: impl FnOnce(&mut ManifestSpec)) -> Cluster {
-        let env = Env::new();
-        let mut spec = ManifestSpec::standin(env.path(), "v1.33.1+standin");
-        edit(&mut spec);
-        let manifest = env.write_signed_manifest(&spec, "manifest.toml");
-        Cluster { env, manifest }
-    }
-
-    fn m(&self) -> &str {
-        self.manifest.to_str().unwrap()
-    }
-
-    /// `start` on a free port of its own; returns stdout.
-    fn start(&self, profile: &str) -> String {
-        let port = free_port().to_string();
-        self.env.ok(&["start", "-p", profile, "--manifest", self.m(), "--port", &port])
-    }
-
-    fn kubectl(&self, kubectl: &str, args: &[&str]) -> Output {
-        Command::new(kubectl)
-            .args(args)
-            .env("KUBECONFIG", &self.env.kubeconfig)
-            .env("HOME", self.env.path())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn kubectl_ok(&self, kubectl: &str, args: &[&str]) -> String {
-        let out = self.kubectl(kubectl, args);
-        assert!(
-            out.status.success(),
-            "{kubectl} {args:?} failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn status(&self, profile: &str) -> (i32, serde_json::Value) {
-        let out = self.env.run(&["status", "-p", profile, "-o", "json"]);
-        let v = json_lines(&String::from_utf8_lossy(&out.stdout)).pop().expect("status JSON");
-        (out.status.code().unwrap(), v)
-    }
-
-    fn pid_file(&self, profile: &str) -> PathBuf {
-        self.env.home.join("profiles").join(profile).join("run/localkube.pid")
-    }
-
-    fn localkube_pid(&self, profile: &str) -> i32 {
-        let v: toml::Value = toml::from_str(&fs::read_to_string(self.pid_file(profile)).unwrap()).unwrap();
-        v["localkube"]["pid"].as_integer().unwrap() as i32
-    }
-}
-
-/// Makes localkube a shell script that runs `prelude`, then execs the
-/// stand-in with its arguments (a localkube with helpers, a chatty one…).
-fn wrap_standin(s: &mut ManifestSpec, name: &str, prelude: &str) {
-    let dir = s.localkube.1.path.parent().unwrap().to_path_buf();
-    let script = format!("#!/bin/sh\n{prelude}\nexec \"$(dirname \"$0\")/localkube-standin\" \"$@\"\n");
-    let standin = fs::read(crate::support::standin_binary()).unwrap();
-    let a = crate::support::tar_zst_artifact(
-        &dir,
-        &format!("{name}.tar.zst"),
-        &[
-            ("run.sh", script.as_bytes(), 0o755),
-            ("localkube-standin", &standin, 0o755),
-            ("version.txt", b"v1.33.1+standin\n", 0o644),
-        ],
-    );
-    s.localkube = (vec![a.path_url()], a, "tar.zst".into(), "run.sh".into());
-    s.program = "run.sh".into();
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn alive(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        let state = s[s.rfind(')').unwrap() + 2..].chars().next().unwrap();
-        state != 'Z' && state != 'X'
-    })
-}
 
 fn kubeconfig_doc(path: &Path) -> serde_norway::Value {
     serde_norway::from_str(&fs::read_to_string(path).unwrap()).unwrap()

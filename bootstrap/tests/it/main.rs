@@ -8,4 +8,5 @@ mod cli;
 mod disk;
 mod fetch;
 mod lifecycle;
+mod reliability;
 mod signing;

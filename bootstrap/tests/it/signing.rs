@@ -847,3 +847,37 @@ fn manifest_verify_applies_a_revocation_in_the_key_list_beside_it() {
     let err = env.fail(&["manifest", "verify", s(&m2)], 10);
     assert!(err.contains("revoke"), "{err}");
 }
+
+#[test]
+fn a_fast_forward_by_a_compromised_key_is_undone_by_revoking_it() {
+    // A compromised release key signs a huge version: while the key is
+    // trusted that record binds (rollback protection), so the channel is
+    // blocked; once the key list revokes it, the record no longer binds and
+    // the next manifest by a trusted key replaces it.
+    let env = Env::new();
+    let keys = PrivateKeys::new(&env);
+    let (rel2_key, rel2_pub, rel2_id) = keygen(&env, &env.scratch("rel2"), "release2");
+    let chan1 = env.scratch("ff1");
+    publish_key_list(&env, &chan1, &keys.list(), &keys.root_key);
+    let huge = write_signed_with(&env, &small_spec(&env, 1_000_000), &chan1.join("manifest.toml"), &keys.rel_key);
+    env.ok(&["fetch", "--manifest", s(&huge)]);
+    let blocked = write_signed_with(&env, &small_spec(&env, 5), &chan1.join("m5/manifest.toml"), &keys.rel_key);
+    env.fail(&["fetch", "--manifest", s(&blocked)], 12);
+
+    let chan2 = env.scratch("ff2");
+    let list2 = key_list(2, (&keys.root_id, &keys.root_pub), &[(&rel2_id, &rel2_pub)], &[&keys.rel_id]);
+    publish_key_list(&env, &chan2, &list2, &keys.root_key);
+    let m5 = write_signed_with(&env, &small_spec(&env, 5), &chan2.join("manifest.toml"), &rel2_key);
+    let out = env.run(&["fetch", "--manifest", s(&m5)]);
+    assert!(out.status.success(), "{}", describe(&["fetch"], &out, "expected success"));
+    let err = stderr_of(&out);
+    assert!(err.contains("no longer trusted") && err.contains("1000000"), "{err}");
+    // The new record binds: an older version by the trusted key is refused,
+    // and the compromised key's manifests are refused outright.
+    let m4 = write_signed_with(&env, &small_spec(&env, 4), &chan2.join("m4/manifest.toml"), &rel2_key);
+    env.fail(&["fetch", "--manifest", s(&m4)], 12);
+    let replay = write_signed_with(&env, &small_spec(&env, 2_000_000), &chan2.join("r/manifest.toml"), &keys.rel_key);
+    env.fail(&["fetch", "--manifest", s(&replay)], 10);
+    let seen = fs::read_to_string(env.home.join("state/seen-versions.toml")).unwrap();
+    assert!(seen.contains("version = 5") && seen.contains(&rel2_id), "{seen}");
+}

@@ -56,6 +56,10 @@ struct ServerArgs {
     /// /readyz always answers 500.
     #[arg(long)]
     never_ready: bool,
+    /// After SIGTERM/SIGINT, keep serving this long before shutting down
+    /// (a localkube that takes time to stop).
+    #[arg(long, default_value_t = 0)]
+    stop_delay_ms: u64,
 }
 
 /// The `/version` document for a gitVersion like `v1.33.1+standin`.
@@ -115,11 +119,13 @@ async fn run(args: ServerArgs) -> Result<()> {
         client_certs,
     });
     eprintln!("standin: listening on https://{addr} (version {git_version})");
-    let shutdown = async {
+    let stop_delay = Duration::from_millis(args.stop_delay_ms);
+    let shutdown = async move {
         tokio::select! {
             _ = sigterm.recv() => eprintln!("standin: SIGTERM, shutting down"),
             _ = sigint.recv() => eprintln!("standin: SIGINT, shutting down"),
         }
+        tokio::time::sleep(stop_delay).await;
     };
     server.clone().run(listener, tokio_rustls::TlsAcceptor::from(tls), shutdown).await;
     let st = server.api.store.lock().unwrap_or_else(|e| e.into_inner());

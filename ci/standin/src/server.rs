@@ -145,6 +145,8 @@ impl Server {
                     }
                 },
             };
+            // As Go's net/http (and so k3s) does: no Nagle delay on small replies.
+            let _ = tcp.set_nodelay(true);
             let (server, acceptor) = (self.clone(), acceptor.clone());
             tokio::spawn(async move {
                 let tls = match acceptor.accept(tcp).await {

@@ -148,7 +148,11 @@ pub fn trust_cmd(cmd: TrustCmd, home: &Home, ui: &Ui) -> Result<Code> {
     let dir = home.trust();
     match cmd {
         TrustCmd::Add { key } => {
-            let id = signing::trust_add(&dir, &key)?;
+            // A key file that is not one is the caller's mistake (exit 2).
+            let id = signing::trust_add(&dir, &key).map_err(|e| match e {
+                signing::Error::MalformedPublicKey { .. } => UsageError(e.to_string()).into(),
+                other => anyhow::Error::from(other),
+            })?;
             ui.json(json!({"pinned": id.to_string()}));
             ui.warn(&format!(
                 "pinned key {id} in {}: manifests it signs (or key lists it roots) are now trusted by this kubestrap home, and say so when used",

@@ -6,13 +6,14 @@
 //! is killed, localkube keeps running and only the exit record is lost.
 //!
 //! It is also the last check that what runs is what the manifest pins: the
-//! program is opened, hashed from that open file, and executed from the
-//! same descriptor (`/proc/self/fd/N`), so a file swapped after the check is
-//! never the one that runs.
+//! program is opened and hashed from that open file, and the child checks,
+//! immediately before its exec, that the path still names that very file
+//! (same device and inode), so a file swapped in after the check never runs.
+//! (Executing the descriptor itself, `/proc/self/fd/N`, would close that
+//! last gap but names the process "N" in `ps` and breaks scripts' `$0`.)
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -71,32 +72,16 @@ pub fn main(run_dir: &Path) -> anyhow::Result<()> {
         Ok(f) => f,
         Err(msg) => return refuse(NOT_VERIFIED, msg),
     };
-    let fd = program.as_raw_fd();
-    // A binary runs from the verified descriptor itself. A script cannot (its
-    // interpreter would see /proc/self/fd/N as its own name): it runs by
-    // path, and the child checks just before exec that the path is still
-    // the very file that was verified (same device and inode).
-    let script = is_script(&program);
-    let mut cmd = if script { Command::new(&spec.program) } else { Command::new(format!("/proc/self/fd/{fd}")) };
     let (dev, ino) = program.metadata().map(|m| (m.dev(), m.ino()))?;
     let path_c = std::ffi::CString::new(spec.program.as_os_str().as_encoded_bytes())?;
-    cmd.arg0(&spec.program)
-        .args(&spec.args)
-        .current_dir(&spec.cwd)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log.try_clone()?);
-    // SAFETY: fcntl and signal are async-signal-safe; nothing else runs here.
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args).current_dir(&spec.cwd).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log.try_clone()?);
+    // SAFETY: stat and signal are async-signal-safe; nothing else runs here.
     unsafe {
         cmd.pre_exec(move || {
-            if script {
-                let mut st: libc::stat = std::mem::zeroed();
-                if libc::stat(path_c.as_ptr(), &mut st) != 0 || st.st_dev != dev || st.st_ino != ino {
-                    return Err(std::io::Error::other("the program was replaced after it was verified"));
-                }
-            } else if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                // The verified descriptor survives the exec that runs it.
-                return Err(std::io::Error::last_os_error());
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::stat(path_c.as_ptr(), &mut st) != 0 || st.st_dev != dev || st.st_ino != ino {
+                return Err(std::io::Error::other("the program was replaced after it was verified"));
             }
             // localkube must not inherit the monitor's ignored signals.
             let _ = signal(Signal::SIGHUP, SigHandler::SigDfl);
@@ -131,12 +116,6 @@ pub fn main(run_dir: &Path) -> anyhow::Result<()> {
     let record = ExitRecord { pid: localkube.pid, code: status.code(), signal: status.signal(), at: now() };
     write_state(&exit_path(run_dir), &record)?;
     Ok(())
-}
-
-/// Whether a file starts with `#!`.
-fn is_script(f: &File) -> bool {
-    let mut head = [0u8; 2];
-    std::os::unix::fs::FileExt::read_exact_at(f, &mut head, 0).is_ok() && head == *b"#!"
 }
 
 /// Opens the program and checks the open file against its pinned hash.

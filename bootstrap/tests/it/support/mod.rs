@@ -11,11 +11,13 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod artifacts;
+mod cluster;
 mod manifest;
 mod server;
 mod tls;
 
 pub use artifacts::*;
+pub use cluster::*;
 pub use manifest::*;
 pub use server::*;
 pub use tls::*;

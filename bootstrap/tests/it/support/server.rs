@@ -36,6 +36,9 @@ pub enum Reply {
     Body(Vec<u8>),
     /// Sleep this long before answering as `Serve` (for timeouts).
     Delay(Duration),
+    /// As `Serve` (honouring Range), but the body trickles: `bytes` at a
+    /// time, one batch every `every`, until done or the server stops.
+    Trickle { bytes: usize, every: Duration },
 }
 
 /// One request the server saw.
@@ -280,6 +283,20 @@ fn serve_connection(tcp: TcpStream, shared: &Shared, tls: Option<Arc<rustls::Ser
         (Reply::DropAfter(n), Some(c)) => {
             clean_close = false;
             ranged(w, &c, start, Some(n), head_only)?
+        }
+        (Reply::Trickle { bytes, every }, Some(c)) => {
+            clean_close = false;
+            let from = start.unwrap_or(0).min(c.len());
+            ranged(w, &c, start, Some(0), head_only)?;
+            for piece in c[from..].chunks(bytes.max(1)) {
+                if born.elapsed() >= CONNECTION_LIFETIME || shared.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                if w.write_all(piece).and_then(|_| w.flush()).is_err() {
+                    break;
+                }
+                sleep_unless_stopped(every, shared);
+            }
         }
         (Reply::Extra(extra), Some(c)) => {
             write!(w, "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n")?;
