@@ -10,3 +10,4 @@ mod fetch;
 mod lifecycle;
 mod reliability;
 mod signing;
+mod crash;

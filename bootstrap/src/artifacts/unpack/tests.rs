@@ -1,5 +1,6 @@
 use super::*;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 
 /// An archive entry for tests, written with raw header names so that unsafe
 /// paths the `tar` crate would refuse to build can be made.
@@ -248,4 +249,79 @@ fn damaged_cached_archive_is_reported_corrupt_not_unsafe() {
         let e = run(&c, kind, "k3s").unwrap_err();
         assert!(matches!(e, UnpackError::HashMismatch { .. }), "{kind:?}: {e}");
     }
+}
+
+/// A tar with one regular file whose name is these raw bytes (GNU long
+/// name records for names over 100 bytes, as the tar crate writes them).
+fn tar_named(name: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(1);
+    h.set_mode(0o644);
+    if name.len() <= 100 {
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+    } else {
+        let path = std::ffi::OsStr::from_bytes(name);
+        b.append_data(&mut h, path, &b"x"[..]).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn names_that_cannot_be_listed_or_created_are_refused() {
+    let long_part = "a".repeat(256);
+    let long_path = format!("{}/x", ["d"; 2100].join("/"));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("newline", b"bin/two\nlines".to_vec()),
+        ("carriage return", b"bin/cr\r".to_vec()),
+        ("not UTF-8", b"bin/\xff\xfe".to_vec()),
+        ("NAME_MAX", format!("bin/{long_part}").into_bytes()),
+        ("PATH_MAX", long_path.into_bytes()),
+    ];
+    for (what, name) in cases {
+        let c = case(&zst(&tar_named(&name)), "a.tar.zst");
+        let e = run(&c, Unpack::TarZst, "x").unwrap_err();
+        assert!(matches!(e, UnpackError::Unsafe { .. }), "{what}: {e}");
+        assert_nothing_outside(&c);
+    }
+}
+
+#[test]
+fn archives_that_do_not_decode_are_malformed() {
+    let t = tar_bytes(&[E::File("k3s", b"binary", 0o755)]);
+    let mut trailing = zst(&t);
+    trailing.extend_from_slice(b"not a zstd frame");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&t).unwrap();
+    let mut gz_trailing = gz.finish().unwrap();
+    gz_trailing.extend_from_slice(b"not gzip at all");
+    let cases = [
+        (Unpack::TarZst, trailing),
+        (Unpack::TarZst, b"plain text, not zstd".to_vec()),
+        (Unpack::TarGz, gz_trailing),
+        (Unpack::Zip, b"PK\x03\x04 but not really".to_vec()),
+    ];
+    for (kind, bytes) in cases {
+        let c = case(&bytes, "a");
+        let e = run(&c, kind, "k3s").unwrap_err();
+        assert!(matches!(e, UnpackError::Malformed { .. }), "{kind}: {e}");
+    }
+    // An encrypted zip entry (the flag bit set): malformed, not unpacked.
+    let mut z = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
+    z.start_file("k3s", zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored))
+        .unwrap();
+    z.write_all(b"binary").unwrap();
+    let mut bytes = z.finish().unwrap().into_inner();
+    for sig in [&b"PK\x03\x04"[..], &b"PK\x01\x02"[..]] {
+        let at = bytes.windows(4).position(|w| w == sig).unwrap();
+        let flags = if sig[2] == 3 { at + 6 } else { at + 8 };
+        bytes[flags] |= 1;
+    }
+    let c = case(&bytes, "enc.zip");
+    let e = run(&c, Unpack::Zip, "k3s").unwrap_err();
+    assert!(matches!(e, UnpackError::Malformed { .. }), "encrypted: {e}");
+    assert!(!c.dest.join("k3s").exists());
 }

@@ -221,9 +221,15 @@ impl Driver for Native {
         // real k3s; or everything, when the pid file was lost or damaged),
         // found by its marker. With a readable pid file, localkube has had
         // its graceful stop already: the rest is killed.
-        let left = process::owned_by(&run);
-        if !left.is_empty() {
-            let graceful = !matches!(info, PidInfo::Current(_));
+        // Scanned again until none is left: a monitor caught before it
+        // launched localkube (its start was killed a moment earlier) may
+        // still launch it while the first ones are being stopped.
+        let graceful = !matches!(info, PidInfo::Current(_));
+        for _ in 0..8 {
+            let left = process::owned_by(&run);
+            if left.is_empty() {
+                break;
+            }
             let survivors = if graceful {
                 stop_all(&left, sig, how.timeout)
             } else {
@@ -294,16 +300,21 @@ impl Driver for Native {
     }
 
     fn delete(&self, profile: &Profile) -> Result<()> {
-        let left = stop_all(&process::owned_by(&profile.run()), Signal::SIGKILL, Duration::ZERO);
-        if left.is_empty() {
-            Ok(())
-        } else {
-            Err(DriverError::Survived {
-                profile: profile.name.clone(),
-                pids: pids(&left),
-                consequence: "not deleted".into(),
-            })
+        for _ in 0..8 {
+            let found = process::owned_by(&profile.run());
+            if found.is_empty() {
+                return Ok(());
+            }
+            let left = stop_all(&found, Signal::SIGKILL, Duration::ZERO);
+            if !left.is_empty() {
+                return Err(DriverError::Survived {
+                    profile: profile.name.clone(),
+                    pids: pids(&left),
+                    consequence: "not deleted".into(),
+                });
+            }
         }
+        Ok(())
     }
 
     fn log_tail(&self, profile: &Profile, n: usize) -> Vec<String> {
