@@ -161,7 +161,8 @@ fn kill_9_during_the_fetch_of_a_large_artifact_is_resumed_by_the_next_fetch() {
         let _ = fs::remove_file(env.blob(&big.sha256));
         // About 1 s for the whole body: 1 MiB every 20 ms.
         server.script("big", [Reply::Trickle { bytes: 1 << 20, every: Duration::from_millis(20) }]);
-        let mut child = env.cmd(&["fetch", "--manifest", m]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child =
+            env.cmd(&["fetch", "--manifest", m]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let at = Duration::from_millis(rng.below(1200));
         std::thread::sleep(at);
         kill9(&mut child);

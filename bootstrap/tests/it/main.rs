@@ -5,9 +5,10 @@
 mod support;
 
 mod cli;
+mod crash;
 mod disk;
 mod fetch;
+mod hostile;
 mod lifecycle;
 mod reliability;
 mod signing;
-mod crash;

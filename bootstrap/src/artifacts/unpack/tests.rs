@@ -325,3 +325,70 @@ fn archives_that_do_not_decode_are_malformed() {
     assert!(matches!(e, UnpackError::Malformed { .. }), "encrypted: {e}");
     assert!(!c.dest.join("k3s").exists());
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn part() -> impl Strategy<Value = String> {
+        prop_oneof![Just("..".to_string()), Just(".".to_string()), Just("".to_string()), "[ab]{1,2}"]
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        (proptest::collection::vec(part(), 1..4), any::<bool>())
+            .prop_map(|(parts, abs)| format!("{}{}", if abs { "/" } else { "" }, parts.join("/")))
+    }
+
+    #[derive(Debug, Clone)]
+    enum Entry {
+        File(String),
+        Dir(String),
+        Symlink(String, String),
+        Hardlink(String, String),
+    }
+
+    fn entry() -> impl Strategy<Value = Entry> {
+        prop_oneof![
+            path().prop_map(Entry::File),
+            path().prop_map(Entry::Dir),
+            (path(), path()).prop_map(|(a, b)| Entry::Symlink(a, b)),
+            (path(), path()).prop_map(|(a, b)| Entry::Hardlink(a, b)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn no_archive_writes_outside_its_destination(entries in proptest::collection::vec(entry(), 1..8)) {
+            let owned: Vec<(String, String)> = entries
+                .iter()
+                .map(|e| match e {
+                    Entry::File(p) | Entry::Dir(p) => (p.clone(), String::new()),
+                    Entry::Symlink(p, t) | Entry::Hardlink(p, t) => (p.clone(), t.clone()),
+                })
+                .collect();
+            let es: Vec<E> = entries
+                .iter()
+                .zip(&owned)
+                .filter(|(_, (p, t))| p.len() < 100 && t.len() < 100 && !p.is_empty())
+                .map(|(e, (p, t))| match e {
+                    Entry::File(_) => E::File(p, b"data", 0o644),
+                    Entry::Dir(_) => E::Dir(p),
+                    Entry::Symlink(..) => E::Symlink(p, t),
+                    Entry::Hardlink(..) => E::Hardlink(p, t),
+                })
+                .collect();
+            let c = case(&zst(&tar_bytes(&es)), "p.tar.zst");
+            let result = unpack(&c.archive, Unpack::TarZst, c.digest, "x", &c.dest, Limits::for_size(1 << 20));
+            assert_nothing_outside(&c);
+            if let Ok(files) = result {
+                let root = fs::canonicalize(&c.dest).unwrap();
+                for f in files {
+                    let p = fs::canonicalize(c.dest.join(&f.path)).unwrap();
+                    prop_assert!(p.starts_with(&root), "{} escaped", f.path);
+                }
+            }
+        }
+    }
+}

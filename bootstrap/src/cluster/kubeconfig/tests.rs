@@ -190,3 +190,130 @@ fn waits_for_kubectls_lock_and_clears_a_dead_kubestraps() {
     assert!(!lock.exists());
     assert_eq!(state(&p, "kubestrap", "https://127.0.0.1:8444").unwrap(), State::Configured { current: true });
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Strings a YAML 1.1 reader would misread unless quoted, and others.
+    fn tricky() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("on".to_string()),
+            Just("no".to_string()),
+            Just("y".to_string()),
+            Just("~".to_string()),
+            Just("null".to_string()),
+            Just("1:20".to_string()),
+            Just("0x1f".to_string()),
+            Just("2001-12-14".to_string()),
+            Just("- a".to_string()),
+            Just("#x".to_string()),
+            Just("".to_string()),
+            "[a-zA-Z0-9 _.:/@#'\"-]{1,20}",
+            "\\PC{1,12}",
+        ]
+    }
+
+    /// A kubeconfig with foreign clusters, users and contexts.
+    fn config() -> impl Strategy<Value = (Mapping, Vec<String>)> {
+        proptest::collection::btree_map("[a-z][a-z0-9-]{0,8}", (tricky(), tricky(), tricky()), 0..5).prop_map(
+            |entries| {
+                let mut doc = Mapping::new();
+                doc.insert(key("apiVersion"), key("v1"));
+                doc.insert(key("kind"), key("Config"));
+                let mut names = Vec::new();
+                for (list, item) in LISTS {
+                    let seq: Vec<Value> = entries
+                        .iter()
+                        .filter(|(n, _)| !n.starts_with("kubestrap"))
+                        .map(|(name, (a, b, c))| {
+                            let mut body = Mapping::new();
+                            match item {
+                                "cluster" => {
+                                    body.insert(key("server"), key(&format!("https://{name}.example:6443")));
+                                    body.insert(key("tls-server-name"), key(a));
+                                }
+                                "user" => {
+                                    body.insert(key("username"), key(b));
+                                }
+                                _ => {
+                                    body.insert(key("cluster"), key(name));
+                                    body.insert(key("user"), key(name));
+                                    body.insert(key("namespace"), key(c));
+                                }
+                            }
+                            let mut e = Mapping::new();
+                            e.insert(key("name"), key(name));
+                            e.insert(key(item), Value::Mapping(body));
+                            Value::Mapping(e)
+                        })
+                        .collect();
+                    doc.insert(key(list), Value::Sequence(seq));
+                }
+                for n in entries.keys() {
+                    if !n.starts_with("kubestrap") {
+                        names.push(n.clone());
+                    }
+                }
+                doc.insert(key("current-context"), key(names.first().map_or("", String::as_str)));
+                (doc, names)
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn any_kubeconfig_keeps_every_foreign_entry_through_merge_and_remove((doc, _names) in config(), port in 1024u16..65535) {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("config");
+            fs::write(&p, to_yaml(&doc)).unwrap();
+            let before = read(&p).unwrap();
+            merge(&p, &entry("kubestrap", port), true).unwrap();
+            let merged = read(&p).unwrap();
+            for (list, _) in LISTS {
+                let ours = |v: &&Value| v.get("name").and_then(Value::as_str) == Some("kubestrap");
+                let foreign: Vec<&Value> = merged[list].as_sequence().unwrap().iter().filter(|v| !ours(v)).collect();
+                let original: Vec<&Value> = before[list].as_sequence().unwrap().iter().collect();
+                prop_assert_eq!(foreign, original, "{} changed", list);
+            }
+            prop_assert_eq!(state(&p, "kubestrap", &format!("https://127.0.0.1:{port}")).unwrap(), State::Configured { current: true });
+            remove(&p, "kubestrap").unwrap();
+            let after = read(&p).unwrap();
+            for (list, _) in LISTS {
+                prop_assert_eq!(&after[list], &before[list]);
+            }
+        }
+    }
+
+    #[test]
+    fn kubectl_reads_what_the_merge_writes() {
+        let Some(kubectl) = ["/usr/lib/google-cloud-sdk/bin/kubectl.1.33", "/usr/bin/kubectl"]
+            .into_iter()
+            .find(|k| Path::new(k).is_file())
+        else {
+            println!("SKIPPED: no kubectl on this machine");
+            return;
+        };
+        // A few generated kubeconfigs through the real kubectl (slow, so few).
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(12));
+        runner
+            .run(&config(), |(doc, names)| {
+                let dir = tempfile::tempdir().unwrap();
+                let p = dir.path().join("config");
+                fs::write(&p, to_yaml(&doc)).unwrap();
+                let before = kubectl_view(kubectl, &p);
+                merge(&p, &entry("kubestrap", 8443), false).unwrap();
+                let after = kubectl_view(kubectl, &p);
+                for n in &names {
+                    for list in ["clusters", "users", "contexts"] {
+                        prop_assert_eq!(named(&after, list, n), named(&before, list, n));
+                    }
+                }
+                prop_assert_eq!(&after["current-context"], &before["current-context"]);
+                Ok(())
+            })
+            .unwrap();
+    }
+}
