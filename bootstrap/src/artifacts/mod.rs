@@ -9,6 +9,7 @@ pub mod source;
 pub mod store;
 pub mod unpack;
 
+pub use fetch::Job;
 pub use fetch::{FetchError, Options, fetch_all, jobs_for};
 pub use store::StoreError;
 pub use unpack::UnpackError;

@@ -57,6 +57,8 @@ pub enum ChannelError {
     #[error("{label}: no trusted key anchors this key list")]
     NotAnchored { label: String },
     #[error(transparent)]
+    Bundle(#[from] kubestrap_bundle::BundleError),
+    #[error(transparent)]
     Signing(#[from] kubestrap_signing::Error),
     #[error(transparent)]
     Manifest(#[from] ManifestError),

@@ -15,13 +15,14 @@ use crate::home::Home;
 use crate::progress::Progress;
 use crate::urls::Location;
 
+pub mod bundle;
 mod error;
 pub mod keys;
 pub mod policy;
 mod read;
 
 pub use error::ChannelError;
-pub use keys::Trusted;
+pub use keys::{BUILTIN_ANCHOR, Trusted};
 
 type Result<T, E = ChannelError> = std::result::Result<T, E>;
 
@@ -57,6 +58,11 @@ pub fn resolve(home: &Home, want: &Want<'_>, progress: &dyn Progress) -> Result<
     let loaded = match (want.spec, want.current) {
         (Some(spec), _) => load(home, Some(spec), want.fetch, want.allow_expired, progress)?,
         (None, Some(current)) => load_stored(home, current, want.allow_expired, true)?,
+        // Installed from a bundle: that release, with no network.
+        (None, None) if default_manifest(home).is_some() => {
+            let path = default_manifest(home).expect("checked");
+            load_stored(home, &path, want.allow_expired, false)?
+        }
         (None, None) => {
             let mut fallback = None;
             if !want.fetch.offline {
@@ -102,7 +108,8 @@ pub fn load(
     let at = Location::parse(spec.unwrap_or(DEFAULT_CHANNEL_URL));
     let signed = read::read_signed(&at, opts)?;
     import_channel_keys(home, &at, opts, allow_expired, progress);
-    let loaded = accept(home, &at, &signed.bytes, &signed.sig, allow_expired)?;
+    let official = matches!(&at, Location::Http(u) if u.as_str() == DEFAULT_CHANNEL_URL);
+    let loaded = accept(home, &at.to_string(), official, &signed.bytes, &signed.sig, allow_expired)?;
     for w in &loaded.trusted.warnings {
         progress.warn(w.clone());
     }
@@ -115,20 +122,27 @@ pub fn load(
 pub fn load_stored(home: &Home, path: &Path, allow_expired: bool, running: bool) -> Result<Loaded> {
     let signed = read::read_stored(path)?;
     let label = path.display().to_string();
-    let mut trusted = policy::verify_manifest(home, &label, &signed.bytes, &signed.sig, allow_expired, None, true)?;
+    let mut trusted = policy::verify_manifest(home, &label, &signed.bytes, &signed.sig, allow_expired, &[], true)?;
     let manifest = Manifest::parse(&signed.bytes, path)?;
     trusted.warnings.extend(policy::check_fresh(&manifest, &label, allow_expired, running)?);
     Ok(Loaded { manifest, path: path.to_path_buf(), trusted })
 }
 
 /// Verifies bytes + signature and records the manifest (rollback state and a
-/// copy in the home).
-pub fn accept(home: &Home, at: &Location, bytes: &[u8], sig: &str, allow_expired: bool) -> Result<Loaded> {
-    let label = at.to_string();
+/// copy in the home). `label` names where it came from (redacted);
+/// `official`: it was served at the official channel URL.
+pub fn accept(
+    home: &Home,
+    label: &str,
+    official: bool,
+    bytes: &[u8],
+    sig: &str,
+    allow_expired: bool,
+) -> Result<Loaded> {
+    let label = label.to_string();
     // Signature first, over the exact bytes; nothing is parsed before it holds.
-    let mut trusted = policy::verify_manifest(home, &label, bytes, sig, allow_expired, None, true)?;
+    let mut trusted = policy::verify_manifest(home, &label, bytes, sig, allow_expired, &[], true)?;
     let manifest = Manifest::parse(bytes, Path::new(&label))?;
-    let official = matches!(at, Location::Http(u) if u.as_str() == DEFAULT_CHANNEL_URL);
     if official && trusted.path.via_pinned_key() {
         return Err(ChannelError::NotOfficial { location: label, trust: trusted.path.to_string() });
     }
@@ -168,6 +182,26 @@ fn import_channel_keys(
         Ok(v) => tracing::debug!(version = v, "key list {at} accepted"),
         Err(e) => progress.warn(format!("ignoring the key list {at}: {e}")),
     }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Default {
+    manifest: PathBuf,
+}
+
+fn default_path(home: &Home) -> PathBuf {
+    home.root().join("state/default.toml")
+}
+
+/// The manifest `kubestrap install` made this home's default: what `start`
+/// with no manifest named uses (a kept file; none if it is gone).
+pub fn default_manifest(home: &Home) -> Option<PathBuf> {
+    crate::state::read::<Default>(&default_path(home)).ok().flatten().map(|d| d.manifest).filter(|p| p.is_file())
+}
+
+/// Makes a kept manifest this home's default.
+pub fn set_default(home: &Home, manifest: &Path) -> Result<()> {
+    Ok(crate::state::write(&default_path(home), &Default { manifest: manifest.into() })?)
 }
 
 /// Stored manifests, newest version first per channel. A damaged one is
@@ -243,10 +277,24 @@ pub fn inspect(home: &Home, file: &Path, allow_expired: bool) -> Result<Inspecte
             false
         }
     });
-    let trusted = policy::verify_manifest(home, &label, &signed.bytes, &signed.sig, allow_expired, extra, false)?;
-    let manifest = Manifest::parse(&signed.bytes, file)?;
+    let extra: Vec<KeyListFile> = extra.into_iter().collect();
+    inspect_bytes(home, &label, &signed.bytes, &signed.sig, &extra, allow_expired, warnings)
+}
+
+/// [`inspect`] of manifest bytes, with the key lists that came with them.
+pub fn inspect_bytes(
+    home: &Home,
+    label: &str,
+    bytes: &[u8],
+    sig: &str,
+    extra: &[KeyListFile],
+    allow_expired: bool,
+    mut warnings: Vec<String>,
+) -> Result<Inspected> {
+    let trusted = policy::verify_manifest(home, label, bytes, sig, allow_expired, extra, false)?;
+    let manifest = Manifest::parse(bytes, Path::new(label))?;
     warnings.extend(trusted.warnings.iter().cloned());
-    warnings.extend(policy::check_fresh(&manifest, &label, allow_expired, false)?);
+    warnings.extend(policy::check_fresh(&manifest, label, allow_expired, false)?);
     let seen = kubestrap_signing::SeenVersions::load(&home.seen_versions())?;
     let highest_seen = seen.get(&policy::seen_channel(&manifest, &trusted)).map(|e| e.version);
     Ok(Inspected { manifest, trusted, warnings, highest_seen })

@@ -28,13 +28,13 @@ pub fn verify_manifest(
     bytes: &[u8],
     sig: &str,
     allow_expired: bool,
-    extra: Option<KeyListFile>,
+    extra: &[KeyListFile],
     record: bool,
 ) -> Result<Trusted> {
     let pinned = signing::pinned_keys(&home.trust())?;
     let mut chains = keys::key_chains(home)?;
-    if let Some(list) = extra {
-        let (chain, _, _) = keys::place(&chains, &list, &pinned, allow_expired)?;
+    for list in extra {
+        let (chain, _, _) = keys::place(&chains, list, &pinned, allow_expired)?;
         chains.retain(|c| c.anchor != chain.anchor);
         chains.push(chain);
     }

@@ -97,6 +97,15 @@ pub enum Cmd {
     /// Pin extra signing keys in this kubestrap home (private channels).
     #[command(subcommand)]
     Trust(TrustCmd),
+    /// Make, inspect, verify and extract offline bundles.
+    #[command(subcommand)]
+    Bundle(BundleCmd),
+    /// Install from an offline bundle: import its payload into the store and
+    /// write kubestrap (without the payload) to a bin directory.
+    #[command(
+        after_help = "Examples:\n  ./kubestrap-0.1.0-linux-x86_64 install\n  ./kubestrap-0.1.0-linux-x86_64 install --bin-dir /usr/local/bin\n  kubestrap install --from-bundle ./kubestrap-0.1.0-linux-x86_64"
+    )]
+    Install(InstallArgs),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -120,6 +129,11 @@ pub struct ManifestSource {
     /// `<manifest>.minisig`.
     #[arg(long, value_name = "FILE|URL", env = "KUBESTRAP_MANIFEST")]
     pub manifest: Option<String>,
+    /// An offline bundle (a kubestrap with its payload appended): its
+    /// manifest and artifacts, no network [default: this kubestrap's own
+    /// payload, when it carries one].
+    #[arg(long, value_name = "FILE", conflicts_with = "manifest")]
+    pub from_bundle: Option<PathBuf>,
     /// Accept an expired manifest or key list (warns).
     #[arg(long)]
     pub allow_expired: bool,
@@ -171,6 +185,77 @@ pub struct StartArgs {
     /// Validity of the cluster certificates made on first start, in days.
     #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u16).range(1..))]
     pub cert_days: u16,
+}
+
+#[derive(Args, Debug)]
+pub struct InstallArgs {
+    /// Where to put kubestrap [default: ~/.local/bin].
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// The bundle to install from [default: this kubestrap's own payload].
+    #[arg(long, value_name = "FILE")]
+    pub from_bundle: Option<PathBuf>,
+    /// Accept an expired manifest (warns).
+    #[arg(long)]
+    pub allow_expired: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BundleCmd {
+    /// Write a bundle: a kubestrap followed by a manifest and every artifact it pins.
+    #[command(
+        after_help = "Examples:\n  kubestrap bundle create --manifest ./manifest.toml --out kubestrap-0.1.0-linux-x86_64\n  kubestrap bundle create --manifest ./manifest.toml --artifacts ./mirror --target linux-aarch64 --stub ./kubestrap-aarch64 --out kubestrap-0.1.0-linux-aarch64"
+    )]
+    Create(Box<BundleCreateArgs>),
+    /// Show what a bundle holds and who signed it (nothing is recorded).
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        allow_expired: bool,
+    },
+    /// Check every entry of a bundle against its signed manifest.
+    Verify {
+        file: PathBuf,
+        #[arg(long)]
+        allow_expired: bool,
+    },
+    /// Write a bundle's verified manifest, key lists and artifacts into DIR.
+    Extract {
+        file: PathBuf,
+        dir: PathBuf,
+        #[arg(long)]
+        allow_expired: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct BundleCreateArgs {
+    /// The signed manifest (file or URL) the bundle carries.
+    #[arg(long, value_name = "FILE|URL")]
+    pub manifest: String,
+    /// Machines the bundle is for (repeat) [default: this one].
+    #[arg(long = "target", value_parser = parse_target)]
+    pub targets: Vec<Target>,
+    /// Drivers the bundle is for (repeat) [default: every driver the manifest's localkube supports].
+    #[arg(long = "driver", value_parser = parse_driver)]
+    pub drivers: Vec<Driver>,
+    /// Take artifacts only from this home's cache (no download).
+    #[arg(long, conflicts_with = "artifacts")]
+    pub from_cache: bool,
+    /// Take artifacts from this directory (named by sha256, or as the last
+    /// part of their URL) before downloading.
+    #[arg(long, value_name = "DIR")]
+    pub artifacts: Option<PathBuf>,
+    /// The kubestrap executable to put in front [default: this one, without its own payload].
+    #[arg(long, value_name = "PATH")]
+    pub stub: Option<PathBuf>,
+    /// Where to write the bundle.
+    #[arg(short = 'O', long = "out", value_name = "FILE")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub net: NetArgs,
+    #[arg(long)]
+    pub allow_expired: bool,
 }
 
 #[derive(Args, Debug)]

@@ -46,6 +46,8 @@ pub enum Code {
     CorruptCache = 33,
     /// The home was written by a newer kubestrap.
     NewerHome = 34,
+    /// Not a kubestrap bundle, or a damaged one.
+    BadBundle = 35,
     /// The profile is locked by another kubestrap command (`--no-wait`).
     Locked = 40,
     /// The requested port is in use.
@@ -119,6 +121,9 @@ fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<Code> {
             HomeError::NewerLayout { .. } => Code::NewerHome,
         });
     }
+    if let Some(e) = cause.downcast_ref::<kubestrap_bundle::BundleError>() {
+        return Some(bundle_code(e));
+    }
     if let Some(e) = cause.downcast_ref::<kubestrap_signing::Error>() {
         return Some(signing_code(e));
     }
@@ -164,9 +169,19 @@ fn channel_code(e: &ChannelError) -> Option<Code> {
         E::Expired { .. } => Code::Expired,
         E::KeyListReplaced { .. } => Code::Rollback,
         E::Signing(e) => signing_code(e),
+        E::Bundle(e) => bundle_code(e),
         E::Manifest(_) | E::Client(_) => Code::Usage,
         E::Fs(e) => fs_code(e),
     })
+}
+
+fn bundle_code(e: &kubestrap_bundle::BundleError) -> Code {
+    use kubestrap_bundle::BundleError as E;
+    match e {
+        E::Io { source, .. } if kubestrap_fskit::is_disk_full(source) => Code::DiskFull,
+        E::Io { .. } => Code::Disk,
+        E::NotABundle { .. } | E::Malformed { .. } | E::Unexpected { .. } | E::TooLarge { .. } => Code::BadBundle,
+    }
 }
 
 fn fs_code(e: &FsError) -> Code {

@@ -23,6 +23,8 @@ pub struct StartOptions {
     pub profile: String,
     pub driver: Option<Kind>,
     pub manifest: Option<String>,
+    /// An offline bundle to start from (its manifest and artifacts; no network).
+    pub bundle: Option<std::path::PathBuf>,
     pub allow_expired: bool,
     pub fetch: artifacts::Options,
     pub port: Option<u16>,
@@ -69,7 +71,7 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
     // A kubeconfig we could not update later is refused before anything runs.
     kubeconfig::check(&kubeconfig::path()?)?;
 
-    let loaded = resolve(home, o, &p, existing.as_ref(), progress)?;
+    let (loaded, fetch) = resolve(home, o, &p, existing.as_ref(), progress)?;
     let run = &loaded.manifest.component.localkube.run;
     match drv.status(&p)? {
         HostState::Running(host) if existing.is_some() => {
@@ -94,7 +96,7 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
         HostState::Running(_) | HostState::Stopped => {}
     }
 
-    let components = fetch_and_unpack(home, &loaded.manifest, kind, &o.fetch, progress)?;
+    let components = fetch_and_unpack(home, &loaded.manifest, kind, &fetch, progress)?;
     let (port, created) = configure(home, &p, kind, o.port, existing.as_ref(), &loaded, progress)?;
     let launch = Launch {
         profile: p.clone(),
@@ -130,23 +132,37 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
 }
 
 /// Step "resolve → verify": the manifest to run, verified before anything
-/// else happens. A different release than the profile runs is an upgrade.
+/// else happens, and where its artifacts come from (a bundle's payload
+/// first, and then no network at all). A different release than the
+/// profile runs is an upgrade.
 fn resolve(
     home: &Home,
     o: &StartOptions,
     p: &Profile,
     existing: Option<&Config>,
     progress: &dyn Progress,
-) -> Result<Loaded> {
+) -> Result<(Loaded, artifacts::Options)> {
     let t = Instant::now();
-    let want = channel::Want {
-        spec: o.manifest.as_deref(),
-        current: existing.map(|c| c.manifest.as_path()),
-        allow_expired: o.allow_expired,
-        fetch: &o.fetch,
+    let mut fetch = o.fetch.clone();
+    let loaded = match &o.bundle {
+        Some(b) => {
+            let (loaded, payload) = channel::bundle::load(home, b, o.allow_expired, progress)?;
+            fetch.offline = true;
+            fetch.catalogs.push(std::sync::Arc::new(artifacts::source::BundleCatalog(payload)));
+            loaded
+        }
+        None => {
+            let want = channel::Want {
+                spec: o.manifest.as_deref(),
+                current: existing.map(|c| c.manifest.as_path()),
+                allow_expired: o.allow_expired,
+                fetch: &o.fetch,
+            };
+            channel::resolve(home, &want, progress)?
+        }
     };
-    let loaded = channel::resolve(home, &want, progress)?;
-    if let (Some(spec), Some(cfg)) = (&o.manifest, existing)
+    let named = o.manifest.clone().or_else(|| o.bundle.as_ref().map(|b| b.display().to_string()));
+    if let (Some(spec), Some(cfg)) = (&named, existing)
         && loaded.path != cfg.manifest
     {
         let current = channel::peek(&cfg.manifest).map_or_else(|| cfg.manifest.display().to_string(), |m| m.id());
@@ -170,7 +186,7 @@ fn resolve(
         },
         t.elapsed(),
     );
-    Ok(loaded)
+    Ok((loaded, fetch))
 }
 
 /// A start found localkube running: wait until it is ready and make sure

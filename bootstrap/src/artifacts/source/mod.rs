@@ -15,9 +15,13 @@ use super::store::BlobWriter;
 use crate::progress::Progress;
 use crate::urls::Location;
 
+mod bundle;
+mod dir;
 mod file;
 mod http;
 
+pub use bundle::BundleCatalog;
+pub use dir::DirCatalog;
 pub use file::FileSource;
 pub use http::{ClientError, HttpSource, client, describe_error};
 

@@ -34,8 +34,7 @@ fn unpack(
     driver: kubestrap_manifest::Driver,
     net: &crate::cli::args::NetArgs,
 ) -> Result<Code> {
-    let opts = super::fetch_options(net);
-    let loaded = channel::load(home, src.manifest.as_deref(), &opts, src.allow_expired, ui)?;
+    let (loaded, opts) = super::load_manifest(home, &src, net, ui)?;
     let jobs = artifacts::jobs_for(&loaded.manifest, &kubestrap_manifest::Target::host(), driver)?;
     artifacts::fetch_all(home, &jobs, &opts, ui)?;
     for job in &jobs {

@@ -23,6 +23,7 @@ pub fn start(a: StartArgs, home: &Home, ui: &Ui) -> Result<Code> {
     let o = StartOptions {
         profile: a.profile.profile,
         driver: a.driver,
+        bundle: super::bundle_of(&a.source),
         manifest: a.source.manifest,
         allow_expired: a.source.allow_expired,
         fetch: super::fetch_options(&a.net),

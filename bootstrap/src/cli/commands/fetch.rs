@@ -3,7 +3,6 @@ use kubestrap_manifest::Target;
 use serde_json::json;
 
 use crate::artifacts;
-use crate::channel;
 use crate::cli::args::FetchArgs;
 use crate::cli::exit::Code;
 use crate::cli::render::{Ui, human_bytes};
@@ -13,8 +12,7 @@ pub fn run(args: FetchArgs, home: &Home, ui: &Ui) -> Result<Code> {
     let started = std::time::Instant::now();
     let _store =
         home.store_lock(false, || ui.warn("waiting for another kubestrap command that is cleaning the cache…"))?;
-    let opts = super::fetch_options(&args.net);
-    let loaded = channel::load(home, args.source.manifest.as_deref(), &opts, args.source.allow_expired, ui)?;
+    let (loaded, opts) = super::load_manifest(home, &args.source, &args.net, ui)?;
     let target = args.target.unwrap_or_else(Target::host);
     let jobs = artifacts::jobs_for(&loaded.manifest, &target, args.driver)?;
     let total: u64 = jobs.iter().map(|j| j.artifact.size.get()).sum();

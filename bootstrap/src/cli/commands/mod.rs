@@ -3,11 +3,15 @@
 
 use anyhow::Result;
 
-use super::args::{Cmd, NetArgs, ProfileCmd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::args::{Cmd, ManifestSource, NetArgs, ProfileCmd};
 use super::exit::Code;
 use super::render::Ui;
 use crate::home::Home;
 
+mod bundle;
 mod cache;
 mod cluster;
 mod fetch;
@@ -29,6 +33,8 @@ pub fn run(cmd: Cmd, home: &Home, ui: &Ui) -> Result<u8> {
         Cmd::Manifest(c) => manifest::run(c, home, ui)?,
         Cmd::Keys(c) => signing::keys(c, home, ui)?,
         Cmd::Trust(c) => signing::trust_cmd(c, home, ui)?,
+        Cmd::Bundle(c) => bundle::run(c, home, ui)?,
+        Cmd::Install(a) => bundle::install(a, home, ui)?,
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut super::args::Cli::command(), "kubestrap", &mut std::io::stdout());
@@ -51,5 +57,39 @@ pub fn fetch_options(net: &NetArgs) -> crate::artifacts::Options {
         speed_limit: net.speed_limit,
         speed_time: net.speed_time,
         ..Default::default()
+    }
+}
+
+/// This kubestrap's own executable, when it carries a bundle's payload (a
+/// cheap check of its last bytes, made on every run that could use one).
+pub fn own_bundle() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    kubestrap_bundle::Payload::detect(&exe).then_some(exe)
+}
+
+/// The bundle a command starts from: `--from-bundle`, else this
+/// kubestrap's own payload unless a manifest is named.
+pub fn bundle_of(src: &ManifestSource) -> Option<PathBuf> {
+    src.from_bundle.clone().or_else(|| if src.manifest.is_none() { own_bundle() } else { None })
+}
+
+/// The manifest a command names (or its bundle's), verified and recorded,
+/// and the download options for its artifacts: a bundle's payload is asked
+/// first, and then nothing is downloaded.
+pub fn load_manifest(
+    home: &Home,
+    src: &ManifestSource,
+    net: &NetArgs,
+    ui: &Ui,
+) -> Result<(crate::channel::Loaded, crate::artifacts::Options)> {
+    let mut opts = fetch_options(net);
+    match bundle_of(src) {
+        Some(path) => {
+            let (loaded, payload) = crate::channel::bundle::load(home, &path, src.allow_expired, ui)?;
+            opts.offline = true;
+            opts.catalogs.push(Arc::new(crate::artifacts::source::BundleCatalog(payload)));
+            Ok((loaded, opts))
+        }
+        None => Ok((crate::channel::load(home, src.manifest.as_deref(), &opts, src.allow_expired, ui)?, opts)),
     }
 }

@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 mod artifacts;
 mod cluster;
 mod manifest;
+mod netns;
 mod server;
 mod tls;
 
 pub use artifacts::*;
 pub use cluster::*;
 pub use manifest::*;
+pub use netns::*;
 pub use server::*;
 pub use tls::*;
 
@@ -100,6 +102,21 @@ impl Env {
             .env("NO_COLOR", "1")
             .stdin(Stdio::null());
         c
+    }
+
+    /// Another program (a bundle, say) with this env's environment.
+    pub fn cmd_of(&self, program: &Path, args: &[&str]) -> Command {
+        let c = self.cmd(args);
+        let mut p = Command::new(program);
+        p.args(args);
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => p.env(k, v),
+                None => p.env_remove(k),
+            };
+        }
+        p.stdin(Stdio::null());
+        p
     }
 
     /// Runs kubestrap; returns its output whatever the exit code.
