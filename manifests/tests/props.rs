@@ -6,38 +6,7 @@ use std::path::Path;
 use kubestrap_manifest::Manifest;
 use proptest::prelude::*;
 
-const GOOD: &str = r#"schema = 1
-channel = "stable"
-version = 12
-kubernetes = "1.33.1"
-published = "2026-11-20T00:00:00Z"
-expires = "2027-05-20T00:00:00Z"
-requires-bootstrap = ">=0.1.0"
-
-[component.kubectl]
-version = "1.33.1"
-[component.kubectl.target.linux-x86_64]
-urls = ["https://dl.example/kubectl"]
-sha256 = "2ffd023712bbc1a9390dbd8c0c15201c165a69d394787ef03eda3eccb4b9ac06"
-size = 57000000
-unpack = "file"
-bin = "kubectl"
-
-[component.localkube]
-version = "1.33.1+k3s1"
-[component.localkube.target.linux-x86_64]
-urls = ["https://dl.example/k3s.tar.zst"]
-sha256 = "89eb5f3d12524d0a9d5b56ba3e2707b106e1731dd0e6d2e7b898ac585f4959df"
-size = 60000000
-unpack = "tar.zst"
-bin = "bin/k3s"
-[component.localkube.run]
-program = "bin/k3s"
-args = ["server", "--https-listen-port={port}"]
-ready = "/readyz"
-stop-signal = "TERM"
-stop-timeout-s = 30
-"#;
+const GOOD: &str = include_str!("fixtures/good.toml");
 
 fn parse(s: &str) -> Result<Manifest, kubestrap_manifest::ManifestError> {
     Manifest::parse(s.as_bytes(), Path::new("m.toml"))
