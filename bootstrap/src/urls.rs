@@ -39,6 +39,16 @@ impl Location {
         }
     }
 
+    /// Where a reference found in a document at this location points: an
+    /// absolute URL or path as it is, anything else relative to this one.
+    pub fn resolve(&self, reference: &str) -> Location {
+        if reference.starts_with('/') || Url::parse(reference).is_ok() {
+            Location::parse(reference)
+        } else {
+            self.sibling(reference)
+        }
+    }
+
     /// The location with `suffix` appended (`.minisig`).
     pub fn with_suffix(&self, suffix: &str) -> Location {
         match self {
@@ -48,6 +58,14 @@ impl Location {
                 Location::Http(u)
             }
             Location::File(p) => Location::File(kubestrap_fskit::sidecar(p, suffix)),
+        }
+    }
+
+    /// The location as given, unredacted: for fetching, never for showing.
+    pub fn spec(&self) -> String {
+        match self {
+            Location::Http(u) => u.to_string(),
+            Location::File(p) => p.display().to_string(),
         }
     }
 

@@ -347,3 +347,72 @@ mod tests {
         assert_eq!(sidecar(Path::new("log"), ".1"), Path::new("log.1"));
     }
 }
+
+/// What [`copy_tree`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Copied {
+    pub files: u64,
+    pub bytes: u64,
+    /// Files shared with their source by reflink (copy-on-write, no bytes
+    /// copied); the others were copied.
+    pub reflinked: u64,
+}
+
+/// Copies a directory tree (files, directories, symlinks; modes kept) to
+/// `dst`, which must not exist. Files are reflinked where the filesystem
+/// can (a copy-on-write clone), copied otherwise — never hard-linked, so
+/// the copy never changes when the original is modified in place.
+pub fn copy_tree(src: &Path, dst: &Path) -> Result<Copied> {
+    let mut done = Copied::default();
+    copy_dir(src, dst, &mut done)?;
+    Ok(done)
+}
+
+fn copy_dir(src: &Path, dst: &Path, done: &mut Copied) -> Result<()> {
+    let meta = fs::symlink_metadata(src).map_err(|e| FsError::io(src, "read", e))?;
+    fs::DirBuilder::new()
+        .mode(meta.permissions().mode() & 0o7777)
+        .create(dst)
+        .map_err(|e| FsError::io(dst, "create directory", e))?;
+    for e in list_dir(src)? {
+        let (from, to) = (e.path(), dst.join(e.file_name()));
+        let ft = e.file_type().map_err(|err| FsError::io(&from, "read", err))?;
+        if ft.is_dir() {
+            copy_dir(&from, &to, done)?;
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&from).map_err(|err| FsError::io(&from, "read", err))?;
+            std::os::unix::fs::symlink(target, &to).map_err(|err| FsError::io(&to, "write", err))?;
+        } else if ft.is_file() {
+            let len = e.metadata().map_err(|err| FsError::io(&from, "read", err))?.len();
+            let copied = reflink_copy::reflink_or_copy(&from, &to).map_err(|err| FsError::io(&to, "copy to", err))?;
+            // `None`: reflinked (no bytes copied).
+            if copied.is_none() {
+                done.reflinked += 1;
+            }
+            done.files += 1;
+            done.bytes += len;
+        }
+        // Sockets, FIFOs and devices in a data directory are runtime
+        // state, not data: not copied.
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod copy_tests {
+    use super::*;
+
+    #[test]
+    fn copies_trees_without_hard_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join("a/b")).unwrap();
+        fs::write(src.join("a/b/f"), b"data").unwrap();
+        std::os::unix::fs::symlink("b/f", src.join("a/link")).unwrap();
+        let c = copy_tree(&src, &dir.path().join("dst")).unwrap();
+        assert_eq!((c.files, c.bytes), (1, 4));
+        fs::write(src.join("a/b/f"), b"changed").unwrap();
+        assert_eq!(fs::read(dir.path().join("dst/a/b/f")).unwrap(), b"data", "the copy is independent");
+        assert_eq!(fs::read_link(dir.path().join("dst/a/link")).unwrap(), Path::new("b/f"));
+    }
+}

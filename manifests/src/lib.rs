@@ -11,9 +11,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+mod index;
 mod template;
 mod types;
 
+pub use index::{ChannelEntry, ChannelIndex, Executable, INDEX_SCHEMA};
 pub use template::{NAMES as TEMPLATE_NAMES, Template, Vars};
 pub use types::{ARCHES, Driver, OSES, PkiFile, Sha256, Size, StopSignal, Target, Unpack};
 
@@ -317,15 +319,7 @@ pub struct Need {
 impl Manifest {
     /// Parses and validates manifest bytes; `file` names them in errors.
     pub fn parse(bytes: &[u8], file: &Path) -> Result<Manifest, ManifestError> {
-        let text = std::str::from_utf8(bytes).map_err(|e| ManifestError {
-            file: file.to_path_buf(),
-            line: 0,
-            column: 0,
-            field: String::new(),
-            message: format!("expected UTF-8 text: {e}"),
-            snippet: String::new(),
-        })?;
-        toml::from_str::<Manifest>(text).map_err(|e| ManifestError::from_toml(file, text, &e))
+        parse_toml(bytes, file)
     }
 
     /// Reads and parses a manifest file.
@@ -413,6 +407,19 @@ impl Manifest {
     pub fn id(&self) -> String {
         format!("{}-{}", self.channel, self.version)
     }
+}
+
+/// Parses UTF-8 TOML into a validated document; errors name file:line:column.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(bytes: &[u8], file: &Path) -> Result<T, ManifestError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| ManifestError {
+        file: file.to_path_buf(),
+        line: 0,
+        column: 0,
+        field: String::new(),
+        message: format!("expected UTF-8 text: {e}"),
+        snippet: String::new(),
+    })?;
+    toml::from_str::<T>(text).map_err(|e| ManifestError::from_toml(file, text, &e))
 }
 
 /// Formats a time as RFC 3339.

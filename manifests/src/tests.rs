@@ -187,3 +187,32 @@ fn the_writer_round_trips() {
     assert_eq!(a.size.get(), 5);
     assert!(Manifest::artifact(vec![], a.sha256, 5, Unpack::File, "kubectl").is_err());
 }
+
+#[test]
+fn channel_index_parses_validates_and_round_trips() {
+    let text = r#"schema = 1
+version = 7
+published = "2026-11-20T00:00:00Z"
+expires = "2026-12-20T00:00:00Z"
+[channel.stable]
+version = 12
+url = "stable/12/manifest.toml"
+sha256 = "2ffd023712bbc1a9390dbd8c0c15201c165a69d394787ef03eda3eccb4b9ac06"
+size = 2048
+[kubestrap.linux-x86_64]
+version = "0.2.0"
+urls = ["https://dl.example/kubestrap-0.2.0-linux-x86_64"]
+sha256 = "89eb5f3d12524d0a9d5b56ba3e2707b106e1731dd0e6d2e7b898ac585f4959df"
+size = 12345678
+"#;
+    let i = ChannelIndex::parse(text.as_bytes(), Path::new("index.toml")).unwrap();
+    assert_eq!(i.channel["stable"].version, 12);
+    assert_eq!(i.kubestrap[&"linux-x86_64".parse().unwrap()].version, semver::Version::new(0, 2, 0));
+    let again = ChannelIndex::parse(i.to_toml().as_bytes(), Path::new("index.toml")).unwrap();
+    assert_eq!(again.to_toml(), i.to_toml());
+    let bad = text.replace("schema = 1", "schema = 1\nsurprise = 1");
+    let e = ChannelIndex::parse(bad.as_bytes(), Path::new("index.toml")).unwrap_err();
+    assert!(e.to_string().starts_with("index.toml:2:"), "{e}");
+    let bad = text.replace("size = 2048", "size = 0");
+    assert!(ChannelIndex::parse(bad.as_bytes(), Path::new("index.toml")).is_err());
+}

@@ -56,6 +56,16 @@ pub enum ChannelError {
     KeyListReplaced { label: String, version: u64, path: PathBuf },
     #[error("{label}: no trusted key anchors this key list")]
     NotAnchored { label: String },
+    #[error("the channel index {index} names no channel {channel:?} (it has: {known})")]
+    NotInIndex { index: String, channel: String, known: String },
+    #[error("the channel index {index} names no kubestrap for {target} (it has: {known})")]
+    NoExecutable { index: String, target: String, known: String },
+    #[error(
+        "{location}: {what} (the signed channel index pins {expected}); a mirror or proxy may be tampering, or the channel is being updated: try again later"
+    )]
+    IndexMismatch { location: String, what: String, expected: String },
+    #[error("cannot find a directory for kubestrap's config: set HOME (or XDG_CONFIG_HOME)")]
+    NoConfigDir,
     #[error(transparent)]
     Bundle(#[from] kubestrap_bundle::BundleError),
     #[error(transparent)]

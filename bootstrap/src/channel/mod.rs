@@ -17,6 +17,7 @@ use crate::urls::Location;
 
 pub mod bundle;
 mod error;
+pub mod index;
 pub mod keys;
 pub mod policy;
 mod read;
@@ -116,6 +117,20 @@ pub fn load(
     Ok(loaded)
 }
 
+/// Verifies the manifest at `spec` (path or URL) without recording anything
+/// (`upgrade --dry-run`).
+pub fn verify_only(home: &Home, spec: &str, opts: &artifacts::Options, allow_expired: bool) -> Result<Loaded> {
+    let at = Location::parse(spec);
+    let signed = read::read_signed(&at, opts)?;
+    let label = at.to_string();
+    let i = inspect_bytes(home, &label, &signed.bytes, &signed.sig, &[], allow_expired, Vec::new())?;
+    Ok(Loaded {
+        manifest: i.manifest,
+        path: at.as_path().map_or_else(|| PathBuf::from(&label), Path::to_path_buf),
+        trusted: i.trusted,
+    })
+}
+
 /// Re-verifies a manifest already kept in the home (a profile's pointer).
 /// `running`: the manifest a profile already runs (expiry then only warns);
 /// otherwise an expired one is refused like a downloaded one.
@@ -168,7 +183,7 @@ pub fn accept(
 /// beside the manifest; if so it is verified against the chain this home
 /// trusts and kept, so release keys can rotate without a new kubestrap. One
 /// that cannot be read or used is said and left out.
-fn import_channel_keys(
+pub(super) fn import_channel_keys(
     home: &Home,
     manifest: &Location,
     opts: &artifacts::Options,

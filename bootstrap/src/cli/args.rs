@@ -97,6 +97,23 @@ pub enum Cmd {
     /// Pin extra signing keys in this kubestrap home (private channels).
     #[command(subcommand)]
     Trust(TrustCmd),
+    /// Move a cluster to a newer release: verified first, snapshotted,
+    /// health-checked, rolled back by itself if it does not come up.
+    #[command(
+        after_help = "Examples:\n  kubestrap upgrade --check               is a newer release in the channel? (exit 3: yes)\n  kubestrap upgrade --dry-run             what would change, and what it downloads\n  kubestrap upgrade                       to the channel's newest release\n  kubestrap upgrade --manifest ./m.toml   to a given signed manifest\n  kubestrap upgrade --from-bundle ./kubestrap-0.2.0-linux-x86_64"
+    )]
+    Upgrade(Box<UpgradeArgs>),
+    /// Go back to the release a cluster ran before its last upgrade, with the state it had then.
+    Rollback(RollbackArgs),
+    /// List and remove the snapshots upgrades and rollbacks take.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Replace this kubestrap with the newer one the channel index names (verified).
+    #[command(name = "self-update")]
+    SelfUpdate(SelfUpdateArgs),
+    /// Read and set kubestrap's settings (the channel index URL).
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Make, inspect, verify and extract offline bundles.
     #[command(subcommand)]
     Bundle(BundleCmd),
@@ -114,6 +131,9 @@ pub enum Cmd {
     /// Internal: the parent of a running localkube (started by `start`).
     #[command(name = "__monitor", hide = true)]
     Monitor { run_dir: PathBuf },
+    /// Internal: the home layout this kubestrap understands (asked by `self-update`).
+    #[command(name = "__layout", hide = true)]
+    Layout,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -185,6 +205,96 @@ pub struct StartArgs {
     /// Validity of the cluster certificates made on first start, in days.
     #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u16).range(1..))]
     pub cert_days: u16,
+}
+
+#[derive(Args, Debug)]
+pub struct UpgradeArgs {
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+    /// The release to upgrade to: a signed manifest (file or URL) [default: the channel index's newest].
+    #[arg(long, value_name = "FILE|URL", conflicts_with = "from_bundle")]
+    pub manifest: Option<String>,
+    /// The release to upgrade to: an offline bundle (no network).
+    #[arg(long, value_name = "FILE")]
+    pub from_bundle: Option<PathBuf>,
+    /// The channel index [env: KUBESTRAP_CHANNEL_URL; config: channel-url].
+    #[arg(long, value_name = "URL")]
+    pub channel_url: Option<String>,
+    /// Only say whether a newer release exists: exit 0 none, 3 available (any other code: cannot tell, and why).
+    #[arg(long, conflicts_with_all = ["dry_run", "manifest", "from_bundle"])]
+    pub check: bool,
+    /// Print the plan (each component old → new, bytes to download); change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Allow what the skew rules refuse (a skipped minor, a downgrade); says what may break.
+    #[arg(long)]
+    pub force: bool,
+    /// How long the new release may take to become ready before it is rolled back.
+    #[arg(long, default_value = "120s", value_parser = parse_wait)]
+    pub wait_timeout: std::time::Duration,
+    /// Accept an expired manifest or index (warns).
+    #[arg(long)]
+    pub allow_expired: bool,
+    /// Fail at once if another kubestrap command holds this profile.
+    #[arg(long)]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+    /// Print the plan; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Roll back even without a snapshot of the older release's state.
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long, default_value = "120s", value_parser = parse_wait)]
+    pub wait_timeout: std::time::Duration,
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCmd {
+    /// A profile's snapshots, with the release they belong to and their size.
+    List(ProfileArgs),
+    /// Remove a snapshot.
+    Remove {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        id: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct SelfUpdateArgs {
+    /// Only say whether a newer kubestrap exists: exit 0 none, 3 available.
+    #[arg(long, conflicts_with = "rollback")]
+    pub check: bool,
+    /// Put back the kubestrap the last self-update replaced.
+    #[arg(long)]
+    pub rollback: bool,
+    /// The channel index [env: KUBESTRAP_CHANNEL_URL; config: channel-url].
+    #[arg(long, value_name = "URL")]
+    pub channel_url: Option<String>,
+    #[arg(long)]
+    pub allow_expired: bool,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Print a setting (channel-url).
+    Get { key: String },
+    /// Set a setting (channel-url URL).
+    Set { key: String, value: String },
+    /// Remove a setting (back to its default).
+    Unset { key: String },
 }
 
 #[derive(Args, Debug)]
@@ -453,7 +563,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 /// A wait a user can mean: 1 s to 24 h.
-fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+pub fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
     let d = parse_duration(s)?;
     if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(24 * 3600) {
         return Err(format!("expected 1s to 24h, got {s:?}"));

@@ -9,6 +9,8 @@ use crate::artifacts::{FetchError, StoreError, UnpackError, source::ClientError}
 use crate::channel::ChannelError;
 use crate::cluster::ClusterError;
 use crate::cluster::kubeconfig::KubeconfigError;
+use crate::cluster::snapshot::SnapshotError;
+use crate::cluster::upgrade::UpgradeError;
 use crate::driver::DriverError;
 use crate::home::HomeError;
 
@@ -21,6 +23,8 @@ pub enum Code {
     Internal = 1,
     /// Bad command line, or a manifest that does not parse or validate.
     Usage = 2,
+    /// `upgrade --check`, `self-update --check`: a newer release is available.
+    Available = 3,
     /// Manifest signature bad, key untrusted or revoked.
     Signature = 10,
     /// Manifest or key list expired.
@@ -29,6 +33,9 @@ pub enum Code {
     Rollback = 12,
     /// The manifest needs a newer kubestrap.
     NeedsNewerKubestrap = 13,
+    /// The release is not an allowed step from the one running (skew,
+    /// downgrade, no snapshot to roll back to); `--force` overrides.
+    StepRefused = 14,
     /// A download failed from every source.
     Download = 20,
     /// A download did not match its sha256 or size.
@@ -60,6 +67,11 @@ pub enum Code {
     LocalkubeExited = 50,
     /// The apiserver did not become ready in time.
     NotReady = 51,
+    /// The new release did not come up; it was rolled back and the old one runs.
+    UpgradeRolledBack = 52,
+    /// The new release did not come up, and putting the old one back failed
+    /// too (the journal keeps where it got to; `start` retries).
+    RollbackFailed = 53,
     /// The kubeconfig cannot be read or written.
     Kubeconfig = 60,
 }
@@ -77,6 +89,21 @@ pub fn classify(err: &anyhow::Error) -> Code {
 fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<Code> {
     if let Some(e) = cause.downcast_ref::<ClusterError>() {
         return Some(cluster_code(e));
+    }
+    if let Some(e) = cause.downcast_ref::<UpgradeError>() {
+        return Some(match e {
+            UpgradeError::Refused { .. } => Code::StepRefused,
+            UpgradeError::Failed { .. } => Code::UpgradeRolledBack,
+            UpgradeError::RollbackFailed { .. } => Code::RollbackFailed,
+            UpgradeError::NoPrevious { .. } => Code::Usage,
+        });
+    }
+    if let Some(e) = cause.downcast_ref::<SnapshotError>() {
+        return Some(match e {
+            SnapshotError::NoSuchSnapshot { .. } => Code::Usage,
+            SnapshotError::Fs(e) => fs_code(e),
+            SnapshotError::Driver(_) => Code::Driver,
+        });
     }
     if cause.is::<KubeconfigError>() {
         return Some(Code::Kubeconfig);
@@ -170,6 +197,8 @@ fn channel_code(e: &ChannelError) -> Option<Code> {
         E::KeyListReplaced { .. } => Code::Rollback,
         E::Signing(e) => signing_code(e),
         E::Bundle(e) => bundle_code(e),
+        E::NotInIndex { .. } | E::NoExecutable { .. } | E::NoConfigDir => Code::Usage,
+        E::IndexMismatch { .. } => Code::Integrity,
         E::Manifest(_) | E::Client(_) => Code::Usage,
         E::Fs(e) => fs_code(e),
     })

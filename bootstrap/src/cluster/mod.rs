@@ -11,16 +11,19 @@ use crate::progress::Progress;
 
 pub mod apiserver;
 mod error;
+pub mod journal;
 pub mod kubeconfig;
 pub mod pki;
 mod ports;
 pub mod profile;
+pub mod snapshot;
 mod start;
 pub mod status;
 mod stop;
+pub mod upgrade;
 
 pub use error::ClusterError;
-pub use start::{StartOptions, start};
+pub use start::{StartOptions, Tuning, start};
 pub use status::status;
 pub use stop::{delete, purge, stop};
 

@@ -26,6 +26,10 @@ pub struct Config {
     #[serde(default)]
     pub port_pinned: bool,
     pub created: String,
+    /// The manifest this cluster ran before its last upgrade (or rollback):
+    /// what `kubestrap rollback` returns to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PathBuf>,
 }
 
 /// Paths of one profile.
@@ -57,6 +61,14 @@ impl Profile {
     }
     pub fn run(&self) -> PathBuf {
         self.dir.join("run")
+    }
+    /// Snapshots of the cluster's state taken before upgrades and rollbacks.
+    pub fn snapshots(&self) -> PathBuf {
+        self.dir.join("snapshots")
+    }
+    /// The journal of an upgrade or rollback under way.
+    pub fn journal(&self) -> PathBuf {
+        self.dir.join("upgrade.toml")
     }
     /// Whether the profile exists (its config, damaged or not).
     pub fn exists(&self) -> bool {
@@ -103,13 +115,17 @@ pub fn names(home: &Home) -> Result<Vec<String>, FsError> {
     Ok(out)
 }
 
-/// The manifests any profile points at.
+/// The manifests any profile points at, ran before its last upgrade, or
+/// has a snapshot of (`rollback` needs their components).
 pub fn all_manifest_paths(home: &Home) -> Result<BTreeSet<PathBuf>, FsError> {
     let mut out = BTreeSet::new();
     for name in names(home)? {
-        if let Ok(cfg) = Profile::new(home, &name).and_then(|p| p.load()) {
+        let Ok(p) = Profile::new(home, &name) else { continue };
+        if let Ok(cfg) = p.load() {
             out.insert(cfg.manifest);
+            out.extend(cfg.previous);
         }
+        out.extend(super::snapshot::list(&p).into_iter().map(|s| s.meta.manifest));
     }
     Ok(out)
 }

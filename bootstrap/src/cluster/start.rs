@@ -54,6 +54,16 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
     let _store = home.store_lock(false, || {
         progress.warn("waiting for another kubestrap command that is cleaning the cache…".into())
     })?;
+    let tuning = Tuning { wait_timeout: o.wait_timeout, keep_context: o.keep_context, cert_validity: o.cert_validity };
+    // An upgrade a killed command left is finished or undone first.
+    if p.exists()
+        && let Ok(cfg) = p.load()
+    {
+        let drv = driver::for_kind(cfg.driver)?;
+        if let Some(msg) = super::upgrade::resume_locked(home, &p, drv.as_ref(), &o.fetch, &tuning, progress)? {
+            progress.warn(msg);
+        }
+    }
     let existing = if p.exists() { Some(p.load()?) } else { None };
     let kind = match (&existing, o.driver) {
         (Some(c), Some(d)) if c.driver != d => {
@@ -96,8 +106,36 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
         HostState::Running(_) | HostState::Stopped => {}
     }
 
-    let components = fetch_and_unpack(home, &loaded.manifest, kind, &fetch, progress)?;
-    let (port, created) = configure(home, &p, kind, o.port, existing.as_ref(), &loaded, progress)?;
+    bring_up(home, &p, drv.as_ref(), kind, &loaded, &fetch, existing.as_ref(), o.port, &tuning, progress)
+}
+
+/// How a cluster is brought up, beyond which release.
+pub struct Tuning {
+    pub wait_timeout: Duration,
+    pub keep_context: bool,
+    pub cert_validity: time::Duration,
+}
+
+/// Steps "fetch → unpack → configure → PKI → launch → ready → kubeconfig"
+/// for a stopped profile and a verified manifest (start, and upgrade's
+/// start of the new release or of the old one when it rolls back). A
+/// localkube this launched is stopped again if a later step fails.
+#[allow(clippy::too_many_arguments)]
+pub fn bring_up(
+    home: &Home,
+    p: &Profile,
+    drv: &dyn Driver,
+    kind: Kind,
+    loaded: &Loaded,
+    fetch: &artifacts::Options,
+    existing: Option<&Config>,
+    port: Option<u16>,
+    t: &Tuning,
+    progress: &dyn Progress,
+) -> Result<Started> {
+    let run = &loaded.manifest.component.localkube.run;
+    let components = fetch_and_unpack(home, &loaded.manifest, kind, fetch, progress)?;
+    let (port, created) = configure(home, p, kind, port, existing, loaded, progress)?;
     let launch = Launch {
         profile: p.clone(),
         run: run.clone(),
@@ -105,18 +143,18 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
         component: components.localkube,
         port,
     };
-    let pki = certificates(drv.as_ref(), &launch, o.cert_validity, progress)?;
-    let host = launch_localkube(drv.as_ref(), &launch, progress)?;
+    let pki = certificates(drv, &launch, t.cert_validity, progress)?;
+    let host = launch_localkube(drv, &launch, progress)?;
     let version = (|| {
-        wait_ready(drv.as_ref(), &p, &pki, port, &launch.run, o.wait_timeout, true, progress)?;
-        write_kubeconfig(&p, &pki, port, o.keep_context, progress)
+        wait_ready(drv, p, &pki, port, &launch.run, t.wait_timeout, true, progress)?;
+        write_kubeconfig(p, &pki, port, t.keep_context, progress)
     })();
     let version = match version {
         Ok(v) => v,
         Err(e) => {
             // Nothing this start launched is left running behind a failure.
-            if drv.running(&p).unwrap_or(false) {
-                let _ = drv.stop(&p, Stop::of(&launch.run));
+            if drv.running(p).unwrap_or(false) {
+                let _ = drv.stop(p, Stop::of(&launch.run));
             }
             return Err(e);
         }
@@ -127,7 +165,7 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
         manifest: loaded.manifest.id(),
         already_running: false,
         created,
-        ..result(&p, port)?
+        ..result(p, port)?
     })
 }
 
@@ -312,6 +350,7 @@ fn configure(
         port,
         port_pinned: asked.is_some() || existing.is_some_and(|c| c.port_pinned),
         created: existing.map_or_else(crate::driver::native::monitor::now, |c| c.created.clone()),
+        previous: existing.and_then(|c| c.previous.clone()),
     };
     if existing != Some(&cfg) {
         p.save(&cfg)?;

@@ -125,6 +125,8 @@ pub struct Status {
     pub pid: Option<i32>,
     /// Why localkube is not running, when it should be.
     pub crash: Option<String>,
+    /// An upgrade a killed command left, to be finished or undone.
+    pub upgrade: Option<String>,
     pub log_tail: Vec<String>,
     pub warnings: Vec<String>,
     /// Bitmask: 1 host down, 2 localkube down, 4 apiserver not ready.
@@ -158,6 +160,7 @@ pub fn status(home: &Home, name: &str) -> Result<Status> {
         host_id: None,
         pid: None,
         crash: None,
+        upgrade: super::upgrade::interrupted(&p),
         log_tail: Vec::new(),
         warnings: Vec::new(),
         exit_code: 0,
@@ -198,6 +201,9 @@ pub fn status(home: &Home, name: &str) -> Result<Status> {
                     "a stop of profile {name:?} was interrupted; localkube is shutting down. `kubestrap start -p {name}` waits for it and starts it again"
                 ));
         }
+    }
+    if let Some(u) = &st.upgrade {
+        st.warnings.push(u.clone());
     }
     st.exit_code = st.bitmask();
     let kc = kubeconfig::path()?;

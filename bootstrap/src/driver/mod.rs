@@ -132,10 +132,7 @@ pub type Result<T, E = DriverError> = std::result::Result<T, E>;
 /// What runs one profile's localkube. The lifecycle calls, in order:
 /// `create` (idempotent) → `start` → `running` while it waits for ready;
 /// `status` at any time; `stop`; `delete` before the profile is removed.
-#[allow(
-    dead_code,
-    reason = "capabilities, checks, suspend and snapshots are the seam upgrade, doctor and the VM driver use"
-)]
+#[allow(dead_code, reason = "capabilities, checks and suspend are the seam doctor and the VM driver use")]
 pub trait Driver {
     fn kind(&self) -> Kind;
     fn capabilities(&self) -> Capabilities;
@@ -173,8 +170,9 @@ pub trait Driver {
     fn suspend(&self, _profile: &Profile) -> Result<()> {
         Err(DriverError::Unsupported { driver: self.kind(), what: "suspend a cluster" })
     }
-    /// Copies the stopped cluster's state to `dest` (upgrade's safety net).
-    fn snapshot(&self, _profile: &Profile, _dest: &Path) -> Result<()> {
+    /// Copies the stopped cluster's state to `dest`, which must not exist
+    /// (upgrade's safety net). Returns what was copied.
+    fn snapshot(&self, _profile: &Profile, _dest: &Path) -> Result<kubestrap_fskit::Copied> {
         Err(DriverError::Unsupported { driver: self.kind(), what: "snapshot a cluster" })
     }
     /// Puts a snapshot back in place of the stopped cluster's state.

@@ -13,3 +13,4 @@ mod hostile;
 mod lifecycle;
 mod reliability;
 mod signing;
+mod upgrade;

@@ -17,6 +17,7 @@ mod cluster;
 mod fetch;
 mod manifest;
 mod signing;
+mod upgrade;
 
 /// Runs a command; returns the process exit code.
 pub fn run(cmd: Cmd, home: &Home, ui: &Ui) -> Result<u8> {
@@ -35,6 +36,15 @@ pub fn run(cmd: Cmd, home: &Home, ui: &Ui) -> Result<u8> {
         Cmd::Trust(c) => signing::trust_cmd(c, home, ui)?,
         Cmd::Bundle(c) => bundle::run(c, home, ui)?,
         Cmd::Install(a) => bundle::install(a, home, ui)?,
+        Cmd::Upgrade(a) => upgrade::upgrade(*a, home, ui)?,
+        Cmd::Rollback(a) => upgrade::rollback(a, home, ui)?,
+        Cmd::Snapshot(c) => upgrade::snapshot(c, home, ui)?,
+        Cmd::SelfUpdate(a) => upgrade::self_update(a, home, ui)?,
+        Cmd::Config(c) => upgrade::config(c, ui)?,
+        Cmd::Layout => {
+            println!("{}", crate::home::LAYOUT);
+            Code::Ok
+        }
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut super::args::Cli::command(), "kubestrap", &mut std::io::stdout());

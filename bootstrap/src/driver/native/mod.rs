@@ -82,7 +82,7 @@ impl Driver for Native {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::default()
+        Capabilities { suspend: false, snapshot: true }
     }
 
     fn check(&self) -> Vec<Check> {
@@ -314,6 +314,27 @@ impl Driver for Native {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// The data directory, copied (reflinked where the filesystem can).
+    /// The caller has stopped localkube, so the directory is at rest.
+    fn snapshot(&self, profile: &Profile, dest: &std::path::Path) -> Result<fskit::Copied> {
+        let copied = fskit::copy_tree(&profile.data(), dest)?;
+        fskit::sync_fs(dest)?;
+        Ok(copied)
+    }
+
+    /// Puts a copy of `src` in place of the data directory: built beside
+    /// it, then swapped in by rename, so a kill leaves one or the other.
+    fn restore(&self, profile: &Profile, src: &std::path::Path) -> Result<()> {
+        let tmp = profile.dir.join(".data-restoring");
+        fskit::remove_tree(&tmp)?;
+        fskit::copy_tree(src, &tmp)?;
+        fskit::sync_fs(&tmp)?;
+        fskit::remove_tree(&profile.data())?;
+        std::fs::rename(&tmp, profile.data()).map_err(|e| fskit::FsError::io(&tmp, "move into place", e))?;
+        fskit::sync_dir(&profile.dir)?;
         Ok(())
     }
 

@@ -1,0 +1,133 @@
+//! Snapshots of a cluster's state, taken through its driver before an
+//! upgrade or a rollback: `profiles/<name>/snapshots/<id>/` with the
+//! driver's copy in `data/` and `snapshot.toml` (which release the state
+//! belongs to) written last; the directory is built under a temp name and
+//! renamed into place, so a snapshot exists whole or not at all.
+
+use std::path::{Path, PathBuf};
+
+use kubestrap_fskit::{self as fskit, FsError};
+use kubestrap_manifest::Manifest;
+use serde::{Deserialize, Serialize};
+
+use super::profile::Profile;
+use crate::driver::{Driver, DriverError};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Meta {
+    /// The kept manifest the state was written by.
+    pub manifest: PathBuf,
+    /// `<channel>-<version>` of that manifest, and its Kubernetes.
+    pub release: String,
+    pub kubernetes: String,
+    pub taken: String,
+    pub reason: String,
+    pub files: u64,
+    pub bytes: u64,
+    /// Files shared with the original by reflink (no bytes copied).
+    pub reflinked: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub id: String,
+    pub dir: PathBuf,
+    pub meta: Meta,
+}
+
+impl Snapshot {
+    /// The driver's copy of the state.
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("profile {profile:?} has no snapshot {id:?} (see `kubestrap snapshot list -p {profile}`)")]
+    NoSuchSnapshot { profile: String, id: String },
+}
+
+const META: &str = "snapshot.toml";
+const BUILDING: &str = ".tmp-";
+
+/// Takes a snapshot of a stopped cluster.
+pub fn take(
+    p: &Profile,
+    drv: &dyn Driver,
+    manifest: &Path,
+    m: &Manifest,
+    reason: &str,
+) -> Result<Snapshot, SnapshotError> {
+    let root = p.snapshots();
+    fskit::create_dir_mode(&root, 0o700)?;
+    sweep(p);
+    let now = time::OffsetDateTime::now_utc();
+    let id = format!("{}-{}", now.unix_timestamp_nanos() / 1_000_000, m.id());
+    let tmp = root.join(format!("{BUILDING}{id}"));
+    fskit::create_dir_mode(&tmp, 0o700)?;
+    let copied = drv.snapshot(p, &tmp.join("data"))?;
+    let meta = Meta {
+        manifest: manifest.into(),
+        release: m.id(),
+        kubernetes: m.kubernetes.to_string(),
+        taken: kubestrap_manifest::rfc3339(now),
+        reason: reason.into(),
+        files: copied.files,
+        bytes: copied.bytes,
+        reflinked: copied.reflinked,
+    };
+    crate::state::write(&tmp.join(META), &meta)?;
+    let dir = root.join(&id);
+    std::fs::rename(&tmp, &dir).map_err(|e| FsError::io(&tmp, "move into place", e))?;
+    fskit::sync_dir(&root)?;
+    Ok(Snapshot { id, dir, meta })
+}
+
+/// Snapshots that a killed `take` left half made.
+fn sweep(p: &Profile) {
+    for e in fskit::list_dir(&p.snapshots()).unwrap_or_default() {
+        if e.file_name().to_string_lossy().starts_with(BUILDING) {
+            let _ = fskit::remove_tree(&e.path());
+        }
+    }
+    fskit::sweep_trash(&p.snapshots());
+}
+
+/// The profile's snapshots, oldest first (damaged ones left out).
+pub fn list(p: &Profile) -> Vec<Snapshot> {
+    let mut out: Vec<Snapshot> = fskit::list_dir(&p.snapshots())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| {
+            let meta = crate::state::read::<Meta>(&e.path().join(META)).ok().flatten()?;
+            Some(Snapshot { id: e.file_name().to_string_lossy().into_owned(), dir: e.path(), meta })
+        })
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+/// The newest snapshot of the state a manifest's release wrote.
+pub fn latest_for(p: &Profile, manifest: &Path) -> Option<Snapshot> {
+    list(p).into_iter().rev().find(|s| s.meta.manifest == manifest)
+}
+
+pub fn find(p: &Profile, id: &str) -> Result<Snapshot, SnapshotError> {
+    list(p)
+        .into_iter()
+        .find(|s| s.id == id)
+        .ok_or_else(|| SnapshotError::NoSuchSnapshot { profile: p.name.clone(), id: id.into() })
+}
+
+pub fn remove(p: &Profile, id: &str) -> Result<Snapshot, SnapshotError> {
+    let s = find(p, id)?;
+    fskit::remove_tree(&s.dir)?;
+    Ok(s)
+}
