@@ -55,6 +55,9 @@ pub enum Step {
     /// The cluster PKI, made on first start, reused after.
     #[serde(rename = "certificates")]
     Certificates { created: bool },
+    /// The release's image archives are in localkube's images directory.
+    #[serde(rename = "images placed")]
+    ImagesPlaced { copied: Vec<String>, kept: usize, removed: Vec<String> },
     /// localkube runs (not ready yet).
     #[serde(rename = "localkube started")]
     LocalkubeStarted { host: String, driver: &'static str },
@@ -79,6 +82,7 @@ impl Step {
             Step::ComponentRepaired { .. } => "component repaired",
             Step::Configured { .. } => "profile configured",
             Step::Certificates { .. } => "certificates",
+            Step::ImagesPlaced { .. } => "images placed",
             Step::LocalkubeStarted { .. } => "localkube started",
             Step::StopFinished { .. } => "interrupted stop finished",
             Step::ApiserverReady { .. } => "apiserver ready",
@@ -106,6 +110,19 @@ impl Step {
                 format!("{profile}, port {port}{}", if *created { ", new" } else { "" })
             }
             Step::Certificates { created } => (if *created { "created" } else { "reused" }).into(),
+            Step::ImagesPlaced { copied, kept, removed } => {
+                let mut parts = Vec::new();
+                if !copied.is_empty() {
+                    parts.push(format!("copied {}", copied.join(", ")));
+                }
+                if *kept > 0 {
+                    parts.push(format!("{kept} already in place"));
+                }
+                if !removed.is_empty() {
+                    parts.push(format!("removed {} (an earlier release's)", removed.join(", ")));
+                }
+                parts.join("; ")
+            }
             Step::LocalkubeStarted { host, driver } => format!("{host}, {driver} driver"),
             Step::StopFinished { profile } => format!("profile {profile:?} had been told to stop; it is started again"),
             Step::ApiserverReady { server } => server.clone(),

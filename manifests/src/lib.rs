@@ -98,6 +98,9 @@ pub struct Components {
     pub localkube: Localkube,
     pub hypervisor: Option<Component>,
     pub base_image: Option<Component>,
+    /// Container image archives localkube imports at start (k3s's air-gap
+    /// images), placed into `run.images-dir`. Per target like localkube.
+    pub images: Option<Component>,
 }
 
 /// One component: a version and an artifact per target.
@@ -256,6 +259,15 @@ pub struct Run {
     /// Where localkube expects the PKI files kubestrap made: path template → file.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pki_files: BTreeMap<Template, PkiFile>,
+    /// The directory localkube imports container image archives from (k3s:
+    /// `{data}/agent/images`): `start` places the `images` component there
+    /// and `kubestrap image load` a user's archives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images_dir: Option<Template>,
+    /// localkube must run as root on the native driver (k3s does): a
+    /// non-root user is told to use a VM or container driver.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub needs_root: bool,
 }
 
 #[derive(Deserialize)]
@@ -268,6 +280,10 @@ struct RawRun {
     stop_timeout_s: u64,
     #[serde(default)]
     pki_files: BTreeMap<Template, PkiFile>,
+    #[serde(default)]
+    images_dir: Option<Template>,
+    #[serde(default)]
+    needs_root: bool,
 }
 
 impl TryFrom<RawRun> for Run {
@@ -288,13 +304,10 @@ impl TryFrom<RawRun> for Run {
         for path in r.pki_files.keys() {
             // Never inside {pki}: a copy there could overwrite kubestrap's own
             // PKI (ca.crt with the CA key, say).
-            if !path.as_str().starts_with("{data}/") {
-                return Err(format!(
-                    "pki-files: expected a path under {{data}}/ (never inside kubestrap's own {{pki}}), got {:?}",
-                    path.as_str()
-                ));
-            }
-            check_rel_path("pki-files", path.as_str().split_once('/').map_or("", |x| x.1))?;
+            check_under_data("pki-files", path)?;
+        }
+        if let Some(dir) = &r.images_dir {
+            check_under_data("images-dir", dir)?;
         }
         Ok(Run {
             program: r.program,
@@ -303,8 +316,24 @@ impl TryFrom<RawRun> for Run {
             stop_signal: r.stop_signal,
             stop_timeout_s: r.stop_timeout_s,
             pki_files: r.pki_files,
+            images_dir: r.images_dir,
+            needs_root: r.needs_root,
         })
     }
+}
+
+/// A path template that must stay inside localkube's data directory.
+fn check_under_data(field: &str, path: &Template) -> Result<(), String> {
+    let Some(rest) = path.as_str().strip_prefix("{data}/") else {
+        return Err(format!(
+            "{field}: expected a path under {{data}}/ (never inside kubestrap's own {{pki}}), got {:?}",
+            path.as_str()
+        ));
+    };
+    if rest.contains('{') {
+        return Err(format!("{field}: expected no templates after {{data}}/, got {:?}", path.as_str()));
+    }
+    check_rel_path(field, rest)
 }
 
 /// One artifact a machine needs, with the component it belongs to.
@@ -345,6 +374,9 @@ impl Manifest {
         if let Some(b) = &c.base_image {
             out.push(("base-image", b.clone()));
         }
+        if let Some(i) = &c.images {
+            out.push(("images", i.clone()));
+        }
         out
     }
 
@@ -356,7 +388,8 @@ impl Manifest {
             if comp.drivers.as_ref().is_some_and(|d| !d.contains(&driver)) {
                 continue;
             }
-            let want = if name == "localkube" && driver != Driver::Native {
+            // localkube and the images it imports run where localkube runs.
+            let want = if matches!(name, "localkube" | "images") && driver != Driver::Native {
                 Target { os: "linux".into(), arch: host.arch.clone() }
             } else {
                 host.clone()

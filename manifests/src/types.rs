@@ -263,10 +263,22 @@ pub enum PkiFile {
     ServiceAccountPub,
     #[serde(rename = "token.csv")]
     TokenCsv,
+    /// The CA of the front proxy's request-header client certificates: its
+    /// own CA, so that a client certificate from `ca` cannot assert headers.
+    #[serde(rename = "request-header-ca.crt")]
+    RequestHeaderCaCert,
+    #[serde(rename = "request-header-ca.key")]
+    RequestHeaderCaKey,
+    /// The CA of etcd's peer and server certificates.
+    #[serde(rename = "etcd-ca.crt")]
+    EtcdCaCert,
+    #[serde(rename = "etcd-ca.key")]
+    EtcdCaKey,
 }
 
 impl PkiFile {
-    pub const ALL: [PkiFile; 9] = [
+    /// The files every PKI has since its first start.
+    pub const CORE: [PkiFile; 9] = [
         PkiFile::CaCert,
         PkiFile::CaKey,
         PkiFile::ApiserverCert,
@@ -276,6 +288,12 @@ impl PkiFile {
         PkiFile::ServiceAccountKey,
         PkiFile::ServiceAccountPub,
         PkiFile::TokenCsv,
+    ];
+    /// The extra CAs (certificate, key) a localkube such as k3s needs; added
+    /// to an existing PKI without touching its core.
+    pub const EXTRA_CAS: [(PkiFile, PkiFile, &'static str); 2] = [
+        (PkiFile::RequestHeaderCaCert, PkiFile::RequestHeaderCaKey, "request-header-ca"),
+        (PkiFile::EtcdCaCert, PkiFile::EtcdCaKey, "etcd-ca"),
     ];
     /// The file's name inside the profile's `pki/` directory.
     pub fn file_name(self) -> &'static str {
@@ -289,13 +307,23 @@ impl PkiFile {
             PkiFile::ServiceAccountKey => "sa.key",
             PkiFile::ServiceAccountPub => "sa.pub",
             PkiFile::TokenCsv => "token.csv",
+            PkiFile::RequestHeaderCaCert => "request-header-ca.crt",
+            PkiFile::RequestHeaderCaKey => "request-header-ca.key",
+            PkiFile::EtcdCaCert => "etcd-ca.crt",
+            PkiFile::EtcdCaKey => "etcd-ca.key",
         }
     }
     /// Whether the file holds a secret (written 0600).
     pub fn is_secret(self) -> bool {
         matches!(
             self,
-            PkiFile::CaKey | PkiFile::ApiserverKey | PkiFile::AdminKey | PkiFile::ServiceAccountKey | PkiFile::TokenCsv
+            PkiFile::CaKey
+                | PkiFile::ApiserverKey
+                | PkiFile::AdminKey
+                | PkiFile::ServiceAccountKey
+                | PkiFile::TokenCsv
+                | PkiFile::RequestHeaderCaKey
+                | PkiFile::EtcdCaKey
         )
     }
 }

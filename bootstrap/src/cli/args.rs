@@ -114,6 +114,9 @@ pub enum Cmd {
     /// Read and set kubestrap's settings (the channel index URL).
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Load your own container image archives into a cluster, offline.
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// Make, inspect, verify and extract offline bundles.
     #[command(subcommand)]
     Bundle(BundleCmd),
@@ -256,6 +259,25 @@ pub struct RollbackArgs {
     pub wait_timeout: std::time::Duration,
     #[arg(long)]
     pub no_wait: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// Place image archives where localkube imports them (no registry
+    /// needed): `docker save`, `podman save` or OCI layout tarballs, plain,
+    /// gzip or zstd. Each is checked to be one, copied atomically and named
+    /// by its sha256; loading the same archive twice changes nothing.
+    #[command(
+        after_help = "Examples:\n  docker save myapp:1.0 -o myapp.tar && kubestrap image load myapp.tar\n  kubestrap image load -p dev app.tar.zst tools.oci.tar"
+    )]
+    Load {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// The image archives of a cluster: the release's and your own.
+    List(ProfileArgs),
 }
 
 #[derive(Subcommand, Debug)]

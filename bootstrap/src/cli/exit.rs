@@ -8,6 +8,7 @@ use kubestrap_manifest::ManifestError;
 use crate::artifacts::{FetchError, StoreError, UnpackError, source::ClientError};
 use crate::channel::ChannelError;
 use crate::cluster::ClusterError;
+use crate::cluster::images::ImageError;
 use crate::cluster::kubeconfig::KubeconfigError;
 use crate::cluster::snapshot::SnapshotError;
 use crate::cluster::upgrade::UpgradeError;
@@ -63,6 +64,8 @@ pub enum Code {
     NoProfile = 42,
     /// The driver could not create, start or stop the host.
     Driver = 43,
+    /// This machine cannot run the cluster as asked (`doctor` says why).
+    Unfit = 44,
     /// localkube exited while starting.
     LocalkubeExited = 50,
     /// The apiserver did not become ready in time.
@@ -96,6 +99,15 @@ fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<Code> {
             UpgradeError::Failed { .. } => Code::UpgradeRolledBack,
             UpgradeError::RollbackFailed { .. } => Code::RollbackFailed,
             UpgradeError::NoPrevious { .. } => Code::Usage,
+        });
+    }
+    if let Some(e) = cause.downcast_ref::<ImageError>() {
+        return Some(match e {
+            ImageError::NotAnArchive { .. } | ImageError::TooLarge { .. } | ImageError::NoImagesDir { .. } => {
+                Code::Usage
+            }
+            ImageError::Corrupt { .. } => Code::CorruptCache,
+            ImageError::Fs(e) => fs_code(e),
         });
     }
     if let Some(e) = cause.downcast_ref::<SnapshotError>() {
@@ -133,6 +145,7 @@ fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<Code> {
     if let Some(e) = cause.downcast_ref::<DriverError>() {
         return Some(match e {
             DriverError::NotAvailable(_) | DriverError::Unsupported { .. } => Code::Usage,
+            DriverError::Unfit { .. } => Code::Unfit,
             DriverError::DidNotStart { .. } => Code::LocalkubeExited,
             DriverError::ProgramMissing { .. } => Code::CorruptCache,
             DriverError::Fs(e) => fs_code(e),

@@ -11,6 +11,7 @@ use crate::progress::Progress;
 
 pub mod apiserver;
 mod error;
+pub mod images;
 pub mod journal;
 pub mod kubeconfig;
 pub mod pki;

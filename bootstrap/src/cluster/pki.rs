@@ -64,14 +64,38 @@ impl Pki {
         Ok(fskit::read_capped(&self.path(f), caps::STATE)?)
     }
     fn complete(&self) -> bool {
-        PkiFile::ALL.iter().all(|f| self.path(*f).is_file())
+        PkiFile::CORE.iter().all(|f| self.path(*f).is_file())
     }
 
     /// Makes the PKI if it is missing or incomplete; otherwise reuses it,
     /// re-issuing only the apiserver certificate when it lacks a needed name.
-    /// Returns whether anything was written.
+    /// The extra CAs (request-header, etcd) are added when missing, never by
+    /// remaking the rest. Returns whether anything was written.
     pub fn ensure(&self, opts: &Options) -> Result<bool> {
         fskit::create_dir_mode(&self.dir, 0o700)?;
+        let core = self.ensure_core(opts)?;
+        let extra = self.ensure_extra_cas(opts)?;
+        Ok(core || extra)
+    }
+
+    /// Each extra CA whose certificate or key is missing, or which do not
+    /// match (a crash between the two writes), is made anew: nothing issued
+    /// by it outlives it, as localkube issues its leaves at each start.
+    fn ensure_extra_cas(&self, opts: &Options) -> Result<bool> {
+        let mut wrote = false;
+        for (cert, key, name) in PkiFile::EXTRA_CAS {
+            if self.cert_matches_key(cert, key) {
+                continue;
+            }
+            let (ca, ca_key) = make_ca(&format!("kubestrap-{}-{name}", opts.profile), opts)?;
+            self.write(key, ca_key.serialize_pem())?;
+            self.write(cert, ca.pem())?;
+            wrote = true;
+        }
+        Ok(wrote)
+    }
+
+    fn ensure_core(&self, opts: &Options) -> Result<bool> {
         let wanted: Vec<String> = default_sans().into_iter().chain(opts.extra_sans.iter().cloned()).collect();
         if self.complete() {
             let soon = OffsetDateTime::now_utc() + RENEW_BEFORE;
@@ -97,13 +121,7 @@ impl Pki {
             return Ok(true);
         }
         // Incomplete (first start, or a crash while making it): make it all anew.
-        let ca_key = KeyPair::generate()?;
-        let mut p = CertificateParams::new(Vec::<String>::new())?;
-        p.distinguished_name = dn(&format!("kubestrap-{}-ca", opts.profile), None);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        validity(&mut p, opts.validity + Duration::days(365));
-        let ca = p.self_signed(&ca_key)?;
+        let (ca, ca_key) = make_ca(&format!("kubestrap-{}-ca", opts.profile), opts)?;
         self.write(PkiFile::CaKey, ca_key.serialize_pem())?;
         self.issue_apiserver(&ca, &ca_key, &wanted, opts)?;
 
@@ -229,6 +247,17 @@ impl Pki {
     }
 }
 
+/// A self-signed CA, valid a year longer than the leaves it signs.
+fn make_ca(cn: &str, opts: &Options) -> Result<(rcgen::Certificate, KeyPair)> {
+    let key = KeyPair::generate()?;
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name = dn(cn, None);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    validity(&mut p, opts.validity + Duration::days(365));
+    Ok((p.self_signed(&key)?, key))
+}
+
 fn dn(cn: &str, org: Option<&str>) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
@@ -294,6 +323,17 @@ mod tests {
         assert!(pki2.ensure(&opts()).unwrap(), "expiring leaves are renewed");
         assert_eq!(pki2.read(PkiFile::CaCert).unwrap(), ca2);
         assert!(pki2.expiries().unwrap().iter().all(|(_, at)| *at > OffsetDateTime::now_utc() + Duration::days(300)));
+        // A PKI made before the extra CAs existed gets them, core untouched.
+        for (cert, key, _) in PkiFile::EXTRA_CAS {
+            assert!(pki.cert_matches_key(cert, key));
+            assert_eq!(fs::metadata(pki.path(key)).unwrap().permissions().mode() & 0o777, 0o600);
+            fs::remove_file(pki.path(cert)).unwrap();
+        }
+        let core: Vec<_> = PkiFile::CORE.iter().map(|f| pki.read(*f).unwrap()).collect();
+        assert!(pki.ensure(&o).unwrap(), "missing extra CAs are made");
+        assert_eq!(core, PkiFile::CORE.iter().map(|f| pki.read(*f).unwrap()).collect::<Vec<_>>());
+        assert_ne!(pki.read(PkiFile::RequestHeaderCaCert).unwrap(), ca, "the request-header CA is its own");
+        assert!(!pki.ensure(&o).unwrap());
         let csv = String::from_utf8(pki.read(PkiFile::TokenCsv).unwrap()).unwrap();
         assert_eq!(csv.split(',').next().unwrap().len(), 48);
         let exp = pki.expiries().unwrap();

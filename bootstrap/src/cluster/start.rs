@@ -10,6 +10,7 @@ use anyhow::Result;
 use kubestrap_manifest::{Driver as Kind, Manifest, PkiFile, Target};
 
 use super::apiserver::{Probe, WaitError};
+use super::images;
 use super::pki::{self, Pki};
 use super::profile::{Config, Profile};
 use super::{ClusterError, kubeconfig, lock_profile, ports};
@@ -134,6 +135,7 @@ pub fn bring_up(
     progress: &dyn Progress,
 ) -> Result<Started> {
     let run = &loaded.manifest.component.localkube.run;
+    preflight(drv, &loaded.manifest)?;
     let components = fetch_and_unpack(home, &loaded.manifest, kind, fetch, progress)?;
     let (port, created) = configure(home, p, kind, port, existing, loaded, progress)?;
     let launch = Launch {
@@ -144,6 +146,7 @@ pub fn bring_up(
         port,
     };
     let pki = certificates(drv, &launch, t.cert_validity, progress)?;
+    place_images(p, &loaded.manifest, components.images, progress)?;
     let host = launch_localkube(drv, &launch, progress)?;
     let version = (|| {
         wait_ready(drv, p, &pki, port, &launch.run, t.wait_timeout, true, progress)?;
@@ -167,6 +170,21 @@ pub fn bring_up(
         created,
         ..result(p, port)?
     })
+}
+
+/// The driver's blocking checks for this release (k3s on the host needs
+/// root, say), before anything is fetched: `kubestrap doctor` shows them all.
+fn preflight(drv: &dyn Driver, m: &Manifest) -> Result<()> {
+    let failures: Vec<String> = drv
+        .check(Some(m))
+        .into_iter()
+        .filter(|c| c.blocking && !c.ok)
+        .map(|c| format!("{} ({}); {}", c.name, c.detail, c.advice.unwrap_or_default()))
+        .collect();
+    if failures.is_empty() {
+        return Ok(());
+    }
+    Err(driver::DriverError::Unfit { driver: drv.kind(), failures: failures.join("; ") }.into())
 }
 
 /// Step "resolve → verify": the manifest to run, verified before anything
@@ -270,8 +288,30 @@ fn rejoin(
     }))
 }
 
+/// Step "images": the release's image archives (verified blobs) copied into
+/// localkube's images directory, an earlier release's removed.
+fn place_images(p: &Profile, m: &Manifest, wanted: Vec<images::Wanted>, progress: &dyn Progress) -> Result<()> {
+    let t = Instant::now();
+    let Ok(dir) = images::dir_of(p, m) else {
+        // A localkube that imports no archives: the component is unused.
+        return Ok(());
+    };
+    if wanted.is_empty() && !dir.exists() {
+        return Ok(());
+    }
+    let placed = images::place_release(p, &dir, &wanted)?;
+    for w in placed.warnings {
+        progress.warn(w);
+    }
+    progress
+        .step(Step::ImagesPlaced { copied: placed.copied, kept: placed.kept, removed: placed.removed }, t.elapsed());
+    Ok(())
+}
+
 /// The unpacked, verified trees a launch needs.
 pub struct Components {
+    /// The release's image archives, to place before localkube starts.
+    pub images: Vec<images::Wanted>,
     pub localkube: PathBuf,
     /// What localkube's program hashes to (from its tree's `.complete`).
     pub program_sha256: kubestrap_manifest::Sha256,
@@ -298,7 +338,20 @@ pub fn fetch_and_unpack(
     let needs =
         m.needs(&host, kind).map_err(|reason| artifacts::FetchError::NoArtifact { manifest: m.id(), reason })?;
     let mut localkube = None;
+    let mut images = Vec::new();
     for need in &needs {
+        // Image archives are used as downloaded (the verified blob), copied
+        // into place by the "images" step.
+        if need.component == "images" {
+            let a = &need.artifact;
+            images.push(images::Wanted {
+                src: home.blob(&a.sha256),
+                name: a.bin.clone(),
+                sha256: a.sha256,
+                size: a.size.get(),
+            });
+            continue;
+        }
         // kubectl is checked when `kubestrap kubectl` runs it; what the
         // driver runs is checked now.
         if need.component == "kubectl" {
@@ -323,7 +376,7 @@ pub fn fetch_and_unpack(
         .and_then(Result::ok)
         .ok_or_else(|| driver::DriverError::ProgramMissing { path: localkube.join(program) })?;
     progress.step(Step::ComponentsUnpacked { count: needs.len() }, t.elapsed());
-    Ok(Components { localkube, program_sha256 })
+    Ok(Components { images, localkube, program_sha256 })
 }
 
 /// Step "configure": port, driver, manifest pointer. Ports are chosen under

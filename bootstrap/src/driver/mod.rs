@@ -87,7 +87,6 @@ pub struct Capabilities {
 }
 
 /// One prerequisite of a driver on this machine (shown by `kubestrap doctor`).
-#[allow(dead_code, reason = "read by doctor, which builds on this seam")]
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Check {
     pub name: String,
@@ -95,6 +94,21 @@ pub struct Check {
     pub detail: String,
     /// What to do when it fails.
     pub advice: Option<String>,
+    /// A failure stops `start` before it fetches anything (a failure that
+    /// is not blocking may still let localkube run, perhaps degraded).
+    pub blocking: bool,
+}
+
+impl Check {
+    pub fn new(name: &str, ok: bool, detail: &str, advice: &str, blocking: bool) -> Check {
+        Check {
+            name: name.to_string(),
+            ok,
+            detail: detail.to_string(),
+            advice: (!ok).then(|| advice.to_string()),
+            blocking,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +118,8 @@ pub enum DriverError {
     Unsupported { driver: Kind, what: &'static str },
     #[error("this kubestrap has no {0} driver; use --driver native")]
     NotAvailable(Kind),
+    #[error("the {driver} driver cannot run this release here: {failures}")]
+    Unfit { driver: Kind, failures: String },
     #[error("processes of profile {profile:?} are still running (pid {pids}); run `kubestrap stop -p {profile}` first")]
     StillRunning { profile: String, pids: String },
     #[error("process(es) {pids} of profile {profile:?} survived SIGKILL; {consequence}")]
@@ -137,7 +153,7 @@ pub trait Driver {
     fn kind(&self) -> Kind;
     fn capabilities(&self) -> Capabilities;
     /// What this driver needs on this machine, checked.
-    fn check(&self) -> Vec<Check>;
+    fn check(&self, manifest: Option<&kubestrap_manifest::Manifest>) -> Vec<Check>;
     /// Addresses the apiserver certificate must carry besides the defaults.
     fn extra_sans(&self) -> Vec<String>;
     /// The template values localkube's args and pki-files paths are

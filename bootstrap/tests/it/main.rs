@@ -10,6 +10,7 @@ mod crash;
 mod disk;
 mod fetch;
 mod hostile;
+mod k3s;
 mod lifecycle;
 mod reliability;
 mod signing;

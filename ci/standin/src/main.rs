@@ -40,13 +40,28 @@ struct ServerArgs {
     https_listen_port: u16,
     #[arg(long, default_value = "127.0.0.1")]
     bind_address: String,
-    #[arg(long)]
-    tls_cert_file: PathBuf,
-    #[arg(long)]
-    tls_private_key_file: PathBuf,
+    /// Serving certificate. Without it the stand-in behaves like k3s with a
+    /// custom CA: it issues its own from `<data-dir>/server/tls/server-ca.*`
+    /// and trusts clients of `<data-dir>/server/tls/client-ca.crt`.
+    #[arg(long, requires = "tls_private_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert_file")]
+    tls_private_key_file: Option<PathBuf>,
     /// PEM CA that signs accepted client certificates.
     #[arg(long)]
-    client_ca_file: PathBuf,
+    client_ca_file: Option<PathBuf>,
+    /// k3s-style: extra names of the serving certificate (repeat).
+    #[arg(long)]
+    tls_san: Vec<String>,
+    /// k3s-style flags accepted for their shape only.
+    #[arg(long)]
+    node_name: Option<String>,
+    #[arg(long)]
+    write_kubeconfig: Option<PathBuf>,
+    #[arg(long)]
+    write_kubeconfig_mode: Option<String>,
+    #[arg(long)]
+    disable: Vec<String>,
     /// Kubernetes static token CSV: token,user,uid,"groups".
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
@@ -92,11 +107,36 @@ fn read_version() -> Result<String> {
     Ok(v)
 }
 
+/// k3s imports the image archives in `<data-dir>/agent/images` at start:
+/// the stand-in names each, so tests can see what was placed.
+fn report_images(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    for n in names.iter().filter(|n| !n.starts_with('.')) {
+        eprintln!("standin: image archive {n}");
+    }
+}
+
 async fn run(args: ServerArgs) -> Result<()> {
     let started = Instant::now();
     let git_version = read_version()?;
-    let (tls, client_certs) =
-        tls::server_config(&args.tls_cert_file, &args.tls_private_key_file, &args.client_ca_file)?;
+    let (cert, key, client_ca) = match (&args.tls_cert_file, &args.tls_private_key_file) {
+        (Some(c), Some(k)) => {
+            let ca = args.client_ca_file.clone().context("--client-ca-file is required with --tls-cert-file")?;
+            (c.clone(), k.clone(), ca)
+        }
+        _ => {
+            let names = [args.bind_address.as_str(), "127.0.0.1", "localhost"]
+                .into_iter()
+                .map(String::from)
+                .chain(args.tls_san.iter().cloned())
+                .collect::<Vec<_>>();
+            tls::k3s_style(&args.data_dir, &names)?
+        }
+    };
+    let (tls, client_certs) = tls::server_config(&cert, &key, &client_ca)?;
+    report_images(&args.data_dir.join("agent/images"));
     let tokens = server::Server::load_tokens(args.token_auth_file.as_deref())?;
     let store = store::Store::load(&args.data_dir)?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

@@ -117,3 +117,32 @@ pub fn server_config(
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok((Arc::new(config), verifier))
 }
+
+/// Like k3s with a custom CA: a serving certificate for `names`, issued at
+/// each start by `<data>/server/tls/server-ca.{crt,key}`, with clients
+/// trusted by `<data>/server/tls/client-ca.crt`. Returns (cert, key, client CA).
+pub fn k3s_style(
+    data: &Path,
+    names: &[String],
+) -> Result<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)> {
+    let tls = data.join("server/tls");
+    let read = |name: &str| {
+        std::fs::read_to_string(tls.join(name))
+            .with_context(|| format!("reading {} (the custom CA k3s expects)", tls.join(name).display()))
+    };
+    let ca_key = rcgen::KeyPair::from_pem(&read("server-ca.key")?).context("server-ca.key")?;
+    let ca_params = rcgen::CertificateParams::from_ca_cert_pem(&read("server-ca.crt")?).context("server-ca.crt")?;
+    let ca = ca_params.self_signed(&ca_key)?;
+    let key = rcgen::KeyPair::generate()?;
+    let mut names = names.to_vec();
+    names.sort();
+    names.dedup();
+    let mut p = rcgen::CertificateParams::new(names)?;
+    p.distinguished_name.push(rcgen::DnType::CommonName, "k3s");
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = p.signed_by(&key, &ca, &ca_key)?;
+    let (cert_path, key_path) = (tls.join("serving-kube-apiserver.crt"), tls.join("serving-kube-apiserver.key"));
+    std::fs::write(&key_path, key.serialize_pem()).with_context(|| format!("writing {}", key_path.display()))?;
+    std::fs::write(&cert_path, cert.pem()).with_context(|| format!("writing {}", cert_path.display()))?;
+    Ok((cert_path, key_path, tls.join("client-ca.crt")))
+}

@@ -88,7 +88,7 @@ fn by_name(opts: &[String], flag: &str) -> Result<BTreeMap<String, Vec<String>>>
 }
 
 fn unpack_of(file: &Path) -> Unpack {
-    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = file_name(file);
     if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
         Unpack::TarGz
     } else if name.ends_with(".tar.zst") {
@@ -100,6 +100,25 @@ fn unpack_of(file: &Path) -> Unpack {
     }
 }
 
+/// The component names `--component` takes.
+const COMPONENTS: [&str; 5] = ["kubectl", "localkube", "hypervisor", "base-image", "images"];
+
+fn file_name(file: &Path) -> String {
+    file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Now, or `SOURCE_DATE_EPOCH` when set (reproducible release builds).
+pub fn published_now() -> Result<time::OffsetDateTime> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => {
+            let secs: i64 = v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={v:?}: expected seconds"))?;
+            time::OffsetDateTime::from_unix_timestamp(secs)
+                .with_context(|| format!("SOURCE_DATE_EPOCH={v:?}: out of range"))
+        }
+        Err(_) => Ok(time::OffsetDateTime::now_utc().replace_nanosecond(0).expect("0 is a valid nanosecond")),
+    }
+}
+
 fn new(a: NewManifestArgs, ui: &Ui) -> Result<Code> {
     let target = a.target.clone().unwrap_or_else(Target::host);
     let urls = by_name(&a.urls, "url")?;
@@ -107,15 +126,17 @@ fn new(a: NewManifestArgs, ui: &Ui) -> Result<Code> {
     let mut components: BTreeMap<String, Component> = BTreeMap::new();
     for spec in &a.components {
         let c = parse_component(spec)?;
-        if !["kubectl", "localkube", "hypervisor", "base-image"].contains(&c.name.as_str()) {
-            bail!("--component {spec:?}: NAME must be kubectl, localkube, hypervisor or base-image");
+        if !COMPONENTS.contains(&c.name.as_str()) {
+            bail!("--component {spec:?}: NAME must be one of {}", COMPONENTS.join(", "));
         }
         let file = std::path::absolute(&c.file)?;
         let (sha256, size) =
             hash::hash_file(&file).with_context(|| format!("--component {spec:?}: cannot read {}", file.display()))?;
-        let unpack = unpack_of(&file);
+        // Image archives are placed as they are: localkube reads them.
+        let unpack = if c.name == "images" { Unpack::File } else { unpack_of(&file) };
         let bin = match (&c.bin, unpack) {
             (Some(b), _) => b.clone(),
+            (None, Unpack::File) if c.name == "images" => file_name(&file),
             (None, Unpack::File) => c.name.clone(),
             (None, _) => bail!("--component {spec:?}: an archive needs #BIN, the executable inside it"),
         };
@@ -143,7 +164,7 @@ fn new(a: NewManifestArgs, ui: &Ui) -> Result<Code> {
     let mut take = |name: &str| components.remove(name);
     let kubectl = take("kubectl").context("--component kubectl@VERSION=FILE is required")?;
     let lk = take("localkube").context("--component localkube@VERSION=FILE#BIN is required")?;
-    let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).expect("0 is a valid nanosecond");
+    let now = published_now()?;
     let m = Manifest {
         schema: kubestrap_manifest::SCHEMA,
         channel: a.channel,
@@ -157,6 +178,7 @@ fn new(a: NewManifestArgs, ui: &Ui) -> Result<Code> {
             localkube: Localkube { version: lk.version, drivers: lk.drivers, target: lk.target, run },
             hypervisor: take("hypervisor"),
             base_image: take("base-image"),
+            images: take("images"),
         },
     };
     let text = m.to_toml();

@@ -15,6 +15,7 @@ mod bundle;
 mod cache;
 mod cluster;
 mod fetch;
+mod image;
 mod manifest;
 mod signing;
 mod upgrade;
@@ -35,6 +36,7 @@ pub fn run(cmd: Cmd, home: &Home, ui: &Ui) -> Result<u8> {
         Cmd::Keys(c) => signing::keys(c, home, ui)?,
         Cmd::Trust(c) => signing::trust_cmd(c, home, ui)?,
         Cmd::Bundle(c) => bundle::run(c, home, ui)?,
+        Cmd::Image(c) => image::run(c, home, ui)?,
         Cmd::Install(a) => bundle::install(a, home, ui)?,
         Cmd::Upgrade(a) => upgrade::upgrade(*a, home, ui)?,
         Cmd::Rollback(a) => upgrade::rollback(a, home, ui)?,

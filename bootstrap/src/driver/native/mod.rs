@@ -20,6 +20,7 @@ use crate::cluster::profile::Profile;
 use crate::retry::Backoff;
 use crate::state::{read as read_state, write as write_state};
 
+pub mod checks;
 pub mod logs;
 pub mod monitor;
 pub mod process;
@@ -85,14 +86,8 @@ impl Driver for Native {
         Capabilities { suspend: false, snapshot: true }
     }
 
-    fn check(&self) -> Vec<Check> {
-        let proc_ok = std::path::Path::new("/proc/self/stat").is_file();
-        vec![Check {
-            name: "procfs".into(),
-            ok: proc_ok,
-            detail: if proc_ok { "/proc is mounted".into() } else { "/proc is not mounted".into() },
-            advice: (!proc_ok).then(|| "the native driver finds its processes through /proc: mount it".into()),
-        }]
+    fn check(&self, manifest: Option<&kubestrap_manifest::Manifest>) -> Vec<Check> {
+        checks::checks(&checks::Machine::probe(), manifest)
     }
 
     fn extra_sans(&self) -> Vec<String> {

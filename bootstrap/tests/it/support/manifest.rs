@@ -34,6 +34,11 @@ pub struct ManifestSpec {
     pub stop_timeout_s: u64,
     /// `[component.localkube.run.pki-files]`: (path template, PKI file name).
     pub pki_files: Vec<(String, String)>,
+    /// `run.images-dir` and `run.needs-root`.
+    pub images_dir: Option<String>,
+    pub needs_root: bool,
+    /// The `images` component: (urls, artifact, file name).
+    pub images: Option<(Vec<String>, Artifact, String)>,
 }
 
 /// The stand-in's command line (see ci/standin).
@@ -80,7 +85,22 @@ impl ManifestSpec {
             stop_signal: "TERM".into(),
             stop_timeout_s: 10,
             pki_files: Vec::new(),
+            images_dir: None,
+            needs_root: false,
+            images: None,
         }
+    }
+
+    /// Takes a run section as written in a file (k3s's, say), keeping this
+    /// spec's program: the stand-in runs it.
+    pub fn run_from(&mut self, run: &Run) {
+        self.args = run.args.iter().map(|a| a.as_str().to_string()).collect();
+        self.ready = run.ready.clone();
+        self.stop_timeout_s = run.stop_timeout_s;
+        self.pki_files =
+            run.pki_files.iter().map(|(p, f)| (p.as_str().to_string(), f.file_name().to_string())).collect();
+        self.images_dir = run.images_dir.as_ref().map(|d| d.as_str().to_string());
+        self.needs_root = run.needs_root;
     }
 
     /// The usual pair for lifecycle tests: the real kubectl (path URL) and
@@ -122,7 +142,14 @@ impl ManifestSpec {
             stop_signal: value(&self.stop_signal),
             stop_timeout_s: self.stop_timeout_s,
             pki_files: self.pki_files.iter().map(|(p, f)| (p.parse().unwrap(), value(f))).collect(),
+            images_dir: self.images_dir.as_ref().map(|d| d.parse().unwrap()),
+            needs_root: self.needs_root,
         };
+        let images = self.images.as_ref().map(|(urls, a, name)| Component {
+            version: self.localkube_version.clone(),
+            drivers: None,
+            target: BTreeMap::from([(target.clone(), artifact(urls, a, "file", name))]),
+        });
         Manifest {
             schema: 1,
             channel: self.channel.clone(),
@@ -141,6 +168,7 @@ impl ManifestSpec {
                 },
                 hypervisor: None,
                 base_image: None,
+                images,
             },
         }
     }
