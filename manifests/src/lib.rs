@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 mod index;
+pub mod pins;
 mod template;
 mod types;
 
