@@ -17,6 +17,7 @@ use crate::urls::Location;
 
 pub mod bundle;
 mod error;
+pub mod generate;
 pub mod index;
 pub mod keys;
 pub mod policy;

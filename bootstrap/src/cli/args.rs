@@ -457,6 +457,14 @@ pub enum ManifestCmd {
     --url localkube=https://mirror.example/k3s.tar.zst --run ./run.toml
   kubestrap manifest sign --key release.key m.toml")]
     New(Box<NewManifestArgs>),
+    /// Write an unsigned release manifest for k3s and kubectl from upstream's
+    /// own checksum files and sizes (or a mirror laid out like upstream).
+    #[command(after_help = "Examples:
+  kubestrap manifest generate --kubernetes 1.34.3 --k3s v1.34.3+k3s1 --images --out stable-7.toml \\
+    --channel stable --manifest-version 7 --pins manifests/channel/pins.toml --verify
+  kubestrap manifest generate --kubernetes 1.33.2 --k3s v1.33.2+k3s1 --kubectl v1.34.3 \\
+    --target linux-x86_64 --target darwin-aarch64 --base-url https://mirror.example/upstream --out m.toml")]
+    Generate(Box<GenerateArgs>),
     /// Make a signing key pair (minisign format) in DIR.
     #[command(
         after_help = "The secret key is encrypted with a password from the prompt or KUBESTRAP_KEY_PASSWORD.\nExample:\n  kubestrap manifest keygen --out ./keys --name release-2026"
@@ -526,6 +534,54 @@ pub struct NewManifestArgs {
     /// stop-signal, stop-timeout-s, pki-files).
     #[arg(long, value_name = "FILE")]
     pub run: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Where to write the manifest.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// The Kubernetes release, e.g. 1.34.3.
+    #[arg(long)]
+    pub kubernetes: semver::Version,
+    /// The k3s release of it, e.g. v1.34.3+k3s1.
+    #[arg(long, value_name = "vX.Y.Z+k3sN")]
+    pub k3s: String,
+    /// The kubectl release (within one minor of --kubernetes) [default: v<kubernetes>].
+    #[arg(long, value_name = "vX.Y.Z")]
+    pub kubectl: Option<String>,
+    /// A host the manifest serves (repeat) [default: linux-x86_64, linux-aarch64].
+    #[arg(long = "target", value_parser = parse_target)]
+    pub targets: Vec<Target>,
+    /// A mirror laid out like upstream: {URL}/dl.k8s.io/release/... and
+    /// {URL}/github.com/k3s-io/k3s/releases/download/...; listed first in
+    /// the manifest, before upstream.
+    #[arg(long, value_name = "URL")]
+    pub base_url: Option<String>,
+    /// Add k3s's air-gap image archive per target (the `images` component).
+    #[arg(long)]
+    pub images: bool,
+    /// Download every artifact and hash it (else sizes come from HEAD).
+    #[arg(long)]
+    pub verify: bool,
+    /// Refuse values that disagree with these pins (manifests/channel/pins.toml).
+    #[arg(long, value_name = "FILE")]
+    pub pins: Option<PathBuf>,
+    /// localkube's run section [default: the built-in k3s one, manifests/channel/k3s-run.toml].
+    #[arg(long, value_name = "FILE")]
+    pub run: Option<PathBuf>,
+    #[arg(long, default_value = "stable")]
+    pub channel: String,
+    #[arg(long, default_value_t = 1)]
+    pub manifest_version: u64,
+    /// How long it stays valid (published is now, or SOURCE_DATE_EPOCH).
+    #[arg(long, default_value = "180d", value_parser = parse_duration)]
+    pub valid_for: std::time::Duration,
+    /// Which kubestrap versions may use it [default: this one and newer].
+    #[arg(long)]
+    pub requires_bootstrap: Option<semver::VersionReq>,
+    #[command(flatten)]
+    pub net: NetArgs,
 }
 
 #[derive(Subcommand, Debug)]

@@ -7,6 +7,7 @@ use kubestrap_manifest::ManifestError;
 
 use crate::artifacts::{FetchError, StoreError, UnpackError, source::ClientError};
 use crate::channel::ChannelError;
+use crate::channel::generate::GenerateError;
 use crate::cluster::ClusterError;
 use crate::cluster::images::ImageError;
 use crate::cluster::kubeconfig::KubeconfigError;
@@ -99,6 +100,15 @@ fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<Code> {
             UpgradeError::Failed { .. } => Code::UpgradeRolledBack,
             UpgradeError::RollbackFailed { .. } => Code::RollbackFailed,
             UpgradeError::NoPrevious { .. } => Code::Usage,
+        });
+    }
+    if let Some(e) = cause.downcast_ref::<GenerateError>() {
+        return Some(match e {
+            e if e.is_integrity() => Code::Integrity,
+            GenerateError::Http { .. } | GenerateError::NotListed { .. } | GenerateError::BadChecksums { .. } => {
+                Code::Download
+            }
+            _ => Code::Usage,
         });
     }
     if let Some(e) = cause.downcast_ref::<ImageError>() {

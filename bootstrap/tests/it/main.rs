@@ -9,6 +9,7 @@ mod cli;
 mod crash;
 mod disk;
 mod fetch;
+mod generate;
 mod hostile;
 mod k3s;
 mod lifecycle;

@@ -9,7 +9,7 @@ use kubestrap_manifest::{Component, Components, Driver, Localkube, Manifest, Run
 
 use crate::artifacts::hash;
 use crate::channel::ChannelError;
-use crate::cli::args::{ManifestCmd, NewManifestArgs};
+use crate::cli::args::{GenerateArgs, ManifestCmd, NewManifestArgs};
 use crate::cli::exit::Code;
 use crate::cli::render::{Ui, human_bytes};
 use crate::home::Home;
@@ -18,6 +18,7 @@ pub fn run(cmd: ManifestCmd, home: &Home, ui: &Ui) -> Result<Code> {
     match cmd {
         ManifestCmd::Check { file } => check(&file, ui),
         ManifestCmd::New(a) => new(*a, ui),
+        ManifestCmd::Generate(a) => generate(*a, ui),
         other => super::signing::manifest(other, home, ui),
     }
 }
@@ -52,6 +53,66 @@ fn check(file: &Path, ui: &Ui) -> Result<Code> {
         ));
     }
     ui.line(&format!("  total {} ({} bytes)", human_bytes(s.total_bytes), s.total_bytes));
+    Ok(Code::Ok)
+}
+
+/// The k3s run section every release manifest carries.
+pub const K3S_RUN: &str = include_str!("../../../../manifests/channel/k3s-run.toml");
+
+fn generate(a: GenerateArgs, ui: &Ui) -> Result<Code> {
+    use crate::channel::generate;
+    let run_text = match &a.run {
+        Some(path) => fskit::read_capped_text(path, caps::DOCUMENT)?,
+        None => K3S_RUN.to_string(),
+    };
+    let run: Run = toml::from_str(&run_text).map_err(|e| anyhow::anyhow!("run section: {e}"))?;
+    let pins = match &a.pins {
+        Some(p) => Some(kubestrap_manifest::pins::Pins::load(p)?),
+        None => None,
+    };
+    let base_url = match &a.base_url {
+        Some(u) => Some(url::Url::parse(u).map_err(|e| anyhow::anyhow!("--base-url {}: {e}", crate::urls::redact(u)))?),
+        None => None,
+    };
+    let targets = if a.targets.is_empty() {
+        vec![
+            "linux-x86_64".parse::<Target>().map_err(anyhow::Error::msg)?,
+            "linux-aarch64".parse().map_err(anyhow::Error::msg)?,
+        ]
+    } else {
+        a.targets.clone()
+    };
+    let this = semver::Version::parse(env!("CARGO_PKG_VERSION"))?;
+    let req = generate::Request {
+        kubectl: a.kubectl.clone().unwrap_or_else(|| format!("v{}", a.kubernetes)),
+        kubernetes: a.kubernetes,
+        k3s: a.k3s,
+        targets,
+        base_url,
+        images: a.images,
+        verify: a.verify,
+        pins,
+        run,
+        channel: a.channel,
+        version: a.manifest_version,
+        published: published_now()?,
+        valid_for: a.valid_for,
+        requires_bootstrap: a
+            .requires_bootstrap
+            .unwrap_or_else(|| format!(">={this}").parse().expect("a version requirement")),
+    };
+    let client = crate::artifacts::source::client(&super::fetch_options(&a.net))?;
+    let m = generate::generate(&req, &client, &|line| ui.line(line))?;
+    let text = m.to_toml();
+    fskit::write_atomic(&a.out, text.as_bytes(), 0o644)?;
+    ui.json(serde_json::json!({"manifest": a.out, "id": m.id(), "summary": m.summary()}));
+    ui.line(&format!(
+        "wrote {} ({}, Kubernetes {}, unsigned); check it with `kubestrap manifest check`, sign it with `kubestrap manifest sign --key KEY {}`",
+        a.out.display(),
+        m.id(),
+        m.kubernetes,
+        a.out.display()
+    ));
     Ok(Code::Ok)
 }
 

@@ -20,7 +20,9 @@ const PASSWORD_ENV: &str = "KUBESTRAP_KEY_PASSWORD";
 
 pub fn manifest(cmd: ManifestCmd, home: &Home, ui: &Ui) -> Result<Code> {
     match cmd {
-        ManifestCmd::Check { .. } | ManifestCmd::New(_) => unreachable!("handled by commands::manifest"),
+        ManifestCmd::Check { .. } | ManifestCmd::New(_) | ManifestCmd::Generate(_) => {
+            unreachable!("handled by commands::manifest")
+        }
         ManifestCmd::Keygen { out, name, unencrypted } => {
             let password =
                 if unencrypted { None } else { Some(password(&format!("Password for the new key {name}"), true)?) };
