@@ -57,6 +57,13 @@ pub enum Cmd {
     Delete(DeleteArgs),
     /// Show host, localkube, apiserver and kubeconfig state. Exit code: 1 host down, 2 localkube down, 4 apiserver not ready (added).
     Status(ProfileArgs),
+    /// Check what a start needs on this machine (ports, disk, kubeconfig,
+    /// clock, and the driver's own needs); says what to do for each failure.
+    /// Exit code: 0 all good, 44 something fails.
+    #[command(
+        after_help = "Examples:\n  kubestrap doctor\n  kubestrap doctor -p dev -o json\n  kubestrap doctor --manifest ./stable-7.toml"
+    )]
+    Doctor(DoctorArgs),
     /// Manage profiles (clusters).
     #[command(subcommand)]
     Profile(ProfileCmd),
@@ -180,6 +187,23 @@ pub struct NetArgs {
     /// The window for --speed-limit (e.g. 30s).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub speed_time: std::time::Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+    /// The driver to check [default: the profile's, else native].
+    #[arg(long, value_parser = parse_start_driver)]
+    pub driver: Option<Driver>,
+    /// The apiserver port to check [default: the profile's, else 8443].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// The release to check for (a file or URL) [default: the profile's, else this home's newest].
+    #[arg(long, value_name = "FILE|URL")]
+    pub manifest: Option<String>,
+    #[command(flatten)]
+    pub net: NetArgs,
 }
 
 #[derive(Args, Debug)]

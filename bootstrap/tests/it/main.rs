@@ -8,6 +8,7 @@ mod bundle;
 mod cli;
 mod crash;
 mod disk;
+mod doctor;
 mod fetch;
 mod generate;
 mod hostile;

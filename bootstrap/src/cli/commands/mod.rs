@@ -14,6 +14,7 @@ use crate::home::Home;
 mod bundle;
 mod cache;
 mod cluster;
+mod doctor;
 mod fetch;
 mod image;
 mod manifest;
@@ -27,6 +28,7 @@ pub fn run(cmd: Cmd, home: &Home, ui: &Ui) -> Result<u8> {
         Cmd::Stop(a) => cluster::stop(a.profile, home, ui)?,
         Cmd::Delete(a) => cluster::delete(a, home, ui)?,
         Cmd::Status(a) => return cluster::status(a.profile, home, ui),
+        Cmd::Doctor(a) => doctor::run(a, home, ui)?,
         Cmd::Profile(ProfileCmd::List) => cluster::profile_list(home, ui)?,
         Cmd::Kubectl { profile, args } => cluster::kubectl(profile, args, home, ui)?,
         Cmd::Logs { profile, follow, lines } => cluster::logs(profile, follow, lines, home)?,
