@@ -1,7 +1,6 @@
 //! Key generation and signing (prehashed minisign signatures), interoperable
 //! with the `minisign` tool.
 
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -121,9 +120,49 @@ pub fn sign(secret_key_path: &Path, password: Option<&str>, data: &[u8], trusted
     let pk = minisign::PublicKey::from_secret_key(&sk).map_err(err)?;
     let id = PublicKey::from_base64(&pk.to_base64())?.key_id();
     let untrusted = format!("signature from minisign secret key {id}");
-    let sig =
-        minisign::sign(Some(&pk), &sk, Cursor::new(data), Some(trusted_comment), Some(&untrusted)).map_err(err)?;
-    Ok(sig.into_string())
+    let text = sign_deterministic(&sk, data, trusted_comment, &untrusted)
+        .map_err(|reason| Error::Sign { file: file.clone(), reason })?;
+    // What was written must verify with the key's public half.
+    let check = minisign_verify::PublicKey::from_base64(&pk.to_base64())
+        .and_then(|pk| pk.verify(data, &minisign_verify::Signature::decode(&text)?, false));
+    check.map_err(|e| Error::Sign { file, reason: format!("the new signature does not verify: {e}") })?;
+    Ok(text)
+}
+
+/// minisign's prehashed signature (algorithm `ED`): Ed25519 over the
+/// BLAKE2b-512 of the data, then over the signature and the trusted comment.
+/// Plain (deterministic) Ed25519, where minisign's own signer adds random
+/// noise: the same key, bytes and comment give the same signature, so a
+/// release built twice from the same inputs is byte-identical. Any minisign
+/// verifier accepts both.
+fn sign_deterministic(sk: &minisign::SecretKey, data: &[u8], trusted: &str, untrusted: &str) -> Result<String, String> {
+    use blake2::Digest;
+    // SecretKey::to_bytes: sig_alg, kdf_alg, chk_alg (2 each), kdf salt (32),
+    // opslimit, memlimit (8 each), keynum (8), Ed25519 seed + public key (64),
+    // checksum (32); decrypted once loaded.
+    const KEYNUM: std::ops::Range<usize> = 54..62;
+    const SEED: std::ops::Range<usize> = 62..94;
+    const PUBLIC: std::ops::Range<usize> = 94..126;
+    let raw = sk.to_bytes();
+    if raw.len() < PUBLIC.end {
+        return Err("unexpected secret key layout".into());
+    }
+    let kp = ring::signature::Ed25519KeyPair::from_seed_and_public_key(&raw[SEED], &raw[PUBLIC])
+        .map_err(|e| format!("the secret key is not an Ed25519 key pair: {e}"))?;
+    let prehash = blake2::Blake2b512::digest(data);
+    let sig = kp.sign(&prehash);
+    let mut line = Vec::with_capacity(74);
+    line.extend_from_slice(b"ED");
+    line.extend_from_slice(&raw[KEYNUM]);
+    line.extend_from_slice(sig.as_ref());
+    let mut global_input = sig.as_ref().to_vec();
+    global_input.extend_from_slice(trusted.as_bytes());
+    let global = kp.sign(&global_input);
+    Ok(format!(
+        "untrusted comment: {untrusted}\n{}\ntrusted comment: {trusted}\n{}\n",
+        STANDARD.encode(&line),
+        STANDARD.encode(global.as_ref())
+    ))
 }
 
 /// The trusted comment `minisign -S` writes by default:

@@ -489,6 +489,13 @@ pub enum ManifestCmd {
   kubestrap manifest generate --kubernetes 1.33.2 --k3s v1.33.2+k3s1 --kubectl v1.34.3 \\
     --target linux-x86_64 --target darwin-aarch64 --base-url https://mirror.example/upstream --out m.toml")]
     Generate(Box<GenerateArgs>),
+    /// Write an unsigned channel index naming each channel's newest manifest
+    /// and the newest kubestrap per target (sign it like a manifest).
+    #[command(after_help = "Example:
+  kubestrap manifest index --out site/index.toml --index-version 12 \\
+    --channel site/stable/7/manifest.toml --kubestrap linux-x86_64=site/bin/kubestrap-0.2.0-linux-x86_64
+  kubestrap manifest sign --key release.key site/index.toml")]
+    Index(Box<IndexArgs>),
     /// Make a signing key pair (minisign format) in DIR.
     #[command(
         after_help = "The secret key is encrypted with a password from the prompt or KUBESTRAP_KEY_PASSWORD.\nExample:\n  kubestrap manifest keygen --out ./keys --name release-2026"
@@ -558,6 +565,30 @@ pub struct NewManifestArgs {
     /// stop-signal, stop-timeout-s, pki-files).
     #[arg(long, value_name = "FILE")]
     pub run: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct IndexArgs {
+    /// Where to write the index; relative URLs in it are relative to it.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// The index's own version (strictly increasing).
+    #[arg(long)]
+    pub index_version: u64,
+    /// A channel's newest manifest, a file inside the index's directory
+    /// (repeat); its channel and version are read from it.
+    #[arg(long = "channel", value_name = "MANIFEST")]
+    pub channels: Vec<PathBuf>,
+    /// TARGET=FILE: the kubestrap executable for a target, inside the
+    /// index's directory (repeat).
+    #[arg(long = "kubestrap", value_name = "TARGET=FILE")]
+    pub executables: Vec<String>,
+    /// The kubestrap version those executables are [default: this one].
+    #[arg(long)]
+    pub kubestrap_version: Option<semver::Version>,
+    /// How long it stays valid (published is now, or SOURCE_DATE_EPOCH).
+    #[arg(long, default_value = "30d", value_parser = parse_duration)]
+    pub valid_for: std::time::Duration,
 }
 
 #[derive(Args, Debug)]

@@ -9,7 +9,7 @@ use kubestrap_manifest::{Component, Components, Driver, Localkube, Manifest, Run
 
 use crate::artifacts::hash;
 use crate::channel::ChannelError;
-use crate::cli::args::{GenerateArgs, ManifestCmd, NewManifestArgs};
+use crate::cli::args::{GenerateArgs, IndexArgs, ManifestCmd, NewManifestArgs};
 use crate::cli::exit::Code;
 use crate::cli::render::{Ui, human_bytes};
 use crate::home::Home;
@@ -19,6 +19,7 @@ pub fn run(cmd: ManifestCmd, home: &Home, ui: &Ui) -> Result<Code> {
         ManifestCmd::Check { file } => check(&file, ui),
         ManifestCmd::New(a) => new(*a, ui),
         ManifestCmd::Generate(a) => generate(*a, ui),
+        ManifestCmd::Index(a) => index(*a, ui),
         other => super::signing::manifest(other, home, ui),
     }
 }
@@ -112,6 +113,66 @@ fn generate(a: GenerateArgs, ui: &Ui) -> Result<Code> {
         m.id(),
         m.kubernetes,
         a.out.display()
+    ));
+    Ok(Code::Ok)
+}
+
+/// A file inside the index's directory, as a URL relative to the index.
+fn relative_to(dir: &Path, file: &Path) -> Result<String> {
+    let file = std::path::absolute(file)?;
+    let rel = file
+        .strip_prefix(dir)
+        .map_err(|_| anyhow::anyhow!("{} is not inside {}, the index's directory", file.display(), dir.display()))?;
+    let parts: Vec<String> = rel.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+    Ok(parts.join("/"))
+}
+
+fn index(a: IndexArgs, ui: &Ui) -> Result<Code> {
+    use kubestrap_manifest::{ChannelEntry, ChannelIndex, Executable, Size};
+    let out = std::path::absolute(&a.out)?;
+    let dir = out.parent().context("--out needs a directory")?.to_path_buf();
+    let size = |n: u64| Size::new(n).context("an empty file");
+    let mut channel = BTreeMap::new();
+    for path in &a.channels {
+        let m = read_manifest(path)?;
+        let (sha256, bytes) = hash::hash_file(path)?;
+        let entry = ChannelEntry { version: m.version, url: relative_to(&dir, path)?, sha256, size: size(bytes)? };
+        if channel.insert(m.channel.clone(), entry).is_some() {
+            bail!("--channel: two manifests of channel {:?}", m.channel);
+        }
+    }
+    let version = match a.kubestrap_version {
+        Some(v) => v,
+        None => semver::Version::parse(env!("CARGO_PKG_VERSION"))?,
+    };
+    let mut kubestrap = BTreeMap::new();
+    for spec in &a.executables {
+        let (target, file) = spec.split_once('=').context("--kubestrap: expected TARGET=FILE")?;
+        let target: Target = target.parse().map_err(anyhow::Error::msg)?;
+        let file = Path::new(file);
+        let (sha256, bytes) = hash::hash_file(file).with_context(|| format!("--kubestrap {spec:?}"))?;
+        let urls = vec![relative_to(&dir, file)?];
+        kubestrap.insert(target, Executable { version: version.clone(), urls, sha256, size: size(bytes)? });
+    }
+    let published = published_now()?;
+    let text = ChannelIndex {
+        schema: kubestrap_manifest::INDEX_SCHEMA,
+        version: a.index_version,
+        published,
+        expires: published + a.valid_for,
+        channel,
+        kubestrap,
+    }
+    .to_toml();
+    // What was written must read back as a valid index.
+    ChannelIndex::parse(text.as_bytes(), &out)?;
+    fskit::write_atomic(&out, text.as_bytes(), 0o644)?;
+    ui.json(serde_json::json!({"index": out, "version": a.index_version}));
+    ui.line(&format!(
+        "wrote {} (version {}); sign it with `kubestrap manifest sign --key KEY {}`",
+        out.display(),
+        a.index_version,
+        out.display()
     ));
     Ok(Code::Ok)
 }
