@@ -354,15 +354,7 @@ impl Manifest {
 
     /// Reads and parses a manifest file.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let bytes = std::fs::read(path).map_err(|e| ManifestError {
-            file: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            field: String::new(),
-            message: format!("cannot read: {e}"),
-            snippet: String::new(),
-        })?;
-        Manifest::parse(&bytes, path)
+        load_toml(path)
     }
 
     /// Every component with its name, localkube included.
@@ -441,6 +433,30 @@ impl Manifest {
     pub fn id(&self) -> String {
         format!("{}-{}", self.channel, self.version)
     }
+}
+
+/// The most a manifest, index or pins file may hold.
+pub const DOCUMENT_CAP: u64 = 1 << 20;
+
+/// Reads a document file (at most [`DOCUMENT_CAP`] bytes) and parses it.
+pub(crate) fn load_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ManifestError> {
+    use std::io::Read;
+    let fail = |message: String| ManifestError {
+        file: path.to_path_buf(),
+        line: 0,
+        column: 0,
+        field: String::new(),
+        message,
+        snippet: String::new(),
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(DOCUMENT_CAP + 1).read_to_end(&mut bytes))
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > DOCUMENT_CAP {
+        return Err(fail(format!("larger than {DOCUMENT_CAP} bytes; not a kubestrap document")));
+    }
+    parse_toml(&bytes, path)
 }
 
 /// Parses UTF-8 TOML into a validated document; errors name file:line:column.

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::{ManifestError, Sha256, Target, parse_toml};
+use crate::{ManifestError, Sha256, Target, load_toml};
 
 /// The upstream URL patterns (from the projects' own release pages).
 pub const KUBECTL_URL: &str = "https://dl.k8s.io/release/{version}/bin/{os}/{arch}/kubectl";
@@ -52,15 +52,7 @@ pub struct Pin {
 
 impl Pins {
     pub fn load(path: &Path) -> Result<Pins, ManifestError> {
-        let bytes = std::fs::read(path).map_err(|e| ManifestError {
-            file: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            field: String::new(),
-            message: format!("cannot read: {e}"),
-            snippet: String::new(),
-        })?;
-        parse_toml(&bytes, path)
+        load_toml(path)
     }
 
     /// The pin of an upstream URL, if any.
