@@ -440,22 +440,15 @@ pub const DOCUMENT_CAP: u64 = 1 << 20;
 
 /// Reads a document file (at most [`DOCUMENT_CAP`] bytes) and parses it.
 pub(crate) fn load_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ManifestError> {
-    use std::io::Read;
-    let fail = |message: String| ManifestError {
+    // Capped, and only a regular file: a FIFO or device is refused at once.
+    let bytes = kubestrap_fskit::read_capped(path, DOCUMENT_CAP).map_err(|e| ManifestError {
         file: path.to_path_buf(),
         line: 0,
         column: 0,
         field: String::new(),
-        message,
+        message: format!("cannot read: {e}"),
         snippet: String::new(),
-    };
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(DOCUMENT_CAP + 1).read_to_end(&mut bytes))
-        .map_err(|e| fail(format!("cannot read: {e}")))?;
-    if bytes.len() as u64 > DOCUMENT_CAP {
-        return Err(fail(format!("larger than {DOCUMENT_CAP} bytes; not a kubestrap document")));
-    }
+    })?;
     parse_toml(&bytes, path)
 }
 
