@@ -45,11 +45,13 @@ pub struct Cli {
 pub enum Cmd {
     /// Create or resume a cluster and point kubectl at it.
     #[command(
-        after_help = "Examples:\n  kubestrap start\n  kubestrap start -p dev --manifest ./manifest.toml --port 9443\n  kubestrap start --offline"
+        after_help = "Examples:\n  kubestrap start\n  kubestrap start -p dev --manifest ./manifest.toml --port 9443\n  kubestrap start --offline\n  kubestrap start -p vm --driver qemu --cpus 4 --memory 4096"
     )]
     Start(StartArgs),
-    /// Stop a cluster, keeping its state.
-    Stop(ProfileArgs),
+    /// Stop a cluster, keeping its state. A VM (qemu driver) is suspended:
+    /// its memory is saved and `start` resumes it where it was.
+    #[command(after_help = "Examples:\n  kubestrap stop\n  kubestrap stop -p dev --shutdown")]
+    Stop(StopArgs),
     /// Delete a cluster and its kubeconfig entries.
     #[command(
         after_help = "Examples:\n  kubestrap delete\n  kubestrap delete -p dev\n  kubestrap delete --all --purge"
@@ -141,6 +143,9 @@ pub enum Cmd {
     /// Internal: the parent of a running localkube (started by `start`).
     #[command(name = "__monitor", hide = true)]
     Monitor { run_dir: PathBuf },
+    /// Internal: runs a one-instruction KVM guest (the qemu driver's probe).
+    #[command(name = "__kvm-probe", hide = true)]
+    KvmProbe,
     /// Internal: the home layout this kubestrap understands (asked by `self-update`).
     #[command(name = "__layout", hide = true)]
     Layout,
@@ -190,6 +195,16 @@ pub struct NetArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct StopArgs {
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+    /// Shut down instead of suspending (a VM: ACPI power-off, then a kill
+    /// after the stop timeout); the next start boots afresh, with the data.
+    #[arg(long)]
+    pub shutdown: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct DoctorArgs {
     #[command(flatten)]
     pub profile: ProfileArgs,
@@ -210,7 +225,8 @@ pub struct DoctorArgs {
 pub struct StartArgs {
     #[command(flatten)]
     pub profile: ProfileArgs,
-    /// Where localkube runs: native (a host process; Linux).
+    /// Where localkube runs: native (a host process; Linux) or qemu (a VM of
+    /// the release's pinned hypervisor and base image; `stop` suspends it).
     #[arg(long, value_parser = parse_start_driver)]
     pub driver: Option<Driver>,
     #[command(flatten)]
@@ -232,6 +248,15 @@ pub struct StartArgs {
     /// Validity of the cluster certificates made on first start, in days.
     #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u16).range(1..))]
     pub cert_days: u16,
+    /// The VM's CPUs (qemu driver) [default: 2].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub cpus: Option<u16>,
+    /// The VM's memory in MiB (qemu driver) [default: 2048].
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u32).range(256..=1048576))]
+    pub memory: Option<u32>,
+    /// The VM's accelerator (qemu driver): kvm, hvf, whpx or tcg [default: the machine's own, else tcg].
+    #[arg(long)]
+    pub accel: Option<crate::driver::qemu::cmdline::Accel>,
 }
 
 #[derive(Args, Debug)]

@@ -132,14 +132,15 @@ fn read_record(p: &Profile, warn: &mut Vec<String>) -> Record {
     }
 }
 
-/// The host directory localkube imports archives from, if its release has one.
-pub fn dir_of(p: &Profile, m: &Manifest) -> Result<PathBuf> {
+/// The host directory localkube imports archives from, if its release has
+/// one; `data` is the host directory that becomes localkube's `{data}`.
+pub fn dir_of(data: &Path, p: &Profile, m: &Manifest) -> Result<PathBuf> {
     let run = &m.component.localkube.run;
     let dir =
         run.images_dir.as_ref().ok_or_else(|| ImageError::NoImagesDir { profile: p.name.clone(), release: m.id() })?;
     // Parsing admits only `{data}/<relative path>`.
     let rest = dir.as_str().strip_prefix("{data}/").unwrap_or_default();
-    Ok(p.data().join(rest))
+    Ok(data.join(rest))
 }
 
 /// Hidden temp files an interrupted copy left (`.NAME.PID.NONCE.tmp`):

@@ -30,6 +30,19 @@ pub struct Config {
     /// what `kubestrap rollback` returns to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<PathBuf>,
+    /// The VM's size and accelerator (qemu driver), as `start` was asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmSettings>,
+}
+
+/// What `start --cpus/--memory/--accel` asked of a VM; unset means the
+/// driver's default.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct VmSettings {
+    pub cpus: Option<u16>,
+    pub memory_mib: Option<u32>,
+    pub accel: Option<crate::driver::qemu::cmdline::Accel>,
 }
 
 /// Paths of one profile.

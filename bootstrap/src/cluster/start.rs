@@ -12,7 +12,7 @@ use kubestrap_manifest::{Driver as Kind, Manifest, PkiFile, Target};
 use super::apiserver::{Probe, WaitError};
 use super::images;
 use super::pki::{self, Pki};
-use super::profile::{Config, Profile};
+use super::profile::{Config, Profile, VmSettings};
 use super::{ClusterError, kubeconfig, lock_profile, ports};
 use crate::artifacts::{self, store};
 use crate::channel::{self, Loaded};
@@ -33,6 +33,8 @@ pub struct StartOptions {
     pub keep_context: bool,
     pub no_wait: bool,
     pub cert_validity: time::Duration,
+    /// `--cpus`, `--memory`, `--accel` (qemu driver).
+    pub vm: Option<VmSettings>,
 }
 
 #[derive(Debug)]
@@ -55,7 +57,12 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
     let _store = home.store_lock(false, || {
         progress.warn("waiting for another kubestrap command that is cleaning the cache…".into())
     })?;
-    let tuning = Tuning { wait_timeout: o.wait_timeout, keep_context: o.keep_context, cert_validity: o.cert_validity };
+    let tuning = Tuning {
+        wait_timeout: o.wait_timeout,
+        keep_context: o.keep_context,
+        cert_validity: o.cert_validity,
+        vm: o.vm.clone(),
+    };
     // An upgrade a killed command left is finished or undone first.
     if p.exists()
         && let Ok(cfg) = p.load()
@@ -104,7 +111,7 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
             // lost) is stopped the way the manifest says.
             drv.stop(&p, Stop::of(run))?;
         }
-        HostState::Running(_) | HostState::Stopped => {}
+        HostState::Running(_) | HostState::Stopped | HostState::Suspended => {}
     }
 
     bring_up(home, &p, drv.as_ref(), kind, &loaded, &fetch, existing.as_ref(), o.port, &tuning, progress)
@@ -115,6 +122,8 @@ pub struct Tuning {
     pub wait_timeout: Duration,
     pub keep_context: bool,
     pub cert_validity: time::Duration,
+    /// A VM's size and accelerator, when asked (kept in the profile).
+    pub vm: Option<VmSettings>,
 }
 
 /// Steps "fetch → unpack → configure → PKI → launch → ready → kubeconfig"
@@ -137,16 +146,18 @@ pub fn bring_up(
     let run = &loaded.manifest.component.localkube.run;
     preflight(drv, &loaded.manifest)?;
     let components = fetch_and_unpack(home, &loaded.manifest, kind, fetch, progress)?;
-    let (port, created) = configure(home, p, kind, port, existing, loaded, progress)?;
+    let asked = Asked { port, vm: t.vm.as_ref() };
+    let (port, created) = configure(home, p, kind, asked, existing, loaded, progress)?;
     let launch = Launch {
         profile: p.clone(),
         run: run.clone(),
         program_sha256: components.program_sha256,
         component: components.localkube,
         port,
+        trees: components.trees,
     };
     let pki = certificates(drv, &launch, t.cert_validity, progress)?;
-    place_images(p, &loaded.manifest, components.images, progress)?;
+    place_images(&drv.host_data(p), p, &loaded.manifest, components.images, progress)?;
     let host = launch_localkube(drv, &launch, progress)?;
     let version = (|| {
         wait_ready(drv, p, &pki, port, &launch.run, t.wait_timeout, true, progress)?;
@@ -290,9 +301,15 @@ fn rejoin(
 
 /// Step "images": the release's image archives (verified blobs) copied into
 /// localkube's images directory, an earlier release's removed.
-fn place_images(p: &Profile, m: &Manifest, wanted: Vec<images::Wanted>, progress: &dyn Progress) -> Result<()> {
+fn place_images(
+    data: &std::path::Path,
+    p: &Profile,
+    m: &Manifest,
+    wanted: Vec<images::Wanted>,
+    progress: &dyn Progress,
+) -> Result<()> {
     let t = Instant::now();
-    let Ok(dir) = images::dir_of(p, m) else {
+    let Ok(dir) = images::dir_of(data, p, m) else {
         // A localkube that imports no archives: the component is unused.
         return Ok(());
     };
@@ -313,6 +330,8 @@ pub struct Components {
     /// The release's image archives, to place before localkube starts.
     pub images: Vec<images::Wanted>,
     pub localkube: PathBuf,
+    /// The other trees the driver runs (hypervisor, base image), by name.
+    pub trees: std::collections::BTreeMap<&'static str, PathBuf>,
     /// What localkube's program hashes to (from its tree's `.complete`).
     pub program_sha256: kubestrap_manifest::Sha256,
 }
@@ -339,6 +358,7 @@ pub fn fetch_and_unpack(
         m.needs(&host, kind).map_err(|reason| artifacts::FetchError::NoArtifact { manifest: m.id(), reason })?;
     let mut localkube = None;
     let mut images = Vec::new();
+    let mut trees = std::collections::BTreeMap::new();
     for need in &needs {
         // Image archives are used as downloaded (the verified blob), copied
         // into place by the "images" step.
@@ -367,6 +387,8 @@ pub fn fetch_and_unpack(
         }
         if need.component == "localkube" {
             localkube = Some(dir);
+        } else {
+            trees.insert(need.component, dir);
         }
     }
     let localkube = localkube.ok_or(ClusterError::NoComponent { component: "localkube" })?;
@@ -376,22 +398,29 @@ pub fn fetch_and_unpack(
         .and_then(Result::ok)
         .ok_or_else(|| driver::DriverError::ProgramMissing { path: localkube.join(program) })?;
     progress.step(Step::ComponentsUnpacked { count: needs.len() }, t.elapsed());
-    Ok(Components { images, localkube, program_sha256 })
+    Ok(Components { images, localkube, trees, program_sha256 })
 }
 
 /// Step "configure": port, driver, manifest pointer. Ports are chosen under
 /// a home-wide lock and recorded before it is released, so two profiles
 /// starting at once never pick the same one. Returns the port and whether
 /// the profile is new.
+/// What a start asked of the profile's settings.
+struct Asked<'a> {
+    port: Option<u16>,
+    vm: Option<&'a VmSettings>,
+}
+
 fn configure(
     home: &Home,
     p: &Profile,
     kind: Kind,
-    asked: Option<u16>,
+    asked: Asked,
     existing: Option<&Config>,
     loaded: &Loaded,
     progress: &dyn Progress,
 ) -> Result<(u16, bool)> {
+    let Asked { port: asked, vm } = asked;
     let t = Instant::now();
     let ports_lock = home.lock("ports", true, || {})?;
     let port = ports::choose(home, p, asked, existing)?;
@@ -404,6 +433,7 @@ fn configure(
         port_pinned: asked.is_some() || existing.is_some_and(|c| c.port_pinned),
         created: existing.map_or_else(crate::driver::native::monitor::now, |c| c.created.clone()),
         previous: existing.and_then(|c| c.previous.clone()),
+        vm: vm.cloned().or_else(|| existing.and_then(|c| c.vm.clone())),
     };
     if existing != Some(&cfg) {
         p.save(&cfg)?;
@@ -422,7 +452,7 @@ fn certificates(drv: &dyn Driver, launch: &Launch, validity: time::Duration, pro
     let made = pki
         .ensure(&pki::Options { profile: p.name.clone(), validity, extra_sans: drv.extra_sans() })
         .map_err(|e| ClusterError::Pki { dir: p.pki(), profile: p.name.clone(), reason: format!("{e:#}") })?;
-    let vars = drv.vars(launch);
+    let vars = drv.host_vars(launch);
     for (dest, file) in &launch.run.pki_files {
         pki.place(std::path::Path::new(&dest.render(&vars)), *file)?;
     }

@@ -32,6 +32,8 @@ macro_rules! display_serialize {
 pub enum HostStatus {
     Running,
     Stopped,
+    /// A VM whose running state is saved (`kubestrap stop` of the qemu driver).
+    Suspended,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +66,7 @@ impl fmt::Display for HostStatus {
         f.write_str(match self {
             HostStatus::Running => "Running",
             HostStatus::Stopped => "Stopped",
+            HostStatus::Suspended => "Suspended",
         })
     }
 }
@@ -170,6 +173,10 @@ pub fn status(home: &Home, name: &str) -> Result<Status> {
         HostState::Running(host) => (Some(host), false),
         HostState::Stopping(host) => (Some(host), true),
         HostState::Stopped => (None, false),
+        HostState::Suspended => {
+            st.host = HostStatus::Suspended;
+            (None, false)
+        }
         HostState::Crashed { how } => {
             st.host = HostStatus::Running;
             st.localkube = LocalkubeStatus::Crashed;

@@ -11,27 +11,28 @@ use crate::driver::{self, Driver, Stop, StopOutcome};
 use crate::home::Home;
 use crate::progress::Progress;
 
-pub fn stop(home: &Home, name: &str, wait: bool, progress: &dyn Progress) -> Result<StopOutcome> {
+pub fn stop(home: &Home, name: &str, wait: bool, suspend: bool, progress: &dyn Progress) -> Result<StopOutcome> {
     let p = Profile::new(home, name)?;
     let _lock = lock_profile(home, &p, wait, progress)?;
     if !p.dir.exists() {
         return Err(ClusterError::NoProfile { profile: p.name }.into());
     }
-    Ok(stop_locked(&p)?.0)
+    Ok(stop_locked(&p, suspend)?.0)
 }
 
 /// Stops a profile's localkube with its manifest's signal and timeout. A
 /// damaged or missing config or manifest must not leave localkube running:
 /// the native driver then finds it by its pid file and its processes'
 /// marker, and stops it with SIGTERM and 30 s.
-pub(super) fn stop_locked(p: &Profile) -> Result<(StopOutcome, Box<dyn Driver>)> {
-    let (drv, how) = match p.load() {
+pub(super) fn stop_locked(p: &Profile, suspend: bool) -> Result<(StopOutcome, Box<dyn Driver>)> {
+    let (drv, mut how) = match p.load() {
         Ok(cfg) => {
             let how = channel::peek(&cfg.manifest).map_or(Stop::DEFAULT, |m| Stop::of(&m.component.localkube.run));
             (driver::for_kind(cfg.driver)?, how)
         }
         Err(_) => (driver::for_kind(kubestrap_manifest::Driver::Native)?, Stop::DEFAULT),
     };
+    how.suspend = suspend;
     Ok((drv.stop(p, how)?, drv))
 }
 
@@ -42,7 +43,7 @@ pub fn delete(home: &Home, names: &[String], wait: bool, progress: &dyn Progress
     for name in names {
         let p = Profile::new(home, name)?;
         let _lock = lock_profile(home, &p, wait, progress)?;
-        let (_, drv) = stop_locked(&p)?;
+        let (_, drv) = stop_locked(&p, false)?;
         drv.delete(&p)?;
         let kc = kubeconfig::path()?;
         kubeconfig::remove(&kc, &kubeconfig::context_name(name))?;

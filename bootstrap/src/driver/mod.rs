@@ -6,6 +6,7 @@
 //! prerequisites in `check`, its extra apiserver names in `extra_sans`, the
 //! paths localkube sees in `vars`), and a line in [`for_kind`].
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +17,7 @@ use kubestrap_manifest::{Driver as Kind, Run, Sha256, StopSignal, Vars};
 use crate::cluster::profile::Profile;
 
 pub mod native;
+pub mod qemu;
 
 /// Everything a driver needs to run one profile's localkube.
 #[derive(Clone, Debug)]
@@ -27,6 +29,9 @@ pub struct Launch {
     /// The sha256 `run.program` must have when it is executed.
     pub program_sha256: Sha256,
     pub port: u16,
+    /// The other unpacked, verified component trees the driver needs, by
+    /// component name (`hypervisor`, `base-image`).
+    pub trees: BTreeMap<&'static str, PathBuf>,
 }
 
 /// A running localkube as the lifecycle sees it: what to call it, and the
@@ -47,6 +52,8 @@ pub enum HostState {
     Stopping(Host),
     /// Stopped by the user (or never started).
     Stopped,
+    /// Stopped with its running state saved (a VM's RAM): `start` resumes it.
+    Suspended,
     /// Should run but does not: how it ended, if known.
     Crashed {
         how: String,
@@ -59,19 +66,24 @@ pub enum HostState {
 pub struct Stop {
     pub signal: StopSignal,
     pub timeout: Duration,
+    /// Save the running state instead of shutting down, where the driver
+    /// can (`kubestrap stop` without `--shutdown`).
+    pub suspend: bool,
 }
 
 impl Stop {
     pub fn of(run: &Run) -> Stop {
-        Stop { signal: run.stop_signal, timeout: Duration::from_secs(run.stop_timeout_s) }
+        Stop { signal: run.stop_signal, timeout: Duration::from_secs(run.stop_timeout_s), suspend: false }
     }
     /// Without a readable manifest: SIGTERM and 30 s.
-    pub const DEFAULT: Stop = Stop { signal: StopSignal::Term, timeout: Duration::from_secs(30) };
+    pub const DEFAULT: Stop = Stop { signal: StopSignal::Term, timeout: Duration::from_secs(30), suspend: false };
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StopOutcome {
     Stopped,
+    /// Its running state was saved; `start` resumes it.
+    Suspended,
     Killed,
     WasNotRunning,
 }
@@ -118,6 +130,8 @@ pub enum DriverError {
     Unsupported { driver: Kind, what: &'static str },
     #[error("this kubestrap has no {0} driver; use --driver native")]
     NotAvailable(Kind),
+    #[error("qemu: {0}")]
+    Qemu(String),
     #[error("the {driver} driver cannot run this release here: {failures}")]
     Unfit { driver: Kind, failures: String },
     #[error("processes of profile {profile:?} are still running (pid {pids}); run `kubestrap stop -p {profile}` first")]
@@ -159,6 +173,16 @@ pub trait Driver {
     /// The template values localkube's args and pki-files paths are
     /// rendered with, as localkube sees its paths.
     fn vars(&self, launch: &Launch) -> Vars;
+    /// The same values as the host sees them: where kubestrap places files
+    /// (pki-files, image archives) for localkube to find at `vars`' paths.
+    fn host_vars(&self, launch: &Launch) -> Vars {
+        self.vars(launch)
+    }
+    /// The host directory that becomes localkube's `{data}` (native: the
+    /// directory itself; a VM: a staging tree copied in at boot).
+    fn host_data(&self, profile: &Profile) -> PathBuf {
+        profile.data()
+    }
     /// Makes (or repairs) what the driver needs for this profile before a
     /// start: directories with their modes, for a VM driver the machine.
     fn create(&self, profile: &Profile) -> Result<()>;
@@ -201,9 +225,10 @@ pub trait Driver {
 pub fn for_kind(kind: Kind) -> Result<Box<dyn Driver>> {
     match kind {
         Kind::Native => Ok(Box::new(native::Native)),
+        Kind::Qemu => Ok(Box::new(qemu::Qemu)),
         other => Err(DriverError::NotAvailable(other)),
     }
 }
 
 /// Kinds `start --driver` accepts in this build.
-pub const AVAILABLE: &[Kind] = &[Kind::Native];
+pub const AVAILABLE: &[Kind] = &[Kind::Native, Kind::Qemu];

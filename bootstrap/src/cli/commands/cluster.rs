@@ -32,6 +32,8 @@ pub fn start(a: StartArgs, home: &Home, ui: &Ui) -> Result<Code> {
         keep_context: a.keep_context,
         no_wait: a.no_wait,
         cert_validity: time::Duration::days(a.cert_days.into()),
+        vm: (a.cpus.is_some() || a.memory.is_some() || a.accel.is_some())
+            .then_some(crate::cluster::profile::VmSettings { cpus: a.cpus, memory_mib: a.memory, accel: a.accel }),
     };
     let s = cluster::start(home, &o, ui)?;
     let pid = s.host.strip_prefix("pid ").and_then(|p| p.parse::<i32>().ok());
@@ -57,11 +59,12 @@ pub fn start(a: StartArgs, home: &Home, ui: &Ui) -> Result<Code> {
     Ok(Code::Ok)
 }
 
-pub fn stop(name: String, home: &Home, ui: &Ui) -> Result<Code> {
+pub fn stop(name: String, shutdown: bool, home: &Home, ui: &Ui) -> Result<Code> {
     let t = Instant::now();
-    let outcome = cluster::stop(home, &name, true, ui)?;
+    let outcome = cluster::stop(home, &name, true, !shutdown, ui)?;
     let what = match outcome {
         StopOutcome::Stopped => "stopped",
+        StopOutcome::Suspended => "suspended (start resumes it)",
         StopOutcome::Killed => "killed after the stop timeout",
         StopOutcome::WasNotRunning => "was not running",
     };

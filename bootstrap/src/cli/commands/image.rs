@@ -69,7 +69,8 @@ pub fn run(cmd: ImageCmd, home: &Home, ui: &Ui) -> Result<Code> {
 fn target(home: &Home, p: &Profile) -> Result<(std::path::PathBuf, bool)> {
     let cfg = p.load()?;
     let loaded = channel::load_stored(home, &cfg.manifest, true, true)?;
-    let dir = images::dir_of(p, &loaded.manifest)?;
-    let running = driver::for_kind(cfg.driver)?.running(p).unwrap_or(false);
+    let drv = driver::for_kind(cfg.driver)?;
+    let dir = images::dir_of(&drv.host_data(p), p, &loaded.manifest)?;
+    let running = drv.running(p).unwrap_or(false);
     Ok((dir, running))
 }

@@ -25,7 +25,7 @@ mod upgrade;
 pub fn run(cmd: Cmd, home: &Home, ui: &Ui) -> Result<u8> {
     let code = match cmd {
         Cmd::Start(a) => cluster::start(a, home, ui)?,
-        Cmd::Stop(a) => cluster::stop(a.profile, home, ui)?,
+        Cmd::Stop(a) => cluster::stop(a.profile.profile, a.shutdown, home, ui)?,
         Cmd::Delete(a) => cluster::delete(a, home, ui)?,
         Cmd::Status(a) => return cluster::status(a.profile, home, ui),
         Cmd::Doctor(a) => doctor::run(a, home, ui)?,
@@ -54,6 +54,13 @@ pub fn run(cmd: Cmd, home: &Home, ui: &Ui) -> Result<u8> {
             clap_complete::generate(shell, &mut super::args::Cli::command(), "kubestrap", &mut std::io::stdout());
             Code::Ok
         }
+        Cmd::KvmProbe => match crate::driver::qemu::kvm::probe_in_this_process() {
+            Ok(()) => Code::Ok,
+            Err(e) => {
+                eprintln!("{e}");
+                Code::Internal
+            }
+        },
         Cmd::Monitor { run_dir } => {
             crate::driver::native::monitor::main(&run_dir)?;
             Code::Ok

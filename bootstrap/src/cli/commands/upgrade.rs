@@ -21,7 +21,7 @@ use crate::home::Home;
 
 fn tuning(wait_timeout: std::time::Duration) -> Tuning {
     // An upgrade keeps the user's current context as it is.
-    Tuning { wait_timeout, keep_context: true, cert_validity: time::Duration::days(365) }
+    Tuning { wait_timeout, keep_context: true, cert_validity: time::Duration::days(365), vm: None }
 }
 
 pub fn upgrade(a: UpgradeArgs, home: &Home, ui: &Ui) -> Result<Code> {

@@ -40,6 +40,9 @@ pub struct LaunchSpec {
     pub cwd: PathBuf,
     pub log: PathBuf,
     pub port: u16,
+    /// Extra environment (QEMU_MODULE_DIR for the qemu driver's hypervisor).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
 }
 
 pub fn launch_path(run_dir: &Path) -> PathBuf {
@@ -75,7 +78,12 @@ pub fn main(run_dir: &Path) -> anyhow::Result<()> {
     let (dev, ino) = program.metadata().map(|m| (m.dev(), m.ino()))?;
     let path_c = std::ffi::CString::new(spec.program.as_os_str().as_encoded_bytes())?;
     let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args).current_dir(&spec.cwd).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log.try_clone()?);
+    cmd.args(&spec.args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log.try_clone()?);
     // SAFETY: stat and signal are async-signal-safe; nothing else runs here.
     unsafe {
         cmd.pre_exec(move || {

@@ -1,0 +1,252 @@
+//! The qemu command line, as plain functions of plain data: which
+//! accelerator a machine has (KVM on Linux, HVF on macOS, WHPX on Windows,
+//! TCG everywhere) and the arguments for it. Other platforms need packaging
+//! (a hypervisor artifact built for them), not new logic: their command
+//! lines are rendered and tested here.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A qemu accelerator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Hvf,
+    Whpx,
+    /// Software emulation: works everywhere, several times slower.
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Hvf => "hvf",
+            Accel::Whpx => "whpx",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Accel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Accel, String> {
+        match s {
+            "kvm" => Ok(Accel::Kvm),
+            "hvf" => Ok(Accel::Hvf),
+            "whpx" => Ok(Accel::Whpx),
+            "tcg" => Ok(Accel::Tcg),
+            _ => Err(format!("unknown accelerator {s:?}; expected kvm, hvf, whpx or tcg")),
+        }
+    }
+}
+
+/// What the host offers, as probed (or as a test says).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostCaps {
+    /// `linux`, `darwin`, `windows`.
+    pub os: String,
+    /// `/dev/kvm` can be opened read-write.
+    pub kvm: bool,
+    /// `kern.hv_support` is 1 (macOS).
+    pub hvf: bool,
+    /// The Windows Hypervisor Platform is enabled.
+    pub whpx: bool,
+}
+
+/// The accelerator to use, and why: the one asked for if the host has it
+/// (TCG always), else the host's own, else TCG.
+pub fn select_accel(host: &HostCaps, asked: Option<Accel>) -> Result<(Accel, String), String> {
+    let has = |a: Accel| match a {
+        Accel::Kvm => host.os == "linux" && host.kvm,
+        Accel::Hvf => host.os == "darwin" && host.hvf,
+        Accel::Whpx => host.os == "windows" && host.whpx,
+        Accel::Tcg => true,
+    };
+    if let Some(a) = asked {
+        return if has(a) {
+            Ok((a, format!("{a} (asked for with --accel)")))
+        } else {
+            Err(format!("--accel {a}: this {} machine does not offer it; try --accel tcg", host.os))
+        };
+    }
+    let native = match host.os.as_str() {
+        "linux" => Accel::Kvm,
+        "darwin" => Accel::Hvf,
+        "windows" => Accel::Whpx,
+        _ => Accel::Tcg,
+    };
+    if has(native) {
+        return Ok((native, format!("{native} (hardware virtualization)")));
+    }
+    let why = match native {
+        Accel::Kvm => "no usable /dev/kvm",
+        Accel::Hvf => "Hypervisor.framework is not available",
+        Accel::Whpx => "the Windows Hypervisor Platform is not enabled",
+        _ => "no hardware virtualization",
+    };
+    Ok((Accel::Tcg, format!("tcg (software emulation: {why}; expect slow starts)")))
+}
+
+/// Everything one VM's command line depends on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmSpec {
+    pub name: String,
+    pub accel: Accel,
+    pub cpus: u16,
+    pub memory_mib: u32,
+    /// The hypervisor tree's firmware directory (`-L`).
+    pub firmware: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub data_disk: PathBuf,
+    pub config_disk: PathBuf,
+    /// 127.0.0.1:<host_port> on the host → <guest_port> in the guest.
+    pub host_port: u16,
+    pub guest_port: u16,
+    pub console_log: PathBuf,
+    pub qmp_socket: PathBuf,
+    /// Resume from this internal snapshot of the data disk.
+    pub loadvm: Option<String>,
+}
+
+/// The guest's address on qemu's user-mode network.
+pub const GUEST_IP: &str = "10.0.2.15";
+
+/// qemu's arguments (after the program) for a spec.
+pub fn args(vm: &VmSpec) -> Vec<String> {
+    let p = |p: &PathBuf| p.display().to_string();
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&["-name", &vm.name, "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none"]);
+    // q35 everywhere x86_64; the accelerator decides the CPU model.
+    let (accel, cpu) = match vm.accel {
+        Accel::Tcg => ("tcg,thread=multi", "max"),
+        Accel::Kvm => ("kvm", "host"),
+        Accel::Hvf => ("hvf", "host"),
+        Accel::Whpx => ("whpx,kernel-irqchip=off", "max"),
+    };
+    push(&["-machine", "q35", "-accel", accel, "-cpu", cpu]);
+    push(&["-smp", &vm.cpus.to_string(), "-m", &format!("{}M", vm.memory_mib)]);
+    push(&["-L", &p(&vm.firmware), "-kernel", &p(&vm.kernel), "-initrd", &p(&vm.initrd)]);
+    push(&["-append", "console=ttyS0 quiet panic=-1"]);
+    push(&["-rtc", "base=utc,clock=host"]);
+    push(&[
+        "-drive",
+        &format!("if=none,id=data,file={},format=qcow2,cache=writeback,discard=unmap", drive_path(&vm.data_disk)),
+        "-device",
+        "virtio-blk-pci,drive=data",
+        "-drive",
+        &format!("if=none,id=config,file={},format=raw,readonly=on", drive_path(&vm.config_disk)),
+        "-device",
+        "virtio-blk-pci,drive=config",
+    ]);
+    push(&[
+        "-netdev",
+        &format!("user,id=net0,hostfwd=tcp:127.0.0.1:{}-{GUEST_IP}:{}", vm.host_port, vm.guest_port),
+        // No option ROM: a direct kernel boot does not network-boot.
+        "-device",
+        "virtio-net-pci,netdev=net0,romfile=",
+    ]);
+    push(&["-device", "virtio-rng-pci"]);
+    push(&[
+        "-chardev",
+        &format!("file,id=console,path={},append=on", drive_path(&vm.console_log)),
+        "-serial",
+        "chardev:console",
+    ]);
+    push(&["-qmp", &format!("unix:{},server=on,wait=off", drive_path(&vm.qmp_socket))]);
+    if let Some(tag) = &vm.loadvm {
+        push(&["-loadvm", tag]);
+    }
+    a
+}
+
+/// A path inside a `-drive`/`-chardev` option: commas doubled, as qemu's
+/// option syntax escapes them.
+fn drive_path(p: &std::path::Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(os: &str, kvm: bool, hvf: bool, whpx: bool) -> HostCaps {
+        HostCaps { os: os.into(), kvm, hvf, whpx }
+    }
+
+    fn spec(accel: Accel) -> VmSpec {
+        VmSpec {
+            name: "kubestrap-dev".into(),
+            accel,
+            cpus: 2,
+            memory_mib: 2048,
+            firmware: "/h/share/qemu".into(),
+            kernel: "/b/vmlinuz".into(),
+            initrd: "/b/initrd.img".into(),
+            data_disk: "/p/vm/data.qcow2".into(),
+            config_disk: "/p/vm/config,1.tar".into(),
+            host_port: 8443,
+            guest_port: 6443,
+            console_log: "/p/logs/localkube.log".into(),
+            qmp_socket: "/p/vm/qmp.sock".into(),
+            loadvm: None,
+        }
+    }
+
+    fn after<'a>(a: &'a [String], flag: &str) -> &'a str {
+        let i = a.iter().position(|x| x == flag).unwrap_or_else(|| panic!("{flag} missing from {a:?}"));
+        &a[i + 1]
+    }
+
+    #[test]
+    fn each_platform_gets_its_own_accelerator_and_tcg_otherwise() {
+        assert_eq!(select_accel(&host("linux", true, false, false), None).unwrap().0, Accel::Kvm);
+        let (a, why) = select_accel(&host("linux", false, false, false), None).unwrap();
+        assert_eq!(a, Accel::Tcg);
+        assert!(why.contains("no usable /dev/kvm"), "{why}");
+        assert_eq!(select_accel(&host("darwin", false, true, false), None).unwrap().0, Accel::Hvf);
+        assert_eq!(select_accel(&host("darwin", false, false, false), None).unwrap().0, Accel::Tcg);
+        assert_eq!(select_accel(&host("windows", false, false, true), None).unwrap().0, Accel::Whpx);
+        assert_eq!(select_accel(&host("linux", true, false, false), Some(Accel::Tcg)).unwrap().0, Accel::Tcg);
+        let err = select_accel(&host("linux", false, false, false), Some(Accel::Kvm)).unwrap_err();
+        assert!(err.contains("--accel tcg"), "{err}");
+        assert!(select_accel(&host("linux", true, false, false), Some(Accel::Hvf)).is_err());
+        assert_eq!("whpx".parse::<Accel>().unwrap(), Accel::Whpx);
+        assert!("xen".parse::<Accel>().is_err());
+    }
+
+    #[test]
+    fn command_lines_per_accelerator() {
+        let tcg = args(&spec(Accel::Tcg));
+        assert_eq!((after(&tcg, "-accel"), after(&tcg, "-cpu")), ("tcg,thread=multi", "max"));
+        let kvm = args(&spec(Accel::Kvm));
+        assert_eq!((after(&kvm, "-accel"), after(&kvm, "-cpu")), ("kvm", "host"));
+        let hvf = args(&spec(Accel::Hvf));
+        assert_eq!((after(&hvf, "-accel"), after(&hvf, "-cpu")), ("hvf", "host"));
+        let whpx = args(&spec(Accel::Whpx));
+        assert_eq!((after(&whpx, "-accel"), after(&whpx, "-cpu")), ("whpx,kernel-irqchip=off", "max"));
+        assert_eq!(after(&tcg, "-m"), "2048M");
+        assert_eq!(after(&tcg, "-smp"), "2");
+        assert_eq!(after(&tcg, "-netdev"), "user,id=net0,hostfwd=tcp:127.0.0.1:8443-10.0.2.15:6443");
+        assert!(tcg.iter().any(|x| x == "if=none,id=config,file=/p/vm/config,,1.tar,format=raw,readonly=on"));
+        assert_eq!(after(&tcg, "-qmp"), "unix:/p/vm/qmp.sock,server=on,wait=off");
+        assert!(!tcg.contains(&"-loadvm".to_string()));
+        let mut resume = spec(Accel::Tcg);
+        resume.loadvm = Some("kubestrap-suspend".into());
+        assert_eq!(after(&args(&resume), "-loadvm"), "kubestrap-suspend");
+        // Nothing in the command line depends on anything but the spec.
+        assert_eq!(args(&spec(Accel::Tcg)), tcg);
+    }
+}
