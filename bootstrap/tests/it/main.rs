@@ -14,6 +14,7 @@ mod generate;
 mod hostile;
 mod k3s;
 mod lifecycle;
+mod qemu;
 mod release;
 mod reliability;
 mod signing;

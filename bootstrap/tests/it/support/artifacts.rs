@@ -141,3 +141,53 @@ pub fn kubectl_artifact(_dir: &Path) -> Artifact {
     let (sha256, size) = HASHED.get_or_init(|| sha256_file(&path)).clone();
     Artifact { path, sha256, size }
 }
+
+/// The qemu driver's two artifacts: (hypervisor, base image).
+#[derive(Clone, Debug)]
+pub struct VmArtifacts {
+    pub hypervisor: Artifact,
+    pub base_image: Artifact,
+}
+
+/// `target/` of this build (the test executable is `target/<profile>/deps/it-…`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors().nth(3).unwrap().to_path_buf()
+}
+
+/// The qemu driver's artifacts, built once by `ci/vm/build.sh` into
+/// `target/vm/` (`.ci/run` builds them first; a test process builds them if
+/// they are missing). `None` — with the reason printed — only on a machine
+/// without qemu installed, where the qemu tests cannot run.
+pub fn vm_artifacts() -> Option<VmArtifacts> {
+    static BUILT: OnceLock<Option<VmArtifacts>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if which("qemu-system-x86_64").is_none() {
+                eprintln!("skipped: qemu-system-x86_64 is not installed (`.ci/run` installs qemu-system-x86)");
+                return None;
+            }
+            let out = target_dir().join("vm");
+            let find = |prefix: &str| {
+                fs::read_dir(&out).ok()?.flatten().map(|e| e.path()).find(|p| {
+                    p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+                        && p.extension().is_some_and(|x| x == "zst")
+                })
+            };
+            if find("hypervisor-").is_none() || find("base-").is_none() {
+                let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/vm/build.sh");
+                let run = std::process::Command::new(&script).arg(&out).output().unwrap();
+                assert!(run.status.success(), "ci/vm/build.sh failed: {}", String::from_utf8_lossy(&run.stderr));
+            }
+            Some(VmArtifacts {
+                hypervisor: Artifact::of(find("hypervisor-").unwrap()),
+                base_image: Artifact::of(find("base-").unwrap()),
+            })
+        })
+        .clone()
+}
+
+/// A program on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+}

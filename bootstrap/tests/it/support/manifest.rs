@@ -7,7 +7,7 @@ use std::path::Path;
 use kubestrap_manifest::{Component, Components, Localkube, Manifest, Run, Target};
 
 use super::TARGET;
-use super::artifacts::{Artifact, kubectl_artifact, standin_artifact};
+use super::artifacts::{Artifact, VmArtifacts, kubectl_artifact, standin_artifact};
 
 /// Everything a test manifest says; [`ManifestSpec::new`] fills the defaults
 /// (stand-in localkube's run section, expiry 180 days ahead).
@@ -39,6 +39,8 @@ pub struct ManifestSpec {
     pub needs_root: bool,
     /// The `images` component: (urls, artifact, file name).
     pub images: Option<(Vec<String>, Artifact, String)>,
+    /// The qemu driver's hypervisor and base image (path URLs; drivers = qemu).
+    pub vm: Option<VmArtifacts>,
 }
 
 /// The stand-in's command line (see ci/standin).
@@ -88,6 +90,7 @@ impl ManifestSpec {
             images_dir: None,
             needs_root: false,
             images: None,
+            vm: None,
         }
     }
 
@@ -163,14 +166,25 @@ impl ManifestSpec {
                 localkube: Localkube {
                     version: self.localkube_version.clone(),
                     drivers: Some(self.localkube_drivers.iter().map(|d| d.parse().unwrap()).collect()),
-                    target: BTreeMap::from([(target, artifact(urls, a, unpack, bin))]),
+                    target: BTreeMap::from([(target.clone(), artifact(urls, a, unpack, bin))]),
                     run,
                 },
-                hypervisor: None,
-                base_image: None,
+                hypervisor: self.vm.as_ref().map(|v| vm_component(&target, &v.hypervisor, "bin/qemu-system-x86_64")),
+                base_image: self.vm.as_ref().map(|v| vm_component(&target, &v.base_image, "vmlinuz")),
                 images,
             },
         }
+    }
+}
+
+/// A qemu-only component of a tar.zst artifact.
+fn vm_component(target: &Target, a: &Artifact, bin: &str) -> Component {
+    let artifact = Manifest::artifact(vec![a.path_url()], a.sha256.parse().unwrap(), a.size, value("tar.zst"), bin)
+        .unwrap_or_else(|e| panic!("{e}"));
+    Component {
+        version: "test".into(),
+        drivers: Some(vec![kubestrap_manifest::Driver::Qemu]),
+        target: BTreeMap::from([(target.clone(), artifact)]),
     }
 }
 
