@@ -186,3 +186,33 @@ fn a_bundle_with_the_hypervisor_starts_a_vm_in_a_namespace_with_only_loopback() 
     assert!(String::from_utf8_lossy(&got.stdout).contains("namespace/kube-system"), "{got:?}");
     assert_eq!(user.partials(), Vec::<std::path::PathBuf>::new(), "nothing was downloaded");
 }
+
+#[test]
+fn a_vm_cluster_upgrades_with_its_data_disk_as_the_snapshot_and_rolls_back() {
+    let Some(vm) = vm_artifacts() else { return };
+    let env = Env::new();
+    let with_vm = |s: &mut ManifestSpec| {
+        s.localkube_drivers = vec!["native".into(), "qemu".into()];
+        s.vm = Some(vm.clone());
+    };
+    let m32 = crate::upgrade::release(&env, 32, 1, with_vm);
+    let m33 = crate::upgrade::release(&env, 33, 2, with_vm);
+    let c = Cluster { env, manifest: m32 };
+    start_vm(&c, "kubestrap", true);
+    c.kubectl_ok(KUBECTL_PATH, &["create", "configmap", "kept", "--from-literal=k=v"]);
+    let version = |c: &Cluster| c.status("kubestrap").1["kubernetes"].as_str().unwrap_or_default().to_string();
+    assert!(version(&c).starts_with("v1.32.4"));
+
+    let out = c.env.ok(&["upgrade", "--manifest", m33.to_str().unwrap()]);
+    assert!(out.contains("1.33.4"), "{out}");
+    assert!(version(&c).starts_with("v1.33.4"), "{}", version(&c));
+    assert_eq!(configmap(&c, "kept"), "v");
+    let snaps = json_lines(&c.env.ok(&["-o", "json", "snapshot", "list"]));
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert!(snaps[0]["bytes"].as_u64().unwrap() > 0, "the data disk was copied: {snaps:?}");
+
+    c.env.ok(&["rollback"]);
+    assert!(version(&c).starts_with("v1.32.4"), "{}", version(&c));
+    assert_eq!(configmap(&c, "kept"), "v");
+    c.env.ok(&["delete", "-p", "kubestrap"]);
+}

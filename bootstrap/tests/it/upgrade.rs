@@ -13,7 +13,7 @@ fn s(p: &Path) -> &str {
 }
 
 /// A release: stand-in `v1.<minor>.4+standin` and the real kubectl 1.<minor>.
-fn release(env: &Env, minor: u32, version: u64, edit: impl FnOnce(&mut ManifestSpec)) -> PathBuf {
+pub fn release(env: &Env, minor: u32, version: u64, edit: impl FnOnce(&mut ManifestSpec)) -> PathBuf {
     let dir = env.scratch(&format!("rel-{minor}-{version}"));
     let lk = standin_artifact(&dir, &format!("v1.{minor}.4+standin"));
     let kubectl = Artifact::of(format!("/usr/lib/google-cloud-sdk/bin/kubectl.1.{minor}"));
