@@ -56,8 +56,9 @@ impl FromStr for Accel {
 pub struct HostCaps {
     /// `linux`, `darwin`, `windows`.
     pub os: String,
-    /// `/dev/kvm` can be opened read-write.
+    /// KVM runs guests here (see `kvm::usable`), and what was found.
     pub kvm: bool,
+    pub kvm_why: String,
     /// `kern.hv_support` is 1 (macOS).
     pub hvf: bool,
     /// The Windows Hypervisor Platform is enabled.
@@ -90,6 +91,7 @@ pub fn select_accel(host: &HostCaps, asked: Option<Accel>) -> Result<(Accel, Str
         return Ok((native, format!("{native} (hardware virtualization)")));
     }
     let why = match native {
+        Accel::Kvm if !host.kvm_why.is_empty() => host.kvm_why.as_str(),
         Accel::Kvm => "no usable /dev/kvm",
         Accel::Hvf => "Hypervisor.framework is not available",
         Accel::Whpx => "the Windows Hypervisor Platform is not enabled",
@@ -183,7 +185,7 @@ mod tests {
     use super::*;
 
     fn host(os: &str, kvm: bool, hvf: bool, whpx: bool) -> HostCaps {
-        HostCaps { os: os.into(), kvm, hvf, whpx }
+        HostCaps { os: os.into(), kvm, kvm_why: String::new(), hvf, whpx }
     }
 
     fn spec(accel: Accel) -> VmSpec {

@@ -168,7 +168,7 @@ pub fn host_caps(home: &Path) -> (HostCaps, bool) {
         "macos" => "darwin",
         o => o,
     };
-    (HostCaps { os: os.into(), kvm: known.usable, hvf: false, whpx: false }, known.booted)
+    (HostCaps { os: os.into(), kvm: known.usable, kvm_why: known.why, hvf: false, whpx: false }, known.booted)
 }
 
 /// How long a first KVM guest may show nothing on its console.
@@ -248,7 +248,9 @@ impl Driver for Qemu {
     fn check(&self, manifest: Option<&Manifest>) -> Vec<Check> {
         let home =
             crate::home::Home::from_env().map(|h| h.root().to_path_buf()).unwrap_or_else(|_| std::env::temp_dir());
-        checks(&host_caps(&home).0, manifest, settings_default())
+        let mut out = checks(&host_caps(&home).0, manifest, settings_default());
+        out.extend(manifest.and_then(|m| hypervisor_runs(&home, m)));
+        out
     }
 
     fn extra_sans(&self) -> Vec<String> {
@@ -496,6 +498,28 @@ impl Driver for Qemu {
     }
 }
 
+/// Whether the release's hypervisor, when cached, runs here (`--version`).
+fn hypervisor_runs(home: &Path, m: &Manifest) -> Option<Check> {
+    let need = m.needs(&kubestrap_manifest::Target::host(), Kind::Qemu).ok()?;
+    let hv = need.iter().find(|n| n.component == "hypervisor")?;
+    let tree = home.join("components").join(hv.artifact.sha256.to_string());
+    if !tree.is_dir() {
+        let detail = format!("hypervisor {} is not cached yet (start fetches and verifies it)", hv.version);
+        return Some(Check::new("qemu runs", true, &detail, "", false));
+    }
+    let result = Hypervisor { tree }.run("qemu-system-x86_64", &["--version"], Duration::from_secs(10));
+    Some(match result {
+        Ok(text) => Check::new("qemu runs", true, text.lines().next().unwrap_or("qemu"), "", true),
+        Err(e) => Check::new(
+            "qemu runs",
+            false,
+            &e.to_string(),
+            "run `kubestrap cache verify`; if it still fails, this machine lacks what the hypervisor needs",
+            true,
+        ),
+    })
+}
+
 fn settings_default() -> VmSettings {
     VmSettings::default()
 }
@@ -544,7 +568,7 @@ mod tests {
 
     #[test]
     fn checks_name_the_accelerator_and_missing_artifacts() {
-        let linux = HostCaps { os: "linux".into(), kvm: false, hvf: false, whpx: false };
+        let linux = HostCaps { os: "linux".into(), kvm: false, kvm_why: String::new(), hvf: false, whpx: false };
         let c = checks(&linux, None, VmSettings::default());
         assert!(c[0].ok && c[0].detail.contains("tcg"), "{c:?}");
         let asked = VmSettings { accel: Some(Accel::Kvm), ..Default::default() };
