@@ -8,6 +8,8 @@
 # and one pinning other artifacts is replaced by the next version (kubestrap
 # refuses a version it has seen with other bytes: rollback protection). The manifest is signed with ci/dev-keys/dev.key,
 # which kubestrap trusts only where `kubestrap trust add ci/dev-keys/dev.pub` was run.
+# With KUBESTRAP_VM_ARTIFACTS=DIR (the output of ci/vm/build.sh), the manifest
+# also pins the qemu driver's hypervisor and base image from DIR.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 out=$(mkdir -p "$1" && cd "$1" && pwd)
@@ -34,6 +36,19 @@ artifact="$out/localkube-standin-${standin_version//+/_}.tar.zst"
 tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$stage" -cf - localkube-standin version.txt | zstd -q -3 -f -o "$artifact"
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
+vm_args=()
+vm_files=()
+vm_hashes=()
+if [ -n "${KUBESTRAP_VM_ARTIFACTS:-}" ]; then
+  hv=$(ls "$KUBESTRAP_VM_ARTIFACTS"/hypervisor-*.tar.zst | head -1)
+  base=$(ls "$KUBESTRAP_VM_ARTIFACTS"/base-*.tar.zst | head -1)
+  vm_files=("$hv" "$base")
+  vm_hashes=("$(sha "$hv")" "$(sha "$base")")
+  vm_args=(--component "hypervisor@$(basename "$hv" .tar.zst | sed 's/^hypervisor-//')=$hv#bin/qemu-system-x86_64"
+           --drivers hypervisor=qemu
+           --component "base-image@$(basename "$base" .tar.zst | sed 's/^base-//')=$base#vmlinuz"
+           --drivers base-image=qemu)
+fi
 size() { stat -c %s "$1"; }
 k8s=${standin_version#v}; k8s=${k8s%%+*}
 manifest="$out/manifest.toml"
@@ -41,7 +56,7 @@ if [ "$manifest_version" = auto ]; then
   manifest_version=1
   if [ -f "$manifest" ] && [ -f "$manifest.minisig" ]; then
     pinned=$(grep '^sha256' "$manifest" | sort)
-    wanted=$(printf 'sha256 = "%s"\n' "$(sha "$kubectl")" "$(sha "$artifact")" | sort)
+    wanted=$(printf 'sha256 = "%s"\n' "$(sha "$kubectl")" "$(sha "$artifact")" ${vm_files[@]+"${vm_hashes[@]}"} | sort)
     if [ "$pinned" = "$wanted" ]; then echo "$manifest"; exit 0; fi
     manifest_version=$(( $(sed -n 's/^version = \([0-9]*\)$/\1/p' "$manifest") + 1 ))
   fi
@@ -52,7 +67,8 @@ kubectl_version=$("$kubectl" version --client -o json 2>/dev/null | sed -n 's/.*
 "$bin/kubestrap" manifest new --out "$manifest" --channel dev --manifest-version "$manifest_version" \
   --kubernetes "$k8s" --valid-for 180d \
   --component "kubectl@$kubectl_version=$kubectl" \
-  --component "localkube@${standin_version#v}=$artifact#localkube-standin" --drivers localkube=native \
+  --component "localkube@${standin_version#v}=$artifact#localkube-standin" \
+  --drivers "localkube=native${vm_files[@]+,qemu}" ${vm_args[@]+"${vm_args[@]}"} \
   --run "$top/ci/standin/run.toml" >&2
 "$bin/kubestrap" manifest sign --key "$top/ci/dev-keys/dev.key" "$manifest" >&2
 echo "$manifest"

@@ -84,7 +84,7 @@ for lib in /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/libc.so.6 /lib/x86_
   /lib/x86_64-linux-gnu/libgcc_s.so.1; do
   cp -L "$lib" "$rd$lib"
 done
-modules="virtio_pci virtio_blk virtio_net virtio_rng button evdev overlay br_netfilter bridge veth vxlan
+modules="virtio_pci virtio_blk virtio_net virtio_rng virtio_balloon button evdev overlay br_netfilter bridge veth vxlan
   nf_conntrack nf_nat ip_tables iptable_filter iptable_nat iptable_mangle xt_conntrack xt_MASQUERADE
   xt_comment xt_mark xt_multiport xt_addrtype nf_tables nft_compat nft_chain_nat ip6_tables ip6table_filter
   ip6table_nat"
