@@ -5,7 +5,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use kubestrap_fskit as fskit;
@@ -94,7 +94,7 @@ fn add_tree<W: Write>(b: &mut tar::Builder<W>, dir: &Path, prefix: &str) -> io::
 pub fn write(c: &ConfigDisk, dest: &Path) -> Result<Sha256, fskit::FsError> {
     let tmp = fskit::temp_sibling(dest);
     let result = (|| -> io::Result<Sha256> {
-        let file = fs::OpenOptions::new().write(true).create_new(true).mode_0600().open(&tmp)?;
+        let file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         let mut b = tar::Builder::new(Hashing { inner: io::BufWriter::new(file), hasher: sha2::Sha256::new() });
         b.follow_symlinks(false);
         for a in c.args {
@@ -119,17 +119,6 @@ pub fn write(c: &ConfigDisk, dest: &Path) -> Result<Sha256, fskit::FsError> {
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(|e| fskit::FsError::io(dest, "write", e))
-}
-
-trait Mode0600 {
-    fn mode_0600(&mut self) -> &mut Self;
-}
-
-impl Mode0600 for fs::OpenOptions {
-    fn mode_0600(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o600)
-    }
 }
 
 #[cfg(test)]
