@@ -49,6 +49,9 @@ pub enum Step {
     /// the verified blob before it ran.
     #[serde(rename = "component repaired")]
     ComponentRepaired { component: String, files: Vec<String> },
+    /// A new profile's driver, chosen because none was asked for.
+    #[serde(rename = "driver chosen")]
+    DriverChosen { driver: &'static str, why: String },
     /// The profile's config (port, driver, manifest pointer) is saved.
     #[serde(rename = "profile configured")]
     Configured { profile: String, port: u16, created: bool },
@@ -80,6 +83,7 @@ impl Step {
             Step::ArtifactsVerified { .. } => "artifacts verified",
             Step::ComponentsUnpacked { .. } => "components unpacked",
             Step::ComponentRepaired { .. } => "component repaired",
+            Step::DriverChosen { .. } => "driver chosen",
             Step::Configured { .. } => "profile configured",
             Step::Certificates { .. } => "certificates",
             Step::ImagesPlaced { .. } => "images placed",
@@ -106,6 +110,7 @@ impl Step {
                     files.join(", ")
                 )
             }
+            Step::DriverChosen { driver, why } => format!("{driver}: {why}"),
             Step::Configured { profile, port, created } => {
                 format!("{profile}, port {port}{}", if *created { ", new" } else { "" })
             }

@@ -102,6 +102,9 @@ pub struct Components {
     /// Container image archives localkube imports at start (k3s's air-gap
     /// images), placed into `run.images-dir`. Per target like localkube.
     pub images: Option<Component>,
+    /// The docker driver's base root filesystem (a tar.zst imported into the
+    /// engine as an image). Per target like localkube.
+    pub rootfs: Option<Component>,
 }
 
 /// One component: a version and an artifact per target.
@@ -370,6 +373,9 @@ impl Manifest {
         if let Some(i) = &c.images {
             out.push(("images", i.clone()));
         }
+        if let Some(r) = &c.rootfs {
+            out.push(("rootfs", r.clone()));
+        }
         out
     }
 
@@ -382,7 +388,7 @@ impl Manifest {
                 continue;
             }
             // localkube and the images it imports run where localkube runs.
-            let want = if matches!(name, "localkube" | "images") && driver != Driver::Native {
+            let want = if matches!(name, "localkube" | "images" | "rootfs") && driver != Driver::Native {
                 Target { os: "linux".into(), arch: host.arch.clone() }
             } else {
                 host.clone()

@@ -373,6 +373,7 @@ pub fn generate(req: &Request, client: &Client, report: Report) -> Result<Manife
             hypervisor: None,
             base_image: None,
             images: req.images.then_some(Component { version: k3s_version, drivers: None, target: images }),
+            rootfs: None,
         },
     };
     // What was built must read back as a valid manifest.

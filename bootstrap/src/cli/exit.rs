@@ -154,8 +154,8 @@ fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<Code> {
     }
     if let Some(e) = cause.downcast_ref::<DriverError>() {
         return Some(match e {
-            DriverError::NotAvailable(_) | DriverError::Unsupported { .. } => Code::Usage,
-            DriverError::Unfit { .. } => Code::Unfit,
+            DriverError::Unsupported { .. } => Code::Usage,
+            DriverError::Unfit { .. } | DriverError::EngineUnreachable(_) => Code::Unfit,
             DriverError::DidNotStart { .. } => Code::LocalkubeExited,
             DriverError::ProgramMissing { .. } => Code::CorruptCache,
             DriverError::Fs(e) => fs_code(e),

@@ -82,14 +82,23 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
             }
             .into());
         }
-        (Some(c), _) => c.driver,
-        (None, d) => d.unwrap_or(Kind::Native),
+        (Some(c), _) => Some(c.driver),
+        (None, d) => d,
     };
-    let drv = driver::for_kind(kind)?;
     // A kubeconfig we could not update later is refused before anything runs.
     kubeconfig::check(&kubeconfig::path()?)?;
 
     let (loaded, fetch) = resolve(home, o, &p, existing.as_ref(), progress)?;
+    // A new profile with no --driver: the best this machine and release allow.
+    let kind = match kind {
+        Some(k) => k,
+        None => {
+            let (k, why) = default_driver(&loaded.manifest);
+            progress.step(Step::DriverChosen { driver: k.as_str(), why }, Duration::ZERO);
+            k
+        }
+    };
+    let drv = driver::for_kind(kind)?;
     let run = &loaded.manifest.component.localkube.run;
     match drv.status(&p)? {
         HostState::Running(host) if existing.is_some() => {
@@ -181,6 +190,37 @@ pub fn bring_up(
         created,
         ..result(p, port)?
     })
+}
+
+/// The driver a new profile gets when none is asked for: docker when an
+/// engine answers and the release has a rootfs for it; else native on Linux
+/// (when the release runs there); else qemu when the release has a VM for
+/// this machine. Returns it and why.
+fn default_driver(m: &Manifest) -> (Kind, String) {
+    let host = Target::host();
+    let supports = |k: Kind, extra: Option<&str>| {
+        m.needs(&host, k).is_ok_and(|needs| extra.is_none_or(|c| needs.iter().any(|n| n.component == c)))
+            && m.component.localkube.drivers.as_ref().is_none_or(|d| d.contains(&k))
+    };
+    if supports(Kind::Docker, Some("rootfs")) {
+        match driver::docker::engine() {
+            Ok((version, _)) => {
+                let at = driver::docker::engine_address();
+                return (
+                    Kind::Docker,
+                    format!("a Docker engine answers at {at} (version {version}) and the release has a rootfs for it"),
+                );
+            }
+            Err(e) => tracing::debug!("docker driver not chosen: {e}"),
+        }
+    }
+    if host.os == "linux" && supports(Kind::Native, None) {
+        return (Kind::Native, "no Docker engine for this release here; localkube runs as a host process".into());
+    }
+    if supports(Kind::Qemu, Some("hypervisor")) {
+        return (Kind::Qemu, "the release brings a VM for this machine".into());
+    }
+    (Kind::Native, "the release names no other driver for this machine".into())
 }
 
 /// The driver's blocking checks for this release (k3s on the host needs
@@ -360,6 +400,11 @@ pub fn fetch_and_unpack(
     let mut images = Vec::new();
     let mut trees = std::collections::BTreeMap::new();
     for need in &needs {
+        // The docker driver imports its rootfs from the verified blob.
+        if need.component == "rootfs" {
+            trees.insert("rootfs", home.blob(&need.artifact.sha256));
+            continue;
+        }
         // Image archives are used as downloaded (the verified blob), copied
         // into place by the "images" step.
         if need.component == "images" {

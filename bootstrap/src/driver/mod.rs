@@ -16,6 +16,7 @@ use kubestrap_manifest::{Driver as Kind, Run, Sha256, StopSignal, Vars};
 
 use crate::cluster::profile::Profile;
 
+pub mod docker;
 pub mod native;
 pub mod qemu;
 
@@ -29,8 +30,9 @@ pub struct Launch {
     /// The sha256 `run.program` must have when it is executed.
     pub program_sha256: Sha256,
     pub port: u16,
-    /// The other unpacked, verified component trees the driver needs, by
-    /// component name (`hypervisor`, `base-image`).
+    /// The other verified components the driver needs, by component name:
+    /// unpacked trees (`hypervisor`, `base-image`), or the verified blob
+    /// itself (`rootfs`, which the docker driver imports).
     pub trees: BTreeMap<&'static str, PathBuf>,
 }
 
@@ -128,10 +130,13 @@ pub enum DriverError {
     #[allow(dead_code, reason = "returned by the optional capabilities a driver lacks")]
     #[error("the {driver} driver cannot {what}")]
     Unsupported { driver: Kind, what: &'static str },
-    #[error("this kubestrap has no {0} driver; use --driver native")]
-    NotAvailable(Kind),
     #[error("qemu: {0}")]
     Qemu(String),
+    #[error("docker: {0}")]
+    Docker(String),
+    /// The container engine cannot be reached (or used) at all.
+    #[error("docker: {0}")]
+    EngineUnreachable(String),
     #[error("the {driver} driver cannot run this release here: {failures}")]
     Unfit { driver: Kind, failures: String },
     #[error("processes of profile {profile:?} are still running (pid {pids}); run `kubestrap stop -p {profile}` first")]
@@ -226,9 +231,9 @@ pub fn for_kind(kind: Kind) -> Result<Box<dyn Driver>> {
     match kind {
         Kind::Native => Ok(Box::new(native::Native)),
         Kind::Qemu => Ok(Box::new(qemu::Qemu)),
-        other => Err(DriverError::NotAvailable(other)),
+        Kind::Docker => Ok(Box::new(docker::Docker)),
     }
 }
 
 /// Kinds `start --driver` accepts in this build.
-pub const AVAILABLE: &[Kind] = &[Kind::Native, Kind::Qemu];
+pub const AVAILABLE: &[Kind] = &[Kind::Native, Kind::Qemu, Kind::Docker];

@@ -8,6 +8,7 @@ mod bundle;
 mod cli;
 mod crash;
 mod disk;
+mod docker;
 mod doctor;
 mod fetch;
 mod generate;

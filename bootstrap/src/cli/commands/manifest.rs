@@ -223,7 +223,7 @@ fn unpack_of(file: &Path) -> Unpack {
 }
 
 /// The component names `--component` takes.
-const COMPONENTS: [&str; 5] = ["kubectl", "localkube", "hypervisor", "base-image", "images"];
+const COMPONENTS: [&str; 6] = ["kubectl", "localkube", "hypervisor", "base-image", "images", "rootfs"];
 
 fn file_name(file: &Path) -> String {
     file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
@@ -254,11 +254,13 @@ fn new(a: NewManifestArgs, ui: &Ui) -> Result<Code> {
         let file = std::path::absolute(&c.file)?;
         let (sha256, size) =
             hash::hash_file(&file).with_context(|| format!("--component {spec:?}: cannot read {}", file.display()))?;
-        // Image archives are placed as they are: localkube reads them.
-        let unpack = if c.name == "images" { Unpack::File } else { unpack_of(&file) };
+        // Image archives and the docker driver's rootfs are used as they
+        // are (placed for localkube; imported into the engine).
+        let whole = matches!(c.name.as_str(), "images" | "rootfs");
+        let unpack = if whole { Unpack::File } else { unpack_of(&file) };
         let bin = match (&c.bin, unpack) {
             (Some(b), _) => b.clone(),
-            (None, Unpack::File) if c.name == "images" => file_name(&file),
+            (None, Unpack::File) if whole => file_name(&file),
             (None, Unpack::File) => c.name.clone(),
             (None, _) => bail!("--component {spec:?}: an archive needs #BIN, the executable inside it"),
         };
@@ -301,6 +303,7 @@ fn new(a: NewManifestArgs, ui: &Ui) -> Result<Code> {
             hypervisor: take("hypervisor"),
             base_image: take("base-image"),
             images: take("images"),
+            rootfs: take("rootfs"),
         },
     };
     let text = m.to_toml();

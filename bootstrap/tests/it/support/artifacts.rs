@@ -191,3 +191,41 @@ pub fn vm_artifacts() -> Option<VmArtifacts> {
 pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
 }
+
+/// The docker driver's base rootfs, built once by `ci/docker/build.sh` into
+/// `target/docker/`. `None` — with the reason printed — only where no
+/// Docker engine answers.
+pub fn docker_rootfs() -> Option<Artifact> {
+    static BUILT: OnceLock<Option<Artifact>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let engine =
+                std::process::Command::new("docker").args(["version", "--format", "{{.Server.APIVersion}}"]).output();
+            match engine {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => {
+                    eprintln!("skipped: no Docker engine answers: {}", String::from_utf8_lossy(&o.stderr).trim());
+                    return None;
+                }
+                Err(e) => {
+                    eprintln!("skipped: the docker CLI cannot run: {e}");
+                    return None;
+                }
+            }
+            let out = target_dir().join("docker");
+            let find = || {
+                fs::read_dir(&out)
+                    .ok()?
+                    .flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("rootfs-")))
+            };
+            if find().is_none() {
+                let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/docker/build.sh");
+                let run = std::process::Command::new(&script).arg(&out).output().unwrap();
+                assert!(run.status.success(), "ci/docker/build.sh failed: {}", String::from_utf8_lossy(&run.stderr));
+            }
+            Some(Artifact::of(find().unwrap()))
+        })
+        .clone()
+}

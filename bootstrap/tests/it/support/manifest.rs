@@ -41,6 +41,8 @@ pub struct ManifestSpec {
     pub images: Option<(Vec<String>, Artifact, String)>,
     /// The qemu driver's hypervisor and base image (path URLs; drivers = qemu).
     pub vm: Option<VmArtifacts>,
+    /// The docker driver's base rootfs (path URL; drivers = docker).
+    pub rootfs: Option<Artifact>,
 }
 
 /// The stand-in's command line (see ci/standin).
@@ -91,6 +93,7 @@ impl ManifestSpec {
             needs_root: false,
             images: None,
             vm: None,
+            rootfs: None,
         }
     }
 
@@ -172,6 +175,17 @@ impl ManifestSpec {
                 hypervisor: self.vm.as_ref().map(|v| vm_component(&target, &v.hypervisor, "bin/qemu-system-x86_64")),
                 base_image: self.vm.as_ref().map(|v| vm_component(&target, &v.base_image, "vmlinuz")),
                 images,
+                rootfs: self.rootfs.as_ref().map(|r| {
+                    let name = r.path.file_name().unwrap().to_string_lossy().into_owned();
+                    let artifact =
+                        Manifest::artifact(vec![r.path_url()], r.sha256.parse().unwrap(), r.size, value("file"), &name)
+                            .unwrap_or_else(|e| panic!("{e}"));
+                    Component {
+                        version: "test".into(),
+                        drivers: Some(vec![kubestrap_manifest::Driver::Docker]),
+                        target: BTreeMap::from([(target.clone(), artifact)]),
+                    }
+                }),
             },
         }
     }

@@ -1,0 +1,221 @@
+//! The docker driver against the real Docker engine on this machine: the
+//! stand-in localkube in a container of the base rootfs `ci/docker/build.sh`
+//! makes, imported under a content-derived tag (no registry). Skipped,
+//! saying why, only where no engine answers.
+
+use std::fs;
+use std::process::Command;
+
+use crate::support::*;
+
+fn docker(args: &[&str]) -> (bool, String) {
+    let out = Command::new("docker").args(args).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn docker_cluster() -> Option<Cluster> {
+    let rootfs = docker_rootfs()?;
+    Some(Cluster::with(|s| {
+        s.localkube_drivers = vec!["native".into(), "docker".into()];
+        s.rootfs = Some(rootfs);
+    }))
+}
+
+/// Containers, volumes and images of kubestrap's (by name).
+fn ours() -> (String, String, String) {
+    let c = docker(&["ps", "-a", "--filter", "label=dev.kubestrap.profile", "--format", "{{.Names}}"]).1;
+    let v = docker(&["volume", "ls", "--format", "{{.Name}}"]).1;
+    let i = docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]).1;
+    (c, v, i)
+}
+
+fn configmap(c: &Cluster, name: &str) -> String {
+    c.kubectl_ok(KUBECTL_PATH, &["get", "configmap", name, "-o", "jsonpath={.data.k}"])
+}
+
+#[test]
+fn docker_is_chosen_stops_keep_the_volume_and_delete_leaves_nothing_of_ours() {
+    let Some(c) = docker_cluster() else { return };
+    let rootfs = docker_rootfs().unwrap();
+    // Someone else's container on the same engine, left alone throughout.
+    let bystander = format!("kubestrap-test-bystander-{}", std::process::id());
+    let mut import = Command::new("docker")
+        .args(["import", "-", &format!("{bystander}:1")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        let mut b = tar::Builder::new(import.stdin.take().unwrap());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "hi.txt", &b"hi\n"[..]).unwrap();
+        b.finish().unwrap();
+    }
+    assert!(import.wait().unwrap().success());
+    assert!(docker(&["create", "--name", &bystander, &format!("{bystander}:1"), "/hi"]).0);
+
+    // No --driver: docker, because an engine answers and the release has a rootfs.
+    let port = free_port().to_string();
+    let out = c.env.ok(&["start", "-p", "dk", "--manifest", c.m(), "--port", &port]);
+    assert!(out.contains("driver chosen") && out.contains("docker: a Docker engine answers"), "{out}");
+    c.kubectl_ok(KUBECTL_PATH, &["get", "ns"]);
+    c.kubectl_ok(KUBECTL_PATH, &["create", "configmap", "kept", "--from-literal=k=v"]);
+    let (code, st) = c.status("dk");
+    assert_eq!((code, st["driver"].as_str()), (0, Some("docker")), "{st}");
+    let (containers, volumes, images) = ours();
+    let name = containers.lines().find(|l| l.starts_with("kubestrap-dk-")).expect("our container").to_string();
+    assert!(volumes.contains(&format!("{name}-data")), "{volumes}");
+    assert!(images.contains(&format!("kubestrap-rootfs:{}", rootfs.sha256)), "content-derived tag: {images}");
+    let labels = docker(&["inspect", "--format", "{{json .Config.Labels}} {{json .HostConfig.PortBindings}}", &name]).1;
+    assert!(labels.contains("\"dev.kubestrap.profile\":\"dk\"") && labels.contains("127.0.0.1"), "{labels}");
+
+    // stop: container stopped, volume kept; start: the data is there.
+    c.env.ok(&["stop", "-p", "dk"]);
+    let state = docker(&["inspect", "--format", "{{.State.Status}}", &name]).1;
+    assert_eq!(state.trim(), "exited");
+    let (code, st) = c.status("dk");
+    assert_eq!((code, st["localkube"].as_str()), (7, Some("Stopped")), "{st}");
+    c.env.ok(&["start", "-p", "dk"]);
+    assert_eq!(configmap(&c, "kept"), "v");
+    let logs = c.env.ok(&["logs", "-p", "dk", "-n", "50"]);
+    assert!(logs.contains("standin"), "{logs}");
+    c.env.ok(&["kubectl", "-p", "dk", "--", "get", "configmap", "kept"]);
+
+    // A container killed behind kubestrap's back reads as crashed and recovers.
+    assert!(docker(&["kill", &name]).0);
+    let (_, st) = c.status("dk");
+    assert_eq!(st["localkube"], "Crashed", "{st}");
+    c.env.ok(&["start", "-p", "dk"]);
+    assert_eq!(configmap(&c, "kept"), "v");
+
+    // delete: no container, volume or image of ours; the bystander stays.
+    c.env.ok(&["delete", "-p", "dk"]);
+    let (containers, volumes, images) = ours();
+    assert!(!containers.contains("kubestrap-dk-"), "{containers}");
+    assert!(!volumes.contains(&format!("{name}-data")), "{volumes}");
+    // The image goes with its last container (other tests running beside
+    // this one may still use it).
+    let tag = format!("kubestrap-rootfs:{}", rootfs.sha256);
+    let users = docker(&["ps", "-a", "-q", "--filter", &format!("ancestor={tag}")]).1;
+    assert!(!images.contains(&tag) || !users.trim().is_empty(), "{images}");
+    assert!(docker(&["inspect", &bystander]).0, "someone else's container is untouched");
+    docker(&["rm", "-f", &bystander]);
+    docker(&["image", "rm", &format!("{bystander}:1")]);
+}
+
+#[test]
+fn two_docker_profiles_run_at_once_and_an_unreachable_engine_is_said_clearly() {
+    let Some(c) = docker_cluster() else { return };
+    for p in ["da", "db"] {
+        let port = free_port().to_string();
+        c.env.ok(&["start", "-p", p, "--driver", "docker", "--manifest", c.m(), "--port", &port]);
+        c.env.ok(&["kubectl", "-p", p, "--", "create", "configmap", &format!("own-{p}"), "--from-literal=k=v"]);
+    }
+    let out = c.env.ok(&["kubectl", "-p", "da", "--", "get", "configmap", "-o", "name"]);
+    assert!(out.contains("own-da") && !out.contains("own-db"), "{out}");
+
+    // The engine out of reach: a clear error naming where it was looked
+    // for, before anything is changed; everything intact once it is back.
+    let cfg = fs::read(c.env.home.join("profiles/da/config.toml")).unwrap();
+    let out = c.env.cmd(&["start", "-p", "da"]).env("DOCKER_HOST", "unix:///nonexistent/docker.sock").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(44), "{err}");
+    assert!(err.contains("unix:///nonexistent/docker.sock") && err.contains("DOCKER_HOST"), "{err}");
+    let out =
+        c.env.cmd(&["status", "-p", "da"]).env("DOCKER_HOST", "unix:///nonexistent/docker.sock").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the Docker engine"), "{out:?}");
+    assert_eq!(fs::read(c.env.home.join("profiles/da/config.toml")).unwrap(), cfg);
+    let (code, _) = c.status("da");
+    assert_eq!(code, 0);
+    c.env.ok(&["delete", "--all"]);
+}
+
+#[test]
+fn a_docker_cluster_upgrades_and_keeps_its_volume() {
+    let Some(rootfs) = docker_rootfs() else { return };
+    let env = Env::new();
+    let with = |s: &mut ManifestSpec| {
+        s.localkube_drivers = vec!["native".into(), "docker".into()];
+        s.rootfs = Some(rootfs.clone());
+    };
+    let m32 = crate::upgrade::release(&env, 32, 1, with);
+    let m33 = crate::upgrade::release(&env, 33, 2, with);
+    let c = Cluster { env, manifest: m32 };
+    let port = free_port().to_string();
+    c.env.ok(&["start", "--driver", "docker", "--manifest", c.m(), "--port", &port]);
+    c.kubectl_ok(KUBECTL_PATH, &["create", "configmap", "kept", "--from-literal=k=v"]);
+    c.env.ok(&["upgrade", "--manifest", m33.to_str().unwrap()]);
+    let (_, st) = c.status("kubestrap");
+    assert!(st["kubernetes"].as_str().unwrap().starts_with("v1.33.4"), "{st}");
+    assert_eq!(configmap(&c, "kept"), "v");
+    c.env.ok(&["rollback"]);
+    let (_, st) = c.status("kubestrap");
+    assert!(st["kubernetes"].as_str().unwrap().starts_with("v1.32.4"), "{st}");
+    assert_eq!(configmap(&c, "kept"), "v");
+    c.env.ok(&["delete"]);
+}
+
+#[test]
+fn a_bundle_starts_a_docker_cluster_with_no_download_and_no_registry() {
+    let Some(rootfs) = docker_rootfs() else { return };
+    let maker = Env::new();
+    // Every URL points at a host that does not answer: only the bundle and
+    // the engine can be used.
+    let dir = maker.scratch("artifacts");
+    let lk = standin_artifact(&dir, "v1.33.1+standin");
+    let kubectl = kubectl_artifact(&dir);
+    for a in [&kubectl, &rootfs] {
+        fs::copy(&a.path, dir.join(a.path.file_name().unwrap())).unwrap();
+    }
+    let nowhere = |a: &Artifact| vec![format!("http://127.0.0.1:9/{}", a.path.file_name().unwrap().to_string_lossy())];
+    let mut spec = ManifestSpec::new(
+        (nowhere(&kubectl), kubectl.clone(), "file".into()),
+        (nowhere(&lk), lk.clone(), "tar.zst".into(), "localkube-standin".into()),
+    );
+    spec.localkube_drivers = vec!["docker".into()];
+    spec.rootfs = Some(Artifact { path: dir.join(rootfs.path.file_name().unwrap()), ..rootfs.clone() });
+    let mut m = spec.manifest();
+    if let Some(r) = m.component.rootfs.as_mut() {
+        for a in r.target.values_mut() {
+            a.urls = nowhere(&rootfs);
+        }
+    }
+    let path = maker.write_signed_text(&m.to_toml(), "nowhere/manifest.toml");
+    let bundle = maker.path().join("kubestrap-docker-bundle");
+    maker.ok(&[
+        "bundle",
+        "create",
+        "--manifest",
+        path.to_str().unwrap(),
+        "--driver",
+        "docker",
+        "--artifacts",
+        dir.to_str().unwrap(),
+        "--out",
+        bundle.to_str().unwrap(),
+    ]);
+
+    let user = Env::new();
+    user.ok(&["trust", "add", maker.keys.join("dev.pub").to_str().unwrap()]);
+    let port = free_port().to_string();
+    let out = user.cmd_of(&bundle, &["start", "--driver", "docker", "--port", &port]).output().unwrap();
+    let cleanup = || {
+        let _ = user.cmd(&["delete", "--all"]).output();
+    };
+    if !out.status.success() {
+        cleanup();
+        panic!("{}", user.report(&["start", "--driver", "docker"], &out, "bundle start"));
+    }
+    let got = Command::new(KUBECTL_PATH)
+        .args(["get", "ns", "default", "-o", "name"])
+        .env("KUBECONFIG", &user.kubeconfig)
+        .env("HOME", user.path())
+        .output()
+        .unwrap();
+    cleanup();
+    assert!(String::from_utf8_lossy(&got.stdout).contains("namespace/default"), "{got:?}");
+    assert_eq!(user.partials(), Vec::<std::path::PathBuf>::new(), "nothing was downloaded");
+}
