@@ -6,14 +6,8 @@
 #
 # Usage: bench/docker.sh [RUNS]   (default 5). Needs a Docker engine, curl, zstd.
 set -euo pipefail
-top=$(cd "$(dirname "$0")/.." && pwd)
 runs=${1:-5}
-work=$(mktemp -d)
-export KUBESTRAP_HOME=$work/home KUBECONFIG=$work/kubeconfig
-ks=$top/target/release/kubestrap
-cleanup() { "$ks" delete --all >/dev/null 2>&1 || true; rm -rf "$work"; }
-trap cleanup EXIT
-(cd "$top" && cargo build --quiet --release --workspace --bins)
+. "$(dirname "$0")/lib.sh"
 [ -n "$(ls "$top"/target/docker/rootfs-*.tar.zst 2>/dev/null)" ] || "$top/ci/docker/build.sh" "$top/target/docker" >/dev/null
 rootfs=$(ls "$top"/target/docker/rootfs-*.tar.zst | head -1)
 art=$work/artifacts
@@ -26,9 +20,6 @@ tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$art/stage" -
   --component "rootfs@bench=$rootfs" --drivers rootfs=docker --run "$top/ci/standin/run.toml" >/dev/null
 "$ks" manifest sign --key "$top/ci/dev-keys/dev.key" "$art/m.toml" >/dev/null
 "$ks" trust add "$top/ci/dev-keys/dev.pub" >/dev/null 2>&1
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-now() { date +%s%N; }
-median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.0f", m/1e6}'; }
 tag=kubestrap-rootfs:$(sha256sum "$rootfs" | cut -d' ' -f1)
 "$ks" fetch --manifest "$art/m.toml" --driver docker >/dev/null 2>&1
 
@@ -46,8 +37,8 @@ for i in $(seq "$runs"); do
   t0=$(now); "$ks" start -p n >/dev/null 2>&1; native+=($(( $(now) - t0 )))
   "$ks" delete -p d >/dev/null
 done
-echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); engine: docker $(docker version --format '{{.Server.Version}}') ($(docker info --format '{{.Driver}}')); runs: $runs (medians)"
-echo "docker driver cold start (import + create + ready): $(printf '%s\n' "${cold[@]}" | median) ms"
-echo "docker driver warm start (stopped container, to ready): $(printf '%s\n' "${warm[@]}" | median) ms"
-echo "native driver warm start (stopped profile, to ready): $(printf '%s\n' "${native[@]}" | median) ms"
-echo "rootfs import by hand (zstd -dc | docker import): $(printf '%s\n' "${import[@]}" | median) ms for $(stat -c %s "$rootfs") bytes compressed, $(zstd -dc "$rootfs" | wc -c) bytes of tar"
+echo "machine: $(machine); engine: docker $(docker version --format '{{.Server.Version}}') ($(docker info --format '{{.Driver}}')); runs: $runs (medians)"
+echo "docker driver cold start (import + create + ready): $(printf '%s\n' "${cold[@]}" | median ms 0) ms"
+echo "docker driver warm start (stopped container, to ready): $(printf '%s\n' "${warm[@]}" | median ms 0) ms"
+echo "native driver warm start (stopped profile, to ready): $(printf '%s\n' "${native[@]}" | median ms 0) ms"
+echo "rootfs import by hand (zstd -dc | docker import): $(printf '%s\n' "${import[@]}" | median ms 0) ms for $(stat -c %s "$rootfs") bytes compressed, $(zstd -dc "$rootfs" | wc -c) bytes of tar"

@@ -9,21 +9,15 @@
 #
 # Usage: bench/lifecycle.sh [RUNS]   (default 15). Needs curl and zstd.
 set -euo pipefail
-top=$(cd "$(dirname "$0")/.." && pwd)
 runs=${1:-15}
-work=$(mktemp -d)
-export KUBESTRAP_HOME=$work/home KUBECONFIG=$work/kubeconfig
-ks=$top/target/release/kubestrap
-cleanup() { "$ks" delete --all >/dev/null 2>&1 || true; [ -n "${sp:-}" ] && kill "$sp" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
+sp=
+bench_cleanup() { if [ -n "$sp" ]; then kill "$sp" 2>/dev/null || true; fi; }
+. "$(dirname "$0")/lib.sh"
 manifest=$("$top/ci/dev-manifest.sh" "$work/artifacts" v1.33.1+standin 1 release)
 "$ks" trust add "$top/ci/dev-keys/dev.pub" 2>/dev/null
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 "$ks" start --manifest "$manifest" --port "$port" >/dev/null 2>&1
 "$ks" stop >/dev/null
-
-now() { date +%s%N; }
-median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.1f", m/1e6}'; }
 
 pki=$KUBESTRAP_HOME/profiles/kubestrap/pki
 comp=$(dirname "$(find "$KUBESTRAP_HOME/components" -name localkube-standin -type f | head -1)")
@@ -55,9 +49,9 @@ for _ in $(seq "$runs"); do
   t0=$(now); curl_ready >/dev/null; curl_status+=($(( $(now) - t0 )))
 done
 
-b=$(printf '%s\n' "${base[@]}" | median); s=$(printf '%s\n' "${ks_start[@]}" | median)
-st=$(printf '%s\n' "${ks_status[@]}" | median); cs=$(printf '%s\n' "${curl_status[@]}" | median)
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $runs runs, medians"
+b=$(printf '%s\n' "${base[@]}" | median ms 1); s=$(printf '%s\n' "${ks_start[@]}" | median ms 1)
+st=$(printf '%s\n' "${ks_status[@]}" | median ms 1); cs=$(printf '%s\n' "${curl_status[@]}" | median ms 1)
+echo "machine: $(machine), $runs runs, medians"
 printf '%-44s %9s ms\n' "stand-in alone, exec -> /readyz 200 (baseline)" "$b"
 printf '%-44s %9s ms\n' "kubestrap start (stopped profile, warm cache)" "$s"
 printf '%-44s %9s ms   (target <= 100)\n' "kubestrap overhead (start - baseline)" "$(awk "BEGIN{printf \"%.1f\", $s-$b}")"

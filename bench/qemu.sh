@@ -15,24 +15,17 @@
 # Usage: bench/qemu.sh [RUNS] [ACCEL]   (default 5, tcg). Needs curl, zstd
 # and what ci/vm/build.sh needs.
 set -euo pipefail
-top=$(cd "$(dirname "$0")/.." && pwd)
 runs=${1:-5}
 accel=${2:-tcg}
-work=$(mktemp -d)
-export KUBESTRAP_HOME=$work/home KUBECONFIG=$work/kubeconfig
-ks=$top/target/release/kubestrap
 sp=
-cleanup() { [ -n "$sp" ] && kill -9 "$sp" 2>/dev/null; "$ks" delete --all >/dev/null 2>&1 || true; rm -rf "$work"; }
-trap cleanup EXIT
-(cd "$top" && cargo build --quiet --release --workspace --bins)
+bench_cleanup() { if [ -n "$sp" ]; then kill -9 "$sp" 2>/dev/null || true; fi; }
+. "$(dirname "$0")/lib.sh"
 [ -n "$(ls "$top"/target/vm/base-*.tar.zst 2>/dev/null)" ] || "$top/ci/vm/build.sh" "$top/target/vm" >/dev/null
 manifest=$(KUBESTRAP_VM_ARTIFACTS=$top/target/vm "$top/ci/dev-manifest.sh" "$work/artifacts" v1.33.1+standin 1 release)
 "$ks" trust add "$top/ci/dev-keys/dev.pub" >/dev/null 2>&1
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 "$ks" start --driver qemu --accel "$accel" --manifest "$manifest" --port "$port" >/dev/null 2>&1
 
-now() { date +%s%N; }
-median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.2f", m/1e9}'; }
 profile=$KUBESTRAP_HOME/profiles/kubestrap
 pki=$profile/pki
 ready() { [ "$(curl -s -m 2 -o /dev/null -w '%{http_code}' --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" "https://127.0.0.1:$port/readyz" || true)" = 200 ]; }
@@ -64,11 +57,11 @@ done
 
 size() { stat -c %s "$1"; }
 mib() { awk -v b="$1" 'BEGIN {printf "%.1f MiB", b/1048576}'; }
-echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); accelerator: $accel; runs: $runs (medians)"
-printf 'cold start to ready:   kubestrap %ss   qemu by hand %ss\n' "$(printf '%s\n' "${cold[@]}" | median)" "$(printf '%s\n' "${cold_base[@]}" | median)"
-printf 'resume to ready:       kubestrap %ss   qemu -loadvm by hand %ss\n' "$(printf '%s\n' "${resume[@]}" | median)" "$(printf '%s\n' "${resume_base[@]}" | median)"
-printf 'suspend (stop):        %ss\n' "$(printf '%s\n' "${suspend[@]}" | median)"
-printf 'shutdown (stop --shutdown): %ss\n' "$(printf '%s\n' "${shutdown[@]}" | median)"
+echo "machine: $(machine); accelerator: $accel; runs: $runs (medians)"
+printf 'cold start to ready:   kubestrap %ss   qemu by hand %ss\n' "$(printf '%s\n' "${cold[@]}" | median s 2)" "$(printf '%s\n' "${cold_base[@]}" | median s 2)"
+printf 'resume to ready:       kubestrap %ss   qemu -loadvm by hand %ss\n' "$(printf '%s\n' "${resume[@]}" | median s 2)" "$(printf '%s\n' "${resume_base[@]}" | median s 2)"
+printf 'suspend (stop):        %ss\n' "$(printf '%s\n' "${suspend[@]}" | median s 2)"
+printf 'shutdown (stop --shutdown): %ss\n' "$(printf '%s\n' "${shutdown[@]}" | median s 2)"
 echo "qemu resident memory (stand-in running, -m 2048): $(mib $((rss_kib * 1024)))"
 echo "hypervisor artifact: $(mib "$(size "$(ls "$top"/target/vm/hypervisor-*.tar.zst)")"), base image: $(mib "$(size "$(ls "$top"/target/vm/base-*.tar.zst)")")"
 echo "config disk: $(mib "$(size "$profile/vm/config.tar")"), data disk allocated: $(du -h "$profile/vm/disk/data.qcow2" | cut -f1) (virtual 40 GiB)"

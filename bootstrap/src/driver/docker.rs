@@ -20,7 +20,7 @@ use kubestrap_fskit as fskit;
 use kubestrap_manifest::{Driver as Kind, Manifest, Sha256, Vars};
 use serde::{Deserialize, Serialize};
 
-use super::{Capabilities, Check, Driver, DriverError, Host, HostState, Launch, Result, Stop, StopOutcome};
+use super::{Capabilities, Check, Driver, DriverError, Host, HostState, Launch, Result, Stop, StopOutcome, guest};
 use crate::artifacts::hash::HashingReader;
 use crate::cluster::profile::{Profile, VmSettings};
 use crate::retry::Backoff;
@@ -30,9 +30,6 @@ pub struct Docker;
 
 /// The lowest engine API version this driver is tested against (Docker 20.10).
 const MIN_API: (u32, u32) = (1, 41);
-/// The apiserver's port inside the container.
-const GUEST_PORT: u16 = 6443;
-const GUEST_CONFIG: &str = "/run/kubestrap";
 /// Every engine call is bounded; an import of a large rootfs gets longer.
 const CALL: Duration = Duration::from_secs(60);
 const IMPORT: Duration = Duration::from_secs(600);
@@ -306,26 +303,11 @@ impl Driver for Docker {
     }
 
     fn vars(&self, launch: &Launch) -> Vars {
-        let p = &launch.profile;
-        Vars {
-            data: "/data".into(),
-            pki: format!("{GUEST_CONFIG}/pki"),
-            port: GUEST_PORT,
-            bind: "0.0.0.0".into(),
-            profile: p.name.clone(),
-            node: format!("kubestrap-{}", p.name),
-            component: format!("{GUEST_CONFIG}/component"),
-        }
+        guest::vars(launch)
     }
 
     fn host_vars(&self, launch: &Launch) -> Vars {
-        let p = &launch.profile;
-        Vars {
-            data: self.host_data(p).display().to_string(),
-            pki: p.pki().display().to_string(),
-            component: launch.component.display().to_string(),
-            ..self.vars(launch)
-        }
+        guest::host_vars(launch, &self.host_data(&launch.profile))
     }
 
     fn host_data(&self, p: &Profile) -> PathBuf {
@@ -364,15 +346,15 @@ impl Driver for Docker {
             "--label".into(),
             format!("{LABEL}.localkube={}", launch.program_sha256),
             "--publish".into(),
-            format!("127.0.0.1:{}:{GUEST_PORT}", launch.port),
+            format!("127.0.0.1:{}:{}", launch.port, guest::PORT),
             "--mount".into(),
             format!("type=volume,source={volume},target=/data"),
             "--mount".into(),
-            mount(&launch.component, &format!("{GUEST_CONFIG}/component")),
+            mount(&launch.component, &guest::path("component")),
             "--mount".into(),
-            mount(&p.pki(), &format!("{GUEST_CONFIG}/pki")),
+            mount(&p.pki(), &guest::path("pki")),
             "--mount".into(),
-            mount(&self.host_data(p), &format!("{GUEST_CONFIG}/data")),
+            mount(&self.host_data(p), &guest::path("data")),
             "--stop-signal".into(),
             format!("SIG{:?}", launch.run.stop_signal).to_uppercase(),
             "--stop-timeout".into(),
@@ -392,7 +374,7 @@ impl Driver for Docker {
             args.extend(["--privileged".into(), "--tmpfs".into(), "/run".into(), "--tmpfs".into(), "/var/run".into()]);
         }
         args.push(image);
-        args.push(format!("{GUEST_CONFIG}/component/{}", launch.run.program));
+        args.push(guest::path(&format!("component/{}", launch.run.program)));
         args.extend(launch.run.args.iter().map(|a| a.render(&vars)));
         let want = Created { name: name.clone(), args: args.clone() };
         let existing = inspect(p)?;

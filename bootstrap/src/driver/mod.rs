@@ -17,6 +17,7 @@ use kubestrap_manifest::{Driver as Kind, Run, Sha256, StopSignal, Vars};
 use crate::cluster::profile::Profile;
 
 pub mod docker;
+mod guest;
 pub mod native;
 pub mod qemu;
 

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use self::cmdline::{Accel, HostCaps, VmSpec};
 use self::qmp::Qmp;
 use super::native::{self, logs, monitor::LaunchSpec};
-use super::{Capabilities, Check, Driver, DriverError, Host, HostState, Launch, Result, Stop, StopOutcome};
+use super::{Capabilities, Check, Driver, DriverError, Host, HostState, Launch, Result, Stop, StopOutcome, guest};
 use crate::cluster::profile::{Profile, VmSettings};
 use crate::retry::Backoff;
 use crate::state::{read as read_state, write as write_state};
@@ -40,10 +40,6 @@ pub struct Qemu;
 
 /// The internal snapshot a suspend saves and a start resumes.
 const SUSPEND_TAG: &str = "kubestrap-suspend";
-/// The apiserver's port inside the guest.
-pub const GUEST_PORT: u16 = 6443;
-/// Where the guest's init extracts the config disk.
-const GUEST_CONFIG: &str = "/run/kubestrap";
 /// The data disk's size (sparse: it takes what the guest writes).
 const DISK_GIB: u32 = 40;
 /// Defaults when `start` names none.
@@ -258,27 +254,11 @@ impl Driver for Qemu {
     }
 
     fn vars(&self, launch: &Launch) -> Vars {
-        let p = &launch.profile;
-        Vars {
-            data: "/data".into(),
-            pki: format!("{GUEST_CONFIG}/pki"),
-            port: GUEST_PORT,
-            // The guest is reachable only through qemu's port forward.
-            bind: "0.0.0.0".into(),
-            profile: p.name.clone(),
-            node: format!("kubestrap-{}", p.name),
-            component: format!("{GUEST_CONFIG}/component"),
-        }
+        guest::vars(launch)
     }
 
     fn host_vars(&self, launch: &Launch) -> Vars {
-        let p = &launch.profile;
-        Vars {
-            data: self.host_data(p).display().to_string(),
-            pki: p.pki().display().to_string(),
-            component: launch.component.display().to_string(),
-            ..self.vars(launch)
-        }
+        guest::host_vars(launch, &self.host_data(&launch.profile))
     }
 
     fn host_data(&self, p: &Profile) -> PathBuf {
@@ -307,7 +287,7 @@ impl Driver for Qemu {
 
         // The config disk: localkube's command line as the guest runs it.
         let vars = self.vars(launch);
-        let mut guest_args = vec![format!("{GUEST_CONFIG}/component/{}", launch.run.program)];
+        let mut guest_args = vec![guest::path(&format!("component/{}", launch.run.program))];
         guest_args.extend(launch.run.args.iter().map(|a| a.render(&vars)));
         let next = vm_dir(p).join("config.next.tar");
         let config_sha256 = config::write(
@@ -333,7 +313,7 @@ impl Driver for Qemu {
             data_disk: disk,
             config_disk: config_disk.clone(),
             host_port: launch.port,
-            guest_port: GUEST_PORT,
+            guest_port: guest::PORT,
             console_log: p.log_file(),
             qmp_socket: qmp_socket(p),
             loadvm: None,
