@@ -52,6 +52,16 @@ pub fn engine_address() -> String {
 
 /// A `docker` command's output, bounded in time.
 fn docker(args: &[&str], deadline: Duration) -> Result<String> {
+    let (status, stdout, stderr) = exec(args, deadline)?;
+    if !status.success() {
+        return Err(explain(args, &stderr));
+    }
+    Ok(stdout)
+}
+
+/// Runs `docker ARGS` under a deadline: its exit status, stdout (at most
+/// 16 MiB) and stderr (at most 1 MiB).
+fn exec(args: &[&str], deadline: Duration) -> Result<(std::process::ExitStatus, String, String)> {
     let mut child = Command::new("docker")
         .args(args)
         .stdin(Stdio::null())
@@ -88,10 +98,20 @@ fn docker(args: &[&str], deadline: Duration) -> Result<String> {
     };
     let stdout = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
     let stderr = String::from_utf8_lossy(&ereader.join().unwrap_or_default()).trim().to_string();
-    if !status.success() {
-        return Err(explain(args, &stderr));
-    }
-    Ok(stdout)
+    Ok((status, stdout, stderr))
+}
+
+/// One field of a `--mount` value, quoted as the CSV the CLI parses it
+/// with, so a path with a comma or a quote stays one path.
+fn mount_field(key: &str, value: &str) -> String {
+    let field = format!("{key}={value}");
+    if field.contains([',', '"', '\n', '\r']) { format!("\"{}\"", field.replace('"', "\"\"")) } else { field }
+}
+
+/// A `--mount` value for a bind mount of a host path.
+fn bind_mount(host: &Path, target: &str, readonly: bool) -> String {
+    let ro = if readonly { ",readonly" } else { "" };
+    format!("type=bind,{},target={target}{ro}", mount_field("source", &host.display().to_string()))
 }
 
 /// A failed engine call, said with what to do.
@@ -176,6 +196,18 @@ fn ensure_image(blob: &Path) -> Result<String> {
         return Ok(tag);
     }
     let want: Sha256 = sha.parse().map_err(|_| DriverError::Docker(format!("{}: not a store blob", blob.display())))?;
+    // Checked before the engine sees a byte, and hashed again as it streams
+    // (the file could change in between).
+    let corrupt = |got: &dyn std::fmt::Display| {
+        DriverError::Docker(format!(
+            "the rootfs {} no longer matches its manifest (sha256 {got}); run `kubestrap cache verify`",
+            blob.display()
+        ))
+    };
+    let (before, _) = crate::artifacts::hash::hash_file(blob).map_err(|e| fskit::FsError::io(blob, "read", e))?;
+    if before != want {
+        return Err(corrupt(&before));
+    }
     let label = format!("LABEL {LABEL}.rootfs={sha}");
     let mut child = Command::new("docker")
         .args(["import", "--change", &label, "-", &tag])
@@ -201,10 +233,7 @@ fn ensure_image(blob: &Path) -> Result<String> {
     }
     if got != want {
         let _ = docker(&["image", "rm", "-f", &tag], CALL);
-        return Err(DriverError::Docker(format!(
-            "the rootfs {} no longer matches its manifest (sha256 {got}); run `kubestrap cache verify`",
-            blob.display()
-        )));
+        return Err(corrupt(&got));
     }
     match (copied, status) {
         (Ok(()), Some(s)) if s.success() => Ok(tag),
@@ -332,7 +361,6 @@ impl Driver for Docker {
         let name = container_name(p);
         let volume = volume_name(p);
         let set = settings(p);
-        let mount = |host: &Path, guest: &str| format!("type=bind,source={},target={guest},readonly", host.display());
         let mut args: Vec<String> = vec![
             "create".into(),
             "--name".into(),
@@ -350,11 +378,11 @@ impl Driver for Docker {
             "--mount".into(),
             format!("type=volume,source={volume},target=/data"),
             "--mount".into(),
-            mount(&launch.component, &guest::path("component")),
+            bind_mount(&launch.component, &guest::path("component"), true),
             "--mount".into(),
-            mount(&p.pki(), &guest::path("pki")),
+            bind_mount(&p.pki(), &guest::path("pki"), true),
             "--mount".into(),
-            mount(&self.host_data(p), &guest::path("data")),
+            bind_mount(&self.host_data(p), &guest::path("data"), true),
             "--stop-signal".into(),
             format!("SIG{:?}", launch.run.stop_signal).to_uppercase(),
             "--stop-timeout".into(),
@@ -437,10 +465,12 @@ impl Driver for Docker {
     }
 
     fn delete(&self, p: &Profile) -> Result<()> {
-        let image = read_state::<Created>(&created_path(p))
+        // The engine's word first: the record may be damaged or never written.
+        let image = docker(&["container", "inspect", "--format", "{{.Config.Image}}", &container_name(p)], CALL)
             .ok()
-            .flatten()
-            .and_then(|c| c.args.iter().find(|a| a.starts_with("kubestrap-rootfs:")).cloned());
+            .map(|o| o.trim().to_string())
+            .filter(|i| i.starts_with("kubestrap-rootfs:"))
+            .or_else(|| self.image_of(p).ok());
         match docker(&["rm", "-f", "--volumes", &container_name(p)], CALL) {
             Ok(_) => {}
             Err(DriverError::Docker(m)) if m.contains("No such container") || m.contains("no such container") => {}
@@ -458,27 +488,40 @@ impl Driver for Docker {
     }
 
     fn log_tail(&self, p: &Profile, n: usize) -> Vec<String> {
-        let out = Command::new("docker")
-            .args(["logs", "--tail", &n.to_string(), &container_name(p)])
-            .stdin(Stdio::null())
-            .output();
-        match out {
-            Ok(o) => {
-                let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-                let lines: Vec<String> = text.lines().map(String::from).collect();
+        match exec(&["logs", "--tail", &n.to_string(), &container_name(p)], CALL) {
+            Ok((_, stdout, stderr)) => {
+                let lines: Vec<String> = stdout.lines().chain(stderr.lines()).map(String::from).collect();
                 lines[lines.len().saturating_sub(n)..].to_vec()
             }
             Err(_) => Vec::new(),
         }
     }
 
-    fn follow_log(&self, p: &Profile, _out: &mut dyn Write) -> Result<()> {
-        let status = Command::new("docker")
+    fn follow_log(&self, p: &Profile, out: &mut dyn Write) -> Result<()> {
+        // The container's stdout and stderr, as one stream, into `out`.
+        let spawn_err = |source| DriverError::Spawn { what: "run `docker logs`", source };
+        let (mut reader, writer) = std::io::pipe().map_err(spawn_err)?;
+        let mut child = Command::new("docker")
             .args(["logs", "--follow", "--tail", "0", &container_name(p)])
             .stdin(Stdio::null())
-            .status()
-            .map_err(|source| DriverError::Spawn { what: "run `docker logs`", source })?;
-        if !status.success() {
+            .stdout(writer.try_clone().map_err(spawn_err)?)
+            .stderr(writer)
+            .spawn()
+            .map_err(spawn_err)?;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = child.kill();
+        let status = child.wait().map_err(spawn_err)?;
+        if !status.success() && status.code().is_some() {
             return Err(DriverError::Docker(format!("`docker logs --follow` ended with {status}")));
         }
         Ok(())
@@ -489,7 +532,7 @@ impl Driver for Docker {
     fn snapshot(&self, p: &Profile, dest: &Path) -> Result<fskit::Copied> {
         fskit::create_dir_mode(dest, 0o700)?;
         let image = self.image_of(p)?;
-        let to = format!("type=bind,source={},target=/to", dest.display());
+        let to = bind_mount(dest, "/to", false);
         let from = format!("type=volume,source={},target=/from,readonly", volume_name(p));
         docker(
             &[
@@ -514,7 +557,7 @@ impl Driver for Docker {
 
     fn restore(&self, p: &Profile, src: &Path) -> Result<()> {
         let image = self.image_of(p)?;
-        let from = format!("type=bind,source={},target=/from,readonly", src.display());
+        let from = bind_mount(src, "/from", true);
         let to = format!("type=volume,source={},target=/to", volume_name(p));
         let script = "find /to -mindepth 1 -maxdepth 1 -exec rm -rf {} + && cp -a /from/. /to/";
         docker(

@@ -219,3 +219,51 @@ fn a_bundle_starts_a_docker_cluster_with_no_download_and_no_registry() {
     assert!(String::from_utf8_lossy(&got.stdout).contains("namespace/default"), "{got:?}");
     assert_eq!(user.partials(), Vec::<std::path::PathBuf>::new(), "nothing was downloaded");
 }
+
+#[test]
+fn a_home_with_a_comma_a_lost_container_record_and_logs_follow() {
+    let Some(mut c) = docker_cluster() else { return };
+    // A home whose path would split a `--mount` value if it were not quoted.
+    c.env.home = c.env.path().join("a,b \"home\"");
+    c.env.ok(&["trust", "add", c.env.keys.join("dev.pub").to_str().unwrap()]);
+    let port = free_port().to_string();
+    c.env.ok(&["start", "-p", "dc", "--driver", "docker", "--manifest", c.m(), "--port", &port]);
+    c.kubectl_ok(KUBECTL_PATH, &["create", "configmap", "kept", "--from-literal=k=v"]);
+
+    // `logs -f` carries what localkube logs from now on, stdout and stderr alike.
+    let mut follow = c.env.cmd(&["logs", "-f", "-p", "dc"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut stdout = follow.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let got = wait_until(std::time::Duration::from_secs(20), || {
+        c.kubectl_ok(KUBECTL_PATH, &["get", "configmap", "kept"]);
+        String::from_utf8_lossy(&seen.lock().unwrap()).contains("/configmaps/kept")
+    });
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(got, "logs -f showed: {}", String::from_utf8_lossy(&seen.lock().unwrap()));
+
+    // The container's record lost (a kill -9 between `docker create` and
+    // the record's rename): start replaces the container and keeps the data.
+    let record = c.env.home.join("profiles/dc/container/created.toml");
+    c.env.ok(&["stop", "-p", "dc"]);
+    fs::remove_file(&record).unwrap();
+    c.env.ok(&["start", "-p", "dc"]);
+    assert_eq!(configmap(&c, "kept"), "v");
+
+    // ... and delete still removes container, volume and (last user) image.
+    fs::write(&record, "not toml [").unwrap();
+    c.env.ok(&["delete", "-p", "dc"]);
+    let (containers, volumes, _) = ours();
+    let home_id = containers.lines().chain(volumes.lines()).find(|l| l.starts_with("kubestrap-dc-"));
+    assert_eq!(home_id, None, "{containers}\n{volumes}");
+}
