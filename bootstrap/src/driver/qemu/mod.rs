@@ -173,6 +173,18 @@ const KVM_WATCH: Duration = Duration::from_secs(15);
 const GUEST_ALIVE: &str = "kubestrap-guest:";
 
 /// A profile's home (`<home>/profiles/<name>`).
+/// What the guest wrote to its console since `offset` (at most 1 MiB).
+fn console_since(log: &Path, offset: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(log)
+        && f.seek(SeekFrom::Start(offset)).is_ok()
+    {
+        let _ = f.take(1 << 20).read_to_end(&mut text);
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
 fn home_of(p: &Profile) -> PathBuf {
     p.dir.parent().and_then(Path::parent).map_or_else(|| p.dir.clone(), Path::to_path_buf)
 }
@@ -386,11 +398,7 @@ impl Driver for Qemu {
             let record = kvm_record(&home_of(p));
             let alive = Backoff::fixed(Duration::from_millis(100))
                 .for_at_most(KVM_WATCH)
-                .poll(|| {
-                    let text = std::fs::read(p.log_file()).unwrap_or_default();
-                    let since = text.get(console_start as usize..).unwrap_or_default();
-                    String::from_utf8_lossy(since).contains(GUEST_ALIVE).then_some(())
-                })
+                .poll(|| console_since(&p.log_file(), console_start).contains(GUEST_ALIVE).then_some(()))
                 .is_some();
             if !alive {
                 let why = format!("a guest showed no sign of life within {}s under KVM", KVM_WATCH.as_secs());
