@@ -159,6 +159,7 @@ pub fn bring_up(
     let (port, created) = configure(home, p, kind, asked, existing, loaded, progress)?;
     let launch = Launch {
         profile: p.clone(),
+        release: loaded.manifest.id(),
         run: run.clone(),
         program_sha256: components.program_sha256,
         component: components.localkube,

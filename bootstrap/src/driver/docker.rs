@@ -187,12 +187,15 @@ struct Created {
 }
 
 /// Imports the verified rootfs blob unless the engine has it: decompressed
-/// as it streams into `docker import`, hashed on the way; a mismatch removes
-/// the image again.
+/// as it streams into `docker import`, hashed on the way. The import is
+/// untagged until its hash has matched, so the tag only ever names verified
+/// content; when another kubestrap tagged the same rootfs meanwhile, ours is
+/// dropped and theirs used.
 fn ensure_image(blob: &Path) -> Result<String> {
     let sha = blob.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tag = image_tag(&sha);
-    if docker(&["image", "inspect", "--format", "{{.Id}}", &tag], CALL).is_ok() {
+    let tagged = || docker(&["image", "inspect", "--format", "{{.Id}}", &tag], CALL).is_ok();
+    if tagged() {
         return Ok(tag);
     }
     let want: Sha256 = sha.parse().map_err(|_| DriverError::Docker(format!("{}: not a store blob", blob.display())))?;
@@ -210,9 +213,9 @@ fn ensure_image(blob: &Path) -> Result<String> {
     }
     let label = format!("LABEL {LABEL}.rootfs={sha}");
     let mut child = Command::new("docker")
-        .args(["import", "--change", &label, "-", &tag])
+        .args(["import", "--change", &label, "-"])
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| DriverError::Docker(format!("cannot run `docker import`: {e}")))?;
@@ -227,22 +230,37 @@ fn ensure_image(blob: &Path) -> Result<String> {
     drop(stdin);
     let (got, _) = hashing.finish().map_err(|e| fskit::FsError::io(blob, "read", e))?;
     let status = Backoff::fixed(Duration::from_millis(10)).for_at_most(IMPORT).poll(|| child.try_wait().ok().flatten());
-    let mut err = String::new();
+    let (mut out, mut err) = (String::new(), String::new());
+    if let Some(mut o) = child.stdout.take() {
+        let _ = (&mut o).take(4 << 10).read_to_string(&mut out);
+    }
     if let Some(mut e) = child.stderr.take() {
         let _ = (&mut e).take(64 << 10).read_to_string(&mut err);
     }
+    let id = out.trim().to_string();
+    let ok = matches!((&copied, status), (Ok(()), Some(s)) if s.success()) && id.starts_with("sha256:");
+    if !ok {
+        let _ = child.kill();
+        let _ = child.wait();
+        if id.starts_with("sha256:") {
+            let _ = docker(&["image", "rm", &id], CALL);
+        }
+        if got != want {
+            return Err(corrupt(&got));
+        }
+        let why = copied.err().map(|e| e.to_string()).unwrap_or_default();
+        return Err(explain(&["import"], &format!("{} {why}", err.trim())));
+    }
     if got != want {
-        let _ = docker(&["image", "rm", "-f", &tag], CALL);
+        let _ = docker(&["image", "rm", &id], CALL);
         return Err(corrupt(&got));
     }
-    match (copied, status) {
-        (Ok(()), Some(s)) if s.success() => Ok(tag),
-        (copied, _) => {
-            let _ = child.kill();
-            let why = copied.err().map(|e| e.to_string()).unwrap_or_default();
-            Err(explain(&["import"], &format!("{} {why}", err.trim())))
-        }
+    if tagged() {
+        let _ = docker(&["image", "rm", &id], CALL);
+    } else {
+        docker(&["tag", &id, &tag], CALL)?;
     }
+    Ok(tag)
 }
 
 /// The container's state as the engine reports it.
@@ -363,6 +381,9 @@ impl Driver for Docker {
         let set = settings(p);
         let mut args: Vec<String> = vec![
             "create".into(),
+            // Never a registry: a missing image is an error, not a pull.
+            "--pull".into(),
+            "never".into(),
             "--name".into(),
             name.clone(),
             "--hostname".into(),
@@ -371,6 +392,8 @@ impl Driver for Docker {
             format!("{LABEL}.profile={}", p.name),
             "--label".into(),
             format!("{LABEL}.home={}", home_id(p)),
+            "--label".into(),
+            format!("{LABEL}.release={}", launch.release),
             "--label".into(),
             format!("{LABEL}.localkube={}", launch.program_sha256),
             "--publish".into(),
@@ -413,7 +436,17 @@ impl Driver for Docker {
         if existing.is_none() || same.as_ref() != Some(&want) {
             fskit::remove_any(&created_path(p))?;
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            docker(&refs, CALL)?;
+            match docker(&refs, CALL) {
+                // Another profile's delete took the image with its last
+                // container between our check and this create: import again.
+                Err(DriverError::Docker(m)) if m.contains("No such image") => {
+                    ensure_image(blob)?;
+                    docker(&refs, CALL)?;
+                }
+                other => {
+                    other?;
+                }
+            }
             write_state(&created_path(p), &want)?;
         }
         fskit::remove_any(&stopped_path(p))?;
@@ -465,12 +498,7 @@ impl Driver for Docker {
     }
 
     fn delete(&self, p: &Profile) -> Result<()> {
-        // The engine's word first: the record may be damaged or never written.
-        let image = docker(&["container", "inspect", "--format", "{{.Config.Image}}", &container_name(p)], CALL)
-            .ok()
-            .map(|o| o.trim().to_string())
-            .filter(|i| i.starts_with("kubestrap-rootfs:"))
-            .or_else(|| self.image_of(p).ok());
+        let image = self.image_of(p).ok();
         match docker(&["rm", "-f", "--volumes", &container_name(p)], CALL) {
             Ok(_) => {}
             Err(DriverError::Docker(m)) if m.contains("No such container") || m.contains("no such container") => {}
@@ -538,6 +566,8 @@ impl Driver for Docker {
             &[
                 "run",
                 "--rm",
+                "--pull",
+                "never",
                 "--mount",
                 &from,
                 "--mount",
@@ -561,7 +591,21 @@ impl Driver for Docker {
         let to = format!("type=volume,source={},target=/to", volume_name(p));
         let script = "find /to -mindepth 1 -maxdepth 1 -exec rm -rf {} + && cp -a /from/. /to/";
         docker(
-            &["run", "--rm", "--mount", &from, "--mount", &to, "--entrypoint", "/bin/sh", &image, "-c", script],
+            &[
+                "run",
+                "--rm",
+                "--pull",
+                "never",
+                "--mount",
+                &from,
+                "--mount",
+                &to,
+                "--entrypoint",
+                "/bin/sh",
+                &image,
+                "-c",
+                script,
+            ],
             IMPORT,
         )?;
         Ok(())
@@ -569,7 +613,15 @@ impl Driver for Docker {
 }
 
 impl Docker {
+    /// The image the profile's container was made from: by id from the
+    /// engine (the record may be damaged or never written, and the tag may
+    /// have moved to a later import of the same rootfs), else the recorded tag.
     fn image_of(&self, p: &Profile) -> Result<String> {
+        if let Ok(out) = docker(&["container", "inspect", "--format", "{{.Image}}", &container_name(p)], CALL)
+            && out.trim().starts_with("sha256:")
+        {
+            return Ok(out.trim().to_string());
+        }
         read_state::<Created>(&created_path(p))
             .ok()
             .flatten()

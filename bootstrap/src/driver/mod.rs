@@ -25,6 +25,8 @@ pub mod qemu;
 #[derive(Clone, Debug)]
 pub struct Launch {
     pub profile: Profile,
+    /// The release being launched: the manifest's `<channel>-<version>`.
+    pub release: String,
     pub run: Run,
     /// The unpacked localkube component tree (verified).
     pub component: PathBuf,

@@ -71,6 +71,7 @@ fn docker_is_chosen_stops_keep_the_volume_and_delete_leaves_nothing_of_ours() {
     assert!(images.contains(&format!("kubestrap-rootfs:{}", rootfs.sha256)), "content-derived tag: {images}");
     let labels = docker(&["inspect", "--format", "{{json .Config.Labels}} {{json .HostConfig.PortBindings}}", &name]).1;
     assert!(labels.contains("\"dev.kubestrap.profile\":\"dk\"") && labels.contains("127.0.0.1"), "{labels}");
+    assert!(labels.contains("\"dev.kubestrap.release\":\"test-"), "the release is labelled: {labels}");
 
     // stop: container stopped, volume kept; start: the data is there.
     c.env.ok(&["stop", "-p", "dk"]);
@@ -266,4 +267,16 @@ fn a_home_with_a_comma_a_lost_container_record_and_logs_follow() {
     let (containers, volumes, _) = ours();
     let home_id = containers.lines().chain(volumes.lines()).find(|l| l.starts_with("kubestrap-dc-"));
     assert_eq!(home_id, None, "{containers}\n{volumes}");
+}
+
+#[test]
+fn the_rootfs_builds_reproducibly() {
+    let Some(rootfs) = docker_rootfs() else { return };
+    let out = tempfile::tempdir().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/docker/build.sh");
+    let run = Command::new(&script).arg(out.path()).current_dir("/").output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let name = rootfs.path.file_name().unwrap().to_string_lossy().into_owned();
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(text.contains(&format!("{name} {}", rootfs.sha256)), "{name} rebuilt with another sha256: {text}");
 }

@@ -72,8 +72,10 @@ fn docker_archive(dir: &Path) -> PathBuf {
     let rootfs = tar_of(&[("hello.txt", b"hello from kubestrap's test image\n")]);
     let docker = Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output();
     if docker.is_ok_and(|o| o.status.success()) {
+        // A tag of this test run's own, removed once saved.
+        let tag = format!("kubestrap-test/app:{}", std::process::id());
         let mut import = Command::new("docker")
-            .args(["import", "-", "kubestrap-test/app:1"])
+            .args(["import", "-", &tag])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -81,10 +83,8 @@ fn docker_archive(dir: &Path) -> PathBuf {
         std::io::Write::write_all(import.stdin.as_mut().unwrap(), &rootfs).unwrap();
         drop(import.stdin.take());
         assert!(import.wait().unwrap().success(), "docker import failed");
-        let saved = Command::new("docker")
-            .args(["save", "-o", out.to_str().unwrap(), "kubestrap-test/app:1"])
-            .status()
-            .unwrap();
+        let saved = Command::new("docker").args(["save", "-o", out.to_str().unwrap(), &tag]).status().unwrap();
+        let _ = Command::new("docker").args(["image", "rm", &tag]).output();
         assert!(saved.success(), "docker save failed");
         return out;
     }
@@ -160,7 +160,7 @@ fn k3s_run_section_brings_up_a_cluster_on_kubestraps_pki_with_images() {
     let oci = scratch.path().join("tools.oci.tar.zst");
     fs::write(&oci, zstd::encode_all(&oci_layout_tar(&pseudo_random(4096, 3))[..], 3).unwrap()).unwrap();
     let out = c.env.ok(&["image", "load", "-p", "k3", docker.to_str().unwrap(), oci.to_str().unwrap()]);
-    assert!(out.contains("kubestrap-test/app:1") && out.contains("example.test/tools:2"), "{out}");
+    assert!(out.contains("kubestrap-test/app:") && out.contains("example.test/tools:2"), "{out}");
     let (docker_sha, _) = sha256_file(&docker);
     let (oci_sha, _) = sha256_file(&oci);
     assert_eq!(fs::read(images.join(format!("{docker_sha}.tar"))).unwrap(), fs::read(&docker).unwrap());
