@@ -15,6 +15,7 @@ mod cluster;
 mod driver;
 mod home;
 mod proc;
+mod profile;
 mod progress;
 mod retry;
 mod state;

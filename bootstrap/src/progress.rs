@@ -175,3 +175,7 @@ pub enum Download<'a> {
         elapsed: Duration,
     },
 }
+
+pub fn human_bytes(n: u64) -> String {
+    indicatif::HumanBytes(n).to_string()
+}

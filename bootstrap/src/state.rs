@@ -23,3 +23,8 @@ pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), FsError> {
     let text = toml::to_string(value).expect("state serializes to TOML");
     fskit::write_atomic(path, text.as_bytes(), 0o600)
 }
+
+/// The current time as RFC 3339 (UTC), as state files record it.
+pub fn now() -> String {
+    kubestrap_manifest::rfc3339(time::OffsetDateTime::now_utc())
+}

@@ -189,10 +189,12 @@ fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<Code> {
 fn cluster_code(e: &ClusterError) -> Code {
     use ClusterError as E;
     match e {
-        E::NoProfile { .. } => Code::NoProfile,
-        E::BadName { .. } | E::DriverMismatch { .. } | E::OtherRelease { .. } | E::PurgeInUse { .. } => Code::Usage,
+        E::Profile(crate::profile::ProfileError::NoProfile { .. }) => Code::NoProfile,
+        E::Profile(crate::profile::ProfileError::BadName { .. }) => Code::Usage,
+        E::Profile(crate::profile::ProfileError::DamagedConfig { .. }) => Code::Disk,
+        E::DriverMismatch { .. } | E::OtherRelease { .. } | E::PurgeInUse { .. } => Code::Usage,
         E::NoComponent { .. } => Code::Usage,
-        E::DamagedConfig { .. } | E::Pki { .. } => Code::Disk,
+        E::Pki { .. } => Code::Disk,
         E::PortInUse { .. } | E::NoFreePort { .. } => Code::PortInUse,
         E::LocalkubeExited { .. } => Code::LocalkubeExited,
         E::NotReady { .. } => Code::NotReady,

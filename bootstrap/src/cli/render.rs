@@ -109,9 +109,7 @@ pub fn human_duration(d: Duration) -> String {
     if d < Duration::from_secs(1) { format!("{}ms", d.as_millis()) } else { format!("{:.1}s", d.as_secs_f64()) }
 }
 
-pub fn human_bytes(n: u64) -> String {
-    indicatif::HumanBytes(n).to_string()
-}
+pub use crate::progress::human_bytes;
 
 impl Progress for Ui {
     fn report(&self, e: Event<'_>) {

@@ -10,9 +10,9 @@ use kubestrap_manifest::Manifest;
 use time::OffsetDateTime;
 
 use super::ports::DEFAULT_PORT;
-use super::profile::Config;
 use crate::driver::{Check, Driver};
 use crate::home::Home;
+use crate::profile::Config;
 
 /// This kubestrap's release date: a clock before it is certainly wrong.
 const RELEASED: OffsetDateTime = time::macros::datetime!(2026-11-01 00:00 UTC);
@@ -85,7 +85,7 @@ fn disk_space(s: &Subject) -> Check {
         })
         .unwrap_or(0)
         + SPARE_BYTES;
-    let human = crate::cli::render::human_bytes;
+    let human = crate::progress::human_bytes;
     match free_bytes(s.home.root()) {
         Some(free) => Check::new(
             "disk space",

@@ -4,16 +4,8 @@ use std::path::PathBuf;
 /// port or file, and says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error(
-        "profile {profile:?} does not exist; create it with `kubestrap start -p {profile}` (see `kubestrap profile list`)"
-    )]
-    NoProfile { profile: String },
-    #[error(
-        "invalid profile name {name:?}: use 1-63 lowercase letters, digits or '-', not starting or ending with '-'"
-    )]
-    BadName { name: String },
-    #[error("{} is damaged ({why}); fix it, or run `kubestrap delete -p {profile}`", path.display())]
-    DamagedConfig { path: PathBuf, why: String, profile: String },
+    #[error(transparent)]
+    Profile(#[from] crate::profile::ProfileError),
     #[error("profile {profile:?} uses the {has} driver; delete it first to use {asked}")]
     DriverMismatch { profile: String, has: String, asked: String },
     #[error(

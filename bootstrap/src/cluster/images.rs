@@ -16,8 +16,8 @@ use kubestrap_fskit::{self as fskit, FsError};
 use kubestrap_manifest::{Manifest, Sha256};
 use serde::{Deserialize, Serialize};
 
-use super::profile::Profile;
 use crate::artifacts::hash::HashingReader;
+use crate::profile::Profile;
 use crate::state;
 
 /// The biggest archive `image load` accepts.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use kubestrap_fskit::FsError;
 use serde::{Deserialize, Serialize};
 
-use super::profile::Profile;
+use crate::profile::Profile;
 
 /// Where an upgrade got to. Each is written before the step that follows
 /// it begins.

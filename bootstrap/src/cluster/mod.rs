@@ -17,7 +17,6 @@ pub mod journal;
 pub mod kubeconfig;
 pub mod pki;
 mod ports;
-pub mod profile;
 pub mod snapshot;
 mod start;
 pub mod status;
@@ -29,7 +28,7 @@ pub use start::{StartOptions, Tuning, start};
 pub use status::status;
 pub use stop::{delete, purge, stop};
 
-use profile::Profile;
+use crate::profile::Profile;
 
 /// Takes the profile's lock; says so if it has to wait.
 pub fn lock_profile(home: &Home, p: &Profile, wait: bool, progress: &dyn Progress) -> Result<Lock> {

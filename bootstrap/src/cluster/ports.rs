@@ -5,8 +5,8 @@ use std::net::TcpListener;
 use anyhow::Result;
 
 use super::ClusterError;
-use super::profile::{self, Config, Profile};
 use crate::home::Home;
+use crate::profile::{self, Config, Profile};
 
 /// The port tried first.
 pub const DEFAULT_PORT: u16 = 8443;

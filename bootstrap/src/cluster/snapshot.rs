@@ -10,8 +10,8 @@ use kubestrap_fskit::{self as fskit, FsError};
 use kubestrap_manifest::Manifest;
 use serde::{Deserialize, Serialize};
 
-use super::profile::Profile;
 use crate::driver::{Driver, DriverError};
+use crate::profile::Profile;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -130,4 +130,19 @@ pub fn remove(p: &Profile, id: &str) -> Result<Snapshot, SnapshotError> {
     let s = find(p, id)?;
     fskit::remove_tree(&s.dir)?;
     Ok(s)
+}
+
+/// The manifests any profile points at, ran before its last upgrade, or
+/// has a snapshot of (`rollback` needs their components).
+pub fn all_manifest_paths(home: &crate::home::Home) -> Result<std::collections::BTreeSet<PathBuf>, FsError> {
+    let mut out = std::collections::BTreeSet::new();
+    for name in crate::profile::names(home)? {
+        let Ok(p) = Profile::new(home, &name) else { continue };
+        if let Ok(cfg) = p.load() {
+            out.insert(cfg.manifest);
+            out.extend(cfg.previous);
+        }
+        out.extend(list(&p).into_iter().map(|s| s.meta.manifest));
+    }
+    Ok(out)
 }

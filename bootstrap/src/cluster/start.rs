@@ -12,12 +12,12 @@ use kubestrap_manifest::{Driver as Kind, Manifest, PkiFile, Target};
 use super::apiserver::{Probe, WaitError};
 use super::images;
 use super::pki::{self, Pki};
-use super::profile::{Config, Profile, VmSettings};
 use super::{ClusterError, kubeconfig, lock_profile, ports};
 use crate::artifacts::{self, store};
 use crate::channel::{self, Loaded};
 use crate::driver::{self, Driver, Host, HostState, Launch, Stop};
 use crate::home::Home;
+use crate::profile::{Config, Profile, VmSettings};
 use crate::progress::{Progress, Step};
 
 pub struct StartOptions {
@@ -477,7 +477,7 @@ fn configure(
         manifest: loaded.path.clone(),
         port,
         port_pinned: asked.is_some() || existing.is_some_and(|c| c.port_pinned),
-        created: existing.map_or_else(crate::driver::native::monitor::now, |c| c.created.clone()),
+        created: existing.map_or_else(crate::state::now, |c| c.created.clone()),
         previous: existing.and_then(|c| c.previous.clone()),
         vm: vm.cloned().or_else(|| existing.and_then(|c| c.vm.clone())),
     };

@@ -11,10 +11,10 @@ use serde::{Serialize, Serializer};
 use super::apiserver::Probe;
 use super::kubeconfig;
 use super::pki::Pki;
-use super::profile::Profile;
 use crate::channel;
 use crate::driver::{self, HostState};
 use crate::home::Home;
+use crate::profile::Profile;
 
 /// Serializes a state as its display string (`"Running"`, `"Not ready (HTTP 500)"`).
 macro_rules! display_serialize {

@@ -4,18 +4,18 @@
 use anyhow::Result;
 use kubestrap_fskit as fskit;
 
-use super::profile::Profile;
 use super::{ClusterError, kubeconfig, lock_profile};
 use crate::channel;
 use crate::driver::{self, Driver, Stop, StopOutcome};
 use crate::home::Home;
+use crate::profile::Profile;
 use crate::progress::Progress;
 
 pub fn stop(home: &Home, name: &str, wait: bool, suspend: bool, progress: &dyn Progress) -> Result<StopOutcome> {
     let p = Profile::new(home, name)?;
     let _lock = lock_profile(home, &p, wait, progress)?;
     if !p.dir.exists() {
-        return Err(ClusterError::NoProfile { profile: p.name }.into());
+        return Err(crate::profile::ProfileError::NoProfile { profile: p.name }.into());
     }
     Ok(stop_locked(&p, suspend)?.0)
 }
@@ -59,7 +59,7 @@ pub fn delete(home: &Home, names: &[String], wait: bool, progress: &dyn Progress
 /// Removes the download cache (blobs and component trees) with the store
 /// lock held exclusively. Only once no profile is left to use it.
 pub fn purge(home: &Home, progress: &dyn Progress) -> Result<()> {
-    let left = super::profile::names(home)?;
+    let left = crate::profile::names(home)?;
     if !left.is_empty() {
         return Err(ClusterError::PurgeInUse { others: left.join(", ") }.into());
     }

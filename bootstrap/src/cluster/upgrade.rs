@@ -15,14 +15,14 @@ use anyhow::Result;
 use kubestrap_manifest::{Manifest, Target};
 
 use super::journal::{Journal, Kind, Phase};
-use super::profile::{Config, Profile};
+use super::lock_profile;
 use super::snapshot;
 use super::start::{Tuning, bring_up, fetch_and_unpack};
-use super::{ClusterError, lock_profile};
 use crate::artifacts::{self, store};
 use crate::channel::{self, Loaded};
 use crate::driver::{self, Driver, Stop};
 use crate::home::Home;
+use crate::profile::{Config, Profile};
 use crate::progress::Progress;
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +108,7 @@ fn lock(
     let p = Profile::new(home, profile)?;
     let l = lock_profile(home, &p, !no_wait, progress)?;
     if !p.exists() {
-        return Err(ClusterError::NoProfile { profile: p.name }.into());
+        return Err(crate::profile::ProfileError::NoProfile { profile: p.name }.into());
     }
     Ok((p, l))
 }
@@ -323,7 +323,7 @@ fn run(
         snapshot: None,
         restore: plan.restore.clone(),
         forced: plan.forced.clone(),
-        started: crate::driver::native::monitor::now(),
+        started: crate::state::now(),
     };
     j.enter(p, Phase::Planned)?;
     let mut timings = Timings::default();

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Capabilities, Check, Driver, DriverError, Host, HostState, Launch, Result, Stop, StopOutcome, guest};
 use crate::artifacts::hash::HashingReader;
-use crate::cluster::profile::{Profile, VmSettings};
+use crate::profile::{Profile, VmSettings};
 use crate::retry::Backoff;
 use crate::state::{read as read_state, write as write_state};
 
@@ -462,7 +462,7 @@ impl Driver for Docker {
     fn stop(&self, p: &Profile, how: Stop) -> Result<StopOutcome> {
         let Some((state, _)) = inspect(p)? else { return Ok(StopOutcome::WasNotRunning) };
         // Recorded first: a stop cut short reads as "stopping", never "crashed".
-        fskit::write_atomic(&stopped_path(p), crate::driver::native::monitor::now().as_bytes(), 0o600)?;
+        fskit::write_atomic(&stopped_path(p), crate::state::now().as_bytes(), 0o600)?;
         if !state.running {
             return Ok(StopOutcome::WasNotRunning);
         }

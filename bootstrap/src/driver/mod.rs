@@ -14,7 +14,7 @@ use std::time::Duration;
 use kubestrap_fskit::FsError;
 use kubestrap_manifest::{Driver as Kind, Run, Sha256, StopSignal, Vars};
 
-use crate::cluster::profile::Profile;
+use crate::profile::Profile;
 
 pub mod docker;
 mod guest;

@@ -12,7 +12,6 @@ use crate::channel;
 use crate::cli::args::CacheCmd;
 use crate::cli::exit::Code;
 use crate::cli::render::{Ui, human_bytes};
-use crate::cluster::profile;
 use crate::home::Home;
 
 pub fn run(cmd: CacheCmd, home: &Home, ui: &Ui) -> Result<Code> {
@@ -129,7 +128,7 @@ fn prune(home: &Home, ui: &Ui, dry_run: bool) -> Result<Code> {
     }
     // Keep: every manifest a profile uses, and the newest of each channel.
     let stored = channel::stored(home)?;
-    let in_use: BTreeSet<_> = profile::all_manifest_paths(home)?;
+    let in_use: BTreeSet<_> = crate::cluster::snapshot::all_manifest_paths(home)?;
     let mut newest_seen = BTreeSet::new();
     let mut keep_manifests = Vec::new();
     let mut removed = Vec::new();

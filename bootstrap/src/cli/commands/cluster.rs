@@ -12,10 +12,10 @@ use crate::channel;
 use crate::cli::args::{DeleteArgs, StartArgs};
 use crate::cli::exit::Code;
 use crate::cli::render::{Ui, human_duration};
-use crate::cluster::profile::{self, Profile};
 use crate::cluster::{self, ClusterError, StartOptions, kubeconfig};
 use crate::driver::{self, StopOutcome};
 use crate::home::Home;
+use crate::profile::{self, Profile};
 use crate::progress::{Progress, Step};
 
 pub fn start(a: StartArgs, home: &Home, ui: &Ui) -> Result<Code> {
@@ -32,8 +32,11 @@ pub fn start(a: StartArgs, home: &Home, ui: &Ui) -> Result<Code> {
         keep_context: a.keep_context,
         no_wait: a.no_wait,
         cert_validity: time::Duration::days(a.cert_days.into()),
-        vm: (a.cpus.is_some() || a.memory.is_some() || a.accel.is_some())
-            .then_some(crate::cluster::profile::VmSettings { cpus: a.cpus, memory_mib: a.memory, accel: a.accel }),
+        vm: (a.cpus.is_some() || a.memory.is_some() || a.accel.is_some()).then_some(crate::profile::VmSettings {
+            cpus: a.cpus,
+            memory_mib: a.memory,
+            accel: a.accel,
+        }),
     };
     let s = cluster::start(home, &o, ui)?;
     let pid = s.host.strip_prefix("pid ").and_then(|p| p.parse::<i32>().ok());
@@ -83,7 +86,7 @@ pub fn delete(a: DeleteArgs, home: &Home, ui: &Ui) -> Result<Code> {
             (true, _) => vec![p.name],
             // Only the cache to purge.
             (false, true) => Vec::new(),
-            (false, false) => return Err(ClusterError::NoProfile { profile: p.name }.into()),
+            (false, false) => return Err(crate::profile::ProfileError::NoProfile { profile: p.name }.into()),
         }
     };
     if a.purge {
@@ -213,7 +216,9 @@ pub fn logs(name: String, follow: bool, lines: usize, home: &Home) -> Result<Cod
     // A damaged config does not hide the log: read it the native way.
     let kind = match p.load() {
         Ok(cfg) => cfg.driver,
-        Err(ClusterError::NoProfile { profile }) => return Err(ClusterError::NoProfile { profile }.into()),
+        Err(crate::profile::ProfileError::NoProfile { profile }) => {
+            return Err(crate::profile::ProfileError::NoProfile { profile }.into());
+        }
         Err(_) => kubestrap_manifest::Driver::Native,
     };
     let drv = driver::for_kind(kind)?;

@@ -9,9 +9,9 @@ use crate::cli::exit::Code;
 use crate::cli::render::Ui;
 use crate::cluster::doctor::{self, Subject};
 use crate::cluster::kubeconfig;
-use crate::cluster::profile::Profile;
 use crate::driver;
 use crate::home::Home;
+use crate::profile::Profile;
 
 pub fn run(a: DoctorArgs, home: &Home, ui: &Ui) -> Result<Code> {
     let p = Profile::new(home, &a.profile.profile)?;

@@ -9,9 +9,9 @@ use crate::cli::args::ImageCmd;
 use crate::cli::exit::Code;
 use crate::cli::render::{Ui, human_bytes};
 use crate::cluster::images;
-use crate::cluster::profile::Profile;
 use crate::driver;
 use crate::home::Home;
+use crate::profile::Profile;
 
 pub fn run(cmd: ImageCmd, home: &Home, ui: &Ui) -> Result<Code> {
     match cmd {

@@ -14,10 +14,10 @@ use crate::cli::args::{ConfigCmd, RollbackArgs, SelfUpdateArgs, SnapshotCmd, Upg
 use crate::cli::exit::{Code, UsageError};
 use crate::cli::render::{Ui, human_bytes, human_duration};
 use crate::cluster::Tuning;
-use crate::cluster::profile::Profile;
 use crate::cluster::snapshot;
 use crate::cluster::upgrade::{self, Outcome, Plan, RollbackOptions, Source, UpgradeOptions};
 use crate::home::Home;
+use crate::profile::Profile;
 
 fn tuning(wait_timeout: std::time::Duration) -> Tuning {
     // An upgrade keeps the user's current context as it is.

@@ -16,7 +16,7 @@ use nix::sys::signal::{SigHandler, Signal, signal};
 use self::monitor::LaunchSpec;
 use self::process::{ExitRecord, PidFile, PidInfo, ProcId};
 use super::{Capabilities, Check, Driver, DriverError, Host, HostState, Launch, Result, Stop, StopOutcome};
-use crate::cluster::profile::Profile;
+use crate::profile::Profile;
 use crate::retry::Backoff;
 use crate::state::{read as read_state, write as write_state};
 

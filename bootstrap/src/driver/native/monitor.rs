@@ -139,6 +139,4 @@ fn open_verified(program: &Path, want: &Sha256) -> Result<File, String> {
     Ok(f)
 }
 
-pub fn now() -> String {
-    kubestrap_manifest::rfc3339(time::OffsetDateTime::now_utc())
-}
+pub use crate::state::now;

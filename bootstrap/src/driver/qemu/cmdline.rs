@@ -4,52 +4,9 @@
 //! (a hypervisor artifact built for them), not new logic: their command
 //! lines are rendered and tested here.
 
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
-
-/// A qemu accelerator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    Kvm,
-    Hvf,
-    Whpx,
-    /// Software emulation: works everywhere, several times slower.
-    Tcg,
-}
-
-impl Accel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Hvf => "hvf",
-            Accel::Whpx => "whpx",
-            Accel::Tcg => "tcg",
-        }
-    }
-}
-
-impl fmt::Display for Accel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Accel {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Accel, String> {
-        match s {
-            "kvm" => Ok(Accel::Kvm),
-            "hvf" => Ok(Accel::Hvf),
-            "whpx" => Ok(Accel::Whpx),
-            "tcg" => Ok(Accel::Tcg),
-            _ => Err(format!("unknown accelerator {s:?}; expected kvm, hvf, whpx or tcg")),
-        }
-    }
-}
+pub use crate::profile::Accel;
 
 /// What the host offers, as probed (or as a test says).
 #[derive(Clone, Debug, PartialEq, Eq)]

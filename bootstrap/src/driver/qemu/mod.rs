@@ -27,7 +27,7 @@ use self::cmdline::{Accel, HostCaps, VmSpec};
 use self::qmp::Qmp;
 use super::native::{self, logs, monitor::LaunchSpec};
 use super::{Capabilities, Check, Driver, DriverError, Host, HostState, Launch, Result, Stop, StopOutcome, guest};
-use crate::cluster::profile::{Profile, VmSettings};
+use crate::profile::{Profile, VmSettings};
 use crate::retry::Backoff;
 use crate::state::{read as read_state, write as write_state};
 

@@ -1,16 +1,70 @@
 //! Per-cluster state: `profiles/<name>/config.toml` and the directories
 //! beside it (pki/, data/, logs/, run/).
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use kubestrap_fskit::{self as fskit, FsError};
 use kubestrap_manifest::Driver;
 use serde::{Deserialize, Serialize};
 
-use super::ClusterError;
 use crate::home::Home;
 use crate::state::{read as read_state, write as write_state};
+
+/// A profile that cannot be used as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error(
+        "profile {profile:?} does not exist; create it with `kubestrap start -p {profile}` (see `kubestrap profile list`)"
+    )]
+    NoProfile { profile: String },
+    #[error(
+        "invalid profile name {name:?}: use 1-63 lowercase letters, digits or '-', not starting or ending with '-'"
+    )]
+    BadName { name: String },
+    #[error("{} is damaged ({why}); fix it, or run `kubestrap delete -p {profile}`", path.display())]
+    DamagedConfig { path: PathBuf, why: String, profile: String },
+}
+
+/// A qemu accelerator (kept in a VM profile's settings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Hvf,
+    Whpx,
+    /// Software emulation: works everywhere, several times slower.
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Hvf => "hvf",
+            Accel::Whpx => "whpx",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Accel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Accel, String> {
+        match s {
+            "kvm" => Ok(Accel::Kvm),
+            "hvf" => Ok(Accel::Hvf),
+            "whpx" => Ok(Accel::Whpx),
+            "tcg" => Ok(Accel::Tcg),
+            _ => Err(format!("unknown accelerator {s:?}; expected kvm, hvf, whpx or tcg")),
+        }
+    }
+}
 
 /// What a profile runs. Changed only by atomic rename.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -42,7 +96,7 @@ pub struct Config {
 pub struct VmSettings {
     pub cpus: Option<u16>,
     pub memory_mib: Option<u32>,
-    pub accel: Option<crate::driver::qemu::cmdline::Accel>,
+    pub accel: Option<Accel>,
 }
 
 /// Paths of one profile.
@@ -53,7 +107,7 @@ pub struct Profile {
 }
 
 impl Profile {
-    pub fn new(home: &Home, name: &str) -> Result<Profile, ClusterError> {
+    pub fn new(home: &Home, name: &str) -> Result<Profile, ProfileError> {
         check_name(name)?;
         Ok(Profile { name: name.to_string(), dir: home.profile(name) })
     }
@@ -88,14 +142,14 @@ impl Profile {
         std::fs::symlink_metadata(self.config_path()).is_ok()
     }
 
-    /// The profile's config: [`ClusterError::NoProfile`] if there is none,
-    /// [`ClusterError::DamagedConfig`] if it cannot be read as one.
-    pub fn load(&self) -> Result<Config, ClusterError> {
+    /// The profile's config: [`ProfileError::NoProfile`] if there is none,
+    /// [`ProfileError::DamagedConfig`] if it cannot be read as one.
+    pub fn load(&self) -> Result<Config, ProfileError> {
         let path = self.config_path();
         match read_state::<Config>(&path) {
             Ok(Some(c)) => Ok(c),
-            Ok(None) => Err(ClusterError::NoProfile { profile: self.name.clone() }),
-            Err(why) => Err(ClusterError::DamagedConfig { path, why, profile: self.name.clone() }),
+            Ok(None) => Err(ProfileError::NoProfile { profile: self.name.clone() }),
+            Err(why) => Err(ProfileError::DamagedConfig { path, why, profile: self.name.clone() }),
         }
     }
 
@@ -106,13 +160,13 @@ impl Profile {
 }
 
 /// Profile names become directory names, kubeconfig entries and node names.
-pub fn check_name(name: &str) -> Result<(), ClusterError> {
+pub fn check_name(name: &str) -> Result<(), ProfileError> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.starts_with('-')
         && !name.ends_with('-');
-    if ok { Ok(()) } else { Err(ClusterError::BadName { name: name.to_string() }) }
+    if ok { Ok(()) } else { Err(ProfileError::BadName { name: name.to_string() }) }
 }
 
 /// Names of every profile in the home (damaged ones included).
@@ -125,20 +179,5 @@ pub fn names(home: &Home) -> Result<Vec<String>, FsError> {
         }
     }
     out.sort();
-    Ok(out)
-}
-
-/// The manifests any profile points at, ran before its last upgrade, or
-/// has a snapshot of (`rollback` needs their components).
-pub fn all_manifest_paths(home: &Home) -> Result<BTreeSet<PathBuf>, FsError> {
-    let mut out = BTreeSet::new();
-    for name in names(home)? {
-        let Ok(p) = Profile::new(home, &name) else { continue };
-        if let Ok(cfg) = p.load() {
-            out.insert(cfg.manifest);
-            out.extend(cfg.previous);
-        }
-        out.extend(super::snapshot::list(&p).into_iter().map(|s| s.meta.manifest));
-    }
     Ok(out)
 }
