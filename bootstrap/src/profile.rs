@@ -153,6 +153,28 @@ impl Profile {
         }
     }
 
+    /// The driver of this profile, even when its config cannot be read
+    /// (so `stop`, `delete` and `logs` still reach a container or a VM): the
+    /// config's `driver` line if one is legible, else what the drivers left
+    /// on disk (`container/`, `vm/`), else native.
+    pub fn driver_hint(&self) -> Driver {
+        if let Ok(cfg) = self.load() {
+            return cfg.driver;
+        }
+        let text = fskit::read_capped_text(&self.config_path(), 1 << 20).unwrap_or_default();
+        let named = text.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == "driver").then(|| v.trim().trim_matches('"').parse::<Driver>().ok())?
+        });
+        named.unwrap_or(if self.dir.join("container").is_dir() {
+            Driver::Docker
+        } else if self.dir.join("vm").is_dir() {
+            Driver::Qemu
+        } else {
+            Driver::Native
+        })
+    }
+
     pub fn save(&self, cfg: &Config) -> Result<(), FsError> {
         fskit::create_dir_mode(&self.dir, 0o700)?;
         write_state(&self.config_path(), cfg)

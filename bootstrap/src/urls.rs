@@ -128,7 +128,7 @@ pub fn redact(spec: &str) -> String {
 pub fn redact_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(at) = ["http://", "https://"].iter().filter_map(|p| rest.find(p)).min() {
+    while let Some(at) = ["http://", "https://", "tcp://", "ssh://"].iter().filter_map(|p| rest.find(p)).min() {
         out.push_str(&rest[..at]);
         let end = rest[at..]
             .find(|c: char| c.is_whitespace() || matches!(c, ')' | '"' | '\'' | '<' | '>' | ','))

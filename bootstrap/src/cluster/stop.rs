@@ -22,15 +22,17 @@ pub fn stop(home: &Home, name: &str, wait: bool, suspend: bool, progress: &dyn P
 
 /// Stops a profile's localkube with its manifest's signal and timeout. A
 /// damaged or missing config or manifest must not leave localkube running:
-/// the native driver then finds it by its pid file and its processes'
-/// marker, and stops it with SIGTERM and 30 s.
+/// the driver is then told by what is legible or on disk
+/// ([`Profile::driver_hint`]), finds localkube by its pid file and marker
+/// (native, qemu) or its container's name (docker), and stops it with
+/// SIGTERM and 30 s.
 pub(super) fn stop_locked(p: &Profile, suspend: bool) -> Result<(StopOutcome, Box<dyn Driver>)> {
     let (drv, mut how) = match p.load() {
         Ok(cfg) => {
             let how = channel::peek(&cfg.manifest).map_or(Stop::DEFAULT, |m| Stop::of(&m.component.localkube.run));
             (driver::for_kind(cfg.driver)?, how)
         }
-        Err(_) => (driver::for_kind(kubestrap_manifest::Driver::Native)?, Stop::DEFAULT),
+        Err(_) => (driver::for_kind(p.driver_hint())?, Stop::DEFAULT),
     };
     how.suspend = suspend;
     Ok((drv.stop(p, how)?, drv))

@@ -261,8 +261,13 @@ fn a_home_with_a_comma_a_lost_container_record_and_logs_follow() {
     c.env.ok(&["start", "-p", "dc"]);
     assert_eq!(configmap(&c, "kept"), "v");
 
-    // ... and delete still removes container, volume and (last user) image.
+    // A damaged record and a damaged config: stop still stops the
+    // container, and delete still removes container, volume and image.
     fs::write(&record, "not toml [").unwrap();
+    fs::write(c.env.home.join("profiles/dc/config.toml"), b"\xff\xfe garbage").unwrap();
+    c.env.ok(&["stop", "-p", "dc"]);
+    let name = ours().0.lines().find(|l| l.starts_with("kubestrap-dc-")).expect("our container").to_string();
+    assert_eq!(docker(&["inspect", "--format", "{{.State.Status}}", &name]).1.trim(), "exited");
     c.env.ok(&["delete", "-p", "dc"]);
     let (containers, volumes, _) = ours();
     let home_id = containers.lines().chain(volumes.lines()).find(|l| l.starts_with("kubestrap-dc-"));

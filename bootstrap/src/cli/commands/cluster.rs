@@ -213,13 +213,13 @@ pub fn kubectl(name: String, args: Vec<String>, home: &Home, ui: &Ui) -> Result<
 pub fn logs(name: String, follow: bool, lines: usize, home: &Home) -> Result<Code> {
     use std::io::Write;
     let p = Profile::new(home, &name)?;
-    // A damaged config does not hide the log: read it the native way.
+    // A damaged config does not hide the log.
     let kind = match p.load() {
         Ok(cfg) => cfg.driver,
         Err(crate::profile::ProfileError::NoProfile { profile }) => {
             return Err(crate::profile::ProfileError::NoProfile { profile }.into());
         }
-        Err(_) => kubestrap_manifest::Driver::Native,
+        Err(_) => p.driver_hint(),
     };
     let drv = driver::for_kind(kind)?;
     let mut out = std::io::stdout().lock();

@@ -12,25 +12,27 @@
 //! under a deadline with its stderr kept for the error message.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kubestrap_fskit as fskit;
-use kubestrap_manifest::{Driver as Kind, Manifest, Sha256, Vars};
+use kubestrap_manifest::{Driver as Kind, Manifest, Vars};
 use serde::{Deserialize, Serialize};
 
 use super::{Capabilities, Check, Driver, DriverError, Host, HostState, Launch, Result, Stop, StopOutcome, guest};
-use crate::artifacts::hash::HashingReader;
 use crate::profile::{Profile, VmSettings};
-use crate::retry::Backoff;
 use crate::state::{read as read_state, write as write_state};
+
+mod engine;
+
+use engine::{docker, ensure_image};
+pub use engine::{engine, engine_address};
 
 pub struct Docker;
 
-/// The lowest engine API version this driver is tested against (Docker 20.10).
-const MIN_API: (u32, u32) = (1, 41);
-/// Every engine call is bounded; an import of a large rootfs gets longer.
+/// Every engine call is bounded; a copy of a large volume gets longer.
 const CALL: Duration = Duration::from_secs(60);
 const IMPORT: Duration = Duration::from_secs(600);
 const LABEL: &str = "dev.kubestrap";
@@ -45,62 +47,6 @@ fn stopped_path(p: &Profile) -> PathBuf {
     p.dir.join("container/stopped")
 }
 
-/// Where the engine is, for messages.
-pub fn engine_address() -> String {
-    std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "unix:///var/run/docker.sock".into())
-}
-
-/// A `docker` command's output, bounded in time.
-fn docker(args: &[&str], deadline: Duration) -> Result<String> {
-    let (status, stdout, stderr) = exec(args, deadline)?;
-    if !status.success() {
-        return Err(explain(args, &stderr));
-    }
-    Ok(stdout)
-}
-
-/// Runs `docker ARGS` under a deadline: its exit status, stdout (at most
-/// 16 MiB) and stderr (at most 1 MiB).
-fn exec(args: &[&str], deadline: Duration) -> Result<(std::process::ExitStatus, String, String)> {
-    let mut child = Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            DriverError::Docker(format!(
-                "cannot run the `docker` command ({e}): install the Docker CLI (or podman-docker) and make sure it is on PATH"
-            ))
-        })?;
-    let (mut out, mut err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
-    let reader = std::thread::spawn(move || {
-        let mut o = Vec::new();
-        let _ = (&mut out).take(16 << 20).read_to_end(&mut o);
-        o
-    });
-    let ereader = std::thread::spawn(move || {
-        let mut e = Vec::new();
-        let _ = (&mut err).take(1 << 20).read_to_end(&mut e);
-        e
-    });
-    let status =
-        Backoff::fixed(Duration::from_millis(10)).for_at_most(deadline).poll(|| child.try_wait().ok().flatten());
-    let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(DriverError::Docker(format!(
-            "`docker {}` did not finish within {}s (engine at {})",
-            args.first().unwrap_or(&""),
-            deadline.as_secs(),
-            engine_address()
-        )));
-    };
-    let stdout = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
-    let stderr = String::from_utf8_lossy(&ereader.join().unwrap_or_default()).trim().to_string();
-    Ok((status, stdout, stderr))
-}
-
 /// One field of a `--mount` value, quoted as the CSV the CLI parses it
 /// with, so a path with a comma or a quote stays one path.
 fn mount_field(key: &str, value: &str) -> String {
@@ -112,50 +58,6 @@ fn mount_field(key: &str, value: &str) -> String {
 fn bind_mount(host: &Path, target: &str, readonly: bool) -> String {
     let ro = if readonly { ",readonly" } else { "" };
     format!("type=bind,{},target={target}{ro}", mount_field("source", &host.display().to_string()))
-}
-
-/// A failed engine call, said with what to do.
-fn explain(args: &[&str], stderr: &str) -> DriverError {
-    let what = format!("`docker {}`", args.iter().take(2).copied().collect::<Vec<_>>().join(" "));
-    if stderr.contains("Cannot connect")
-        || stderr.contains("connect: no such file")
-        || stderr.contains("connection refused")
-        || stderr.contains("error during connect")
-    {
-        return DriverError::EngineUnreachable(format!(
-            "cannot reach the Docker engine at {} ({}): start it (`sudo systemctl start docker`, Docker Desktop, or \
-             `systemctl --user start podman.socket`), or point DOCKER_HOST at a running one",
-            engine_address(),
-            stderr.lines().last().unwrap_or(stderr)
-        ));
-    }
-    if stderr.contains("permission denied") {
-        return DriverError::EngineUnreachable(format!(
-            "no permission to use the Docker engine at {}: add yourself to the `docker` group (then log in again), \
-             or use rootless Docker / Podman through DOCKER_HOST",
-            engine_address()
-        ));
-    }
-    DriverError::Docker(format!("{what} failed: {stderr}"))
-}
-
-/// The engine answers, with an API version this driver supports.
-pub fn engine() -> Result<(String, String)> {
-    let out = docker(&["version", "--format", "{{.Server.Version}} {{.Server.APIVersion}}"], Duration::from_secs(10))?;
-    let mut parts = out.split_whitespace();
-    let (version, api) = (parts.next().unwrap_or("?").to_string(), parts.next().unwrap_or("0.0").to_string());
-    let mut nums = api.split('.').map(|n| n.parse::<u32>().unwrap_or(0));
-    let have = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
-    if have < MIN_API {
-        return Err(DriverError::Docker(format!(
-            "the engine at {} speaks API {api} (version {version}); kubestrap needs API {}.{} or newer (Docker 20.10+, \
-             Podman 4+): upgrade the engine",
-            engine_address(),
-            MIN_API.0,
-            MIN_API.1
-        )));
-    }
-    Ok((version, api))
 }
 
 /// A short id of this kubestrap home (two homes may share an engine).
@@ -173,10 +75,6 @@ fn volume_name(p: &Profile) -> String {
     format!("kubestrap-{}-{}-data", p.name, home_id(p))
 }
 
-fn image_tag(sha: &str) -> String {
-    format!("kubestrap-rootfs:{sha}")
-}
-
 /// What a container was created with: a start reuses it only when a new
 /// one would be the same.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,83 +82,6 @@ fn image_tag(sha: &str) -> String {
 struct Created {
     name: String,
     args: Vec<String>,
-}
-
-/// Imports the verified rootfs blob unless the engine has it: decompressed
-/// as it streams into `docker import`, hashed on the way. The import is
-/// untagged until its hash has matched, so the tag only ever names verified
-/// content; when another kubestrap tagged the same rootfs meanwhile, ours is
-/// dropped and theirs used.
-fn ensure_image(blob: &Path) -> Result<String> {
-    let sha = blob.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tag = image_tag(&sha);
-    let tagged = || docker(&["image", "inspect", "--format", "{{.Id}}", &tag], CALL).is_ok();
-    if tagged() {
-        return Ok(tag);
-    }
-    let want: Sha256 = sha.parse().map_err(|_| DriverError::Docker(format!("{}: not a store blob", blob.display())))?;
-    // Checked before the engine sees a byte, and hashed again as it streams
-    // (the file could change in between).
-    let corrupt = |got: &dyn std::fmt::Display| {
-        DriverError::Docker(format!(
-            "the rootfs {} no longer matches its manifest (sha256 {got}); run `kubestrap cache verify`",
-            blob.display()
-        ))
-    };
-    let (before, _) = crate::artifacts::hash::hash_file(blob).map_err(|e| fskit::FsError::io(blob, "read", e))?;
-    if before != want {
-        return Err(corrupt(&before));
-    }
-    let label = format!("LABEL {LABEL}.rootfs={sha}");
-    let mut child = Command::new("docker")
-        .args(["import", "--change", &label, "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| DriverError::Docker(format!("cannot run `docker import`: {e}")))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let file = fskit::open_regular(blob)?;
-    let mut hashing = HashingReader::new(std::io::BufReader::with_capacity(1 << 20, file));
-    let copied = (|| -> std::io::Result<()> {
-        let mut decoder = zstd::stream::read::Decoder::new(&mut hashing)?;
-        std::io::copy(&mut decoder, &mut stdin)?;
-        stdin.flush()
-    })();
-    drop(stdin);
-    let (got, _) = hashing.finish().map_err(|e| fskit::FsError::io(blob, "read", e))?;
-    let status = Backoff::fixed(Duration::from_millis(10)).for_at_most(IMPORT).poll(|| child.try_wait().ok().flatten());
-    let (mut out, mut err) = (String::new(), String::new());
-    if let Some(mut o) = child.stdout.take() {
-        let _ = (&mut o).take(4 << 10).read_to_string(&mut out);
-    }
-    if let Some(mut e) = child.stderr.take() {
-        let _ = (&mut e).take(64 << 10).read_to_string(&mut err);
-    }
-    let id = out.trim().to_string();
-    let ok = matches!((&copied, status), (Ok(()), Some(s)) if s.success()) && id.starts_with("sha256:");
-    if !ok {
-        let _ = child.kill();
-        let _ = child.wait();
-        if id.starts_with("sha256:") {
-            let _ = docker(&["image", "rm", &id], CALL);
-        }
-        if got != want {
-            return Err(corrupt(&got));
-        }
-        let why = copied.err().map(|e| e.to_string()).unwrap_or_default();
-        return Err(explain(&["import"], &format!("{} {why}", err.trim())));
-    }
-    if got != want {
-        let _ = docker(&["image", "rm", &id], CALL);
-        return Err(corrupt(&got));
-    }
-    if tagged() {
-        let _ = docker(&["image", "rm", &id], CALL);
-    } else {
-        docker(&["tag", &id, &tag], CALL)?;
-    }
-    Ok(tag)
 }
 
 /// The container's state as the engine reports it.
@@ -387,7 +208,8 @@ impl Driver for Docker {
             "--name".into(),
             name.clone(),
             "--hostname".into(),
-            vars.node.clone(),
+            // A hostname has at most 63 characters (the node name may be longer).
+            vars.node.chars().take(63).collect::<String>().trim_end_matches('-').to_string(),
             "--label".into(),
             format!("{LABEL}.profile={}", p.name),
             "--label".into(),
@@ -412,6 +234,15 @@ impl Driver for Docker {
             launch.run.stop_timeout_s.to_string(),
             "--entrypoint".into(),
             "/init".into(),
+            // A real PID 1 that passes the stop signal on and reaps.
+            "--init".into(),
+            // The container's log, capped like the native driver's.
+            "--log-driver".into(),
+            "json-file".into(),
+            "--log-opt".into(),
+            "max-size=16m".into(),
+            "--log-opt".into(),
+            "max-file=2".into(),
         ];
         if let Some(c) = set.cpus {
             args.extend(["--cpus".into(), c.to_string()]);
@@ -430,7 +261,11 @@ impl Driver for Docker {
         let want = Created { name: name.clone(), args: args.clone() };
         let existing = inspect(p)?;
         let same: Option<Created> = read_state(&created_path(p)).ok().flatten();
+        // The image the old container was made from goes with it when nothing
+        // else uses it (an upgrade to another rootfs).
+        let mut old_image = None;
         if existing.is_some() && same.as_ref() != Some(&want) {
+            old_image = self.image_of(p).ok();
             docker(&["rm", "-f", &name], CALL)?;
         }
         if existing.is_none() || same.as_ref() != Some(&want) {
@@ -448,6 +283,10 @@ impl Driver for Docker {
                 }
             }
             write_state(&created_path(p), &want)?;
+            if let Some(old) = old_image {
+                // Refused by the engine while any container uses it.
+                let _ = docker(&["image", "rm", &old], CALL);
+            }
         }
         fskit::remove_any(&stopped_path(p))?;
         docker(&["start", &name], CALL)?;
@@ -516,9 +355,9 @@ impl Driver for Docker {
     }
 
     fn log_tail(&self, p: &Profile, n: usize) -> Vec<String> {
-        match exec(&["logs", "--tail", &n.to_string(), &container_name(p)], CALL) {
-            Ok((_, stdout, stderr)) => {
-                let lines: Vec<String> = stdout.lines().chain(stderr.lines()).map(String::from).collect();
+        match engine::run(&["logs", "--tail", &n.to_string(), &container_name(p)], None::<fn(_)>, None, CALL) {
+            Ok(ran) => {
+                let lines: Vec<String> = ran.stdout.lines().chain(ran.stderr.lines()).map(String::from).collect();
                 lines[lines.len().saturating_sub(n)..].to_vec()
             }
             Err(_) => Vec::new(),
@@ -555,59 +394,53 @@ impl Driver for Docker {
         Ok(())
     }
 
-    /// The data volume, copied to `dest` through a throwaway container of
-    /// the profile's own image (nothing pulled).
+    /// The data volume, as a tar stream out of a throwaway container of the
+    /// profile's own image (nothing pulled) into `dest/volume.tar`: a file
+    /// of the user's, which keeps the owners and modes of the files inside.
     fn snapshot(&self, p: &Profile, dest: &Path) -> Result<fskit::Copied> {
         fskit::create_dir_mode(dest, 0o700)?;
         let image = self.image_of(p)?;
-        let to = bind_mount(dest, "/to", false);
+        let tar = dest.join("volume.tar");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tar)
+            .map_err(|e| fskit::FsError::io(&tar, "create", e))?;
         let from = format!("type=volume,source={},target=/from,readonly", volume_name(p));
-        docker(
-            &[
-                "run",
-                "--rm",
-                "--pull",
-                "never",
-                "--mount",
-                &from,
-                "--mount",
-                &to,
-                "--entrypoint",
-                "/bin/cp",
-                &image,
-                "-a",
-                "/from/.",
-                "/to/",
-            ],
-            IMPORT,
-        )?;
+        let args = ["run", "--rm", "--pull", "never", "--mount", &from, "--entrypoint", "/bin/tar", &image];
+        let args: Vec<&str> = args.into_iter().chain(["-c", "-f", "-", "-C", "/from", "."]).collect();
+        let ran = engine::run(&args, None::<fn(_)>, Some(file), IMPORT)?;
+        if !ran.status.success() {
+            return Err(engine::explain(&args, &ran.stderr));
+        }
         fskit::sync_fs(dest)?;
-        Ok(fskit::Copied { files: 0, bytes: fskit::tree_size(dest), reflinked: 0 })
+        let bytes = std::fs::metadata(&tar).map(|m| m.len()).unwrap_or(0);
+        Ok(fskit::Copied { files: 1, bytes, reflinked: 0 })
     }
 
+    /// The snapshot's tar streamed into a throwaway container that unpacks
+    /// it beside the volume's data, then puts it in place of that data (a
+    /// cut-short restore leaves the data as it was until the swap).
     fn restore(&self, p: &Profile, src: &Path) -> Result<()> {
         let image = self.image_of(p)?;
-        let from = bind_mount(src, "/from", true);
+        let tar = src.join("volume.tar");
+        let file = fskit::open_regular(&tar)?;
         let to = format!("type=volume,source={},target=/to", volume_name(p));
-        let script = "find /to -mindepth 1 -maxdepth 1 -exec rm -rf {} + && cp -a /from/. /to/";
-        docker(
-            &[
-                "run",
-                "--rm",
-                "--pull",
-                "never",
-                "--mount",
-                &from,
-                "--mount",
-                &to,
-                "--entrypoint",
-                "/bin/sh",
-                &image,
-                "-c",
-                script,
-            ],
-            IMPORT,
-        )?;
+        let script = "set -e; rm -rf /to/.restoring; mkdir /to/.restoring; tar -x -f - -C /to/.restoring; \
+                      find /to -mindepth 1 -maxdepth 1 ! -name .restoring -exec rm -rf {} +; \
+                      cd /to/.restoring; find . -mindepth 1 -maxdepth 1 -exec mv {} /to/ \\; ; cd /; rmdir /to/.restoring";
+        let args =
+            ["run", "--rm", "-i", "--pull", "never", "--mount", &to, "--entrypoint", "/bin/sh", &image, "-c", script];
+        let feed = move |mut stdin: std::process::ChildStdin| {
+            let mut file = file;
+            std::io::copy(&mut file, &mut stdin).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let ran = engine::run(&args, Some(feed), None, IMPORT)?;
+        if !ran.status.success() || ran.fed.as_ref().is_some_and(Result::is_err) {
+            let fed = ran.fed.and_then(Result::err).unwrap_or_default();
+            return Err(engine::explain(&args, &format!("{} {fed}", ran.stderr)));
+        }
         Ok(())
     }
 }
