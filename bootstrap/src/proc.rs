@@ -80,6 +80,65 @@ pub fn boot_id() -> String {
     fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
+/// What a bounded command did.
+pub struct Ran<T> {
+    pub status: std::process::ExitStatus,
+    /// At most 16 MiB (empty when stdout went to a file).
+    pub stdout: String,
+    /// At most 1 MiB, trimmed.
+    pub stderr: String,
+    /// What the stdin feeder returned.
+    pub fed: Option<T>,
+}
+
+/// Runs `cmd` under a deadline: stdin written by `feed` on a thread of its
+/// own (so a reader that stalls cannot hold us past the deadline), stdout
+/// to `to` or captured, stderr captured, both capped. Past the deadline the
+/// command is killed and `Ok(None)` returned.
+pub fn run_bounded<T: Send + 'static>(
+    mut cmd: std::process::Command,
+    feed: Option<impl FnOnce(std::process::ChildStdin) -> T + Send + 'static>,
+    to: Option<std::fs::File>,
+    deadline: Duration,
+) -> std::io::Result<Option<Ran<T>>> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let to_file = to.is_some();
+    let mut child = cmd
+        .stdin(if feed.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(to.map_or_else(Stdio::piped, Stdio::from))
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let feeder = feed.map(|f| {
+        let stdin = child.stdin.take().expect("piped");
+        std::thread::spawn(move || f(stdin))
+    });
+    fn capture(r: Option<impl Read + Send + 'static>, cap: u64) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(r) = r {
+                let _ = r.take(cap).read_to_end(&mut v);
+            }
+            v
+        })
+    }
+    let out = capture(child.stdout.take(), 16 << 20);
+    let err = capture(child.stderr.take(), 1 << 20);
+    let status = crate::retry::Backoff::fixed(Duration::from_millis(10))
+        .for_at_most(deadline)
+        .poll(|| child.try_wait().ok().flatten());
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = feeder.map(|f| f.join());
+        return Ok(None);
+    };
+    let fed = feeder.and_then(|f| f.join().ok());
+    let stdout = if to_file { String::new() } else { String::from_utf8_lossy(&out.join().unwrap_or_default()).into() };
+    let stderr = String::from_utf8_lossy(&err.join().unwrap_or_default()).trim().to_string();
+    Ok(Some(Ran { status, stdout, stderr, fed }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,8 @@
 # Usage: ci/docker/build.sh OUT. Needs busybox-static and zstd (installed by
 # `.ci/run`). Prints `name sha256`.
 set -euo pipefail
+# File modes go into the artifact: the same whatever the builder's umask.
+umask 022
 here=$(cd "$(dirname "$0")" && pwd)
 out=$(mkdir -p "$1" && cd "$1" && pwd)
 export LC_ALL=C TZ=UTC

@@ -17,6 +17,8 @@
 # qemu-system-x86, qemu-utils, busybox-static, cpio, kmod, zstd (`.ci/run`
 # installs them). Prints `name sha256` per artifact.
 set -euo pipefail
+# File modes go into the artifacts: the same whatever the builder's umask.
+umask 022
 here=$(cd "$(dirname "$0")" && pwd)
 out=$(mkdir -p "$1" && cd "$1" && pwd)
 debs=$(mkdir -p "${2:-$out/debs}" && cd "${2:-$out/debs}" && pwd)
@@ -84,6 +86,17 @@ for lib in /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/libc.so.6 /lib/x86_
   /lib/x86_64-linux-gnu/libgcc_s.so.1; do
   cp -L "$lib" "$rd$lib"
 done
+# e2fsprogs: the data disk is ext4 with a journal, checked (e2fsck -p) at
+# every boot; busybox's mke2fs makes only ext2, and it has no fsck.
+mkdir -p "$rd/usr/sbin"
+for prog in /sbin/mke2fs /sbin/e2fsck; do
+  cp -L "$prog" "$rd/usr/sbin/$(basename "$prog")"
+done
+for lib in $(libs_of /sbin/mke2fs /sbin/e2fsck); do
+  mkdir -p "$rd$(dirname "$lib")"
+  [ -e "$rd$lib" ] || cp -L "$lib" "$rd$lib"
+done
+cp /etc/mke2fs.conf "$rd/etc/mke2fs.conf"
 modules="virtio_pci virtio_blk virtio_net virtio_rng virtio_balloon button evdev overlay br_netfilter bridge veth vxlan
   nf_conntrack nf_nat ip_tables iptable_filter iptable_nat iptable_mangle xt_conntrack xt_MASQUERADE
   xt_comment xt_mark xt_multiport xt_addrtype nf_tables nft_compat nft_chain_nat ip6_tables ip6table_filter
@@ -105,8 +118,8 @@ base=$work/base
 mkdir -p "$base"
 (cd "$rd" && find . | sort | cpio --quiet -o -H newc -R 0:0 --reproducible) | gzip -n -9 > "$base/initrd.img"
 cp "$kroot/boot/vmlinuz-$kver" "$base/vmlinuz"
-printf 'kernel %s (Debian %s), busybox %s\n' "$kver" "$(dpkg-deb -f "$deb" Version)" \
-  "$(dpkg-query -W -f '${Version}' busybox-static)" > "$base/VERSION"
+printf 'kernel %s (Debian %s), busybox %s, e2fsprogs %s\n' "$kver" "$(dpkg-deb -f "$deb" Version)" \
+  "$(dpkg-query -W -f '${Version}' busybox-static)" "$(dpkg-query -W -f '${Version}' e2fsprogs)" > "$base/VERSION"
 base_out=$out/base-$kver-linux-x86_64.tar.zst
 pack "$base" "$base_out"
 

@@ -479,7 +479,15 @@ fn configure(
         port_pinned: asked.is_some() || existing.is_some_and(|c| c.port_pinned),
         created: existing.map_or_else(crate::state::now, |c| c.created.clone()),
         previous: existing.and_then(|c| c.previous.clone()),
-        vm: vm.cloned().or_else(|| existing.and_then(|c| c.vm.clone())),
+        // Each setting asked for replaces that one; the others are kept.
+        vm: match (vm, existing.and_then(|c| c.vm.as_ref())) {
+            (Some(asked), Some(kept)) => Some(VmSettings {
+                cpus: asked.cpus.or(kept.cpus),
+                memory_mib: asked.memory_mib.or(kept.memory_mib),
+                accel: asked.accel.or(kept.accel),
+            }),
+            (asked, kept) => asked.or(kept).cloned(),
+        },
     };
     if existing != Some(&cfg) {
         p.save(&cfg)?;

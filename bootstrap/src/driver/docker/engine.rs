@@ -3,9 +3,9 @@
 //! release's rootfs.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{ChildStdin, Command};
 use std::time::Duration;
 
 use kubestrap_fskit as fskit;
@@ -14,7 +14,6 @@ use kubestrap_manifest::Sha256;
 use super::{CALL, IMPORT, LABEL};
 use crate::artifacts::hash::HashingReader;
 use crate::driver::{DriverError, Result};
-use crate::retry::Backoff;
 
 /// The lowest engine API version this driver is tested against (Docker 20.10).
 const MIN_API: (u32, u32) = (1, 41);
@@ -34,59 +33,24 @@ pub(super) fn docker(args: &[&str], deadline: Duration) -> Result<String> {
     Ok(ran.stdout)
 }
 
-/// What a `docker` command did.
-pub(super) struct Ran<T> {
-    pub status: ExitStatus,
-    /// At most 16 MiB (empty when stdout went to a file).
-    pub stdout: String,
-    /// At most 1 MiB.
-    pub stderr: String,
-    /// What the stdin feeder returned.
-    pub fed: Option<T>,
-}
+pub(super) use crate::proc::Ran;
 
-/// Runs `docker ARGS` under a deadline, stdin written by `feed` on a thread
-/// of its own (so a stalled engine cannot hold us past the deadline), stdout
-/// to `to` or captured. Past the deadline the command is killed.
+/// Runs `docker ARGS` under a deadline ([`crate::proc::run_bounded`]); its
+/// stderr with any URL password taken out.
 pub(super) fn run<T: Send + 'static>(
     args: &[&str],
     feed: Option<impl FnOnce(ChildStdin) -> T + Send + 'static>,
     to: Option<File>,
     deadline: Duration,
 ) -> Result<Ran<T>> {
-    let to_file = to.is_some();
-    let mut child = Command::new("docker")
-        .args(args)
-        .stdin(if feed.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(to.map_or_else(Stdio::piped, Stdio::from))
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            DriverError::Docker(format!(
-                "cannot run the `docker` command ({e}): install the Docker CLI (or podman-docker) and make sure it is on PATH"
-            ))
-        })?;
-    let feeder = feed.map(|f| {
-        let stdin = child.stdin.take().expect("piped");
-        std::thread::spawn(move || f(stdin))
-    });
-    let capture = |r: Option<Box<dyn Read + Send>>, cap: u64| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            if let Some(r) = r {
-                let _ = r.take(cap).read_to_end(&mut v);
-            }
-            v
-        })
-    };
-    let out = capture(child.stdout.take().map(|o| Box::new(o) as Box<dyn Read + Send>), 16 << 20);
-    let err = capture(child.stderr.take().map(|e| Box::new(e) as Box<dyn Read + Send>), 1 << 20);
-    let status =
-        Backoff::fixed(Duration::from_millis(10)).for_at_most(deadline).poll(|| child.try_wait().ok().flatten());
-    let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
-        let _ = feeder.map(|f| f.join());
+    let mut cmd = Command::new("docker");
+    cmd.args(args);
+    let ran = crate::proc::run_bounded(cmd, feed, to, deadline).map_err(|e| {
+        DriverError::Docker(format!(
+            "cannot run the `docker` command ({e}): install the Docker CLI (or podman-docker) and make sure it is on PATH"
+        ))
+    })?;
+    let Some(mut ran) = ran else {
         return Err(DriverError::Docker(format!(
             "`docker {}` did not finish within {}s (engine at {}); check the engine (`docker info`)",
             args.first().unwrap_or(&""),
@@ -94,10 +58,8 @@ pub(super) fn run<T: Send + 'static>(
             engine_address()
         )));
     };
-    let fed = feeder.and_then(|f| f.join().ok());
-    let stdout = if to_file { String::new() } else { String::from_utf8_lossy(&out.join().unwrap_or_default()).into() };
-    let stderr = String::from_utf8_lossy(&err.join().unwrap_or_default()).trim().to_string();
-    Ok(Ran { status, stdout, stderr: crate::urls::redact_text(&stderr), fed })
+    ran.stderr = crate::urls::redact_text(&ran.stderr);
+    Ok(ran)
 }
 
 /// A failed engine call, said with what to do. Only errors about reaching

@@ -16,7 +16,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kubestrap_fskit as fskit;
@@ -110,24 +110,13 @@ impl Hypervisor {
     fn run(&self, name: &str, args: &[&str], deadline: Duration) -> Result<String> {
         let (program, mut pre) = self.command(name);
         pre.extend(args.iter().map(|a| a.to_string()));
-        let mut child = Command::new(&program)
-            .args(&pre)
-            .envs(self.env())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| DriverError::Spawn { what: "run the hypervisor's qemu-img", source })?;
-        let status =
-            Backoff::fixed(Duration::from_millis(10)).for_at_most(deadline).poll(|| child.try_wait().ok().flatten());
-        let Some(status) = status else {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(DriverError::Qemu(format!("{name} did not finish within {}s", deadline.as_secs())));
-        };
-        let out = child.wait_with_output().map_err(|source| DriverError::Spawn { what: "read qemu-img", source })?;
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        if !status.success() {
+        let mut cmd = Command::new(&program);
+        cmd.args(&pre).envs(self.env());
+        let ran = crate::proc::run_bounded(cmd, None::<fn(_)>, None, deadline)
+            .map_err(|source| DriverError::Spawn { what: "run the hypervisor", source })?
+            .ok_or_else(|| DriverError::Qemu(format!("{name} did not finish within {}s", deadline.as_secs())))?;
+        let text = format!("{}{}", ran.stdout, ran.stderr);
+        if !ran.status.success() {
             return Err(DriverError::Qemu(format!("{name} {}: {}", args.join(" "), text.trim())));
         }
         Ok(text)
@@ -349,7 +338,10 @@ impl Driver for Qemu {
         };
         let _ = writeln!(console, "kubestrap: {note}");
         let console_start = console.metadata().map(|m| m.len()).unwrap_or(0);
-        if saved.is_some() && !resume {
+        // The saved state is used once: consumed before qemu starts, so a
+        // start cut short, or a VM that crashes later, never goes back to it
+        // (that would roll the disk back past what was written since).
+        if saved.is_some() {
             fskit::remove_any(&suspended_path(p))?;
         }
         if resume {
@@ -381,6 +373,15 @@ impl Driver for Qemu {
         });
         match up {
             Some(Ok(())) => {}
+            _ if resume => {
+                // The saved state cannot be loaded (damaged, or for another
+                // CPU): boot afresh with the data disk, as after a power loss.
+                let how = logs::tail(&qemu_log(p), 3).join(" / ");
+                let _ = native::kill_all(p);
+                let _ = writeln!(console, "kubestrap: resuming failed ({how}); booting afresh with the data disk");
+                tracing::warn!("resuming the VM of profile {:?} failed ({how}); booting afresh", p.name);
+                return self.start(launch);
+            }
             _ => {
                 let how = logs::tail(&qemu_log(p), 5).join(" / ");
                 let _ = native::kill_all(p);
@@ -410,7 +411,12 @@ impl Driver for Qemu {
             kvm::record_boot(&record, true, "a guest booted with KVM");
         }
         if resume {
-            fskit::remove_any(&suspended_path(p))?;
+            // The resumed VM no longer needs its saved RAM in the disk.
+            if let Err(e) = Qmp::connect(&qmp_socket(p), Duration::from_secs(5))
+                .and_then(|mut q| q.hmp(&format!("delvm {SUSPEND_TAG}")))
+            {
+                tracing::debug!("dropping the saved state from the data disk: {e}");
+            }
         }
         Ok(Host { id: format!("vm {} ({}, {accel})", spec.name, host.id), port: launch.port })
     }
@@ -426,6 +432,20 @@ impl Driver for Qemu {
             return Ok(if suspended_path(p).is_file() { StopOutcome::Suspended } else { StopOutcome::WasNotRunning });
         }
         native::mark_stopping(p)?;
+        // A VM left paused (a suspend cut short after it stopped the vCPUs):
+        // if its state was saved, that is the suspend, finished; if not, it
+        // runs again so the guest can hear the power button.
+        if let Ok(mut q) = Qmp::connect(&qmp_socket(p), Duration::from_secs(5))
+            && q.status().is_ok_and(|st| st != "running")
+        {
+            if suspended_path(p).is_file() {
+                let _ = q.execute("quit", None);
+                self.wait_gone(p, Duration::from_secs(15));
+                native::stop(p, Stop { timeout: Duration::from_secs(5), ..how })?;
+                return Ok(StopOutcome::Suspended);
+            }
+            let _ = q.execute("cont", None);
+        }
         if how.suspend {
             match self.suspend_running(p) {
                 Ok(()) => {
@@ -494,6 +514,24 @@ fn hypervisor_runs(home: &Path, m: &Manifest) -> Option<Check> {
     if !tree.is_dir() {
         let detail = format!("hypervisor {} is not cached yet (start fetches and verifies it)", hv.version);
         return Some(Check::new("qemu runs", true, &detail, "", false));
+    }
+    // Nothing of the tree runs unless it still matches its signed artifact.
+    match crate::artifacts::store::verify_component(&tree) {
+        Ok(bad) if bad.is_empty() => {}
+        Ok(bad) => {
+            let detail = format!(
+                "the cached hypervisor {} no longer matches its manifest ({} file(s) differ, e.g. {}); not run — \
+                 `kubestrap start` repairs it from the verified download",
+                hv.version,
+                bad.len(),
+                bad[0]
+            );
+            return Some(Check::new("qemu runs", true, &detail, "", false));
+        }
+        Err(e) => {
+            let detail = format!("the cached hypervisor cannot be checked ({e}); not run");
+            return Some(Check::new("qemu runs", true, &detail, "", false));
+        }
     }
     let result = Hypervisor { tree }.run("qemu-system-x86_64", &["--version"], Duration::from_secs(10));
     Some(match result {
