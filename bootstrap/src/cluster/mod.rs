@@ -10,6 +10,7 @@ use crate::home::Home;
 use crate::progress::Progress;
 
 pub mod apiserver;
+mod components;
 pub mod doctor;
 mod error;
 pub mod images;

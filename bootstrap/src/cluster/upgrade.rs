@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use kubestrap_manifest::{Manifest, Target};
 
+use super::components::fetch_and_unpack;
 use super::journal::{Journal, Kind, Phase};
 use super::lock_profile;
 use super::snapshot;
-use super::start::{Tuning, bring_up, fetch_and_unpack};
+use super::start::{Tuning, bring_up};
 use crate::artifacts::{self, store};
 use crate::channel::{self, Loaded};
 use crate::driver::{self, Driver, Stop};
