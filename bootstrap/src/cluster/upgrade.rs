@@ -459,7 +459,17 @@ pub fn resume_locked(
         let to = channel::peek(&j.new).map_or_else(|| j.new.display().to_string(), |m| m.id());
         format!("{} of profile {:?} to {to}", if j.kind == Kind::Upgrade { "an upgrade" } else { "a rollback" }, p.name)
     };
+    // Killed between the config's swap (or a rollback's restore) and the
+    // journal saying so: the config already names the new release.
+    let swapped = j.phase == Phase::Snapshotted && p.load().is_ok_and(|c| c.manifest == j.new);
     match j.phase {
+        Phase::Snapshotted if swapped => {
+            let w = what(&j);
+            roll_back(home, p, drv, &mut j, fetch, tuning, progress)?;
+            Ok(Some(format!(
+                "{w} was interrupted during the swap; it was rolled back, and the earlier release runs with its state (run the command again to retry)"
+            )))
+        }
         Phase::Planned | Phase::Fetched | Phase::Stopped | Phase::Snapshotted => {
             Journal::clear(p)?;
             Ok(Some(format!("{} was interrupted before the swap; nothing of it applies", what(&j))))

@@ -412,14 +412,6 @@ impl Driver for Qemu {
             }
             kvm::record_boot(&record, true, "a guest booted with KVM");
         }
-        if resume {
-            // The resumed VM no longer needs its saved RAM in the disk.
-            if let Err(e) = Qmp::connect(&qmp_socket(p), Duration::from_secs(5))
-                .and_then(|mut q| q.hmp(&format!("delvm {SUSPEND_TAG}")))
-            {
-                tracing::debug!("dropping the saved state from the data disk: {e}");
-            }
-        }
         Ok(Host { id: format!("vm {} ({}, {accel})", spec.name, host.id), port: launch.port })
     }
 
@@ -461,6 +453,14 @@ impl Driver for Qemu {
             }
         }
         fskit::remove_any(&suspended_path(p))?;
+        // A saved state a resume left in the disk goes before the disk is at
+        // rest (an upgrade copies it); the next suspend would replace it.
+        if let Err(e) = Qmp::connect(&qmp_socket(p), Duration::from_secs(5)).and_then(|mut q| {
+            q.set_timeout(Duration::from_secs(60));
+            q.hmp(&format!("delvm {SUSPEND_TAG}"))
+        }) {
+            tracing::debug!("dropping the saved state from the data disk: {e}");
+        }
         // ACPI power-off: the guest stops localkube with its own signal and
         // timeout, unmounts the data disk and powers off.
         let acpi = Qmp::connect(&qmp_socket(p), Duration::from_secs(10))
