@@ -40,13 +40,24 @@ pub(super) fn stop_locked(p: &Profile, suspend: bool) -> Result<(StopOutcome, Bo
 
 /// Deletes profiles (stopping them first) and only our kubeconfig entries.
 /// Returns the deleted names.
-pub fn delete(home: &Home, names: &[String], wait: bool, progress: &dyn Progress) -> Result<Vec<String>> {
+pub fn delete(home: &Home, names: &[String], wait: bool, force: bool, progress: &dyn Progress) -> Result<Vec<String>> {
     let mut deleted = Vec::new();
     for name in names {
         let p = Profile::new(home, name)?;
         let _lock = lock_profile(home, &p, wait, progress)?;
-        let (_, drv) = stop_locked(&p, false)?;
-        drv.delete(&p)?;
+        let stopped = stop_locked(&p, false).and_then(|(_, drv)| Ok(drv.delete(&p)?));
+        match stopped {
+            Ok(()) => {}
+            Err(e) if force => progress.warn(format!(
+                "profile {name:?}: {e:#}; its files are deleted anyway (--force); left behind: {}",
+                driver::for_kind(p.driver_hint()).map_or_else(|_| "unknown".into(), |d| d.leftovers(&p))
+            )),
+            Err(e) => {
+                return Err(e.context(format!(
+                    "profile {name:?} was not deleted; fix the above, or `kubestrap delete -p {name} --force` deletes its files anyway"
+                )));
+            }
+        }
         let kc = kubeconfig::path()?;
         kubeconfig::remove(&kc, &kubeconfig::context_name(name))?;
         fskit::remove_tree(&p.dir)?;

@@ -209,6 +209,11 @@ pub trait Driver {
     /// Removes what `create` made outside the profile directory and makes
     /// sure nothing of the profile still runs. Called after `stop`.
     fn delete(&self, profile: &Profile) -> Result<()>;
+    /// What `delete --force` may leave behind when this driver could not
+    /// remove it, named so the user can.
+    fn leftovers(&self, _profile: &Profile) -> String {
+        "nothing outside the profile's directory".into()
+    }
     /// The last `n` lines of localkube's log.
     fn log_tail(&self, profile: &Profile, n: usize) -> Vec<String>;
     /// Writes what localkube logs from now on to `out`, until writing fails.

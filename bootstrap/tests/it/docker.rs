@@ -131,6 +131,22 @@ fn two_docker_profiles_run_at_once_and_an_unreachable_engine_is_said_clearly() {
     assert_eq!(fs::read(c.env.home.join("profiles/da/config.toml")).unwrap(), cfg);
     let (code, _) = c.status("da");
     assert_eq!(code, 0);
+
+    // Without the engine, delete refuses (nothing is lost) and says how to
+    // go on; --force deletes the profile's files and names what is left.
+    let nowhere =
+        |args: &[&str]| c.env.cmd(args).env("DOCKER_HOST", "unix:///nonexistent/docker.sock").output().unwrap();
+    let out = nowhere(&["delete", "-p", "db"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(44), "{err}");
+    assert!(err.contains("--force") && c.env.home.join("profiles/db/config.toml").is_file(), "{err}");
+    let container = ours().0.lines().find(|l| l.starts_with("kubestrap-db-")).expect("db's container").to_string();
+    let out = nowhere(&["delete", "-p", "db", "--force"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&container) && err.contains(&format!("{container}-data")), "names what is left: {err}");
+    assert!(!c.env.home.join("profiles/db").exists());
+    assert!(docker(&["rm", "-f", &container]).0 && docker(&["volume", "rm", &format!("{container}-data")]).0);
     c.env.ok(&["delete", "--all"]);
 }
 

@@ -95,18 +95,29 @@ fn a_vm_cluster_suspends_resumes_shuts_down_recovers_and_deletes() {
 #[test]
 fn two_vm_profiles_run_at_once() {
     let Some(c) = vm_cluster() else { return };
+    // The longest profile name: its control socket's path is longer than a
+    // socket address holds.
+    let vb = "vb-".to_string() + &"x".repeat(60);
+    let vb = vb.as_str();
+    assert!(c.env.home.join("profiles").join(vb).join("vm/qmp.sock").as_os_str().len() > 108);
     start_vm(&c, "va", true);
-    start_vm(&c, "vb", true);
-    for p in ["va", "vb"] {
+    start_vm(&c, vb, true);
+    for p in ["va", vb] {
         let (code, st) = c.status(p);
         assert_eq!(code, 0, "{st}");
-        c.env.ok(&["kubectl", "-p", p, "--", "create", "configmap", &format!("own-{p}"), "--from-literal=k=v"]);
+        c.env.ok(&["kubectl", "-p", p, "--", "create", "configmap", &format!("own-{}", &p[..2]), "--from-literal=k=v"]);
     }
     // Each VM has its own data disk.
     let out = c.env.ok(&["kubectl", "-p", "va", "--", "get", "configmap", "-o", "name"]);
     assert!(out.contains("own-va") && !out.contains("own-vb"), "{out}");
+    // Suspend and resume go through the control socket.
+    c.env.ok(&["stop", "-p", vb]);
+    assert_eq!(c.status(vb).1["host"], "Suspended");
+    c.env.ok(&["start", "-p", vb]);
+    let out = c.env.ok(&["kubectl", "-p", vb, "--", "get", "configmap", "-o", "name"]);
+    assert!(out.contains("own-vb"), "{out}");
     c.env.ok(&["delete", "--all"]);
-    assert!(c.localkubes("va").is_empty() && c.localkubes("vb").is_empty());
+    assert!(c.localkubes("va").is_empty() && c.localkubes(vb).is_empty());
 }
 
 #[test]

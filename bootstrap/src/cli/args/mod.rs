@@ -449,6 +449,10 @@ pub struct DeleteArgs {
     /// Also remove the download cache (blobs and component trees).
     #[arg(long)]
     pub purge: bool,
+    /// Delete the profile's files even when its driver cannot reach what
+    /// it made (a Docker engine that is gone): what is left is named.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Subcommand, Debug)]

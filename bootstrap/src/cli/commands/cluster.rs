@@ -96,7 +96,7 @@ pub fn delete(a: DeleteArgs, home: &Home, ui: &Ui) -> Result<Code> {
             return Err(ClusterError::PurgeInUse { others: others.join(", ") }.into());
         }
     }
-    let deleted = cluster::delete(home, &names, true, ui)?;
+    let deleted = cluster::delete(home, &names, true, a.force, ui)?;
     for name in &deleted {
         ui.json(json!({"deleted": name}));
         ui.result(&format!("deleted profile {name:?}"), "cluster state and kubeconfig entries removed", t.elapsed());

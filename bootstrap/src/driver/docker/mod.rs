@@ -343,7 +343,9 @@ impl Driver for Docker {
             Err(DriverError::Docker(m)) if m.contains("No such container") || m.contains("no such container") => {}
             Err(e) => return Err(e),
         }
-        let _ = docker(&["volume", "rm", "-f", &volume_name(p)], CALL);
+        if let Err(e) = docker(&["volume", "rm", "-f", &volume_name(p)], CALL) {
+            return Err(DriverError::Docker(format!("the volume {} could not be removed: {e}", volume_name(p))));
+        }
         // The image goes with its last container.
         if let Some(image) = image
             && docker(&["ps", "-a", "-q", "--filter", &format!("ancestor={image}")], CALL)
@@ -351,7 +353,19 @@ impl Driver for Docker {
         {
             let _ = docker(&["image", "rm", &image], CALL);
         }
+        // Untagged imports a killed start left (an import is tagged only once
+        // verified); an hour old, so never one that is being verified now.
+        let label = format!("label={LABEL}.rootfs");
+        let _ = docker(&["image", "prune", "-f", "--filter", &label, "--filter", "until=1h"], CALL);
         Ok(())
+    }
+
+    fn leftovers(&self, p: &Profile) -> String {
+        format!(
+            "in the engine, container {} and volume {} (`docker rm -f {0}; docker volume rm {1}`)",
+            container_name(p),
+            volume_name(p)
+        )
     }
 
     fn log_tail(&self, p: &Profile, n: usize) -> Vec<String> {

@@ -318,7 +318,9 @@ impl Driver for Qemu {
             host_port: launch.port,
             guest_port: guest::PORT,
             console_log: p.log_file(),
-            qmp_socket: qmp_socket(p),
+            // Relative to qemu's working directory (the VM's): a socket's
+            // path must fit in 108 bytes, a deep home's would not.
+            qmp_socket: PathBuf::from("qmp.sock"),
             loadvm: None,
         };
         let booted = Booted { config_sha256, args: cmdline::args(&spec), accel };

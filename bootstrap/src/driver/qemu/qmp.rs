@@ -17,10 +17,26 @@ pub struct Qmp {
     writer: UnixStream,
 }
 
+/// Connects to a socket whatever the length of its path: a path over the
+/// 108 bytes a socket address holds is reached through its directory's open
+/// descriptor (`/proc/self/fd/N/name`).
+fn connect_long(socket: &Path) -> std::io::Result<UnixStream> {
+    #[cfg(target_os = "linux")]
+    if socket.as_os_str().len() > 100
+        && let (Some(dir), Some(name)) = (socket.parent(), socket.file_name())
+    {
+        use std::os::fd::AsRawFd;
+        let dir = std::fs::File::open(dir)?;
+        let short = Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string()).join(name);
+        return UnixStream::connect(short);
+    }
+    UnixStream::connect(socket)
+}
+
 impl Qmp {
     /// Connects, reads the greeting and leaves negotiation mode.
     pub fn connect(socket: &Path, timeout: Duration) -> Result<Qmp, String> {
-        let stream = UnixStream::connect(socket).map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+        let stream = connect_long(socket).map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
         stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
         stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
         let writer = stream.try_clone().map_err(|e| e.to_string())?;
