@@ -90,9 +90,14 @@ pub fn classify(err: &anyhow::Error) -> Code {
     err.chain().find_map(code_of).unwrap_or(Code::Internal)
 }
 
+use crate::profile::ProfileError;
+
 fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<Code> {
     if let Some(e) = cause.downcast_ref::<ClusterError>() {
         return Some(cluster_code(e));
+    }
+    if let Some(e) = cause.downcast_ref::<ProfileError>() {
+        return Some(profile_code(e));
     }
     if let Some(e) = cause.downcast_ref::<UpgradeError>() {
         return Some(match e {
@@ -186,12 +191,18 @@ fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<Code> {
     None
 }
 
+fn profile_code(e: &ProfileError) -> Code {
+    match e {
+        ProfileError::NoProfile { .. } => Code::NoProfile,
+        ProfileError::BadName { .. } => Code::Usage,
+        ProfileError::DamagedConfig { .. } => Code::Disk,
+    }
+}
+
 fn cluster_code(e: &ClusterError) -> Code {
     use ClusterError as E;
     match e {
-        E::Profile(crate::profile::ProfileError::NoProfile { .. }) => Code::NoProfile,
-        E::Profile(crate::profile::ProfileError::BadName { .. }) => Code::Usage,
-        E::Profile(crate::profile::ProfileError::DamagedConfig { .. }) => Code::Disk,
+        E::Profile(p) => profile_code(p),
         E::DriverMismatch { .. } | E::OtherRelease { .. } | E::PurgeInUse { .. } => Code::Usage,
         E::NoComponent { .. } => Code::Usage,
         E::Pki { .. } => Code::Disk,
