@@ -203,7 +203,7 @@ fn default_driver(m: &Manifest) -> (Kind, String) {
         m.needs(&host, k).is_ok_and(|needs| extra.is_none_or(|c| needs.iter().any(|n| n.component == c)))
             && m.component.localkube.drivers.as_ref().is_none_or(|d| d.contains(&k))
     };
-    if supports(Kind::Docker, Some("rootfs")) {
+    let not_docker = if supports(Kind::Docker, Some("rootfs")) {
         match driver::docker::engine() {
             Ok((version, _)) => {
                 let at = driver::docker::engine_address();
@@ -212,11 +212,16 @@ fn default_driver(m: &Manifest) -> (Kind, String) {
                     format!("a Docker engine answers at {at} (version {version}) and the release has a rootfs for it"),
                 );
             }
-            Err(e) => tracing::debug!("docker driver not chosen: {e}"),
+            Err(e) => {
+                tracing::debug!("docker driver not chosen: {e}");
+                "no usable Docker engine answers"
+            }
         }
-    }
+    } else {
+        "the release has no base rootfs for the docker driver"
+    };
     if host.os == "linux" && supports(Kind::Native, None) {
-        return (Kind::Native, "no Docker engine for this release here; localkube runs as a host process".into());
+        return (Kind::Native, format!("{not_docker}; localkube runs as a host process"));
     }
     if supports(Kind::Qemu, Some("hypervisor")) {
         return (Kind::Qemu, "the release brings a VM for this machine".into());
