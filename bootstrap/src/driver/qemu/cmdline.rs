@@ -73,7 +73,6 @@ pub struct VmSpec {
     /// 127.0.0.1:<host_port> on the host → <guest_port> in the guest.
     pub host_port: u16,
     pub guest_port: u16,
-    pub console_log: PathBuf,
     pub qmp_socket: PathBuf,
     /// Resume from this internal snapshot of the data disk.
     pub loadvm: Option<String>,
@@ -126,12 +125,9 @@ pub fn args(vm: &VmSpec) -> Vec<String> {
     push(&["-device", "virtio-rng-pci"]);
     // Free page reporting: memory the guest frees goes back to the host.
     push(&["-device", "virtio-balloon-pci,free-page-reporting=on"]);
-    push(&[
-        "-chardev",
-        &format!("file,id=console,path={},append=on", drive_path(&vm.console_log)),
-        "-serial",
-        "chardev:console",
-    ]);
+    // The console on qemu's stdout: the monitor writes it to the profile's
+    // log with the log's size cap (a busy localkube logs a lot).
+    push(&["-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console"]);
     push(&["-qmp", &format!("unix:{},server=on,wait=off", drive_path(&vm.qmp_socket))]);
     if let Some(tag) = &vm.loadvm {
         push(&["-loadvm", tag]);
@@ -166,7 +162,6 @@ mod tests {
             config_disk: "/p/vm/config,1.tar".into(),
             host_port: 8443,
             guest_port: 6443,
-            console_log: "/p/logs/localkube.log".into(),
             qmp_socket: "/p/vm/qmp.sock".into(),
             loadvm: None,
         }

@@ -10,9 +10,10 @@
 //! Files, under `profiles/<name>/vm/`: `disk/data.qcow2` (the persistent
 //! data disk: snapshotted by upgrades), `config.tar` (the config disk,
 //! written at each boot), `stage/data/` (files placed under localkube's
-//! `{data}`, copied in at boot), `qmp.sock`, `qemu.log` (qemu's own
-//! messages), `booted.toml` and `suspended.toml` (what the saved state
-//! belongs to). The guest's console is the profile's log.
+//! `{data}`, copied in at boot), `qmp.sock`, `booted.toml` and
+//! `suspended.toml` (what the saved state belongs to). The guest's console
+//! and qemu's own messages are the profile's log (written by the monitor,
+//! capped like a native localkube's).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -59,9 +60,6 @@ fn stage(p: &Profile) -> PathBuf {
 }
 fn qmp_socket(p: &Profile) -> PathBuf {
     vm_dir(p).join("qmp.sock")
-}
-fn qemu_log(p: &Profile) -> PathBuf {
-    vm_dir(p).join("qemu.log")
 }
 fn booted_path(p: &Profile) -> PathBuf {
     vm_dir(p).join("booted.toml")
@@ -317,7 +315,6 @@ impl Driver for Qemu {
             config_disk: config_disk.clone(),
             host_port: launch.port,
             guest_port: guest::PORT,
-            console_log: p.log_file(),
             // Relative to qemu's working directory (the VM's): a socket's
             // path must fit in 108 bytes, a deep home's would not.
             qmp_socket: PathBuf::from("qmp.sock"),
@@ -361,7 +358,7 @@ impl Driver for Qemu {
             program,
             args,
             cwd: vm_dir(p),
-            log: qemu_log(p),
+            log: p.log_file(),
             port: launch.port,
             env: hv.env(),
         };
@@ -380,14 +377,14 @@ impl Driver for Qemu {
             _ if resume => {
                 // The saved state cannot be loaded (damaged, or for another
                 // CPU): boot afresh with the data disk, as after a power loss.
-                let how = logs::tail(&qemu_log(p), 3).join(" / ");
+                let how = logs::tail(&p.log_file(), 3).join(" / ");
                 let _ = native::kill_all(p);
                 let _ = writeln!(console, "kubestrap: resuming failed ({how}); booting afresh with the data disk");
                 tracing::warn!("resuming the VM of profile {:?} failed ({how}); booting afresh", p.name);
                 return self.start(launch);
             }
             _ => {
-                let how = logs::tail(&qemu_log(p), 5).join(" / ");
+                let how = logs::tail(&p.log_file(), 5).join(" / ");
                 let _ = native::kill_all(p);
                 return Err(DriverError::DidNotStart {
                     how: format!(
@@ -395,7 +392,7 @@ impl Driver for Qemu {
                         if up.is_none() { "did not run the VM" } else { "exited" },
                         t.elapsed().as_secs_f64()
                     ),
-                    log: qemu_log(p),
+                    log: p.log_file(),
                 });
             }
         }
