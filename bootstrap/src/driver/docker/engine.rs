@@ -193,6 +193,13 @@ pub(super) fn ensure_image(blob: &Path) -> Result<String> {
         drop_ours();
     } else {
         docker(&["tag", &id, &tag], CALL)?;
+        // Two imports may both have found the tag free: the later tag wins,
+        // and the earlier import goes (the engine keeps it while a container
+        // already uses it; that container's delete removes it).
+        let now = docker(&["image", "inspect", "--format", "{{.Id}}", &tag], CALL).unwrap_or_default();
+        if now.trim() != id {
+            drop_ours();
+        }
     }
     Ok(tag)
 }
