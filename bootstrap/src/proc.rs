@@ -113,11 +113,14 @@ pub fn run_bounded<T: Send + 'static>(
         let stdin = child.stdin.take().expect("piped");
         std::thread::spawn(move || f(stdin))
     });
+    // Keeps `cap` bytes and drains the rest, so a chatty command is never
+    // blocked on a full pipe.
     fn capture(r: Option<impl Read + Send + 'static>, cap: u64) -> std::thread::JoinHandle<Vec<u8>> {
         std::thread::spawn(move || {
             let mut v = Vec::new();
-            if let Some(r) = r {
-                let _ = r.take(cap).read_to_end(&mut v);
+            if let Some(mut r) = r {
+                let _ = (&mut r).take(cap).read_to_end(&mut v);
+                let _ = std::io::copy(&mut r, &mut std::io::sink());
             }
             v
         })
@@ -130,7 +133,9 @@ pub fn run_bounded<T: Send + 'static>(
     let Some(status) = status else {
         let _ = child.kill();
         let _ = child.wait();
-        let _ = feeder.map(|f| f.join());
+        // Not joined: a grandchild may still hold the pipes (the threads end
+        // when it does); the deadline is ours to keep.
+        drop(feeder);
         return Ok(None);
     };
     let fed = feeder.and_then(|f| f.join().ok());
@@ -150,6 +155,31 @@ mod tests {
         let impostor = ProcId { start_time: me.start_time + 1, ..me };
         assert!(!impostor.alive());
         assert!(!impostor.signal(Signal::SIGCONT), "a pid with another start time is never signalled");
+    }
+
+    #[test]
+    fn bounded_runs_cap_output_feed_stdin_and_keep_their_deadline() {
+        let sh = |script: &str| {
+            let mut c = std::process::Command::new("sh");
+            c.args(["-c", script]);
+            c
+        };
+        // More than the cap: kept to 16 MiB, the rest drained, so it ends.
+        let ran =
+            run_bounded(sh("head -c 20000000 /dev/zero; echo done >&2"), None::<fn(_)>, None, Duration::from_secs(20))
+                .unwrap()
+                .expect("finished");
+        assert!(ran.status.success());
+        assert_eq!((ran.stdout.len(), ran.stderr.as_str()), (16 << 20, "done"));
+        // stdin from the feeder; its result comes back.
+        let feed = |mut stdin: std::process::ChildStdin| std::io::Write::write_all(&mut stdin, b"abc").is_ok();
+        let ran = run_bounded(sh("cat"), Some(feed), None, Duration::from_secs(20)).unwrap().expect("finished");
+        assert_eq!((ran.stdout.as_str(), ran.fed), ("abc", Some(true)));
+        // A command that never reads its stdin nor ends is killed at the deadline.
+        let t = std::time::Instant::now();
+        let flood = |mut stdin: std::process::ChildStdin| std::io::copy(&mut std::io::repeat(0), &mut stdin).is_ok();
+        assert!(run_bounded(sh("sleep 30"), Some(flood), None, Duration::from_millis(300)).unwrap().is_none());
+        assert!(t.elapsed() < Duration::from_secs(10));
     }
 
     #[test]

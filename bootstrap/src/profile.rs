@@ -175,6 +175,12 @@ impl Profile {
         })
     }
 
+    /// The VM or container size `start` was asked for (defaults when the
+    /// config cannot be read).
+    pub fn vm_settings(&self) -> VmSettings {
+        self.load().ok().and_then(|c| c.vm).unwrap_or_default()
+    }
+
     pub fn save(&self, cfg: &Config) -> Result<(), FsError> {
         fskit::create_dir_mode(&self.dir, 0o700)?;
         write_state(&self.config_path(), cfg)

@@ -233,7 +233,7 @@ fn default_driver(m: &Manifest) -> (Kind, String) {
 /// root, say), before anything is fetched: `kubestrap doctor` shows them all.
 fn preflight(drv: &dyn Driver, m: &Manifest) -> Result<()> {
     let failures: Vec<String> = drv
-        .check(Some(m))
+        .prerequisites(m)
         .into_iter()
         .filter(|c| c.blocking && !c.ok)
         .map(|c| format!("{} ({}); {}", c.name, c.detail, c.advice.unwrap_or_default()))

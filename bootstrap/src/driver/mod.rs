@@ -176,6 +176,12 @@ pub trait Driver {
     fn capabilities(&self) -> Capabilities;
     /// What this driver needs on this machine, checked.
     fn check(&self, manifest: Option<&kubestrap_manifest::Manifest>) -> Vec<Check>;
+    /// What must hold for a start to go on, checked before anything is
+    /// fetched and cheaply (every start runs it): `check` less what only
+    /// `doctor` needs to see (running the hypervisor, the storage driver).
+    fn prerequisites(&self, manifest: &kubestrap_manifest::Manifest) -> Vec<Check> {
+        self.check(Some(manifest))
+    }
     /// Addresses the apiserver certificate must carry besides the defaults.
     fn extra_sans(&self) -> Vec<String>;
     /// The template values localkube's args and pki-files paths are

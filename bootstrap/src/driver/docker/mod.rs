@@ -6,10 +6,11 @@
 //! data directory is a named volume that outlives the container.
 //!
 //! It talks to the engine through the `docker` CLI, not the engine API: the
-//! CLI is what every engine (Docker, rootless Docker, Podman, a remote
-//! context) is paired with and configured for (`DOCKER_HOST`, contexts, TLS
-//! settings), it adds no dependency to kubestrap, and every call here runs
-//! under a deadline with its stderr kept for the error message.
+//! CLI is what every engine (Docker, rootless Docker, Podman, a context) is
+//! paired with and configured for (`DOCKER_HOST`, contexts, TLS settings),
+//! it adds no dependency to kubestrap, and every call here runs under a
+//! deadline with its stderr kept for the error message. The engine must be
+//! on this machine: the container bind-mounts this machine's files.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -22,7 +23,7 @@ use kubestrap_manifest::{Driver as Kind, Manifest, Vars};
 use serde::{Deserialize, Serialize};
 
 use super::{Capabilities, Check, Driver, DriverError, Host, HostState, Launch, Result, Stop, StopOutcome, guest};
-use crate::profile::{Profile, VmSettings};
+use crate::profile::Profile;
 use crate::state::{read as read_state, write as write_state};
 
 mod engine;
@@ -97,6 +98,11 @@ struct State {
     error: String,
 }
 
+/// Whether an engine call failed only because the container is not there.
+fn no_such_container(e: &DriverError) -> bool {
+    matches!(e, DriverError::Docker(m) if m.contains("No such container") || m.contains("no such container"))
+}
+
 fn inspect(p: &Profile) -> Result<Option<(State, String)>> {
     match docker(&["container", "inspect", "--format", "{{json .State}} {{.Id}}", &container_name(p)], CALL) {
         Ok(out) => {
@@ -105,15 +111,33 @@ fn inspect(p: &Profile) -> Result<Option<(State, String)>> {
                 .map_err(|e| DriverError::Docker(format!("cannot read the container's state: {e}")))?;
             Ok(Some((state, id.chars().take(12).collect())))
         }
-        Err(DriverError::Docker(msg)) if msg.contains("No such container") || msg.contains("no such container") => {
-            Ok(None)
-        }
+        Err(e) if no_such_container(&e) => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-fn settings(p: &Profile) -> VmSettings {
-    p.load().ok().and_then(|c| c.vm).unwrap_or_default()
+/// The engine, as a check: whether it answers (and how), blocking.
+fn engine_check() -> (Check, bool) {
+    match engine() {
+        Ok((version, api)) => {
+            let detail = format!("{} answers: version {version}, API {api}", engine_address());
+            (Check::new("engine", true, &detail, "", true), true)
+        }
+        Err(e) => {
+            let advice = "start the engine or set DOCKER_HOST; or use --driver native or --driver qemu";
+            (Check::new("engine", false, &e.to_string(), advice, true), false)
+        }
+    }
+}
+
+/// Whether the release pins a base rootfs for this machine, blocking.
+fn rootfs_check(m: &Manifest) -> Check {
+    let has = m
+        .needs(&kubestrap_manifest::Target::host(), Kind::Docker)
+        .is_ok_and(|n| n.iter().any(|n| n.component == "rootfs"));
+    let pins = if has { "pins" } else { "pins no" };
+    let detail = format!("release {} {pins} a base rootfs for the docker driver", m.id());
+    Check::new("rootfs", has, &detail, "use a release made for the docker driver, or another driver", true)
 }
 
 impl Driver for Docker {
@@ -126,44 +150,19 @@ impl Driver for Docker {
     }
 
     fn check(&self, manifest: Option<&Manifest>) -> Vec<Check> {
-        let mut out = Vec::new();
-        match engine() {
-            Ok((version, api)) => {
-                out.push(Check::new(
-                    "engine",
-                    true,
-                    &format!("{} answers: version {version}, API {api}", engine_address()),
-                    "",
-                    true,
-                ));
-                let storage = docker(&["info", "--format", "{{.Driver}}"], Duration::from_secs(10)).unwrap_or_default();
-                out.push(Check::new("storage driver", true, storage.trim(), "", false));
-            }
-            Err(e) => out.push(Check::new(
-                "engine",
-                false,
-                &e.to_string(),
-                "start the engine or set DOCKER_HOST; or use --driver native or --driver qemu",
-                true,
-            )),
+        let (engine, up) = engine_check();
+        let mut out = vec![engine];
+        if up {
+            let storage = docker(&["info", "--format", "{{.Driver}}"], Duration::from_secs(10)).unwrap_or_default();
+            out.push(Check::new("storage driver", true, storage.trim(), "", false));
         }
-        if let Some(m) = manifest {
-            let has = m
-                .needs(&kubestrap_manifest::Target::host(), Kind::Docker)
-                .is_ok_and(|n| n.iter().any(|n| n.component == "rootfs"));
-            out.push(Check::new(
-                "rootfs",
-                has,
-                &if has {
-                    format!("release {} pins a base rootfs for the docker driver", m.id())
-                } else {
-                    format!("release {} pins no base rootfs for the docker driver", m.id())
-                },
-                "use a release made for the docker driver, or another driver",
-                true,
-            ));
-        }
+        out.extend(manifest.map(rootfs_check));
         out
+    }
+
+    /// The engine and the rootfs; the storage driver is for `doctor`.
+    fn prerequisites(&self, manifest: &Manifest) -> Vec<Check> {
+        vec![engine_check().0, rootfs_check(manifest)]
     }
 
     fn extra_sans(&self) -> Vec<String> {
@@ -190,8 +189,8 @@ impl Driver for Docker {
     }
 
     fn start(&self, launch: &Launch) -> Result<Host> {
+        // The engine was checked by the start's prerequisites.
         let p = &launch.profile;
-        engine()?;
         let blob = launch.trees.get("rootfs").ok_or_else(|| {
             DriverError::Docker("the release has no base rootfs for the docker driver (drivers = [\"docker\"])".into())
         })?;
@@ -199,7 +198,7 @@ impl Driver for Docker {
         let vars = self.vars(launch);
         let name = container_name(p);
         let volume = volume_name(p);
-        let set = settings(p);
+        let set = p.vm_settings();
         let mut args: Vec<String> = vec![
             "create".into(),
             // Never a registry: a missing image is an error, not a pull.
@@ -259,16 +258,15 @@ impl Driver for Docker {
         args.push(guest::path(&format!("component/{}", launch.run.program)));
         args.extend(launch.run.args.iter().map(|a| a.render(&vars)));
         let want = Created { name: name.clone(), args: args.clone() };
-        let existing = inspect(p)?;
-        let same: Option<Created> = read_state(&created_path(p)).ok().flatten();
-        // The image the old container was made from goes with it when nothing
-        // else uses it (an upgrade to another rootfs).
-        let mut old_image = None;
-        if existing.is_some() && same.as_ref() != Some(&want) {
-            old_image = self.image_of(p).ok();
-            docker(&["rm", "-f", &name], CALL)?;
-        }
-        if existing.is_none() || same.as_ref() != Some(&want) {
+        let existing = inspect(p)?.is_some();
+        let same = read_state::<Created>(&created_path(p)).ok().flatten().is_some_and(|c| c == want);
+        if !existing || !same {
+            // The image the old container was made from goes with it when
+            // nothing else uses it (an upgrade to another rootfs).
+            let old_image = if existing { self.image_of(p).ok() } else { None };
+            if existing {
+                docker(&["rm", "-f", &name], CALL)?;
+            }
             fskit::remove_any(&created_path(p))?;
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
             match docker(&refs, CALL) {
@@ -339,9 +337,8 @@ impl Driver for Docker {
     fn delete(&self, p: &Profile) -> Result<()> {
         let image = self.image_of(p).ok();
         match docker(&["rm", "-f", "--volumes", &container_name(p)], CALL) {
-            Ok(_) => {}
-            Err(DriverError::Docker(m)) if m.contains("No such container") || m.contains("no such container") => {}
-            Err(e) => return Err(e),
+            Err(e) if !no_such_container(&e) => return Err(e),
+            _ => {}
         }
         if let Err(e) = docker(&["volume", "rm", "-f", &volume_name(p)], CALL) {
             return Err(DriverError::Docker(format!("the volume {} could not be removed: {e}", volume_name(p))));

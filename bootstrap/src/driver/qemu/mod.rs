@@ -29,7 +29,7 @@ use self::doctor::{checks, hypervisor_runs, settings_default};
 use self::qmp::Qmp;
 use super::native::{self, logs, monitor::LaunchSpec};
 use super::{Capabilities, Check, Driver, DriverError, Host, HostState, Launch, Result, Stop, StopOutcome, guest};
-use crate::profile::{Profile, VmSettings};
+use crate::profile::Profile;
 use crate::retry::Backoff;
 use crate::state::{read as read_state, write as write_state};
 
@@ -178,8 +178,9 @@ fn home_of(p: &Profile) -> PathBuf {
     p.dir.parent().and_then(Path::parent).map_or_else(|| p.dir.clone(), Path::to_path_buf)
 }
 
-fn settings(p: &Profile) -> VmSettings {
-    p.load().ok().and_then(|c| c.vm).unwrap_or_default()
+/// The home whose KVM verdict and cached hypervisor the checks look at.
+fn checked_home() -> PathBuf {
+    crate::home::Home::from_env().map(|h| h.root().to_path_buf()).unwrap_or_else(|_| std::env::temp_dir())
 }
 
 impl Qemu {
@@ -243,11 +244,15 @@ impl Driver for Qemu {
     }
 
     fn check(&self, manifest: Option<&Manifest>) -> Vec<Check> {
-        let home =
-            crate::home::Home::from_env().map(|h| h.root().to_path_buf()).unwrap_or_else(|_| std::env::temp_dir());
+        let home = checked_home();
         let mut out = checks(&host_caps(&home).0, manifest, settings_default());
         out.extend(manifest.and_then(|m| hypervisor_runs(&home, m)));
         out
+    }
+
+    fn prerequisites(&self, manifest: &Manifest) -> Vec<Check> {
+        // The hypervisor is re-hashed and run by the start itself.
+        checks(&host_caps(&checked_home()).0, Some(manifest), settings_default())
     }
 
     fn extra_sans(&self) -> Vec<String> {
@@ -278,7 +283,7 @@ impl Driver for Qemu {
         let hv = Hypervisor { tree: tree(launch, "hypervisor")?.clone() };
         let base = tree(launch, "base-image")?.clone();
         let disk = self.ensure_disk(p, &hv)?;
-        let set = settings(p);
+        let set = p.vm_settings();
         let (caps, kvm_booted) = host_caps(&home_of(p));
         let (accel, why) = cmdline::select_accel(&caps, set.accel).map_err(DriverError::Qemu)?;
         // A first guest on KVM is watched: some nested hosts run a test
