@@ -115,17 +115,25 @@ pub fn create_dir_mode(dir: &Path, mode: u32) -> Result<()> {
 /// rename, fsync the directory (created if missing). A crash leaves either
 /// the old file or the new one.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    write_atomic_with(path, mode, |f| f.write_all(bytes))
+}
+
+/// [`write_atomic`] for content that is streamed: `fill` writes the temp
+/// file (and may return what it computed on the way, a hash say); then it
+/// is fsynced and renamed over `path`. On any error the temp file goes.
+pub fn write_atomic_with<T>(path: &Path, mode: u32, fill: impl FnOnce(&mut File) -> io::Result<T>) -> Result<T> {
     let dir = parent_dir(path);
     fs::create_dir_all(dir).map_err(|e| FsError::io(dir, "create directory", e))?;
     let tmp = temp_sibling(path);
-    let result = (|| -> io::Result<()> {
+    let result = (|| -> io::Result<T> {
         let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         // The umask may have narrowed the mode; set it exactly.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(bytes)?;
+        let out = fill(&mut f)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        File::open(dir)?.sync_all()?;
+        Ok(out)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

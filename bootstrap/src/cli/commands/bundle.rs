@@ -277,11 +277,8 @@ fn extract(home: &Home, file: &Path, dir: &Path, allow_expired: bool, ui: &Ui) -
         if let Some(parent) = dest.parent() {
             fskit::create_dir_mode(parent, 0o755)?;
         }
-        let tmp = fskit::temp_sibling(&dest);
-        let mut out = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::io::copy(&mut payload.reader(e)?, &mut out).with_context(|| format!("cannot write {}", tmp.display()))?;
-        out.sync_all()?;
-        std::fs::rename(&tmp, &dest).with_context(|| format!("cannot write {}", dest.display()))?;
+        let mut entry = payload.reader(e)?;
+        fskit::write_atomic_with(&dest, 0o644, |out| std::io::copy(&mut entry, out))?;
         ui.json(json!({"extracted": dest, "size": e.size}));
     }
     fskit::sync_dir(dir)?;

@@ -5,7 +5,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use kubestrap_fskit as fskit;
@@ -92,16 +92,15 @@ fn add_tree<W: Write>(b: &mut tar::Builder<W>, dir: &Path, prefix: &str) -> io::
 
 /// Writes the disk to `dest` atomically; returns its sha256.
 pub fn write(c: &ConfigDisk, dest: &Path) -> Result<Sha256, fskit::FsError> {
-    let tmp = fskit::temp_sibling(dest);
-    let result = (|| -> io::Result<Sha256> {
-        let file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    for a in c.args {
+        if a.contains('\n') {
+            let why = io::Error::other(format!("localkube's argument {a:?} holds a newline"));
+            return Err(fskit::FsError::io(dest, "write", why));
+        }
+    }
+    fskit::write_atomic_with(dest, 0o600, |file| {
         let mut b = tar::Builder::new(Hashing { inner: io::BufWriter::new(file), hasher: sha2::Sha256::new() });
         b.follow_symlinks(false);
-        for a in c.args {
-            if a.contains('\n') {
-                return Err(io::Error::other(format!("localkube's argument {a:?} holds a newline")));
-            }
-        }
         add_bytes(&mut b, "args", format!("{}\n", c.args.join("\n")).as_bytes(), 0o644)?;
         add_bytes(&mut b, "stop", format!("{} {}\n", c.stop_signal, c.stop_timeout_s).as_bytes(), 0o644)?;
         add_tree(&mut b, c.component, "component")?;
@@ -109,16 +108,8 @@ pub fn write(c: &ConfigDisk, dest: &Path) -> Result<Sha256, fskit::FsError> {
         add_tree(&mut b, c.stage, "data")?;
         let mut hashing = b.into_inner()?;
         hashing.flush()?;
-        let sha = Sha256::from_bytes(hashing.hasher.finalize().into());
-        let file = hashing.inner.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        fs::rename(&tmp, dest)?;
-        Ok(sha)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| fskit::FsError::io(dest, "write", e))
+        Ok(Sha256::from_bytes(hashing.hasher.finalize().into()))
+    })
 }
 
 #[cfg(test)]
