@@ -1,7 +1,7 @@
 //! Per-cluster state: `profiles/<name>/config.toml` and the directories
 //! beside it (pki/, data/, logs/, run/).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use kubestrap_fskit::{self as fskit, FsError};
 use kubestrap_manifest::Driver;
@@ -110,6 +110,10 @@ impl Profile {
     pub fn new(home: &Home, name: &str) -> Result<Profile, ProfileError> {
         check_name(name)?;
         Ok(Profile { name: name.to_string(), dir: home.profile(name) })
+    }
+    /// The kubestrap home the profile lives in (`<home>/profiles/<name>`).
+    pub fn home_root(&self) -> PathBuf {
+        self.dir.parent().and_then(Path::parent).map_or_else(|| self.dir.clone(), Path::to_path_buf)
     }
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("config.toml")

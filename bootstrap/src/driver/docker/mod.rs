@@ -64,8 +64,7 @@ fn bind_mount(host: &Path, target: &str, readonly: bool) -> String {
 /// A short id of this kubestrap home (two homes may share an engine).
 fn home_id(p: &Profile) -> String {
     use sha2::Digest;
-    let home = p.dir.parent().and_then(Path::parent).unwrap_or(&p.dir);
-    hex::encode(&sha2::Sha256::digest(home.as_os_str().as_encoded_bytes())[..4])
+    hex::encode(&sha2::Sha256::digest(p.home_root().as_os_str().as_encoded_bytes())[..4])
 }
 
 fn container_name(p: &Profile) -> String {

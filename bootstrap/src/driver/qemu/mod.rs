@@ -161,7 +161,6 @@ const KVM_WATCH: Duration = Duration::from_secs(15);
 /// The guest init's first words.
 const GUEST_ALIVE: &str = "kubestrap-guest:";
 
-/// A profile's home (`<home>/profiles/<name>`).
 /// What the guest wrote to its console since `offset` (at most 1 MiB).
 fn console_since(log: &Path, offset: u64) -> String {
     use std::io::{Read, Seek, SeekFrom};
@@ -172,10 +171,6 @@ fn console_since(log: &Path, offset: u64) -> String {
         let _ = f.take(1 << 20).read_to_end(&mut text);
     }
     String::from_utf8_lossy(&text).into_owned()
-}
-
-fn home_of(p: &Profile) -> PathBuf {
-    p.dir.parent().and_then(Path::parent).map_or_else(|| p.dir.clone(), Path::to_path_buf)
 }
 
 /// The home whose KVM verdict and cached hypervisor the checks look at.
@@ -284,7 +279,7 @@ impl Driver for Qemu {
         let base = tree(launch, "base-image")?.clone();
         let disk = self.ensure_disk(p, &hv)?;
         let set = p.vm_settings();
-        let (caps, kvm_booted) = host_caps(&home_of(p));
+        let (caps, kvm_booted) = host_caps(&p.home_root());
         let (accel, why) = cmdline::select_accel(&caps, set.accel).map_err(DriverError::Qemu)?;
         // A first guest on KVM is watched: some nested hosts run a test
         // guest, then hang a real one.
@@ -402,7 +397,7 @@ impl Driver for Qemu {
             }
         }
         if watch {
-            let record = kvm_record(&home_of(p));
+            let record = kvm_record(&p.home_root());
             let alive = Backoff::fixed(Duration::from_millis(100))
                 .for_at_most(KVM_WATCH)
                 .poll(|| console_since(&p.log_file(), console_start).contains(GUEST_ALIVE).then_some(()))
