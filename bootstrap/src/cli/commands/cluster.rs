@@ -213,15 +213,11 @@ pub fn kubectl(name: String, args: Vec<String>, home: &Home, ui: &Ui) -> Result<
 pub fn logs(name: String, follow: bool, lines: usize, home: &Home) -> Result<Code> {
     use std::io::Write;
     let p = Profile::new(home, &name)?;
+    if !p.exists() {
+        return Err(crate::profile::ProfileError::NoProfile { profile: p.name }.into());
+    }
     // A damaged config does not hide the log.
-    let kind = match p.load() {
-        Ok(cfg) => cfg.driver,
-        Err(crate::profile::ProfileError::NoProfile { profile }) => {
-            return Err(crate::profile::ProfileError::NoProfile { profile }.into());
-        }
-        Err(_) => p.driver_hint(),
-    };
-    let drv = driver::for_kind(kind)?;
+    let drv = driver::for_kind(p.driver_hint())?;
     let mut out = std::io::stdout().lock();
     for l in drv.log_tail(&p, lines) {
         if writeln!(out, "{l}").is_err() {
