@@ -1,8 +1,44 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests, and integration tests that drive the kubestrap
-# binary against loopback servers, the stand-in localkube and the real kubectl.
+# Runs every test, on a fresh machine too: installs what the tests use
+# (ci/prereqs.sh: as root with apt, then checks every program is there),
+# builds the qemu driver's VM artifacts and the docker driver's rootfs, then
+# runs the unit tests and the integration tests that drive the kubestrap
+# binary against loopback servers, the stand-in localkube, the real kubectl,
+# qemu (TCG) and the Docker engine.
+#
+# A test whose prerequisite is missing fails. KUBESTRAP_TEST_SKIP names the
+# groups to skip on purpose (comma-separated: qemu, docker, netns, minisign,
+# root); the last line counts the tests that skipped.
+# Usage: ci/test.sh [cargo test arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+top=$(pwd)
+ci/prereqs.sh
+skip=",${KUBESTRAP_TEST_SKIP:-},"
+if [[ $skip != *,docker,* ]] && ! docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
+  echo "no Docker engine answers at ${DOCKER_HOST:-unix:///var/run/docker.sock}: start it, or set KUBESTRAP_TEST_SKIP=docker to skip the docker driver's tests" >&2
+  exit 1
+fi
+# The qemu driver's artifacts (the kernel .deb fetched with apt-get download)
+# and the docker driver's base rootfs; the tests pin them from these paths.
+if [[ $skip != *,qemu,* ]]; then ci/vm/build.sh target/vm >/dev/null; fi
+ci/docker/build.sh target/docker >/dev/null
 # Integration tests run the stand-in localkube binary: build every binary first.
 cargo build --workspace --bins --quiet
-cargo test --workspace --quiet "$@"
+log=$(mktemp)
+skipped=$(mktemp)
+trap 'rm -f "$log" "$skipped"' EXIT
+export KUBESTRAP_TEST_SKIPPED_LOG=$skipped
+set +e
+cargo test --workspace --quiet --no-fail-fast "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^passed/) s += $i} END {print s + 0}' "$log")
+failed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^failed/) s += $i} END {print s + 0}' "$log")
+nskipped=$(sort -u "$skipped" | grep -c . || true)
+if [ "$nskipped" -gt 0 ]; then
+  echo "skipped on purpose (KUBESTRAP_TEST_SKIP=${KUBESTRAP_TEST_SKIP:-}):"
+  sort -u "$skipped" | sed 's/^/  /'
+fi
+echo "tests: $passed passed, $failed failed, $nskipped skipped (in $top)"
+exit "$status"
