@@ -9,9 +9,9 @@
 #       (the firmware a direct kernel boot needs)
 #   OUT/base-<kernel>-linux-x86_64.tar.zst
 #       vmlinuz (linux-image-cloud-amd64) and initrd.img: busybox-static, glibc
-#       (for localkubes linked against it), the kernel modules (virtio, ACPI
-#       button, and what k3s needs: overlay, br_netfilter, netfilter and
-#       conntrack, veth, bridge, vxlan) and ci/vm/init
+#       (for localkubes linked against it), a module tree with modules.dep
+#       (virtio, ACPI button, and what k3s needs: overlay, every netfilter,
+#       bridge and IP-set module, veth, vxlan) and ci/vm/init
 # Usage: ci/vm/build.sh OUT [DEBS]   (DEBS: where the kernel .deb is kept;
 # default OUT/debs; downloaded with apt-get when missing). Needs, installed:
 # qemu-system-x86, qemu-utils, busybox-static, cpio, kmod, zstd (`.ci/run`
@@ -71,7 +71,7 @@ kroot=$work/kernel
 depmod -b "$kroot" "$kver"
 
 rd=$work/initrd
-mkdir -p "$rd"/{bin,dev,proc,sys,run,tmp,data,etc/acpi/PWRF,lib/modules,lib64,lib/x86_64-linux-gnu,sys/fs/cgroup}
+mkdir -p "$rd"/{bin,dev,proc,sys,run,tmp,data,etc/acpi/PWRF,lib/modules,lib64,lib/x86_64-linux-gnu,sys/fs/cgroup,root}
 cp /bin/busybox "$rd/bin/busybox"
 for applet in $(/bin/busybox --list); do
   [ "$applet" = busybox ] || ln -s busybox "$rd/bin/$applet"
@@ -97,19 +97,39 @@ for lib in $(libs_of /sbin/mke2fs /sbin/e2fsck); do
   [ -e "$rd$lib" ] || cp -L "$lib" "$rd$lib"
 done
 cp /etc/mke2fs.conf "$rd/etc/mke2fs.conf"
-modules="virtio_pci virtio_blk virtio_net virtio_rng virtio_balloon button evdev overlay br_netfilter bridge veth vxlan
-  nf_conntrack nf_nat ip_tables iptable_filter iptable_nat iptable_mangle xt_conntrack xt_MASQUERADE
-  xt_comment xt_mark xt_multiport xt_addrtype nf_tables nft_compat nft_chain_nat ip6_tables ip6table_filter
-  ip6table_nat"
-: > "$work/order"
-for m in $modules; do
-  modprobe -d "$kroot" -S "$kver" --show-depends "$m" | awk '$1 == "insmod" {print $2}' >> "$work/order"
+# Kernel modules, as a real module tree (/lib/modules/<kver> with modules.dep
+# and modules.alias from depmod), so modprobe works in the guest: k3s runs
+# `modprobe` for overlay, br_netfilter, nf_conntrack, iptable_nat, ... (k3s
+# pkg/agent/syssetup/setup.go), and the kernel asks modprobe for what
+# kube-proxy's and flannel's rules use (xt_comment, xt_statistic, nft_*, ...).
+# Kept: every netfilter, bridge and IP-set module, and the drivers below with
+# their dependencies. Booted with: what the VM itself needs (etc/modules.boot).
+boot_modules="virtio_pci virtio_blk virtio_net virtio_rng virtio_balloon button evdev"
+extra_modules="overlay veth vxlan dummy"
+mods=$rd/lib/modules/$kver
+mkdir -p "$mods" "$rd/sbin"
+kdir=$kroot/lib/modules/$kver
+: > "$work/kos"
+for m in $boot_modules $extra_modules; do
+  modprobe -d "$kroot" -S "$kver" --show-depends "$m" | awk '$1 == "insmod" {print $2}' >> "$work/kos"
 done
-: > "$rd/etc/modules.order"
-awk '!seen[$0]++' "$work/order" | while read -r ko; do
-  name=$(basename "$ko")
-  cp "$ko" "$rd/lib/modules/$name"
-  echo "$name" >> "$rd/etc/modules.order"
+(cd "$kdir" && find kernel/net/netfilter kernel/net/ipv4/netfilter kernel/net/ipv6/netfilter kernel/net/bridge \
+  -name '*.ko' | sed "s|^|$kdir/|") >> "$work/kos"
+# ...and whatever those depend on.
+for ko in $(cat "$work/kos"); do
+  modprobe -d "$kroot" -S "$kver" --show-depends "$(basename "$ko" .ko)" | awk '$1 == "insmod" {print $2}'
+done >> "$work/kos"
+sort -u "$work/kos" | while read -r ko; do
+  rel=${ko#"$kdir"/}
+  mkdir -p "$mods/$(dirname "$rel")"
+  cp "$ko" "$mods/$rel"
+done
+cp "$kdir"/modules.order "$kdir"/modules.builtin "$kdir"/modules.builtin.modinfo "$mods/"
+depmod -b "$rd" "$kver"
+printf '%s\n' $boot_modules > "$rd/etc/modules.boot"
+for applet in modprobe insmod rmmod lsmod depmod modinfo switch_root pivot_root; do
+  rm -f "$rd/bin/$applet"
+  ln -s ../bin/busybox "$rd/sbin/$applet"
 done
 mknod -m 600 "$rd/dev/console" c 5 1
 mknod -m 666 "$rd/dev/null" c 1 3

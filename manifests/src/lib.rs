@@ -274,6 +274,10 @@ pub struct Run {
     /// non-root user is told to use a VM or container driver.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub needs_root: bool,
+    /// localkube's environment: these variables (templates), and nothing
+    /// else of the caller's but PATH, HOME and the proxy variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, Template>,
 }
 
 #[derive(Deserialize)]
@@ -290,6 +294,8 @@ struct RawRun {
     images_dir: Option<Template>,
     #[serde(default)]
     needs_root: bool,
+    #[serde(default)]
+    env: BTreeMap<String, Template>,
 }
 
 impl TryFrom<RawRun> for Run {
@@ -315,6 +321,13 @@ impl TryFrom<RawRun> for Run {
         if let Some(dir) = &r.images_dir {
             check_under_data("images-dir", dir)?;
         }
+        for name in r.env.keys() {
+            let ok = name.chars().next().is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+                && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            if !ok {
+                return Err(format!("env: expected variable names of A-Z, 0-9 and '_', got {name:?}"));
+            }
+        }
         Ok(Run {
             program: r.program,
             args: r.args,
@@ -324,6 +337,7 @@ impl TryFrom<RawRun> for Run {
             pki_files: r.pki_files,
             images_dir: r.images_dir,
             needs_root: r.needs_root,
+            env: r.env,
         })
     }
 }

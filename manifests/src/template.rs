@@ -15,6 +15,7 @@ pub const NAMES: &[(&str, &str)] = &[
     ("bind", "the address the apiserver binds to"),
     ("profile", "the profile (cluster) name"),
     ("node", "the node name"),
+    ("node-ip", "the node's own address: where pods and other nodes reach it (the apiserver is advertised there)"),
     ("component", "the unpacked localkube component directory"),
 ];
 
@@ -27,6 +28,7 @@ pub struct Vars {
     pub bind: String,
     pub profile: String,
     pub node: String,
+    pub node_ip: String,
     pub component: String,
 }
 
@@ -39,6 +41,7 @@ impl Vars {
             "bind" => self.bind.clone(),
             "profile" => self.profile.clone(),
             "node" => self.node.clone(),
+            "node-ip" => self.node_ip.clone(),
             "component" => self.component.clone(),
             // Parsing admits only the names above.
             _ => unreachable!("template name {name} was checked at parse time"),
@@ -139,9 +142,16 @@ mod tests {
 
     #[test]
     fn renders_every_name() {
-        let t: Template = "--data-dir={data} --port={port} {profile}/{node}".parse().unwrap();
-        let vars = Vars { data: "/d".into(), port: 8443, profile: "p".into(), node: "n".into(), ..Vars::default() };
-        assert_eq!(t.render(&vars), "--data-dir=/d --port=8443 p/n");
+        let t: Template = "--data-dir={data} --port={port} {profile}/{node} --node-ip={node-ip}".parse().unwrap();
+        let vars = Vars {
+            data: "/d".into(),
+            port: 8443,
+            profile: "p".into(),
+            node: "n".into(),
+            node_ip: "198.18.0.9".into(),
+            ..Vars::default()
+        };
+        assert_eq!(t.render(&vars), "--data-dir=/d --port=8443 p/n --node-ip=198.18.0.9");
         assert!(t.uses("port"));
         assert!(!t.uses("pki"));
     }

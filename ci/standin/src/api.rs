@@ -66,6 +66,8 @@ pub struct Api {
     pub started: Instant,
     pub ready_delay: Duration,
     pub never_ready: bool,
+    /// Not ready until set (the k3s mode's node steps are done).
+    pub gate: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 struct Query(Vec<(String, String)>);
@@ -110,7 +112,9 @@ fn percent_decode(s: &str) -> String {
 
 impl Api {
     pub fn ready(&self) -> bool {
-        !self.never_ready && self.started.elapsed() >= self.ready_delay
+        !self.never_ready
+            && self.started.elapsed() >= self.ready_delay
+            && self.gate.as_ref().is_none_or(|g| g.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     pub fn handle(&self, req: &Request) -> Reply {

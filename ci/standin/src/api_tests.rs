@@ -15,6 +15,7 @@ fn api(tag: &str) -> (Api, std::path::PathBuf) {
         started: Instant::now(),
         ready_delay: Duration::ZERO,
         never_ready: false,
+        gate: None,
     };
     (api, dir)
 }

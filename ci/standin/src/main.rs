@@ -3,6 +3,7 @@
 //! `create configmap`, `get configmap` and `get sa` against it.
 
 mod api;
+mod k3s;
 mod proto;
 mod render;
 mod server;
@@ -56,6 +57,25 @@ struct ServerArgs {
     /// k3s-style flags accepted for their shape only.
     #[arg(long)]
     node_name: Option<String>,
+    /// k3s: the node's address (also the advertised one unless given).
+    #[arg(long)]
+    node_ip: Option<std::net::Ipv4Addr>,
+    /// k3s: the address the `kubernetes` Service sends pods to.
+    #[arg(long)]
+    advertise_address: Option<std::net::Ipv4Addr>,
+    /// k3s: the config file (else K3S_CONFIG_FILE, else /etc/rancher/k3s/config.yaml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// k3s: registries.yaml (else /etc/rancher/k3s/registries.yaml).
+    #[arg(long)]
+    private_registry: Option<PathBuf>,
+    /// k3s: `KEY=VALUE` for the apiserver; `token-auth-file=` is honoured.
+    #[arg(long)]
+    kube_apiserver_arg: Vec<String>,
+    #[arg(long)]
+    token: Option<String>,
+    #[arg(long)]
+    cluster_cidr: Option<String>,
     #[arg(long)]
     write_kubeconfig: Option<PathBuf>,
     #[arg(long)]
@@ -118,9 +138,33 @@ fn report_images(dir: &Path) {
     }
 }
 
+/// Whether this stand-in runs as `k3s` (see the `k3s` module).
+fn k3s_mode() -> bool {
+    std::env::args_os().next().and_then(|a| Path::new(&a).file_name().map(|n| n == "k3s")).unwrap_or(false)
+}
+
 async fn run(args: ServerArgs) -> Result<()> {
     let started = Instant::now();
     let git_version = read_version()?;
+    let k3s = k3s_mode().then(|| k3s::Flags {
+        data_dir: args.data_dir.clone(),
+        port: args.https_listen_port,
+        bind: args.bind_address.clone(),
+        node_ip: args.node_ip,
+        advertise_address: args.advertise_address,
+        node_name: args.node_name.clone(),
+        config: args.config.clone(),
+        private_registry: args.private_registry.clone(),
+        token: args.token.clone(),
+        cluster_cidr: args.cluster_cidr.clone(),
+    });
+    let mut report = k3s::Report::default();
+    let effective = k3s.as_ref().map(k3s::config::effective);
+    if let (Some(flags), Some(cfg)) = (&k3s, &effective) {
+        report.push(cfg.check());
+        // Before the certificates: the datastore's CAs are the ones used.
+        report.push(k3s::datastore::reconcile(&flags.data_dir)?);
+    }
     let (cert, key, client_ca) = match (&args.tls_cert_file, &args.tls_private_key_file) {
         (Some(c), Some(k)) => {
             let ca = args.client_ca_file.clone().context("--client-ca-file is required with --tls-cert-file")?;
@@ -131,13 +175,19 @@ async fn run(args: ServerArgs) -> Result<()> {
                 .into_iter()
                 .map(String::from)
                 .chain(args.tls_san.iter().cloned())
+                .chain(args.node_ip.iter().chain(args.advertise_address.iter()).map(|a| a.to_string()))
                 .collect::<Vec<_>>();
             tls::k3s_style(&args.data_dir, &names)?
         }
     };
     let (tls, client_certs) = tls::server_config(&cert, &key, &client_ca)?;
     report_images(&args.data_dir.join("agent/images"));
-    let tokens = server::Server::load_tokens(args.token_auth_file.as_deref())?;
+    // k3s passes `--kube-apiserver-arg=token-auth-file=F` to its apiserver.
+    let token_file = args
+        .token_auth_file
+        .clone()
+        .or_else(|| args.kube_apiserver_arg.iter().find_map(|a| a.strip_prefix("token-auth-file=").map(PathBuf::from)));
+    let tokens = server::Server::load_tokens(token_file.as_deref())?;
     let store = store::Store::load(&args.data_dir)?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -154,11 +204,33 @@ async fn run(args: ServerArgs) -> Result<()> {
             started,
             ready_delay: Duration::from_millis(args.ready_delay_ms),
             never_ready: args.never_ready,
+            gate: k3s.as_ref().map(|_| Arc::new(std::sync::atomic::AtomicBool::new(false))),
         },
         tokens,
         client_certs,
     });
     eprintln!("standin: listening on https://{addr} (version {git_version})");
+    if let (Some(flags), Some(cfg)) = (k3s, effective) {
+        // The node's steps once the API listens (a pod connects to it); not
+        // ready before they are done, so the report is whole when a start
+        // returns. A fatal one ends the process, as it ends k3s.
+        let server = server.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = k3s::node_steps(&flags, &cfg, &mut report) {
+                eprintln!("standin-k3s: fatal: {e:#}");
+                let _ = report.save(&flags.data_dir);
+                std::process::exit(1);
+            }
+            let _ = report.save(&flags.data_dir);
+            let mut st = server.api.store.lock().unwrap_or_else(|e| e.into_inner());
+            st.state.insert(store::Res::ConfigMaps, report.configmap());
+            let _ = st.save();
+            drop(st);
+            if let Some(g) = &server.api.gate {
+                g.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+    }
     let stop_delay = Duration::from_millis(args.stop_delay_ms);
     let shutdown = async move {
         tokio::select! {
@@ -175,6 +247,13 @@ async fn run(args: ServerArgs) -> Result<()> {
 }
 
 fn main() {
+    // The k3s mode's shim and container (re-executions of this binary).
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match argv.get(1).and_then(|a| a.to_str()) {
+        Some("__shim") if argv.len() == 4 => k3s::sandbox::shim_main(Path::new(&argv[2]), Path::new(&argv[3])),
+        Some("__container") if argv.len() == 3 => k3s::sandbox::container_main(Path::new(&argv[2])),
+        _ => {}
+    }
     let Cmd::Server(args) = Cli::parse().cmd;
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,

@@ -1,0 +1,83 @@
+//! The kubelet's `kubepods` cgroup. On cgroup v2 the kubelet enables the
+//! controllers for the children of its cgroup namespace's root, which the
+//! kernel refuses (EBUSY) while processes sit in that root, unless it is the
+//! machine's real root cgroup: in a container, k3s moves its processes out
+//! only when it runs as PID 1 (k3s pkg/cli/cmds/init_linux.go), otherwise the
+//! kubelet fails with "cannot enter cgroupv2 .../kubepods" and k3s exits
+//! (k3s issue #4085). On cgroup v1 the kubelet makes `kubepods` in each
+//! controller's hierarchy.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+
+use super::{Check, Status};
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+pub struct Kubepods {
+    pub check: Check,
+    /// Where a pod's cgroup goes (cgroup v2).
+    pub pods: Option<PathBuf>,
+}
+
+/// Makes `kubepods` as the kubelet does. `Err` is the kubelet's fatal error.
+pub fn kubepods() -> Result<Kubepods> {
+    let root = Path::new(ROOT);
+    let controllers_file = root.join("cgroup.controllers");
+    if !controllers_file.is_file() {
+        let mut made = Vec::new();
+        for c in ["cpu", "memory", "pids", "cpuset", "blkio"] {
+            let h = root.join(c);
+            if h.join("cgroup.procs").is_file() && std::fs::create_dir_all(h.join("kubepods")).is_ok() {
+                made.push(c);
+            }
+        }
+        if made.is_empty() {
+            return Ok(Kubepods {
+                check: Check::failed("cgroup", "no cgroup filesystem the kubelet can use at /sys/fs/cgroup"),
+                pods: None,
+            });
+        }
+        return Ok(Kubepods {
+            check: Check::new(
+                "cgroup",
+                Status::Ok,
+                format!("cgroup v1: kubepods made in the {} hierarchies", made.join(", ")),
+            ),
+            pods: None,
+        });
+    }
+    let controllers = std::fs::read_to_string(&controllers_file)?;
+    let enable: String = controllers.split_whitespace().map(|c| format!("+{c} ")).collect();
+    let ns_root = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string)))
+        .unwrap_or_else(|| "?".into());
+    if !enable.is_empty()
+        && let Err(e) = std::fs::write(root.join("cgroup.subtree_control"), enable.trim())
+    {
+        let procs = std::fs::read_to_string(root.join("cgroup.procs")).unwrap_or_default();
+        bail!(
+            "kubelet: cannot enter cgroupv2 \"{ROOT}/kubepods\" with domain controllers -- enabling {} in \
+             {ROOT}/cgroup.subtree_control failed: {e} (this process's cgroup is {ns_root}; {} process(es) in the \
+             root of the cgroup namespace: k3s moves them out only when it is PID 1)",
+            enable.trim(),
+            procs.lines().count()
+        );
+    }
+    let kubepods = root.join("kubepods");
+    std::fs::create_dir_all(&kubepods)?;
+    if !enable.is_empty()
+        && let Err(e) = std::fs::write(kubepods.join("cgroup.subtree_control"), enable.trim())
+    {
+        bail!("kubelet: cannot enable {} in {}/cgroup.subtree_control: {e}", enable.trim(), kubepods.display());
+    }
+    Ok(Kubepods {
+        check: Check::ok(
+            "cgroup",
+            format!("cgroup v2: kubepods made with {} (namespace root {ns_root})", controllers.trim()),
+        ),
+        pods: Some(kubepods),
+    })
+}

@@ -1,0 +1,136 @@
+//! k3s's configuration, found the way k3s finds it (k3s
+//! pkg/configfilearg/parser.go, pkg/cli/cmds/config.go): the config file is
+//! `K3S_CONFIG_FILE`, else `--config`, else /etc/rancher/k3s/config.yaml,
+//! plus `<that file>.d/*.yaml`; a missing file is no error. Its keys count
+//! unless the command line sets the same flag; `K3S_TOKEN` and
+//! `K3S_NODE_NAME` count like flags; registries come from
+//! `--private-registry`, else /etc/rancher/k3s/registries.yaml.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::{Check, Flags};
+
+pub const DEFAULT_CONFIG: &str = "/etc/rancher/k3s/config.yaml";
+pub const DEFAULT_REGISTRIES: &str = "/etc/rancher/k3s/registries.yaml";
+pub const DEFAULT_CLUSTER_CIDR: &str = "10.42.0.0/16";
+
+/// What the configuration comes to.
+#[derive(Clone, Debug)]
+pub struct Effective {
+    pub cluster_cidr: String,
+    /// Where a join token came from, if one was given.
+    pub token_from: Option<String>,
+    pub node_name: Option<String>,
+    /// The registries file read, with its number of mirrors.
+    pub registries: Option<(PathBuf, usize)>,
+    /// Config files read, with their keys.
+    pub files: Vec<(PathBuf, Vec<String>)>,
+    /// The config file looked for.
+    pub config_path: PathBuf,
+    /// `K3S_*` variables set in the environment.
+    pub env: Vec<String>,
+}
+
+fn read_yaml(path: &Path) -> Option<BTreeMap<String, serde_norway::Value>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    if text.trim().is_empty() {
+        return Some(BTreeMap::new());
+    }
+    serde_norway::from_str(&text).ok()
+}
+
+fn as_text(v: &serde_norway::Value) -> Option<String> {
+    match v {
+        serde_norway::Value::String(s) => Some(s.clone()),
+        serde_norway::Value::Number(n) => Some(n.to_string()),
+        serde_norway::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+pub fn effective(f: &Flags) -> Effective {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let config_path = env("K3S_CONFIG_FILE")
+        .map(PathBuf::from)
+        .or_else(|| f.config.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let mut files = Vec::new();
+    let mut merged: BTreeMap<String, serde_norway::Value> = BTreeMap::new();
+    let mut add = |p: PathBuf| {
+        if let Some(map) = read_yaml(&p) {
+            files.push((p, map.keys().cloned().collect()));
+            merged.extend(map);
+        }
+    };
+    add(config_path.clone());
+    let dropins = PathBuf::from(format!("{}.d", config_path.display()));
+    if let Ok(rd) = std::fs::read_dir(&dropins) {
+        let mut names: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        names.sort();
+        names.into_iter().for_each(&mut add);
+    }
+    let key = |k: &str| merged.get(k).and_then(as_text);
+    let token_from = if f.token.is_some() {
+        Some("--token".to_string())
+    } else if env("K3S_TOKEN").is_some() {
+        Some("K3S_TOKEN".into())
+    } else if key("token").is_some() {
+        Some(format!("token in {}", config_path.display()))
+    } else {
+        None
+    };
+    let registries_path = f.private_registry.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_REGISTRIES));
+    let registries = read_yaml(&registries_path).map(|m| {
+        let mirrors = m.get("mirrors").and_then(|v| v.as_mapping()).map_or(0, |m| m.len());
+        (registries_path, mirrors)
+    });
+    let mut k3s_env: Vec<String> = std::env::vars().map(|(k, _)| k).filter(|k| k.starts_with("K3S_")).collect();
+    k3s_env.sort();
+    Effective {
+        cluster_cidr: f
+            .cluster_cidr
+            .clone()
+            .or_else(|| key("cluster-cidr"))
+            .unwrap_or_else(|| DEFAULT_CLUSTER_CIDR.into()),
+        token_from,
+        node_name: f.node_name.clone().or_else(|| env("K3S_NODE_NAME")).or_else(|| key("node-name")),
+        registries,
+        files,
+        config_path,
+        env: k3s_env,
+    }
+}
+
+impl Effective {
+    /// What was read, for the report: the test asserts nothing leaked in.
+    pub fn check(&self) -> Check {
+        let files = if self.files.is_empty() {
+            format!("no config file ({} absent)", self.config_path.display())
+        } else {
+            self.files
+                .iter()
+                .map(|(p, keys)| format!("read {} ({})", p.display(), keys.join(", ")))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let registries = match &self.registries {
+            Some((p, n)) => format!("registries from {} ({n} mirrors)", p.display()),
+            None => "no registries file".into(),
+        };
+        let env = if self.env.is_empty() { "no K3S_ variables".to_string() } else { self.env.join(" ") };
+        Check::ok(
+            "config",
+            format!(
+                "{files}; cluster-cidr {}; token: {}; node-name: {}; {registries}; environment: {env}",
+                self.cluster_cidr,
+                self.token_from.as_deref().unwrap_or("none"),
+                self.node_name.as_deref().unwrap_or("(hostname)")
+            ),
+        )
+    }
+}

@@ -1,0 +1,101 @@
+//! What else k3s does to the machine it runs on, whatever `--data-dir`
+//! says, and leaves there when it exits (k3s's install.sh writes
+//! k3s-killall.sh for it): flannel's subnet file (/run/flannel), the
+//! kubelet's pod volumes (/var/lib/kubelet/pods, a memory-backed emptyDir
+//! is a tmpfs mount), the node password (/etc/rancher/node), and
+//! kube-proxy's, the CNI plugins' and flannel's iptables chains (KUBE-*,
+//! CNI-*, FLANNEL-*), made here with the machine's iptables where it has one
+//! (k3s brings its own).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use super::config::Effective;
+use super::{Check, Status};
+
+/// The kubelet wants shared mount propagation for Bidirectional volumes.
+pub fn root_propagation() -> Check {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let root = info.lines().find(|l| l.split(' ').nth(4) == Some("/"));
+    match root {
+        Some(l) if l.contains(" shared:") => Check::ok("mounts", "/ is a shared mount"),
+        Some(_) => Check::new(
+            "mounts",
+            Status::Warn,
+            "/ is not a shared mount: pods with Bidirectional mount propagation fail (`mount --make-rshared /`)",
+        ),
+        None => Check::failed("mounts", "/ is not in /proc/self/mountinfo"),
+    }
+}
+
+fn iptables(args: &[&str]) -> bool {
+    Command::new("iptables")
+        .arg("-w")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// kube-proxy's, the CNI plugins' and flannel's chains, with the jumps to them.
+fn chains(cfg: &Effective) -> String {
+    if !iptables(&["-t", "filter", "-S", "INPUT"]) {
+        return "no iptables here (k3s brings its own)".into();
+    }
+    let cni = format!("CNI-{:012x}", crate::store::random_u64() & 0xffff_ffff_ffff);
+    let rules: Vec<(&str, &str, String)> = vec![
+        ("filter", "FORWARD", "FLANNEL-FWD".into()),
+        ("filter", "INPUT", "KUBE-FIREWALL".into()),
+        ("nat", "PREROUTING", "KUBE-SERVICES".into()),
+        ("nat", "POSTROUTING", "FLANNEL-POSTRTG".into()),
+        ("nat", "POSTROUTING", cni.clone()),
+    ];
+    let mut made = Vec::new();
+    for (table, from, chain) in &rules {
+        let _ = iptables(&["-t", table, "-N", chain]);
+        let comment = format!("standin-k3s {}", cfg.cluster_cidr);
+        let jump = ["-t", table, "-A", from, "-m", "comment", "--comment", &comment, "-j", chain];
+        if iptables(&jump) {
+            made.push(format!("{table}/{chain}"));
+        }
+    }
+    format!("iptables chains {}", made.join(", "))
+}
+
+pub fn leftovers(cfg: &Effective) -> Check {
+    let mut done = vec![chains(cfg)];
+    let mut problems = Vec::new();
+    let subnet = "/run/flannel/subnet.env";
+    let wrote = std::fs::create_dir_all("/run/flannel").and_then(|()| {
+        std::fs::write(subnet, format!("FLANNEL_NETWORK={}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n", cfg.cluster_cidr))
+    });
+    match wrote {
+        Ok(()) => done.push(subnet.to_string()),
+        Err(e) => problems.push(format!("{subnet}: {e}")),
+    }
+    let uid = format!("{:032x}", u128::from(crate::store::random_u64()) << 64 | u128::from(crate::store::random_u64()));
+    let volume = Path::new("/var/lib/kubelet/pods").join(uid).join("volumes/kubernetes.io~empty-dir/cache");
+    let mounted = std::fs::create_dir_all(&volume).map_err(|e| e.to_string()).and_then(|()| {
+        nix::mount::mount(Some("tmpfs"), &volume, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=1m"))
+            .map_err(|e| e.to_string())
+    });
+    match mounted {
+        Ok(()) => done.push(format!("emptyDir tmpfs at {}", volume.display())),
+        Err(e) => problems.push(format!("{}: {e}", volume.display())),
+    }
+    let password = Path::new("/etc/rancher/node/password");
+    if !password.exists() {
+        let wrote = std::fs::create_dir_all("/etc/rancher/node")
+            .and_then(|()| std::fs::write(password, format!("{:016x}\n", crate::store::random_u64())));
+        match wrote {
+            Ok(()) => done.push(password.display().to_string()),
+            Err(e) => problems.push(format!("{}: {e}", password.display())),
+        }
+    }
+    if problems.is_empty() {
+        Check::ok("host", done.join("; "))
+    } else {
+        Check::new("host", Status::Warn, format!("{}; could not: {}", done.join("; "), problems.join("; ")))
+    }
+}

@@ -1,0 +1,190 @@
+//! The pod network, as flannel's CNI config makes it (the `bridge` plugin
+//! with bridge `cni0` and host-local addresses from the cluster CIDR): a
+//! veth pair from the bridge into the pod's network namespace, which the
+//! plugin bind-mounts at /run/netns/cni-<id>. Then the one thing every pod
+//! does first: reach the API at the `kubernetes` Service's endpoint, the
+//! advertised address and the https port (k3s
+//! pkg/daemons/control/server.go) — kube-proxy's DNAT sends the Service's
+//! traffic there. Netlink from here, as the CNI plugins use it (the guests
+//! have no iproute2).
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
+
+use super::config::Effective;
+use super::{Check, Status};
+
+pub const BRIDGE: &str = "cni0";
+const NETWORKS: &str = "/var/lib/cni/networks/cbr0";
+
+/// The address of the interface the default route leaves by (what k3s and
+/// kube-apiserver fall back to): the route lookup of a UDP socket's
+/// connect, which sends nothing.
+pub fn default_route_address() -> Option<Ipv4Addr> {
+    let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    match s.local_addr().ok()? {
+        SocketAddr::V4(a) if !a.ip().is_unspecified() => Some(*a.ip()),
+        _ => None,
+    }
+}
+
+/// Runs `f` with a netlink handle on a runtime of this thread.
+fn netlink<T>(f: impl AsyncFnOnce(Handle) -> Result<T>) -> Result<T> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+        tokio::spawn(conn);
+        f(handle).await
+    })
+}
+
+async fn link_index(h: &Handle, name: &str) -> Option<u32> {
+    h.link().get().match_name(name.to_string()).execute().try_next().await.ok().flatten().map(|m| m.header.index)
+}
+
+/// The first /24 of the cluster CIDR: (gateway, prefix).
+fn pod_subnet(cidr: &str) -> Result<Ipv4Addr> {
+    let (net, _) = cidr.split_once('/').ok_or_else(|| anyhow!("cluster CIDR {cidr:?} has no prefix"))?;
+    let net: Ipv4Addr = net.parse().with_context(|| format!("cluster CIDR {cidr:?}"))?;
+    let [a, b, c, _] = net.octets();
+    Ok(Ipv4Addr::new(a, b, c, 1))
+}
+
+/// host-local IPAM: the first free address after the gateway, recorded.
+fn reserve(gateway: Ipv4Addr, owner: &str) -> Result<Ipv4Addr> {
+    std::fs::create_dir_all(NETWORKS)?;
+    let [a, b, c, _] = gateway.octets();
+    for last in 2..=254u8 {
+        let ip = Ipv4Addr::new(a, b, c, last);
+        let path = Path::new(NETWORKS).join(ip.to_string());
+        if std::fs::OpenOptions::new().write(true).create_new(true).open(&path).is_ok() {
+            std::fs::write(&path, format!("{owner}\neth0"))?;
+            std::fs::write(Path::new(NETWORKS).join("last_reserved_ip.0"), ip.to_string())?;
+            return Ok(ip);
+        }
+    }
+    Err(anyhow!("no free address left in {gateway}/24"))
+}
+
+/// `listen`: where the API listens (bind address, port), for the report.
+pub fn wire_and_connect(pid: i32, cfg: &Effective, advertised: Option<Ipv4Addr>, listen: (&str, u16)) -> Check {
+    match wire(pid, cfg, advertised, listen) {
+        Ok(detail) => Check::ok("pod network", detail),
+        Err(e) => Check::failed("pod network", format!("{e:#}")),
+    }
+}
+
+fn wire(pid: i32, cfg: &Effective, advertised: Option<Ipv4Addr>, (bind, port): (&str, u16)) -> Result<String> {
+    let gateway = pod_subnet(&cfg.cluster_cidr)?;
+    let id = format!("{:08x}", crate::store::random_u64() as u32);
+    let (veth, peer) = (format!("veth{id}"), format!("ks{id}"));
+    let pod_ip = reserve(gateway, &format!("{pid}"))?;
+    netlink(async |h: Handle| {
+        let bridge = match link_index(&h, BRIDGE).await {
+            Some(i) => i,
+            None => {
+                h.link().add(LinkBridge::new(BRIDGE).up().build()).execute().await.context("creating cni0")?;
+                let i = link_index(&h, BRIDGE).await.ok_or_else(|| anyhow!("cni0 vanished"))?;
+                h.address().add(i, gateway.into(), 24).execute().await.context("addressing cni0")?;
+                i
+            }
+        };
+        h.link().add(LinkVeth::new(&veth, &peer).build()).execute().await.context("creating the veth pair")?;
+        h.link()
+            .set(LinkUnspec::new_with_name(&peer).setns_by_pid(pid as u32).build())
+            .execute()
+            .await
+            .context("moving the veth into the pod's namespace")?;
+        h.link()
+            .set(LinkUnspec::new_with_name(&veth).controller(bridge).up().build())
+            .execute()
+            .await
+            .context("attaching the veth to cni0")?;
+        Ok(())
+    })?;
+    // The pod's namespace, as the CNI plugin keeps it.
+    let ns = Path::new("/run/netns").join(format!("cni-{id}"));
+    std::fs::create_dir_all("/run/netns")?;
+    std::fs::write(&ns, b"")?;
+    nix::mount::mount(
+        Some(Path::new(&format!("/proc/{pid}/ns/net"))),
+        &ns,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .with_context(|| format!("bind-mounting the pod's netns at {}", ns.display()))?;
+    let target = advertised
+        .ok_or_else(|| anyhow!("no advertised address: no --advertise-address, --node-ip or default route"))?;
+    // In the pod's namespace, on a thread of its own (setns moves one thread).
+    let nsfile = std::fs::File::open(&ns)?;
+    let peer2 = peer.clone();
+    let bind = bind.to_string();
+    let reached = std::thread::spawn(move || -> Result<String> {
+        nix::sched::setns(nsfile.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).context("entering the pod's netns")?;
+        netlink(async |h: Handle| {
+            let lo = link_index(&h, "lo").await.ok_or_else(|| anyhow!("the pod has no lo"))?;
+            h.link().set(LinkUnspec::new_with_index(lo).up().build()).execute().await?;
+            let eth = link_index(&h, &peer2).await.ok_or_else(|| anyhow!("the veth did not arrive in the pod"))?;
+            h.link().set(LinkUnspec::new_with_index(eth).name("eth0").up().build()).execute().await?;
+            h.address().add(eth, pod_ip.into(), 24).execute().await.context("addressing the pod")?;
+            h.route()
+                .add(RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build())
+                .execute()
+                .await
+                .context("the pod's default route")?;
+            Ok(())
+        })?;
+        let to = SocketAddr::from((target, port));
+        TcpStream::connect_timeout(&to, Duration::from_secs(3))
+            .map(|_| format!("pod {pod_ip} ({}, {veth} on {BRIDGE}) reached the API at {to}", ns.display()))
+            .map_err(|e| {
+                anyhow!(
+                    "pod {pod_ip} could not reach the API at {to}, the kubernetes Service's endpoint: {e} \
+                     (the API listens on {bind}:{port})"
+                )
+            })
+    })
+    .join()
+    .map_err(|_| anyhow!("the pod network thread panicked"))??;
+    Ok(reached)
+}
+
+/// flannel's VXLAN device on the node's interface (flannel.1, VNI 1, UDP 8472).
+pub fn flannel_vxlan(node_ip: Option<Ipv4Addr>) -> Check {
+    let Some(ip) = node_ip else {
+        return Check::new("flannel", Status::Warn, "no node address: flannel.1 not made");
+    };
+    let made = netlink(async |h: Handle| {
+        if link_index(&h, "flannel.1").await.is_some() {
+            return Ok("flannel.1 exists".to_string());
+        }
+        let mut addrs = h.address().get().execute();
+        let mut dev = None;
+        while let Some(a) = addrs.try_next().await? {
+            if a.attributes.iter().any(|x| matches!(x, AddressAttribute::Address(std::net::IpAddr::V4(v)) if *v == ip))
+            {
+                dev = Some(a.header.index);
+            }
+        }
+        let dev = dev.ok_or_else(|| anyhow!("no interface holds the node address {ip}"))?;
+        h.link()
+            .add(LinkVxlan::new("flannel.1", 1).dev(dev).local(ip).port(8472).up().build())
+            .execute()
+            .await
+            .context("creating flannel.1")?;
+        Ok(format!("flannel.1 (VXLAN 1, local {ip})"))
+    });
+    match made {
+        Ok(d) => Check::ok("flannel", d),
+        Err(e) => Check::new("flannel", Status::Warn, format!("{e:#}")),
+    }
+}
