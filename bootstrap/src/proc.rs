@@ -21,6 +21,7 @@ pub struct ProcId {
 /// What `/proc/<pid>/stat` says.
 pub struct Stat {
     pub state: char,
+    pub ppid: i32,
     pub start_time: u64,
 }
 
@@ -31,8 +32,13 @@ pub fn stat(pid: i32) -> Option<Stat> {
     // The command name (field 2) may hold spaces and parens: parse after the last ')'.
     let rest = &text[text.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: field 3 is state (index 0), field 22 is starttime (index 19).
-    Some(Stat { state: fields.first()?.chars().next()?, start_time: fields.get(19)?.parse().ok()? })
+    // After the name: field 3 is state (index 0), field 4 ppid (index 1),
+    // field 22 is starttime (index 19).
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
 }
 
 impl ProcId {

@@ -1,6 +1,7 @@
 //! Per-cluster state: `profiles/<name>/config.toml` and the directories
 //! beside it (pki/, data/, logs/, run/).
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use kubestrap_fskit::{self as fskit, FsError};
@@ -87,6 +88,30 @@ pub struct Config {
     /// The VM's size and accelerator (qemu driver), as `start` was asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<VmSettings>,
+    /// The apiserver's address on this machine, when it is not 127.0.0.1
+    /// (the native driver's node address for a localkube that has one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+}
+
+impl Config {
+    /// Where the apiserver answers on this machine.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint { address: self.address.unwrap_or(Ipv4Addr::LOCALHOST), port: self.port }
+    }
+}
+
+/// Where a cluster's apiserver answers on this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: Ipv4Addr,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn url(&self) -> String {
+        format!("https://{}:{}", self.address, self.port)
+    }
 }
 
 /// What `start --cpus/--memory/--accel` asked of a VM; unset means the

@@ -18,7 +18,7 @@ fn k3s_run() -> Run {
     toml::from_str(&text).unwrap_or_else(|e| panic!("k3s-run.toml: {e}"))
 }
 
-fn vars(bind: &str) -> Vars {
+fn vars(bind: &str, node_ip: &str) -> Vars {
     Vars {
         data: "/home/u/.local/share/kubestrap/profiles/dev/data".into(),
         pki: "/home/u/.local/share/kubestrap/profiles/dev/pki".into(),
@@ -26,6 +26,7 @@ fn vars(bind: &str) -> Vars {
         bind: bind.into(),
         profile: "dev".into(),
         node: "kubestrap-dev".into(),
+        node_ip: node_ip.into(),
         component: "/home/u/.local/share/kubestrap/components/abc".into(),
     }
 }
@@ -33,7 +34,8 @@ fn vars(bind: &str) -> Vars {
 #[test]
 fn k3s_run_section_renders_the_exact_command_line() {
     let run = k3s_run();
-    let v = vars("127.0.0.1");
+    // The native driver: the node's own address is node, advertised and bind address.
+    let v = vars("198.18.4.5", "198.18.4.5");
     let args: Vec<String> = run.args.iter().map(|a| a.render(&v)).collect();
     let d = "/home/u/.local/share/kubestrap/profiles/dev/data";
     assert_eq!(run.program, "k3s");
@@ -43,26 +45,35 @@ fn k3s_run_section_renders_the_exact_command_line() {
             "server".to_string(),
             format!("--data-dir={d}"),
             "--https-listen-port=41234".into(),
-            "--bind-address=127.0.0.1".into(),
-            "--tls-san=127.0.0.1".into(),
+            "--bind-address=198.18.4.5".into(),
+            "--node-ip=198.18.4.5".into(),
+            "--advertise-address=198.18.4.5".into(),
+            "--tls-san=198.18.4.5".into(),
             "--tls-san=localhost".into(),
             "--node-name=kubestrap-dev".into(),
             format!("--write-kubeconfig={d}/k3s.yaml"),
             "--write-kubeconfig-mode=600".into(),
+            format!("--private-registry={d}/registries.yaml"),
+            format!("--kube-apiserver-arg=token-auth-file={d}/server/kubestrap/token.csv"),
             "--disable=traefik,servicelb,metrics-server".into(),
         ]
     );
-    // In a guest, only the bind address differs.
-    let guest: Vec<String> = run.args.iter().map(|a| a.render(&vars("10.0.2.15"))).collect();
-    assert!(guest.contains(&"--bind-address=10.0.2.15".to_string()) && guest.contains(&"--tls-san=10.0.2.15".into()));
+    // In a guest, it listens everywhere and advertises the guest's address.
+    let guest: Vec<String> = run.args.iter().map(|a| a.render(&vars("0.0.0.0", "10.0.2.15"))).collect();
+    for want in ["--bind-address=0.0.0.0", "--advertise-address=10.0.2.15", "--node-ip=10.0.2.15"] {
+        assert!(guest.contains(&want.to_string()), "{want}: {guest:?}");
+    }
     assert_eq!((run.ready.as_str(), run.stop_timeout_s, run.needs_root), ("/readyz", 60, true));
     assert_eq!(run.images_dir.as_ref().unwrap().render(&v), format!("{d}/agent/images"));
+    // k3s's own config file, never the host's /etc/rancher/k3s/config.yaml.
+    let env: Vec<(String, String)> = run.env.iter().map(|(k, t)| (k.clone(), t.render(&v))).collect();
+    assert_eq!(env, [("K3S_CONFIG_FILE".to_string(), format!("{d}/config.yaml"))]);
 }
 
 #[test]
 fn k3s_run_section_places_kubestraps_pki_where_k3s_expects_a_custom_ca() {
     let run = k3s_run();
-    let v = vars("127.0.0.1");
+    let v = vars("127.0.0.1", "127.0.0.1");
     let placed: Vec<(String, &str)> = run.pki_files.iter().map(|(dest, f)| (dest.render(&v), f.file_name())).collect();
     let tls = "/home/u/.local/share/kubestrap/profiles/dev/data/server/tls";
     let want: Vec<(String, &str)> = [
@@ -80,11 +91,17 @@ fn k3s_run_section_places_kubestraps_pki_where_k3s_expects_a_custom_ca() {
     ]
     .iter()
     .map(|(at, f)| (format!("{tls}/{at}"), *f))
+    .chain([(format!("{}/server/kubestrap/token.csv", tls.trim_end_matches("/server/tls")), "token.csv")])
     .collect();
+    let mut placed = placed;
+    placed.sort();
+    let mut want = want;
+    want.sort();
     assert_eq!(placed, want);
     // Every secret lands as a secret (0600).
     for (dest, f) in &run.pki_files {
-        assert_eq!(dest.as_str().ends_with(".key"), f.is_secret(), "{}", dest.as_str());
+        let secret = dest.as_str().ends_with(".key") || dest.as_str().ends_with("token.csv");
+        assert_eq!(secret, f.is_secret(), "{}", dest.as_str());
     }
 }
 

@@ -205,7 +205,7 @@ fn cluster_code(e: &ClusterError) -> Code {
         E::Profile(p) => profile_code(p),
         E::DriverMismatch { .. } | E::OtherRelease { .. } | E::PurgeInUse { .. } => Code::Usage,
         E::NoComponent { .. } => Code::Usage,
-        E::Pki { .. } => Code::Disk,
+        E::Pki { .. } | E::PlacedPkiDiffers { .. } => Code::Disk,
         E::PortInUse { .. } | E::NoFreePort { .. } => Code::PortInUse,
         E::LocalkubeExited { .. } => Code::LocalkubeExited,
         E::NotReady { .. } => Code::NotReady,

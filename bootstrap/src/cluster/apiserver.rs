@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use kubestrap_manifest::PkiFile;
 
 use super::pki::Pki;
+use crate::profile::Endpoint;
 use crate::retry::Backoff;
 
 pub struct Probe {
@@ -15,7 +16,7 @@ pub struct Probe {
 }
 
 impl Probe {
-    pub fn new(pki: &Pki, port: u16, timeout: Duration) -> Result<Probe> {
+    pub fn new(pki: &Pki, at: Endpoint, timeout: Duration) -> Result<Probe> {
         let ca =
             reqwest::Certificate::from_pem(&pki.read(PkiFile::CaCert)?).context("ca.crt is not a PEM certificate")?;
         let mut identity_pem = pki.read(PkiFile::AdminCert)?;
@@ -31,7 +32,7 @@ impl Probe {
             .connect_timeout(timeout)
             .build()
             .context("cannot set up the apiserver client")?;
-        Ok(Probe { client, base: format!("https://127.0.0.1:{port}") })
+        Ok(Probe { client, base: at.url() })
     }
 
     pub fn server(&self) -> &str {

@@ -33,4 +33,11 @@ pub enum ClusterError {
         dir.display()
     )]
     Pki { dir: PathBuf, profile: String, reason: String },
+    #[error(
+        "profile {profile:?}: {placed}; localkube's data was made with another PKI (its datastore keeps the CAs it \
+         first started with, and a different file would stop it). Nothing was changed. Put the profile's earlier \
+         pki/ back (from a backup or a snapshot), or `kubestrap delete -p {profile}` and start again (its data \
+         goes with it)"
+    )]
+    PlacedPkiDiffers { profile: String, placed: String },
 }

@@ -238,13 +238,45 @@ impl Pki {
     }
 
     /// Copies PKI files to where localkube expects them (`run.pki-files`).
-    pub fn place(&self, dest: &Path, f: PkiFile) -> Result<()> {
+    /// Places `f` at `dest` for localkube, once per data directory: a file
+    /// already there must hold the same bytes. After its first start k3s's
+    /// datastore copy of its CAs is authoritative, and a different, newer
+    /// file stops it ("newer than datastore and could cause a cluster
+    /// outage", k3s pkg/cluster/bootstrap.go): never overwritten, then.
+    pub fn place(&self, dest: &Path, f: PkiFile) -> Result<(), PlaceError> {
+        if self.check_placed(dest, f)? {
+            return Ok(());
+        }
+        let want = self.read(f).map_err(|e| PlaceError::Io(format!("{e:#}")))?;
         let mode = if f.is_secret() { 0o600 } else { 0o644 };
         if let Some(dir) = dest.parent() {
-            fskit::create_dir_mode(dir, 0o700)?;
+            fskit::create_dir_mode(dir, 0o700).map_err(|e| PlaceError::Io(e.to_string()))?;
         }
-        Ok(fskit::write_atomic(dest, &self.read(f)?, mode)?)
+        fskit::write_atomic(dest, &want, mode).map_err(|e| PlaceError::Io(e.to_string()))
     }
+}
+
+impl Pki {
+    /// Whether `f` is at `dest` already (true), or may be placed there
+    /// (false: nothing is); another file there is [`PlaceError::Differs`].
+    pub fn check_placed(&self, dest: &Path, f: PkiFile) -> Result<bool, PlaceError> {
+        let want = self.read(f).map_err(|e| PlaceError::Io(format!("{e:#}")))?;
+        match fskit::read_capped(dest, caps::STATE) {
+            Ok(have) if have == want => Ok(true),
+            Ok(_) => Err(PlaceError::Differs { dest: dest.to_path_buf(), file: f.file_name() }),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(PlaceError::Io(e.to_string())),
+        }
+    }
+}
+
+/// Why a PKI file could not be placed for localkube.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    #[error("{} holds another {file} than the profile's PKI", dest.display())]
+    Differs { dest: PathBuf, file: &'static str },
+    #[error("{0}")]
+    Io(String),
 }
 
 /// A self-signed CA, valid a year longer than the leaves it signs.

@@ -17,7 +17,7 @@ use crate::artifacts;
 use crate::channel::{self, Loaded};
 use crate::driver::{self, Driver, Host, HostState, Launch, Stop};
 use crate::home::Home;
-use crate::profile::{Config, Profile, VmSettings};
+use crate::profile::{Config, Endpoint, Profile, VmSettings};
 use crate::progress::{Progress, Step};
 
 pub struct StartOptions {
@@ -153,10 +153,11 @@ pub fn bring_up(
     progress: &dyn Progress,
 ) -> Result<Started> {
     let run = &loaded.manifest.component.localkube.run;
-    preflight(drv, &loaded.manifest)?;
+    preflight(drv, p, &loaded.manifest)?;
     let components = fetch_and_unpack(home, &loaded.manifest, kind, fetch, progress)?;
     let asked = Asked { port, vm: t.vm.as_ref() };
-    let (port, created) = configure(home, p, kind, asked, existing, loaded, progress)?;
+    let (at, created) = configure(home, p, drv, asked, existing, loaded, progress)?;
+    let port = at.port;
     let launch = Launch {
         profile: p.clone(),
         release: loaded.manifest.id(),
@@ -170,8 +171,8 @@ pub fn bring_up(
     place_images(&drv.host_data(p), p, &loaded.manifest, components.images, progress)?;
     let host = launch_localkube(drv, &launch, progress)?;
     let version = (|| {
-        wait_ready(drv, p, &pki, port, &launch.run, t.wait_timeout, true, progress)?;
-        write_kubeconfig(p, &pki, port, t.keep_context, progress)
+        wait_ready(drv, p, &pki, at, &launch.run, t.wait_timeout, true, progress)?;
+        write_kubeconfig(p, &pki, at, t.keep_context, progress)
     })();
     let version = match version {
         Ok(v) => v,
@@ -189,7 +190,7 @@ pub fn bring_up(
         manifest: loaded.manifest.id(),
         already_running: false,
         created,
-        ..result(p, port)?
+        ..result(p, at)?
     })
 }
 
@@ -231,9 +232,9 @@ fn default_driver(m: &Manifest) -> (Kind, String) {
 
 /// The driver's blocking checks for this release (k3s on the host needs
 /// root, say), before anything is fetched: `kubestrap doctor` shows them all.
-fn preflight(drv: &dyn Driver, m: &Manifest) -> Result<()> {
+fn preflight(drv: &dyn Driver, p: &Profile, m: &Manifest) -> Result<()> {
     let failures: Vec<String> = drv
-        .prerequisites(m)
+        .prerequisites(p, m)
         .into_iter()
         .filter(|c| c.blocking && !c.ok)
         .map(|c| format!("{} ({}); {}", c.name, c.detail, c.advice.unwrap_or_default()))
@@ -322,7 +323,8 @@ fn rejoin(
     }
     let pki = Pki::new(p.pki());
     let run = &loaded.manifest.component.localkube.run;
-    match wait_ready(drv, p, &pki, host.port, run, o.wait_timeout, false, progress) {
+    let at = Endpoint { port: host.port, ..p.load()?.endpoint() };
+    match wait_ready(drv, p, &pki, at, run, o.wait_timeout, false, progress) {
         Ok(()) => {}
         Err(e) if !drv.running(p).unwrap_or(true) => {
             progress.warn(format!(
@@ -334,20 +336,20 @@ fn rejoin(
         }
         Err(e) => return Err(e),
     }
-    let version = write_kubeconfig(p, &pki, host.port, o.keep_context, progress)?;
+    let version = write_kubeconfig(p, &pki, at, o.keep_context, progress)?;
     Ok(Some(Started {
         host: host.id.clone(),
         kubernetes: version,
         manifest: loaded.manifest.id(),
         already_running: true,
         created: false,
-        ..result(p, host.port)?
+        ..result(p, at)?
     }))
 }
 
 /// Step "configure": port, driver, manifest pointer. Ports are chosen under
 /// a home-wide lock and recorded before it is released, so two profiles
-/// starting at once never pick the same one. Returns the port and whether
+/// starting at once never pick the same one. Returns where the apiserver will answer and whether
 /// the profile is new.
 /// What a start asked of the profile's settings.
 struct Asked<'a> {
@@ -358,12 +360,12 @@ struct Asked<'a> {
 fn configure(
     home: &Home,
     p: &Profile,
-    kind: Kind,
+    drv: &dyn Driver,
     asked: Asked,
     existing: Option<&Config>,
     loaded: &Loaded,
     progress: &dyn Progress,
-) -> Result<(u16, bool)> {
+) -> Result<(Endpoint, bool)> {
     let Asked { port: asked, vm } = asked;
     let t = Instant::now();
     let ports_lock = home.lock("ports", true, || {})?;
@@ -371,7 +373,7 @@ fn configure(
     let created = existing.is_none();
     let cfg = Config {
         name: p.name.clone(),
-        driver: kind,
+        driver: drv.kind(),
         manifest: loaded.path.clone(),
         port,
         port_pinned: asked.is_some() || existing.is_some_and(|c| c.port_pinned),
@@ -386,13 +388,14 @@ fn configure(
             }),
             (asked, kept) => asked.or(kept).cloned(),
         },
+        address: Some(drv.address(p, &loaded.manifest.component.localkube.run)).filter(|a| !a.is_loopback()),
     };
     if existing != Some(&cfg) {
         p.save(&cfg)?;
     }
     drop(ports_lock);
     progress.step(Step::Configured { profile: p.name.clone(), port, created }, t.elapsed());
-    Ok((port, created))
+    Ok((cfg.endpoint(), created))
 }
 
 /// Step "PKI": made once, reused after, placed where localkube expects it.
@@ -405,8 +408,20 @@ fn certificates(drv: &dyn Driver, launch: &Launch, validity: time::Duration, pro
         .ensure(&pki::Options { profile: p.name.clone(), validity, extra_sans: drv.extra_sans() })
         .map_err(|e| ClusterError::Pki { dir: p.pki(), profile: p.name.clone(), reason: format!("{e:#}") })?;
     let vars = drv.host_vars(launch);
-    for (dest, file) in &launch.run.pki_files {
-        pki.place(std::path::Path::new(&dest.render(&vars)), *file)?;
+    // Every file is checked before one is written: all or nothing.
+    let placed: Vec<(std::path::PathBuf, PkiFile)> =
+        launch.run.pki_files.iter().map(|(dest, f)| (std::path::PathBuf::from(dest.render(&vars)), *f)).collect();
+    let differ: Vec<String> =
+        placed.iter().filter_map(|(dest, f)| pki.check_placed(dest, *f).err()).map(|e| e.to_string()).collect();
+    if !differ.is_empty() {
+        return Err(ClusterError::PlacedPkiDiffers { profile: p.name.clone(), placed: differ.join("; ") }.into());
+    }
+    for (dest, file) in &placed {
+        pki.place(dest, *file).map_err(|e| ClusterError::Pki {
+            dir: p.pki(),
+            profile: p.name.clone(),
+            reason: e.to_string(),
+        })?;
     }
     progress.step(Step::Certificates { created: made }, t.elapsed());
     Ok(pki)
@@ -420,11 +435,11 @@ fn launch_localkube(drv: &dyn Driver, launch: &Launch, progress: &dyn Progress) 
     Ok(host)
 }
 
-fn result(p: &Profile, port: u16) -> Result<Started> {
+fn result(p: &Profile, at: Endpoint) -> Result<Started> {
     Ok(Started {
         profile: p.name.clone(),
         context: kubeconfig::context_name(&p.name),
-        server: format!("https://127.0.0.1:{port}"),
+        server: at.url(),
         kubeconfig: kubeconfig::path()?,
         host: String::new(),
         kubernetes: String::new(),
@@ -443,14 +458,15 @@ pub fn wait_ready(
     drv: &dyn Driver,
     p: &Profile,
     pki: &Pki,
-    port: u16,
+    at: Endpoint,
     run: &kubestrap_manifest::Run,
     timeout: Duration,
     launched: bool,
     progress: &dyn Progress,
 ) -> Result<()> {
     let t = Instant::now();
-    let probe = Probe::new(pki, port, Duration::from_secs(2))?;
+    let port = at.port;
+    let probe = Probe::new(pki, at, Duration::from_secs(2))?;
     let deadline = Instant::now() + timeout;
     let Err(e) = probe.wait_ready(&run.ready, deadline, || drv.running(p).unwrap_or(false)) else {
         progress.step(Step::ApiserverReady { server: probe.server().to_string() }, t.elapsed());
@@ -506,7 +522,7 @@ pub fn wait_ready(
 pub fn write_kubeconfig(
     p: &Profile,
     pki: &Pki,
-    port: u16,
+    at: Endpoint,
     keep_context: bool,
     progress: &dyn Progress,
 ) -> Result<String> {
@@ -514,13 +530,13 @@ pub fn write_kubeconfig(
     let path = kubeconfig::path()?;
     let entry = kubeconfig::Entry {
         name: kubeconfig::context_name(&p.name),
-        server: format!("https://127.0.0.1:{port}"),
+        server: at.url(),
         ca_pem: pki.read(PkiFile::CaCert)?,
         client_cert_pem: pki.read(PkiFile::AdminCert)?,
         client_key_pem: pki.read(PkiFile::AdminKey)?,
     };
     kubeconfig::merge(&path, &entry, !keep_context)?;
     progress.step(Step::Kubeconfig { context: entry.name.clone(), path, current: !keep_context }, t.elapsed());
-    let probe = Probe::new(pki, port, Duration::from_secs(2))?;
+    let probe = Probe::new(pki, at, Duration::from_secs(2))?;
     Ok(probe.version().unwrap_or_default())
 }

@@ -159,7 +159,7 @@ pub fn status(home: &Home, name: &str) -> Result<Status> {
         kubeconfig: KubeconfigStatus::Missing,
         kubernetes: manifest.as_ref().map(|m| m.kubernetes.to_string()).unwrap_or_default(),
         manifest: manifest.as_ref().map(|m| m.id()).unwrap_or_else(|| cfg.manifest.display().to_string()),
-        server: format!("https://127.0.0.1:{}", cfg.port),
+        server: cfg.endpoint().url(),
         host_id: None,
         pid: None,
         crash: None,
@@ -190,8 +190,9 @@ pub fn status(home: &Home, name: &str) -> Result<Status> {
         st.localkube = if stopping { LocalkubeStatus::Stopping } else { LocalkubeStatus::Running };
         st.pid = host.id.strip_prefix("pid ").and_then(|p| p.parse().ok());
         st.host_id = Some(host.id);
-        st.server = format!("https://127.0.0.1:{}", host.port);
-        let probe = Probe::new(&pki, host.port, Duration::from_secs(2))?;
+        let at = crate::profile::Endpoint { port: host.port, ..cfg.endpoint() };
+        st.server = at.url();
+        let probe = Probe::new(&pki, at, Duration::from_secs(2))?;
         let ready = manifest.as_ref().map_or("/readyz", |m| m.component.localkube.run.ready.as_str());
         match probe.get(ready) {
             Ok((200, _)) => {

@@ -1,6 +1,7 @@
 //! What the isolated drivers (qemu, docker) share: where localkube finds its
 //! files inside the guest, and the host's staging tree that feeds them.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 use kubestrap_manifest::Vars;
@@ -19,8 +20,8 @@ pub fn path(rel: &str) -> String {
 
 /// localkube's template values as the guest sees them. It binds every
 /// interface of the guest, which is reachable only through the driver's
-/// 127.0.0.1 forward.
-pub fn vars(launch: &Launch) -> Vars {
+/// 127.0.0.1 forward; `node_ip` is the guest's own address.
+pub fn vars(launch: &Launch, node_ip: Ipv4Addr) -> Vars {
     let p = &launch.profile;
     Vars {
         data: "/data".into(),
@@ -29,16 +30,17 @@ pub fn vars(launch: &Launch) -> Vars {
         bind: "0.0.0.0".into(),
         profile: p.name.clone(),
         node: format!("kubestrap-{}", p.name),
+        node_ip: node_ip.to_string(),
         component: path("component"),
     }
 }
 
 /// The same values as the host sees them: the staging tree at `host_data`.
-pub fn host_vars(launch: &Launch, host_data: &Path) -> Vars {
+pub fn host_vars(launch: &Launch, node_ip: Ipv4Addr, host_data: &Path) -> Vars {
     Vars {
         data: host_data.display().to_string(),
         pki: launch.profile.pki().display().to_string(),
         component: launch.component.display().to_string(),
-        ..vars(launch)
+        ..vars(launch, node_ip)
     }
 }

@@ -146,6 +146,13 @@ pub enum DriverError {
     StillRunning { profile: String, pids: String },
     #[error("process(es) {pids} of profile {profile:?} survived SIGKILL; {consequence}")]
     Survived { profile: String, pids: String, consequence: String },
+    #[error("`{command}` failed: {why}")]
+    HostTool { command: String, why: String },
+    #[error(
+        "profile {profile:?} is stopped, but what its localkube left on this machine could not all be removed: {left}; \
+         remove it by hand, or run the command again"
+    )]
+    LeftOnHost { profile: String, left: String },
     #[error("the localkube monitor did not report a pid within {}s", .0.as_secs())]
     NoReport(Duration),
     #[error("localkube did not start ({how}); see {}", log.display())]
@@ -179,11 +186,16 @@ pub trait Driver {
     /// What must hold for a start to go on, checked before anything is
     /// fetched and cheaply (every start runs it): `check` less what only
     /// `doctor` needs to see (running the hypervisor, the storage driver).
-    fn prerequisites(&self, manifest: &kubestrap_manifest::Manifest) -> Vec<Check> {
+    fn prerequisites(&self, _p: &Profile, manifest: &kubestrap_manifest::Manifest) -> Vec<Check> {
         self.check(Some(manifest))
     }
     /// Addresses the apiserver certificate must carry besides the defaults.
     fn extra_sans(&self) -> Vec<String>;
+    /// Where this machine reaches the apiserver of `p` running `run`
+    /// (127.0.0.1 unless the driver gives localkube an address of its own).
+    fn address(&self, _p: &Profile, _run: &Run) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::LOCALHOST
+    }
     /// The template values localkube's args and pki-files paths are
     /// rendered with, as localkube sees its paths.
     fn vars(&self, launch: &Launch) -> Vars;

@@ -11,14 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use kubestrap_manifest::Run;
-
 use crate::support::*;
-
-fn k3s_run() -> Run {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/channel/k3s-run.toml");
-    toml::from_str(&fs::read_to_string(&path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 fn openssl(args: &[&str]) -> (bool, String) {
     let out = Command::new("openssl").args(args).output().expect("openssl runs");
@@ -37,20 +30,6 @@ fn public_key_of(file: &Path) -> String {
     out
 }
 
-/// A tar (fixed metadata) of `files`.
-fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        h.set_cksum();
-        b.append_data(&mut h, name, *data).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
 /// An OCI image layout tarball (oci-layout, index.json, blobs).
 fn oci_layout_tar(payload: &[u8]) -> Vec<u8> {
     let layer = sha256_hex(payload);
@@ -63,36 +42,6 @@ fn oci_layout_tar(payload: &[u8]) -> Vec<u8> {
         ("index.json", index.as_bytes()),
         (&format!("blobs/sha256/{layer}"), payload),
     ])
-}
-
-/// A docker-archive: from the real `docker save` where the engine runs (an
-/// image imported from a one-file rootfs), else written the same way.
-fn docker_archive(dir: &Path) -> PathBuf {
-    let out = dir.join("app.docker.tar");
-    let rootfs = tar_of(&[("hello.txt", b"hello from kubestrap's test image\n")]);
-    let docker = Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output();
-    if docker.is_ok_and(|o| o.status.success()) {
-        // A tag of this test run's own, removed once saved.
-        let tag = format!("kubestrap-test/app:{}", std::process::id());
-        let mut import = Command::new("docker")
-            .args(["import", "-", &tag])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(import.stdin.as_mut().unwrap(), &rootfs).unwrap();
-        drop(import.stdin.take());
-        assert!(import.wait().unwrap().success(), "docker import failed");
-        let saved = Command::new("docker").args(["save", "-o", out.to_str().unwrap(), &tag]).status().unwrap();
-        let _ = Command::new("docker").args(["image", "rm", &tag]).output();
-        assert!(saved.success(), "docker save failed");
-        return out;
-    }
-    eprintln!("no Docker engine here: writing the docker-archive by hand instead of `docker save`");
-    let layer = tar_of(&[("hello.txt", b"hello\n")]);
-    let manifest = br#"[{"Config":"c.json","RepoTags":["kubestrap-test/app:1"],"Layers":["l/layer.tar"]}]"#;
-    fs::write(&out, tar_of(&[("manifest.json", manifest), ("c.json", b"{}"), ("l/layer.tar", &layer)])).unwrap();
-    out
 }
 
 /// Files in the images directory a localkube would import (not hidden).
@@ -109,8 +58,12 @@ fn visible(dir: &Path) -> Vec<String> {
 fn k3s_run_section_brings_up_a_cluster_on_kubestraps_pki_with_images() {
     let scratch = tempfile::tempdir().unwrap();
     let airgap = file_artifact(scratch.path(), "k3s-airgap-images-amd64.tar.zst", &pseudo_random(300_000, 7));
+    if !need("root", is_root) {
+        return;
+    }
+    let _machine = machine();
     let c = Cluster::with(|s| {
-        s.run_from(&k3s_run());
+        k3s_standin(s, &k3s_run(), &[]);
         s.images = Some((vec![airgap.path_url()], airgap.clone(), "k3s-airgap-images-amd64.tar.zst".into()));
     });
     let out = c.start("k3");
@@ -156,7 +109,7 @@ fn k3s_run_section_brings_up_a_cluster_on_kubestraps_pki_with_images() {
 
     // A user's archives: a docker-archive and an OCI layout (zstd), placed
     // byte-identical and named by their sha256.
-    let docker = docker_archive(scratch.path());
+    let docker = image_archive(scratch.path());
     let oci = scratch.path().join("tools.oci.tar.zst");
     fs::write(&oci, zstd::encode_all(&oci_layout_tar(&pseudo_random(4096, 3))[..], 3).unwrap()).unwrap();
     let out = c.env.ok(&["image", "load", "-p", "k3", docker.to_str().unwrap(), oci.to_str().unwrap()]);

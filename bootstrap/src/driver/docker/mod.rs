@@ -13,6 +13,7 @@
 //! on this machine: the container bind-mounts this machine's files.
 
 use std::io::{Read, Write};
+use std::net::Ipv4Addr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -73,6 +74,87 @@ fn container_name(p: &Profile) -> String {
 
 fn volume_name(p: &Profile) -> String {
     format!("kubestrap-{}-{}-data", p.name, home_id(p))
+}
+
+fn network_name(p: &Profile) -> String {
+    format!("kubestrap-{}-{}", p.name, home_id(p))
+}
+
+fn network_path(p: &Profile) -> PathBuf {
+    p.dir.join("container/network.toml")
+}
+
+/// The profile's own network: localkube's node address is fixed on it
+/// (`{node-ip}`: k3s's node, advertised and bind address), the same at
+/// every start, which the engine's default bridge cannot promise.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Network {
+    name: String,
+    subnet: String,
+    gateway: Ipv4Addr,
+    node: Ipv4Addr,
+}
+
+/// The subnet and gateway of an existing network.
+fn network_ipam(name: &str) -> Result<Option<(String, Ipv4Addr)>> {
+    let format = "{{range .IPAM.Config}}{{.Subnet}} {{.Gateway}};{{end}}";
+    let out = match docker(&["network", "inspect", "--format", format, name], CALL) {
+        Ok(out) => out,
+        Err(DriverError::Docker(m)) if m.to_lowercase().contains("not found") || m.contains("No such network") => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    // The IPv4 pool (a network may also have an IPv6 one).
+    Ok(out.split(';').filter_map(|c| c.trim().split_once(' ')).find_map(|(subnet, gw)| {
+        let gw: Ipv4Addr = gw.parse().ok()?;
+        Some((subnet.to_string(), gw))
+    }))
+}
+
+/// Makes the profile's network if it is missing. The engine picks a free
+/// subnet (it knows its other networks and the machine's routes); the
+/// network is then made again with that subnet named, since a fixed
+/// container address needs a subnet the user configured.
+fn ensure_network(p: &Profile) -> Result<Network> {
+    let name = network_name(p);
+    let labels = [format!("{LABEL}.profile={}", p.name), format!("{LABEL}.home={}", home_id(p))];
+    let label_args: Vec<&str> = labels.iter().flat_map(|l| ["--label", l.as_str()]).collect();
+    let mut ipam = network_ipam(&name)?;
+    for _ in 0..3 {
+        if ipam.is_some() {
+            break;
+        }
+        let mut create = vec!["network", "create"];
+        create.extend(&label_args);
+        create.push(&name);
+        docker(&create, CALL)?;
+        let picked = network_ipam(&name)?;
+        docker(&["network", "rm", &name], CALL)?;
+        let Some((subnet, gateway)) = picked else { continue };
+        let gw = gateway.to_string();
+        let mut pinned = vec!["network", "create", "--subnet", &subnet, "--gateway", &gw];
+        pinned.extend(&label_args);
+        pinned.push(&name);
+        // Another network may have taken the subnet meanwhile: pick again.
+        if docker(&pinned, CALL).is_ok() {
+            ipam = network_ipam(&name)?;
+        }
+    }
+    let (subnet, gateway) = ipam.ok_or_else(|| DriverError::Docker(format!("cannot make the network {name}")))?;
+    let node = Ipv4Addr::from(u32::from(gateway) + 1);
+    let net = Network { name, subnet, gateway, node };
+    if read_state::<Network>(&network_path(p)).ok().flatten().as_ref() != Some(&net) {
+        write_state(&network_path(p), &net)?;
+    }
+    Ok(net)
+}
+
+/// The node address the profile's network gives localkube (unspecified
+/// before its first start: only the paths matter then).
+fn node_ip(p: &Profile) -> Ipv4Addr {
+    read_state::<Network>(&network_path(p)).ok().flatten().map_or(Ipv4Addr::UNSPECIFIED, |n| n.node)
 }
 
 /// What a container was created with: a start reuses it only when a new
@@ -160,7 +242,7 @@ impl Driver for Docker {
     }
 
     /// The engine and the rootfs; the storage driver is for `doctor`.
-    fn prerequisites(&self, manifest: &Manifest) -> Vec<Check> {
+    fn prerequisites(&self, _p: &Profile, manifest: &Manifest) -> Vec<Check> {
         vec![engine_check().0, rootfs_check(manifest)]
     }
 
@@ -169,11 +251,11 @@ impl Driver for Docker {
     }
 
     fn vars(&self, launch: &Launch) -> Vars {
-        guest::vars(launch)
+        guest::vars(launch, node_ip(&launch.profile))
     }
 
     fn host_vars(&self, launch: &Launch) -> Vars {
-        guest::host_vars(launch, &self.host_data(&launch.profile))
+        guest::host_vars(launch, node_ip(&launch.profile), &self.host_data(&launch.profile))
     }
 
     fn host_data(&self, p: &Profile) -> PathBuf {
@@ -194,6 +276,7 @@ impl Driver for Docker {
             DriverError::Docker("the release has no base rootfs for the docker driver (drivers = [\"docker\"])".into())
         })?;
         let image = ensure_image(blob)?;
+        let net = ensure_network(p)?;
         let vars = self.vars(launch);
         let name = container_name(p);
         let volume = volume_name(p);
@@ -216,6 +299,10 @@ impl Driver for Docker {
             format!("{LABEL}.release={}", launch.release),
             "--label".into(),
             format!("{LABEL}.localkube={}", launch.program_sha256),
+            "--network".into(),
+            net.name.clone(),
+            "--ip".into(),
+            net.node.to_string(),
             "--publish".into(),
             format!("127.0.0.1:{}:{}", launch.port, guest::PORT),
             "--mount".into(),
@@ -242,6 +329,9 @@ impl Driver for Docker {
             "--log-opt".into(),
             "max-file=2".into(),
         ];
+        for (k, v) in &launch.run.env {
+            args.extend(["--env".into(), format!("{k}={}", v.render(&vars))]);
+        }
         if let Some(c) = set.cpus {
             args.extend(["--cpus".into(), c.to_string()]);
         }
@@ -342,6 +432,18 @@ impl Driver for Docker {
         if let Err(e) = docker(&["volume", "rm", "-f", &volume_name(p)], CALL) {
             return Err(DriverError::Docker(format!("the volume {} could not be removed: {e}", volume_name(p))));
         }
+        match network_ipam(&network_name(p)) {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                if let Err(e) = docker(&["network", "rm", &network_name(p)], CALL) {
+                    return Err(DriverError::Docker(format!(
+                        "the network {} could not be removed: {e}",
+                        network_name(p)
+                    )));
+                }
+            }
+            Err(e) => return Err(e),
+        }
         // The image goes with its last container.
         if let Some(image) = image
             && docker(&["ps", "-a", "-q", "--filter", &format!("ancestor={image}")], CALL)
@@ -358,9 +460,11 @@ impl Driver for Docker {
 
     fn leftovers(&self, p: &Profile) -> String {
         format!(
-            "in the engine, container {} and volume {} (`docker rm -f {0}; docker volume rm {1}`)",
+            "in the engine, container {}, volume {} and network {} (`docker rm -f {0}; docker volume rm {1}; docker \
+             network rm {2}`)",
             container_name(p),
-            volume_name(p)
+            volume_name(p),
+            network_name(p)
         )
     }
 

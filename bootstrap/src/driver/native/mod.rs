@@ -21,8 +21,10 @@ use crate::retry::Backoff;
 use crate::state::{read as read_state, write as write_state};
 
 pub mod checks;
+pub mod host;
 pub mod logs;
 pub mod monitor;
+pub mod node;
 pub mod process;
 
 pub struct Native;
@@ -90,19 +92,35 @@ impl Driver for Native {
         checks::checks(&checks::Machine::probe(), manifest)
     }
 
+    /// What `check` says, and that no other native k3s holds the machine.
+    fn prerequisites(&self, p: &Profile, manifest: &kubestrap_manifest::Manifest) -> Vec<Check> {
+        let mut out = self.check(Some(manifest));
+        let run = &manifest.component.localkube.run;
+        if run.needs_root && nix::unistd::geteuid().is_root() {
+            out.push(host::check(p, &run.program));
+        }
+        out
+    }
+
     fn extra_sans(&self) -> Vec<String> {
         Vec::new()
     }
 
+    fn address(&self, p: &Profile, run: &kubestrap_manifest::Run) -> std::net::Ipv4Addr {
+        if node::wanted(run) { node::NodeNet::of(p).address } else { std::net::Ipv4Addr::LOCALHOST }
+    }
+
     fn vars(&self, launch: &Launch) -> Vars {
         let p = &launch.profile;
+        let address = self.address(p, &launch.run).to_string();
         Vars {
             data: p.data().display().to_string(),
             pki: p.pki().display().to_string(),
             port: launch.port,
-            bind: "127.0.0.1".into(),
+            bind: address.clone(),
             profile: p.name.clone(),
             node: format!("kubestrap-{}", p.name),
+            node_ip: address,
             component: launch.component.display().to_string(),
         }
     }
@@ -121,6 +139,21 @@ impl Driver for Native {
         if !program.is_file() {
             return Err(DriverError::ProgramMissing { path: program });
         }
+        if launch.run.needs_root {
+            // Refused while another profile's k3s holds the machine; what a
+            // killed run of this one left is cleaned first.
+            host::claim(p, &launch.run.program)?;
+            if process::owned_by(&p.run()).is_empty() {
+                let left = host::clean(p, false)?.left;
+                if !left.is_empty() {
+                    return Err(DriverError::LeftOnHost { profile: p.name.clone(), left: left.join("; ") });
+                }
+                host::claim(p, &launch.run.program)?;
+            }
+        }
+        if node::wanted(&launch.run) {
+            node::NodeNet::of(p).up()?;
+        }
         let spec = LaunchSpec {
             program,
             sha256: launch.program_sha256,
@@ -128,7 +161,7 @@ impl Driver for Native {
             cwd: p.data(),
             log: p.log_file(),
             port: launch.port,
-            env: Vec::new(),
+            env: launch.run.env.iter().map(|(k, v)| (k.clone(), v.render(&vars))).collect(),
         };
         launch_monitored(p, &spec)
     }
@@ -137,8 +170,12 @@ impl Driver for Native {
         running(profile)
     }
 
+    /// Stops localkube and every process of the profile (and their whole
+    /// trees: a k3s's shims and pods), then cleans what it left on the machine.
     fn stop(&self, profile: &Profile, how: Stop) -> Result<StopOutcome> {
-        stop(profile, how)
+        let outcome = stop(profile, how)?;
+        clean_host(profile, false)?;
+        Ok(outcome)
     }
 
     fn adopt(&self, profile: &Profile) -> Result<()> {
@@ -150,7 +187,8 @@ impl Driver for Native {
     }
 
     fn delete(&self, profile: &Profile) -> Result<()> {
-        kill_all(profile)
+        kill_all(profile)?;
+        clean_host(profile, true)
     }
 
     /// The data directory, copied (reflinked where the filesystem can).
@@ -173,6 +211,23 @@ impl Driver for Native {
 
     fn follow_log(&self, profile: &Profile, out: &mut dyn Write) -> Result<()> {
         Ok(logs::follow(&profile.log_file(), out)?)
+    }
+}
+
+/// [`host::clean`], with what it removed in the profile's log and what it
+/// could not as the error.
+fn clean_host(p: &Profile, delete: bool) -> Result<()> {
+    let done = host::clean(p, delete)?;
+    if !done.removed.is_empty() {
+        tracing::debug!("removed from the machine: {}", done.removed.join(", "));
+        if let Ok(mut log) = std::fs::OpenOptions::new().append(true).open(p.log_file()) {
+            let _ = writeln!(log, "kubestrap: removed from the machine: {}", done.removed.join(", "));
+        }
+    }
+    if done.left.is_empty() {
+        Ok(())
+    } else {
+        Err(DriverError::LeftOnHost { profile: p.name.clone(), left: done.left.join("; ") })
     }
 }
 
@@ -298,7 +353,7 @@ pub fn stop(profile: &Profile, how: Stop) -> Result<StopOutcome> {
     // still launch it while the first ones are being stopped.
     let graceful = !matches!(info, PidInfo::Current(_));
     for _ in 0..8 {
-        let left = process::owned_by(&run);
+        let left = process::owned_tree(&run);
         if left.is_empty() {
             break;
         }
@@ -368,7 +423,7 @@ pub fn status(profile: &Profile) -> Result<HostState> {
 /// Kills whatever of the profile still runs.
 pub fn kill_all(profile: &Profile) -> Result<()> {
     for _ in 0..8 {
-        let found = process::owned_by(&profile.run());
+        let found = process::owned_tree(&profile.run());
         if found.is_empty() {
             return Ok(());
         }

@@ -55,6 +55,22 @@ pub fn exit_path(run_dir: &Path) -> PathBuf {
     run_dir.join("last-exit.toml")
 }
 
+/// The caller's environment variables localkube keeps (with the marker).
+const KEPT_ENV: &[&str] = &[
+    super::process::MARKER,
+    "PATH",
+    "HOME",
+    "LANG",
+    "TZ",
+    "TMPDIR",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+];
+
 /// The exit code recorded when the program did not match its hash.
 pub const NOT_VERIFIED: i32 = 126;
 
@@ -78,7 +94,13 @@ pub fn main(run_dir: &Path) -> anyhow::Result<()> {
     let (dev, ino) = program.metadata().map(|m| (m.dev(), m.ino()))?;
     let path_c = std::ffi::CString::new(spec.program.as_os_str().as_encoded_bytes())?;
     let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args)
+    // Nothing of the caller's environment but what the program needs to
+    // run here and the proxies a user set (kubestrap honours them, so do
+    // localkube's pulls): a user's K3S_TOKEN or K3S_URL never reaches k3s
+    // (k3s pkg/cli/cmds reads K3S_* variables as flags).
+    cmd.env_clear()
+        .envs(std::env::vars_os().filter(|(k, _)| k.to_str().is_some_and(|k| KEPT_ENV.contains(&k))))
+        .args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&spec.cwd)
         .stdin(Stdio::null())

@@ -38,6 +38,39 @@ pub fn owned_by(run_dir: &Path) -> Vec<ProcId> {
         .collect()
 }
 
+/// The profile's processes ([`owned_by`]) and every process under them:
+/// what a k3s's containerd shims run (pods) never carries the marker, and is
+/// gathered before anything is signalled (a killed shim's children would be
+/// handed to init).
+pub fn owned_tree(run_dir: &Path) -> Vec<ProcId> {
+    let roots = owned_by(run_dir);
+    if roots.is_empty() {
+        return roots;
+    }
+    let me = std::process::id() as i32;
+    let Ok(rd) = fs::read_dir("/proc") else { return roots };
+    let mut children: std::collections::HashMap<i32, Vec<i32>> = std::collections::HashMap::new();
+    for pid in rd.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
+        if let Some(s) = stat(pid) {
+            children.entry(s.ppid).or_default().push(pid);
+        }
+    }
+    let mut out = roots.clone();
+    let mut queue: Vec<i32> = roots.iter().map(|p| p.pid).collect();
+    while let Some(pid) = queue.pop() {
+        for &child in children.get(&pid).into_iter().flatten() {
+            if child == me || out.iter().any(|p| p.pid == child) {
+                continue;
+            }
+            if let Some(s) = stat(child).filter(|s| s.state != 'Z' && s.state != 'X') {
+                out.push(ProcId { pid: child, start_time: s.start_time });
+                queue.push(child);
+            }
+        }
+    }
+    out
+}
+
 /// The marker's value for a run directory: its canonical path, so that two
 /// spellings of one directory (relative, through a symlink) agree and two
 /// directories never do.

@@ -79,7 +79,7 @@ pub struct VmSpec {
 }
 
 /// The guest's address on qemu's user-mode network.
-pub const GUEST_IP: &str = "10.0.2.15";
+pub const GUEST_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 15);
 
 /// qemu's arguments (after the program) for a spec.
 pub fn args(vm: &VmSpec) -> Vec<String> {

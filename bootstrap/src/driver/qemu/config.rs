@@ -16,6 +16,8 @@ use sha2::Digest;
 pub struct ConfigDisk<'a> {
     /// localkube's command line as the guest runs it.
     pub args: &'a [String],
+    /// localkube's environment (NAME, value): all it gets besides PATH and HOME.
+    pub env: &'a [(String, String)],
     pub stop_signal: i32,
     pub stop_timeout_s: u64,
     /// The unpacked localkube tree → `component/`.
@@ -92,9 +94,9 @@ fn add_tree<W: Write>(b: &mut tar::Builder<W>, dir: &Path, prefix: &str) -> io::
 
 /// Writes the disk to `dest` atomically; returns its sha256.
 pub fn write(c: &ConfigDisk, dest: &Path) -> Result<Sha256, fskit::FsError> {
-    for a in c.args {
+    for a in c.args.iter().chain(c.env.iter().map(|(_, v)| v)) {
         if a.contains('\n') {
-            let why = io::Error::other(format!("localkube's argument {a:?} holds a newline"));
+            let why = io::Error::other(format!("localkube's argument or environment value {a:?} holds a newline"));
             return Err(fskit::FsError::io(dest, "write", why));
         }
     }
@@ -103,6 +105,8 @@ pub fn write(c: &ConfigDisk, dest: &Path) -> Result<Sha256, fskit::FsError> {
         b.follow_symlinks(false);
         add_bytes(&mut b, "args", format!("{}\n", c.args.join("\n")).as_bytes(), 0o644)?;
         add_bytes(&mut b, "stop", format!("{} {}\n", c.stop_signal, c.stop_timeout_s).as_bytes(), 0o644)?;
+        let env: String = c.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        add_bytes(&mut b, "env", env.as_bytes(), 0o644)?;
         add_tree(&mut b, c.component, "component")?;
         add_tree(&mut b, c.pki, "pki")?;
         add_tree(&mut b, c.stage, "data")?;
@@ -131,6 +135,7 @@ mod tests {
         let args = vec!["server".to_string(), "--port=6443".into()];
         let c = ConfigDisk {
             args: &args,
+            env: &[],
             stop_signal: 15,
             stop_timeout_s: 10,
             component: &comp,
@@ -156,6 +161,7 @@ mod tests {
             [
                 ("args".to_string(), 0o644),
                 ("stop".into(), 0o644),
+                ("env".into(), 0o644),
                 ("component/bin".into(), 0o755),
                 ("component/bin/lk".into(), 0o755),
                 ("pki/ca.key".into(), 0o600)

@@ -245,21 +245,21 @@ impl Driver for Qemu {
         out
     }
 
-    fn prerequisites(&self, manifest: &Manifest) -> Vec<Check> {
+    fn prerequisites(&self, _p: &Profile, manifest: &Manifest) -> Vec<Check> {
         // The hypervisor is re-hashed and run by the start itself.
         checks(&host_caps(&checked_home()).0, Some(manifest), settings_default())
     }
 
     fn extra_sans(&self) -> Vec<String> {
-        vec![cmdline::GUEST_IP.into()]
+        vec![cmdline::GUEST_IP.to_string()]
     }
 
     fn vars(&self, launch: &Launch) -> Vars {
-        guest::vars(launch)
+        guest::vars(launch, cmdline::GUEST_IP)
     }
 
     fn host_vars(&self, launch: &Launch) -> Vars {
-        guest::host_vars(launch, &self.host_data(&launch.profile))
+        guest::host_vars(launch, cmdline::GUEST_IP, &self.host_data(&launch.profile))
     }
 
     fn host_data(&self, p: &Profile) -> PathBuf {
@@ -291,9 +291,11 @@ impl Driver for Qemu {
         let mut guest_args = vec![guest::path(&format!("component/{}", launch.run.program))];
         guest_args.extend(launch.run.args.iter().map(|a| a.render(&vars)));
         let next = vm_dir(p).join("config.next.tar");
+        let env: Vec<(String, String)> = launch.run.env.iter().map(|(k, v)| (k.clone(), v.render(&vars))).collect();
         let config_sha256 = config::write(
             &config::ConfigDisk {
                 args: &guest_args,
+                env: &env,
                 stop_signal: native::signal_of(launch.run.stop_signal) as i32,
                 stop_timeout_s: launch.run.stop_timeout_s,
                 component: &launch.component,

@@ -37,6 +37,8 @@ pub struct ManifestSpec {
     /// `run.images-dir` and `run.needs-root`.
     pub images_dir: Option<String>,
     pub needs_root: bool,
+    /// `[component.localkube.run.env]`: (name, template).
+    pub env: Vec<(String, String)>,
     /// The `images` component: (urls, artifact, file name).
     pub images: Option<(Vec<String>, Artifact, String)>,
     /// The qemu driver's hypervisor and base image (path URLs; drivers = qemu).
@@ -91,6 +93,7 @@ impl ManifestSpec {
             pki_files: Vec::new(),
             images_dir: None,
             needs_root: false,
+            env: Vec::new(),
             images: None,
             vm: None,
             rootfs: None,
@@ -107,6 +110,7 @@ impl ManifestSpec {
             run.pki_files.iter().map(|(p, f)| (p.as_str().to_string(), f.file_name().to_string())).collect();
         self.images_dir = run.images_dir.as_ref().map(|d| d.as_str().to_string());
         self.needs_root = run.needs_root;
+        self.env = run.env.iter().map(|(k, v)| (k.clone(), v.as_str().to_string())).collect();
     }
 
     /// The usual pair for lifecycle tests: the real kubectl (path URL) and
@@ -150,6 +154,7 @@ impl ManifestSpec {
             pki_files: self.pki_files.iter().map(|(p, f)| (p.parse().unwrap(), value(f))).collect(),
             images_dir: self.images_dir.as_ref().map(|d| d.parse().unwrap()),
             needs_root: self.needs_root,
+            env: self.env.iter().map(|(k, v)| (k.clone(), v.parse().unwrap())).collect(),
         };
         let images = self.images.as_ref().map(|(urls, a, name)| Component {
             version: self.localkube_version.clone(),

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 mod artifacts;
 mod cluster;
+mod k3s;
 mod manifest;
 mod netns;
 mod server;
@@ -19,6 +20,7 @@ mod tls;
 
 pub use artifacts::*;
 pub use cluster::*;
+pub use k3s::*;
 pub use manifest::*;
 pub use netns::*;
 pub use server::*;
@@ -278,4 +280,36 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether a test may go on with a prerequisite of `group` (`qemu`,
+/// `docker`, `netns`, `minisign`, `root`): `check` says whether it is there.
+/// Missing, the test fails — unless `KUBESTRAP_TEST_SKIP` names the group,
+/// on purpose: then the test is recorded as skipped (`ci/test.sh` counts
+/// them in its last line) and this returns false.
+pub fn need(group: &str, check: impl FnOnce() -> Result<(), String>) -> bool {
+    let Err(why) = check() else { return true };
+    let asked = std::env::var("KUBESTRAP_TEST_SKIP").unwrap_or_default();
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    if !asked.split(',').any(|g| g.trim() == group) {
+        panic!("{test} needs {group}: {why} (KUBESTRAP_TEST_SKIP={group} skips such tests on purpose)");
+    }
+    eprintln!("SKIPPED {test}: {group}: {why}");
+    if let Ok(log) = std::env::var("KUBESTRAP_TEST_SKIPPED_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{test} ({group}: {why})");
+        }
+    }
+    false
+}
+
+/// Root, for tests that change the machine (a native k3s, namespaces).
+pub fn is_root() -> Result<(), String> {
+    if nix_euid() == 0 { Ok(()) } else { Err(format!("runs as uid {}, not root", nix_euid())) }
+}
+
+fn nix_euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
 }

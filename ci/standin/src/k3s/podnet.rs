@@ -110,9 +110,12 @@ fn wire(pid: i32, cfg: &Effective, advertised: Option<Ipv4Addr>, (bind, port): (
             .context("attaching the veth to cni0")?;
         Ok(())
     })?;
-    // The pod's namespace, as the CNI plugin keeps it.
+    // The pod's namespace, as the CNI plugin keeps it: /run/netns made a
+    // shared mount point of its own first (containernetworking/plugins
+    // pkg/ns, as `ip netns add` does), so the namespace's bind mount
+    // propagates and is never hidden under a later one.
     let ns = Path::new("/run/netns").join(format!("cni-{id}"));
-    std::fs::create_dir_all("/run/netns")?;
+    shared_mount_point(Path::new("/run/netns"))?;
     std::fs::write(&ns, b"")?;
     nix::mount::mount(
         Some(Path::new(&format!("/proc/{pid}/ns/net"))),
@@ -156,6 +159,21 @@ fn wire(pid: i32, cfg: &Effective, advertised: Option<Ipv4Addr>, (bind, port): (
     .join()
     .map_err(|_| anyhow!("the pod network thread panicked"))??;
     Ok(reached)
+}
+
+/// Makes `dir` a mount point (a bind mount onto itself) and shared.
+fn shared_mount_point(dir: &Path) -> Result<()> {
+    use nix::mount::{MsFlags, mount};
+    std::fs::create_dir_all(dir)?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mounted = info.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| Path::new(m) == dir));
+    if !mounted {
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .with_context(|| format!("bind-mounting {} onto itself", dir.display()))?;
+    }
+    mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>)
+        .with_context(|| format!("making {} shared", dir.display()))?;
+    Ok(())
 }
 
 /// flannel's VXLAN device on the node's interface (flannel.1, VNI 1, UDP 8472).

@@ -203,8 +203,15 @@ fn close_stdout() {
     }
 }
 
+/// Names this process as `ps` and /proc/PID/comm show it (a re-execution
+/// of /proc/self/exe would be "exe").
+fn set_name(name: &std::ffi::CStr) {
+    let _ = nix::sys::prctl::set_name(name);
+}
+
 /// `__shim ROOTFS CGROUP`: a session of its own, the container under it.
 pub fn shim_main(rootfs: &Path, cgroup: &Path) -> ! {
+    set_name(c"containerd-shim");
     let _ = nix::unistd::setsid();
     let started = Command::new("/proc/self/exe")
         .arg0("pause")
@@ -263,6 +270,9 @@ fn root_fstype() -> String {
 /// `__container ROOTFS`: what runc does before it executes the image's
 /// process. Says `ok <detail>` or `failed <why>` on stdout, then sleeps.
 pub fn container_main(rootfs: &Path) -> ! {
+    set_name(c"pause");
+    // Opened before the pivot: the image has no /dev/null.
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null").ok();
     let fstype = root_fstype();
     let step = |what: &str, r: nix::Result<()>| {
         if let Err(e) = r {
@@ -294,7 +304,9 @@ pub fn container_main(rootfs: &Path) -> ! {
     names.sort();
     println!("ok pivot_root into the image: its root holds {} ({})", names.join(", "), names.len());
     let _ = std::io::stdout().flush();
-    close_stdout();
+    if let Some(null) = null {
+        let _ = nix::unistd::dup2_stdout(null);
+    }
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
