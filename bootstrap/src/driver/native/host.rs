@@ -101,6 +101,8 @@ fn with_record<T>(f: impl FnOnce(&mut Record) -> T) -> Result<T> {
             Record::default()
         }
     };
+    // A profile whose directory is gone (removed by hand, or its home) uses nothing.
+    record.users.retain(|d| d.is_dir());
     let out = f(&mut record);
     write_state(&path, &record)?;
     Ok(out)
