@@ -14,6 +14,7 @@ mod fetch;
 mod generate;
 mod hostile;
 mod k3s;
+mod k3s_guest;
 mod k3s_native;
 mod lifecycle;
 mod qemu;

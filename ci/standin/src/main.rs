@@ -252,6 +252,12 @@ fn main() {
     match argv.get(1).and_then(|a| a.to_str()) {
         Some("__shim") if argv.len() == 4 => k3s::sandbox::shim_main(Path::new(&argv[2]), Path::new(&argv[3])),
         Some("__container") if argv.len() == 3 => k3s::sandbox::container_main(Path::new(&argv[2])),
+        // For tests: the kubelet's cgroup step alone, and a container's
+        // cgroup placement (see k3s::cgroup).
+        Some("__kubepods") => k3s::cgroup::kubepods_main(),
+        Some("__container-cgroup") if argv.len() > 3 => {
+            k3s::cgroup::container_cgroup_main(&argv[2].to_string_lossy(), &argv[3..])
+        }
         _ => {}
     }
     let Cmd::Server(args) = Cli::parse().cmd;

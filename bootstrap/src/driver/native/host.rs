@@ -356,21 +356,19 @@ fn removal_script(saved: &str, doomed: &dyn Fn(&str) -> bool) -> (String, Vec<St
             if !doomed(chain) && mentions(rule) {
                 deletes.push(format!("-D {rule}"));
             }
-        } else if line == "COMMIT" {
-            if !deletes.is_empty() || !chains.is_empty() {
-                script.push_str(&format!("*{table}\n"));
-                for d in deletes.drain(..) {
-                    script.push_str(&format!("{d}\n"));
-                }
-                for c in &chains {
-                    script.push_str(&format!("-F {c}\n"));
-                }
-                for c in chains.drain(..) {
-                    script.push_str(&format!("-X {c}\n"));
-                    names.push(format!("{table}/{c}"));
-                }
-                script.push_str("COMMIT\n");
+        } else if line == "COMMIT" && (!deletes.is_empty() || !chains.is_empty()) {
+            script.push_str(&format!("*{table}\n"));
+            for d in deletes.drain(..) {
+                script.push_str(&format!("{d}\n"));
             }
+            for c in &chains {
+                script.push_str(&format!("-F {c}\n"));
+            }
+            for c in chains.drain(..) {
+                script.push_str(&format!("-X {c}\n"));
+                names.push(format!("{table}/{c}"));
+            }
+            script.push_str("COMMIT\n");
         }
     }
     (script, names)

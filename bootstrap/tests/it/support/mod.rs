@@ -313,3 +313,24 @@ fn nix_euid() -> u32 {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() }
 }
+
+/// A Docker engine answers (the docker driver's tests).
+pub fn docker_engine() -> Result<(), String> {
+    let out = std::process::Command::new("docker")
+        .args(["version", "--format", "{{.Server.APIVersion}}"])
+        .output()
+        .map_err(|e| format!("the docker CLI cannot run: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("no Docker engine answers: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// qemu is installed (the qemu driver's tests build and boot its VM).
+pub fn qemu_installed() -> Result<(), String> {
+    match which("qemu-system-x86_64") {
+        Some(_) => Ok(()),
+        None => Err("qemu-system-x86_64 is not installed (ci/test.sh installs qemu-system-x86)".into()),
+    }
+}

@@ -81,3 +81,52 @@ pub fn kubepods() -> Result<Kubepods> {
         pods: Some(kubepods),
     })
 }
+
+/// `__kubepods`: just the kubelet's cgroup step, said on stdout; exit 1 if
+/// it fails as the kubelet would.
+pub fn kubepods_main() -> ! {
+    match kubepods() {
+        Ok(k) => {
+            println!("kubepods: {}", k.check.detail);
+            std::process::exit(0)
+        }
+        Err(e) => {
+            println!("kubepods: {e:#}");
+            std::process::exit(1)
+        }
+    }
+}
+
+/// `__container-cgroup NAME CMD...`: runs CMD the way a container engine on
+/// a cgroup v2 host places a container: in a child cgroup NAME of this
+/// hierarchy's root, in a cgroup namespace of its own rooted there, with
+/// /sys/fs/cgroup mounted afresh in a new mount namespace. (What Docker
+/// and Podman do with `--cgroupns=private`, their default on cgroup v2.)
+pub fn container_cgroup_main(name: &str, cmd: &[std::ffi::OsString]) -> ! {
+    use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, unshare};
+    use std::os::unix::process::CommandExt;
+    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
+        println!("container cgroup: {what}: {e}");
+        std::process::exit(125)
+    };
+    let dir = Path::new(ROOT).join(name);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        fail("mkdir", &e);
+    }
+    if let Err(e) = std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()) {
+        fail("entering the cgroup", &e);
+    }
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWCGROUP | CloneFlags::CLONE_NEWNS) {
+        fail("unshare", &e);
+    }
+    let _ = mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>);
+    // The hierarchy as seen from the new namespace: its root is NAME.
+    let _ = nix::mount::umount2(ROOT, nix::mount::MntFlags::MNT_DETACH);
+    if let Err(e) = mount(Some("cgroup2"), ROOT, Some("cgroup2"), MsFlags::empty(), None::<&str>) {
+        fail("mounting cgroup2", &e);
+    }
+    let Some((program, args)) = cmd.split_first() else { fail("no command", &"") };
+    let e = std::process::Command::new(program).args(args).exec();
+    fail("exec", &e)
+}

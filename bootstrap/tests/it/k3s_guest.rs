@@ -1,0 +1,108 @@
+//! k3s in a container (docker driver) and in a VM (qemu driver), proven with
+//! the stand-in in k3s mode inside them: the same run section as natively,
+//! the node address each driver gives, a container that pivots into an
+//! image placed by `image load`, a pod that reaches the advertised API,
+//! the modules loaded through modprobe, and the docker entrypoint's cgroup
+//! v2 work where cgroup v2 exists (this machine's Docker runs on v1: the
+//! VM's kernel, on v2, plays the container engine there).
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::*;
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// `image load`, then a fresh start of the host, so the container runs.
+fn load_image_and_restart(c: &Cluster, profile: &str, stop: &[&str]) {
+    let image = image_archive(&c.env.scratch("images"));
+    c.env.ok(&["image", "load", "-p", profile, image.to_str().unwrap()]);
+    let mut args = vec!["stop", "-p", profile];
+    args.extend_from_slice(stop);
+    c.env.ok(&args);
+    c.env.ok(&["start", "-p", profile, "--manifest", c.m()]);
+}
+
+#[test]
+fn k3s_in_a_container_runs_a_pod_that_reaches_its_api() {
+    if !need("docker", docker_engine) {
+        return;
+    }
+    let rootfs = docker_rootfs().expect("the engine answers");
+    let c = Cluster::with(|s| {
+        k3s_standin(s, &k3s_run(), &[]);
+        s.localkube_drivers = vec!["docker".into()];
+        s.rootfs = Some(rootfs);
+    });
+    let port = free_port().to_string();
+    c.env.ok(&["start", "-p", "kd", "--driver", "docker", "--manifest", c.m(), "--port", &port]);
+    load_image_and_restart(&c, "kd", &[]);
+    let report = k3s_report(&c, "kd");
+    // cgroup: v1 on this machine's engine (kubepods in each hierarchy); the
+    // v2 path is the VM test's. Mounts: the entrypoint made / shared.
+    assert_ok(&report, &["config", "datastore", "cgroup", "modules", "mounts", "sandbox", "pod network", "flannel"]);
+    // The node address is fixed on the profile's own network.
+    let net = fs::read_to_string(c.env.home.join("profiles/kd/container/network.toml")).unwrap();
+    let node = net.lines().find_map(|l| l.strip_prefix("node = ")).unwrap().trim_matches('"').to_string();
+    assert!(report["pod network"].contains(&format!("reached the API at {node}:6443")), "{report:#?}");
+    let name = net.lines().find_map(|l| l.strip_prefix("name = ")).unwrap().trim_matches('"').to_string();
+    let inspect = docker(&["inspect", "--format", "{{json .NetworkSettings.Networks}}", &name]);
+    assert!(inspect.contains(&format!("\"IPAddress\":\"{node}\"")), "{inspect}");
+    // The API is published on 127.0.0.1 only; kubectl goes through it.
+    assert_eq!(c.status("kd").1["server"], format!("https://127.0.0.1:{port}"));
+    c.kubectl_ok(KUBECTL_PATH, &["get", "ns"]);
+    c.env.ok(&["delete", "-p", "kd"]);
+    assert!(!docker(&["network", "ls", "--format", "{{.Name}}"]).contains(&name), "the network is deleted");
+}
+
+/// The VM's localkube: first what a container engine on a cgroup v2 host
+/// does to a container (a child cgroup, a cgroup namespace rooted there),
+/// with and without the docker driver's entrypoint, then k3s itself.
+const IN_VM: &str = r#"#!/bin/sh
+cd "$(dirname "$0")"
+# A cgroup v2 host gives its containers the controllers (systemd does).
+for c in $(cat /sys/fs/cgroup/cgroup.controllers); do echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control; done
+./k3s __container-cgroup ctr-plain ./k3s __kubepods
+echo "cgroup v2 container without the entrypoint: exit $?"
+./k3s __container-cgroup ctr-entry ./entrypoint ./k3s __kubepods
+echo "cgroup v2 container with the entrypoint: exit $?"
+exec ./k3s "$@"
+"#;
+
+#[test]
+fn k3s_in_a_vm_runs_a_pod_and_the_docker_entrypoint_works_on_cgroup_v2() {
+    if !need("qemu", qemu_installed) {
+        return;
+    }
+    let vm = vm_artifacts().expect("qemu is installed");
+    let entrypoint = fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/docker/entrypoint")).unwrap();
+    let c = Cluster::with(|s| {
+        k3s_standin(s, &k3s_run(), &[("in-vm.sh", IN_VM.as_bytes(), 0o755), ("entrypoint", &entrypoint, 0o755)]);
+        s.localkube.3 = "in-vm.sh".into();
+        s.program = "in-vm.sh".into();
+        s.localkube_drivers = vec!["qemu".into()];
+        s.vm = Some(vm);
+    });
+    let port = free_port().to_string();
+    let start = ["start", "-p", "kv", "--driver", "qemu", "--accel", "tcg", "--manifest", c.m(), "--port", &port];
+    c.env.ok(&start);
+    load_image_and_restart(&c, "kv", &["--shutdown"]);
+    let log = c.env.ok(&["logs", "-p", "kv", "--lines", "2000"]);
+    // The initramfs root refuses pivot_root; the guest moves to a tmpfs root first.
+    assert!(log.contains("pivot_root on the initramfs root: Invalid argument (root fs: rootfs)"), "{log}");
+    // Without the entrypoint the kubelet cannot enter kubepods; with it, it can.
+    assert!(log.contains("cgroup v2 container without the entrypoint: exit 1"), "{log}");
+    assert!(log.contains("cannot enter cgroupv2") && log.contains("Device or resource busy"), "{log}");
+    assert!(log.contains("cgroup v2 container with the entrypoint: exit 0"), "{log}");
+    let report = k3s_report(&c, "kv");
+    assert_ok(&report, &["config", "datastore", "cgroup", "modules", "mounts", "sandbox", "pod network", "flannel"]);
+    assert!(report["cgroup"].contains("cgroup v2"), "{report:#?}");
+    assert!(report["modules"].contains("modules loaded or built in"), "{report:#?}");
+    assert!(report["pod network"].contains("reached the API at 10.0.2.15:6443"), "{report:#?}");
+    c.kubectl_ok(KUBECTL_PATH, &["get", "ns"]);
+    c.env.ok(&["delete", "-p", "kv"]);
+}
