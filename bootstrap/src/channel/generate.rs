@@ -71,6 +71,8 @@ pub struct Request {
     pub base_url: Option<Url>,
     pub images: bool,
     pub verify: bool,
+    /// The project's own hypervisor, base image and rootfs.
+    pub driver_artifacts: Option<DriverArtifacts>,
     pub pins: Option<Pins>,
     pub run: Run,
     pub channel: String,
@@ -78,6 +80,65 @@ pub struct Request {
     pub published: time::OffsetDateTime,
     pub valid_for: std::time::Duration,
     pub requires_bootstrap: semver::VersionReq,
+}
+
+/// The docker and qemu drivers' artifacts, which kubestrap builds itself
+/// (ci/vm/build.sh, ci/docker/build.sh) and a release serves beside its
+/// manifests: pinned from the files, served from `url`.
+pub struct DriverArtifacts {
+    pub dir: std::path::PathBuf,
+    pub url: Url,
+}
+
+/// (component, file name prefix, unpack, bin, driver)
+const DRIVER_ARTIFACTS: [(&str, &str, Unpack, &str, kubestrap_manifest::Driver); 3] = [
+    ("hypervisor", "hypervisor-", Unpack::TarZst, "bin/qemu-system-x86_64", kubestrap_manifest::Driver::Qemu),
+    ("base-image", "base-", Unpack::TarZst, "vmlinuz", kubestrap_manifest::Driver::Qemu),
+    ("rootfs", "rootfs-", Unpack::File, "", kubestrap_manifest::Driver::Docker),
+];
+
+/// The driver artifacts in `d.dir`, for the machines they were built for
+/// (`<name>-linux-<arch>.tar.zst`): component → (version, target, artifact).
+fn driver_components(d: &DriverArtifacts, report: Report) -> Result<BTreeMap<&'static str, Component>> {
+    let usage = |m: String| GenerateError::Usage(m);
+    let mut names: Vec<std::path::PathBuf> = std::fs::read_dir(&d.dir)
+        .map_err(|e| usage(format!("--driver-artifacts {}: {e}", d.dir.display())))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".tar.zst"))
+        .collect();
+    names.sort();
+    let mut out = BTreeMap::new();
+    for (component, prefix, unpack, bin, driver) in DRIVER_ARTIFACTS {
+        let mut found = false;
+        for path in names.iter().filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix))) {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let stem = name.trim_end_matches(".tar.zst").trim_start_matches(prefix);
+            // `<version>-linux-<arch>`
+            let Some((version, target)) = stem.rsplit_once("-linux-").map(|(v, a)| (v, format!("linux-{a}"))) else {
+                return Err(usage(format!("{}: expected <name>-<version>-linux-<arch>.tar.zst", path.display())));
+            };
+            let target: Target = target.parse().map_err(usage)?;
+            let file = std::fs::File::open(path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+            let (sha, size) =
+                HashingReader::new(file).finish().map_err(|e| usage(format!("{}: {e}", path.display())))?;
+            let url = d.url.join(&name).map_err(|e| usage(format!("--driver-artifacts-url: {e}")))?;
+            let bin = if bin.is_empty() { name.as_str() } else { bin };
+            let artifact = Manifest::artifact(vec![url.to_string()], sha, size, unpack, bin).map_err(usage)?;
+            report(&format!("{component} {version} {target}: {} {size} bytes, built by the project", sha.short()));
+            let c = out.entry(component).or_insert_with(|| Component {
+                version: version.to_string(),
+                drivers: Some(vec![driver]),
+                target: BTreeMap::new(),
+            });
+            c.target.insert(target, artifact);
+            found = true;
+        }
+        if !found {
+            return Err(usage(format!("--driver-artifacts {}: no {prefix}*.tar.zst", d.dir.display())));
+        }
+    }
+    Ok(out)
 }
 
 /// One line of progress for each artifact measured.
@@ -354,6 +415,10 @@ pub fn generate(req: &Request, client: &Client, report: Report) -> Result<Manife
     }
     let k3s_version = req.k3s.trim_start_matches('v').to_string();
     let expires = req.published + req.valid_for;
+    let mut driver = match &req.driver_artifacts {
+        Some(d) => driver_components(d, report)?,
+        None => BTreeMap::new(),
+    };
     let m = Manifest {
         schema: kubestrap_manifest::SCHEMA,
         channel: req.channel.clone(),
@@ -366,14 +431,15 @@ pub fn generate(req: &Request, client: &Client, report: Report) -> Result<Manife
             kubectl: Component { version: req.kubectl.trim_start_matches('v').into(), drivers: None, target: kubectl },
             localkube: Localkube {
                 version: k3s_version.clone(),
-                drivers: None,
+                // With the driver artifacts, every driver; bundles carry them all.
+                drivers: req.driver_artifacts.as_ref().map(|_| kubestrap_manifest::Driver::ALL.to_vec()),
                 target: localkube,
                 run: req.run.clone(),
             },
-            hypervisor: None,
-            base_image: None,
+            hypervisor: driver.remove("hypervisor"),
+            base_image: driver.remove("base-image"),
             images: req.images.then_some(Component { version: k3s_version, drivers: None, target: images }),
-            rootfs: None,
+            rootfs: driver.remove("rootfs"),
         },
     };
     // What was built must read back as a valid manifest.

@@ -210,3 +210,49 @@ fn sizes_and_hashes_that_do_not_match_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("upstream says size 20000, but the channel pins say 1 (KS kubespray"), "{err}");
 }
+
+#[test]
+fn a_generated_release_carries_the_projects_own_artifacts_for_docker_and_qemu() {
+    let env = Env::new();
+    let m = Mirror::new();
+    // As ci/vm/build.sh and ci/docker/build.sh name them, served by the mirror.
+    let dir = env.scratch("built");
+    let built = [
+        ("hypervisor-qemu-7.2-linux-x86_64.tar.zst", &[("bin/qemu-system-x86_64", &b"qemu"[..], 0o755)][..]),
+        ("base-6.1.0-57-cloud-amd64-linux-x86_64.tar.zst", &[("vmlinuz", &b"kernel"[..], 0o644)][..]),
+    ];
+    for (name, files) in built {
+        let a = tar_zst_artifact(&dir, name, files);
+        m.server.add(&format!("/artifacts/{name}"), a.bytes());
+    }
+    let rootfs = file_artifact(&dir, "rootfs-busybox-1.35.0-linux-x86_64.tar.zst", &pseudo_random(5000, 3));
+    m.server.add("/artifacts/rootfs-busybox-1.35.0-linux-x86_64.tar.zst", rootfs.bytes());
+    let url = m.server.url("/artifacts/");
+    let out = generate(&env, &m, &["--driver-artifacts", dir.to_str().unwrap(), "--driver-artifacts-url", &url]);
+    assert!(out.status.success(), "{}", env.report(&[], &out, "generate"));
+    let path = env.path().join("generated.toml");
+    let manifest = kubestrap_manifest::Manifest::parse(&fs::read(&path).unwrap(), &path).unwrap();
+    let x86: kubestrap_manifest::Target = "linux-x86_64".parse().unwrap();
+    let c = &manifest.component;
+    let rootfs_pin = &c.rootfs.as_ref().expect("a rootfs for the docker driver").target[&x86];
+    assert_eq!((rootfs_pin.sha256.to_string(), rootfs_pin.size.get()), (rootfs.sha256.clone(), rootfs.size));
+    assert_eq!(rootfs_pin.urls, [format!("{url}rootfs-busybox-1.35.0-linux-x86_64.tar.zst")]);
+    let hv = c.hypervisor.as_ref().expect("a hypervisor for the qemu driver");
+    assert_eq!(
+        (hv.version.as_str(), hv.drivers.as_deref()),
+        ("qemu-7.2", Some(&[kubestrap_manifest::Driver::Qemu][..]))
+    );
+    assert_eq!(c.base_image.as_ref().unwrap().target[&x86].bin, "vmlinuz");
+    // Signed, each driver's needs are fetched and verified from the mirror.
+    let key = env.keys.join("dev.key");
+    env.ok(&["manifest", "sign", "--key", key.to_str().unwrap(), path.to_str().unwrap()]);
+    for driver in ["docker", "qemu"] {
+        env.ok(&["fetch", "--manifest", path.to_str().unwrap(), "--driver", driver, "--target", "linux-x86_64"]);
+    }
+    assert!(env.blob(&rootfs.sha256).is_file());
+    // A directory without them is named.
+    let empty = env.scratch("empty");
+    let out = generate(&env, &m, &["--driver-artifacts", empty.to_str().unwrap(), "--driver-artifacts-url", &url]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no hypervisor-*.tar.zst"));
+}

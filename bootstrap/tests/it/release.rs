@@ -15,8 +15,12 @@ fn top() -> PathBuf {
 
 fn release(out: &Path) {
     // The binaries the tests run (ci/test.sh built them), not a new build.
+    // The driver artifacts ci/test.sh built (ci/release builds them otherwise).
+    let (vm, docker) = (vm_artifacts().expect("qemu is installed"), docker_rootfs().expect("an engine answers"));
+    let dirs = [vm.hypervisor.path.parent().unwrap().to_path_buf(), docker.path.parent().unwrap().to_path_buf()];
     let run = Command::new(top().join("ci/release"))
         .args(["--dry-run", "--no-build", "--profile", "debug", "--out", out.to_str().unwrap()])
+        .args(dirs.iter().flat_map(|d| [std::ffi::OsStr::new("--driver-artifacts"), d.as_os_str()]))
         .env("SOURCE_DATE_EPOCH", "1795000000")
         .output()
         .unwrap();
@@ -76,6 +80,17 @@ fn release_dry_run_is_signed_verifiable_and_reproducible() {
     let bundle = ta.keys().find(|n| n.starts_with("bundles/")).expect("a bundle");
     let out = env.ok(&["bundle", "verify", a.join(bundle).to_str().unwrap()]);
     assert!(out.contains("dev-1") || out.contains("dev"), "{out}");
+    // The release carries the docker and qemu drivers' artifacts, pinned.
+    let m = kubestrap_manifest::Manifest::parse(&ta["dev/1/manifest.toml"], Path::new("manifest.toml")).unwrap();
+    for (c, name) in
+        [(&m.component.hypervisor, "hypervisor-"), (&m.component.base_image, "base-"), (&m.component.rootfs, "rootfs-")]
+    {
+        let pinned = c.as_ref().unwrap_or_else(|| panic!("no {name} component"));
+        let a = pinned.target.values().next().unwrap();
+        let file = a.urls[0].rsplit('/').next().unwrap();
+        assert!(file.starts_with(name), "{file}");
+        assert_eq!(a.sha256.to_string(), sha256_hex(&ta[&format!("artifacts/{file}")]), "{file}");
+    }
     let index = fs::read(a.join("index.toml")).unwrap();
     let parsed = kubestrap_manifest::ChannelIndex::parse(&index, Path::new("index.toml")).unwrap();
     assert_eq!(parsed.channel["dev"].url, "dev/1/manifest.toml");

@@ -155,6 +155,14 @@ pub struct GenerateArgs {
     /// Download every artifact and hash it (else sizes come from HEAD).
     #[arg(long)]
     pub verify: bool,
+    /// The project's own artifacts for the docker and qemu drivers, as
+    /// ci/vm/build.sh and ci/docker/build.sh write them (hypervisor-*,
+    /// base-*, rootfs-*.tar.zst), pinned from these files.
+    #[arg(long, value_name = "DIR", requires = "driver_artifacts_url")]
+    pub driver_artifacts: Option<PathBuf>,
+    /// Where those files are served (the manifest's URL for each is URL/NAME).
+    #[arg(long, value_name = "URL", requires = "driver_artifacts")]
+    pub driver_artifacts_url: Option<String>,
     /// Refuse values that disagree with these pins (manifests/channel/pins.toml).
     #[arg(long, value_name = "FILE")]
     pub pins: Option<PathBuf>,

@@ -92,6 +92,13 @@ fn generate(a: GenerateArgs, ui: &Ui) -> Result<Code> {
         base_url,
         images: a.images,
         verify: a.verify,
+        driver_artifacts: match (&a.driver_artifacts, &a.driver_artifacts_url) {
+            (Some(dir), Some(url)) => Some(generate::DriverArtifacts {
+                dir: dir.clone(),
+                url: url::Url::parse(url).map_err(|e| anyhow::anyhow!("--driver-artifacts-url {url}: {e}"))?,
+            }),
+            _ => None,
+        },
         pins,
         run,
         channel: a.channel,
