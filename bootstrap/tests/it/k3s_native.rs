@@ -306,3 +306,47 @@ fn a_different_ca_is_never_placed_over_the_one_k3s_keeps() {
     c.kubectl_ok(KUBECTL_PATH, &["get", "ns"]);
     c.env.ok(&["delete", "-p", "ca"]);
 }
+
+#[test]
+fn the_k3s_smoke_script_passes_against_the_standin_on_every_driver() {
+    // Each driver the machine can run; a missing one fails unless skipped by name.
+    let mut drivers = Vec::new();
+    for (driver, group, check) in [
+        ("native", "root", is_root as fn() -> Result<(), String>),
+        ("docker", "docker", docker_engine),
+        ("qemu", "qemu", qemu_installed),
+    ] {
+        if need(group, check) {
+            drivers.push(driver);
+        }
+    }
+    if drivers.is_empty() {
+        return;
+    }
+    let _machine = machine();
+    let (vm, rootfs) = (vm_artifacts(), docker_rootfs());
+    let env = Env::new();
+    let out = env.scratch("smoke");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/k3s-smoke.sh");
+    let mut cmd = Command::new(script);
+    cmd.args(["--standin", "--profile", "debug", "--no-build", "--drivers", &drivers.join(","), "--out"])
+        .arg(&out)
+        .env_remove("KUBESTRAP_HOME")
+        .env_remove("KUBECONFIG");
+    for dir in vm.iter().map(|v| v.hypervisor.path.clone()).chain(rootfs.iter().map(|r| r.path.clone())) {
+        cmd.arg("--driver-artifacts").arg(dir.parent().unwrap());
+    }
+    let run = cmd.output().unwrap();
+    let table = fs::read_to_string(out.join("table.txt")).unwrap_or_default();
+    assert!(
+        run.status.success(),
+        "{table}\n{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for row in ["start", "ready", "pod", "image-load", "restart-kept", "upgrade", "delete", "leftovers"] {
+        let line = table.lines().find(|l| l.starts_with(row)).unwrap_or_else(|| panic!("no row {row}: {table}"));
+        assert_eq!(line.matches(" ok ").count(), drivers.len(), "{table}");
+    }
+    assert_eq!(machine_leftovers(), Vec::<String>::new());
+}
