@@ -198,3 +198,14 @@ fn committed_release_manifests_match_the_pins() {
     let complete = pins.release.iter().filter(|r| r.complete()).count();
     assert!(checked >= complete, "{complete} complete release(s) in pins.toml but {checked} committed manifest(s)");
 }
+
+#[test]
+fn every_release_pins_its_air_gap_images_or_says_why_not() {
+    for r in &pins().release {
+        let pinned = ["linux-x86_64", "linux-aarch64"]
+            .iter()
+            .all(|t| r.pin.iter().any(|p| p.component == "images" && p.target.to_string() == *t));
+        let said = r.missing.iter().any(|m| m.contains("air-gap images (no public pin file"));
+        assert!(pinned != said, "release {}: pin both air-gap images or say in `missing` why not", r.kubernetes);
+    }
+}
