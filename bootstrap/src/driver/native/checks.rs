@@ -20,6 +20,10 @@ pub struct Machine {
     pub br_netfilter: bool,
     /// (pid, name) of kubelet/k3s/containerd processes kubestrap did not start.
     pub foreign: Vec<(i32, String)>,
+    /// The host programs the node address and the cleanup after k3s use, missing.
+    pub missing_tools: Vec<&'static str>,
+    /// Whether `/` is a shared mount (the kubelet's mount propagation).
+    pub root_shared: bool,
 }
 
 impl Machine {
@@ -35,6 +39,15 @@ impl Machine {
             overlay: filesystems.lines().any(|l| l.split_whitespace().last() == Some("overlay")),
             br_netfilter: Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists(),
             foreign: foreign_kubernetes(),
+            missing_tools: ["ip", "iptables", "iptables-save", "iptables-restore"]
+                .into_iter()
+                .filter(|t| super::node::find_tool(t).is_none())
+                .collect(),
+            root_shared: fs::read_to_string("/proc/self/mountinfo")
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.split(' ').nth(4) == Some("/"))
+                .is_some_and(|l| l.contains(" shared:")),
         }
     }
 }
@@ -133,6 +146,29 @@ pub fn checks(machine: &Machine, m: Option<&Manifest>) -> Vec<Check> {
             false,
         ));
     }
+    let tools = &machine.missing_tools;
+    out.push(Check::new(
+        "host tools",
+        tools.is_empty(),
+        &if tools.is_empty() {
+            "ip and iptables are installed (the node address, its guard, the cleanup after k3s)".to_string()
+        } else {
+            format!("{} not installed: the node address and the cleanup after k3s use them", tools.join(", "))
+        },
+        "install iproute2 and iptables (`apt-get install iproute2 iptables`)",
+        true,
+    ));
+    out.push(Check::new(
+        "mount propagation",
+        machine.root_shared,
+        if machine.root_shared {
+            "/ is a shared mount"
+        } else {
+            "/ is not a shared mount: pods with Bidirectional mount propagation would fail"
+        },
+        "run `mount --make-rshared /` (systemd does it at boot), or use --driver docker or --driver qemu",
+        false,
+    ));
     let foreign = &machine.foreign;
     out.push(Check::new(
         "other kubernetes",
@@ -170,6 +206,8 @@ mod tests {
             overlay: true,
             br_netfilter: true,
             foreign: vec![],
+            missing_tools: vec![],
+            root_shared: true,
         }
     }
 
@@ -195,9 +233,14 @@ mod tests {
             cgroup2_controllers: Some(vec!["cpu".into(), "pids".into()]),
             br_netfilter: false,
             foreign: vec![(42, "kubelet".into())],
+            missing_tools: vec!["iptables"],
+            root_shared: false,
             ..good()
         };
-        assert_eq!(failing(&bad, Some(&m)), ["root", "cgroups", "module br_netfilter", "other kubernetes"]);
+        assert_eq!(
+            failing(&bad, Some(&m)),
+            ["root", "cgroups", "module br_netfilter", "host tools", "mount propagation", "other kubernetes"]
+        );
         let all = checks(&bad, Some(&m));
         let root = all.iter().find(|c| c.name == "root").unwrap();
         assert!(root.blocking && root.detail.contains("uid 1000"), "{root:?}");

@@ -50,7 +50,12 @@ fn as_text(v: &serde_norway::Value) -> Option<String> {
 }
 
 pub fn effective(f: &Flags) -> Effective {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    effective_in(f, &std::env::vars().collect())
+}
+
+/// [`effective`] with the environment given.
+fn effective_in(f: &Flags, vars: &BTreeMap<String, String>) -> Effective {
+    let env = |k: &str| vars.get(k).cloned().filter(|v| !v.is_empty());
     let config_path = env("K3S_CONFIG_FILE")
         .map(PathBuf::from)
         .or_else(|| f.config.clone())
@@ -89,8 +94,7 @@ pub fn effective(f: &Flags) -> Effective {
         let mirrors = m.get("mirrors").and_then(|v| v.as_mapping()).map_or(0, |m| m.len());
         (registries_path, mirrors)
     });
-    let mut k3s_env: Vec<String> = std::env::vars().map(|(k, _)| k).filter(|k| k.starts_with("K3S_")).collect();
-    k3s_env.sort();
+    let k3s_env: Vec<String> = vars.keys().filter(|k| k.starts_with("K3S_")).cloned().collect();
     Effective {
         cluster_cidr: f
             .cluster_cidr
@@ -132,5 +136,42 @@ impl Effective {
                 self.node_name.as_deref().unwrap_or("(hostname)")
             ),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_k3s_reads_where_k3s_reads_it() {
+        let dir = std::env::temp_dir().join(format!("standin-config-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("config.yaml.d")).unwrap();
+        std::fs::write(dir.join("config.yaml"), "cluster-cidr: 10.99.0.0/16\nnode-name: from-file\n").unwrap();
+        std::fs::write(dir.join("config.yaml.d/10-token.yaml"), "token: from-dropin\n").unwrap();
+        std::fs::write(dir.join("registries.yaml"), "mirrors:\n  docker.io: {}\n  quay.io: {}\n").unwrap();
+        let flags = Flags {
+            config: Some(dir.join("config.yaml")),
+            private_registry: Some(dir.join("registries.yaml")),
+            node_name: Some("from-flag".into()),
+            ..Flags::default()
+        };
+        let e = effective_in(&flags, &BTreeMap::new());
+        assert_eq!(e.cluster_cidr, "10.99.0.0/16");
+        assert_eq!(e.node_name.as_deref(), Some("from-flag"), "the command line wins over the file");
+        assert!(e.token_from.as_deref().unwrap().starts_with("token in"), "{:?}", e.token_from);
+        assert_eq!(e.registries.as_ref().unwrap().1, 2);
+        // K3S_CONFIG_FILE wins over --config; K3S_TOKEN counts like --token.
+        let vars: BTreeMap<String, String> = [
+            ("K3S_CONFIG_FILE".to_string(), dir.join("absent.yaml").display().to_string()),
+            ("K3S_TOKEN".into(), "t".into()),
+        ]
+        .into();
+        let e = effective_in(&flags, &vars);
+        assert_eq!(e.cluster_cidr, DEFAULT_CLUSTER_CIDR);
+        assert!(e.files.is_empty());
+        assert_eq!(e.token_from.as_deref(), Some("K3S_TOKEN"));
+        assert_eq!(e.env, ["K3S_CONFIG_FILE", "K3S_TOKEN"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
