@@ -210,31 +210,35 @@ step_upgrade() {
 }
 step_delete() { "$ks" delete -p "$p"; }
 step_leftovers() {
-  local f=$out/leftovers-$d.txt s path dir pid state
+  local f=$out/leftovers-$d.txt s path dir pid state mnt
   {
-    # A process of the run: one carrying a cluster's marker, a pod (in a
-    # kubepods cgroup), or one of k3s's shims (its address under /run/k3s).
-    # Not a zombie: that is gone, only its exit status waits for a reaper.
+    # A process of the run: one carrying a cluster's marker, a pod of a
+    # native k3s (in the machine's own kubepods cgroup, not one inside a
+    # container), or a native k3s's shim (its address under /run/k3s, in this
+    # mount namespace). Not a zombie: that is gone, only its exit status
+    # waits for a reaper.
+    mnt=$(readlink /proc/self/ns/mnt)
     for dir in /proc/[0-9]*; do
       pid=${dir#/proc/}
-      [ "$pid" = $$ ] || [ "$pid" = "$BASHPID" ] && continue
+      { [ "$pid" = $$ ] || [ "$pid" = "$BASHPID" ]; } && continue
       state=$(awk '{print $3}' "$dir/stat" 2>/dev/null) || continue
       [ "$state" = Z ] && continue
       if tr '\0' '\n' < "$dir/environ" 2>/dev/null | grep -q "^KUBESTRAP_RUN_DIR=$work/" ||
-        grep -q kubepods "$dir/cgroup" 2>/dev/null ||
-        tr '\0' ' ' < "$dir/cmdline" 2>/dev/null | grep -q '/run/k3s/'; then
+        grep -q ':/kubepods' "$dir/cgroup" 2>/dev/null ||
+        { [ "$(readlink "$dir/ns/mnt" 2>/dev/null)" = "$mnt" ] &&
+          tr '\0' ' ' < "$dir/cmdline" 2>/dev/null | grep -q '/run/k3s/'; }; then
         echo "process $pid $(cat "$dir/comm" 2>/dev/null)"
       fi
     done
     awk '$5 ~ "^/run/k3s|^/var/lib/kubelet|^/run/netns/cni-" {print "mount " $5}' /proc/self/mountinfo
-    ip -o link show 2>/dev/null | awk -F': ' '$2 ~ /^(cni0|flannel|veth|kubestrap-)/ {print "link " $2}'
+    ip -o link show 2>/dev/null | awk -F': ' '$2 ~ /^(cni0|flannel|kubestrap-)/ || / master cni0 / {print "link " $2}'
     for s in iptables-nft-save iptables-legacy-save ip6tables-nft-save ip6tables-legacy-save; do
       command -v "$s" >/dev/null && "$s" 2>/dev/null | awk -v s="$s" '/^:(KUBE-|CNI-|FLANNEL|KUBESTRAP-)/ {print s " chain " substr($1, 2)}'
     done
     if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
-      docker ps -a --filter label=dev.kubestrap.profile --format 'container {{.Names}}'
-      docker volume ls --format '{{.Name}}' | awk '/^kubestrap-/ {print "volume " $1}'
-      docker network ls --format '{{.Name}}' | awk '/^kubestrap-/ {print "network " $1}'
+      docker ps -a --filter "label=dev.kubestrap.profile=$p" --format 'container {{.Names}}'
+      docker volume ls --format '{{.Name}}' | awk -v p="kubestrap-$p-" 'index($1, p) == 1 {print "volume " $1}'
+      docker network ls --format '{{.Name}}' | awk -v p="kubestrap-$p-" 'index($1, p) == 1 {print "network " $1}'
     fi
     for path in /run/k3s /var/lib/cni /run/flannel /var/lib/kubelet /var/lib/rancher/k3s /etc/rancher/node; do
       [ -e "$path" ] && ! grep -qx "$path" "$work/existed" && echo "path $path"

@@ -250,7 +250,7 @@ fn main() {
     // The k3s mode's shim and container (re-executions of this binary).
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     match argv.get(1).and_then(|a| a.to_str()) {
-        Some("__shim") if argv.len() == 4 => k3s::sandbox::shim_main(Path::new(&argv[2]), Path::new(&argv[3])),
+        Some("__shim") if argv.len() == 4 => k3s::sandbox::shim_main(Path::new(&argv[2]), &argv[3]),
         Some("__container") if argv.len() == 3 => k3s::sandbox::container_main(Path::new(&argv[2])),
         // For tests: the kubelet's cgroup step alone, and a container's
         // cgroup placement (see k3s::cgroup).

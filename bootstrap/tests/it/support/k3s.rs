@@ -110,12 +110,22 @@ pub fn image_archive(dir: &Path) -> PathBuf {
 /// processes (shims and pods), mounts, links, iptables chains and paths.
 pub fn machine_leftovers() -> Vec<String> {
     let mut out = Vec::new();
+    // A native k3s's shims (their address under /run/k3s, in this mount
+    // namespace: not a container's) and pods (in the machine's own kubepods
+    // cgroup), never another engine's.
+    let mnt = fs::read_link("/proc/self/ns/mnt").ok();
     for e in fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let comm = comm.trim();
-        if (comm.starts_with("containerd-shim") || comm == "pause" || comm == "k3s") && super::alive(pid) {
-            out.push(format!("process {pid} {comm}"));
+        if !super::alive(pid) {
+            continue;
+        }
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let shim = fs::read_link(format!("/proc/{pid}/ns/mnt")).ok() == mnt
+            && String::from_utf8_lossy(&cmdline).contains("/run/k3s/");
+        let pod = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default().contains(":/kubepods");
+        if shim || pod {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            out.push(format!("process {pid} {}", comm.trim()));
         }
     }
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -127,7 +137,8 @@ pub fn machine_leftovers() -> Vec<String> {
     let links = Command::new("ip").args(["-o", "link", "show"]).output().unwrap();
     for l in String::from_utf8_lossy(&links.stdout).lines() {
         let name = l.split(": ").nth(1).unwrap_or_default().split('@').next().unwrap_or_default();
-        if name == "cni0" || name.starts_with("flannel") || name.starts_with("veth") || name.starts_with("kubestrap-") {
+        let pod = l.contains(" master cni0 ");
+        if name == "cni0" || name.starts_with("flannel") || pod || name.starts_with("kubestrap-") {
             out.push(format!("link {name}"));
         }
     }

@@ -17,8 +17,9 @@ const ROOT: &str = "/sys/fs/cgroup";
 
 pub struct Kubepods {
     pub check: Check,
-    /// Where a pod's cgroup goes (cgroup v2).
-    pub pods: Option<PathBuf>,
+    /// Where a pod's cgroups go: `kubepods` of the v2 hierarchy, or of each
+    /// v1 hierarchy.
+    pub pods: Vec<PathBuf>,
 }
 
 /// Makes `kubepods` as the kubelet does. `Err` is the kubelet's fatal error.
@@ -27,16 +28,24 @@ pub fn kubepods() -> Result<Kubepods> {
     let controllers_file = root.join("cgroup.controllers");
     if !controllers_file.is_file() {
         let mut made = Vec::new();
+        let mut pods = Vec::new();
         for c in ["cpu", "memory", "pids", "cpuset", "blkio"] {
             let h = root.join(c);
             if h.join("cgroup.procs").is_file() && std::fs::create_dir_all(h.join("kubepods")).is_ok() {
+                if c == "cpuset" {
+                    // A cpuset cgroup takes tasks only once it has cpus and mems.
+                    for f in ["cpuset.cpus", "cpuset.mems"] {
+                        let _ = std::fs::read(h.join(f)).and_then(|v| std::fs::write(h.join("kubepods").join(f), v));
+                    }
+                }
                 made.push(c);
+                pods.push(h.join("kubepods"));
             }
         }
         if made.is_empty() {
             return Ok(Kubepods {
                 check: Check::failed("cgroup", "no cgroup filesystem the kubelet can use at /sys/fs/cgroup"),
-                pods: None,
+                pods,
             });
         }
         return Ok(Kubepods {
@@ -45,7 +54,7 @@ pub fn kubepods() -> Result<Kubepods> {
                 Status::Ok,
                 format!("cgroup v1: kubepods made in the {} hierarchies", made.join(", ")),
             ),
-            pods: None,
+            pods,
         });
     }
     let controllers = std::fs::read_to_string(&controllers_file)?;
@@ -78,7 +87,7 @@ pub fn kubepods() -> Result<Kubepods> {
             "cgroup",
             format!("cgroup v2: kubepods made with {} (namespace root {ns_root})", controllers.trim()),
         ),
-        pods: Some(kubepods),
+        pods: vec![kubepods],
     })
 }
 

@@ -139,7 +139,7 @@ pub fn node_steps(f: &Flags, cfg: &config::Effective, report: &mut Report) -> an
     report.push(cgroup.check);
     report.push(modules::load());
     report.push(host::root_propagation());
-    let pod = sandbox::run_container(&f.data_dir, cgroup.pods.as_deref(), report);
+    let pod = sandbox::run_container(&f.data_dir, &cgroup.pods, report);
     match pod {
         Some(pid) => report.push(podnet::wire_and_connect(pid, cfg, advertised(f), (&f.bind, f.port))),
         None => report.push(Check::new("pod network", Status::Warn, "no container runs, so no pod network was made")),

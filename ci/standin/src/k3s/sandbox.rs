@@ -124,7 +124,7 @@ fn image_rootfs(data_dir: &Path) -> Result<Option<(String, PathBuf)>, String> {
 }
 
 /// Starts the container; returns its pid once it pivoted into the image.
-pub fn run_container(data_dir: &Path, pods_cgroup: Option<&Path>, report: &mut Report) -> Option<i32> {
+pub fn run_container(data_dir: &Path, pods_cgroups: &[PathBuf], report: &mut Report) -> Option<i32> {
     let (image, rootfs) = match image_rootfs(data_dir) {
         Ok(Some(found)) => found,
         Ok(None) => {
@@ -151,7 +151,7 @@ pub fn run_container(data_dir: &Path, pods_cgroup: Option<&Path>, report: &mut R
         shim.arg0("containerd-shim-runc-v2")
             .arg("__shim")
             .arg(&task)
-            .arg(pods_cgroup.map(Path::to_path_buf).unwrap_or_default())
+            .arg(std::env::join_paths(pods_cgroups).unwrap_or_default())
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
         let mut child = shim.spawn().context("starting the shim")?;
@@ -209,8 +209,9 @@ fn set_name(name: &std::ffi::CStr) {
     let _ = nix::sys::prctl::set_name(name);
 }
 
-/// `__shim ROOTFS CGROUP`: a session of its own, the container under it.
-pub fn shim_main(rootfs: &Path, cgroup: &Path) -> ! {
+/// `__shim ROOTFS CGROUPS`: a session of its own, the container under it,
+/// placed in a pod cgroup under each of CGROUPS (':'-separated kubepods).
+pub fn shim_main(rootfs: &Path, cgroups: &std::ffi::OsStr) -> ! {
     set_name(c"containerd-shim");
     let _ = nix::unistd::setsid();
     let started = Command::new("/proc/self/exe")
@@ -233,14 +234,26 @@ pub fn shim_main(rootfs: &Path, cgroup: &Path) -> ! {
     let line = read_line_within(child.stdout.take().expect("piped"), Duration::from_secs(15))
         .unwrap_or_else(|e| format!("failed {e}"));
     let mut line = line;
-    if line.starts_with("ok ") && !cgroup.as_os_str().is_empty() {
-        let pod = cgroup.join(format!("pod-{}", child.id()));
-        let placed = std::fs::create_dir_all(&pod)
-            .and_then(|()| std::fs::write(pod.join("cgroup.procs"), child.id().to_string()));
-        line = match placed {
-            Ok(()) => format!("{line}; in cgroup {}", pod.display()),
-            Err(e) => format!("failed placing the container in {}: {e}", pod.display()),
-        };
+    if line.starts_with("ok ") && !cgroups.is_empty() {
+        for kubepods in std::env::split_paths(cgroups) {
+            let pod = kubepods.join(format!("pod-{}", child.id()));
+            let placed = std::fs::create_dir_all(&pod).and_then(|()| {
+                // A v1 cpuset cgroup takes tasks only once it has cpus and mems.
+                for f in ["cpuset.cpus", "cpuset.mems"] {
+                    if let Ok(v) = std::fs::read(kubepods.join(f)) {
+                        std::fs::write(pod.join(f), v)?;
+                    }
+                }
+                std::fs::write(pod.join("cgroup.procs"), child.id().to_string())
+            });
+            if let Err(e) = placed {
+                line = format!("failed placing the container in {}: {e}", pod.display());
+                break;
+            }
+        }
+        if line.starts_with("ok ") {
+            line = format!("{line}; in pod cgroups under kubepods");
+        }
     }
     let line = match line.strip_prefix("ok ") {
         Some(rest) => format!("ok {} {rest}", child.id()),
