@@ -77,15 +77,20 @@ kubectl=$(ls /usr/lib/google-cloud-sdk/bin/kubectl.1.3* 2>/dev/null | sort -V | 
 kubectl=${kubectl:-$(command -v kubectl)}
 [ -n "$kubectl" ] || die "no kubectl on this machine"
 
-# The driver artifacts: built here unless given.
-if [ ${#artifacts[@]} -eq 0 ]; then
-  "$top/ci/vm/build.sh" "$work/built" >/dev/null || die "ci/vm/build.sh failed"
-  "$top/ci/docker/build.sh" "$work/built" >/dev/null || die "ci/docker/build.sh failed"
+# The driver artifacts the asked drivers need: built here unless given.
+wants=()
+[[ ,$drivers, == *,qemu,* ]] && wants+=(hypervisor base)
+[[ ,$drivers, == *,docker,* ]] && wants+=(rootfs)
+# A real release pins them all, whichever drivers this run tries.
+$standin || wants=(hypervisor base rootfs)
+if [ ${#artifacts[@]} -eq 0 ] && [ ${#wants[@]} -gt 0 ]; then
+  if [[ " ${wants[*]} " == *" base "* ]]; then "$top/ci/vm/build.sh" "$work/built" >/dev/null || die "ci/vm/build.sh failed"; fi
+  if [[ " ${wants[*]} " == *" rootfs "* ]]; then "$top/ci/docker/build.sh" "$work/built" >/dev/null || die "ci/docker/build.sh failed"; fi
   artifacts=("$work/built")
 fi
 mkdir -p "$work/artifacts"
 for d in "${artifacts[@]}"; do cp "$d"/{hypervisor,base,rootfs}-*.tar.zst "$work/artifacts/" 2>/dev/null; done
-for want in hypervisor base rootfs; do
+for want in "${wants[@]}"; do
   ls "$work/artifacts/$want-"*.tar.zst >/dev/null 2>&1 || die "no $want-*.tar.zst among the driver artifacts"
 done
 
@@ -106,7 +111,8 @@ if $standin; then
       | zstd -q -3 -f -o "$work/k3s-$v.tar.zst"
   done
   driver_components=()
-  for f in "$work"/artifacts/*.tar.zst; do
+  for f in "$work"/artifacts/*-linux-*.tar.zst; do
+    [ -f "$f" ] || continue
     name=$(basename "$f" .tar.zst)
     case $name in
       hypervisor-*) driver_components+=(--component "hypervisor@test=$f#bin/qemu-system-x86_64" --drivers hypervisor=qemu) ;;

@@ -53,16 +53,16 @@ fn recovered(c: &Cluster, port: &str, kept: bool, what: &str) {
     let args = ["start", "--manifest", c.m(), "--port", port];
     let out = c.env.run(&args);
     assert!(out.status.success(), "{what}: {}", c.env.report(&args, &out, "recovery start failed"));
-    c.kubectl_ok(KUBECTL_NEW, &["get", "ns"]);
+    c.kubectl_ok(&KUBECTL, &["get", "ns"]);
     let lks = c.localkubes("kubestrap");
     assert_eq!(lks.len(), 1, "{what}: localkubes {lks:?}");
     if kept {
-        let got = c.kubectl_ok(KUBECTL_NEW, &["get", "configmap", "kept", "-o", "jsonpath={.data.n}"]);
+        let got = c.kubectl_ok(&KUBECTL, &["get", "configmap", "kept", "-o", "jsonpath={.data.n}"]);
         assert_eq!(got, "1", "{what}: the configmap made before the kill is gone");
     }
     let verify = c.env.run(&["cache", "verify"]);
     assert!(verify.status.success(), "{what}: {}", c.env.report(&["cache", "verify"], &verify, "cache not clean"));
-    let view = Command::new(KUBECTL_NEW)
+    let view = Command::new(&*KUBECTL)
         .args(["config", "view", "-o", "json"])
         .env("KUBECONFIG", &c.env.kubeconfig)
         .stdin(Stdio::null())
@@ -71,7 +71,7 @@ fn recovered(c: &Cluster, port: &str, kept: bool, what: &str) {
     assert!(view.status.success(), "{what}: kubectl cannot read the kubeconfig");
     // A configmap to keep across the next kill.
     if !kept {
-        c.kubectl_ok(KUBECTL_NEW, &["create", "configmap", "kept", "--from-literal=n=1"]);
+        c.kubectl_ok(&KUBECTL, &["create", "configmap", "kept", "--from-literal=n=1"]);
     }
 }
 

@@ -68,7 +68,7 @@ fn k3s_run_section_brings_up_a_cluster_on_kubestraps_pki_with_images() {
     });
     let out = c.start("k3");
     assert!(out.contains("images placed"), "{out}");
-    let ns = c.kubectl_ok(KUBECTL_PATH, &["get", "ns", "-o", "name"]);
+    let ns = c.kubectl_ok(&KUBECTL, &["get", "ns", "-o", "name"]);
     assert!(ns.contains("namespace/default"), "{ns}");
 
     let profile = c.env.home.join("profiles/k3");
@@ -151,7 +151,7 @@ fn k3s_run_section_brings_up_a_cluster_on_kubestraps_pki_with_images() {
     assert!(out.contains("copied k3s-airgap-images-amd64.tar.zst"), "{out}");
     assert_eq!(fs::read(images.join("k3s-airgap-images-amd64.tar.zst")).unwrap(), airgap.bytes());
     assert_eq!(visible(&images).len(), 3, "{:?}", visible(&images));
-    c.kubectl_ok(KUBECTL_PATH, &["get", "ns"]);
+    c.kubectl_ok(&KUBECTL, &["get", "ns"]);
     c.env.ok(&["delete", "-p", "k3"]);
 }
 
@@ -201,10 +201,11 @@ fn a_release_without_an_images_dir_says_so() {
 
 #[test]
 fn k3s_on_the_host_without_root_is_refused_before_anything_is_fetched() {
-    let Some(setpriv) = which("setpriv") else {
-        eprintln!("skipped: setpriv (util-linux) is not installed, so the test cannot drop root");
+    // Drops root with setpriv (util-linux): root is needed to drop it.
+    if !need("root", is_root) {
         return;
-    };
+    }
+    let setpriv = which("setpriv").expect("setpriv (util-linux) is installed");
     let c = Cluster::with(|s| s.run_from(&k3s_run()));
     // A world-readable manifest and artifacts, and a home for uid 65534.
     for dir in [c.env.path().to_path_buf(), c.env.keys.clone()] {

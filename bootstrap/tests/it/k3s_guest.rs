@@ -32,7 +32,7 @@ fn k3s_in_a_container_runs_a_pod_that_reaches_its_api() {
     if !need("docker", docker_engine) {
         return;
     }
-    let rootfs = docker_rootfs().expect("the engine answers");
+    let rootfs = docker_rootfs();
     let c = Cluster::with(|s| {
         k3s_standin(s, &k3s_run(), &[]);
         s.localkube_drivers = vec!["docker".into()];
@@ -54,7 +54,7 @@ fn k3s_in_a_container_runs_a_pod_that_reaches_its_api() {
     assert!(inspect.contains(&format!("\"IPAddress\":\"{node}\"")), "{inspect}");
     // The API is published on 127.0.0.1 only; kubectl goes through it.
     assert_eq!(c.status("kd").1["server"], format!("https://127.0.0.1:{port}"));
-    c.kubectl_ok(KUBECTL_PATH, &["get", "ns"]);
+    c.kubectl_ok(&KUBECTL, &["get", "ns"]);
     c.env.ok(&["delete", "-p", "kd"]);
     assert!(!docker(&["network", "ls", "--format", "{{.Name}}"]).contains(&name), "the network is deleted");
 }
@@ -78,7 +78,7 @@ fn k3s_in_a_vm_runs_a_pod_and_the_docker_entrypoint_works_on_cgroup_v2() {
     if !need("qemu", qemu_installed) {
         return;
     }
-    let vm = vm_artifacts().expect("qemu is installed");
+    let vm = vm_artifacts();
     let entrypoint = fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/docker/entrypoint")).unwrap();
     let c = Cluster::with(|s| {
         k3s_standin(s, &k3s_run(), &[("in-vm.sh", IN_VM.as_bytes(), 0o755), ("entrypoint", &entrypoint, 0o755)]);
@@ -103,6 +103,6 @@ fn k3s_in_a_vm_runs_a_pod_and_the_docker_entrypoint_works_on_cgroup_v2() {
     assert!(report["cgroup"].contains("cgroup v2"), "{report:#?}");
     assert!(report["modules"].contains("modules loaded or built in"), "{report:#?}");
     assert!(report["pod network"].contains("reached the API at 10.0.2.15:6443"), "{report:#?}");
-    c.kubectl_ok(KUBECTL_PATH, &["get", "ns"]);
+    c.kubectl_ok(&KUBECTL, &["get", "ns"]);
     c.env.ok(&["delete", "-p", "kv"]);
 }

@@ -10,12 +10,12 @@ use std::time::Instant;
 
 use crate::support::*;
 
-fn vm_cluster() -> Option<Cluster> {
-    let vm = vm_artifacts()?;
-    Some(Cluster::with(|s| {
+fn vm_cluster() -> Cluster {
+    let vm = vm_artifacts();
+    Cluster::with(|s| {
         s.localkube_drivers = vec!["native".into(), "qemu".into()];
         s.vm = Some(vm);
-    }))
+    })
 }
 
 /// `start --driver qemu` with a small VM; `accel`: TCG, or the machine's choice.
@@ -30,20 +30,23 @@ fn start_vm(c: &Cluster, profile: &str, tcg: bool) -> String {
 }
 
 fn configmap(c: &Cluster, name: &str) -> String {
-    c.kubectl_ok(KUBECTL_PATH, &["get", "configmap", name, "-o", "jsonpath={.data.k}"])
+    c.kubectl_ok(&KUBECTL, &["get", "configmap", name, "-o", "jsonpath={.data.k}"])
 }
 
 #[test]
 fn a_vm_cluster_suspends_resumes_shuts_down_recovers_and_deletes() {
-    let Some(c) = vm_cluster() else { return };
+    if !need("qemu", qemu_installed) {
+        return;
+    }
+    let c = vm_cluster();
     // The machine's own accelerator choice (KVM where it really runs a
     // guest, else TCG, said in the log).
     let t = Instant::now();
     let out = start_vm(&c, "vm", false);
     println!("cold start to ready: {:?}", t.elapsed());
     assert!(out.contains("qemu driver"), "{out}");
-    c.kubectl_ok(KUBECTL_PATH, &["get", "ns"]);
-    c.kubectl_ok(KUBECTL_PATH, &["create", "configmap", "kept", "--from-literal=k=v"]);
+    c.kubectl_ok(&KUBECTL, &["get", "ns"]);
+    c.kubectl_ok(&KUBECTL, &["create", "configmap", "kept", "--from-literal=k=v"]);
     let (code, st) = c.status("vm");
     assert_eq!((code, st["host"].as_str()), (0, Some("Running")), "{st}");
     assert_eq!(st["driver"], "qemu", "{st}");
@@ -94,7 +97,10 @@ fn a_vm_cluster_suspends_resumes_shuts_down_recovers_and_deletes() {
 
 #[test]
 fn two_vm_profiles_run_at_once() {
-    let Some(c) = vm_cluster() else { return };
+    if !need("qemu", qemu_installed) {
+        return;
+    }
+    let c = vm_cluster();
     // The longest profile name: its control socket's path is longer than a
     // socket address holds.
     let vb = "vb-".to_string() + &"x".repeat(60);
@@ -122,9 +128,12 @@ fn two_vm_profiles_run_at_once() {
 
 #[test]
 fn a_corrupted_base_image_or_hypervisor_never_boots() {
-    let Some(c) = vm_cluster() else { return };
+    if !need("qemu", qemu_installed) {
+        return;
+    }
+    let c = vm_cluster();
     c.env.ok(&["fetch", "--manifest", c.m(), "--driver", "qemu"]);
-    let vm = vm_artifacts().unwrap();
+    let vm = vm_artifacts();
     // The cached blob of the base image and of the hypervisor, damaged (and
     // not unpacked yet): refused before qemu starts, and nothing runs.
     for (what, a) in [("base image", &vm.base_image), ("hypervisor", &vm.hypervisor)] {
@@ -150,13 +159,16 @@ fn a_corrupted_base_image_or_hypervisor_never_boots() {
     flip_byte(&comp, 4096);
     let out = c.env.ok(&["start", "-p", "bad"]);
     assert!(out.contains("component repaired") && out.contains("initrd.img"), "{out}");
-    c.kubectl_ok(KUBECTL_PATH, &["get", "ns"]);
+    c.kubectl_ok(&KUBECTL, &["get", "ns"]);
     c.env.ok(&["delete", "-p", "bad"]);
 }
 
 #[test]
 fn the_vm_artifacts_build_reproducibly() {
-    let Some(vm) = vm_artifacts() else { return };
+    if !need("qemu", qemu_installed) {
+        return;
+    }
+    let vm = vm_artifacts();
     let out = tempfile::tempdir().unwrap();
     let debs = target_dir().join("vm/debs");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/vm/build.sh");
@@ -171,12 +183,15 @@ fn the_vm_artifacts_build_reproducibly() {
 
 #[test]
 fn a_bundle_with_the_hypervisor_starts_a_vm_in_a_namespace_with_only_loopback() {
-    let Some(c) = vm_cluster() else { return };
-    let Some(ns) = Netns::new("qemu") else { return };
+    if !need("qemu", qemu_installed) || !need("netns", netns_possible) {
+        return;
+    }
+    let c = vm_cluster();
+    let ns = Netns::new("qemu");
     let bundle = c.env.path().join("kubestrap-vm-bundle");
     c.env.ok(&["bundle", "create", "--manifest", c.m(), "--driver", "qemu", "--out", bundle.to_str().unwrap()]);
     let listed = Command::new("unzip").arg("-l").arg(&bundle).output().unwrap();
-    assert!(String::from_utf8_lossy(&listed.stdout).contains(&vm_artifacts().unwrap().base_image.sha256));
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&vm_artifacts().base_image.sha256));
 
     let user = Env::new();
     user.ok(&["trust", "add", c.env.keys.join("dev.pub").to_str().unwrap()]);
@@ -190,7 +205,7 @@ fn a_bundle_with_the_hypervisor_starts_a_vm_in_a_namespace_with_only_loopback() 
         cleanup();
         panic!("{}", user.report(&args, &out, "bundle start in the namespace"));
     }
-    let mut k = Command::new(KUBECTL_PATH);
+    let mut k = Command::new(&*KUBECTL);
     k.args(["get", "ns", "kube-system", "-o", "name"]).env("KUBECONFIG", &user.kubeconfig).env("HOME", user.path());
     let got = ns.wrap(k).output().unwrap();
     cleanup();
@@ -200,7 +215,10 @@ fn a_bundle_with_the_hypervisor_starts_a_vm_in_a_namespace_with_only_loopback() 
 
 #[test]
 fn a_vm_cluster_upgrades_with_its_data_disk_as_the_snapshot_and_rolls_back() {
-    let Some(vm) = vm_artifacts() else { return };
+    if !need("qemu", qemu_installed) {
+        return;
+    }
+    let vm = vm_artifacts();
     let env = Env::new();
     let with_vm = |s: &mut ManifestSpec| {
         s.localkube_drivers = vec!["native".into(), "qemu".into()];
@@ -210,7 +228,7 @@ fn a_vm_cluster_upgrades_with_its_data_disk_as_the_snapshot_and_rolls_back() {
     let m33 = crate::upgrade::release(&env, 33, 2, with_vm);
     let c = Cluster { env, manifest: m32 };
     start_vm(&c, "kubestrap", true);
-    c.kubectl_ok(KUBECTL_PATH, &["create", "configmap", "kept", "--from-literal=k=v"]);
+    c.kubectl_ok(&KUBECTL, &["create", "configmap", "kept", "--from-literal=k=v"]);
     let version = |c: &Cluster| c.status("kubestrap").1["kubernetes"].as_str().unwrap_or_default().to_string();
     assert!(version(&c).starts_with("v1.32.4"));
 

@@ -16,7 +16,8 @@ fn s(p: &Path) -> &str {
 pub fn release(env: &Env, minor: u32, version: u64, edit: impl FnOnce(&mut ManifestSpec)) -> PathBuf {
     let dir = env.scratch(&format!("rel-{minor}-{version}"));
     let lk = standin_artifact(&dir, &format!("v1.{minor}.4+standin"));
-    let kubectl = Artifact::of(format!("/usr/lib/google-cloud-sdk/bin/kubectl.1.{minor}"));
+    let kubectl =
+        Artifact::of(kubectl_of(minor).unwrap_or_else(|| panic!("upgrade tests switch kubectl: 1.{minor} is needed")));
     let mut spec = ManifestSpec::new(
         (vec![kubectl.path_url()], kubectl, "file".into()),
         (vec![lk.path_url()], lk, "tar.zst".into(), "localkube-standin".into()),
@@ -42,7 +43,7 @@ impl Upgradable {
         let m33 = release(&env, 33, 2, edit33);
         let c = Cluster { env, manifest: m32 };
         c.start("kubestrap");
-        c.kubectl_ok(KUBECTL_NEW, &["create", "configmap", "before", "--from-literal=k=v"]);
+        c.kubectl_ok(&KUBECTL, &["create", "configmap", "before", "--from-literal=k=v"]);
         Upgradable { c, m33 }
     }
 
@@ -52,7 +53,7 @@ impl Upgradable {
     }
 
     fn before_is_there(&self) {
-        let got = self.c.kubectl_ok(KUBECTL_NEW, &["get", "configmap", "before", "-o", "jsonpath={.data.k}"]);
+        let got = self.c.kubectl_ok(&KUBECTL, &["get", "configmap", "before", "-o", "jsonpath={.data.k}"]);
         assert_eq!(got, "v");
     }
 }
@@ -78,7 +79,7 @@ fn upgrade_keeps_the_data_switches_kubectl_and_rollback_goes_back() {
     u.before_is_there();
     let kv = c.env.ok(&["kubectl", "--", "version", "--client", "-o", "json"]);
     assert!(kv.contains("v1.33."), "the pinned kubectl is the new one: {kv}");
-    c.kubectl_ok(KUBECTL_NEW, &["create", "configmap", "after", "--from-literal=k=2"]);
+    c.kubectl_ok(&KUBECTL, &["create", "configmap", "after", "--from-literal=k=2"]);
     let snaps = json_lines(&c.env.ok(&["-o", "json", "snapshot", "list"]));
     assert_eq!(snaps.len(), 1, "{snaps:?}");
     assert_eq!(snaps[0]["kubernetes"], "1.32.4");
@@ -91,13 +92,13 @@ fn upgrade_keeps_the_data_switches_kubectl_and_rollback_goes_back() {
     assert!(out.contains("rollback done"), "{out}");
     assert!(u.server_version().starts_with("v1.32.4"));
     u.before_is_there();
-    let after = c.kubectl(KUBECTL_NEW, &["get", "configmap", "after"]);
+    let after = c.kubectl(&KUBECTL, &["get", "configmap", "after"]);
     assert!(!after.status.success(), "the state is the one before the upgrade");
     // The state of the newer release was snapshotted first, and rolling back
     // again (forward) brings it back.
     c.env.ok(&["rollback"]);
     assert!(u.server_version().starts_with("v1.33.4"));
-    c.kubectl_ok(KUBECTL_NEW, &["get", "configmap", "after"]);
+    c.kubectl_ok(&KUBECTL, &["get", "configmap", "after"]);
     assert_eq!(c.localkubes("kubestrap").len(), 1);
 }
 
@@ -151,7 +152,7 @@ fn kill_9_at_each_phase_of_an_upgrade_leaves_one_release_running_with_its_data()
         let m33 = release(&env, 33, 2, |s| s.args.push("--ready-delay-ms=1500".into()));
         let c = Cluster { env, manifest: m32 };
         c.start("kubestrap");
-        c.kubectl_ok(KUBECTL_NEW, &["create", "configmap", "before", "--from-literal=k=v"]);
+        c.kubectl_ok(&KUBECTL, &["create", "configmap", "before", "--from-literal=k=v"]);
         let mut child = c.spawn(&["upgrade", "--manifest", s(&m33)]);
         let t = Instant::now();
         match target {
@@ -176,7 +177,7 @@ fn kill_9_at_each_phase_of_an_upgrade_leaves_one_release_running_with_its_data()
         assert_eq!(code, 0, "killed at {at:?}: {st}");
         assert!(version.starts_with("v1.32.4") || version.starts_with("v1.33.4"), "{version}");
         assert_eq!(c.localkubes("kubestrap").len(), 1, "killed at {at:?}");
-        let got = c.kubectl_ok(KUBECTL_NEW, &["get", "configmap", "before", "-o", "jsonpath={.data.k}"]);
+        let got = c.kubectl_ok(&KUBECTL, &["get", "configmap", "before", "-o", "jsonpath={.data.k}"]);
         assert_eq!(got, "v", "killed at {at:?}: the data is gone");
         assert!(phase(&c).is_none(), "killed at {at:?}: the journal was not closed");
         println!("upgrade killed at phase {at:?} after {:?}: start recovered on {version}", t.elapsed());
@@ -318,7 +319,7 @@ fn a_kill_between_the_config_swap_and_the_journal_is_rolled_back() {
     let m33 = release(&env, 33, 2, |_| {});
     let c = Cluster { env, manifest: m32 };
     c.start("kubestrap");
-    c.kubectl_ok(KUBECTL_NEW, &["create", "configmap", "before", "--from-literal=k=v"]);
+    c.kubectl_ok(&KUBECTL, &["create", "configmap", "before", "--from-literal=k=v"]);
     c.env.ok(&["upgrade", "--manifest", s(&m33)]);
     c.env.ok(&["stop"]);
     let dir = c.env.home.join("profiles/kubestrap");
@@ -339,7 +340,7 @@ fn a_kill_between_the_config_swap_and_the_journal_is_rolled_back() {
     let (code, st) = c.status("kubestrap");
     assert_eq!(code, 0, "{st}");
     assert!(st["kubernetes"].as_str().unwrap().starts_with("v1.32.4"), "rolled back: {st}");
-    let got = c.kubectl_ok(KUBECTL_NEW, &["get", "configmap", "before", "-o", "jsonpath={.data.k}"]);
+    let got = c.kubectl_ok(&KUBECTL, &["get", "configmap", "before", "-o", "jsonpath={.data.k}"]);
     assert_eq!(got, "v");
     assert!(phase(&c).is_none(), "the journal was closed");
 }

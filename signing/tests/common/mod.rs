@@ -68,16 +68,14 @@ pub fn flip(data: &[u8], at: usize) -> Vec<u8> {
     d
 }
 
-/// The `minisign` binary, or None with a clear skip message.
-pub fn minisign_bin(test: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("minisign")).find(|p| p.is_file()));
-    if found.is_none() {
-        eprintln!(
-            "SKIPPED {test}: the `minisign` binary is not installed (apt-get install minisign); the CI script installs it"
-        );
-    }
-    found
+/// The `minisign` binary. Missing, the test fails, unless
+/// KUBESTRAP_TEST_SKIP names `minisign` (then `None`: skipped, counted).
+pub fn minisign_bin() -> Option<PathBuf> {
+    let found = kubestrap_testkit::which("minisign");
+    let there = || {
+        found.clone().map(drop).ok_or_else(|| "the minisign binary is not installed (apt-get install minisign)".into())
+    };
+    kubestrap_testkit::need("minisign", there).then(|| found.clone()).flatten()
 }
 
 /// The same key material as `k` under another key id (ids are not signed:

@@ -130,14 +130,11 @@ pub fn standin_artifact(dir: &Path, version: &str) -> Artifact {
     )
 }
 
-/// The machine's real kubectl 1.33, referenced in place (nothing copied).
-pub const KUBECTL_PATH: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
-
-/// The real kubectl as an artifact (hashed once per test process).
+/// The real kubectl as an artifact, referenced in place (nothing copied;
+/// hashed once per test process).
 pub fn kubectl_artifact(_dir: &Path) -> Artifact {
     static HASHED: OnceLock<(String, u64)> = OnceLock::new();
-    let path = PathBuf::from(KUBECTL_PATH);
-    assert!(path.is_file(), "{KUBECTL_PATH} is missing (the build image ships it)");
+    let path = PathBuf::from(&*super::KUBECTL);
     let (sha256, size) = HASHED.get_or_init(|| sha256_file(&path)).clone();
     Artifact { path, sha256, size }
 }
@@ -156,16 +153,14 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// The qemu driver's artifacts, built once by `ci/vm/build.sh` into
-/// `target/vm/` (`.ci/run` builds them first; a test process builds them if
-/// they are missing). `None` — with the reason printed — only on a machine
-/// without qemu installed, where the qemu tests cannot run.
-pub fn vm_artifacts() -> Option<VmArtifacts> {
-    static BUILT: OnceLock<Option<VmArtifacts>> = OnceLock::new();
+/// `target/vm/` (`ci/test.sh` builds them first; a test process builds them
+/// if they are missing). Callers check `need("qemu", qemu_installed)` first.
+pub fn vm_artifacts() -> VmArtifacts {
+    static BUILT: OnceLock<VmArtifacts> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            if which("qemu-system-x86_64").is_none() {
-                eprintln!("skipped: qemu-system-x86_64 is not installed (`.ci/run` installs qemu-system-x86)");
-                return None;
+            if let Err(why) = super::qemu_installed() {
+                panic!("{why}");
             }
             let out = target_dir().join("vm");
             let find = |prefix: &str| {
@@ -179,38 +174,22 @@ pub fn vm_artifacts() -> Option<VmArtifacts> {
                 let run = std::process::Command::new(&script).arg(&out).output().unwrap();
                 assert!(run.status.success(), "ci/vm/build.sh failed: {}", String::from_utf8_lossy(&run.stderr));
             }
-            Some(VmArtifacts {
+            VmArtifacts {
                 hypervisor: Artifact::of(find("hypervisor-").unwrap()),
                 base_image: Artifact::of(find("base-").unwrap()),
-            })
+            }
         })
         .clone()
 }
 
-/// A program on PATH.
-pub fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
-}
-
 /// The docker driver's base rootfs, built once by `ci/docker/build.sh` into
-/// `target/docker/`. `None` — with the reason printed — only where no
-/// Docker engine answers.
-pub fn docker_rootfs() -> Option<Artifact> {
-    static BUILT: OnceLock<Option<Artifact>> = OnceLock::new();
+/// `target/docker/`. Callers check `need("docker", docker_engine)` first.
+pub fn docker_rootfs() -> Artifact {
+    static BUILT: OnceLock<Artifact> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let engine =
-                std::process::Command::new("docker").args(["version", "--format", "{{.Server.APIVersion}}"]).output();
-            match engine {
-                Ok(o) if o.status.success() => {}
-                Ok(o) => {
-                    eprintln!("skipped: no Docker engine answers: {}", String::from_utf8_lossy(&o.stderr).trim());
-                    return None;
-                }
-                Err(e) => {
-                    eprintln!("skipped: the docker CLI cannot run: {e}");
-                    return None;
-                }
+            if let Err(why) = super::docker_engine() {
+                panic!("{why}");
             }
             let out = target_dir().join("docker");
             let find = || {
@@ -225,7 +204,7 @@ pub fn docker_rootfs() -> Option<Artifact> {
                 let run = std::process::Command::new(&script).arg(&out).output().unwrap();
                 assert!(run.status.success(), "ci/docker/build.sh failed: {}", String::from_utf8_lossy(&run.stderr));
             }
-            Some(Artifact::of(find().unwrap()))
+            Artifact::of(find().unwrap())
         })
         .clone()
 }

@@ -10,9 +10,6 @@ use std::sync::Mutex;
 
 use super::{Env, ManifestSpec, json_lines};
 
-/// The real kubectl the end-to-end tests drive.
-pub const KUBECTL_NEW: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
-
 /// Tests that let kubestrap choose the port run one at a time, so two of
 /// them never race for the same free port.
 pub static AUTO_PORT: Mutex<()> = Mutex::new(());

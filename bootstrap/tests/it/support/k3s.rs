@@ -47,7 +47,7 @@ pub fn k3s_standin(s: &mut ManifestSpec, run: &Run, extra: &[(&str, &[u8], u32)]
 pub fn k3s_report(c: &Cluster, profile: &str) -> BTreeMap<String, String> {
     let context = if profile == "kubestrap" { profile.to_string() } else { format!("kubestrap-{profile}") };
     let out = c.kubectl_ok(
-        super::KUBECTL_PATH,
+        &super::KUBECTL,
         &["--context", &context, "get", "configmap", "-n", "kube-system", "standin-k3s", "-o", "json"],
     );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

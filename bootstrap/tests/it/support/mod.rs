@@ -26,6 +26,11 @@ pub use netns::*;
 pub use server::*;
 pub use tls::*;
 
+pub use kubestrap_testkit::{is_root, kubectl, kubectl_of, kubectls, need, which};
+
+/// The real kubectl the end-to-end tests drive (the newest on the machine).
+pub static KUBECTL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| kubectl().display().to_string());
+
 /// The kubestrap binary under test.
 pub const KUBESTRAP: &str = env!("CARGO_BIN_EXE_kubestrap");
 
@@ -282,38 +287,6 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Whether a test may go on with a prerequisite of `group` (`qemu`,
-/// `docker`, `netns`, `minisign`, `root`): `check` says whether it is there.
-/// Missing, the test fails — unless `KUBESTRAP_TEST_SKIP` names the group,
-/// on purpose: then the test is recorded as skipped (`ci/test.sh` counts
-/// them in its last line) and this returns false.
-pub fn need(group: &str, check: impl FnOnce() -> Result<(), String>) -> bool {
-    let Err(why) = check() else { return true };
-    let asked = std::env::var("KUBESTRAP_TEST_SKIP").unwrap_or_default();
-    let test = std::thread::current().name().unwrap_or("?").to_string();
-    if !asked.split(',').any(|g| g.trim() == group) {
-        panic!("{test} needs {group}: {why} (KUBESTRAP_TEST_SKIP={group} skips such tests on purpose)");
-    }
-    eprintln!("SKIPPED {test}: {group}: {why}");
-    if let Ok(log) = std::env::var("KUBESTRAP_TEST_SKIPPED_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(log) {
-            let _ = writeln!(f, "{test} ({group}: {why})");
-        }
-    }
-    false
-}
-
-/// Root, for tests that change the machine (a native k3s, namespaces).
-pub fn is_root() -> Result<(), String> {
-    if nix_euid() == 0 { Ok(()) } else { Err(format!("runs as uid {}, not root", nix_euid())) }
-}
-
-fn nix_euid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
-}
-
 /// A Docker engine answers (the docker driver's tests).
 pub fn docker_engine() -> Result<(), String> {
     let out = std::process::Command::new("docker")
@@ -325,6 +298,11 @@ pub fn docker_engine() -> Result<(), String> {
     } else {
         Err(format!("no Docker engine answers: {}", String::from_utf8_lossy(&out.stderr).trim()))
     }
+}
+
+/// The minisign binary is installed (signatures checked both ways).
+pub fn minisign_installed() -> Result<(), String> {
+    which("minisign").map(drop).ok_or_else(|| "the minisign binary is not installed (apt-get install minisign)".into())
 }
 
 /// qemu is installed (the qemu driver's tests build and boot its VM).

@@ -3,33 +3,29 @@
 
 use std::process::{Command, Stdio};
 
+/// Whether network namespaces can be made here (root and iproute2).
+pub fn netns_possible() -> Result<(), String> {
+    kubestrap_testkit::is_root()?;
+    kubestrap_testkit::which("ip").map(drop).ok_or_else(|| "iproute2's `ip` is not installed".into())
+}
+
 pub struct Netns {
     pub name: String,
 }
 
 impl Netns {
-    /// A fresh namespace with `lo` up; `None` (with the reason printed) on a
-    /// machine where one cannot be made.
-    pub fn new(tag: &str) -> Option<Netns> {
+    /// A fresh namespace with `lo` up. Callers check `need("netns",
+    /// netns_possible)` first.
+    pub fn new(tag: &str) -> Netns {
         let name = format!("ks-{tag}-{}", std::process::id());
         let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
-        let made = Command::new("ip").args(["netns", "add", &name]).output();
-        match made {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => {
-                println!("SKIPPED: cannot make a network namespace: {}", String::from_utf8_lossy(&o.stderr));
-                return None;
-            }
-            Err(e) => {
-                println!("SKIPPED: cannot run `ip netns add`: {e}");
-                return None;
-            }
-        }
+        let made = Command::new("ip").args(["netns", "add", &name]).output().expect("`ip` runs");
+        assert!(made.status.success(), "cannot make a network namespace: {}", String::from_utf8_lossy(&made.stderr));
         let ns = Netns { name };
         let up =
             Command::new("ip").args(["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"]).status().unwrap();
         assert!(up.success(), "cannot bring lo up in {}", ns.name);
-        Some(ns)
+        ns
     }
 
     /// The same command, run inside the namespace (environment kept).
