@@ -116,7 +116,7 @@ impl Endpoint {
 
 /// What `start --cpus/--memory/--accel` asked of a VM; unset means the
 /// driver's default.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct VmSettings {
     pub cpus: Option<u16>,
@@ -182,32 +182,17 @@ impl Profile {
         }
     }
 
-    /// The driver of this profile, even when its config cannot be read
-    /// (so `stop`, `delete` and `logs` still reach a container or a VM): the
-    /// config's `driver` line if one is legible, else what the drivers left
-    /// on disk (`container/`, `vm/`), else native.
-    pub fn driver_hint(&self) -> Driver {
+    /// The `driver = ` line of the config, when legible even though the
+    /// config does not parse.
+    pub fn legible_driver(&self) -> Option<Driver> {
         if let Ok(cfg) = self.load() {
-            return cfg.driver;
+            return Some(cfg.driver);
         }
         let text = fskit::read_capped_text(&self.config_path(), 1 << 20).unwrap_or_default();
-        let named = text.lines().find_map(|l| {
+        text.lines().find_map(|l| {
             let (k, v) = l.split_once('=')?;
             (k.trim() == "driver").then(|| v.trim().trim_matches('"').parse::<Driver>().ok())?
-        });
-        named.unwrap_or(if self.dir.join("container").is_dir() {
-            Driver::Docker
-        } else if self.dir.join("vm").is_dir() {
-            Driver::Qemu
-        } else {
-            Driver::Native
         })
-    }
-
-    /// The VM or container size `start` was asked for (defaults when the
-    /// config cannot be read).
-    pub fn vm_settings(&self) -> VmSettings {
-        self.load().ok().and_then(|c| c.vm).unwrap_or_default()
     }
 
     pub fn save(&self, cfg: &Config) -> Result<(), FsError> {

@@ -73,6 +73,17 @@ pub enum Step {
     /// kubeconfig's cluster, user and context are written.
     #[serde(rename = "kubeconfig")]
     Kubeconfig { context: String, path: PathBuf, current: bool },
+    /// What a native k3s left on the machine was removed (its mounts,
+    /// links, iptables chains, ...).
+    #[serde(rename = "machine cleaned")]
+    HostCleaned { removed: Vec<String> },
+    /// The docker driver's node image, imported from the verified rootfs
+    /// (once per rootfs; later starts reuse it).
+    #[serde(rename = "node image imported")]
+    NodeImage { image: String },
+    /// A VM did not come up with KVM and was started again with TCG.
+    #[serde(rename = "accelerator fallback")]
+    AccelFallback { why: String },
 }
 
 impl Step {
@@ -91,6 +102,9 @@ impl Step {
             Step::StopFinished { .. } => "interrupted stop finished",
             Step::ApiserverReady { .. } => "apiserver ready",
             Step::Kubeconfig { .. } => "kubeconfig",
+            Step::HostCleaned { .. } => "machine cleaned",
+            Step::NodeImage { .. } => "node image imported",
+            Step::AccelFallback { .. } => "accelerator fallback",
         }
     }
 
@@ -134,6 +148,9 @@ impl Step {
             Step::Kubeconfig { context, path, current } => {
                 format!("{context} in {} ({})", path.display(), if *current { "current context" } else { "added" })
             }
+            Step::HostCleaned { removed } => format!("{} removed: {}", removed.len(), removed.join(", ")),
+            Step::AccelFallback { why } => why.clone(),
+            Step::NodeImage { image } => image.clone(),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! names the file, line:column, the field and what was expected.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -356,10 +357,41 @@ fn check_under_data(field: &str, path: &Template) -> Result<(), String> {
     check_rel_path(field, rest)
 }
 
+/// The components a manifest can pin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ComponentName {
+    Kubectl,
+    Localkube,
+    Hypervisor,
+    BaseImage,
+    Images,
+    Rootfs,
+}
+
+impl ComponentName {
+    /// The name in a manifest (`[component.<name>]`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ComponentName::Kubectl => "kubectl",
+            ComponentName::Localkube => "localkube",
+            ComponentName::Hypervisor => "hypervisor",
+            ComponentName::BaseImage => "base-image",
+            ComponentName::Images => "images",
+            ComponentName::Rootfs => "rootfs",
+        }
+    }
+}
+
+impl fmt::Display for ComponentName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One artifact a machine needs, with the component it belongs to.
 #[derive(Clone, Debug)]
 pub struct Need {
-    pub component: &'static str,
+    pub component: ComponentName,
     pub version: String,
     pub target: Target,
     pub artifact: Artifact,
@@ -377,21 +409,17 @@ impl Manifest {
     }
 
     /// Every component with its name, localkube included.
-    pub fn components(&self) -> Vec<(&'static str, Component)> {
+    pub fn components(&self) -> Vec<(ComponentName, Component)> {
         let c = &self.component;
-        let mut out = vec![("kubectl", c.kubectl.clone()), ("localkube", c.localkube.as_component())];
-        if let Some(h) = &c.hypervisor {
-            out.push(("hypervisor", h.clone()));
-        }
-        if let Some(b) = &c.base_image {
-            out.push(("base-image", b.clone()));
-        }
-        if let Some(i) = &c.images {
-            out.push(("images", i.clone()));
-        }
-        if let Some(r) = &c.rootfs {
-            out.push(("rootfs", r.clone()));
-        }
+        let mut out =
+            vec![(ComponentName::Kubectl, c.kubectl.clone()), (ComponentName::Localkube, c.localkube.as_component())];
+        let optional = [
+            (ComponentName::Hypervisor, &c.hypervisor),
+            (ComponentName::BaseImage, &c.base_image),
+            (ComponentName::Images, &c.images),
+            (ComponentName::Rootfs, &c.rootfs),
+        ];
+        out.extend(optional.into_iter().filter_map(|(n, c)| c.clone().map(|c| (n, c))));
         out
     }
 
@@ -404,7 +432,9 @@ impl Manifest {
                 continue;
             }
             // localkube and the images it imports run where localkube runs.
-            let want = if matches!(name, "localkube" | "images" | "rootfs") && driver != Driver::Native {
+            let runs_with_localkube =
+                matches!(name, ComponentName::Localkube | ComponentName::Images | ComponentName::Rootfs);
+            let want = if runs_with_localkube && driver != Driver::Native {
                 Target { os: "linux".into(), arch: host.arch.clone() }
             } else {
                 host.clone()

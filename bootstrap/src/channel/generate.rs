@@ -47,16 +47,6 @@ pub enum GenerateError {
     Usage(String),
 }
 
-impl GenerateError {
-    /// Whether the upstream data disagrees with itself or with the pins.
-    pub fn is_integrity(&self) -> bool {
-        matches!(
-            self,
-            GenerateError::PinMismatch { .. } | GenerateError::SizeMismatch { .. } | GenerateError::HashMismatch { .. }
-        )
-    }
-}
-
 type Result<T, E = GenerateError> = std::result::Result<T, E>;
 
 /// What to generate.

@@ -59,11 +59,11 @@ pub struct Want<'a> {
 pub fn resolve(home: &Home, want: &Want<'_>, progress: &dyn Progress) -> Result<Loaded> {
     let loaded = match (want.spec, want.current) {
         (Some(spec), _) => load(home, Some(spec), want.fetch, want.allow_expired, progress)?,
-        (None, Some(current)) => load_stored(home, current, want.allow_expired, true)?,
+        (None, Some(current)) => load_stored(home, current, Stored::current(want.allow_expired))?,
         // Installed from a bundle: that release, with no network.
         (None, None) if default_manifest(home).is_some() => {
             let path = default_manifest(home).expect("checked");
-            load_stored(home, &path, want.allow_expired, false)?
+            load_stored(home, &path, Stored::fresh(want.allow_expired))?
         }
         (None, None) => {
             let mut fallback = None;
@@ -87,7 +87,7 @@ pub fn resolve(home: &Home, want: &Want<'_>, progress: &dyn Progress) -> Result<
                 Some(p) => p,
                 None => newest_stored(home)?.ok_or(ChannelError::NoneKept)?,
             };
-            load_stored(home, &path, want.allow_expired, false)?
+            load_stored(home, &path, Stored::fresh(want.allow_expired))?
         }
     };
     if want.spec.is_none() {
@@ -135,12 +135,35 @@ pub fn verify_only(home: &Home, spec: &str, opts: &artifacts::Options, allow_exp
 /// Re-verifies a manifest already kept in the home (a profile's pointer).
 /// `running`: the manifest a profile already runs (expiry then only warns);
 /// otherwise an expired one is refused like a downloaded one.
-pub fn load_stored(home: &Home, path: &Path, allow_expired: bool, running: bool) -> Result<Loaded> {
+/// How a manifest kept in the home is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// An expired one is accepted (with a warning).
+    pub allow_expired: bool,
+    /// It is what a profile runs: expiry only warns, it never stops a
+    /// running cluster from being stopped, restarted or upgraded.
+    pub running: bool,
+}
+
+impl Stored {
+    /// A release a profile runs (or ran, and may run again).
+    pub const RUNNING: Stored = Stored { allow_expired: true, running: true };
+    /// A release the profile runs, expiry as the user asked.
+    pub fn current(allow_expired: bool) -> Stored {
+        Stored { allow_expired, running: true }
+    }
+    /// A release to start anew from the home's copies.
+    pub fn fresh(allow_expired: bool) -> Stored {
+        Stored { allow_expired, running: false }
+    }
+}
+
+pub fn load_stored(home: &Home, path: &Path, how: Stored) -> Result<Loaded> {
     let signed = read::read_stored(path)?;
     let label = path.display().to_string();
-    let mut trusted = policy::verify_manifest(home, &label, &signed.bytes, &signed.sig, allow_expired, &[], true)?;
+    let mut trusted = policy::verify_manifest(home, &label, &signed.bytes, &signed.sig, how.allow_expired, &[], true)?;
     let manifest = Manifest::parse(&signed.bytes, path)?;
-    trusted.warnings.extend(policy::check_fresh(&manifest, &label, allow_expired, running)?);
+    trusted.warnings.extend(policy::check_fresh(&manifest, &label, how.allow_expired, how.running)?);
     Ok(Loaded { manifest, path: path.to_path_buf(), trusted })
 }
 

@@ -109,11 +109,13 @@ fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<Code> {
     }
     if let Some(e) = cause.downcast_ref::<GenerateError>() {
         return Some(match e {
-            e if e.is_integrity() => Code::Integrity,
+            GenerateError::PinMismatch { .. }
+            | GenerateError::SizeMismatch { .. }
+            | GenerateError::HashMismatch { .. } => Code::Integrity,
             GenerateError::Http { .. } | GenerateError::NotListed { .. } | GenerateError::BadChecksums { .. } => {
                 Code::Download
             }
-            _ => Code::Usage,
+            GenerateError::NoBuild { .. } | GenerateError::Usage(_) => Code::Usage,
         });
     }
     if let Some(e) = cause.downcast_ref::<ImageError>() {
@@ -159,12 +161,19 @@ fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<Code> {
     }
     if let Some(e) = cause.downcast_ref::<DriverError>() {
         return Some(match e {
-            DriverError::Unsupported { .. } => Code::Usage,
-            DriverError::Unfit { .. } | DriverError::EngineUnreachable(_) => Code::Unfit,
+            DriverError::Unfit { .. } => Code::Unfit,
+            DriverError::Docker(d) if d.kind == crate::driver::DockerErrorKind::Unreachable => Code::Unfit,
             DriverError::DidNotStart { .. } => Code::LocalkubeExited,
             DriverError::ProgramMissing { .. } => Code::CorruptCache,
             DriverError::Fs(e) => fs_code(e),
-            _ => Code::Driver,
+            DriverError::Docker(_)
+            | DriverError::Qemu(_)
+            | DriverError::StillRunning { .. }
+            | DriverError::Survived { .. }
+            | DriverError::HostTool { .. }
+            | DriverError::LeftOnHost { .. }
+            | DriverError::NoReport(_)
+            | DriverError::Spawn { .. } => Code::Driver,
         });
     }
     if cause.is::<ClientError>() || cause.is::<ManifestError>() || cause.is::<UsageError>() {
@@ -219,9 +228,9 @@ fn channel_code(e: &ChannelError) -> Option<Code> {
     Some(match e {
         E::NotFound { .. } => Code::Usage,
         E::Unreadable { source, .. } => match source {
-            FsError::Io { .. } => fs_code(source),
+            FsError::Io { .. } | FsError::Locked { .. } => fs_code(source),
             // Too big, not a file, not text: not a manifest.
-            _ => Code::Usage,
+            FsError::TooLarge { .. } | FsError::NotRegular { .. } | FsError::NotText { .. } => Code::Usage,
         },
         E::MissingSignature { .. } | E::NotOfficial { .. } | E::WrongChannel { .. } | E::NotAnchored { .. } => {
             Code::Signature
@@ -252,8 +261,10 @@ fn bundle_code(e: &kubestrap_bundle::BundleError) -> Code {
 fn fs_code(e: &FsError) -> Code {
     match e {
         FsError::Locked { .. } => Code::Locked,
-        e if e.is_disk_full() => Code::DiskFull,
-        _ => Code::Disk,
+        FsError::Io { .. } if e.is_disk_full() => Code::DiskFull,
+        FsError::Io { .. } | FsError::TooLarge { .. } | FsError::NotRegular { .. } | FsError::NotText { .. } => {
+            Code::Disk
+        }
     }
 }
 
@@ -279,9 +290,9 @@ fn signing_code(e: &kubestrap_signing::Error) -> Code {
         E::Io { source, .. } if kubestrap_fskit::is_disk_full(source) => Code::DiskFull,
         E::Io { .. } | E::StateCorrupt { .. } => Code::Disk,
         E::File(f) => match f {
-            FsError::Io { .. } => fs_code(f),
+            FsError::Io { .. } | FsError::Locked { .. } => fs_code(f),
             // A key or list file that is too big, not a file or not text.
-            _ => Code::Usage,
+            FsError::TooLarge { .. } | FsError::NotRegular { .. } | FsError::NotText { .. } => Code::Usage,
         },
         // Mistakes in what the user asked for, not verdicts on a signature.
         E::AlreadyExists { .. }
@@ -293,6 +304,17 @@ fn signing_code(e: &kubestrap_signing::Error) -> Code {
         | E::PinConflict { .. }
         | E::BadKeyId { .. }
         | E::Invalid(_) => Code::Usage,
+        E::MalformedSignature { .. }
+        | E::MalformedPublicKey { .. }
+        | E::BadSignature { .. }
+        | E::UnknownKey { .. }
+        | E::Revoked { .. }
+        | E::KeyListInvalid { .. }
+        | E::Threshold { .. }
+        | E::NotAnchored { .. }
+        | E::KeyListVersion { .. } => Code::Signature,
+        // The signing crate's errors are non-exhaustive; any it adds is a
+        // verdict on a signature until this mapping says otherwise.
         _ => Code::Signature,
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use kubestrap_manifest::{Driver as Kind, Manifest, Target};
+use kubestrap_manifest::{ComponentName as Component, Driver as Kind, Manifest, Target};
 
 use super::ClusterError;
 use super::images;
@@ -49,7 +49,7 @@ pub struct Components {
     pub images: Vec<images::Wanted>,
     pub localkube: PathBuf,
     /// The other trees the driver runs (hypervisor, base image), by name.
-    pub trees: std::collections::BTreeMap<&'static str, PathBuf>,
+    pub trees: std::collections::BTreeMap<Component, PathBuf>,
     /// What localkube's program hashes to (from its tree's `.complete`).
     pub program_sha256: kubestrap_manifest::Sha256,
 }
@@ -79,13 +79,13 @@ pub fn fetch_and_unpack(
     let mut trees = std::collections::BTreeMap::new();
     for need in &needs {
         // The docker driver imports its rootfs from the verified blob.
-        if need.component == "rootfs" {
-            trees.insert("rootfs", home.blob(&need.artifact.sha256));
+        if need.component == Component::Rootfs {
+            trees.insert(Component::Rootfs, home.blob(&need.artifact.sha256));
             continue;
         }
         // Image archives are used as downloaded (the verified blob), copied
         // into place by the "images" step.
-        if need.component == "images" {
+        if need.component == Component::Images {
             let a = &need.artifact;
             images.push(images::Wanted {
                 src: home.blob(&a.sha256),
@@ -97,7 +97,7 @@ pub fn fetch_and_unpack(
         }
         // kubectl is checked when `kubestrap kubectl` runs it; what the
         // driver runs is checked now.
-        if need.component == "kubectl" {
+        if need.component == Component::Kubectl {
             store::ensure_component(home, &need.artifact)?;
             continue;
         }
@@ -108,13 +108,13 @@ pub fn fetch_and_unpack(
                 t.elapsed(),
             );
         }
-        if need.component == "localkube" {
+        if need.component == Component::Localkube {
             localkube = Some(dir);
         } else {
             trees.insert(need.component, dir);
         }
     }
-    let localkube = localkube.ok_or(ClusterError::NoComponent { component: "localkube" })?;
+    let localkube = localkube.ok_or(ClusterError::NoComponent { component: Component::Localkube })?;
     let program = &m.component.localkube.run.program;
     let program_sha256 = store::complete_list(&localkube)?
         .remove(program)

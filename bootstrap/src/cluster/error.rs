@@ -27,7 +27,7 @@ pub enum ClusterError {
     #[error("{what} is not in the cache; run `kubestrap start -p {profile}` (or `kubestrap fetch`) first")]
     NotCached { what: String, profile: String },
     #[error("the manifest has no {component} for this machine")]
-    NoComponent { component: &'static str },
+    NoComponent { component: kubestrap_manifest::ComponentName },
     #[error(
         "the cluster certificates in {} cannot be used ({reason}); restore them from a backup, or `kubestrap delete -p {profile}` and start again (its data goes with it)",
         dir.display()

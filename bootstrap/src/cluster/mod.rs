@@ -10,6 +10,7 @@ use crate::home::Home;
 use crate::progress::Progress;
 
 pub mod apiserver;
+mod bringup;
 mod components;
 pub mod doctor;
 mod error;
@@ -18,14 +19,17 @@ pub mod journal;
 pub mod kubeconfig;
 pub mod pki;
 mod ports;
+pub mod recovery;
+pub mod session;
 pub mod snapshot;
 mod start;
 pub mod status;
 mod stop;
 pub mod upgrade;
 
+pub use bringup::Tuning;
 pub use error::ClusterError;
-pub use start::{StartOptions, Tuning, start};
+pub use start::{StartOptions, start};
 pub use status::status;
 pub use stop::{delete, purge, stop};
 

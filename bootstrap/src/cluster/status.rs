@@ -12,7 +12,7 @@ use super::apiserver::Probe;
 use super::kubeconfig;
 use super::pki::Pki;
 use crate::channel;
-use crate::driver::{self, HostState};
+use crate::driver::HostState;
 use crate::home::Home;
 use crate::profile::Profile;
 
@@ -145,10 +145,10 @@ impl Status {
     }
 }
 
-pub fn status(home: &Home, name: &str) -> Result<Status> {
+pub fn status(home: &Home, name: &str, progress: &dyn crate::progress::Progress) -> Result<Status> {
     let p = Profile::new(home, name)?;
     let cfg = p.load()?;
-    let drv = driver::for_kind(cfg.driver)?;
+    let drv = super::session::unlocked_driver(home, cfg.driver, cfg.vm.unwrap_or_default(), progress);
     let manifest = channel::peek(&cfg.manifest);
     let mut st = Status {
         name: p.name.clone(),
@@ -163,7 +163,7 @@ pub fn status(home: &Home, name: &str) -> Result<Status> {
         host_id: None,
         pid: None,
         crash: None,
-        upgrade: super::upgrade::interrupted(&p),
+        upgrade: super::recovery::interrupted(&p),
         log_tail: Vec::new(),
         warnings: Vec::new(),
         exit_code: 0,
@@ -188,7 +188,7 @@ pub fn status(home: &Home, name: &str) -> Result<Status> {
     if let Some(host) = host {
         st.host = HostStatus::Running;
         st.localkube = if stopping { LocalkubeStatus::Stopping } else { LocalkubeStatus::Running };
-        st.pid = host.id.strip_prefix("pid ").and_then(|p| p.parse().ok());
+        st.pid = host.pid;
         st.host_id = Some(host.id);
         let at = crate::profile::Endpoint { port: host.port, ..cfg.endpoint() };
         st.server = at.url();

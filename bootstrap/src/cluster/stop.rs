@@ -4,53 +4,49 @@
 use anyhow::Result;
 use kubestrap_fskit as fskit;
 
-use super::{ClusterError, kubeconfig, lock_profile};
+use super::session::{Session, Wait};
+use super::{ClusterError, kubeconfig};
 use crate::channel;
-use crate::driver::{self, Driver, Stop, StopOutcome};
+use crate::driver::{Driver, Stop, StopOutcome};
 use crate::home::Home;
-use crate::profile::Profile;
 use crate::progress::Progress;
 
-pub fn stop(home: &Home, name: &str, wait: bool, suspend: bool, progress: &dyn Progress) -> Result<StopOutcome> {
-    let p = Profile::new(home, name)?;
-    let _lock = lock_profile(home, &p, wait, progress)?;
-    if !p.dir.exists() {
-        return Err(crate::profile::ProfileError::NoProfile { profile: p.name }.into());
-    }
-    Ok(stop_locked(&p, suspend)?.0)
+pub fn stop(home: &Home, name: &str, wait: Wait, suspend: bool, progress: &dyn Progress) -> Result<StopOutcome> {
+    let s = Session::open_existing(home, name, wait, progress)?;
+    let drv = s.profile_driver();
+    stop_with(&s, drv.as_ref(), suspend)
 }
 
 /// Stops a profile's localkube with its manifest's signal and timeout. A
 /// damaged or missing config or manifest must not leave localkube running:
-/// the driver is then told by what is legible or on disk
-/// ([`Profile::driver_hint`]), finds localkube by its pid file and marker
+/// the session's driver is then told by what is legible or on disk
+/// ([`crate::driver::kind_of`]), finds localkube by its pid file and marker
 /// (native, qemu) or its container's name (docker), and stops it with
 /// SIGTERM and 30 s.
-pub(super) fn stop_locked(p: &Profile, suspend: bool) -> Result<(StopOutcome, Box<dyn Driver>)> {
-    let (drv, mut how) = match p.load() {
-        Ok(cfg) => {
-            let how = channel::peek(&cfg.manifest).map_or(Stop::DEFAULT, |m| Stop::of(&m.component.localkube.run));
-            (driver::for_kind(cfg.driver)?, how)
-        }
-        Err(_) => (driver::for_kind(p.driver_hint())?, Stop::DEFAULT),
-    };
+fn stop_with(s: &Session, drv: &dyn Driver, suspend: bool) -> Result<StopOutcome> {
+    let mut how = s
+        .profile
+        .load()
+        .ok()
+        .and_then(|cfg| channel::peek(&cfg.manifest))
+        .map_or(Stop::DEFAULT, |m| Stop::of(&m.component.localkube.run));
     how.suspend = suspend;
-    Ok((drv.stop(p, how)?, drv))
+    Ok(drv.stop(&s.profile, how)?)
 }
 
 /// Deletes profiles (stopping them first) and only our kubeconfig entries.
 /// Returns the deleted names.
-pub fn delete(home: &Home, names: &[String], wait: bool, force: bool, progress: &dyn Progress) -> Result<Vec<String>> {
+pub fn delete(home: &Home, names: &[String], wait: Wait, force: bool, progress: &dyn Progress) -> Result<Vec<String>> {
     let mut deleted = Vec::new();
     for name in names {
-        let p = Profile::new(home, name)?;
-        let _lock = lock_profile(home, &p, wait, progress)?;
-        let stopped = stop_locked(&p, false).and_then(|(_, drv)| Ok(drv.delete(&p)?));
+        let s = Session::open(home, name, wait, progress)?;
+        let drv = s.profile_driver();
+        let stopped = stop_with(&s, drv.as_ref(), false).and_then(|_| Ok(drv.delete(&s.profile)?));
         match stopped {
             Ok(()) => {}
             Err(e) if force => progress.warn(format!(
                 "profile {name:?}: {e:#}; its files are deleted anyway (--force); left behind: {}",
-                driver::for_kind(p.driver_hint()).map_or_else(|_| "unknown".into(), |d| d.leftovers(&p))
+                drv.leftovers(&s.profile)
             )),
             Err(e) => {
                 return Err(e.context(format!(
@@ -60,7 +56,7 @@ pub fn delete(home: &Home, names: &[String], wait: bool, force: bool, progress: 
         }
         let kc = kubeconfig::path()?;
         kubeconfig::remove(&kc, &kubeconfig::context_name(name))?;
-        fskit::remove_tree(&p.dir)?;
+        fskit::remove_tree(&s.profile.dir)?;
         fskit::sync_dir(&home.profiles()).ok();
         deleted.push(name.clone());
     }

@@ -14,14 +14,15 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use kubestrap_manifest::{Manifest, Target};
 
+use super::bringup::{BringUp, Tuning, bring_up};
 use super::components::fetch_and_unpack;
 use super::journal::{Journal, Kind, Phase};
-use super::lock_profile;
+use super::recovery::{self, roll_back};
+use super::session::{Session, Wait};
 use super::snapshot;
-use super::start::{Tuning, bring_up};
 use crate::artifacts::{self, store};
 use crate::channel::{self, Loaded};
-use crate::driver::{self, Driver, Stop};
+use crate::driver::{Driver, Stop};
 use crate::home::Home;
 use crate::profile::{Config, Profile};
 use crate::progress::Progress;
@@ -100,34 +101,33 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
-fn lock(
-    home: &Home,
+/// An opened session, its profile's driver, and an interrupted upgrade
+/// finished or undone first.
+fn open<'a>(
+    home: &'a Home,
     profile: &str,
     no_wait: bool,
-    progress: &dyn Progress,
-) -> Result<(Profile, kubestrap_fskit::Lock)> {
-    let p = Profile::new(home, profile)?;
-    let l = lock_profile(home, &p, !no_wait, progress)?;
-    if !p.exists() {
-        return Err(crate::profile::ProfileError::NoProfile { profile: p.name }.into());
-    }
-    Ok((p, l))
+    fetch: &artifacts::Options,
+    tuning: &Tuning,
+    progress: &'a dyn Progress,
+) -> Result<(Session<'a>, Box<dyn Driver + 'a>, Config)> {
+    let s = Session::open_existing(home, profile, Wait::from_no_wait(no_wait), progress)?;
+    let cfg = s.profile.load()?;
+    let drv = s.driver(cfg.driver, cfg.vm.unwrap_or_default());
+    recovery::finish_interrupted(&s, drv.as_ref(), fetch, tuning)?;
+    let cfg = s.profile.load()?;
+    Ok((s, drv, cfg))
 }
 
 pub fn upgrade(home: &Home, o: &UpgradeOptions, progress: &dyn Progress) -> Result<Outcome> {
-    let (p, _lock) = lock(home, &o.profile, o.no_wait, progress)?;
-    let _store = home.store_lock(false, || {})?;
-    let drv = driver::for_kind(p.load()?.driver)?;
-    if let Some(msg) = resume_locked(home, &p, drv.as_ref(), &o.fetch, &o.tuning, progress)? {
-        progress.warn(msg);
-    }
-    let cfg = p.load()?;
-    let current = channel::load_stored(home, &cfg.manifest, true, true)?;
+    let (s, drv, cfg) = open(home, &o.profile, o.no_wait, &o.fetch, &o.tuning, progress)?;
+    let p = &s.profile;
+    let current = channel::load_stored(home, &cfg.manifest, channel::Stored::RUNNING)?;
     let (cand, fetch) = candidate(home, o, &current.manifest, !o.dry_run, progress)?;
     if cand.path == cfg.manifest {
         return Ok(Outcome::UpToDate { release: current.manifest.id() });
     }
-    let forced = check_step(&current.manifest, &cand.manifest, o.force, &p)?;
+    let forced = check_step(&current.manifest, &cand.manifest, o.force, p)?;
     if let Some(f) = &forced {
         progress.warn(format!("--force: {f}"));
     }
@@ -135,7 +135,9 @@ pub fn upgrade(home: &Home, o: &UpgradeOptions, progress: &dyn Progress) -> Resu
     if o.dry_run {
         return Ok(Outcome::Planned(plan));
     }
-    run(home, &p, drv.as_ref(), &cfg, &current, &cand, plan, Kind::Upgrade, &fetch, &o.tuning, progress)
+    let swap =
+        Swap { cfg: &cfg, from: &current, to: &cand, plan, kind: Kind::Upgrade, fetch: &fetch, tuning: &o.tuning };
+    run(&s, drv.as_ref(), swap)
 }
 
 pub struct RollbackOptions {
@@ -151,17 +153,12 @@ pub struct RollbackOptions {
 /// restored from the snapshot taken on that release (the current state is
 /// snapshotted first, so nothing is lost).
 pub fn rollback(home: &Home, o: &RollbackOptions, progress: &dyn Progress) -> Result<Outcome> {
-    let (p, _lock) = lock(home, &o.profile, o.no_wait, progress)?;
-    let _store = home.store_lock(false, || {})?;
-    let drv = driver::for_kind(p.load()?.driver)?;
-    if let Some(msg) = resume_locked(home, &p, drv.as_ref(), &o.fetch, &o.tuning, progress)? {
-        progress.warn(msg);
-    }
-    let cfg = p.load()?;
+    let (s, drv, cfg) = open(home, &o.profile, o.no_wait, &o.fetch, &o.tuning, progress)?;
+    let p = &s.profile;
     let previous = cfg.previous.clone().ok_or_else(|| UpgradeError::NoPrevious { profile: p.name.clone() })?;
-    let current = channel::load_stored(home, &cfg.manifest, true, true)?;
-    let target = channel::load_stored(home, &previous, true, true)?;
-    let restore = snapshot::latest_for(&p, &previous);
+    let current = channel::load_stored(home, &cfg.manifest, channel::Stored::RUNNING)?;
+    let target = channel::load_stored(home, &previous, channel::Stored::RUNNING)?;
+    let restore = snapshot::latest_for(p, &previous);
     let forced = match (&restore, o.force) {
         (Some(_), _) => None,
         (None, true) => Some(format!(
@@ -187,7 +184,9 @@ pub fn rollback(home: &Home, o: &RollbackOptions, progress: &dyn Progress) -> Re
     if o.dry_run {
         return Ok(Outcome::Planned(plan));
     }
-    run(home, &p, drv.as_ref(), &cfg, &current, &target, plan, Kind::Rollback, &o.fetch, &o.tuning, progress)
+    let swap =
+        Swap { cfg: &cfg, from: &current, to: &target, plan, kind: Kind::Rollback, fetch: &o.fetch, tuning: &o.tuning };
+    run(&s, drv.as_ref(), swap)
 }
 
 /// The candidate manifest, verified (and with `record`, accepted into the
@@ -300,21 +299,21 @@ fn plan(
     })
 }
 
-/// The swap itself, journaled.
-#[allow(clippy::too_many_arguments)]
-fn run(
-    home: &Home,
-    p: &Profile,
-    drv: &dyn Driver,
-    cfg: &Config,
-    from: &Loaded,
-    to: &Loaded,
+/// An upgrade or rollback, decided: from which release to which, with what.
+struct Swap<'a> {
+    cfg: &'a Config,
+    from: &'a Loaded,
+    to: &'a Loaded,
     plan: Plan,
     kind: Kind,
-    fetch: &artifacts::Options,
-    tuning: &Tuning,
-    progress: &dyn Progress,
-) -> Result<Outcome> {
+    fetch: &'a artifacts::Options,
+    tuning: &'a Tuning,
+}
+
+/// The swap itself, journaled.
+fn run(s: &Session, drv: &dyn Driver, swap: Swap) -> Result<Outcome> {
+    let Swap { cfg, from, to, plan, kind, fetch, tuning } = swap;
+    let (home, p, progress) = (s.home, &s.profile, s.progress);
     let mut j = Journal {
         kind,
         phase: Phase::Planned,
@@ -362,8 +361,8 @@ fn run(
     timings.swap_ms = ms(t.elapsed());
 
     let t = Instant::now();
-    let up = bring_up(home, p, drv, cfg.driver, to, fetch, Some(&new_cfg), None, tuning, progress)
-        .and_then(|s| check_version(&s.kubernetes, &to.manifest));
+    let plan_up = BringUp { loaded: to, fetch, existing: Some(&new_cfg), port: None, tuning };
+    let up = bring_up(s, drv, &plan_up).and_then(|started| check_version(&started.kubernetes, &to.manifest));
     match up {
         Ok(()) => {
             j.enter(p, Phase::Verified)?;
@@ -374,7 +373,7 @@ fn run(
         Err(e) => {
             let tail = drv.log_tail(p, 20).iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n");
             let why = format!("{e:#}");
-            match roll_back(home, p, drv, &mut j, fetch, tuning, progress) {
+            match roll_back(s, drv, &mut j, fetch, tuning) {
                 Ok(()) => {
                     Err(UpgradeError::Failed { profile: p.name.clone(), from: plan.from, to: plan.to, why, tail }
                         .into())
@@ -405,106 +404,6 @@ fn check_version(reported: &str, m: &Manifest) -> Result<()> {
     }
 }
 
-/// Puts the old release back: stops whatever runs, points the profile at
-/// the old manifest, restores the snapshot, starts it.
-fn roll_back(
-    home: &Home,
-    p: &Profile,
-    drv: &dyn Driver,
-    j: &mut Journal,
-    fetch: &artifacts::Options,
-    tuning: &Tuning,
-    progress: &dyn Progress,
-) -> Result<()> {
-    j.enter(p, Phase::RollingBack)?;
-    let old = channel::load_stored(home, &j.old, true, true)?;
-    let stop = channel::peek(&j.new)
-        .map_or(Stop::of(&old.manifest.component.localkube.run), |m| Stop::of(&m.component.localkube.run));
-    drv.stop(p, stop)?;
-    let mut cfg = p.load()?;
-    cfg.manifest = j.old.clone();
-    cfg.previous = j.previous.clone();
-    p.save(&cfg)?;
-    if let Some(id) = &j.snapshot {
-        drv.restore(p, &snapshot::find(p, id)?.data())?;
-    }
-    bring_up(home, p, drv, cfg.driver, &old, fetch, Some(&cfg), None, tuning, progress)?;
-    Journal::clear(p)?;
-    Ok(())
-}
-
-/// Finishes or undoes an upgrade a killed command left (called under the
-/// profile's lock by `start`, `upgrade` and `rollback`). Returns what was
-/// done, for a warning.
-pub fn resume_locked(
-    home: &Home,
-    p: &Profile,
-    drv: &dyn Driver,
-    fetch: &artifacts::Options,
-    tuning: &Tuning,
-    progress: &dyn Progress,
-) -> Result<Option<String>> {
-    let mut j = match Journal::read(p) {
-        Ok(None) => return Ok(None),
-        Ok(Some(j)) => j,
-        Err(why) => {
-            Journal::clear(p)?;
-            return Ok(Some(format!(
-                "the journal of an interrupted upgrade of profile {:?} was damaged ({why}) and was removed; the profile runs the release its config names",
-                p.name
-            )));
-        }
-    };
-    let what = |j: &Journal| {
-        let to = channel::peek(&j.new).map_or_else(|| j.new.display().to_string(), |m| m.id());
-        format!("{} of profile {:?} to {to}", if j.kind == Kind::Upgrade { "an upgrade" } else { "a rollback" }, p.name)
-    };
-    // Killed between the config's swap (or a rollback's restore) and the
-    // journal saying so: the config already names the new release.
-    let swapped = j.phase == Phase::Snapshotted && p.load().is_ok_and(|c| c.manifest == j.new);
-    match j.phase {
-        Phase::Snapshotted if swapped => {
-            let w = what(&j);
-            roll_back(home, p, drv, &mut j, fetch, tuning, progress)?;
-            Ok(Some(format!(
-                "{w} was interrupted during the swap; it was rolled back, and the earlier release runs with its state (run the command again to retry)"
-            )))
-        }
-        Phase::Planned | Phase::Fetched | Phase::Stopped | Phase::Snapshotted => {
-            Journal::clear(p)?;
-            Ok(Some(format!("{} was interrupted before the swap; nothing of it applies", what(&j))))
-        }
-        Phase::Verified => {
-            Journal::clear(p)?;
-            Ok(Some(format!("{} had finished when it was interrupted", what(&j))))
-        }
-        Phase::Swapped | Phase::RollingBack => {
-            let w = what(&j);
-            roll_back(home, p, drv, &mut j, fetch, tuning, progress)?;
-            Ok(Some(format!(
-                "{w} was interrupted after the swap; it was rolled back, and the earlier release runs with its state (run the command again to retry)"
-            )))
-        }
-    }
-}
-
-/// For `status`: an upgrade a killed command left, if any.
-pub fn interrupted(p: &Profile) -> Option<String> {
-    match Journal::read(p) {
-        Ok(Some(j)) => Some(format!(
-            "{} to {} was interrupted at phase {}; `kubestrap start -p {}` (or `upgrade`) finishes or undoes it",
-            if j.kind == Kind::Upgrade { "an upgrade" } else { "a rollback" },
-            channel::peek(&j.new).map_or_else(|| j.new.display().to_string(), |m| m.id()),
-            j.phase,
-            p.name
-        )),
-        Ok(None) => None,
-        Err(why) => {
-            Some(format!("the journal of an interrupted upgrade is damaged ({why}); `kubestrap start` removes it"))
-        }
-    }
-}
-
 /// `upgrade --check`: whether the index names a newer manifest of the
 /// profile's channel. Nothing in the home changes.
 pub fn check(
@@ -517,7 +416,7 @@ pub fn check(
 ) -> Result<(String, Option<String>)> {
     let p = Profile::new(home, profile)?;
     let cfg = p.load()?;
-    let current = channel::load_stored(home, &cfg.manifest, true, true)?.manifest;
+    let current = channel::load_stored(home, &cfg.manifest, channel::Stored::RUNNING)?.manifest;
     let li = channel::index::load(home, index_url, o, allow_expired, false, progress)?;
     let newer = li
         .index

@@ -1,25 +1,107 @@
 //! Drivers run localkube somewhere. Each implements [`Driver`]; nothing above
 //! this module sees how (a host process, a VM, a container): the lifecycle
 //! holds an opaque [`Host`] and asks the driver for state, logs and stops.
+//! A driver is handed a [`Context`] (the home, the profile's settings, where
+//! to report) and reads neither the environment nor the profile's config.
 //!
-//! To add a driver: a module beside `native` implementing [`Driver`] (its
-//! prerequisites in `check`, its extra apiserver names in `extra_sans`, the
-//! paths localkube sees in `vars`), and a line in [`for_kind`].
+//! To add a driver: a module beside `native` implementing [`Driver`] and
+//! giving its [`Description`], and one line in [`DRIVERS`].
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kubestrap_fskit::FsError;
-use kubestrap_manifest::{Driver as Kind, Run, Sha256, StopSignal, Vars};
+use kubestrap_manifest::{ComponentName, Driver as Kind, Manifest, Run, Sha256, StopSignal, Target, Vars};
 
-use crate::profile::Profile;
+use crate::profile::{Profile, VmSettings};
+use crate::progress::Progress;
 
 pub mod docker;
 mod guest;
 pub mod native;
 pub mod qemu;
+pub mod supervisor;
+
+/// What a driver is handed: the home it works in, the profile's VM or
+/// container settings (as asked and kept), and where to report.
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    pub home: &'a Path,
+    pub settings: VmSettings,
+    pub progress: &'a dyn Progress,
+}
+
+/// A driver as the rest of kubestrap knows it, before it makes one.
+pub struct Description {
+    pub kind: Kind,
+    /// The components a release must pin for it, besides localkube and kubectl.
+    pub needs: &'static [ComponentName],
+    /// A directory only this driver makes in a profile: it tells the driver
+    /// of a profile whose config cannot be read.
+    pub marks: Option<&'static str>,
+    /// Whether it can run on this machine at all, and why (or why not):
+    /// cheap, for the choice of a new profile's driver.
+    pub here: fn() -> std::result::Result<String, String>,
+    pub make: for<'a> fn(Context<'a>) -> Box<dyn Driver + 'a>,
+}
+
+/// Every driver, in the order a new profile's default is chosen.
+pub const DRIVERS: &[Description] = &[docker::DESCRIPTION, native::DESCRIPTION, qemu::DESCRIPTION];
+
+/// A driver's description.
+pub fn describe(kind: Kind) -> &'static Description {
+    DRIVERS.iter().find(|d| d.kind == kind).expect("every manifest driver has a description")
+}
+
+/// The driver for a profile.
+pub fn for_kind<'a>(kind: Kind, ctx: Context<'a>) -> Box<dyn Driver + 'a> {
+    (describe(kind).make)(ctx)
+}
+
+/// The driver of a profile, even when its config cannot be read (so
+/// `stop`, `delete` and `logs` still reach a container or a VM): the
+/// config's `driver` line if one is legible, else the directory a driver
+/// leaves in the profile ([`Description::marks`]), else native.
+pub fn kind_of(p: &Profile) -> Kind {
+    p.legible_driver().unwrap_or_else(|| {
+        DRIVERS.iter().find(|d| d.marks.is_some_and(|m| p.dir.join(m).is_dir())).map_or(Kind::Native, |d| d.kind)
+    })
+}
+
+/// Whether release `m` can run on `d` here: it pins what `d` needs for
+/// this machine, and its localkube lists `d` (or no driver at all).
+pub fn release_supports(m: &Manifest, d: &Description) -> bool {
+    m.needs(&Target::host(), d.kind).is_ok_and(|n| d.needs.iter().all(|c| n.iter().any(|x| x.component == *c)))
+        && m.component.localkube.drivers.as_ref().is_none_or(|l| l.contains(&d.kind))
+}
+
+/// The driver a new profile gets when none is asked for: the first of
+/// [`DRIVERS`] that the release supports and that can run here, and why.
+pub fn default_for(m: &Manifest) -> (Kind, String) {
+    let mut passed = Vec::new();
+    for d in DRIVERS {
+        if !release_supports(m, d) {
+            let what: Vec<&str> = d.needs.iter().map(|c| c.as_str()).collect();
+            passed.push(if what.is_empty() {
+                format!("the release is not for the {} driver", d.kind)
+            } else {
+                format!("the release has no {} for the {} driver", what.join(" or "), d.kind)
+            });
+            continue;
+        }
+        match (d.here)() {
+            Ok(why) => {
+                passed.push(why);
+                return (d.kind, passed.join("; "));
+            }
+            Err(why) => passed.push(why),
+        }
+    }
+    (Kind::Native, "the release names no driver that can run here".into())
+}
 
 /// Everything a driver needs to run one profile's localkube.
 #[derive(Clone, Debug)]
@@ -33,18 +115,22 @@ pub struct Launch {
     /// The sha256 `run.program` must have when it is executed.
     pub program_sha256: Sha256,
     pub port: u16,
-    /// The other verified components the driver needs, by component name:
-    /// unpacked trees (`hypervisor`, `base-image`), or the verified blob
-    /// itself (`rootfs`, which the docker driver imports).
-    pub trees: BTreeMap<&'static str, PathBuf>,
+    /// The other verified components the driver needs: unpacked trees
+    /// (hypervisor, base image), or the verified blob itself (the rootfs,
+    /// which the docker driver imports).
+    pub trees: BTreeMap<ComponentName, PathBuf>,
+    /// The VM's or container's size and accelerator, as the profile keeps them.
+    pub settings: VmSettings,
 }
 
-/// A running localkube as the lifecycle sees it: what to call it, and the
-/// apiserver port on 127.0.0.1.
+/// A running localkube as the lifecycle sees it: what to call it, its
+/// process on this machine (when it is one), and the apiserver port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Host {
     /// For humans and JSON: `pid 1234`, a container id, a VM name.
     pub id: String,
+    /// localkube's (or the VM's) process here, when it runs as one.
+    pub pid: Option<i32>,
     pub port: u16,
 }
 
@@ -93,16 +179,6 @@ pub enum StopOutcome {
     WasNotRunning,
 }
 
-/// What a driver can do beyond start and stop.
-#[allow(dead_code, reason = "read by upgrade and doctor, which build on this seam")]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Capabilities {
-    /// `stop` can save the running state and `start` resume it (a VM).
-    pub suspend: bool,
-    /// The cluster's state can be copied aside and put back (upgrade).
-    pub snapshot: bool,
-}
-
 /// One prerequisite of a driver on this machine (shown by `kubestrap doctor`).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Check {
@@ -130,16 +206,10 @@ impl Check {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
-    #[allow(dead_code, reason = "returned by the optional capabilities a driver lacks")]
-    #[error("the {driver} driver cannot {what}")]
-    Unsupported { driver: Kind, what: &'static str },
     #[error("qemu: {0}")]
-    Qemu(String),
+    Qemu(#[from] QemuError),
     #[error("docker: {0}")]
-    Docker(String),
-    /// The container engine cannot be reached (or used) at all.
-    #[error("docker: {0}")]
-    EngineUnreachable(String),
+    Docker(#[from] DockerError),
     #[error("the {driver} driver cannot run this release here: {failures}")]
     Unfit { driver: Kind, failures: String },
     #[error("processes of profile {profile:?} are still running (pid {pids}); run `kubestrap stop -p {profile}` first")]
@@ -174,27 +244,81 @@ pub enum DriverError {
 
 pub type Result<T, E = DriverError> = std::result::Result<T, E>;
 
+/// What went wrong with a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("{0}")]
+    Accelerator(String),
+    #[error("{tool} {args}: {detail}")]
+    Tool { tool: &'static str, args: String, detail: String },
+    #[error("{tool} did not finish within {secs}s")]
+    ToolTimedOut { tool: &'static str, secs: u64 },
+    #[error("the release has no {0} for the qemu driver (its manifest must pin one with drivers = [\"qemu\"])")]
+    MissingArtifact(ComponentName),
+    #[error("no record of how the VM was booted")]
+    NotBooted,
+    #[error("the VM's control socket: {0}")]
+    Qmp(String),
+    /// KVM made qemu fail or hang, and TCG did too: both attempts, said.
+    #[error("{0}")]
+    Attempts(String),
+}
+
+/// What the container engine said went wrong, told apart once, where its
+/// answer is read (`engine::explain`).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct DockerError {
+    pub kind: DockerErrorKind,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DockerErrorKind {
+    /// The engine cannot be reached (or used) at all.
+    Unreachable,
+    NoSuchContainer,
+    NoSuchImage,
+    NoSuchNetwork,
+    /// Any other refusal or failure.
+    Failed,
+}
+
+impl DockerError {
+    pub fn new(kind: DockerErrorKind, message: impl Into<String>) -> DockerError {
+        DockerError { kind, message: message.into() }
+    }
+    pub fn failed(message: impl Into<String>) -> DockerError {
+        DockerError::new(DockerErrorKind::Failed, message)
+    }
+}
+
+impl DriverError {
+    /// Whether this is the engine saying a thing of that kind is not there.
+    pub fn is_docker(&self, kind: DockerErrorKind) -> bool {
+        matches!(self, DriverError::Docker(e) if e.kind == kind)
+    }
+}
+
 /// What runs one profile's localkube. The lifecycle calls, in order:
 /// `create` (idempotent) → `start` → `running` while it waits for ready;
 /// `status` at any time; `stop`; `delete` before the profile is removed.
-#[allow(dead_code, reason = "capabilities, checks and suspend are the seam doctor and the VM driver use")]
 pub trait Driver {
     fn kind(&self) -> Kind;
-    fn capabilities(&self) -> Capabilities;
     /// What this driver needs on this machine, checked.
-    fn check(&self, manifest: Option<&kubestrap_manifest::Manifest>) -> Vec<Check>;
+    fn check(&self, manifest: Option<&Manifest>) -> Vec<Check>;
     /// What must hold for a start to go on, checked before anything is
     /// fetched and cheaply (every start runs it): `check` less what only
     /// `doctor` needs to see (running the hypervisor, the storage driver).
-    fn prerequisites(&self, _p: &Profile, manifest: &kubestrap_manifest::Manifest) -> Vec<Check> {
+    fn prerequisites(&self, _p: &Profile, manifest: &Manifest) -> Vec<Check> {
         self.check(Some(manifest))
     }
     /// Addresses the apiserver certificate must carry besides the defaults.
     fn extra_sans(&self) -> Vec<String>;
     /// Where this machine reaches the apiserver of `p` running `run`
     /// (127.0.0.1 unless the driver gives localkube an address of its own).
-    fn address(&self, _p: &Profile, _run: &Run) -> std::net::Ipv4Addr {
-        std::net::Ipv4Addr::LOCALHOST
+    fn address(&self, _p: &Profile, _run: &Run) -> Ipv4Addr {
+        Ipv4Addr::LOCALHOST
     }
     /// The template values localkube's args and pki-files paths are
     /// rendered with, as localkube sees its paths.
@@ -237,29 +361,9 @@ pub trait Driver {
     /// Writes what localkube logs from now on to `out`, until writing fails.
     fn follow_log(&self, profile: &Profile, out: &mut dyn Write) -> Result<()>;
 
-    /// Saves the running cluster's state and stops it (a VM's RAM).
-    fn suspend(&self, _profile: &Profile) -> Result<()> {
-        Err(DriverError::Unsupported { driver: self.kind(), what: "suspend a cluster" })
-    }
     /// Copies the stopped cluster's state to `dest`, which must not exist
     /// (upgrade's safety net). Returns what was copied.
-    fn snapshot(&self, _profile: &Profile, _dest: &Path) -> Result<kubestrap_fskit::Copied> {
-        Err(DriverError::Unsupported { driver: self.kind(), what: "snapshot a cluster" })
-    }
+    fn snapshot(&self, profile: &Profile, dest: &Path) -> Result<kubestrap_fskit::Copied>;
     /// Puts a snapshot back in place of the stopped cluster's state.
-    fn restore(&self, _profile: &Profile, _src: &Path) -> Result<()> {
-        Err(DriverError::Unsupported { driver: self.kind(), what: "restore a snapshot" })
-    }
+    fn restore(&self, profile: &Profile, src: &Path) -> Result<()>;
 }
-
-/// The driver for a profile.
-pub fn for_kind(kind: Kind) -> Result<Box<dyn Driver>> {
-    match kind {
-        Kind::Native => Ok(Box::new(native::Native)),
-        Kind::Qemu => Ok(Box::new(qemu::Qemu)),
-        Kind::Docker => Ok(Box::new(docker::Docker)),
-    }
-}
-
-/// Kinds `start --driver` accepts in this build.
-pub const AVAILABLE: &[Kind] = &[Kind::Native, Kind::Qemu, Kind::Docker];

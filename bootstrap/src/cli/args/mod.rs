@@ -505,14 +505,13 @@ fn parse_driver(s: &str) -> Result<Driver, String> {
     s.parse()
 }
 
-/// The drivers `start` can run here.
+/// The drivers `start` can run: those this kubestrap has.
 fn parse_start_driver(s: &str) -> Result<Driver, String> {
     let d: Driver = s.parse()?;
-    let available = crate::driver::AVAILABLE;
-    if available.contains(&d) {
+    if crate::driver::DRIVERS.iter().any(|x| x.kind == d) {
         Ok(d)
     } else {
-        let names: Vec<&str> = available.iter().map(|d| d.as_str()).collect();
+        let names: Vec<&str> = crate::driver::DRIVERS.iter().map(|d| d.kind.as_str()).collect();
         Err(format!("the {d} driver is not part of this kubestrap; available: {}", names.join(", ")))
     }
 }

@@ -12,6 +12,7 @@ use crate::channel;
 use crate::cli::args::{DeleteArgs, StartArgs};
 use crate::cli::exit::Code;
 use crate::cli::render::{Ui, human_duration};
+use crate::cluster::session::Wait;
 use crate::cluster::{self, ClusterError, StartOptions, kubeconfig};
 use crate::driver::{self, StopOutcome};
 use crate::home::Home;
@@ -64,7 +65,7 @@ pub fn start(a: StartArgs, home: &Home, ui: &Ui) -> Result<Code> {
 
 pub fn stop(name: String, shutdown: bool, home: &Home, ui: &Ui) -> Result<Code> {
     let t = Instant::now();
-    let outcome = cluster::stop(home, &name, true, !shutdown, ui)?;
+    let outcome = cluster::stop(home, &name, Wait::Yes, !shutdown, ui)?;
     let what = match outcome {
         StopOutcome::Stopped => "stopped",
         StopOutcome::Suspended => "suspended (start resumes it)",
@@ -96,7 +97,7 @@ pub fn delete(a: DeleteArgs, home: &Home, ui: &Ui) -> Result<Code> {
             return Err(ClusterError::PurgeInUse { others: others.join(", ") }.into());
         }
     }
-    let deleted = cluster::delete(home, &names, true, a.force, ui)?;
+    let deleted = cluster::delete(home, &names, Wait::Yes, a.force, ui)?;
     for name in &deleted {
         ui.json(json!({"deleted": name}));
         ui.result(&format!("deleted profile {name:?}"), "cluster state and kubeconfig entries removed", t.elapsed());
@@ -111,7 +112,7 @@ pub fn delete(a: DeleteArgs, home: &Home, ui: &Ui) -> Result<Code> {
 
 /// Returns the status bitmask (1 host down, 2 localkube down, 4 apiserver not ready) as the exit code.
 pub fn status(name: String, home: &Home, ui: &Ui) -> Result<u8> {
-    let st = cluster::status(home, &name)?;
+    let st = cluster::status(home, &name, ui)?;
     ui.json(serde_json::to_value(&st)?);
     ui.line(&st.name);
     ui.line(&format!("driver: {}", st.driver));
@@ -149,7 +150,7 @@ pub fn profile_list(home: &Home, ui: &Ui) -> Result<Code> {
         ));
     }
     for n in names {
-        let st = match cluster::status(home, &n) {
+        let st = match cluster::status(home, &n, ui) {
             Ok(st) => st,
             // One damaged profile does not hide the others.
             Err(e) => {
@@ -178,13 +179,13 @@ pub fn profile_list(home: &Home, ui: &Ui) -> Result<Code> {
 pub fn kubectl(name: String, args: Vec<String>, home: &Home, ui: &Ui) -> Result<Code> {
     let p = Profile::new(home, &name)?;
     let cfg = p.load()?;
-    let m = channel::load_stored(home, &cfg.manifest, true, true)?.manifest;
+    let m = channel::load_stored(home, &cfg.manifest, channel::Stored::RUNNING)?.manifest;
     let need = m
         .needs(&Target::host(), cfg.driver)
         .map_err(|reason| crate::artifacts::FetchError::NoArtifact { manifest: m.id(), reason })?
         .into_iter()
-        .find(|n| n.component == "kubectl")
-        .ok_or(ClusterError::NoComponent { component: "kubectl" })?;
+        .find(|n| n.component == kubestrap_manifest::ComponentName::Kubectl)
+        .ok_or(ClusterError::NoComponent { component: kubestrap_manifest::ComponentName::Kubectl })?;
     if !store::has_blob(home, &need.artifact.sha256, need.artifact.size.get()) {
         return Err(ClusterError::NotCached { what: "kubectl".into(), profile: name }.into());
     }
@@ -210,14 +211,15 @@ pub fn kubectl(name: String, args: Vec<String>, home: &Home, ui: &Ui) -> Result<
     Err(crate::driver::DriverError::Spawn { what: "run the pinned kubectl", source: err }.into())
 }
 
-pub fn logs(name: String, follow: bool, lines: usize, home: &Home) -> Result<Code> {
+pub fn logs(name: String, follow: bool, lines: usize, home: &Home, ui: &Ui) -> Result<Code> {
     use std::io::Write;
     let p = Profile::new(home, &name)?;
     if !p.exists() {
         return Err(crate::profile::ProfileError::NoProfile { profile: p.name }.into());
     }
     // A damaged config does not hide the log.
-    let drv = driver::for_kind(p.driver_hint())?;
+    let settings = p.load().ok().and_then(|c| c.vm).unwrap_or_default();
+    let drv = cluster::session::unlocked_driver(home, driver::kind_of(&p), settings, ui);
     let mut out = std::io::stdout().lock();
     for l in drv.log_tail(&p, lines) {
         if writeln!(out, "{l}").is_err() {

@@ -9,7 +9,7 @@ use crate::cli::exit::Code;
 use crate::cli::render::Ui;
 use crate::cluster::doctor::{self, Subject};
 use crate::cluster::kubeconfig;
-use crate::driver;
+
 use crate::home::Home;
 use crate::profile::Profile;
 
@@ -28,13 +28,14 @@ pub fn run(a: DoctorArgs, home: &Home, ui: &Ui) -> Result<Code> {
         None
     };
     let kind = a.driver.or(config.as_ref().map(|c| c.driver)).unwrap_or(kubestrap_manifest::Driver::Native);
-    let drv = driver::for_kind(kind)?;
+    let settings = config.as_ref().and_then(|c| c.vm).unwrap_or_default();
+    let drv = crate::cluster::session::unlocked_driver(home, kind, settings, ui);
     let loaded = match (&a.manifest, &config) {
         (Some(spec), _) => Some(channel::verify_only(home, spec, &super::fetch_options(&a.net), true)?),
-        (None, Some(c)) => channel::load_stored(home, &c.manifest, true, true).ok(),
+        (None, Some(c)) => channel::load_stored(home, &c.manifest, channel::Stored::RUNNING).ok(),
         (None, None) => channel::default_manifest(home)
             .or_else(|| channel::stored(home).ok()?.into_iter().next().map(|(path, _)| path))
-            .and_then(|path| channel::load_stored(home, &path, true, false).ok()),
+            .and_then(|path| channel::load_stored(home, &path, channel::Stored::fresh(true)).ok()),
     };
     let manifest = loaded.as_ref().map(|l| &l.manifest);
     let kubeconfig = kubeconfig::path()?;

@@ -9,7 +9,7 @@ use crate::cli::args::ImageCmd;
 use crate::cli::exit::Code;
 use crate::cli::render::{Ui, human_bytes};
 use crate::cluster::images;
-use crate::driver;
+
 use crate::home::Home;
 use crate::profile::Profile;
 
@@ -18,7 +18,7 @@ pub fn run(cmd: ImageCmd, home: &Home, ui: &Ui) -> Result<Code> {
         ImageCmd::Load { profile, files } => {
             let p = Profile::new(home, &profile.profile)?;
             let _lock = crate::cluster::lock_profile(home, &p, true, ui)?;
-            let (dir, running) = target(home, &p)?;
+            let (dir, running) = target(home, &p, ui)?;
             for file in &files {
                 let (e, new) = images::load(&p, &dir, file)?;
                 ui.json(json!({"file": file, "placed": dir.join(&e.file), "sha256": e.sha256.hex(), "bytes": e.size,
@@ -41,7 +41,7 @@ pub fn run(cmd: ImageCmd, home: &Home, ui: &Ui) -> Result<Code> {
         }
         ImageCmd::List(profile) => {
             let p = Profile::new(home, &profile.profile)?;
-            let (dir, _) = target(home, &p)?;
+            let (dir, _) = target(home, &p, ui)?;
             let all = images::list(&p, &dir);
             if all.is_empty() {
                 ui.line(&format!("profile {:?} has no image archives in {}", p.name, dir.display()));
@@ -66,10 +66,10 @@ pub fn run(cmd: ImageCmd, home: &Home, ui: &Ui) -> Result<Code> {
 
 /// The profile's images directory (from its verified release), and whether
 /// its localkube runs.
-fn target(home: &Home, p: &Profile) -> Result<(std::path::PathBuf, bool)> {
+fn target(home: &Home, p: &Profile, ui: &Ui) -> Result<(std::path::PathBuf, bool)> {
     let cfg = p.load()?;
-    let loaded = channel::load_stored(home, &cfg.manifest, true, true)?;
-    let drv = driver::for_kind(cfg.driver)?;
+    let loaded = channel::load_stored(home, &cfg.manifest, channel::Stored::RUNNING)?;
+    let drv = crate::cluster::session::unlocked_driver(home, cfg.driver, cfg.vm.unwrap_or_default(), ui);
     let dir = images::dir_of(&drv.host_data(p), p, &loaded.manifest)?;
     let running = drv.running(p).unwrap_or(false);
     Ok((dir, running))

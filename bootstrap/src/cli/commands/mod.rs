@@ -31,7 +31,7 @@ pub fn run(cmd: Cmd, home: &Home, ui: &Ui) -> Result<u8> {
         Cmd::Doctor(a) => doctor::run(a, home, ui)?,
         Cmd::Profile(ProfileCmd::List) => cluster::profile_list(home, ui)?,
         Cmd::Kubectl { profile, args } => cluster::kubectl(profile, args, home, ui)?,
-        Cmd::Logs { profile, follow, lines } => cluster::logs(profile, follow, lines, home)?,
+        Cmd::Logs { profile, follow, lines } => cluster::logs(profile, follow, lines, home, ui)?,
         Cmd::Fetch(args) => fetch::run(args, home, ui)?,
         Cmd::Cache(c) => cache::run(c, home, ui)?,
         Cmd::Manifest(c) => manifest::run(c, home, ui)?,
@@ -62,7 +62,7 @@ pub fn run(cmd: Cmd, home: &Home, ui: &Ui) -> Result<u8> {
             }
         },
         Cmd::Monitor { run_dir } => {
-            crate::driver::native::monitor::main(&run_dir)?;
+            crate::driver::supervisor::monitor::main(&run_dir)?;
             Code::Ok
         }
     };

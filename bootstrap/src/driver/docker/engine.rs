@@ -13,7 +13,7 @@ use kubestrap_manifest::Sha256;
 
 use super::{CALL, IMPORT, LABEL};
 use crate::artifacts::hash::HashingReader;
-use crate::driver::{DriverError, Result};
+use crate::driver::{DockerError, DockerErrorKind as Kind, DriverError, Result};
 
 /// The lowest engine API version this driver is tested against (Docker 20.10).
 const MIN_API: (u32, u32) = (1, 41);
@@ -46,12 +46,12 @@ pub(super) fn run<T: Send + 'static>(
     let mut cmd = Command::new("docker");
     cmd.args(args);
     let ran = crate::proc::run_bounded(cmd, feed, to, deadline).map_err(|e| {
-        DriverError::Docker(format!(
+        failed(format!(
             "cannot run the `docker` command ({e}): install the Docker CLI (or podman-docker) and make sure it is on PATH"
         ))
     })?;
     let Some(mut ran) = ran else {
-        return Err(DriverError::Docker(format!(
+        return Err(failed(format!(
             "`docker {}` did not finish within {}s (engine at {}); check the engine (`docker info`)",
             args.first().unwrap_or(&""),
             deadline.as_secs(),
@@ -72,21 +72,41 @@ pub(super) fn explain(args: &[&str], stderr: &str) -> DriverError {
         || stderr.contains("error during connect")
         || (stderr.contains("dial unix") && (stderr.contains("no such file") || stderr.contains("connection refused")));
     if stderr.contains("permission denied") && stderr.contains("connect to the Docker daemon") {
-        return DriverError::EngineUnreachable(format!(
+        return unreachable(format!(
             "no permission to use the Docker engine at {}: add yourself to the `docker` group (then log in again), \
              or use rootless Docker / Podman through DOCKER_HOST",
             engine_address()
         ));
     }
     if about_daemon {
-        return DriverError::EngineUnreachable(format!(
+        return unreachable(format!(
             "cannot reach the Docker engine at {} ({}): start it (`sudo systemctl start docker`, Docker Desktop, or \
              `systemctl --user start podman.socket`), or point DOCKER_HOST at a running one",
             engine_address(),
             stderr.lines().last().unwrap_or(stderr)
         ));
     }
-    DriverError::Docker(format!("{what} failed: {stderr}"))
+    // What is not there, told apart once, here.
+    let lower = stderr.to_lowercase();
+    let kind = if lower.contains("no such container") {
+        Kind::NoSuchContainer
+    } else if lower.contains("no such image") {
+        Kind::NoSuchImage
+    } else if lower.contains("no such network") || (lower.contains("network") && lower.contains("not found")) {
+        Kind::NoSuchNetwork
+    } else {
+        Kind::Failed
+    };
+    DockerError::new(kind, format!("{what} failed: {stderr}")).into()
+}
+
+fn unreachable(message: String) -> DriverError {
+    DockerError::new(Kind::Unreachable, message).into()
+}
+
+/// A failure of the engine or of its CLI that is not the engine's refusal.
+pub(super) fn failed(message: impl Into<String>) -> DriverError {
+    DockerError::failed(message).into()
 }
 
 /// An engine on another machine cannot see the host paths kubestrap
@@ -106,7 +126,7 @@ pub fn engine() -> Result<(String, String)> {
     if let Ok(host) = std::env::var("DOCKER_HOST")
         && !local_engine(&host)
     {
-        return Err(DriverError::Docker(format!(
+        return Err(unreachable(format!(
             "the engine at {} is on another machine: the docker driver bind-mounts this machine's files and publishes \
              the apiserver on 127.0.0.1, so it needs an engine here; unset DOCKER_HOST (or point it at a local socket)",
             engine_address()
@@ -118,7 +138,7 @@ pub fn engine() -> Result<(String, String)> {
     let mut nums = api.split('.').map(|n| n.parse::<u32>().unwrap_or(0));
     let have = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
     if have < MIN_API {
-        return Err(DriverError::Docker(format!(
+        return Err(unreachable(format!(
             "the engine at {} speaks API {api} (version {version}); kubestrap needs API {}.{} or newer (Docker 20.10+, \
              Podman 4+): upgrade the engine",
             engine_address(),
@@ -138,18 +158,20 @@ pub(super) fn image_tag(sha: &str) -> String {
 /// untagged until its hash has matched, so the tag only ever names verified
 /// content; when another kubestrap tagged the same rootfs meanwhile, ours is
 /// dropped and theirs used.
-pub(super) fn ensure_image(blob: &Path) -> Result<String> {
+/// The node image made from rootfs `blob`, imported unless the engine
+/// already has it; and whether it was imported now.
+pub(super) fn ensure_image(blob: &Path) -> Result<(String, bool)> {
     let sha = blob.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tag = image_tag(&sha);
     let tagged = || docker(&["image", "inspect", "--format", "{{.Id}}", &tag], CALL).is_ok();
     if tagged() {
-        return Ok(tag);
+        return Ok((tag, false));
     }
-    let want: Sha256 = sha.parse().map_err(|_| DriverError::Docker(format!("{}: not a store blob", blob.display())))?;
+    let want: Sha256 = sha.parse().map_err(|_| failed(format!("{}: not a store blob", blob.display())))?;
     // Checked before the engine sees a byte, and hashed again as it streams
     // (the file could change in between).
     let corrupt = |got: &dyn std::fmt::Display| {
-        DriverError::Docker(format!(
+        failed(format!(
             "the rootfs {} no longer matches its manifest (sha256 {got}); run `kubestrap cache verify`",
             blob.display()
         ))
@@ -182,7 +204,7 @@ pub(super) fn ensure_image(blob: &Path) -> Result<String> {
         drop_ours();
         return Err(match got {
             Some(got) => corrupt(&got),
-            None => DriverError::Docker(format!("cannot read the rootfs {}", blob.display())),
+            None => failed(format!("cannot read the rootfs {}", blob.display())),
         });
     }
     if !ran.status.success() || copied.is_err() || !id.starts_with("sha256:") {
@@ -201,7 +223,7 @@ pub(super) fn ensure_image(blob: &Path) -> Result<String> {
             drop_ours();
         }
     }
-    Ok(tag)
+    Ok((tag, true))
 }
 
 #[cfg(test)]
@@ -210,7 +232,7 @@ mod tests {
 
     #[test]
     fn only_errors_about_the_daemon_read_as_unreachable() {
-        let unreachable = |e: &str| matches!(explain(&["start"], e), DriverError::EngineUnreachable(_));
+        let unreachable = |e: &str| explain(&["start"], e).is_docker(Kind::Unreachable);
         assert!(unreachable("Cannot connect to the Docker daemon at unix:///x.sock. Is the docker daemon running?"));
         assert!(unreachable(
             "permission denied while trying to connect to the Docker daemon socket at unix:///var/run/docker.sock"

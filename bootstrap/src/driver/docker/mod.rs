@@ -20,19 +20,39 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kubestrap_fskit as fskit;
-use kubestrap_manifest::{Driver as Kind, Manifest, Vars};
+use kubestrap_manifest::{ComponentName, Driver as Kind, Manifest, Vars};
 use serde::{Deserialize, Serialize};
 
-use super::{Capabilities, Check, Driver, DriverError, Host, HostState, Launch, Result, Stop, StopOutcome, guest};
+use super::{
+    Check, Context, Description, DockerErrorKind, Driver, DriverError, Host, HostState, Launch, Result, Stop,
+    StopOutcome, guest,
+};
 use crate::profile::Profile;
+use crate::progress::Step;
 use crate::state::{read as read_state, write as write_state};
 
 mod engine;
 
-use engine::{docker, ensure_image};
+use engine::{docker, ensure_image, failed};
 pub use engine::{engine, engine_address};
 
-pub struct Docker;
+pub const DESCRIPTION: Description = Description {
+    kind: Kind::Docker,
+    needs: &[ComponentName::Rootfs],
+    marks: Some("container"),
+    here: || match engine() {
+        Ok((version, _)) => Ok(format!("a Docker engine answers at {} (version {version})", engine_address())),
+        Err(e) => {
+            tracing::debug!("docker driver not chosen: {e}");
+            Err("no usable Docker engine answers".into())
+        }
+    },
+    make: |ctx| Box::new(Docker { ctx }),
+};
+
+pub struct Docker<'a> {
+    ctx: Context<'a>,
+}
 
 /// Every engine call is bounded; a copy of a large volume gets longer.
 const CALL: Duration = Duration::from_secs(60);
@@ -101,9 +121,7 @@ fn network_ipam(name: &str) -> Result<Option<(String, Ipv4Addr)>> {
     let format = "{{range .IPAM.Config}}{{.Subnet}} {{.Gateway}};{{end}}";
     let out = match docker(&["network", "inspect", "--format", format, name], CALL) {
         Ok(out) => out,
-        Err(DriverError::Docker(m)) if m.to_lowercase().contains("not found") || m.contains("No such network") => {
-            return Ok(None);
-        }
+        Err(e) if e.is_docker(DockerErrorKind::NoSuchNetwork) => return Ok(None),
         Err(e) => return Err(e),
     };
     // The IPv4 pool (a network may also have an IPv6 one).
@@ -142,7 +160,7 @@ fn ensure_network(p: &Profile) -> Result<Network> {
             ipam = network_ipam(&name)?;
         }
     }
-    let (subnet, gateway) = ipam.ok_or_else(|| DriverError::Docker(format!("cannot make the network {name}")))?;
+    let (subnet, gateway) = ipam.ok_or_else(|| failed(format!("cannot make the network {name}")))?;
     let node = Ipv4Addr::from(u32::from(gateway) + 1);
     let net = Network { name, subnet, gateway, node };
     if read_state::<Network>(&network_path(p)).ok().flatten().as_ref() != Some(&net) {
@@ -181,15 +199,15 @@ struct State {
 
 /// Whether an engine call failed only because the container is not there.
 fn no_such_container(e: &DriverError) -> bool {
-    matches!(e, DriverError::Docker(m) if m.contains("No such container") || m.contains("no such container"))
+    e.is_docker(DockerErrorKind::NoSuchContainer)
 }
 
 fn inspect(p: &Profile) -> Result<Option<(State, String)>> {
     match docker(&["container", "inspect", "--format", "{{json .State}} {{.Id}}", &container_name(p)], CALL) {
         Ok(out) => {
             let (json, id) = out.trim().rsplit_once(' ').unwrap_or((out.trim(), ""));
-            let state: State = serde_json::from_str(json)
-                .map_err(|e| DriverError::Docker(format!("cannot read the container's state: {e}")))?;
+            let state: State =
+                serde_json::from_str(json).map_err(|e| failed(format!("cannot read the container's state: {e}")))?;
             Ok(Some((state, id.chars().take(12).collect())))
         }
         Err(e) if no_such_container(&e) => Ok(None),
@@ -300,19 +318,15 @@ fn engine_check() -> (Check, bool) {
 fn rootfs_check(m: &Manifest) -> Check {
     let has = m
         .needs(&kubestrap_manifest::Target::host(), Kind::Docker)
-        .is_ok_and(|n| n.iter().any(|n| n.component == "rootfs"));
+        .is_ok_and(|n| n.iter().any(|n| n.component == ComponentName::Rootfs));
     let pins = if has { "pins" } else { "pins no" };
     let detail = format!("release {} {pins} a base rootfs for the docker driver", m.id());
     Check::new("rootfs", has, &detail, "use a release made for the docker driver, or another driver", true)
 }
 
-impl Driver for Docker {
+impl Driver for Docker<'_> {
     fn kind(&self) -> Kind {
         Kind::Docker
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities { suspend: false, snapshot: true }
     }
 
     fn check(&self, manifest: Option<&Manifest>) -> Vec<Check> {
@@ -357,15 +371,20 @@ impl Driver for Docker {
     fn start(&self, launch: &Launch) -> Result<Host> {
         // The engine was checked by the start's prerequisites.
         let p = &launch.profile;
-        let blob = launch.trees.get("rootfs").ok_or_else(|| {
-            DriverError::Docker("the release has no base rootfs for the docker driver (drivers = [\"docker\"])".into())
-        })?;
-        let image = ensure_image(blob)?;
+        let blob = launch
+            .trees
+            .get(&ComponentName::Rootfs)
+            .ok_or_else(|| failed("the release has no base rootfs for the docker driver (drivers = [\"docker\"])"))?;
+        let t = std::time::Instant::now();
+        let (image, imported) = ensure_image(blob)?;
+        if imported {
+            self.ctx.progress.step(Step::NodeImage { image: image.clone() }, t.elapsed());
+        }
         let net = ensure_network(p)?;
         let vars = self.vars(launch);
         let name = container_name(p);
         let volume = volume_name(p);
-        let set = p.vm_settings();
+        let set = launch.settings;
         let mut args: Vec<String> = vec![
             "create".into(),
             // Never a registry: a missing image is an error, not a pull.
@@ -447,7 +466,7 @@ impl Driver for Docker {
             match docker(&refs, CALL) {
                 // Another profile's delete took the image with its last
                 // container between our check and this create: import again.
-                Err(DriverError::Docker(m)) if m.contains("No such image") => {
+                Err(e) if e.is_docker(DockerErrorKind::NoSuchImage) => {
                     ensure_image(blob)?;
                     docker(&refs, CALL)?;
                 }
@@ -464,7 +483,7 @@ impl Driver for Docker {
         fskit::remove_any(&stopped_path(p))?;
         docker(&["start", &name], CALL)?;
         let id = inspect(p)?.map(|(_, id)| id).unwrap_or_default();
-        Ok(Host { id: format!("container {name} ({id})"), port: launch.port })
+        Ok(Host { id: format!("container {name} ({id})"), pid: None, port: launch.port })
     }
 
     fn running(&self, p: &Profile) -> Result<bool> {
@@ -492,7 +511,7 @@ impl Driver for Docker {
         let Some((state, id)) = inspect(p)? else { return Ok(HostState::Stopped) };
         let asked = stopped_path(p).is_file();
         let port = p.load().map(|c| c.port).unwrap_or_default();
-        let host = Host { id: format!("container {} ({id})", container_name(p)), port };
+        let host = Host { id: format!("container {} ({id})", container_name(p)), pid: None, port };
         Ok(match (state.running, asked) {
             (true, true) => HostState::Stopping(host),
             (true, false) => HostState::Running(host),
@@ -516,16 +535,13 @@ impl Driver for Docker {
             _ => {}
         }
         if let Err(e) = docker(&["volume", "rm", "-f", &volume_name(p)], CALL) {
-            return Err(DriverError::Docker(format!("the volume {} could not be removed: {e}", volume_name(p))));
+            return Err(failed(format!("the volume {} could not be removed: {e}", volume_name(p))));
         }
         match network_ipam(&network_name(p)) {
             Ok(None) => {}
             Ok(Some(_)) => {
                 if let Err(e) = docker(&["network", "rm", &network_name(p)], CALL) {
-                    return Err(DriverError::Docker(format!(
-                        "the network {} could not be removed: {e}",
-                        network_name(p)
-                    )));
+                    return Err(failed(format!("the network {} could not be removed: {e}", network_name(p))));
                 }
             }
             Err(e) => return Err(e),
@@ -589,7 +605,7 @@ impl Driver for Docker {
         let _ = child.kill();
         let status = child.wait().map_err(spawn_err)?;
         if !status.success() && status.code().is_some() {
-            return Err(DriverError::Docker(format!("`docker logs --follow` ended with {status}")));
+            return Err(failed(format!("`docker logs --follow` ended with {status}")));
         }
         Ok(())
     }
@@ -645,7 +661,7 @@ impl Driver for Docker {
     }
 }
 
-impl Docker {
+impl Docker<'_> {
     /// The image the profile's container was made from: by id from the
     /// engine (the record may be damaged or never written, and the tag may
     /// have moved to a later import of the same rootfs), else the recorded tag.
@@ -659,7 +675,7 @@ impl Docker {
             .ok()
             .flatten()
             .and_then(|c| c.args.into_iter().find(|a| a.starts_with("kubestrap-rootfs:")))
-            .ok_or_else(|| DriverError::Docker(format!("profile {:?} has no container image recorded", p.name)))
+            .ok_or_else(|| failed(format!("profile {:?} has no container image recorded", p.name)))
     }
 }
 

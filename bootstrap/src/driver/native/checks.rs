@@ -6,8 +6,8 @@ use std::path::Path;
 
 use kubestrap_manifest::Manifest;
 
-use super::process::MARKER;
 use crate::driver::Check;
+use crate::driver::supervisor::process::MARKER;
 
 /// The machine facts the checks read, gathered once (tests pass their own).
 #[derive(Clone, Debug)]

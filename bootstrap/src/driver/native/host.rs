@@ -30,7 +30,7 @@ use kubestrap_fskit as fskit;
 use serde::{Deserialize, Serialize};
 
 use super::node::{CNI_BRIDGE, NodeNet, find_tool, tool, tool_with_input};
-use super::process::{self, boot_id, marker_value};
+use crate::driver::supervisor::process::{self, boot_id, marker_value};
 use crate::driver::{Check, DriverError, Result};
 use crate::profile::Profile;
 use crate::state::{read as read_state, write as write_state};

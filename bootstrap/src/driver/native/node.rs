@@ -23,7 +23,7 @@ use std::time::Duration;
 use kubestrap_manifest::Run;
 use sha2::Digest;
 
-use super::process::marker_value;
+use crate::driver::supervisor::process::marker_value;
 use crate::driver::{DriverError, Result};
 use crate::profile::Profile;
 

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use kubestrap_manifest::{Driver as Kind, Manifest};
+use kubestrap_manifest::{ComponentName, Driver as Kind, Manifest};
 
 use super::Hypervisor;
 use super::cmdline::{self, HostCaps};
@@ -15,7 +15,7 @@ use crate::profile::VmSettings;
 /// Whether the release's hypervisor, when cached, runs here (`--version`).
 pub(super) fn hypervisor_runs(home: &Path, m: &Manifest) -> Option<Check> {
     let need = m.needs(&kubestrap_manifest::Target::host(), Kind::Qemu).ok()?;
-    let hv = need.iter().find(|n| n.component == "hypervisor")?;
+    let hv = need.iter().find(|n| n.component == ComponentName::Hypervisor)?;
     let tree = home.join("components").join(hv.artifact.sha256.to_string());
     if !tree.is_dir() {
         let detail = format!("hypervisor {} is not cached yet (start fetches and verifies it)", hv.version);
@@ -52,10 +52,6 @@ pub(super) fn hypervisor_runs(home: &Path, m: &Manifest) -> Option<Check> {
     })
 }
 
-pub(super) fn settings_default() -> VmSettings {
-    VmSettings::default()
-}
-
 /// The qemu driver's checks: the release carries a hypervisor and a base
 /// image for this machine, and which accelerator it will get.
 pub fn checks(host: &HostCaps, m: Option<&Manifest>, set: VmSettings) -> Vec<Check> {
@@ -73,11 +69,12 @@ pub fn checks(host: &HostCaps, m: Option<&Manifest>, set: VmSettings) -> Vec<Che
     ));
     if let Some(m) = m {
         let target = kubestrap_manifest::Target::host();
+        let vm = [ComponentName::Hypervisor, ComponentName::BaseImage];
         let missing: Vec<&str> = match m.needs(&target, Kind::Qemu) {
             Ok(needs) => {
-                ["hypervisor", "base-image"].into_iter().filter(|c| !needs.iter().any(|n| n.component == *c)).collect()
+                vm.into_iter().filter(|c| !needs.iter().any(|n| n.component == *c)).map(|c| c.as_str()).collect()
             }
-            Err(_) => vec!["hypervisor", "base-image"],
+            Err(_) => vm.map(|c| c.as_str()).to_vec(),
         };
         out.push(Check::new(
             "vm artifacts",

@@ -152,7 +152,7 @@ pub fn usable(record: &Path) -> Known {
     if !cfg!(target_os = "linux") || std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
         return Known { usable: false, why: "no usable /dev/kvm".into(), booted: false };
     }
-    let boot = crate::driver::native::process::boot_id();
+    let boot = crate::driver::supervisor::process::boot_id();
     if let Ok(Some(p)) = crate::state::read::<Probed>(record)
         && p.boot == boot
     {
@@ -164,9 +164,11 @@ pub fn usable(record: &Path) -> Known {
 }
 
 /// Records whether a real guest booted with KVM (until the next reboot).
-pub fn record_boot(record: &Path, booted: bool, why: &str) {
-    let boot = crate::driver::native::process::boot_id();
-    let _ = crate::state::write(record, &Probed { boot, usable: booted, why: why.to_string(), booted });
+/// A verdict that cannot be kept is an error: the next start would try KVM
+/// again and again.
+pub fn record_boot(record: &Path, booted: bool, why: &str) -> Result<(), kubestrap_fskit::FsError> {
+    let boot = crate::driver::supervisor::process::boot_id();
+    crate::state::write(record, &Probed { boot, usable: booted, why: why.to_string(), booted })
 }
 
 fn run_probe() -> (bool, String) {

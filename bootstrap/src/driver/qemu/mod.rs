@@ -21,15 +21,19 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kubestrap_fskit as fskit;
-use kubestrap_manifest::{Driver as Kind, Manifest, Sha256, Vars};
+use kubestrap_manifest::{ComponentName, Driver as Kind, Manifest, Sha256, Vars};
 use serde::{Deserialize, Serialize};
 
 use self::cmdline::{Accel, HostCaps, VmSpec};
-use self::doctor::{checks, hypervisor_runs, settings_default};
+use self::doctor::{checks, hypervisor_runs};
 use self::qmp::Qmp;
-use super::native::{self, logs, monitor::LaunchSpec};
-use super::{Capabilities, Check, Driver, DriverError, Host, HostState, Launch, Result, Stop, StopOutcome, guest};
+use super::supervisor::{self, logs, monitor::LaunchSpec};
+use super::{
+    Check, Context, Description, Driver, DriverError, Host, HostState, Launch, QemuError, Result, Stop, StopOutcome,
+    guest,
+};
 use crate::profile::Profile;
+use crate::progress::Step;
 use crate::retry::Backoff;
 use crate::state::{read as read_state, write as write_state};
 
@@ -39,7 +43,17 @@ mod doctor;
 pub mod kvm;
 mod qmp;
 
-pub struct Qemu;
+pub const DESCRIPTION: Description = Description {
+    kind: Kind::Qemu,
+    needs: &[ComponentName::Hypervisor, ComponentName::BaseImage],
+    marks: Some("vm"),
+    here: || Ok("the release brings a VM for this machine".into()),
+    make: |ctx| Box::new(Qemu { ctx }),
+};
+
+pub struct Qemu<'a> {
+    ctx: Context<'a>,
+}
 
 /// The internal snapshot a suspend saves and a start resumes.
 const SUSPEND_TAG: &str = "kubestrap-suspend";
@@ -107,17 +121,17 @@ impl Hypervisor {
         self.tree.join("share/qemu")
     }
     /// Runs a helper (`qemu-img`) to completion, bounded in time.
-    fn run(&self, name: &str, args: &[&str], deadline: Duration) -> Result<String> {
+    fn run(&self, name: &'static str, args: &[&str], deadline: Duration) -> Result<String> {
         let (program, mut pre) = self.command(name);
         pre.extend(args.iter().map(|a| a.to_string()));
         let mut cmd = Command::new(&program);
         cmd.args(&pre).envs(self.env());
         let ran = crate::proc::run_bounded(cmd, None::<fn(_)>, None, deadline)
             .map_err(|source| DriverError::Spawn { what: "run the hypervisor", source })?
-            .ok_or_else(|| DriverError::Qemu(format!("{name} did not finish within {}s", deadline.as_secs())))?;
+            .ok_or(QemuError::ToolTimedOut { tool: name, secs: deadline.as_secs() })?;
         let text = format!("{}{}", ran.stdout, ran.stderr);
         if !ran.status.success() {
-            return Err(DriverError::Qemu(format!("{name} {}: {}", args.join(" "), text.trim())));
+            return Err(QemuError::Tool { tool: name, args: args.join(" "), detail: text.trim().to_string() }.into());
         }
         Ok(text)
     }
@@ -132,12 +146,8 @@ impl Hypervisor {
     }
 }
 
-fn tree<'a>(launch: &'a Launch, name: &str) -> Result<&'a PathBuf> {
-    launch.trees.get(name).ok_or_else(|| {
-        DriverError::Qemu(format!(
-            "the release has no {name} for the qemu driver (its manifest must pin one with drivers = [\"qemu\"])"
-        ))
-    })
+fn tree(launch: &Launch, name: ComponentName) -> Result<&PathBuf> {
+    Ok(launch.trees.get(&name).ok_or(QemuError::MissingArtifact(name))?)
 }
 
 fn kvm_record(home: &Path) -> PathBuf {
@@ -173,12 +183,29 @@ fn console_since(log: &Path, offset: u64) -> String {
     String::from_utf8_lossy(&text).into_owned()
 }
 
-/// The home whose KVM verdict and cached hypervisor the checks look at.
-fn checked_home() -> PathBuf {
-    crate::home::Home::from_env().map(|h| h.root().to_path_buf()).unwrap_or_else(|_| std::env::temp_dir())
+/// How one boot of the VM went wrong.
+enum BootFailure {
+    /// The saved state could not be resumed: boot afresh with the data.
+    Resume(String),
+    /// qemu exited at once, or the guest showed no sign of life, under a
+    /// KVM not yet proven here: start again with TCG.
+    Kvm(String),
+    Other(DriverError),
 }
 
-impl Qemu {
+impl From<DriverError> for BootFailure {
+    fn from(e: DriverError) -> BootFailure {
+        BootFailure::Other(e)
+    }
+}
+
+impl From<kubestrap_fskit::FsError> for BootFailure {
+    fn from(e: kubestrap_fskit::FsError) -> BootFailure {
+        BootFailure::Other(e.into())
+    }
+}
+
+impl Qemu<'_> {
     /// Creates the data disk on first start (sparse qcow2, atomically).
     fn ensure_disk(&self, p: &Profile, hv: &Hypervisor) -> Result<PathBuf> {
         let dir = disk_dir(p);
@@ -205,16 +232,13 @@ impl Qemu {
 
     /// Saves the VM's state into its data disk and ends qemu.
     fn suspend_running(&self, p: &Profile) -> Result<()> {
-        let booted: Booted = read_state(&booted_path(p))
-            .ok()
-            .flatten()
-            .ok_or_else(|| DriverError::Qemu("no record of how the VM was booted".into()))?;
-        let mut q = Qmp::connect(&qmp_socket(p), Duration::from_secs(10)).map_err(DriverError::Qemu)?;
-        q.execute("stop", None).map_err(DriverError::Qemu)?;
+        let booted: Booted = read_state(&booted_path(p)).ok().flatten().ok_or(QemuError::NotBooted)?;
+        let mut q = Qmp::connect(&qmp_socket(p), Duration::from_secs(10)).map_err(QemuError::Qmp)?;
+        q.execute("stop", None).map_err(QemuError::Qmp)?;
         q.set_timeout(Duration::from_secs(600));
         if let Err(e) = q.hmp(&format!("savevm {SUSPEND_TAG}")) {
             let _ = q.execute("cont", None);
-            return Err(DriverError::Qemu(e));
+            return Err(QemuError::Qmp(e).into());
         }
         write_state(&suspended_path(p), &booted)?;
         let _ = q.execute("quit", None);
@@ -224,66 +248,26 @@ impl Qemu {
     fn wait_gone(&self, p: &Profile, deadline: Duration) -> bool {
         Backoff::fixed(Duration::from_millis(20))
             .for_at_most(deadline)
-            .poll(|| (!native::running(p).unwrap_or(false)).then_some(()))
+            .poll(|| (!supervisor::running(p).unwrap_or(false)).then_some(()))
             .is_some()
     }
 }
 
-impl Driver for Qemu {
-    fn kind(&self) -> Kind {
-        Kind::Qemu
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities { suspend: true, snapshot: true }
-    }
-
-    fn check(&self, manifest: Option<&Manifest>) -> Vec<Check> {
-        let home = checked_home();
-        let mut out = checks(&host_caps(&home).0, manifest, settings_default());
-        out.extend(manifest.and_then(|m| hypervisor_runs(&home, m)));
-        out
-    }
-
-    fn prerequisites(&self, _p: &Profile, manifest: &Manifest) -> Vec<Check> {
-        // The hypervisor is re-hashed and run by the start itself.
-        checks(&host_caps(&checked_home()).0, Some(manifest), settings_default())
-    }
-
-    fn extra_sans(&self) -> Vec<String> {
-        vec![cmdline::GUEST_IP.to_string()]
-    }
-
-    fn vars(&self, launch: &Launch) -> Vars {
-        guest::vars(launch, cmdline::GUEST_IP)
-    }
-
-    fn host_vars(&self, launch: &Launch) -> Vars {
-        guest::host_vars(launch, cmdline::GUEST_IP, &self.host_data(&launch.profile))
-    }
-
-    fn host_data(&self, p: &Profile) -> PathBuf {
-        stage(p).join("data")
-    }
-
-    fn create(&self, p: &Profile) -> Result<()> {
-        for dir in [p.run(), p.logs(), vm_dir(p), disk_dir(p), self.host_data(p)] {
-            fskit::create_dir_mode(&dir, 0o700)?;
-        }
-        Ok(())
-    }
-
-    fn start(&self, launch: &Launch) -> Result<Host> {
+impl Qemu<'_> {
+    /// One boot of the VM (see [`Driver::start`]).
+    fn boot(
+        &self,
+        launch: &Launch,
+        accel: Accel,
+        why: &str,
+        may_resume: bool,
+        watch: bool,
+    ) -> Result<Host, BootFailure> {
         let p = &launch.profile;
-        let hv = Hypervisor { tree: tree(launch, "hypervisor")?.clone() };
-        let base = tree(launch, "base-image")?.clone();
+        let hv = Hypervisor { tree: tree(launch, ComponentName::Hypervisor)?.clone() };
+        let base = tree(launch, ComponentName::BaseImage)?.clone();
         let disk = self.ensure_disk(p, &hv)?;
-        let set = p.vm_settings();
-        let (caps, kvm_booted) = host_caps(&p.home_root());
-        let (accel, why) = cmdline::select_accel(&caps, set.accel).map_err(DriverError::Qemu)?;
-        // A first guest on KVM is watched: some nested hosts run a test
-        // guest, then hang a real one.
-        let watch = accel == Accel::Kvm && set.accel.is_none() && !kvm_booted;
+        let set = launch.settings;
         tracing::debug!("qemu accelerator: {why}");
 
         // The config disk: localkube's command line as the guest runs it.
@@ -296,7 +280,7 @@ impl Driver for Qemu {
             &config::ConfigDisk {
                 args: &guest_args,
                 env: &env,
-                stop_signal: native::signal_of(launch.run.stop_signal) as i32,
+                stop_signal: supervisor::signal_of(launch.run.stop_signal) as i32,
                 stop_timeout_s: launch.run.stop_timeout_s,
                 component: &launch.component,
                 pki: &p.pki(),
@@ -326,7 +310,7 @@ impl Driver for Qemu {
         // Resume only the very VM this start would boot (same release,
         // PKI, placed files, settings); otherwise boot afresh with the data.
         let saved: Option<Booted> = read_state(&suspended_path(p)).ok().flatten();
-        let resume = saved.as_ref() == Some(&booted);
+        let resume = may_resume && saved.as_ref() == Some(&booted);
         std::fs::rename(&next, &config_disk).map_err(|e| fskit::FsError::io(&config_disk, "write", e))?;
         logs::cap_log(&p.log_file())?;
         let mut console = std::fs::OpenOptions::new()
@@ -364,69 +348,157 @@ impl Driver for Qemu {
             port: launch.port,
             env: hv.env(),
         };
-        let host = native::launch_monitored(p, &launch_spec)?;
+        let host = supervisor::launch_monitored(p, &launch_spec)?;
         // qemu is up once its control socket answers with the VM running.
         let t = Instant::now();
         let up = Backoff::fixed(Duration::from_millis(20)).for_at_most(Duration::from_secs(60)).poll(|| {
-            if !native::running(p).unwrap_or(false) {
+            if !supervisor::running(p).unwrap_or(false) {
                 return Some(Err(()));
             }
             let mut q = Qmp::connect(&qmp_socket(p), Duration::from_secs(5)).ok()?;
             (q.status().ok()? == "running").then_some(Ok(()))
         });
+        let failure = |what: &str| {
+            let how = logs::tail(&p.log_file(), 5).join(" / ");
+            let _ = supervisor::kill_all(p);
+            format!("qemu {what} after {:.1}s: {how}", t.elapsed().as_secs_f64())
+        };
         match up {
             Some(Ok(())) => {}
-            _ if resume => {
-                // The saved state cannot be loaded (damaged, or for another
-                // CPU): boot afresh with the data disk, as after a power loss.
-                let how = logs::tail(&p.log_file(), 3).join(" / ");
-                let _ = native::kill_all(p);
-                let _ = writeln!(console, "kubestrap: resuming failed ({how}); booting afresh with the data disk");
-                tracing::warn!("resuming the VM of profile {:?} failed ({how}); booting afresh", p.name);
-                return self.start(launch);
-            }
-            _ => {
-                let how = logs::tail(&p.log_file(), 5).join(" / ");
-                let _ = native::kill_all(p);
-                return Err(DriverError::DidNotStart {
-                    how: format!(
-                        "qemu {} after {:.1}s: {how}",
-                        if up.is_none() { "did not run the VM" } else { "exited" },
-                        t.elapsed().as_secs_f64()
-                    ),
-                    log: p.log_file(),
-                });
-            }
+            _ if resume => return Err(BootFailure::Resume(failure("could not resume it"))),
+            Some(Err(())) if watch => return Err(BootFailure::Kvm(failure("exited at once under KVM"))),
+            Some(Err(())) => return Err(BootFailure::Other(did_not_start(p, failure("exited")))),
+            None => return Err(BootFailure::Other(did_not_start(p, failure("did not run the VM")))),
         }
         if watch {
-            let record = kvm_record(&p.home_root());
             let alive = Backoff::fixed(Duration::from_millis(100))
                 .for_at_most(KVM_WATCH)
                 .poll(|| console_since(&p.log_file(), console_start).contains(GUEST_ALIVE).then_some(()))
                 .is_some();
             if !alive {
-                let why = format!("a guest showed no sign of life within {}s under KVM", KVM_WATCH.as_secs());
-                kvm::record_boot(&record, false, &why);
-                native::kill_all(p)?;
-                let _ = writeln!(console, "kubestrap: {why}; starting again with TCG (until this machine reboots)");
-                return self.start(launch);
+                supervisor::kill_all(p)?;
+                let how = format!("a guest showed no sign of life within {}s under KVM", KVM_WATCH.as_secs());
+                let _ = writeln!(console, "kubestrap: {how}");
+                return Err(BootFailure::Kvm(how));
             }
-            kvm::record_boot(&record, true, "a guest booted with KVM");
         }
-        Ok(Host { id: format!("vm {} ({}, {accel})", spec.name, host.id), port: launch.port })
+        Ok(Host { id: format!("vm {} ({}, {accel})", spec.name, host.id), pid: host.pid, port: launch.port })
+    }
+}
+
+fn did_not_start(p: &Profile, how: String) -> DriverError {
+    DriverError::DidNotStart { how, log: p.log_file() }
+}
+
+impl Driver for Qemu<'_> {
+    fn kind(&self) -> Kind {
+        Kind::Qemu
+    }
+
+    fn check(&self, manifest: Option<&Manifest>) -> Vec<Check> {
+        let home = self.ctx.home;
+        let mut out = checks(&host_caps(home).0, manifest, self.ctx.settings);
+        out.extend(manifest.and_then(|m| hypervisor_runs(home, m)));
+        out
+    }
+
+    /// With the accelerator asked (`--accel kvm` without KVM is refused
+    /// before anything is fetched); the hypervisor is re-hashed and run by
+    /// the start itself.
+    fn prerequisites(&self, _p: &Profile, manifest: &Manifest) -> Vec<Check> {
+        checks(&host_caps(self.ctx.home).0, Some(manifest), self.ctx.settings)
+    }
+
+    fn extra_sans(&self) -> Vec<String> {
+        vec![cmdline::GUEST_IP.to_string()]
+    }
+
+    fn vars(&self, launch: &Launch) -> Vars {
+        guest::vars(launch, cmdline::GUEST_IP)
+    }
+
+    fn host_vars(&self, launch: &Launch) -> Vars {
+        guest::host_vars(launch, cmdline::GUEST_IP, &self.host_data(&launch.profile))
+    }
+
+    fn host_data(&self, p: &Profile) -> PathBuf {
+        stage(p).join("data")
+    }
+
+    fn create(&self, p: &Profile) -> Result<()> {
+        for dir in [p.run(), p.logs(), vm_dir(p), disk_dir(p), self.host_data(p)] {
+            fskit::create_dir_mode(&dir, 0o700)?;
+        }
+        Ok(())
+    }
+
+    /// Boots (or resumes) the VM. At most three boots: a resume that fails
+    /// boots afresh with the data; a first guest on a KVM not yet proven
+    /// here that makes qemu exit at once, or shows no sign of life, boots
+    /// again with TCG (the verdict kept until the machine reboots). When
+    /// TCG fails too, the error names both attempts.
+    fn start(&self, launch: &Launch) -> Result<Host> {
+        let p = &launch.profile;
+        let (caps, kvm_booted) = host_caps(self.ctx.home);
+        let (mut accel, mut why) =
+            cmdline::select_accel(&caps, launch.settings.accel).map_err(QemuError::Accelerator)?;
+        // Some nested hosts run a test guest, then hang a real one, or
+        // make qemu abort at once ("failed to set MSR"): the first one is watched.
+        let mut watch = accel == Accel::Kvm && launch.settings.accel.is_none() && !kvm_booted;
+        let record = kvm_record(self.ctx.home);
+        let mut resume = true;
+        let mut failed: Vec<String> = Vec::new();
+        for _ in 0..3 {
+            match self.boot(launch, accel, &why, resume, watch) {
+                Ok(host) => {
+                    if watch {
+                        kvm::record_boot(&record, true, "a guest booted with KVM")?;
+                    }
+                    return Ok(host);
+                }
+                Err(BootFailure::Resume(how)) => {
+                    // The saved state cannot be loaded (damaged, or for
+                    // another CPU): boot afresh with the data disk.
+                    self.ctx.progress.warn(format!(
+                        "resuming the VM of profile {:?} failed ({how}); booting afresh with its data disk",
+                        p.name
+                    ));
+                    resume = false;
+                }
+                Err(BootFailure::Kvm(how)) if watch => {
+                    kvm::record_boot(&record, false, &how)?;
+                    let t = Instant::now();
+                    self.ctx.progress.step(
+                        Step::AccelFallback {
+                            why: format!("{how}; starting again with TCG (remembered until this machine reboots)"),
+                        },
+                        t.elapsed(),
+                    );
+                    failed.push(format!("with KVM: {how}"));
+                    (accel, why, watch) = (Accel::Tcg, "TCG: KVM failed on this machine".into(), false);
+                }
+                Err(BootFailure::Kvm(how)) => return Err(did_not_start(p, how)),
+                Err(BootFailure::Other(e)) if failed.is_empty() => return Err(e),
+                Err(BootFailure::Other(e)) => {
+                    failed.push(format!("then with TCG: {e}"));
+                    return Err(QemuError::Attempts(format!("the VM did not start {}", failed.join("; "))).into());
+                }
+            }
+        }
+        Err(QemuError::Attempts(format!("the VM did not start after 3 boots: {}", failed.join("; "))).into())
     }
 
     fn running(&self, p: &Profile) -> Result<bool> {
-        native::running(p)
+        supervisor::running(p)
     }
 
     fn stop(&self, p: &Profile, how: Stop) -> Result<StopOutcome> {
-        if !native::running(p)? {
+        if !supervisor::running(p)? {
             // Nothing runs: clear what a killed VM left (pid file, helpers).
-            native::stop(p, how)?;
+            supervisor::stop(p, how)?;
             return Ok(if suspended_path(p).is_file() { StopOutcome::Suspended } else { StopOutcome::WasNotRunning });
         }
-        native::mark_stopping(p)?;
+        supervisor::mark_stopping(p)?;
         // A VM left paused (a suspend cut short after it stopped the vCPUs):
         // if its state was saved, that is the suspend, finished; if not, it
         // runs again so the guest can hear the power button.
@@ -436,7 +508,7 @@ impl Driver for Qemu {
             if suspended_path(p).is_file() {
                 let _ = q.execute("quit", None);
                 self.wait_gone(p, Duration::from_secs(15));
-                native::stop(p, Stop { timeout: Duration::from_secs(5), ..how })?;
+                supervisor::stop(p, Stop { timeout: Duration::from_secs(5), ..how })?;
                 return Ok(StopOutcome::Suspended);
             }
             let _ = q.execute("cont", None);
@@ -445,11 +517,14 @@ impl Driver for Qemu {
             match self.suspend_running(p) {
                 Ok(()) => {
                     self.wait_gone(p, Duration::from_secs(15));
-                    native::stop(p, Stop { timeout: Duration::from_secs(5), ..how })?;
+                    supervisor::stop(p, Stop { timeout: Duration::from_secs(5), ..how })?;
                     return Ok(StopOutcome::Suspended);
                 }
                 Err(e) => {
-                    tracing::warn!("suspending the VM of profile {:?} failed ({e}); shutting it down", p.name);
+                    self.ctx.progress.warn(format!(
+                        "suspending the VM of profile {:?} failed ({e}); shutting it down instead",
+                        p.name
+                    ));
                 }
             }
         }
@@ -467,23 +542,23 @@ impl Driver for Qemu {
         let acpi = Qmp::connect(&qmp_socket(p), Duration::from_secs(10))
             .and_then(|mut q| q.execute("system_powerdown", None).map(|_| ()));
         let clean = acpi.is_ok() && self.wait_gone(p, how.timeout + Duration::from_secs(20));
-        native::stop(p, Stop { timeout: Duration::from_secs(5), ..how })?;
+        supervisor::stop(p, Stop { timeout: Duration::from_secs(5), ..how })?;
         Ok(if clean { StopOutcome::Stopped } else { StopOutcome::Killed })
     }
 
     fn adopt(&self, p: &Profile) -> Result<()> {
-        native::adopt(p)
+        supervisor::adopt(p)
     }
 
     fn status(&self, p: &Profile) -> Result<HostState> {
-        Ok(match native::status(p)? {
+        Ok(match supervisor::status(p)? {
             HostState::Stopped if suspended_path(p).is_file() => HostState::Suspended,
             other => other,
         })
     }
 
     fn delete(&self, p: &Profile) -> Result<()> {
-        native::kill_all(p)
+        supervisor::kill_all(p)
     }
 
     fn log_tail(&self, p: &Profile, n: usize) -> Vec<String> {
@@ -505,6 +580,6 @@ impl Driver for Qemu {
     fn restore(&self, p: &Profile, src: &Path) -> Result<()> {
         // A saved state belongs to the disk it was saved in.
         fskit::remove_any(&suspended_path(p))?;
-        native::swap_in_copy(src, &disk_dir(p), &vm_dir(p).join(".disk-restoring"))
+        supervisor::swap_in_copy(src, &disk_dir(p), &vm_dir(p).join(".disk-restoring"))
     }
 }

@@ -1,0 +1,319 @@
+//! Bringing a cluster up: the steps "fetch → unpack → configure → PKI →
+//! launch → ready → kubeconfig" for a stopped profile and a verified
+//! manifest, shared by `start` and by `upgrade` (the new release, or the old
+//! one when it rolls back). A localkube it launches is stopped again by a
+//! guard if a later step fails, whatever the way out.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use kubestrap_manifest::{Manifest, PkiFile};
+
+use super::apiserver::{Probe, WaitError};
+use super::components::{fetch_and_unpack, place_images};
+use super::pki::{self, Pki};
+use super::session::Session;
+use super::{ClusterError, kubeconfig, ports};
+use crate::artifacts;
+use crate::channel::Loaded;
+use crate::driver::{self, Driver, HostState, Launch, Stop};
+use crate::profile::{Config, Endpoint, Profile, VmSettings};
+use crate::progress::{Progress, Step};
+
+/// How a cluster is brought up, beyond which release.
+pub struct Tuning {
+    pub wait_timeout: Duration,
+    pub keep_context: bool,
+    pub cert_validity: time::Duration,
+    /// A VM's size and accelerator, when asked (kept in the profile).
+    pub vm: Option<VmSettings>,
+}
+
+#[derive(Debug)]
+pub struct Started {
+    pub profile: String,
+    pub context: String,
+    pub server: String,
+    pub kubeconfig: PathBuf,
+    /// The driver's name for the running localkube (`pid 1234`).
+    pub host: String,
+    pub kubernetes: String,
+    pub manifest: String,
+    pub already_running: bool,
+    pub created: bool,
+}
+
+/// What to bring up, beyond the session and its driver.
+pub struct BringUp<'a> {
+    /// The verified manifest, and where it is kept.
+    pub loaded: &'a Loaded,
+    pub fetch: &'a artifacts::Options,
+    /// The profile's config as it was (`None`: a new profile).
+    pub existing: Option<&'a Config>,
+    /// `--port`, when asked.
+    pub port: Option<u16>,
+    pub tuning: &'a Tuning,
+}
+
+/// A launched localkube that is stopped again when dropped, unless the
+/// bring-up it belongs to finished: no early return leaves one running.
+struct Launched<'d> {
+    drv: &'d dyn Driver,
+    profile: &'d Profile,
+    stop: Stop,
+    armed: bool,
+}
+
+impl Launched<'_> {
+    fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Launched<'_> {
+    fn drop(&mut self) {
+        if self.armed && self.drv.running(self.profile).unwrap_or(false) {
+            let _ = self.drv.stop(self.profile, self.stop);
+        }
+    }
+}
+
+/// Steps "fetch → unpack → configure → PKI → launch → ready → kubeconfig"
+/// for a stopped profile and a verified manifest.
+pub fn bring_up(s: &Session, drv: &dyn Driver, plan: &BringUp) -> Result<Started> {
+    let p = &s.profile;
+    let m = &plan.loaded.manifest;
+    let run = &m.component.localkube.run;
+    preflight(drv, p, m)?;
+    let components = fetch_and_unpack(s.home, m, drv.kind(), plan.fetch, s.progress)?;
+    let (cfg, created) = configure(s, drv, plan)?;
+    let at = cfg.endpoint();
+    let launch = Launch {
+        profile: p.clone(),
+        release: m.id(),
+        run: run.clone(),
+        program_sha256: components.program_sha256,
+        component: components.localkube,
+        port: at.port,
+        trees: components.trees,
+        settings: cfg.vm.unwrap_or_default(),
+    };
+    let pki = certificates(drv, &launch, plan.tuning.cert_validity, s.progress)?;
+    place_images(&drv.host_data(p), p, m, components.images, s.progress)?;
+    let t = Instant::now();
+    let host = drv.start(&launch)?;
+    let launched = Launched { drv, profile: p, stop: Stop::of(run), armed: true };
+    s.progress.step(Step::LocalkubeStarted { host: host.id.clone(), driver: drv.kind().as_str() }, t.elapsed());
+    let check = ReadyCheck { pki: &pki, at, run, timeout: plan.tuning.wait_timeout };
+    wait_ready(drv, p, &check, true, s.progress)?;
+    let version = write_kubeconfig(p, &pki, at, plan.tuning.keep_context, s.progress)?;
+    launched.keep();
+    Ok(Started {
+        host: host.id,
+        kubernetes: version,
+        manifest: m.id(),
+        already_running: false,
+        created,
+        ..result(p, at)?
+    })
+}
+
+/// The driver's blocking checks for this release (k3s on the host needs
+/// root, say), before anything is fetched: `kubestrap doctor` shows them all.
+fn preflight(drv: &dyn Driver, p: &Profile, m: &Manifest) -> Result<()> {
+    let failures: Vec<String> = drv
+        .prerequisites(p, m)
+        .into_iter()
+        .filter(|c| c.blocking && !c.ok)
+        .map(|c| format!("{} ({}); {}", c.name, c.detail, c.advice.unwrap_or_default()))
+        .collect();
+    if failures.is_empty() {
+        return Ok(());
+    }
+    Err(driver::DriverError::Unfit { driver: drv.kind(), failures: failures.join("; ") }.into())
+}
+
+/// Step "configure": port, driver, manifest pointer. Ports are chosen under
+/// a home-wide lock and recorded before it is released, so two profiles
+/// starting at once never pick the same one. Returns where the apiserver will answer and whether
+/// the profile is new.
+fn configure(s: &Session, drv: &dyn Driver, plan: &BringUp) -> Result<(Config, bool)> {
+    let (home, p, existing, loaded, progress) = (s.home, &s.profile, plan.existing, plan.loaded, s.progress);
+    let (asked, vm) = (plan.port, plan.tuning.vm.as_ref());
+    let t = Instant::now();
+    let ports_lock = home.lock("ports", true, || {})?;
+    let port = ports::choose(home, p, asked, existing)?;
+    let created = existing.is_none();
+    let cfg = Config {
+        name: p.name.clone(),
+        driver: drv.kind(),
+        manifest: loaded.path.clone(),
+        port,
+        port_pinned: asked.is_some() || existing.is_some_and(|c| c.port_pinned),
+        created: existing.map_or_else(crate::state::now, |c| c.created.clone()),
+        previous: existing.and_then(|c| c.previous.clone()),
+        // Each setting asked for replaces that one; the others are kept.
+        vm: merge_settings(vm, existing),
+        address: Some(drv.address(p, &loaded.manifest.component.localkube.run)).filter(|a| !a.is_loopback()),
+    };
+    if existing != Some(&cfg) {
+        p.save(&cfg)?;
+    }
+    drop(ports_lock);
+    progress.step(Step::Configured { profile: p.name.clone(), port, created }, t.elapsed());
+    Ok((cfg, created))
+}
+
+/// The settings a start asked for, over those the profile keeps: each one
+/// asked replaces only itself.
+pub fn merge_settings(asked: Option<&VmSettings>, existing: Option<&Config>) -> Option<VmSettings> {
+    match (asked, existing.and_then(|c| c.vm.as_ref())) {
+        (Some(asked), Some(kept)) => Some(VmSettings {
+            cpus: asked.cpus.or(kept.cpus),
+            memory_mib: asked.memory_mib.or(kept.memory_mib),
+            accel: asked.accel.or(kept.accel),
+        }),
+        (asked, kept) => asked.or(kept).copied(),
+    }
+}
+
+/// Step "PKI": made once, reused after, placed where localkube expects it.
+fn certificates(drv: &dyn Driver, launch: &Launch, validity: time::Duration, progress: &dyn Progress) -> Result<Pki> {
+    let t = Instant::now();
+    let p = &launch.profile;
+    drv.create(p)?;
+    let pki = Pki::new(p.pki());
+    let made = pki
+        .ensure(&pki::Options { profile: p.name.clone(), validity, extra_sans: drv.extra_sans() })
+        .map_err(|e| ClusterError::Pki { dir: p.pki(), profile: p.name.clone(), reason: format!("{e:#}") })?;
+    let vars = drv.host_vars(launch);
+    // Every file is checked before one is written: all or nothing.
+    let placed: Vec<(std::path::PathBuf, PkiFile)> =
+        launch.run.pki_files.iter().map(|(dest, f)| (std::path::PathBuf::from(dest.render(&vars)), *f)).collect();
+    let differ: Vec<String> =
+        placed.iter().filter_map(|(dest, f)| pki.check_placed(dest, *f).err()).map(|e| e.to_string()).collect();
+    if !differ.is_empty() {
+        return Err(ClusterError::PlacedPkiDiffers { profile: p.name.clone(), placed: differ.join("; ") }.into());
+    }
+    for (dest, file) in &placed {
+        pki.place(dest, *file).map_err(|e| ClusterError::Pki {
+            dir: p.pki(),
+            profile: p.name.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    progress.step(Step::Certificates { created: made }, t.elapsed());
+    Ok(pki)
+}
+
+pub(super) fn result(p: &Profile, at: Endpoint) -> Result<Started> {
+    Ok(Started {
+        profile: p.name.clone(),
+        context: kubeconfig::context_name(&p.name),
+        server: at.url(),
+        kubeconfig: kubeconfig::path()?,
+        host: String::new(),
+        kubernetes: String::new(),
+        manifest: String::new(),
+        already_running: false,
+        created: false,
+    })
+}
+
+/// What "ready" means for one cluster: where and how to ask, for how long.
+pub struct ReadyCheck<'a> {
+    pub pki: &'a Pki,
+    pub at: Endpoint,
+    pub run: &'a kubestrap_manifest::Run,
+    pub timeout: Duration,
+}
+
+/// Step "ready": polls the apiserver until ready. Not ready in time:
+/// localkube is stopped if this command `launched` it (one that was running
+/// already is left alone); exited: how it ended. Either way with the last
+/// log lines.
+pub fn wait_ready(
+    drv: &dyn Driver,
+    p: &Profile,
+    check: &ReadyCheck,
+    launched: bool,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let ReadyCheck { pki, at, run, timeout } = *check;
+    let t = Instant::now();
+    let port = at.port;
+    let probe = Probe::new(pki, at, Duration::from_secs(2))?;
+    let deadline = Instant::now() + timeout;
+    let Err(e) = probe.wait_ready(&run.ready, deadline, || drv.running(p).unwrap_or(false)) else {
+        progress.step(Step::ApiserverReady { server: probe.server().to_string() }, t.elapsed());
+        return Ok(());
+    };
+    let tail = drv.log_tail(p, 20);
+    let log = p.log_file().display().to_string();
+    let tail_text = tail.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n");
+    Err(match e {
+        WaitError::Exited => {
+            let how = match drv.status(p)? {
+                HostState::Crashed { how } => how,
+                _ => "exited".into(),
+            };
+            let advice = if tail.iter().any(|l| l.to_lowercase().contains("address already in use")) {
+                format!(
+                    "Its port {port} was taken by another program after kubestrap chose it: start again, or pick one with --port"
+                )
+            } else {
+                format!("The log above says why; see also `kubestrap logs -p {}`", p.name)
+            };
+            ClusterError::LocalkubeExited {
+                what: format!("localkube {how} before the apiserver became ready"),
+                log,
+                tail: tail_text,
+                advice,
+            }
+        }
+        WaitError::Timeout { last } => {
+            let stopped = if !launched {
+                "it was running before this start, so it was left running".to_string()
+            } else {
+                match drv.stop(p, Stop::of(run)) {
+                    Ok(_) => "localkube was stopped".to_string(),
+                    Err(stop) => format!("stopping localkube failed too: {stop}"),
+                }
+            };
+            ClusterError::NotReady {
+                what: format!(
+                    "the apiserver was not ready after {}s (last answer: {last}); {stopped}",
+                    timeout.as_secs()
+                ),
+                log,
+                tail: tail_text,
+                advice: format!("Retry with a longer --wait-timeout, or see `kubestrap logs -p {}`", p.name),
+            }
+        }
+    }
+    .into())
+}
+
+/// Step "kubeconfig": writes the context; returns the apiserver's version.
+pub fn write_kubeconfig(
+    p: &Profile,
+    pki: &Pki,
+    at: Endpoint,
+    keep_context: bool,
+    progress: &dyn Progress,
+) -> Result<String> {
+    let t = Instant::now();
+    let path = kubeconfig::path()?;
+    let entry = kubeconfig::Entry {
+        name: kubeconfig::context_name(&p.name),
+        server: at.url(),
+        ca_pem: pki.read(PkiFile::CaCert)?,
+        client_cert_pem: pki.read(PkiFile::AdminCert)?,
+        client_key_pem: pki.read(PkiFile::AdminKey)?,
+    };
+    kubeconfig::merge(&path, &entry, !keep_context)?;
+    progress.step(Step::Kubeconfig { context: entry.name.clone(), path, current: !keep_context }, t.elapsed());
+    let probe = Probe::new(pki, at, Duration::from_secs(2))?;
+    Ok(probe.version().unwrap_or_default())
+}
