@@ -7,7 +7,7 @@
 # qemu (TCG) and the Docker engine.
 #
 # A test whose prerequisite is missing fails. KUBESTRAP_TEST_SKIP names the
-# groups to skip on purpose (comma-separated: qemu, docker, netns, minisign,
+# groups to skip on purpose (comma-separated: qemu, kvm, docker, netns, minisign,
 # root); the last line counts the tests that skipped.
 # Usage: ci/test.sh [cargo test arguments]
 set -euo pipefail

@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use kubestrap_fskit::{self as fskit, FsError, Lock, Mode, caps};
 use kubestrap_manifest::Sha256;
@@ -17,19 +17,36 @@ pub const LAYOUT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HomeError {
-    #[error("cannot find a home for kubestrap: set KUBESTRAP_HOME (or HOME)")]
+    #[error("cannot find a home for kubestrap")]
     Unknown,
     #[error(
-        "{} was written by a newer kubestrap (home layout {found}; this kubestrap understands layout {LAYOUT} and older): run that newer kubestrap, or point KUBESTRAP_HOME at another directory",
+        "{} was written by a newer kubestrap (home layout {found}; this kubestrap understands layout {LAYOUT} and older)",
         path.display()
     )]
     NewerLayout { path: PathBuf, found: u32 },
+}
+
+impl HomeError {
+    /// What to do about it.
+    pub fn hint(&self) -> String {
+        match self {
+            HomeError::Unknown => "set KUBESTRAP_HOME (or HOME)".into(),
+            HomeError::NewerLayout { .. } => {
+                "run that newer kubestrap, or point KUBESTRAP_HOME at another directory".into()
+            }
+        }
+    }
 }
 
 /// The kubestrap home directory and the layout inside it.
 #[derive(Clone, Debug)]
 pub struct Home {
     root: PathBuf,
+    /// Set once the layout is recorded (shared by clones).
+    recorded: Arc<OnceLock<()>>,
+    /// Warnings from code that holds no reporter (recording the layout
+    /// while a lock is taken); the CLI reports them when the command ends.
+    notes: Arc<Mutex<Vec<String>>>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -43,7 +60,7 @@ impl Home {
     /// Refuses a home whose layout is newer than this kubestrap's.
     pub fn open(root: PathBuf) -> Result<Home, HomeError> {
         let root = fs::canonicalize(&root).or_else(|_| std::path::absolute(&root)).unwrap_or(root);
-        let home = Home { root };
+        let home = Home { root, recorded: Arc::default(), notes: Arc::default() };
         home.check_layout()?;
         Ok(home)
     }
@@ -76,21 +93,31 @@ impl Home {
         Ok(())
     }
 
-    /// Records this layout (once per process, when the home is first locked:
-    /// every command that writes to the home takes a lock first).
+    /// Records this layout (once, when the home is first locked: every
+    /// command that writes to the home takes a lock first). A failure (a
+    /// full disk) does not fail the command: `stop` and `delete` must work
+    /// there; it is noted, and tried again by the next command.
     fn record_layout(&self) {
-        static DONE: OnceLock<()> = OnceLock::new();
-        DONE.get_or_init(|| {
+        self.recorded.get_or_init(|| {
             let path = self.layout_path();
             let current =
                 fskit::read_capped_text(&path, caps::STATE).ok().and_then(|t| toml::from_str::<LayoutFile>(&t).ok());
             if current.is_none_or(|l| l.layout < LAYOUT) {
                 let text = format!("# the layout of this kubestrap home; do not edit\nlayout = {LAYOUT}\n");
                 if let Err(e) = fskit::write_atomic(&path, text.as_bytes(), 0o644) {
-                    tracing::warn!("{e}");
+                    self.note(format!("cannot record the home's layout: {e}"));
                 }
             }
         });
+    }
+
+    fn note(&self, msg: String) {
+        self.notes.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
+    }
+
+    /// The warnings noted so far (see [`Home`]'s `notes`), emptied.
+    pub fn take_notes(&self) -> Vec<String> {
+        std::mem::take(&mut *self.notes.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn root(&self) -> &Path {

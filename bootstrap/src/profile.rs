@@ -14,16 +14,29 @@ use crate::state::{read as read_state, write as write_state};
 /// A profile that cannot be used as asked.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
-    #[error(
-        "profile {profile:?} does not exist; create it with `kubestrap start -p {profile}` (see `kubestrap profile list`)"
-    )]
+    #[error("profile {profile:?} does not exist")]
     NoProfile { profile: String },
-    #[error(
-        "invalid profile name {name:?}: use 1-63 lowercase letters, digits or '-', not starting or ending with '-'"
-    )]
+    #[error("invalid profile name {name:?}")]
     BadName { name: String },
-    #[error("{} is damaged ({why}); fix it, or run `kubestrap delete -p {profile}`", path.display())]
+    #[error("{} is damaged ({why})", path.display())]
     DamagedConfig { path: PathBuf, why: String, profile: String },
+}
+
+impl ProfileError {
+    /// What to do about it.
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            ProfileError::NoProfile { profile } => {
+                format!("create it with `kubestrap start -p {profile}` (see `kubestrap profile list`)")
+            }
+            ProfileError::BadName { .. } => {
+                "use 1-63 lowercase letters, digits or '-', not starting or ending with '-'".into()
+            }
+            ProfileError::DamagedConfig { profile, .. } => {
+                format!("fix it, or `kubestrap delete -p {profile}` (stop and delete work without it)")
+            }
+        })
+    }
 }
 
 /// A qemu accelerator (kept in a VM profile's settings).

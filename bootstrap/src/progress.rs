@@ -18,6 +18,21 @@ pub trait Progress: Sync {
     fn warn(&self, msg: String) {
         self.report(Event::Warning(msg));
     }
+    /// What a sweep of a killed command's leftovers could not remove.
+    fn unswept(&self, left: Vec<kubestrap_fskit::FsError>) {
+        for e in left {
+            self.warn(format!("{e}; it is left over from a killed command: remove it by hand"));
+        }
+    }
+}
+
+/// Reports nothing (tests).
+#[cfg(test)]
+pub struct Silent;
+
+#[cfg(test)]
+impl Progress for Silent {
+    fn report(&self, _: Event<'_>) {}
 }
 
 #[derive(Clone, Debug)]

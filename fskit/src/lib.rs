@@ -38,8 +38,21 @@ pub enum FsError {
     NotRegular { path: PathBuf },
     #[error("{} is not UTF-8 text; refused", path.display())]
     NotText { path: PathBuf },
-    #[error("{} is locked by another kubestrap command; wait for it to finish, or retry without --no-wait", path.display())]
+    #[error("{} is locked by another kubestrap command", path.display())]
     Locked { path: PathBuf },
+}
+
+impl FsError {
+    /// What to do about it, where the error itself knows (a full disk's
+    /// advice names the directory to free, which the caller knows).
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            FsError::Locked { .. } => Some("wait for it to finish, or retry without --no-wait".into()),
+            FsError::Io { .. } | FsError::TooLarge { .. } | FsError::NotRegular { .. } | FsError::NotText { .. } => {
+                None
+            }
+        }
+    }
 }
 
 pub type Result<T, E = FsError> = std::result::Result<T, E>;
@@ -225,15 +238,16 @@ fn remove_trash(trash: &Path) -> Result<()> {
 }
 
 /// Removes the `.trash-*` trees in `dir` that a killed [`remove_tree`] left.
-/// Best effort: another command may be removing the same ones.
-pub fn sweep_trash(dir: &Path) {
-    for e in list_dir(dir).unwrap_or_default() {
-        if e.file_name().to_string_lossy().starts_with(TRASH)
-            && let Err(err) = remove_trash(&e.path())
-        {
-            tracing::warn!("{err}");
-        }
-    }
+/// Best effort (another command may be removing the same ones): returns
+/// what could not be removed, for the caller to report.
+#[must_use = "what could not be removed is for the user to hear"]
+pub fn sweep_trash(dir: &Path) -> Vec<FsError> {
+    list_dir(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(TRASH))
+        .filter_map(|e| remove_trash(&e.path()).err())
+        .collect()
 }
 
 /// Size of a directory tree in bytes (not following links).
@@ -345,7 +359,7 @@ mod tests {
         assert!(!t.exists());
         let left = dir.path().join(".trash-old-1");
         fs::create_dir_all(left.join("x")).unwrap();
-        sweep_trash(dir.path());
+        assert!(sweep_trash(dir.path()).is_empty());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 

@@ -73,7 +73,7 @@ pub struct Job {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("offline: {} artifact(s) are not in the cache:\n{}\nCopy them in with an offline bundle, or run `kubestrap fetch` once while online.", missing.len(), missing.iter().map(|m| format!("  - {m}")).collect::<Vec<_>>().join("\n"))]
+    #[error("offline: {} artifact(s) are not in the cache:\n{}", missing.len(), missing.iter().map(|m| format!("  - {m}")).collect::<Vec<_>>().join("\n"))]
     Offline { missing: Vec<String> },
     #[error("{label}: every source failed:\n{}", failures.iter().map(|f| format!("  - {}: {}", f.source, f.message)).collect::<Vec<_>>().join("\n"))]
     AllFailed { label: String, failures: Vec<SourceFailure> },
@@ -93,6 +93,21 @@ impl FetchError {
     /// Whether any source delivered bytes that did not match the manifest.
     pub fn is_integrity(&self) -> bool {
         matches!(self, FetchError::AllFailed { failures, .. } if failures.iter().any(SourceFailure::is_integrity))
+    }
+
+    /// What to do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            FetchError::Offline { .. } => {
+                Some("copy them in with an offline bundle, or run `kubestrap fetch` once while online".into())
+            }
+            FetchError::AllFailed { .. } if self.is_integrity() => Some(
+                "a source served other bytes than the signed manifest pins: nothing was kept; try another mirror, or report it".into(),
+            ),
+            FetchError::AllFailed { .. } => Some("check the network and HTTPS_PROXY/NO_PROXY, then run the command again: it resumes".into()),
+            FetchError::Local { source, .. } => source.hint(),
+            FetchError::NoArtifact { .. } | FetchError::Client(_) => None,
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use kubestrap_manifest::ManifestError;
 /// Why a manifest (or key list) was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
-    #[error("manifest {} does not exist; check the path given to --manifest", path.display())]
+    #[error("manifest {} does not exist", path.display())]
     NotFound { path: PathBuf },
     #[error("{what}: {source}")]
     Unreadable {
@@ -14,21 +14,13 @@ pub enum ChannelError {
         #[source]
         source: FsError,
     },
-    #[error(
-        "cannot read the signature {location}: {reason}; every manifest must be signed (`kubestrap manifest sign`)"
-    )]
+    #[error("cannot read the signature {location}: {reason}")]
     MissingSignature { location: String, reason: String },
-    #[error(
-        "cannot download {location}: {reason}; check the network and HTTPS_PROXY, or name a manifest file with --manifest"
-    )]
+    #[error("cannot download {location}: {reason}")]
     Download { location: String, reason: String },
-    #[error(
-        "--offline: cannot download the manifest {location}; name a manifest file with --manifest, or use an offline bundle"
-    )]
+    #[error("--offline: cannot download the manifest {location}")]
     Offline { location: String },
-    #[error(
-        "--offline, and no manifest of the stable channel is kept in this kubestrap home: name one with --manifest, or use an offline bundle"
-    )]
+    #[error("--offline, and no manifest of the stable channel is kept in this kubestrap home")]
     NoneKept,
     #[error(
         "{location} served a manifest that is not signed through kubestrap's built-in root keys ({trust}); refusing it: the official channel is trusted only that way"
@@ -38,13 +30,9 @@ pub enum ChannelError {
         "{location} served a manifest of channel {got:?}, not {want:?}; refusing it (a mirror or proxy may be tampering)"
     )]
     WrongChannel { location: String, got: String, want: &'static str },
-    #[error(
-        "{what} requires kubestrap {req}, this is {me}; run `kubestrap self-update` (or download a newer kubestrap) and try again"
-    )]
+    #[error("{what} requires kubestrap {req}, this is {me}")]
     NeedsNewer { what: String, req: String, me: String },
-    #[error(
-        "{source}; refusing an expired manifest (a frozen or replayed channel): get a current one, or pass --allow-expired to accept it knowingly"
-    )]
+    #[error("{source}; refusing an expired manifest (a frozen or replayed channel)")]
     Expired {
         #[source]
         source: kubestrap_signing::Error,
@@ -61,7 +49,7 @@ pub enum ChannelError {
     #[error("the channel index {index} names no kubestrap for {target} (it has: {known})")]
     NoExecutable { index: String, target: String, known: String },
     #[error(
-        "{location}: {what} (the signed channel index pins {expected}); a mirror or proxy may be tampering, or the channel is being updated: try again later"
+        "{location}: {what} (the signed channel index pins {expected}); a mirror or proxy may be tampering, or the channel is being updated"
     )]
     IndexMismatch { location: String, what: String, expected: String },
     #[error("cannot find a directory for kubestrap's config: set HOME (or XDG_CONFIG_HOME)")]
@@ -76,4 +64,23 @@ pub enum ChannelError {
     Fs(#[from] FsError),
     #[error(transparent)]
     Client(#[from] crate::artifacts::source::ClientError),
+}
+
+impl ChannelError {
+    /// What to do about it.
+    pub fn hint(&self) -> Option<String> {
+        use ChannelError as E;
+        Some(match self {
+            E::NotFound { .. } => "check the path given to --manifest".into(),
+            E::MissingSignature { .. } => "every manifest must be signed (`kubestrap manifest sign`)".into(),
+            E::Download { .. } => "check the network and HTTPS_PROXY, or name a manifest file with --manifest".into(),
+            E::Offline { .. } | E::NoneKept => "name a manifest file with --manifest, or use an offline bundle".into(),
+            E::NeedsNewer { .. } => "run `kubestrap self-update` (or download a newer kubestrap) and try again".into(),
+            E::Expired { .. } => "get a current manifest, or pass --allow-expired to accept it knowingly".into(),
+            E::IndexMismatch { .. } => "try again later".into(),
+            E::NoConfigDir => "set HOME (or XDG_CONFIG_HOME)".into(),
+            E::Unreadable { source, .. } | E::Fs(source) => return source.hint(),
+            _ => return None,
+        })
+    }
 }

@@ -56,8 +56,9 @@ pub struct Chain {
 }
 
 /// The key list chains kept in the home, the built-in one first.
-pub fn key_chains(home: &Home) -> Result<Vec<Chain>> {
+pub fn key_chains(home: &Home) -> Result<(Vec<Chain>, Vec<String>)> {
     let mut chains = Vec::new();
+    let mut ignored = Vec::new();
     for dir in fskit::list_dir(&home.keys())?.into_iter().filter(|e| e.path().is_dir()) {
         let anchor = dir.file_name().to_string_lossy().into_owned();
         let mut files: Vec<(u64, PathBuf)> = fskit::list_dir(&dir.path())?
@@ -76,7 +77,10 @@ pub fn key_chains(home: &Home) -> Result<Vec<Chain>> {
             .map_while(|(_, p)| match KeyListFile::from_path(&p) {
                 Ok(f) => Some(f),
                 Err(e) => {
-                    tracing::warn!("ignoring {}: {e}", p.display());
+                    ignored.push(format!(
+                        "ignoring the key list {}: {e}; its chain ends at the last good list until the channel or a bundle brings a newer one (delete the file to silence this)",
+                        p.display()
+                    ));
                     None
                 }
             })
@@ -86,7 +90,7 @@ pub fn key_chains(home: &Home) -> Result<Vec<Chain>> {
         }
     }
     chains.sort_by_key(|c| (c.anchor != BUILTIN_ANCHOR, c.anchor.clone()));
-    Ok(chains)
+    Ok((chains, ignored))
 }
 
 /// The keys that anchor a chain: the built-in roots, or the pinned key of
@@ -157,14 +161,14 @@ pub(super) fn place(
 /// only then.
 pub fn check_key_list(home: &Home, file: &KeyListFile, allow_expired: bool) -> Result<()> {
     let pinned = signing::pinned_keys(&home.trust())?;
-    place(&key_chains(home)?, file, &pinned, allow_expired).map(|_| ())
+    place(&key_chains(home)?.0, file, &pinned, allow_expired).map(|_| ())
 }
 
 /// Adds a key list (verified against the chain it extends) to the home.
 pub fn import_key_list(home: &Home, file: KeyListFile, allow_expired: bool) -> Result<u64> {
     let _lock = home.lock("keys", true, || {})?;
     let pinned = signing::pinned_keys(&home.trust())?;
-    let (chain, verified, known) = place(&key_chains(home)?, &file, &pinned, allow_expired)?;
+    let (chain, verified, known) = place(&key_chains(home)?.0, &file, &pinned, allow_expired)?;
     if !known {
         let dir = home.keys().join(&chain.anchor);
         fskit::create_dir_mode(&dir, 0o755)?;

@@ -32,7 +32,7 @@ pub fn verify_manifest(
     record: bool,
 ) -> Result<Trusted> {
     let pinned = signing::pinned_keys(&home.trust())?;
-    let mut chains = keys::key_chains(home)?;
+    let (mut chains, mut warnings) = keys::key_chains(home)?;
     for list in extra {
         let (chain, _, _) = keys::place(&chains, list, &pinned, allow_expired)?;
         chains.retain(|c| c.anchor != chain.anchor);
@@ -94,7 +94,12 @@ pub fn verify_manifest(
     if let Some(list) = v.key_list.as_ref().filter(|_| record) {
         // Key lists are versioned too: an older one is a rollback.
         let channel = format!("{KEY_LIST_CHANNEL}/{anchor}");
-        signing::SeenVersions::check_and_record(&seen_path(home)?, &channel, list.version, &list.sha256)?;
+        signing::SeenVersions::check_and_record(
+            &seen_path(home, &mut warnings)?,
+            &channel,
+            list.version,
+            &list.sha256,
+        )?;
     }
     let current_keys = match &v.key_list {
         Some(l) => l
@@ -106,7 +111,8 @@ pub fn verify_manifest(
             .collect(),
         None => pinned.iter().map(|k| k.key_id().to_string()).collect(),
     };
-    Ok(Trusted { path: v.trust_path, trusted_comment: v.trusted_comment, warnings: v.warnings, current_keys })
+    warnings.extend(v.warnings);
+    Ok(Trusted { path: v.trust_path, trusted_comment: v.trusted_comment, warnings, current_keys })
 }
 
 /// Expiry and `requires-bootstrap`. Returns warnings to print. `stored`: a
@@ -132,13 +138,15 @@ pub fn check_fresh(m: &Manifest, label: &str, allow_expired: bool, stored: bool)
 /// recorded (`@keys/<anchor>`).
 const KEY_LIST_CHANNEL: &str = "@keys";
 
-fn seen_path(home: &Home) -> Result<PathBuf> {
+/// The rollback record, rebuilt first if damaged (what was done is added
+/// to `warnings`).
+fn seen_path(home: &Home, warnings: &mut Vec<String>) -> Result<PathBuf> {
     let path = home.seen_versions();
     if let Some(dir) = path.parent() {
         kubestrap_fskit::create_dir_mode(dir, 0o700)?;
     }
     if let Err(signing::Error::StateCorrupt { reason, .. }) = signing::SeenVersions::load(&path) {
-        rebuild_seen(home, &path, &reason)?;
+        warnings.extend(rebuild_seen(home, &path, &reason)?);
     }
     Ok(path)
 }
@@ -146,10 +154,11 @@ fn seen_path(home: &Home) -> Result<PathBuf> {
 /// A damaged rollback record is moved aside and rebuilt from what the home
 /// keeps: every accepted manifest (`manifests/<channel>-<v>.toml`) and key
 /// list (`keys/<anchor>/keys-<v>.toml`) names its channel, version and bytes.
-fn rebuild_seen(home: &Home, path: &std::path::Path, reason: &str) -> Result<()> {
+/// Says what it did, unless another command repaired it meanwhile.
+fn rebuild_seen(home: &Home, path: &std::path::Path, reason: &str) -> Result<Option<String>> {
     let _lock = fskit::lock(&fskit::sidecar(path, ".lock"), fskit::Mode::Exclusive, true, || {})?;
     if !matches!(signing::SeenVersions::load(path), Err(signing::Error::StateCorrupt { .. })) {
-        return Ok(()); // repaired meanwhile
+        return Ok(None); // repaired meanwhile
     }
     let aside = fskit::sidecar(path, &format!(".damaged-{}", time::OffsetDateTime::now_utc().unix_timestamp()));
     std::fs::rename(path, &aside).map_err(|e| fskit::FsError::io(path, "move aside", e))?;
@@ -184,13 +193,12 @@ fn rebuild_seen(home: &Home, path: &std::path::Path, reason: &str) -> Result<()>
         let _ = seen.record(&channel, v, &sha);
     }
     seen.save()?;
-    tracing::warn!(
+    Ok(Some(format!(
         "{} was damaged ({reason}); it was moved to {} and rebuilt from the manifests and key lists kept in {}",
         path.display(),
         aside.display(),
         home.root().display()
-    );
-    Ok(())
+    )))
 }
 
 /// The name under which a manifest's channel is recorded against rollback:
@@ -210,22 +218,23 @@ pub fn seen_channel(m: &Manifest, trusted: &Trusted) -> String {
 /// the same version with other bytes; records it otherwise. A record
 /// vouched for by a key that is no longer trusted (revoked, rotated out)
 /// does not bind: it is replaced, and a warning returned.
-pub fn check_not_rolled_back(home: &Home, m: &Manifest, trusted: &Trusted, bytes: &[u8]) -> Result<Option<String>> {
+pub fn check_not_rolled_back(home: &Home, m: &Manifest, trusted: &Trusted, bytes: &[u8]) -> Result<Vec<String>> {
     let channel = seen_channel(m, trusted);
     let signer = trusted.path.key_id().to_string();
+    let mut warnings = Vec::new();
     let recorded = signing::SeenVersions::check_and_record_signed(
-        &seen_path(home)?,
+        &seen_path(home, &mut warnings)?,
         &channel,
         m.version,
         &signing::sha256_hex(bytes),
         &signer,
         &|k| trusted.current_keys.iter().any(|c| c == k),
     )?;
-    Ok(match recorded {
-        signing::Recorded::Accepted => None,
-        signing::Recorded::Superseded { version, key } => Some(format!(
+    if let signing::Recorded::Superseded { version, key } = recorded {
+        warnings.push(format!(
             "channel {channel}: the record of version {version} was signed by key {key}, which is no longer trusted (revoked or rotated out); it no longer binds, and version {} signed by {signer} replaces it",
             m.version
-        )),
-    })
+        ));
+    }
+    Ok(warnings)
 }

@@ -319,10 +319,102 @@ fn signing_code(e: &kubestrap_signing::Error) -> Code {
     }
 }
 
+/// What to do about an error: the hint of the first cause in its chain that
+/// carries one (errors keep their advice apart from what happened), else
+/// the exit code's (a full disk: where to free space).
+pub fn hint(err: &anyhow::Error, code: Code, home: Option<&std::path::Path>) -> Option<String> {
+    err.chain().find_map(hint_of).or_else(|| match (code, home) {
+        (Code::DiskFull, Some(home)) => Some(disk_full_advice(home)),
+        (Code::Locked, _) => Some("wait for the other command to finish, or retry without --no-wait".into()),
+        _ => None,
+    })
+}
+
+fn hint_of(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(e) = cause.downcast_ref::<ClusterError>() {
+        return e.hint();
+    }
+    if let Some(e) = cause.downcast_ref::<ProfileError>() {
+        return e.hint();
+    }
+    if let Some(e) = cause.downcast_ref::<DriverError>() {
+        return e.hint();
+    }
+    if let Some(e) = cause.downcast_ref::<ChannelError>() {
+        return e.hint();
+    }
+    if let Some(e) = cause.downcast_ref::<FetchError>() {
+        return e.hint();
+    }
+    if let Some(e) = cause.downcast_ref::<KubeconfigError>() {
+        return e.hint();
+    }
+    if let Some(e) = cause.downcast_ref::<UpgradeError>() {
+        return e.hint();
+    }
+    if let Some(e) = cause.downcast_ref::<HomeError>() {
+        return Some(e.hint());
+    }
+    cause.downcast_ref::<FsError>().and_then(FsError::hint)
+}
+
 /// One line of advice for the disk-full case, naming where space is needed.
-pub fn disk_full_advice(home: &std::path::Path) -> String {
+fn disk_full_advice(home: &std::path::Path) -> String {
     format!(
         "free some space on the filesystem of {} (or point KUBESTRAP_HOME elsewhere), then run the command again: it resumes",
         home.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `(name, code)` of every variant of [`Code`], read from this file.
+    fn defined() -> Vec<(String, u8)> {
+        let src = include_str!("exit.rs");
+        let body = src.split("pub enum Code {").nth(1).and_then(|s| s.split("\n}").next()).expect("enum Code");
+        body.lines()
+            .filter_map(|l| {
+                let (name, n) = l.trim().strip_suffix(',')?.split_once(" = ")?;
+                Some((name.to_string(), n.parse().ok()?))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn readme_exit_code_table_matches_the_code() {
+        let readme = include_str!("../../../README.md");
+        let table = readme.split("## Exit codes").nth(1).expect("README has an Exit codes section");
+        let documented: Vec<u8> = table
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| l.trim_start_matches('|').split('|').next()?.trim().parse().ok())
+            .collect();
+        let defined = defined();
+        assert!(defined.len() >= 25, "read {} codes from enum Code: the parser is broken", defined.len());
+        let mut codes: Vec<u8> = defined.iter().map(|(_, n)| *n).collect();
+        codes.sort();
+        assert_eq!(documented, codes, "README's exit-code table and enum Code disagree");
+        // The parse read the real values.
+        assert!(defined.contains(&("Unfit".into(), Code::Unfit as u8)));
+        assert!(defined.contains(&("Kubeconfig".into(), Code::Kubeconfig as u8)));
+    }
+
+    #[test]
+    fn advice_travels_apart_from_what_happened() {
+        let err = anyhow::Error::new(ClusterError::PortInUse { port: 6443 }).context("starting profile \"x\"");
+        let code = classify(&err);
+        assert_eq!(code, Code::PortInUse);
+        assert_eq!(hint(&err, code, None).as_deref(), Some("free it, or choose another with --port"));
+        assert!(!format!("{err:#}").contains("--port"), "{err:#}");
+        let full = anyhow::Error::new(FsError::io(
+            std::path::Path::new("/h/blobs/x"),
+            "write",
+            std::io::Error::from_raw_os_error(28),
+        ));
+        assert_eq!(classify(&full), Code::DiskFull);
+        assert!(hint(&full, Code::DiskFull, Some(std::path::Path::new("/h"))).unwrap().contains("/h"));
+    }
 }

@@ -30,16 +30,19 @@ pub fn main() -> ExitCode {
         Err(err) => {
             let err = anyhow::Error::new(err);
             let code = exit::classify(&err);
-            report_error(&ui, &err, code, None);
+            report_error(&ui, &err, code, exit::hint(&err, code, None));
             return ExitCode::from(code as u8);
         }
     };
-    match commands::run(cli.cmd, &home, &ui) {
+    let ran = commands::run(cli.cmd, &home, &ui);
+    for note in home.take_notes() {
+        ui.warn(&note);
+    }
+    match ran {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             let code = exit::classify(&err);
-            let hint = (code == Code::DiskFull).then(|| exit::disk_full_advice(home.root()));
-            report_error(&ui, &err, code, hint);
+            report_error(&ui, &err, code, exit::hint(&err, code, Some(home.root())));
             ExitCode::from(code as u8)
         }
     }

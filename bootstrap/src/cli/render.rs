@@ -67,8 +67,10 @@ impl Ui {
         }
     }
 
-    /// A warning on stderr (both modes: scripts read stdout).
+    /// A warning: on stderr in both modes (scripts read stdout), and a JSON
+    /// `warning` event on stdout with `-o json`.
     pub fn warn(&self, s: &str) {
+        self.json(json!({"event": "warning", "message": s}));
         let prefix = if self.color { "\x1b[33mwarning:\x1b[0m" } else { "warning:" };
         match &self.bars {
             Some(mp) => mp.suspend(|| eprintln!("{prefix} {s}")),
@@ -115,10 +117,7 @@ impl Progress for Ui {
     fn report(&self, e: Event<'_>) {
         match e {
             Event::Step { step, elapsed } => self.step_done(&step, elapsed),
-            Event::Warning(msg) => {
-                self.json(json!({"event": "warning", "message": msg}));
-                self.warn(&msg);
-            }
+            Event::Warning(msg) => self.warn(&msg),
             Event::Download(d) => self.download(d),
         }
     }

@@ -312,7 +312,7 @@ pub fn write_kubeconfig(
         client_cert_pem: pki.read(PkiFile::AdminCert)?,
         client_key_pem: pki.read(PkiFile::AdminKey)?,
     };
-    kubeconfig::merge(&path, &entry, !keep_context)?;
+    kubeconfig::merge(&path, &entry, !keep_context, progress)?;
     progress.step(Step::Kubeconfig { context: entry.name.clone(), path, current: !keep_context }, t.elapsed());
     let probe = Probe::new(pki, at, Duration::from_secs(2))?;
     Ok(probe.version().unwrap_or_default())

@@ -6,38 +6,57 @@ use std::path::PathBuf;
 pub enum ClusterError {
     #[error(transparent)]
     Profile(#[from] crate::profile::ProfileError),
-    #[error("profile {profile:?} uses the {has} driver; delete it first to use {asked}")]
+    #[error("profile {profile:?} uses the {has} driver, not {asked}")]
     DriverMismatch { profile: String, has: String, asked: String },
-    #[error(
-        "profile {profile:?} runs manifest {current}; {spec} is {candidate}. Changing a cluster's release is an upgrade; delete the profile to start over with it"
-    )]
+    #[error("profile {profile:?} runs manifest {current}; {spec} is {candidate}")]
     OtherRelease { profile: String, current: String, spec: String, candidate: String },
-    #[error(
-        "--purge removes the download cache, which profile(s) {others} still use; delete them too (`kubestrap delete --all --purge`), or leave out --purge"
-    )]
+    #[error("--purge removes the download cache, which profile(s) {others} still use")]
     PurgeInUse { others: String },
-    #[error("port {port} on 127.0.0.1 is in use by another program; free it, or choose another with --port")]
+    #[error("port {port} on 127.0.0.1 is in use by another program")]
     PortInUse { port: u16 },
-    #[error("no free port in {from}-{to}; choose one with --port")]
+    #[error("no free port in {from}-{to}")]
     NoFreePort { from: u16, to: u16 },
-    #[error("{what}.\nLast lines of {log}:\n{tail}\n{advice}")]
+    #[error("{what}.\nLast lines of {log}:\n{tail}")]
     LocalkubeExited { what: String, log: String, tail: String, advice: String },
-    #[error("{what}.\nLast lines of {log}:\n{tail}\n{advice}")]
+    #[error("{what}.\nLast lines of {log}:\n{tail}")]
     NotReady { what: String, log: String, tail: String, advice: String },
-    #[error("{what} is not in the cache; run `kubestrap start -p {profile}` (or `kubestrap fetch`) first")]
+    #[error("{what} is not in the cache")]
     NotCached { what: String, profile: String },
     #[error("the manifest has no {component} for this machine")]
     NoComponent { component: kubestrap_manifest::ComponentName },
-    #[error(
-        "the cluster certificates in {} cannot be used ({reason}); restore them from a backup, or `kubestrap delete -p {profile}` and start again (its data goes with it)",
-        dir.display()
-    )]
+    #[error("the cluster certificates in {} cannot be used ({reason})", dir.display())]
     Pki { dir: PathBuf, profile: String, reason: String },
     #[error(
         "profile {profile:?}: {placed}; localkube's data was made with another PKI (its datastore keeps the CAs it \
-         first started with, and a different file would stop it). Nothing was changed. Put the profile's earlier \
-         pki/ back (from a backup or a snapshot), or `kubestrap delete -p {profile}` and start again (its data \
-         goes with it)"
+         first started with, and a different file would stop it). Nothing was changed"
     )]
     PlacedPkiDiffers { profile: String, placed: String },
+}
+
+impl ClusterError {
+    /// What to do about it (shown as `hint:`, and as JSON's `hint`).
+    pub fn hint(&self) -> Option<String> {
+        use ClusterError as E;
+        Some(match self {
+            E::Profile(e) => return e.hint(),
+            E::DriverMismatch { profile, .. } => {
+                format!("`kubestrap delete -p {profile}` first to use another driver, or start another profile")
+            }
+            E::OtherRelease { profile, .. } => format!(
+                "changing a cluster's release is an upgrade (`kubestrap upgrade -p {profile}`); or delete the profile to start over with it"
+            ),
+            E::PurgeInUse { .. } => "delete them too (`kubestrap delete --all --purge`), or leave out --purge".into(),
+            E::PortInUse { .. } => "free it, or choose another with --port".into(),
+            E::NoFreePort { .. } => "choose a port with --port".into(),
+            E::LocalkubeExited { advice, .. } | E::NotReady { advice, .. } => advice.clone(),
+            E::NotCached { profile, .. } => format!("run `kubestrap start -p {profile}` (or `kubestrap fetch`) first"),
+            E::NoComponent { .. } => return None,
+            E::Pki { profile, .. } => format!(
+                "restore them from a backup, or `kubestrap delete -p {profile}` and start again (its data goes with it)"
+            ),
+            E::PlacedPkiDiffers { profile, .. } => format!(
+                "put the profile's earlier pki/ back (from a backup or a snapshot), or `kubestrap delete -p {profile}` and start again (its data goes with it)"
+            ),
+        })
+    }
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::artifacts::hash::HashingReader;
 use crate::profile::Profile;
+use crate::progress::Progress;
 use crate::state;
 
 /// The biggest archive `image load` accepts.
@@ -270,7 +271,7 @@ pub fn place_release(p: &Profile, dir: &Path, wanted: &[Wanted]) -> Result<Place
 /// `kubestrap image load`: checks that `file` is an image archive, then
 /// places it as `<sha256>.tar[.gz|.zst]`. Loading the same bytes again
 /// changes nothing.
-pub fn load(p: &Profile, dir: &Path, file: &Path) -> Result<(Entry, bool)> {
+pub fn load(p: &Profile, dir: &Path, file: &Path, progress: &dyn Progress) -> Result<(Entry, bool)> {
     fskit::create_dir_mode(dir, 0o700)?;
     sweep(dir);
     let src = fskit::open_regular(file)?;
@@ -292,9 +293,7 @@ pub fn load(p: &Profile, dir: &Path, file: &Path) -> Result<(Entry, bool)> {
     let dest = dir.join(&name);
     let mut warn = Vec::new();
     let mut record = read_record(p, &mut warn);
-    for w in warn {
-        tracing::warn!("{w}");
-    }
+    warn.into_iter().for_each(|w| progress.warn(w));
     let already = record.archive.iter().any(|e| e.file == name) && Stamp::of(&dest).is_some();
     if already {
         let _ = fs::remove_file(&tmp);
@@ -310,9 +309,10 @@ pub fn load(p: &Profile, dir: &Path, file: &Path) -> Result<(Entry, bool)> {
 }
 
 /// The archives of a profile's images directory, as recorded.
-pub fn list(p: &Profile, dir: &Path) -> Vec<(Entry, bool)> {
+pub fn list(p: &Profile, dir: &Path, progress: &dyn Progress) -> Vec<(Entry, bool)> {
     let mut warn = Vec::new();
     let record = read_record(p, &mut warn);
+    warn.into_iter().for_each(|w| progress.warn(w));
     record
         .archive
         .into_iter()

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::driver::{Driver, DriverError};
 use crate::profile::Profile;
+use crate::progress::Progress;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -63,10 +64,11 @@ pub fn take(
     manifest: &Path,
     m: &Manifest,
     reason: &str,
+    progress: &dyn Progress,
 ) -> Result<Snapshot, SnapshotError> {
     let root = p.snapshots();
     fskit::create_dir_mode(&root, 0o700)?;
-    sweep(p);
+    sweep(p, progress);
     let now = time::OffsetDateTime::now_utc();
     let id = format!("{}-{}", now.unix_timestamp_nanos() / 1_000_000, m.id());
     let tmp = root.join(format!("{BUILDING}{id}"));
@@ -90,13 +92,13 @@ pub fn take(
 }
 
 /// Snapshots that a killed `take` left half made.
-fn sweep(p: &Profile) {
+fn sweep(p: &Profile, progress: &dyn Progress) {
     for e in fskit::list_dir(&p.snapshots()).unwrap_or_default() {
         if e.file_name().to_string_lossy().starts_with(BUILDING) {
             let _ = fskit::remove_tree(&e.path());
         }
     }
-    fskit::sweep_trash(&p.snapshots());
+    progress.unswept(fskit::sweep_trash(&p.snapshots()));
 }
 
 /// The profile's snapshots, oldest first (damaged ones left out).

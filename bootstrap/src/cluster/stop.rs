@@ -55,13 +55,13 @@ pub fn delete(home: &Home, names: &[String], wait: Wait, force: bool, progress: 
             }
         }
         let kc = kubeconfig::path()?;
-        kubeconfig::remove(&kc, &kubeconfig::context_name(name))?;
+        kubeconfig::remove(&kc, &kubeconfig::context_name(name), progress)?;
         fskit::remove_tree(&s.profile.dir)?;
         fskit::sync_dir(&home.profiles()).ok();
         deleted.push(name.clone());
     }
     // Trees a killed delete left behind (renamed first, so never half a profile).
-    fskit::sweep_trash(&home.profiles());
+    progress.unswept(fskit::sweep_trash(&home.profiles()));
     Ok(deleted)
 }
 
@@ -77,6 +77,6 @@ pub fn purge(home: &Home, progress: &dyn Progress) -> Result<()> {
     for dir in [home.root().join("blobs"), home.components()] {
         fskit::remove_tree(&dir)?;
     }
-    fskit::sweep_trash(home.root());
+    progress.unswept(fskit::sweep_trash(home.root()));
     Ok(())
 }

@@ -29,19 +29,32 @@ use crate::progress::Progress;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
-    #[error("{what}; {advice}")]
+    #[error("{what}")]
     Refused { what: String, advice: String },
     #[error(
         "the upgrade of profile {profile:?} to {to} failed: {why}.\nLast lines of the new localkube's log:\n{tail}\nIt was rolled back: {from} runs again, with its data."
     )]
     Failed { profile: String, from: String, to: String, why: String, tail: String },
     #[error(
-        "the upgrade of profile {profile:?} to {to} failed ({why}), and so did putting {from} back: {rollback}. The journal {} keeps where it got to; `kubestrap start -p {profile}` tries the rollback again",
+        "the upgrade of profile {profile:?} to {to} failed ({why}), and so did putting {from} back: {rollback}. The journal {} keeps where it got to",
         journal.display()
     )]
     RollbackFailed { profile: String, from: String, to: String, why: String, rollback: String, journal: PathBuf },
     #[error("profile {profile:?} has not been upgraded, so there is no earlier release to roll back to")]
     NoPrevious { profile: String },
+}
+
+impl UpgradeError {
+    /// What to do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            UpgradeError::Refused { advice, .. } => Some(advice.clone()),
+            UpgradeError::RollbackFailed { profile, .. } => {
+                Some(format!("`kubestrap start -p {profile}` tries the rollback again"))
+            }
+            UpgradeError::Failed { .. } | UpgradeError::NoPrevious { .. } => None,
+        }
+    }
 }
 
 /// Where the new release comes from.
@@ -344,7 +357,7 @@ fn run(s: &Session, drv: &dyn Driver, swap: Swap) -> Result<Outcome> {
         Kind::Upgrade => format!("before the upgrade to {}", to.manifest.id()),
         Kind::Rollback => format!("before the rollback to {}", to.manifest.id()),
     };
-    let snap = snapshot::take(p, drv, &from.path, &from.manifest, &reason)?;
+    let snap = snapshot::take(p, drv, &from.path, &from.manifest, &reason, s.progress)?;
     j.snapshot = Some(snap.id.clone());
     j.enter(p, Phase::Snapshotted)?;
     timings.snapshot_ms = ms(t.elapsed());

@@ -212,25 +212,21 @@ pub enum DriverError {
     Docker(#[from] DockerError),
     #[error("the {driver} driver cannot run this release here: {failures}")]
     Unfit { driver: Kind, failures: String },
-    #[error("processes of profile {profile:?} are still running (pid {pids}); run `kubestrap stop -p {profile}` first")]
+    #[error("processes of profile {profile:?} are still running (pid {pids})")]
     StillRunning { profile: String, pids: String },
     #[error("process(es) {pids} of profile {profile:?} survived SIGKILL; {consequence}")]
     Survived { profile: String, pids: String, consequence: String },
     #[error("`{command}` failed: {why}")]
     HostTool { command: String, why: String },
     #[error(
-        "profile {profile:?} is stopped, but what its localkube left on this machine could not all be removed: {left}; \
-         remove it by hand, or run the command again"
+        "profile {profile:?} is stopped, but what its localkube left on this machine could not all be removed: {left}"
     )]
     LeftOnHost { profile: String, left: String },
     #[error("the localkube monitor did not report a pid within {}s", .0.as_secs())]
     NoReport(Duration),
     #[error("localkube did not start ({how}); see {}", log.display())]
     DidNotStart { how: String, log: PathBuf },
-    #[error(
-        "{}: the manifest's run.program is missing from the unpacked component; run `kubestrap cache verify`",
-        path.display()
-    )]
+    #[error("{}: the manifest's run.program is missing from the unpacked component", path.display())]
     ProgramMissing { path: PathBuf },
     #[error("cannot {what}: {source}")]
     Spawn {
@@ -240,6 +236,29 @@ pub enum DriverError {
     },
     #[error(transparent)]
     Fs(#[from] FsError),
+}
+
+impl DriverError {
+    /// What to do about it.
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            DriverError::Unfit { .. } => {
+                "`kubestrap doctor` says what each driver needs; or choose another with --driver".into()
+            }
+            DriverError::StillRunning { profile, .. } => format!("run `kubestrap stop -p {profile}` first"),
+            DriverError::LeftOnHost { .. } => "remove it by hand, or run the command again".into(),
+            DriverError::ProgramMissing { .. } => "run `kubestrap cache verify`".into(),
+            DriverError::Qemu(QemuError::MissingArtifact(_)) => {
+                "use a release whose manifest pins the VM artifacts (drivers = [\"qemu\"]), or another --driver".into()
+            }
+            DriverError::Docker(d) if d.kind == DockerErrorKind::Unreachable => {
+                "start the Docker engine (or set DOCKER_HOST), or choose another --driver".into()
+            }
+            DriverError::DidNotStart { log, .. } => format!("the log {} says why", log.display()),
+            DriverError::Fs(e) => return e.hint(),
+            _ => return None,
+        })
+    }
 }
 
 pub type Result<T, E = DriverError> = std::result::Result<T, E>;
@@ -253,7 +272,7 @@ pub enum QemuError {
     Tool { tool: &'static str, args: String, detail: String },
     #[error("{tool} did not finish within {secs}s")]
     ToolTimedOut { tool: &'static str, secs: u64 },
-    #[error("the release has no {0} for the qemu driver (its manifest must pin one with drivers = [\"qemu\"])")]
+    #[error("the release has no {0} for the qemu driver")]
     MissingArtifact(ComponentName),
     #[error("no record of how the VM was booted")]
     NotBooted,

@@ -110,6 +110,33 @@ fn happy_path_then_second_fetch_downloads_nothing() {
 }
 
 #[test]
+fn warnings_from_deep_in_the_logic_are_json_events() {
+    let f = Fixture::new();
+    f.env.ok(&["fetch", "--manifest", f.m()]);
+    // A damaged rollback record (rebuilt, deep in signature policy) and a
+    // damaged key list (skipped, in the key chains): both only warnings,
+    // both in -o json's stream, not only on stderr.
+    let seen = f.env.home.join("state/seen-versions.toml");
+    fs::write(&seen, "this is = [not toml").unwrap();
+    let keys = f.env.home.join("keys/builtin");
+    fs::create_dir_all(&keys).unwrap();
+    fs::write(keys.join("keys-1.toml"), "junk").unwrap();
+    let out = f.env.run(&["-o", "json", "fetch", "--manifest", f.m()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = json_lines(&String::from_utf8_lossy(&out.stdout));
+    let warnings: Vec<&str> =
+        lines.iter().filter(|v| v["event"] == "warning").filter_map(|v| v["message"].as_str()).collect();
+    assert!(
+        warnings.iter().any(|w| w.contains("seen-versions.toml was damaged") && w.contains("rebuilt")),
+        "{warnings:?}"
+    );
+    assert!(warnings.iter().any(|w| w.contains("ignoring the key list") && w.contains("keys-1.toml")), "{warnings:?}");
+    // Rebuilt: the next run has nothing to say about it.
+    let again = json_lines(&f.env.ok(&["-o", "json", "fetch", "--manifest", f.m()]));
+    assert!(!again.iter().any(|v| v["message"].as_str().is_some_and(|m| m.contains("seen-versions"))), "{again:?}");
+}
+
+#[test]
 fn json_output_names_each_blob() {
     let f = Fixture::new();
     let out = json_lines(&f.env.ok(&["-o", "json", "fetch", "--manifest", f.m()]));

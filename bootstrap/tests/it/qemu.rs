@@ -245,3 +245,71 @@ fn a_vm_cluster_upgrades_with_its_data_disk_as_the_snapshot_and_rolls_back() {
     assert_eq!(configmap(&c, "kept"), "v");
     c.env.ok(&["delete", "-p", "kubestrap"]);
 }
+
+/// A qemu release whose VM artifacts are never needed (the tests below
+/// fail before any fetch): small files of the right kind, unbuilt.
+fn unfetched_vm_cluster() -> Cluster {
+    Cluster::with(|s| {
+        let dir = s.localkube.1.path.parent().unwrap().join("vm-unfetched");
+        s.localkube_drivers = vec!["native".into(), "qemu".into()];
+        s.vm = Some(VmArtifacts {
+            hypervisor: tar_zst_artifact(&dir, "hv.tar.zst", &[("bin/qemu-system-x86_64", b"#!/bin/false\n", 0o755)]),
+            base_image: tar_zst_artifact(&dir, "base.tar.zst", &[("vmlinuz", b"not a kernel", 0o644)]),
+        });
+    })
+}
+
+/// Where a test's `HOME` would put the default kubestrap home.
+fn default_home(env: &Env) -> std::path::PathBuf {
+    env.path().join(".local/share/kubestrap")
+}
+
+fn kvm_device() -> Result<(), String> {
+    fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").map(drop).map_err(|e| format!("/dev/kvm: {e}"))
+}
+
+#[test]
+fn doctor_keeps_its_kvm_probe_in_the_home_it_was_given() {
+    if !need("kvm", kvm_device) {
+        return;
+    }
+    let c = unfetched_vm_cluster();
+    let out = c.env.run(&["doctor", "--driver", "qemu", "--manifest", c.m(), "-o", "json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("accelerator"), "{text}");
+    let probe = c.env.home.join("state/kvm-probe.toml");
+    let kept = fs::read_to_string(&probe).unwrap_or_else(|e| panic!("{}: {e}\n{text}", probe.display()));
+    assert!(kept.contains("usable"), "{kept}");
+    assert!(!default_home(&c.env).exists(), "doctor wrote into the default home, not KUBESTRAP_HOME");
+}
+
+#[test]
+fn accel_kvm_without_kvm_is_refused_before_anything_is_fetched() {
+    if !need("kvm", kvm_device) {
+        return;
+    }
+    let c = unfetched_vm_cluster();
+    // This home's probe record says KVM does not run guests here (this
+    // boot): the start's preflight must read it, from this home, and honour
+    // the profile's --accel before fetching anything.
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let state = c.env.home.join("state");
+    fs::create_dir_all(&state).unwrap();
+    fs::write(
+        state.join("kvm-probe.toml"),
+        format!("boot = {:?}\nusable = false\nwhy = \"the test says KVM halts nothing here\"\n", boot.trim()),
+    )
+    .unwrap();
+    let port = free_port().to_string();
+    let err = c
+        .env
+        .fail(&["start", "-p", "k", "--driver", "qemu", "--accel", "kvm", "--manifest", c.m(), "--port", &port], 44);
+    assert!(err.contains("the test says KVM halts nothing here"), "{err}");
+    assert!(c.env.blobs().is_empty(), "artifacts were fetched before the refusal: {:?}", c.env.blobs());
+    assert!(!default_home(&c.env).exists(), "the preflight used the default home, not KUBESTRAP_HOME");
+    // The machine's choice (no --accel) goes on with TCG: past the
+    // preflight, into the fetch.
+    let out = c.env.run(&["start", "-p", "k2", "--driver", "qemu", "--manifest", c.m(), "--port", &port]);
+    assert_ne!(out.status.code(), Some(44), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!c.env.blobs().is_empty(), "the start without --accel kvm did not get to fetching");
+}

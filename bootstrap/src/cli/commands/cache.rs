@@ -13,6 +13,7 @@ use crate::cli::args::CacheCmd;
 use crate::cli::exit::Code;
 use crate::cli::render::{Ui, human_bytes};
 use crate::home::Home;
+use crate::progress::Progress;
 
 pub fn run(cmd: CacheCmd, home: &Home, ui: &Ui) -> Result<Code> {
     // Removing from the cache waits for (and blocks) commands using it.
@@ -77,7 +78,7 @@ fn list(home: &Home, ui: &Ui) -> Result<Code> {
 fn verify(home: &Home, ui: &Ui) -> Result<Code> {
     // What killed unpacks and removals left is not corruption: swept quietly.
     store::sweep_unpacking(home, None);
-    fskit::sweep_trash(&home.components());
+    ui.unswept(fskit::sweep_trash(&home.components()));
     let mut bad = 0;
     let blobs = store::list_blobs(home)?;
     for (sha, _) in &blobs {
@@ -123,8 +124,8 @@ fn verify(home: &Home, ui: &Ui) -> Result<Code> {
 fn prune(home: &Home, ui: &Ui, dry_run: bool) -> Result<Code> {
     if !dry_run {
         store::sweep_unpacking(home, None);
-        fskit::sweep_trash(&home.components());
-        fskit::sweep_trash(home.root());
+        ui.unswept(fskit::sweep_trash(&home.components()));
+        ui.unswept(fskit::sweep_trash(home.root()));
     }
     // Keep: every manifest a profile uses, and the newest of each channel.
     let stored = channel::stored(home)?;

@@ -20,7 +20,7 @@ pub fn run(cmd: ImageCmd, home: &Home, ui: &Ui) -> Result<Code> {
             let _lock = crate::cluster::lock_profile(home, &p, true, ui)?;
             let (dir, running) = target(home, &p, ui)?;
             for file in &files {
-                let (e, new) = images::load(&p, &dir, file)?;
+                let (e, new) = images::load(&p, &dir, file, ui)?;
                 ui.json(json!({"file": file, "placed": dir.join(&e.file), "sha256": e.sha256.hex(), "bytes": e.size,
                     "format": e.format, "images": e.images, "new": new}));
                 let names = if e.images.is_empty() { String::new() } else { format!(" ({})", e.images.join(", ")) };
@@ -42,7 +42,7 @@ pub fn run(cmd: ImageCmd, home: &Home, ui: &Ui) -> Result<Code> {
         ImageCmd::List(profile) => {
             let p = Profile::new(home, &profile.profile)?;
             let (dir, _) = target(home, &p, ui)?;
-            let all = images::list(&p, &dir);
+            let all = images::list(&p, &dir, ui);
             if all.is_empty() {
                 ui.line(&format!("profile {:?} has no image archives in {}", p.name, dir.display()));
             }

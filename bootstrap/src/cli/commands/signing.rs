@@ -171,7 +171,11 @@ pub fn trust_cmd(cmd: TrustCmd, home: &Home, ui: &Ui) -> Result<Code> {
                 ui.json(json!({"key_id": k.key_id.to_string(), "kind": "pinned", "path": k.path}));
                 ui.line(&format!("{}  pinned ({})", k.key_id, k.path.display()));
             }
-            for c in keys::key_chains(home)? {
+            let (chains, ignored) = keys::key_chains(home)?;
+            for w in ignored {
+                ui.warn(&w);
+            }
+            for c in chains {
                 for f in &c.files {
                     let anchor = if c.anchor == keys::BUILTIN_ANCHOR {
                         "the built-in roots".to_string()

@@ -8,6 +8,7 @@ use kubestrap_fskit::{self as fskit, caps};
 
 use super::KubeconfigError;
 use crate::proc::ProcId;
+use crate::progress::Progress;
 use crate::retry::Backoff;
 
 /// kubectl's own lock on a kubeconfig (client-go): `<file>.lock`, created
@@ -21,7 +22,7 @@ pub(super) struct KubectlLock(PathBuf);
 impl KubectlLock {
     const WAIT: Duration = Duration::from_secs(5);
 
-    pub(super) fn take(kubeconfig: &Path) -> Result<KubectlLock, KubeconfigError> {
+    pub(super) fn take(kubeconfig: &Path, progress: &dyn Progress) -> Result<KubectlLock, KubeconfigError> {
         let path = fskit::sidecar(kubeconfig, ".lock");
         let cannot = |e: &dyn std::fmt::Display, p: &Path| KubeconfigError::DirNotWritable {
             dir: p.parent().unwrap_or(Path::new(".")).into(),
@@ -49,7 +50,11 @@ impl KubectlLock {
                 // kubectl's lock is empty and held for milliseconds; one
                 // holding anything else is damaged, and is replaced.
                 if Self::damaged(&path) {
-                    tracing::warn!("removing the damaged lock file {}", path.display());
+                    progress.warn(format!(
+                        "{} held no kubectl or kubestrap owner for {} s: removed it as damaged",
+                        path.display(),
+                        Self::WAIT.as_secs()
+                    ));
                     let _ = fs::remove_file(&path);
                     backoff = Backoff::fixed(Duration::from_millis(50)).for_at_most(Self::WAIT);
                     continue;

@@ -16,34 +16,48 @@ mod lock;
 
 use lock::KubectlLock;
 
+use crate::progress::Progress;
+
 #[derive(Debug, thiserror::Error)]
 pub enum KubeconfigError {
-    #[error("cannot find the kubeconfig: set KUBECONFIG or HOME")]
+    #[error("cannot find the kubeconfig")]
     NoPath,
     #[error("cannot read kubeconfig {}: {reason}", path.display())]
     Unreadable { path: PathBuf, reason: String },
-    #[error(
-        "kubeconfig {} does not parse ({why}); kubestrap left it untouched. Fix it, or point KUBECONFIG at another file",
-        path.display()
-    )]
+    #[error("kubeconfig {} does not parse ({why}); kubestrap left it untouched", path.display())]
     NotParsed { path: PathBuf, why: String },
     #[error(
-        "kubeconfig {} is read-only (mode {mode:o}); kubestrap does not change it, as kubectl would not. Make it writable (`chmod u+w {}`), or point KUBECONFIG at another file (e.g. KUBECONFIG=$HOME/.kube/kubestrap)",
-        path.display(), path.display()
+        "kubeconfig {} is read-only (mode {mode:o}); kubestrap does not change it, as kubectl would not",
+        path.display()
     )]
     ReadOnly { path: PathBuf, mode: u32 },
-    #[error(
-        "cannot write the kubeconfig in {}: {reason}; point KUBECONFIG at a file in a directory you can write",
-        dir.display()
-    )]
+    #[error("cannot write the kubeconfig in {}: {reason}", dir.display())]
     DirNotWritable { dir: PathBuf, reason: String },
     #[error("cannot write kubeconfig: {0}")]
     Write(#[source] FsError),
     #[error(
-        "{} has existed for {secs}s: another program (kubectl?) is changing the kubeconfig, or one was killed while doing so. If none is running, remove {} and retry",
-        lock.display(), lock.display()
+        "{} has existed for {secs}s: another program (kubectl?) is changing the kubeconfig, or one was killed while doing so",
+        lock.display()
     )]
     Busy { lock: PathBuf, secs: u64 },
+}
+
+impl KubeconfigError {
+    /// What to do about it.
+    pub fn hint(&self) -> Option<String> {
+        use KubeconfigError as E;
+        Some(match self {
+            E::NoPath => "set KUBECONFIG or HOME".into(),
+            E::NotParsed { .. } => "fix it, or point KUBECONFIG at another file".into(),
+            E::ReadOnly { path, .. } => format!(
+                "make it writable (`chmod u+w {}`), or point KUBECONFIG at another file (e.g. KUBECONFIG=$HOME/.kube/kubestrap)",
+                path.display()
+            ),
+            E::DirNotWritable { .. } => "point KUBECONFIG at a file in a directory you can write".into(),
+            E::Busy { lock, .. } => format!("if no kubectl is running, remove {} and retry", lock.display()),
+            E::Unreadable { .. } | E::Write(_) => return None,
+        })
+    }
 }
 
 type Result<T, E = KubeconfigError> = std::result::Result<T, E>;
@@ -148,7 +162,7 @@ fn in_real_dir(path: &Path) -> PathBuf {
     }
 }
 
-fn with_locked<T>(path: &Path, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+fn with_locked<T>(path: &Path, progress: &dyn Progress, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let real = resolve(path);
     // kubestraps (of any home) take turns on the kubeconfig's directory, so
     // only one at a time deals with kubectl's lock file below.
@@ -159,8 +173,8 @@ fn with_locked<T>(path: &Path, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> 
     let _guard = fskit::lock_dir(dir).map_err(|e| not_writable(&e))?;
     // kubectl locks the path it was given, not a symlink's target: take both
     // when they are two files (not two spellings of one path).
-    let _kubectl = KubectlLock::take(path)?;
-    let _kubectl_real = if in_real_dir(path) != real { Some(KubectlLock::take(&real)?) } else { None };
+    let _kubectl = KubectlLock::take(path, progress)?;
+    let _kubectl_real = if in_real_dir(path) != real { Some(KubectlLock::take(&real, progress)?) } else { None };
     // A write killed half-way leaves a temp file holding admin keys: gone now.
     fskit::remove_stale_temps(&real);
     f(&real)
@@ -224,8 +238,8 @@ fn writable(path: &Path) -> bool {
 }
 
 /// Adds or updates our entries; sets current-context if `set_current`.
-pub fn merge(path: &Path, e: &Entry, set_current: bool) -> Result<()> {
-    with_locked(path, |real| {
+pub fn merge(path: &Path, e: &Entry, set_current: bool, progress: &dyn Progress) -> Result<()> {
+    with_locked(path, progress, |real| {
         let mut doc = read(real)?;
         let b64 = |b: &[u8]| key(&base64::engine::general_purpose::STANDARD.encode(b));
         doc.entry(key("apiVersion")).or_insert_with(|| key("v1"));
@@ -251,11 +265,11 @@ pub fn merge(path: &Path, e: &Entry, set_current: bool) -> Result<()> {
 
 /// Removes our entries (and current-context if it was ours). Missing file or
 /// entries are fine.
-pub fn remove(path: &Path, name: &str) -> Result<bool> {
+pub fn remove(path: &Path, name: &str, progress: &dyn Progress) -> Result<bool> {
     if !path.exists() {
         return Ok(false);
     }
-    with_locked(path, |real| {
+    with_locked(path, progress, |real| {
         let mut doc = read(real)?;
         let mut changed = false;
         for (list, _) in LISTS {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::progress::Silent;
 use std::os::unix::fs::PermissionsExt;
 
 fn entry(name: &str, port: u16) -> Entry {
@@ -18,7 +19,7 @@ fn merge_preserves_others_and_remove_restores() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("config");
     fs::write(&p, OTHER).unwrap();
-    merge(&p, &entry("kubestrap", 8443), true).unwrap();
+    merge(&p, &entry("kubestrap", 8443), true, &Silent).unwrap();
     assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
     let doc: Value = serde_norway::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
     assert_eq!(doc["current-context"], key("kubestrap"));
@@ -28,10 +29,10 @@ fn merge_preserves_others_and_remove_restores() {
     assert_eq!(state(&p, "kubestrap", "https://127.0.0.1:8443").unwrap(), State::Configured { current: true });
     assert!(matches!(state(&p, "kubestrap", "https://127.0.0.1:9999").unwrap(), State::Misconfigured { .. }));
     // Updating in place keeps one entry.
-    merge(&p, &entry("kubestrap", 8444), false).unwrap();
+    merge(&p, &entry("kubestrap", 8444), false, &Silent).unwrap();
     let doc: Value = serde_norway::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
     assert_eq!(doc["clusters"].as_sequence().unwrap().len(), 2);
-    assert!(remove(&p, "kubestrap").unwrap());
+    assert!(remove(&p, "kubestrap", &Silent).unwrap());
     let doc: Value = serde_norway::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
     let original: Value = serde_norway::from_str(OTHER).unwrap();
     assert_eq!(doc["clusters"], original["clusters"]);
@@ -46,11 +47,11 @@ fn malformed_kubeconfig_is_left_untouched() {
     let p = dir.path().join("config");
     let bad = "clusters: [\n  - name: oops\n";
     fs::write(&p, bad).unwrap();
-    let e = merge(&p, &entry("kubestrap", 8443), true).unwrap_err();
+    let e = merge(&p, &entry("kubestrap", 8443), true, &Silent).unwrap_err();
     assert!(e.to_string().contains("left it untouched"), "{e}");
     assert_eq!(fs::read_to_string(&p).unwrap(), bad);
     fs::write(&p, "clusters: 5\n").unwrap();
-    assert!(merge(&p, &entry("kubestrap", 8443), true).is_err());
+    assert!(merge(&p, &entry("kubestrap", 8443), true, &Silent).is_err());
     assert_eq!(fs::read_to_string(&p).unwrap(), "clusters: 5\n");
 }
 
@@ -58,7 +59,7 @@ fn malformed_kubeconfig_is_left_untouched() {
 fn creates_a_new_file() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("nested/config");
-    merge(&p, &entry("kubestrap-dev", 9443), true).unwrap();
+    merge(&p, &entry("kubestrap-dev", 9443), true, &Silent).unwrap();
     // No lock file or temp file is left beside it.
     let names: Vec<String> =
         fs::read_dir(p.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
@@ -99,7 +100,7 @@ fn kubectl_reads_every_other_entry_unchanged_after_a_merge() {
     let p = dir.path().join("config");
     fs::write(&p, TRICKY).unwrap();
     let before = kubectl_view(kubectl, &p);
-    merge(&p, &entry("kubestrap", 8443), false).unwrap();
+    merge(&p, &entry("kubestrap", 8443), false, &Silent).unwrap();
     let after = kubectl_view(kubectl, &p);
     assert_eq!(named(&after, "clusters", "odd"), named(&before, "clusters", "odd"));
     assert_eq!(named(&after, "users", "odd"), named(&before, "users", "odd"));
@@ -114,7 +115,7 @@ fn kubectl_reads_every_other_entry_unchanged_after_a_merge() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    merge(&p, &entry("kubestrap", 8443), false).unwrap();
+    merge(&p, &entry("kubestrap", 8443), false, &Silent).unwrap();
     let after = kubectl_view(kubectl, &p);
     assert_eq!(named(&after, "contexts", "kubestrap")["context"]["namespace"], "team");
     // Our cluster and user were replaced whole: no stale token or CA path, extensions kept.
@@ -125,7 +126,7 @@ fn kubectl_reads_every_other_entry_unchanged_after_a_merge() {
     assert_eq!(ours["server"], "https://127.0.0.1:8443");
     assert_eq!(ours["extensions"][0]["name"], "keep", "{ours}");
     // And the same after our entries are removed again.
-    assert!(remove(&p, "kubestrap").unwrap());
+    assert!(remove(&p, "kubestrap", &Silent).unwrap());
     let removed = kubectl_view(kubectl, &p);
     assert_eq!(named(&removed, "contexts", "odd"), named(&before, "contexts", "odd"));
     assert_eq!(named(&removed, "users", "odd"), named(&before, "users", "odd"));
@@ -140,7 +141,7 @@ fn temp_files_left_by_a_killed_write_are_removed() {
     fs::write(&stale, "client-key-data: secret").unwrap();
     let unrelated = dir.path().join(".other.1.tmp");
     fs::write(&unrelated, "x").unwrap();
-    merge(&p, &entry("kubestrap", 8443), true).unwrap();
+    merge(&p, &entry("kubestrap", 8443), true, &Silent).unwrap();
     assert!(!stale.exists());
     assert!(unrelated.exists());
 }
@@ -151,9 +152,9 @@ fn a_relative_or_symlinked_kubeconfig_is_locked_once_per_file() {
     let real = dir.path().join("real-config");
     let link = dir.path().join("config");
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    merge(&link, &entry("kubestrap", 8443), true).unwrap();
+    merge(&link, &entry("kubestrap", 8443), true, &Silent).unwrap();
     // Now the target exists: both locks (link and target) are taken and released.
-    merge(&link, &entry("kubestrap", 8444), true).unwrap();
+    merge(&link, &entry("kubestrap", 8444), true, &Silent).unwrap();
     assert!(!dir.path().join("config.lock").exists() && !dir.path().join("real-config.lock").exists());
     assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the symlink is kept");
     assert_eq!(state(&real, "kubestrap", "https://127.0.0.1:8444").unwrap(), State::Configured { current: true });
@@ -161,9 +162,9 @@ fn a_relative_or_symlinked_kubeconfig_is_locked_once_per_file() {
     // file, one lock: no waiting on our own lock.
     std::os::unix::fs::symlink(dir.path(), dir.path().join("same-dir")).unwrap();
     let other = dir.path().join("same-dir/plain-config");
-    merge(&other, &entry("kubestrap", 8443), true).unwrap();
+    merge(&other, &entry("kubestrap", 8443), true, &Silent).unwrap();
     let t = std::time::Instant::now();
-    merge(&other, &entry("kubestrap", 8444), true).unwrap();
+    merge(&other, &entry("kubestrap", 8444), true, &Silent).unwrap();
     assert!(t.elapsed() < std::time::Duration::from_secs(2), "waited on its own lock: {:?}", t.elapsed());
 }
 
@@ -180,13 +181,13 @@ fn waits_for_kubectls_lock_and_clears_a_dead_kubestraps() {
         fs::remove_file(l2).unwrap();
     });
     let t = std::time::Instant::now();
-    merge(&p, &entry("kubestrap", 8443), true).unwrap();
+    merge(&p, &entry("kubestrap", 8443), true, &Silent).unwrap();
     assert!(t.elapsed() >= std::time::Duration::from_millis(250), "did not wait for kubectl's lock");
     releaser.join().unwrap();
     assert!(!lock.exists(), "our lock is released");
     // Left by a kubestrap that died: removed, and the write goes ahead.
     fs::write(&lock, "kubestrap 999999 1\n").unwrap();
-    merge(&p, &entry("kubestrap", 8444), true).unwrap();
+    merge(&p, &entry("kubestrap", 8444), true, &Silent).unwrap();
     assert!(!lock.exists());
     assert_eq!(state(&p, "kubestrap", "https://127.0.0.1:8444").unwrap(), State::Configured { current: true });
 }
@@ -270,7 +271,7 @@ mod props {
             let p = dir.path().join("config");
             fs::write(&p, to_yaml(&doc)).unwrap();
             let before = read(&p).unwrap();
-            merge(&p, &entry("kubestrap", port), true).unwrap();
+            merge(&p, &entry("kubestrap", port), true, &Silent).unwrap();
             let merged = read(&p).unwrap();
             for (list, _) in LISTS {
                 let ours = |v: &&Value| v.get("name").and_then(Value::as_str) == Some("kubestrap");
@@ -279,7 +280,7 @@ mod props {
                 prop_assert_eq!(foreign, original, "{} changed", list);
             }
             prop_assert_eq!(state(&p, "kubestrap", &format!("https://127.0.0.1:{port}")).unwrap(), State::Configured { current: true });
-            remove(&p, "kubestrap").unwrap();
+            remove(&p, "kubestrap", &Silent).unwrap();
             let after = read(&p).unwrap();
             for (list, _) in LISTS {
                 prop_assert_eq!(&after[list], &before[list]);
@@ -304,7 +305,7 @@ mod props {
                 let p = dir.path().join("config");
                 fs::write(&p, to_yaml(&doc)).unwrap();
                 let before = kubectl_view(kubectl, &p);
-                merge(&p, &entry("kubestrap", 8443), false).unwrap();
+                merge(&p, &entry("kubestrap", 8443), false, &Silent).unwrap();
                 let after = kubectl_view(kubectl, &p);
                 for n in &names {
                     for list in ["clusters", "users", "contexts"] {

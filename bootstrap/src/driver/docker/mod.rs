@@ -319,8 +319,8 @@ fn rootfs_check(m: &Manifest) -> Check {
     let has = m
         .needs(&kubestrap_manifest::Target::host(), Kind::Docker)
         .is_ok_and(|n| n.iter().any(|n| n.component == ComponentName::Rootfs));
-    let pins = if has { "pins" } else { "pins no" };
-    let detail = format!("release {} {pins} a base rootfs for the docker driver", m.id());
+    let pins = if has { "pins a" } else { "pins no" };
+    let detail = format!("release {} {pins} base rootfs for the docker driver", m.id());
     Check::new("rootfs", has, &detail, "use a release made for the docker driver, or another driver", true)
 }
 

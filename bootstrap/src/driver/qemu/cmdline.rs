@@ -35,7 +35,12 @@ pub fn select_accel(host: &HostCaps, asked: Option<Accel>) -> Result<(Accel, Str
         return if has(a) {
             Ok((a, format!("{a} (asked for with --accel)")))
         } else {
-            Err(format!("--accel {a}: this {} machine does not offer it; try --accel tcg", host.os))
+            Err(match a {
+                Accel::Kvm if host.os == "linux" => {
+                    format!("--accel kvm: KVM cannot run guests here ({})", host.kvm_why)
+                }
+                _ => format!("--accel {a}: this {} machine does not offer it", host.os),
+            })
         };
     }
     let native = match host.os.as_str() {
@@ -183,7 +188,7 @@ mod tests {
         assert_eq!(select_accel(&host("windows", false, false, true), None).unwrap().0, Accel::Whpx);
         assert_eq!(select_accel(&host("linux", true, false, false), Some(Accel::Tcg)).unwrap().0, Accel::Tcg);
         let err = select_accel(&host("linux", false, false, false), Some(Accel::Kvm)).unwrap_err();
-        assert!(err.contains("--accel tcg"), "{err}");
+        assert!(err.contains("--accel kvm: KVM cannot run guests here (no usable /dev/kvm)"), "{err}");
         assert!(select_accel(&host("linux", true, false, false), Some(Accel::Hvf)).is_err());
         assert_eq!("whpx".parse::<Accel>().unwrap(), Accel::Whpx);
         assert!("xen".parse::<Accel>().is_err());
