@@ -35,12 +35,7 @@ pub fn select_accel(host: &HostCaps, asked: Option<Accel>) -> Result<(Accel, Str
         return if has(a) {
             Ok((a, format!("{a} (asked for with --accel)")))
         } else {
-            Err(match a {
-                Accel::Kvm if host.os == "linux" => {
-                    format!("--accel kvm: KVM cannot run guests here ({})", host.kvm_why)
-                }
-                _ => format!("--accel {a}: this {} machine does not offer it", host.os),
-            })
+            Err(format!("--accel {a}: not on this {} machine ({})", host.os, lacks(host, a)))
         };
     }
     let native = match host.os.as_str() {
@@ -52,14 +47,21 @@ pub fn select_accel(host: &HostCaps, asked: Option<Accel>) -> Result<(Accel, Str
     if has(native) {
         return Ok((native, format!("{native} (hardware virtualization)")));
     }
-    let why = match native {
-        Accel::Kvm if !host.kvm_why.is_empty() => host.kvm_why.as_str(),
-        Accel::Kvm => "no usable /dev/kvm",
-        Accel::Hvf => "Hypervisor.framework is not available",
-        Accel::Whpx => "the Windows Hypervisor Platform is not enabled",
-        _ => "no hardware virtualization",
-    };
-    Ok((Accel::Tcg, format!("tcg (software emulation: {why}; expect slow starts)")))
+    Ok((Accel::Tcg, format!("tcg (software emulation: {}; expect slow starts)", lacks(host, native))))
+}
+
+/// Why accelerator `a` cannot be had here.
+fn lacks(host: &HostCaps, a: Accel) -> &str {
+    match a {
+        Accel::Kvm if host.os == "linux" && !host.kvm_why.is_empty() => host.kvm_why.as_str(),
+        Accel::Kvm if host.os == "linux" => "no usable /dev/kvm",
+        Accel::Hvf if host.os == "darwin" => "Hypervisor.framework is not available",
+        Accel::Whpx if host.os == "windows" => "the Windows Hypervisor Platform is not enabled",
+        Accel::Kvm => "KVM is Linux's",
+        Accel::Hvf => "Hypervisor.framework is macOS's",
+        Accel::Whpx => "the Windows Hypervisor Platform is Windows'",
+        Accel::Tcg => "no hardware virtualization",
+    }
 }
 
 /// Everything one VM's command line depends on.
@@ -188,7 +190,7 @@ mod tests {
         assert_eq!(select_accel(&host("windows", false, false, true), None).unwrap().0, Accel::Whpx);
         assert_eq!(select_accel(&host("linux", true, false, false), Some(Accel::Tcg)).unwrap().0, Accel::Tcg);
         let err = select_accel(&host("linux", false, false, false), Some(Accel::Kvm)).unwrap_err();
-        assert!(err.contains("--accel kvm: KVM cannot run guests here (no usable /dev/kvm)"), "{err}");
+        assert_eq!(err, "--accel kvm: not on this linux machine (no usable /dev/kvm)");
         assert!(select_accel(&host("linux", true, false, false), Some(Accel::Hvf)).is_err());
         assert_eq!("whpx".parse::<Accel>().unwrap(), Accel::Whpx);
         assert!("xen".parse::<Accel>().is_err());
