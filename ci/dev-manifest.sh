@@ -3,13 +3,16 @@
 #   localkube = the test stand-in (a tar.zst with its binary and version.txt)
 #   kubectl   = this machine's real kubectl, pinned by sha256 and size
 # Usage: ci/dev-manifest.sh OUT_DIR [STANDIN_VERSION] [MANIFEST_VERSION|auto] [PROFILE: debug|release]
+# (KUBESTRAP_DEV_BIN=DIR: use the binaries in DIR instead of building them)
 # Prints the manifest path. With MANIFEST_VERSION auto (the default), an
 # existing OUT_DIR/manifest.toml pinning the same artifacts is kept as it is,
 # and one pinning other artifacts is replaced by the next version (kubestrap
 # refuses a version it has seen with other bytes: rollback protection). The manifest is signed with ci/dev-keys/dev.key,
 # which kubestrap trusts only where `kubestrap trust add ci/dev-keys/dev.pub` was run.
 # With KUBESTRAP_VM_ARTIFACTS=DIR (the output of ci/vm/build.sh), the manifest
-# also pins the qemu driver's hypervisor and base image from DIR.
+# also pins the qemu driver's hypervisor and base image from DIR; with
+# KUBESTRAP_DOCKER_ARTIFACTS=DIR (the output of ci/docker/build.sh), the
+# docker driver's base rootfs. The localkube then runs on those drivers too.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 out=$(mkdir -p "$1" && cd "$1" && pwd)
@@ -17,10 +20,16 @@ standin_version=${2:-v1.33.1+standin}
 manifest_version=${3:-auto}
 profile=${4:-release}
 
-cargo_flags=(--quiet -p kubestrap -p localkube-standin)
-[ "$profile" = release ] && cargo_flags+=(--release)
-(cd "$top" && cargo build "${cargo_flags[@]}" >&2)
 bin="$top/target/$profile"
+# KUBESTRAP_DEV_BIN=DIR: kubestrap and localkube-standin are built there
+# already (the tests: a nested cargo build could rebuild what they run).
+if [ -n "${KUBESTRAP_DEV_BIN:-}" ]; then
+  bin=$KUBESTRAP_DEV_BIN
+else
+  cargo_flags=(--quiet -p kubestrap -p localkube-standin)
+  [ "$profile" = release ] && cargo_flags+=(--release)
+  (cd "$top" && cargo build "${cargo_flags[@]}" >&2)
+fi
 
 kubectl=""
 for k in /usr/lib/google-cloud-sdk/bin/kubectl.1.33 /usr/lib/google-cloud-sdk/bin/kubectl.1.3{2,1,0} "$(command -v kubectl || true)"; do
@@ -36,18 +45,28 @@ artifact="$out/localkube-standin-${standin_version//+/_}.tar.zst"
 tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$stage" -cf - localkube-standin version.txt | zstd -q -3 -f -o "$artifact"
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
-vm_args=()
-vm_files=()
-vm_hashes=()
+extra_args=()
+extra_files=()
+extra_hashes=()
 if [ -n "${KUBESTRAP_VM_ARTIFACTS:-}" ]; then
   hv=$(ls "$KUBESTRAP_VM_ARTIFACTS"/hypervisor-*.tar.zst | head -1)
   base=$(ls "$KUBESTRAP_VM_ARTIFACTS"/base-*.tar.zst | head -1)
-  vm_files=("$hv" "$base")
-  vm_hashes=("$(sha "$hv")" "$(sha "$base")")
-  vm_args=(--component "hypervisor@$(basename "$hv" .tar.zst | sed 's/^hypervisor-//')=$hv#bin/qemu-system-x86_64"
+  extra_files=("$hv" "$base")
+  extra_hashes=("$(sha "$hv")" "$(sha "$base")")
+  extra_args=(--component "hypervisor@$(basename "$hv" .tar.zst | sed 's/^hypervisor-//')=$hv#bin/qemu-system-x86_64"
            --drivers hypervisor=qemu
            --component "base-image@$(basename "$base" .tar.zst | sed 's/^base-//')=$base#vmlinuz"
            --drivers base-image=qemu)
+fi
+drivers=native
+[ -n "${KUBESTRAP_VM_ARTIFACTS:-}" ] && drivers+=,qemu
+if [ -n "${KUBESTRAP_DOCKER_ARTIFACTS:-}" ]; then
+  rootfs=$(ls "$KUBESTRAP_DOCKER_ARTIFACTS"/rootfs-*.tar.zst | head -1)
+  extra_files+=("$rootfs")
+  extra_hashes+=("$(sha "$rootfs")")
+  rootfs_version=$(basename "$rootfs" .tar.zst | sed 's/^rootfs-//; s/-linux-[a-z0-9_]*$//')
+  extra_args+=(--component "rootfs@$rootfs_version=$rootfs" --drivers rootfs=docker)
+  drivers+=,docker
 fi
 size() { stat -c %s "$1"; }
 k8s=${standin_version#v}; k8s=${k8s%%+*}
@@ -56,7 +75,7 @@ if [ "$manifest_version" = auto ]; then
   manifest_version=1
   if [ -f "$manifest" ] && [ -f "$manifest.minisig" ]; then
     pinned=$(grep '^sha256' "$manifest" | sort)
-    wanted=$(printf 'sha256 = "%s"\n' "$(sha "$kubectl")" "$(sha "$artifact")" ${vm_files[@]+"${vm_hashes[@]}"} | sort)
+    wanted=$(printf 'sha256 = "%s"\n' "$(sha "$kubectl")" "$(sha "$artifact")" ${extra_files[@]+"${extra_hashes[@]}"} | sort)
     if [ "$pinned" = "$wanted" ]; then echo "$manifest"; exit 0; fi
     manifest_version=$(( $(sed -n 's/^version = \([0-9]*\)$/\1/p' "$manifest") + 1 ))
   fi
@@ -68,7 +87,7 @@ kubectl_version=$("$kubectl" version --client -o json 2>/dev/null | sed -n 's/.*
   --kubernetes "$k8s" --valid-for 180d \
   --component "kubectl@$kubectl_version=$kubectl" \
   --component "localkube@${standin_version#v}=$artifact#localkube-standin" \
-  --drivers "localkube=native${vm_files[@]+,qemu}" ${vm_args[@]+"${vm_args[@]}"} \
+  --drivers "localkube=$drivers" ${extra_args[@]+"${extra_args[@]}"} \
   --run "$top/ci/standin/run.toml" >&2
 "$bin/kubestrap" manifest sign --key "$top/ci/dev-keys/dev.key" "$manifest" >&2
 echo "$manifest"

@@ -102,6 +102,14 @@ fn a_bundle_starts_a_cluster_in_a_namespace_with_only_loopback() {
     let bin = installer.scratch("bin");
     let out = ok_in(&ns, &installer, installer.cmd_of(&bundle, &["install", "--bin-dir", s(&bin)]), "install");
     assert!(out.contains("not on your PATH") && out.contains("completions"), "{out}");
+    // The manual, made from the command line's definitions, where man looks
+    // for a PREFIX/bin program's pages.
+    let man = installer.path().join("share/man/man1");
+    assert!(out.contains("man kubestrap"), "{out}");
+    let page = fs::read_to_string(man.join("kubestrap.1")).unwrap();
+    assert!(page.contains(".TH kubestrap 1") && page.contains("start"), "{page}");
+    let start = fs::read_to_string(man.join("kubestrap-start.1")).unwrap();
+    assert!(start.contains("\\-\\-manifest") && start.contains("kubestrap start"), "{start}");
     let installed = bin.join("kubestrap");
     let stub_len = kubestrap_bundle::Payload::open(&bundle).unwrap().stub_len();
     assert_eq!(fs::metadata(&installed).unwrap().len(), stub_len, "installed without its payload");

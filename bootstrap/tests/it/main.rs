@@ -18,6 +18,7 @@ mod k3s_guest;
 mod k3s_native;
 mod lifecycle;
 mod qemu;
+mod quickstart;
 mod release;
 mod reliability;
 mod signing;

@@ -58,6 +58,7 @@ fn columns(res: Res) -> Vec<Value> {
             "",
             "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use.",
         ),
+        Res::Pods => column("Status", "string", "", "The aggregate status of the containers in this pod."),
     };
     vec![name, middle, age]
 }
@@ -119,6 +120,7 @@ fn cells(res: Res, obj: &Value, now: OffsetDateTime) -> Value {
         Res::Namespaces => obj["status"]["phase"].as_str().map_or(json!("Active"), |p| json!(p)),
         Res::ConfigMaps => json!(len_of(&obj["data"]) + len_of(&obj["binaryData"])),
         Res::ServiceAccounts => json!(len_of(&obj["secrets"])),
+        Res::Pods => obj["status"]["phase"].clone(),
     };
     json!([name, middle, age(obj, now)])
 }

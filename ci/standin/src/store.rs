@@ -24,10 +24,13 @@ pub enum Res {
     Namespaces,
     ConfigMaps,
     ServiceAccounts,
+    /// Listed (always none: the stand-in runs no workloads), so the first
+    /// thing users type, `kubectl get pods -A`, answers like a new cluster.
+    Pods,
 }
 
 impl Res {
-    pub const ALL: [Res; 3] = [Res::ConfigMaps, Res::Namespaces, Res::ServiceAccounts];
+    pub const ALL: [Res; 4] = [Res::ConfigMaps, Res::Namespaces, Res::Pods, Res::ServiceAccounts];
 
     pub fn from_plural(s: &str) -> Option<Res> {
         Res::ALL.into_iter().find(|r| r.plural() == s)
@@ -37,6 +40,7 @@ impl Res {
             Res::Namespaces => "namespaces",
             Res::ConfigMaps => "configmaps",
             Res::ServiceAccounts => "serviceaccounts",
+            Res::Pods => "pods",
         }
     }
     pub fn singular(self) -> &'static str {
@@ -44,6 +48,7 @@ impl Res {
             Res::Namespaces => "namespace",
             Res::ConfigMaps => "configmap",
             Res::ServiceAccounts => "serviceaccount",
+            Res::Pods => "pod",
         }
     }
     pub fn kind(self) -> &'static str {
@@ -51,6 +56,7 @@ impl Res {
             Res::Namespaces => "Namespace",
             Res::ConfigMaps => "ConfigMap",
             Res::ServiceAccounts => "ServiceAccount",
+            Res::Pods => "Pod",
         }
     }
     pub fn short_name(self) -> &'static str {
@@ -58,6 +64,7 @@ impl Res {
             Res::Namespaces => "ns",
             Res::ConfigMaps => "cm",
             Res::ServiceAccounts => "sa",
+            Res::Pods => "po",
         }
     }
     pub fn namespaced(self) -> bool {
@@ -67,7 +74,7 @@ impl Res {
     pub fn verbs(self) -> &'static [&'static str] {
         match self {
             Res::Namespaces | Res::ConfigMaps => &["create", "delete", "get", "list"],
-            Res::ServiceAccounts => &["get", "list"],
+            Res::ServiceAccounts | Res::Pods => &["get", "list"],
         }
     }
 }
@@ -84,6 +91,9 @@ pub struct State {
     pub configmaps: BTreeMap<String, Value>,
     #[serde(default)]
     pub serviceaccounts: BTreeMap<String, Value>,
+    /// Never filled (see [`Res::Pods`]).
+    #[serde(default, skip_serializing)]
+    pub pods: BTreeMap<String, Value>,
 }
 
 pub fn key(res: Res, ns: &str, name: &str) -> String {
@@ -96,6 +106,7 @@ impl State {
             Res::Namespaces => &self.namespaces,
             Res::ConfigMaps => &self.configmaps,
             Res::ServiceAccounts => &self.serviceaccounts,
+            Res::Pods => &self.pods,
         }
     }
     pub fn map_mut(&mut self, res: Res) -> &mut BTreeMap<String, Value> {
@@ -103,6 +114,7 @@ impl State {
             Res::Namespaces => &mut self.namespaces,
             Res::ConfigMaps => &mut self.configmaps,
             Res::ServiceAccounts => &mut self.serviceaccounts,
+            Res::Pods => &mut self.pods,
         }
     }
     pub fn get(&self, res: Res, ns: &str, name: &str) -> Option<&Value> {

@@ -140,6 +140,13 @@ pub enum Cmd {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print the manual page (roff), or write one page per command to DIR.
+    #[command(after_help = "Examples:\n  kubestrap man | man -l -\n  kubestrap man --out ~/.local/share/man/man1")]
+    Man {
+        /// Write kubestrap.1 and a kubestrap-<command>.1 per command here.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Internal: the parent of a running localkube (started by `start`).
     #[command(name = "__monitor", hide = true)]
     Monitor { run_dir: PathBuf },
@@ -545,6 +552,28 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// An option clap gives a default must not say it again in its doc
+    /// (`--help` would print `[default: x] [default: x]`); every subcommand
+    /// with arguments that a new user meets has an example.
+    #[test]
+    fn help_says_each_default_once() {
+        fn walk(cmd: &clap::Command, path: &str, bad: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let doc =
+                    [a.get_help(), a.get_long_help()].into_iter().flatten().map(|h| h.to_string()).collect::<String>();
+                if !a.get_default_values().is_empty() && doc.contains("[default:") {
+                    bad.push(format!("{path} --{}", a.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), bad);
+            }
+        }
+        let mut bad = Vec::new();
+        walk(&Cli::command(), "kubestrap", &mut bad);
+        assert!(bad.is_empty(), "defaults said twice in --help: {bad:?}");
     }
 
     #[test]

@@ -54,6 +54,23 @@ pub enum ManifestCmd {
         #[arg(long)]
         comment: Option<String>,
     },
+    /// Make a manifest this home's default (verified, then kept): what a new
+    /// profile's `start`, and `doctor`, use when no --manifest is named.
+    /// Without one, show the default.
+    #[command(after_help = "Examples:
+  kubestrap manifest default ./dev/manifest.toml
+  kubestrap manifest default https://mirror.example/kubestrap/stable/7/manifest.toml
+  kubestrap manifest default            # which one it is")]
+    Default {
+        /// The manifest: a file or an http(s) URL (its signature beside it, `.minisig`).
+        #[arg(value_name = "FILE|URL")]
+        manifest: Option<String>,
+        /// Accept an expired manifest (warns).
+        #[arg(long)]
+        allow_expired: bool,
+        #[command(flatten)]
+        net: NetArgs,
+    },
     /// Verify FILE against FILE.minisig and the trusted keys; show signer and freshness.
     Verify {
         file: PathBuf,
@@ -78,7 +95,7 @@ pub struct NewManifestArgs {
     /// How long it stays valid from now (e.g. 180d).
     #[arg(long, default_value = "180d", value_parser = parse_duration)]
     pub valid_for: std::time::Duration,
-    /// Which kubestrap versions may use it [default: >=0.1.0].
+    /// Which kubestrap versions may use it.
     #[arg(long, default_value = ">=0.1.0")]
     pub requires_bootstrap: semver::VersionReq,
     /// The machine the files are for [default: this one].

@@ -334,7 +334,18 @@ pub fn install(a: InstallArgs, home: &Home, ui: &Ui) -> Result<Code> {
     File::open(&path)?.take(payload.stub_len()).read_to_end(&mut stub)?;
     let exe = bin_dir.join("kubestrap");
     fskit::write_atomic(&exe, &stub, 0o755)?;
-    ui.json(json!({"installed": exe, "manifest": m.id(), "artifacts": jobs.len(), "elapsed_ms": t.elapsed().as_millis() as u64}));
+    // The manual beside the executable, where man finds it (PREFIX/bin →
+    // PREFIX/share/man: ~/.local/share/man for ~/.local/bin).
+    let man_dir = bin_dir.parent().unwrap_or(&bin_dir).join("share/man/man1");
+    let man = match super::write_man_pages(&man_dir) {
+        Ok(pages) => Some(pages.len()),
+        Err(e) => {
+            ui.warn(&format!("the manual pages were not installed: {e:#} (`kubestrap man --out DIR` writes them)"));
+            None
+        }
+    };
+    ui.json(json!({"installed": exe, "manifest": m.id(), "artifacts": jobs.len(), "man_dir": man.map(|_| &man_dir),
+        "elapsed_ms": t.elapsed().as_millis() as u64}));
     ui.result(
         &format!("installed {}", exe.display()),
         &format!(
@@ -352,6 +363,9 @@ pub fn install(a: InstallArgs, home: &Home, ui: &Ui) -> Result<Code> {
             bin_dir.display(),
             bin_dir.display()
         ));
+    }
+    if let Some(n) = man {
+        ui.line(&format!("Manual: man kubestrap ({n} pages in {})", man_dir.display()));
     }
     ui.line(
         "Shell completions: kubestrap completions bash > ~/.local/share/bash-completion/completions/kubestrap\n                   (zsh: a directory on $fpath as _kubestrap; fish: ~/.config/fish/completions/kubestrap.fish)",

@@ -6,10 +6,11 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use kubestrap_fskit::{self as fskit, caps};
 use kubestrap_manifest::{Component, Components, Driver, Localkube, Manifest, Run, Target, Unpack};
+use serde_json::json;
 
 use crate::artifacts::hash;
-use crate::channel::ChannelError;
-use crate::cli::args::{GenerateArgs, IndexArgs, ManifestCmd, NewManifestArgs};
+use crate::channel::{self, ChannelError};
+use crate::cli::args::{GenerateArgs, IndexArgs, ManifestCmd, NetArgs, NewManifestArgs};
 use crate::cli::exit::Code;
 use crate::cli::render::{Ui, human_bytes};
 use crate::home::Home;
@@ -20,8 +21,43 @@ pub fn run(cmd: ManifestCmd, home: &Home, ui: &Ui) -> Result<Code> {
         ManifestCmd::New(a) => new(*a, ui),
         ManifestCmd::Generate(a) => generate(*a, ui),
         ManifestCmd::Index(a) => index(*a, ui),
+        ManifestCmd::Default { manifest, allow_expired, net } => {
+            default(manifest.as_deref(), allow_expired, &net, home, ui)
+        }
         other => super::signing::manifest(other, home, ui),
     }
+}
+
+/// `manifest default`: sets (after verifying and keeping it) or shows the
+/// home's default manifest.
+fn default(spec: Option<&str>, allow_expired: bool, net: &NetArgs, home: &Home, ui: &Ui) -> Result<Code> {
+    let Some(spec) = spec else {
+        match channel::default_manifest(home) {
+            Some(path) => {
+                let m = channel::peek(&path);
+                let id = m.as_ref().map_or_else(|| "unreadable".into(), Manifest::id);
+                ui.json(json!({"default": path, "manifest": id}));
+                ui.line(&format!("{id} ({})", path.display()));
+            }
+            None => {
+                ui.json(json!({"default": null}));
+                ui.line("none: `start` with no --manifest uses the stable channel");
+            }
+        }
+        return Ok(Code::Ok);
+    };
+    let _store =
+        home.store_lock(false, || ui.warn("waiting for another kubestrap command that is cleaning the cache…"))?;
+    let loaded = channel::load(home, Some(spec), &super::fetch_options(net), allow_expired, ui)?;
+    channel::set_default(home, &loaded.path)?;
+    ui.json(json!({"default": loaded.path, "manifest": loaded.manifest.id()}));
+    ui.line(&format!(
+        "default manifest: {} (Kubernetes {}), kept as {}",
+        loaded.manifest.id(),
+        loaded.manifest.kubernetes,
+        loaded.path.display()
+    ));
+    Ok(Code::Ok)
 }
 
 /// Reads and parses a manifest file named on the command line (capped).

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::args::{Cmd, ManifestSource, NetArgs, ProfileCmd};
@@ -52,6 +52,17 @@ pub fn run(cmd: Cmd, home: &Home, ui: &Ui) -> Result<u8> {
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut super::args::Cli::command(), "kubestrap", &mut std::io::stdout());
+            Code::Ok
+        }
+        Cmd::Man { out: None } => {
+            let (_, page) = man_pages()?.swap_remove(0);
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &page)?;
+            Code::Ok
+        }
+        Cmd::Man { out: Some(dir) } => {
+            let written = write_man_pages(&dir)?;
+            ui.json(serde_json::json!({"man_pages": written.len(), "dir": dir}));
+            ui.line(&format!("wrote {} manual pages to {}", written.len(), dir.display()));
             Code::Ok
         }
         Cmd::KvmProbe => match crate::driver::qemu::kvm::probe_in_this_process() {
@@ -113,4 +124,41 @@ pub fn load_manifest(
         }
         None => Ok((crate::channel::load(home, src.manifest.as_deref(), &opts, src.allow_expired, ui)?, opts)),
     }
+}
+
+/// The manual pages made from the command line's own definitions:
+/// `kubestrap.1` first, then `kubestrap-<command>[-<sub>].1` for each
+/// command that is not hidden.
+pub fn man_pages() -> Result<Vec<(String, Vec<u8>)>> {
+    use clap::CommandFactory;
+    fn walk(cmd: clap::Command, prefix: &str, out: &mut Vec<(String, Vec<u8>)>) -> std::io::Result<()> {
+        let name = if prefix.is_empty() { cmd.get_name().to_string() } else { format!("{prefix}-{}", cmd.get_name()) };
+        let subs: Vec<clap::Command> = cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned().collect();
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd.clone().display_name(name.clone()).bin_name(name.replace('-', " ")))
+            .render(&mut page)?;
+        out.push((format!("{name}.1"), page));
+        for sub in subs {
+            walk(sub, &name, out)?;
+        }
+        Ok(())
+    }
+    let mut cmd = super::args::Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let mut out = Vec::new();
+    walk(cmd, "", &mut out)?;
+    Ok(out)
+}
+
+/// Writes [`man_pages`] into `dir` (each atomically); returns their paths.
+pub fn write_man_pages(dir: &Path) -> Result<Vec<PathBuf>> {
+    kubestrap_fskit::create_dir_mode(dir, 0o755)?;
+    man_pages()?
+        .into_iter()
+        .map(|(name, page)| {
+            let path = dir.join(name);
+            kubestrap_fskit::write_atomic(&path, &page, 0o644)?;
+            Ok(path)
+        })
+        .collect()
 }

@@ -20,7 +20,11 @@ const PASSWORD_ENV: &str = "KUBESTRAP_KEY_PASSWORD";
 
 pub fn manifest(cmd: ManifestCmd, home: &Home, ui: &Ui) -> Result<Code> {
     match cmd {
-        ManifestCmd::Check { .. } | ManifestCmd::New(_) | ManifestCmd::Generate(_) | ManifestCmd::Index(_) => {
+        ManifestCmd::Check { .. }
+        | ManifestCmd::New(_)
+        | ManifestCmd::Generate(_)
+        | ManifestCmd::Index(_)
+        | ManifestCmd::Default { .. } => {
             unreachable!("handled by commands::manifest")
         }
         ManifestCmd::Keygen { out, name, unencrypted } => {
