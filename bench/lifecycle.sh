@@ -7,9 +7,15 @@
 #   status latency = median(`kubestrap status`) vs median(curl of /readyz with
 #                    the same client certificate)
 #
-# Usage: bench/lifecycle.sh [RUNS]   (default 15). Needs curl and zstd.
+# With --compare DIR, a second kubestrap (DIR/kubestrap: another build, say
+# the one before a change) is measured in the same run, each start and
+# status of one interleaved with the other's, in a home of its own.
+#
+# Usage: bench/lifecycle.sh [RUNS] [--compare DIR]   (default 15). Needs curl and zstd.
 set -euo pipefail
 runs=${1:-15}
+other=
+if [ "${2:-}" = --compare ]; then other=$(cd "$3" && pwd)/kubestrap; fi
 sp=
 bench_cleanup() { if [ -n "$sp" ]; then kill "$sp" 2>/dev/null || true; fi; }
 . "$(dirname "$0")/lib.sh"
@@ -57,6 +63,27 @@ for _ in $(seq "$runs"); do
   t0=$(now); curl_ready >/dev/null; curl_status+=($(( $(now) - t0 )))
 done
 
+# The other build, interleaved with this one (each in its own home and port).
+if [ -n "$other" ]; then
+  home_this=$KUBESTRAP_HOME home_other=$work/home-other port_other=$(free_port)
+  "$ks" stop >/dev/null
+  KUBESTRAP_HOME=$home_other "$other" trust add "$top/ci/dev-keys/dev.pub" >/dev/null 2>&1
+  KUBESTRAP_HOME=$home_other "$other" start --manifest "$manifest" --port "$port_other" >/dev/null 2>&1
+  KUBESTRAP_HOME=$home_other "$other" stop >/dev/null
+  a_start=(); b_start=(); a_status=(); b_status=()
+  for _ in $(seq "$runs"); do
+    t0=$(now); "$ks" start >/dev/null 2>&1; a_start+=($(( $(now) - t0 )))
+    t0=$(now); "$ks" status >/dev/null; a_status+=($(( $(now) - t0 )))
+    "$ks" stop >/dev/null
+    export KUBESTRAP_HOME=$home_other
+    t0=$(now); "$other" start >/dev/null 2>&1; b_start+=($(( $(now) - t0 )))
+    t0=$(now); "$other" status >/dev/null; b_status+=($(( $(now) - t0 )))
+    "$other" stop >/dev/null
+    export KUBESTRAP_HOME=$home_this
+  done
+  KUBESTRAP_HOME=$home_other "$other" delete --all >/dev/null 2>&1 || true
+fi
+
 b=$(printf '%s\n' "${base[@]}" | median ms 1); s=$(printf '%s\n' "${ks_start[@]}" | median ms 1)
 rh=$(printf '%s\n' "${rehash[@]}" | median ms 1); sm=$(printf '%s\n' "${sums[@]}" | median ms 1)
 st=$(printf '%s\n' "${ks_status[@]}" | median ms 1); cs=$(printf '%s\n' "${curl_status[@]}" | median ms 1)
@@ -68,3 +95,10 @@ printf '%-44s %9s ms   (%s files, %s KiB)\n' "  of which: re-hash what will run"
 printf '%-44s %9s ms\n' "  sha256sum of the same tree (baseline)" "$sm"
 printf '%-44s %9s ms   (target <= 50)\n' "kubestrap status (running cluster)" "$st"
 printf '%-44s %9s ms   (ratio %.2fx)\n' "curl /readyz with the admin cert (baseline)" "$cs" "$(awk "BEGIN{print $st/$cs}")"
+if [ -n "$other" ]; then
+  as=$(printf '%s\n' "${a_start[@]}" | median ms 1); bs=$(printf '%s\n' "${b_start[@]}" | median ms 1)
+  at=$(printf '%s\n' "${a_status[@]}" | median ms 1); bt=$(printf '%s\n' "${b_status[@]}" | median ms 1)
+  echo "interleaved with $other:"
+  printf '%-44s %9s ms   vs %s ms (ratio %.2fx)\n' "  start (stopped profile): this build" "$as" "$bs" "$(awk "BEGIN{print $as/$bs}")"
+  printf '%-44s %9s ms   vs %s ms (ratio %.2fx)\n' "  status (running): this build" "$at" "$bt" "$(awk "BEGIN{print $at/$bt}")"
+fi
