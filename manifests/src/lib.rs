@@ -144,6 +144,8 @@ fn check_component(
     if version.is_empty() {
         return Err("version: expected a non-empty version string".into());
     }
+    // Shown, logged and used in labels and file names.
+    template::check_no_control(version).map_err(|e| format!("version: {e}"))?;
     if drivers.as_ref().is_some_and(|d| d.is_empty()) {
         return Err("drivers: expected at least one of native|docker|qemu, or no `drivers` key for all".into());
     }
@@ -217,6 +219,7 @@ impl TryFrom<RawArtifact> for Artifact {
             return Err("urls: expected at least one URL".into());
         }
         for url in &r.urls {
+            template::check_no_control(url).map_err(|e| format!("urls: {e}"))?;
             check_url(url)?;
         }
         check_rel_path("bin", &r.bin)?;
@@ -244,6 +247,7 @@ fn check_url(url: &str) -> Result<(), String> {
 }
 
 fn check_rel_path(field: &str, p: &str) -> Result<(), String> {
+    template::check_no_control(p).map_err(|e| format!("{field}: {e}"))?;
     let bad = p.is_empty() || p.starts_with('/') || p.split('/').any(|c| c.is_empty() || c == "." || c == "..");
     if bad {
         Err(format!("{field}: expected a relative path without '.', '..' or empty parts, got {p:?}"))
@@ -303,6 +307,7 @@ impl TryFrom<RawRun> for Run {
     type Error = String;
     fn try_from(r: RawRun) -> Result<Self, String> {
         check_rel_path("program", &r.program)?;
+        template::check_no_control(&r.ready).map_err(|e| format!("ready: {e}"))?;
         if !r.ready.starts_with('/') {
             return Err(format!("ready: expected an absolute URL path such as \"/readyz\", got {:?}", r.ready));
         }

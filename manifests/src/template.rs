@@ -58,7 +58,17 @@ enum Piece<'a> {
     Var(&'a str),
 }
 
+/// Refuses control characters (a NUL, a newline, an escape...) in a name,
+/// path or argument: nothing a manifest names may hold one.
+pub fn check_no_control(s: &str) -> Result<(), String> {
+    match s.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!("control character U+{:04X} in {s:?}", c as u32)),
+        None => Ok(()),
+    }
+}
+
 fn pieces(s: &str) -> Result<Vec<Piece<'_>>, String> {
+    check_no_control(s)?;
     let mut out = Vec::new();
     let mut rest = s;
     while let Some(open) = rest.find(['{', '}']) {

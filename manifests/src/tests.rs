@@ -153,6 +153,25 @@ fn bad_urls_and_bin() {
 }
 
 #[test]
+fn control_characters_are_refused_in_every_name_and_path() {
+    // TOML escapes: a NUL, a newline, an escape, a DEL in each path-like field.
+    let cases = [
+        ("bin = \"bin/k3s\"", "bin = \"bin/k\\u0000s\"", "bin", "U+0000"),
+        ("bin = \"kubectl\"", "bin = \"kube\\u0000ctl\"", "bin", "U+0000"),
+        ("program = \"bin/k3s\"", "program = \"bin/k3s\\n\"", "program", "U+000A"),
+        ("version = \"1.33.1\"", "version = \"1.33.1\\u001b[31m\"", "version", "U+001B"),
+        ("\"--data-dir={data}\"", "\"--data-dir={data}\\u007f\"", "args", "U+007F"),
+    ];
+    for (from, to, field, shown) in cases {
+        assert!(GOOD.contains(from), "fixture lacks {from}");
+        let e = err(&GOOD.replacen(from, to, 1));
+        assert!(e.message.contains("control character") && e.message.contains(shown), "{to}: {e}");
+        assert!(e.field.ends_with(field) || e.message.starts_with(field), "{to}: {}: {e}", e.field);
+        assert!(e.line > 0 && e.column > 0, "{e}");
+    }
+}
+
+#[test]
 fn bad_stop_signal_and_timeout() {
     let e = err(&GOOD.replace("stop-signal = \"TERM\"", "stop-signal = \"KILL9\""));
     assert!(e.message.contains("KILL9"), "{e}");

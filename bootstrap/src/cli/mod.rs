@@ -34,6 +34,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code as u8);
         }
     };
+    tracing::debug!("kubestrap {} (home {})", env!("CARGO_PKG_VERSION"), home.root().display());
     let ran = commands::run(cli.cmd, &home, &ui);
     for note in home.take_notes() {
         ui.warn(&note);
@@ -59,7 +60,7 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()))
+        .with_ansi(render::stderr_color())
         .with_target(false)
         .init();
 }

@@ -27,10 +27,17 @@ pub struct Ui {
     total: Mutex<Option<(ProgressBar, HashMap<String, u64>)>>,
 }
 
+/// Whether what kubestrap writes to stderr may carry colour: only on a
+/// terminal, and never with `NO_COLOR` set (a log file, a pipe or a CI log
+/// gets plain text).
+pub fn stderr_color() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 impl Ui {
     pub fn new(output: Output) -> Ui {
         let tty = std::io::stderr().is_terminal();
-        let color = tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        let color = stderr_color();
         Ui {
             output,
             bars: (tty && output == Output::Text)

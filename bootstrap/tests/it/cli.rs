@@ -57,3 +57,19 @@ fn errors_in_json_mode_are_json() {
     assert_eq!(v["exit_code"], 42);
     assert!(v["error"].as_str().unwrap().contains("does not exist"));
 }
+
+#[test]
+fn logs_and_warnings_off_a_terminal_are_plain_text() {
+    let env = Env::new();
+    // A damaged key list (a warning) and -v (debug logs), stderr a pipe,
+    // NO_COLOR unset: no escape sequence may reach it.
+    let keys = env.home.join("keys/builtin");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::write(keys.join("keys-1.toml"), "junk").unwrap();
+    let out = env.cmd(&["-v", "trust", "list"]).env_remove("NO_COLOR").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("warning: ignoring the key list"), "{err}");
+    assert!(err.contains("DEBUG"), "no debug log line to check: {err}");
+    assert!(!err.contains('\u{1b}'), "escape sequences off a terminal: {err:?}");
+}
