@@ -255,7 +255,7 @@ pub fn wait_ready(
     Err(match e {
         WaitError::Exited => {
             let how = match drv.status(p)? {
-                HostState::Crashed { how } => how,
+                HostState::Crashed { how, .. } => how,
                 _ => "exited".into(),
             };
             let advice = if tail.iter().any(|l| l.to_lowercase().contains("address already in use")) {

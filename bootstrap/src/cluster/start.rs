@@ -94,7 +94,7 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
             drv.stop(p, Stop::of(run))?;
             progress.step(Step::StopFinished { profile: p.name.clone() }, t.elapsed());
         }
-        HostState::Crashed { how } => {
+        HostState::Crashed { how, .. } => {
             progress
                 .warn(format!("localkube of profile {:?} had stopped unexpectedly ({how}); starting it again", p.name));
             // What is left of it (helpers; all of it when only the pid file was

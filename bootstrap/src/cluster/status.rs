@@ -177,8 +177,8 @@ pub fn status(home: &Home, name: &str, progress: &dyn crate::progress::Progress)
             st.host = HostStatus::Suspended;
             (None, false)
         }
-        HostState::Crashed { how } => {
-            st.host = HostStatus::Running;
+        HostState::Crashed { how, host_down } => {
+            st.host = if host_down { HostStatus::Stopped } else { HostStatus::Running };
             st.localkube = LocalkubeStatus::Crashed;
             st.crash = Some(how);
             st.log_tail = drv.log_tail(&p, 20);

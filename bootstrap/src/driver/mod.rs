@@ -145,9 +145,12 @@ pub enum HostState {
     Stopped,
     /// Stopped with its running state saved (a VM's RAM): `start` resumes it.
     Suspended,
-    /// Should run but does not: how it ended, if known.
+    /// Should run but does not: how it ended, if known, and whether the
+    /// host went with it (a VM or container is the host; the native
+    /// driver's host is this machine, which is still up).
     Crashed {
         how: String,
+        host_down: bool,
     },
 }
 

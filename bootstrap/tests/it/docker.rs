@@ -90,8 +90,9 @@ fn docker_is_chosen_stops_keep_the_volume_and_delete_leaves_nothing_of_ours() {
 
     // A container killed behind kubestrap's back reads as crashed and recovers.
     assert!(docker(&["kill", &name]).0);
-    let (_, st) = c.status("dk");
+    let (code, st) = c.status("dk");
     assert_eq!(st["localkube"], "Crashed", "{st}");
+    assert_eq!((code, st["host"].as_str()), (7, Some("Stopped")), "the container is the host: {st}");
     c.env.ok(&["start", "-p", "dk"]);
     assert_eq!(configmap(&c, "kept"), "v");
 

@@ -81,7 +81,8 @@ fn a_vm_cluster_suspends_resumes_shuts_down_recovers_and_deletes() {
     assert!(wait_until(std::time::Duration::from_secs(10), || !alive(pid)));
     let (code, st) = c.status("vm");
     assert_eq!(st["localkube"], "Crashed", "{st}");
-    assert_eq!(code & 2, 2, "{st}");
+    // qemu is the VM: the host is down with it.
+    assert_eq!((code, st["host"].as_str()), (7, Some("Stopped")), "{st}");
     let out = c.env.ok(&["start", "-p", "vm"]);
     assert!(out.contains("is up again"), "{out}");
     assert_eq!(configmap(&c, "kept"), "v");
@@ -312,4 +313,91 @@ fn accel_kvm_without_kvm_is_refused_before_anything_is_fetched() {
     let out = c.env.run(&["start", "-p", "k2", "--driver", "qemu", "--manifest", c.m(), "--port", &port]);
     assert_ne!(out.status.code(), Some(44), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!c.env.blobs().is_empty(), "the start without --accel kvm did not get to fetching");
+}
+
+/// The real hypervisor with the stand-in in front of its qemu, failing as
+/// qemu fails where KVM aborts at once (`fail`: "kvm" or "always"; see
+/// ci/standin/src/qemu.rs).
+fn aborting_hypervisor(dir: &Path, fail: &str) -> Artifact {
+    let real = vm_artifacts().hypervisor;
+    let tree = dir.join(format!("hv-{fail}"));
+    fs::create_dir_all(&tree).unwrap();
+    let run = |cmd: &mut Command| assert!(cmd.status().unwrap().success(), "{cmd:?}");
+    run(Command::new("tar").arg("--zstd").arg("-xf").arg(&real.path).arg("-C").arg(&tree));
+    let bin = tree.join("bin");
+    fs::rename(bin.join("qemu-system-x86_64"), bin.join("qemu-system-x86_64.real")).unwrap();
+    fs::copy(standin_binary(), bin.join("qemu-system-x86_64")).unwrap();
+    fs::write(bin.join("qemu-fail"), fail).unwrap();
+    let out = dir.join(format!("hypervisor-{fail}.tar.zst"));
+    run(Command::new("sh").arg("-c").arg(format!(
+        "tar --sort=name -C '{}' -cf - . | zstd -q -3 -f -o '{}'",
+        tree.display(),
+        out.display()
+    )));
+    Artifact::of(out)
+}
+
+/// This home's KVM record says what a probe would: KVM usable, no guest
+/// booted with it yet (so the first boot is watched).
+fn kvm_probe_passed(env: &Env) {
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    fs::create_dir_all(env.home.join("state")).unwrap();
+    fs::write(
+        env.home.join("state/kvm-probe.toml"),
+        format!("boot = {:?}\nusable = true\nwhy = \"the one-instruction guest halted\"\n", boot.trim()),
+    )
+    .unwrap();
+}
+
+#[test]
+fn kvm_that_aborts_at_once_falls_back_to_tcg_and_is_remembered() {
+    if !need("qemu", qemu_installed) || !need("kvm", kvm_device) {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let hv = aborting_hypervisor(scratch.path(), "kvm");
+    let c = Cluster::with(|s| {
+        s.localkube_drivers = vec!["native".into(), "qemu".into()];
+        s.vm = Some(VmArtifacts { hypervisor: hv, base_image: vm_artifacts().base_image });
+    });
+    kvm_probe_passed(&c.env);
+    // The machine's choice: KVM (the probe passed); qemu aborts at once;
+    // the same start boots again with TCG and says so.
+    let out = start_vm(&c, "vm", false);
+    assert!(out.contains("accelerator fallback") && out.contains("failed to set MSR"), "{out}");
+    c.kubectl_ok(&KUBECTL, &["get", "ns"]);
+    let kept = fs::read_to_string(c.env.home.join("state/kvm-probe.toml")).unwrap();
+    assert!(kept.contains("usable = false") && kept.contains("MSR"), "{kept}");
+    // doctor says what was learnt.
+    let doc = c.env.run(&["doctor", "-p", "vm", "--driver", "qemu"]);
+    let said = String::from_utf8_lossy(&doc.stdout);
+    assert!(said.contains("tcg") && said.contains("MSR"), "{said}");
+    // Remembered for this boot of the machine: the next start goes to TCG
+    // directly.
+    c.env.ok(&["stop", "-p", "vm", "--shutdown"]);
+    let out = c.env.ok(&["start", "-p", "vm"]);
+    assert!(!out.contains("accelerator fallback"), "{out}");
+    c.kubectl_ok(&KUBECTL, &["get", "ns"]);
+}
+
+#[test]
+fn kvm_then_tcg_failing_names_both_attempts() {
+    if !need("qemu", qemu_installed) || !need("kvm", kvm_device) {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let hv = aborting_hypervisor(scratch.path(), "always");
+    let c = Cluster::with(|s| {
+        s.localkube_drivers = vec!["native".into(), "qemu".into()];
+        s.vm = Some(VmArtifacts { hypervisor: hv, base_image: vm_artifacts().base_image });
+    });
+    kvm_probe_passed(&c.env);
+    let port = free_port().to_string();
+    let out = c.env.run(&["start", "-p", "vm", "--driver", "qemu", "--manifest", c.m(), "--port", &port]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(43), "{err}");
+    assert!(err.contains("with KVM") && err.contains("then with TCG"), "{err}");
+    assert!(err.contains("failed to set MSR"), "{err}");
+    let (code, st) = c.status("vm");
+    assert_eq!((code, st["host"].as_str(), st["localkube"].as_str()), (7, Some("Stopped"), Some("Crashed")), "{st}");
 }

@@ -5,6 +5,7 @@
 mod api;
 mod k3s;
 mod proto;
+mod qemu;
 mod render;
 mod server;
 mod store;
@@ -247,6 +248,9 @@ async fn run(args: ServerArgs) -> Result<()> {
 }
 
 fn main() {
+    if qemu::mode() {
+        qemu::main();
+    }
     // The k3s mode's shim and container (re-executions of this binary).
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     match argv.get(1).and_then(|a| a.to_str()) {

@@ -524,6 +524,7 @@ impl Driver for Docker<'_> {
                     state.finished_at,
                     if state.error.is_empty() { String::new() } else { format!(" ({})", state.error) }
                 ),
+                host_down: true,
             },
         })
     }

@@ -553,6 +553,11 @@ impl Driver for Qemu<'_> {
     fn status(&self, p: &Profile) -> Result<HostState> {
         Ok(match supervisor::status(p)? {
             HostState::Stopped if suspended_path(p).is_file() => HostState::Suspended,
+            // qemu is the VM: with nothing of it left running, the host is
+            // down too.
+            HostState::Crashed { how, .. } => {
+                HostState::Crashed { how, host_down: supervisor::process::owned_by(&p.run()).is_empty() }
+            }
             other => other,
         })
     }

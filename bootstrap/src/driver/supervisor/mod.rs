@@ -232,10 +232,14 @@ pub fn status(profile: &Profile) -> Result<HostState> {
             }
             return Ok(HostState::Crashed {
                 how: format!("its pid file is gone but process(es) {} of it still run", pids(&left)),
+                host_down: false,
             });
         }
         PidInfo::Damaged(why) => {
-            return Ok(HostState::Crashed { how: format!("its pid file {} is damaged ({why})", path.display()) });
+            return Ok(HostState::Crashed {
+                how: format!("its pid file {} is damaged ({why})", path.display()),
+                host_down: false,
+            });
         }
         PidInfo::Current(pf) => pf,
     };
@@ -261,7 +265,7 @@ pub fn status(profile: &Profile) -> Result<HostState> {
         || "exited; its monitor is gone too, so how is unknown (killed by kill -9, or with the machine?)".into(),
         |r| r.describe(),
     );
-    Ok(HostState::Crashed { how })
+    Ok(HostState::Crashed { how, host_down: false })
 }
 
 /// Kills whatever of the profile still runs.
