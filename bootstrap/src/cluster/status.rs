@@ -145,6 +145,9 @@ impl Status {
     }
 }
 
+/// How long `status` waits for the apiserver's answer.
+const STATUS_PROBE: Duration = Duration::from_secs(5);
+
 pub fn status(home: &Home, name: &str, progress: &dyn crate::progress::Progress) -> Result<Status> {
     let p = Profile::new(home, name)?;
     let cfg = p.load()?;
@@ -192,7 +195,9 @@ pub fn status(home: &Home, name: &str, progress: &dyn crate::progress::Progress)
         st.host_id = Some(host.id);
         let at = crate::profile::Endpoint { port: host.port, ..cfg.endpoint() };
         st.server = at.url();
-        let probe = Probe::new(&pki, at, Duration::from_secs(2))?;
+        // Long enough for a loaded VM under TCG (TLS handshakes are slow
+        // there), short enough that a hung engine or VM is said quickly.
+        let probe = Probe::new(&pki, at, STATUS_PROBE)?;
         let ready = manifest.as_ref().map_or("/readyz", |m| m.component.localkube.run.ready.as_str());
         match probe.get(ready) {
             Ok((200, _)) => {

@@ -153,7 +153,9 @@ fn two_docker_profiles_run_at_once_and_an_unreachable_engine_is_said_clearly() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains(&container) && err.contains(&format!("{container}-data")), "names what is left: {err}");
     assert!(!c.env.home.join("profiles/db").exists());
+    // What --force named as left is there, and goes by the commands it gave.
     assert!(docker(&["rm", "-f", &container]).0 && docker(&["volume", "rm", &format!("{container}-data")]).0);
+    assert!(docker(&["network", "rm", &container]).0, "the profile's network was not left as said");
     c.env.ok(&["delete", "--all"]);
 }
 

@@ -17,6 +17,7 @@ mod k3s;
 mod k3s_guest;
 mod k3s_native;
 mod lifecycle;
+mod load;
 mod qemu;
 mod quickstart;
 mod release;
