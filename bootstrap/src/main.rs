@@ -14,6 +14,7 @@ mod cli;
 mod cluster;
 mod driver;
 mod home;
+mod killpoint;
 mod proc;
 mod profile;
 mod progress;

@@ -175,6 +175,12 @@ impl Profile {
     pub fn snapshots(&self) -> PathBuf {
         self.dir.join("snapshots")
     }
+    /// Written before a delete destroys anything: a delete that was cut
+    /// short is finished by the next `start` (or `delete`), never left as
+    /// a profile whose state is half gone.
+    pub fn deleting(&self) -> PathBuf {
+        self.dir.join("deleting")
+    }
     /// The journal of an upgrade or rollback under way.
     pub fn journal(&self) -> PathBuf {
         self.dir.join("upgrade.toml")

@@ -127,6 +127,7 @@ pub fn fetch_all(
     opts: &Options,
     progress: &dyn Progress,
 ) -> Result<Vec<PathBuf>, FetchError> {
+    crate::killpoint::reached("fetch");
     let missing: Vec<&Job> =
         jobs.iter().filter(|j| !store::has_blob(home, &j.artifact.sha256, j.artifact.size.get())).collect();
     let in_catalog =

@@ -87,6 +87,7 @@ pub fn bring_up(s: &Session, drv: &dyn Driver, plan: &BringUp) -> Result<Started
     let run = &m.component.localkube.run;
     preflight(drv, p, m)?;
     let components = fetch_and_unpack(s.home, m, drv.kind(), plan.fetch, s.progress)?;
+    crate::killpoint::reached("configure");
     let (cfg, created) = configure(s, drv, plan)?;
     let at = cfg.endpoint();
     let launch = Launch {
@@ -102,11 +103,14 @@ pub fn bring_up(s: &Session, drv: &dyn Driver, plan: &BringUp) -> Result<Started
     let pki = certificates(drv, &launch, plan.tuning.cert_validity, s.progress)?;
     place_images(&drv.host_data(p), p, m, components.images, s.progress)?;
     let t = Instant::now();
+    crate::killpoint::reached("launch");
     let host = drv.start(&launch)?;
     let launched = Launched { drv, profile: p, stop: Stop::of(run), armed: true };
     s.progress.step(Step::LocalkubeStarted { host: host.id.clone(), driver: drv.kind().as_str() }, t.elapsed());
     let check = ReadyCheck { pki: &pki, at, run, timeout: plan.tuning.wait_timeout };
+    crate::killpoint::reached("ready");
     wait_ready(drv, p, &check, true, s.progress)?;
+    crate::killpoint::reached("kubeconfig");
     let version = write_kubeconfig(p, &pki, at, plan.tuning.keep_context, s.progress)?;
     launched.keep();
     Ok(Started {

@@ -72,6 +72,7 @@ pub fn fetch_and_unpack(
     progress.step(Step::ArtifactsVerified { count: jobs.len(), bytes }, t.elapsed());
 
     let t = Instant::now();
+    crate::killpoint::reached("unpack");
     let needs =
         m.needs(&host, kind).map_err(|reason| artifacts::FetchError::NoArtifact { manifest: m.id(), reason })?;
     let mut localkube = None;

@@ -272,6 +272,7 @@ pub fn place_release(p: &Profile, dir: &Path, wanted: &[Wanted]) -> Result<Place
 /// places it as `<sha256>.tar[.gz|.zst]`. Loading the same bytes again
 /// changes nothing.
 pub fn load(p: &Profile, dir: &Path, file: &Path, progress: &dyn Progress) -> Result<(Entry, bool)> {
+    crate::killpoint::reached("image load");
     fskit::create_dir_mode(dir, 0o700)?;
     sweep(dir);
     let src = fskit::open_regular(file)?;

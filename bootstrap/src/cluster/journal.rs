@@ -86,7 +86,9 @@ impl Journal {
     /// Moves to `phase`, durably, before the step that follows.
     pub fn enter(&mut self, p: &Profile, phase: Phase) -> Result<(), FsError> {
         self.phase = phase;
-        crate::state::write(&p.journal(), self)
+        crate::state::write(&p.journal(), self)?;
+        crate::killpoint::reached(&format!("upgrade {phase}"));
+        Ok(())
     }
 
     /// The upgrade is over (done or undone).

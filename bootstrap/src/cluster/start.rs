@@ -44,6 +44,15 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
     let p = &s.profile;
     let tuning =
         Tuning { wait_timeout: o.wait_timeout, keep_context: o.keep_context, cert_validity: o.cert_validity, vm: o.vm };
+    // A delete a killed command left is finished first: its state may be
+    // half gone, and deleting it is what was asked.
+    if p.deleting().exists() {
+        progress.warn(format!(
+            "a delete of profile {:?} was cut short; finishing it, then starting the profile afresh",
+            p.name
+        ));
+        super::stop::delete_locked(&s, false)?;
+    }
     // An upgrade a killed command left is finished or undone first.
     if p.exists()
         && let Ok(cfg) = p.load()

@@ -218,6 +218,11 @@ pub fn status(home: &Home, name: &str, progress: &dyn crate::progress::Progress)
     if let Some(u) = &st.upgrade {
         st.warnings.push(u.clone());
     }
+    if p.deleting().exists() {
+        st.warnings.push(format!(
+            "a delete of profile {name:?} was cut short: `kubestrap delete -p {name}` finishes it (`kubestrap start -p {name}` finishes it, then starts the profile afresh)"
+        ));
+    }
     st.exit_code = st.bitmask();
     let kc = kubeconfig::path()?;
     st.kubeconfig = match kubeconfig::state(&kc, &kubeconfig::context_name(name), &st.server) {

@@ -31,6 +31,7 @@ fn stop_with(s: &Session, drv: &dyn Driver, suspend: bool) -> Result<StopOutcome
         .and_then(|cfg| channel::peek(&cfg.manifest))
         .map_or(Stop::DEFAULT, |m| Stop::of(&m.component.localkube.run));
     how.suspend = suspend;
+    crate::killpoint::reached("stop");
     Ok(drv.stop(&s.profile, how)?)
 }
 
@@ -40,29 +41,60 @@ pub fn delete(home: &Home, names: &[String], wait: Wait, force: bool, progress: 
     let mut deleted = Vec::new();
     for name in names {
         let s = Session::open(home, name, wait, progress)?;
-        let drv = s.profile_driver();
-        let stopped = stop_with(&s, drv.as_ref(), false).and_then(|_| Ok(drv.delete(&s.profile)?));
-        match stopped {
-            Ok(()) => {}
-            Err(e) if force => progress.warn(format!(
-                "profile {name:?}: {e:#}; its files are deleted anyway (--force); left behind: {}",
-                drv.leftovers(&s.profile)
-            )),
-            Err(e) => {
-                return Err(e.context(format!(
-                    "profile {name:?} was not deleted; fix the above, or `kubestrap delete -p {name} --force` deletes its files anyway"
-                )));
-            }
-        }
-        let kc = kubeconfig::path()?;
-        kubeconfig::remove(&kc, &kubeconfig::context_name(name), progress)?;
-        fskit::remove_tree(&s.profile.dir)?;
-        fskit::sync_dir(&home.profiles()).ok();
+        delete_locked(&s, force)?;
         deleted.push(name.clone());
     }
     // Trees a killed delete left behind (renamed first, so never half a profile).
     progress.unswept(fskit::sweep_trash(&home.profiles()));
     Ok(deleted)
+}
+
+/// Deletes the session's profile: stops it, has the driver remove what it
+/// made (a container, volume and network; a VM's processes; what a native
+/// k3s left), then the profile's files and kubeconfig entries. A mark
+/// written first makes a delete that is killed part-way one that the next
+/// `start` or `delete` finishes (see [`crate::profile::Profile::deleting`]).
+pub(super) fn delete_locked(s: &Session, force: bool) -> Result<()> {
+    let (p, name, progress) = (&s.profile, &s.profile.name, s.progress);
+    let drv = s.profile_driver();
+    if p.dir.is_dir() {
+        // Best effort: a full disk must not stop a delete (that frees it).
+        if let Err(e) = fskit::write_atomic(&p.deleting(), crate::state::now().as_bytes(), 0o600) {
+            tracing::debug!("cannot mark profile {name:?} as being deleted: {e}");
+        }
+    }
+    crate::killpoint::reached("delete");
+    let left = |e: anyhow::Error| {
+        progress.warn(format!(
+            "profile {name:?}: {e:#}; its files are deleted anyway (--force); left behind: {}",
+            drv.leftovers(p)
+        ))
+    };
+    match stop_with(s, drv.as_ref(), false) {
+        Ok(_) => {}
+        Err(e) if force => left(e),
+        Err(e) => {
+            // Nothing is destroyed yet: the profile stays as it was.
+            let _ = fskit::remove_any(&p.deleting());
+            return Err(e.context(format!(
+                "profile {name:?} was not deleted; fix the above, or `kubestrap delete -p {name} --force` deletes its files anyway"
+            )));
+        }
+    }
+    match drv.delete(p) {
+        Ok(()) => {}
+        Err(e) if force => left(e.into()),
+        Err(e) => {
+            return Err(anyhow::Error::from(e).context(format!(
+                "profile {name:?} is stopped and partly deleted; fix the above and run `kubestrap delete -p {name}` again (a `start` finishes the delete first), or add --force to delete its files anyway"
+            )));
+        }
+    }
+    let kc = kubeconfig::path()?;
+    kubeconfig::remove(&kc, &kubeconfig::context_name(name), progress)?;
+    fskit::remove_tree(&p.dir)?;
+    fskit::sync_dir(&s.home.profiles()).ok();
+    Ok(())
 }
 
 /// Removes the download cache (blobs and component trees) with the store

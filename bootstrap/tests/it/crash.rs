@@ -112,7 +112,10 @@ fn kill_9_at_any_moment_of_start_stop_or_delete_is_recovered_by_the_next_start()
             std::thread::sleep(at);
             let finished = child.try_wait().unwrap().is_some();
             kill9(&mut child);
-            let profile_left = c.env.home.join("profiles/kubestrap/config.toml").exists();
+            // A delete cut short is finished by the next start (its data
+            // goes, as asked).
+            let dir = c.env.home.join("profiles/kubestrap");
+            let profile_left = dir.join("config.toml").exists() && !dir.join("deleting").exists();
             let what = format!(
                 "{cmd}{} killed at {}ms (iteration {i}, seed {seed})",
                 if fresh { " (from nothing)" } else { "" },
@@ -180,4 +183,351 @@ fn kill_9_during_the_fetch_of_a_large_artifact_is_resumed_by_the_next_fetch() {
         println!("{what}: recovered");
     }
     println!("kill -9 fetch matrix: {n} kills, {n} recovered, {resumed} resumed with a Range request");
+}
+
+// ---------------------------------------------------------------------------
+// Kills that land in every phase. A debug build of kubestrap has kill points
+// (bootstrap/src/killpoint.rs): KUBESTRAP_TEST_KILL_AT=<point>@<µs> sends it
+// SIGKILL that long after it reaches <point>, while the step goes on. Each
+// phase gets KUBESTRAP_CRASH_ITERATIONS seeded kills (CI: 4, 2 for the VM;
+// README's figures: 20), and the next command must repair or resume.
+
+/// Recovered/total per phase, printed as a table with the seed.
+struct Matrix {
+    seed: u64,
+    rows: Vec<(String, usize, usize, usize)>,
+}
+
+impl Matrix {
+    fn new(name: &str, salt: u64) -> Matrix {
+        let seed = seed() ^ salt;
+        println!("{name}: seed {seed} (replay with KUBESTRAP_CRASH_SEED, the salt {salt:#x} is xored in)");
+        Matrix { seed, rows: Vec::new() }
+    }
+
+    /// Runs `n` kills of one phase: `setup` before each, `run` the killed
+    /// command with the delay (µs) drawn below `window_us`, `recover` after.
+    /// A kill "landed" when the command died by SIGKILL (not when it had
+    /// finished first).
+    fn phase(
+        &mut self,
+        name: &str,
+        n: usize,
+        window_us: u64,
+        mut setup: impl FnMut(usize),
+        mut run: impl FnMut(u64) -> std::process::Output,
+        mut recover: impl FnMut(&str),
+    ) {
+        use std::os::unix::process::ExitStatusExt;
+        let mut rng = Rng(self.seed
+            ^ name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)));
+        let mut landed = 0;
+        for i in 0..n {
+            setup(i);
+            let us = rng.below(window_us);
+            let out = run(us);
+            if out.status.signal() == Some(libc::SIGKILL) {
+                landed += 1;
+            }
+            recover(&format!("{name}: kill {i} at +{us}µs (seed {})", self.seed));
+        }
+        println!("  {name:<28} {n:>3} kills, {landed:>3} landed mid-command, {n:>3} recovered");
+        self.rows.push((name.to_string(), n, landed, n));
+    }
+
+    fn done(&self) {
+        let kills: usize = self.rows.iter().map(|r| r.1).sum();
+        let landed: usize = self.rows.iter().map(|r| r.2).sum();
+        println!("  total: {kills} kills, {landed} landed, {kills} recovered (seed {})", self.seed);
+    }
+}
+
+fn killed_at(mut cmd: Command, point: &str, us: u64) -> std::process::Output {
+    cmd.env("KUBESTRAP_TEST_KILL_AT", format!("{point}@{us}")).output().unwrap()
+}
+
+/// Kills per phase: KUBESTRAP_CRASH_ITERATIONS when set (README's figures:
+/// 20), else `ci`.
+fn per_phase(ci: usize) -> usize {
+    std::env::var("KUBESTRAP_CRASH_ITERATIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(ci)
+}
+
+#[test]
+fn kills_that_land_in_every_phase_native() {
+    let n = per_phase(4);
+    let mut mx = Matrix::new("kill -9 per phase, native driver", 0x6e61);
+    let c = Cluster::with(|s| {
+        s.args.push("--stop-delay-ms=600".into());
+        s.images_dir = Some("{data}/agent/images".into());
+    });
+    let port = free_port().to_string();
+    recovered(&c, &port, false, "first start");
+    let start =
+        |us: u64, point: &str| killed_at(c.env.cmd(&["start", "--manifest", c.m(), "--port", &port]), point, us);
+    // A profile whose delete was cut short is finished off by the next
+    // start: its data is not expected back.
+    let exists = || {
+        let dir = c.env.home.join("profiles/kubestrap");
+        dir.join("config.toml").exists() && !dir.join("deleting").exists()
+    };
+
+    // start: fetch and unpack from nothing (the cache purged first).
+    for (point, window) in [("fetch", 80_000), ("unpack", 80_000)] {
+        mx.phase(
+            &format!("start: {point}"),
+            n,
+            window,
+            |_| drop(c.env.ok(&["delete", "--all", "--purge"])),
+            |us| start(us, point),
+            |what| recovered(&c, &port, false, what),
+        );
+    }
+    // The later steps of a start that creates the profile (even kills) or
+    // resumes a stopped one (odd: its configmap must survive).
+    for (point, window) in [("configure", 3_000), ("launch", 30_000), ("ready", 8_000), ("kubeconfig", 3_000)] {
+        let resumed = std::cell::Cell::new(false);
+        mx.phase(
+            &format!("start: {point}"),
+            n,
+            window,
+            |i| {
+                resumed.set(i % 2 == 1);
+                drop(c.env.ok(if resumed.get() { &["stop"][..] } else { &["delete"][..] }));
+            },
+            |us| start(us, point),
+            |what| recovered(&c, &port, resumed.get(), what),
+        );
+    }
+    // stop and delete of a running cluster (localkube takes 600 ms to stop).
+    mx.phase(
+        "stop",
+        n,
+        800_000,
+        |_| {},
+        |us| killed_at(c.env.cmd(&["stop"]), "stop", us),
+        |what| recovered(&c, &port, true, what),
+    );
+    mx.phase(
+        "delete",
+        n,
+        800_000,
+        |_| {},
+        |us| killed_at(c.env.cmd(&["delete"]), "delete", us),
+        |what| {
+            let left = exists();
+            recovered(&c, &port, left, what)
+        },
+    );
+
+    // image load: the archive is placed whole or not at all, never half.
+    let archive = image_archive(&c.env.scratch("images"));
+    let archive = archive.to_str().unwrap();
+    let data = c.env.home.join("profiles/kubestrap/data");
+    mx.phase(
+        "image load",
+        n,
+        1_500,
+        |_| {},
+        |us| killed_at(c.env.cmd(&["image", "load", archive]), "image load", us),
+        |what| {
+            c.env.ok(&["image", "load", archive]);
+            let listed = c.env.ok(&["image", "list", "-o", "json"]);
+            assert_eq!(json_lines(&listed).iter().filter(|v| v.get("sha256").is_some()).count(), 1, "{what}: {listed}");
+            let stray: Vec<_> = walk(&data).into_iter().filter(|p| p.to_string_lossy().contains(".tmp")).collect();
+            assert!(stray.is_empty(), "{what}: temp files left: {stray:?}");
+        },
+    );
+    mx.done();
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() && !p.is_symlink() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn kills_that_land_in_every_upgrade_phase_are_finished_or_undone() {
+    let n = per_phase(4);
+    let mut mx = Matrix::new("kill -9 per upgrade phase", 0x7570);
+    let env = Env::new();
+    let m32 = crate::upgrade::release(&env, 32, 1, |_| {});
+    let m33 = crate::upgrade::release(&env, 33, 2, |_| {});
+    let c = Cluster { env, manifest: m32 };
+    let port = free_port().to_string();
+    let m33 = m33.to_str().unwrap().to_string();
+    c.env.ok(&["start", "--manifest", c.m(), "--port", &port]);
+    c.kubectl_ok(&KUBECTL, &["create", "configmap", "kept", "--from-literal=n=1"]);
+    // Back to 1.32 before each kill: a rollback (the rollback protection
+    // refuses starting the older manifest afresh once the newer was seen).
+    let fresh = || {
+        let (_, st) = c.status("kubestrap");
+        if st["kubernetes"].as_str().is_some_and(|k| k.starts_with("v1.33")) {
+            c.env.ok(&["rollback"]);
+        }
+    };
+    let recover = |what: &str| {
+        // The next start finishes the upgrade or undoes it: one release
+        // runs, with the data, and no journal is left.
+        let out = c.env.run(&["start"]);
+        assert!(out.status.success(), "{what}: {}", c.env.report(&["start"], &out, "recovery start failed"));
+        assert!(!c.env.home.join("profiles/kubestrap/upgrade.toml").exists(), "{what}: journal left");
+        let (code, st) = c.status("kubestrap");
+        assert_eq!(code, 0, "{what}: {st}");
+        let k = st["kubernetes"].as_str().unwrap_or_default().to_string();
+        assert!(k.starts_with("v1.32.4") || k.starts_with("v1.33.4"), "{what}: runs {k}");
+        assert_eq!(c.localkubes("kubestrap").len(), 1, "{what}");
+        let got = c.kubectl_ok(&KUBECTL, &["get", "configmap", "kept", "-o", "jsonpath={.data.n}"]);
+        assert_eq!(got, "1", "{what}: the data did not survive");
+    };
+    for (phase, window) in [
+        ("planned", 20_000),
+        ("fetched", 5_000),
+        ("stopped", 10_000),
+        ("snapshotted", 5_000),
+        ("swapped", 40_000),
+        ("verified", 1), // right after the record: what follows is shorter than a timer
+    ] {
+        mx.phase(
+            &format!("upgrade: {phase}"),
+            n,
+            window,
+            |_| fresh(),
+            |us| killed_at(c.env.cmd(&["upgrade", "--manifest", &m33]), &format!("upgrade {phase}"), us),
+            recover,
+        );
+    }
+    // Going back from a release that never gets ready (last: its newer
+    // version number makes the one above a rollback from then on).
+    let broken = crate::upgrade::release(&c.env, 33, 3, |s| wrap_standin(s, "broken", "exit 1"));
+    let broken = broken.to_str().unwrap();
+    mx.phase(
+        "upgrade: rolling back",
+        n,
+        60_000,
+        |_| fresh(),
+        |us| {
+            let args = ["upgrade", "--manifest", broken, "--wait-timeout", "10s"];
+            killed_at(c.env.cmd(&args), "upgrade rolling back", us)
+        },
+        recover,
+    );
+    mx.done();
+}
+
+#[test]
+fn kills_that_land_in_a_bundle_import_are_resumed() {
+    let n = per_phase(4);
+    let mut mx = Matrix::new("kill -9 during a bundle import", 0x6275);
+    let c = Cluster::new();
+    c.start("kubestrap");
+    let bundle = c.env.path().join("b");
+    c.env.ok(&["bundle", "create", "--manifest", c.m(), "--from-cache", "--out", bundle.to_str().unwrap()]);
+    let user = Env::new();
+    user.ok(&["trust", "add", c.env.keys.join("dev.pub").to_str().unwrap()]);
+    let b = bundle.to_str().unwrap();
+    mx.phase(
+        "bundle import",
+        n,
+        150_000,
+        |_| drop(user.ok(&["delete", "--all", "--purge"])),
+        |us| killed_at(user.cmd(&["fetch", "--from-bundle", b]), "fetch", us),
+        |what| {
+            let out = user.run(&["fetch", "--from-bundle", b]);
+            assert!(out.status.success(), "{what}: {}", user.report(&["fetch"], &out, "recovery import failed"));
+            let verify = user.run(&["cache", "verify"]);
+            assert!(verify.status.success(), "{what}: {}", user.report(&["cache", "verify"], &verify, "not clean"));
+            assert!(user.partials().is_empty(), "{what}: partial downloads left: {:?}", user.partials());
+        },
+    );
+    mx.done();
+}
+
+/// stop (and, for a VM, stop --shutdown) and delete of a running cluster
+/// on a container or VM driver, each killed mid-way; the next start
+/// resumes with the data, and one container or VM runs.
+fn driver_matrix(mx: &mut Matrix, c: &Cluster, driver: &str, extra: &[&str], n: usize, windows: &[(&str, u64)]) {
+    let port = free_port().to_string();
+    let mut args = vec!["start", "-p", "k", "--driver", driver, "--manifest", c.m(), "--port", &port];
+    args.extend(extra);
+    let args = &args;
+    c.env.ok(args);
+    let ctx = ["--context", "kubestrap-k"];
+    let kubectl = |a: &[&str]| c.kubectl_ok(&KUBECTL, &[&ctx[..], a].concat());
+    kubectl(&["create", "configmap", "kept", "--from-literal=n=1"]);
+    let exists = || {
+        let dir = c.env.home.join("profiles/k");
+        dir.join("config.toml").exists() && !dir.join("deleting").exists()
+    };
+    let recover = |what: &str, kept: bool| {
+        let out = c.env.run(args);
+        assert!(out.status.success(), "{what}: {}", c.env.report(args, &out, "recovery start failed"));
+        let (code, st) = c.status("k");
+        assert_eq!(code, 0, "{what}: {st}");
+        kubectl(&["get", "ns"]);
+        if kept {
+            assert_eq!(kubectl(&["get", "configmap", "kept", "-o", "jsonpath={.data.n}"]), "1", "{what}: data lost");
+        } else {
+            kubectl(&["create", "configmap", "kept", "--from-literal=n=1"]);
+        }
+        let verify = c.env.run(&["cache", "verify"]);
+        assert!(verify.status.success(), "{what}: {}", c.env.report(&["cache", "verify"], &verify, "not clean"));
+    };
+    for (cmd, window) in windows {
+        let cmd: Vec<&str> = cmd.split(' ').collect();
+        let point = if cmd[0] == "delete" { "delete" } else { "stop" };
+        mx.phase(
+            &format!("{driver}: {}", cmd.join(" ")),
+            n,
+            *window,
+            |_| {},
+            |us| killed_at(c.env.cmd(&[&cmd[..], &["-p", "k"]].concat()), point, us),
+            |what| {
+                let kept = exists();
+                recover(what, kept)
+            },
+        );
+    }
+}
+
+#[test]
+fn kills_that_land_in_stop_and_delete_of_a_container() {
+    if !need("docker", docker_engine) {
+        return;
+    }
+    let n = per_phase(4);
+    let mut mx = Matrix::new("kill -9 per phase, docker driver", 0x646b);
+    let rootfs = docker_rootfs();
+    let c = Cluster::with(|s| {
+        s.localkube_drivers = vec!["native".into(), "docker".into()];
+        s.rootfs = Some(rootfs);
+        s.args.push("--stop-delay-ms=600".into());
+    });
+    driver_matrix(&mut mx, &c, "docker", &[], n, &[("stop", 700_000), ("delete", 1_000_000)]);
+    mx.done();
+}
+
+#[test]
+fn kills_that_land_in_suspend_shutdown_and_delete_of_a_vm() {
+    if !need("qemu", qemu_installed) {
+        return;
+    }
+    let n = per_phase(2);
+    let mut mx = Matrix::new("kill -9 per phase, qemu driver", 0x716d);
+    let vm = vm_artifacts();
+    let c = Cluster::with(|s| {
+        s.localkube_drivers = vec!["native".into(), "qemu".into()];
+        s.vm = Some(vm);
+    });
+    let windows = [("stop", 400_000), ("stop --shutdown", 800_000), ("delete", 1_000_000)];
+    driver_matrix(&mut mx, &c, "qemu", &["--accel", "tcg", "--memory", "512", "--cpus", "1"], n, &windows);
+    mx.done();
 }
