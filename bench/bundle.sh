@@ -97,6 +97,8 @@ art=$(( $(stat -c %s "$W/art/kubectl") + $(stat -c %s "$W/art/localkube") ))
 echo "kubestrap bundle benchmark — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "machine:   $(nproc) CPU(s), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(awk '/MemTotal/ {printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo), $(df -T "$W" | awk 'NR==2 {print $2}') at $W"
 echo "tools:     $(hyperfine --version), $(unzip -v | head -1 | cut -d' ' -f1-2), $(sha256sum --version | head -1); $RUNS runs + 1 warm-up, median (min-max) s"
+echo "sha256:    kubestrap: $("$ks" __hash-info | cut -d' ' -f2-); $(openssl version | cut -d' ' -f1-2) (CPU flags: $(grep -m1 -o -w 'sha_ni\|avx2\|avx512f' /proc/cpuinfo | sort -u | tr '\n' ' '))"
+echo "import:    $(nproc) CPU(s): artifacts are imported concurrently (up to --jobs 4), each fsynced before its rename"
 echo "data:      2 artifacts, $(( art / 1048576 )) MiB (random bytes), bundle $(( size / 1048576 )) MiB"
 echo
 printf '%-58s %s\n' "kubestrap fetch --from-bundle (empty home, fsynced)" "$ki ($kimin-$kimax)"

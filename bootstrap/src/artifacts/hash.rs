@@ -44,3 +44,24 @@ pub fn hash_file(path: &Path) -> io::Result<(Sha256, u64)> {
 pub fn hash_reader(r: impl Read) -> io::Result<(Sha256, u64)> {
     HashingReader::new(io::BufReader::with_capacity(1 << 20, r)).finish()
 }
+
+/// Which SHA-256 code the `sha2` crate runs on this CPU (it chooses at run
+/// time): the CPU's SHA extensions where it has them, else portable code.
+pub fn backend() -> &'static str {
+    #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
+    {
+        let shani = std::arch::is_x86_feature_detected!("sha")
+            && std::arch::is_x86_feature_detected!("sse2")
+            && std::arch::is_x86_feature_detected!("ssse3")
+            && std::arch::is_x86_feature_detected!("sse4.1");
+        if shani { "x86 SHA extensions (SHA-NI)" } else { "portable (no SHA-NI on this CPU)" }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("sha2") { "ARMv8 SHA2 instructions" } else { "portable" }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "x86", target_arch = "aarch64")))]
+    {
+        "portable"
+    }
+}

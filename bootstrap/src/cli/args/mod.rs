@@ -153,6 +153,9 @@ pub enum Cmd {
     /// Internal: runs a one-instruction KVM guest (the qemu driver's probe).
     #[command(name = "__kvm-probe", hide = true)]
     KvmProbe,
+    /// Internal: which SHA-256 code runs on this CPU (the benchmarks print it).
+    #[command(name = "__hash-info", hide = true)]
+    HashInfo,
     /// Internal: the home layout this kubestrap understands (asked by `self-update`).
     #[command(name = "__layout", hide = true)]
     Layout,

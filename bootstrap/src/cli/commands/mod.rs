@@ -65,6 +65,10 @@ pub fn run(cmd: Cmd, home: &Home, ui: &Ui) -> Result<u8> {
             ui.line(&format!("wrote {} manual pages to {}", written.len(), dir.display()));
             Code::Ok
         }
+        Cmd::HashInfo => {
+            println!("sha256: {}", crate::artifacts::hash::backend());
+            Code::Ok
+        }
         Cmd::KvmProbe => match crate::driver::qemu::kvm::probe_in_this_process() {
             Ok(()) => Code::Ok,
             Err(e) => {
