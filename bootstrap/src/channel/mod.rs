@@ -48,47 +48,26 @@ pub struct Want<'a> {
     pub spec: Option<&'a str>,
     /// The manifest the profile runs, if it exists.
     pub current: Option<&'a Path>,
+    /// A release to run again with none named: the one a profile ran
+    /// before the delete a killed command left was finished.
+    pub again: Option<&'a Path>,
     pub allow_expired: bool,
     pub fetch: &'a artifacts::Options,
 }
 
-/// The manifest a start uses: the one named, else the one the profile runs,
-/// else the channel's newest (falling back to the newest kept here only when
+/// The manifest a start uses: the one named, else the one the profile runs
+/// (or ran before a delete cut short, when it is still valid), else the
+/// home's default, else the channel's newest (falling back to the newest kept here only when
 /// the channel cannot be reached: a bad, old or expired manifest is an
 /// answer, not an outage — freeze protection). Warnings are reported.
 pub fn resolve(home: &Home, want: &Want<'_>, progress: &dyn Progress) -> Result<Loaded> {
     let loaded = match (want.spec, want.current) {
         (Some(spec), _) => load(home, Some(spec), want.fetch, want.allow_expired, progress)?,
         (None, Some(current)) => load_stored(home, current, Stored::current(want.allow_expired))?,
-        // Installed from a bundle: that release, with no network.
-        (None, None) if default_manifest(home).is_some() => {
-            let path = default_manifest(home).expect("checked");
-            load_stored(home, &path, Stored::fresh(want.allow_expired))?
-        }
-        (None, None) => {
-            let mut fallback = None;
-            if !want.fetch.offline {
-                match load(home, None, want.fetch, want.allow_expired, progress) {
-                    Ok(l) => return Ok(l),
-                    Err(e @ ChannelError::Download { .. }) => match newest_stored(home)? {
-                        Some(path) => {
-                            progress.warn(format!(
-                                "{e}; using the newest {DEFAULT_CHANNEL} manifest kept here, {}",
-                                path.display()
-                            ));
-                            fallback = Some(path);
-                        }
-                        None => return Err(e),
-                    },
-                    Err(e) => return Err(e),
-                }
-            }
-            let path = match fallback {
-                Some(p) => p,
-                None => newest_stored(home)?.ok_or(ChannelError::NoneKept)?,
-            };
-            load_stored(home, &path, Stored::fresh(want.allow_expired))?
-        }
+        (None, None) => match want.again.and_then(|a| load_stored(home, a, Stored::fresh(want.allow_expired)).ok()) {
+            Some(again) => again,
+            None => default_or_channel(home, want, progress)?,
+        },
     };
     if want.spec.is_none() {
         for w in &loaded.trusted.warnings {
@@ -96,6 +75,36 @@ pub fn resolve(home: &Home, want: &Want<'_>, progress: &dyn Progress) -> Result<
         }
     }
     Ok(loaded)
+}
+
+/// With nothing named and no profile: the home's default (installed from a
+/// bundle: that release, with no network), else the channel's newest.
+fn default_or_channel(home: &Home, want: &Want<'_>, progress: &dyn Progress) -> Result<Loaded> {
+    if let Some(path) = default_manifest(home) {
+        return load_stored(home, &path, Stored::fresh(want.allow_expired));
+    }
+    let mut fallback = None;
+    if !want.fetch.offline {
+        match load(home, None, want.fetch, want.allow_expired, progress) {
+            Ok(l) => return Ok(l),
+            Err(e @ ChannelError::Download { .. }) => match newest_stored(home)? {
+                Some(path) => {
+                    progress.warn(format!(
+                        "{e}; using the newest {DEFAULT_CHANNEL} manifest kept here, {}",
+                        path.display()
+                    ));
+                    fallback = Some(path);
+                }
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        }
+    }
+    let path = match fallback {
+        Some(p) => p,
+        None => newest_stored(home)?.ok_or(ChannelError::NoneKept)?,
+    };
+    load_stored(home, &path, Stored::fresh(want.allow_expired))
 }
 
 /// Loads, verifies and records the manifest named by `spec` (a path or URL),
@@ -132,9 +141,6 @@ pub fn verify_only(home: &Home, spec: &str, opts: &artifacts::Options, allow_exp
     })
 }
 
-/// Re-verifies a manifest already kept in the home (a profile's pointer).
-/// `running`: the manifest a profile already runs (expiry then only warns);
-/// otherwise an expired one is refused like a downloaded one.
 /// How a manifest kept in the home is taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stored {

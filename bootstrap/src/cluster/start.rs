@@ -42,17 +42,25 @@ pub struct StartOptions {
 pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<Started> {
     let s = Session::open(home, &o.profile, Wait::from_no_wait(o.no_wait), progress)?;
     let p = &s.profile;
-    let tuning =
-        Tuning { wait_timeout: o.wait_timeout, keep_context: o.keep_context, cert_validity: o.cert_validity, vm: o.vm };
     // A delete a killed command left is finished first: its state may be
-    // half gone, and deleting it is what was asked.
+    // half gone, and deleting it is what was asked. The fresh profile runs
+    // the release and driver the deleted one ran, unless others are named.
+    let mut again = None;
     if p.deleting().exists() {
+        again = p.load().ok();
         progress.warn(format!(
-            "a delete of profile {:?} was cut short; finishing it, then starting the profile afresh",
-            p.name
+            "a delete of profile {:?} was cut short; finishing it, then starting the profile afresh{}",
+            p.name,
+            again.as_ref().map_or(String::new(), |c| format!(" with the release it ran, on driver {}", c.driver)),
         ));
         super::stop::delete_locked(&s, false)?;
     }
+    let tuning = Tuning {
+        wait_timeout: o.wait_timeout,
+        keep_context: o.keep_context,
+        cert_validity: o.cert_validity,
+        vm: merge_settings(o.vm.as_ref(), again.as_ref()),
+    };
     // An upgrade a killed command left is finished or undone first.
     if p.exists()
         && let Ok(cfg) = p.load()
@@ -71,12 +79,13 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
             .into());
         }
         (Some(c), _) => Some(c.driver),
-        (None, d) => d,
+        (None, d) => d.or(again.as_ref().map(|c| c.driver)),
     };
     // A kubeconfig we could not update later is refused before anything runs.
     kubeconfig::check(&kubeconfig::path()?)?;
 
-    let (loaded, fetch) = resolve(home, o, p, existing.as_ref(), progress)?;
+    let again_manifest = again.as_ref().map(|c| c.manifest.as_path());
+    let (loaded, fetch) = resolve(home, o, p, existing.as_ref(), again_manifest, progress)?;
     // A new profile with no --driver: the best this machine and release allow.
     let kind = match kind {
         Some(k) => k,
@@ -87,7 +96,7 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
         }
     };
     // The settings asked, over those kept: what the driver's checks see.
-    let settings = merge_settings(o.vm.as_ref(), existing.as_ref()).unwrap_or_default();
+    let settings = merge_settings(tuning.vm.as_ref(), existing.as_ref()).unwrap_or_default();
     let drv = s.driver(kind, settings);
     let run = &loaded.manifest.component.localkube.run;
     match drv.status(p)? {
@@ -125,6 +134,7 @@ fn resolve(
     o: &StartOptions,
     p: &Profile,
     existing: Option<&Config>,
+    again: Option<&std::path::Path>,
     progress: &dyn Progress,
 ) -> Result<(Loaded, artifacts::Options)> {
     let t = Instant::now();
@@ -140,6 +150,7 @@ fn resolve(
             let want = channel::Want {
                 spec: o.manifest.as_deref(),
                 current: existing.map(|c| c.manifest.as_path()),
+                again,
                 allow_expired: o.allow_expired,
                 fetch: &o.fetch,
             };

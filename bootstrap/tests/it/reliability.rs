@@ -35,15 +35,26 @@ fn a_stop_or_delete_killed_while_localkube_shuts_down_is_finished_by_start() {
         assert!(alive(old), "localkube is still shutting down ({cmd} was killed)");
         let (_, st) = c.status("kubestrap");
         assert_eq!(st["localkube"], "Stopping", "{st}");
-        let out = c.env.ok(&["start"]);
-        assert!(out.contains("interrupted stop finished") && !out.contains("already running"), "{out}");
+        // No --manifest: a stop resumes the profile's release; a delete cut
+        // short is finished, and the fresh profile runs the release it ran.
+        let run = c.env.run(&["start"]);
+        let out = format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+        assert!(run.status.success() && !out.contains("already running"), "{out}");
         assert!(!alive(old), "the old localkube was waited for");
         // Later than the old one's stop delay, the cluster still answers.
         std::thread::sleep(Duration::from_millis(1800));
-        let got = c.kubectl_ok(&KUBECTL, &["get", "configmap", "kept", "-o", "jsonpath={.data.a}"]);
-        assert_eq!(got, "1", "after an interrupted {cmd}");
+        let got = c.kubectl(&KUBECTL, &["get", "configmap", "kept", "-o", "jsonpath={.data.a}"]);
+        if cmd == "stop" {
+            assert!(out.contains("interrupted stop finished"), "{out}");
+            assert_eq!(String::from_utf8_lossy(&got.stdout), "1", "after an interrupted stop: {got:?}");
+        } else {
+            assert!(out.contains("was cut short; finishing it") && out.contains("driver native"), "{out}");
+            let err = String::from_utf8_lossy(&got.stderr);
+            assert!(!got.status.success() && err.contains("not found"), "the delete was finished: {got:?}");
+        }
         assert_eq!(c.localkubes("kubestrap").len(), 1);
         assert_eq!(c.status("kubestrap").0, 0);
+        assert!(!c.env.home.join("profiles/kubestrap/deleting").exists());
     }
 }
 
