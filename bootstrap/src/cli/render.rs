@@ -21,7 +21,11 @@ pub enum Output {
 pub struct Ui {
     pub output: Output,
     bars: Option<MultiProgress>,
-    color: bool,
+    /// Colour on stdout (result lines) and on stderr (warnings), each
+    /// decided by its own stream: `start > file` from a terminal writes
+    /// plain text into the file.
+    color_out: bool,
+    color_err: bool,
     active: Mutex<HashMap<String, ProgressBar>>,
     /// The "total" bar and each artifact's bytes so far.
     total: Mutex<Option<(ProgressBar, HashMap<String, u64>)>>,
@@ -31,18 +35,27 @@ pub struct Ui {
 /// terminal, and never with `NO_COLOR` set (a log file, a pipe or a CI log
 /// gets plain text).
 pub fn stderr_color() -> bool {
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    color_on(&std::io::stderr())
+}
+
+/// The same for stdout.
+pub fn stdout_color() -> bool {
+    color_on(&std::io::stdout())
+}
+
+fn color_on(stream: &impl IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 impl Ui {
     pub fn new(output: Output) -> Ui {
         let tty = std::io::stderr().is_terminal();
-        let color = stderr_color();
         Ui {
             output,
             bars: (tty && output == Output::Text)
                 .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
-            color,
+            color_out: stdout_color(),
+            color_err: stderr_color(),
             active: Mutex::new(HashMap::new()),
             total: Mutex::new(None),
         }
@@ -78,7 +91,7 @@ impl Ui {
     /// `warning` event on stdout with `-o json`.
     pub fn warn(&self, s: &str) {
         self.json(json!({"event": "warning", "message": s}));
-        let prefix = if self.color { "\x1b[33mwarning:\x1b[0m" } else { "warning:" };
+        let prefix = if self.color_err { "\x1b[33mwarning:\x1b[0m" } else { "warning:" };
         match &self.bars {
             Some(mp) => mp.suspend(|| eprintln!("{prefix} {s}")),
             None => eprintln!("{prefix} {s}"),
@@ -107,7 +120,7 @@ impl Ui {
                 json!({"event": "result", "step": name, "status": "ok", "detail": detail, "elapsed_ms": elapsed.as_millis() as u64}),
             );
         } else {
-            let tick = if self.color { "\x1b[32m✓\x1b[0m" } else { "✓" };
+            let tick = if self.color_out { "\x1b[32m✓\x1b[0m" } else { "✓" };
             let detail = if detail.is_empty() { String::new() } else { format!(": {detail}") };
             self.println(&format!("{tick} {name}{detail} ({})", human_duration(elapsed)));
         }

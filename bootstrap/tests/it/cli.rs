@@ -73,3 +73,32 @@ fn logs_and_warnings_off_a_terminal_are_plain_text() {
     assert!(err.contains("DEBUG"), "no debug log line to check: {err}");
     assert!(!err.contains('\u{1b}'), "escape sequences off a terminal: {err:?}");
 }
+
+#[test]
+fn colour_is_decided_for_each_stream_and_never_with_no_color() {
+    use crate::support::{Cluster, KUBESTRAP};
+    let c = Cluster::new();
+    // A damaged key list: a warning on stderr, which stays the terminal.
+    let keys = c.env.home.join("keys/builtin");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::write(keys.join("keys-1.toml"), "junk").unwrap();
+    let file = c.env.path().join("start.out");
+    // `script` gives kubestrap a terminal; stdout goes to a file from it.
+    let run = |no_color: bool| {
+        let line = format!("{KUBESTRAP} start --manifest {} > {}", c.m(), file.display());
+        let mut cmd = c.env.cmd_of(std::path::Path::new("script"), &["-qec", &line, "/dev/null"]);
+        if !no_color {
+            cmd.env_remove("NO_COLOR");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), std::fs::read_to_string(&file).unwrap())
+    };
+    let (terminal, written) = run(false);
+    assert!(terminal.contains("\u{1b}[33mwarning:"), "a warning on a terminal is coloured: {terminal:?}");
+    assert!(written.contains("✓ apiserver ready") && !written.contains('\u{1b}'), "the file: {written:?}");
+    c.env.ok(&["stop"]);
+    let (terminal, written) = run(true);
+    assert!(terminal.contains("warning:") && !terminal.contains("\u{1b}[33m"), "NO_COLOR: {terminal:?}");
+    assert!(!written.contains('\u{1b}'), "{written:?}");
+}

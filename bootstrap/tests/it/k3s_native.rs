@@ -344,9 +344,21 @@ fn the_k3s_smoke_script_passes_against_the_standin_on_every_driver() {
     }
     let run = cmd.output().unwrap();
     let table = fs::read_to_string(out.join("table.txt")).unwrap_or_default();
+    // Each failed step's own log (`<driver>-<step>.log`), so a failure says why.
+    let mut failed_logs = String::new();
+    for line in table.lines().filter(|l| l.contains("FAILED")) {
+        let step = line.split_whitespace().next().unwrap_or_default();
+        for (i, cell) in line.split(" | ").skip(1).enumerate() {
+            if cell.contains("FAILED") {
+                let log = out.join(format!("{}-{step}.log", drivers[i]));
+                let text = fs::read_to_string(&log).unwrap_or_default();
+                failed_logs.push_str(&format!("--- {} ---\n{text}\n", log.display()));
+            }
+        }
+    }
     assert!(
         run.status.success(),
-        "{table}\n{}\n{}",
+        "{table}\n{failed_logs}\n{}\n{}",
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr)
     );
