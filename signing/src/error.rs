@@ -20,8 +20,9 @@ fn ids(v: &[KeyId]) -> String {
 }
 
 /// Everything that can go wrong while handling keys, signatures and trust.
+/// Exhaustive on purpose: kubestrap's exit-code mapping names every variant,
+/// so a new one cannot land without a code of its own.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// A file could not be read or written.
     #[error("{}: cannot {op}: {source}", path.display())]

@@ -84,7 +84,12 @@ pub fn load(
         super::import_channel_keys(home, &at, opts, allow_expired, progress);
     }
     let label = at.to_string();
-    let trusted = policy::verify_manifest(home, &label, &signed.bytes, &signed.sig, allow_expired, &[], record)?;
+    let doc = policy::Document { label: &label, bytes: &signed.bytes, sig: &signed.sig };
+    let check = policy::Check {
+        record: if record { policy::Record::KeyList } else { policy::Record::Nothing },
+        ..policy::Check::taken(allow_expired)
+    };
+    let trusted = policy::verify_manifest(home, &doc, &check)?;
     let index = ChannelIndex::parse(&signed.bytes, Path::new(&label))?;
     let official = url == DEFAULT_INDEX_URL;
     if official && trusted.path.via_pinned_key() {

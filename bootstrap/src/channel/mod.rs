@@ -167,7 +167,8 @@ impl Stored {
 pub fn load_stored(home: &Home, path: &Path, how: Stored) -> Result<Loaded> {
     let signed = read::read_stored(path)?;
     let label = path.display().to_string();
-    let mut trusted = policy::verify_manifest(home, &label, &signed.bytes, &signed.sig, how.allow_expired, &[], true)?;
+    let doc = policy::Document { label: &label, bytes: &signed.bytes, sig: &signed.sig };
+    let mut trusted = policy::verify_manifest(home, &doc, &policy::Check::taken(how.allow_expired))?;
     let manifest = Manifest::parse(&signed.bytes, path)?;
     trusted.warnings.extend(policy::check_fresh(&manifest, &label, how.allow_expired, how.running)?);
     Ok(Loaded { manifest, path: path.to_path_buf(), trusted })
@@ -186,7 +187,8 @@ pub fn accept(
 ) -> Result<Loaded> {
     let label = label.to_string();
     // Signature first, over the exact bytes; nothing is parsed before it holds.
-    let mut trusted = policy::verify_manifest(home, &label, bytes, sig, allow_expired, &[], true)?;
+    let doc = policy::Document { label: &label, bytes, sig };
+    let mut trusted = policy::verify_manifest(home, &doc, &policy::Check::taken(allow_expired))?;
     let manifest = Manifest::parse(bytes, Path::new(&label))?;
     if official && trusted.path.via_pinned_key() {
         return Err(ChannelError::NotOfficial { location: label, trust: trusted.path.to_string() });
@@ -336,7 +338,8 @@ pub fn inspect_bytes(
     allow_expired: bool,
     mut warnings: Vec<String>,
 ) -> Result<Inspected> {
-    let trusted = policy::verify_manifest(home, label, bytes, sig, allow_expired, extra, false)?;
+    let check = policy::Check { allow_expired, extra, record: policy::Record::Nothing };
+    let trusted = policy::verify_manifest(home, &policy::Document { label, bytes, sig }, &check)?;
     let manifest = Manifest::parse(bytes, Path::new(label))?;
     warnings.extend(trusted.warnings.iter().cloned());
     warnings.extend(policy::check_fresh(&manifest, label, allow_expired, false)?);

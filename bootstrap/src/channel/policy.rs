@@ -17,20 +17,43 @@ use crate::home::Home;
 
 type Result<T, E = ChannelError> = std::result::Result<T, E>;
 
+/// A signed document as read: where it came from (redacted), its exact
+/// bytes and its detached signature.
+pub struct Document<'a> {
+    pub label: &'a str,
+    pub bytes: &'a [u8],
+    pub sig: &'a str,
+}
+
+/// How a signed document is checked.
+pub struct Check<'a> {
+    /// An expired key list is accepted (with a warning).
+    pub allow_expired: bool,
+    /// Key lists that came with the document but are not kept (`manifest verify`).
+    pub extra: &'a [KeyListFile],
+    pub record: Record,
+}
+
+impl Check<'_> {
+    /// The check of a document that is taken (its key list recorded).
+    pub fn taken(allow_expired: bool) -> Check<'static> {
+        Check { allow_expired, extra: &[], record: Record::KeyList }
+    }
+}
+
+/// Whether the version of the key list that verified a document is
+/// recorded against rollback (not for a document only looked at).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record {
+    KeyList,
+    Nothing,
+}
+
 /// Verifies a manifest's signature over its exact bytes, against each key
-/// list chain kept here (and keys pinned here). `extra`: a key list that
-/// came with the manifest but is not kept (`manifest verify`); with
-/// `record`, the key list version used is recorded against rollback.
-#[allow(clippy::too_many_arguments)]
-pub fn verify_manifest(
-    home: &Home,
-    label: &str,
-    bytes: &[u8],
-    sig: &str,
-    allow_expired: bool,
-    extra: &[KeyListFile],
-    record: bool,
-) -> Result<Trusted> {
+/// list chain kept here (and keys pinned here), as `check` says.
+pub fn verify_manifest(home: &Home, doc: &Document<'_>, check: &Check<'_>) -> Result<Trusted> {
+    let Document { label, bytes, sig } = *doc;
+    let Check { allow_expired, extra, record } = *check;
     let pinned = signing::pinned_keys(&home.trust())?;
     let (mut chains, mut warnings) = keys::key_chains(home)?;
     for list in extra {
@@ -91,7 +114,7 @@ pub fn verify_manifest(
             .into());
         }
     }
-    if let Some(list) = v.key_list.as_ref().filter(|_| record) {
+    if let Some(list) = v.key_list.as_ref().filter(|_| record == Record::KeyList) {
         // Key lists are versioned too: an older one is a rollback.
         let channel = format!("{KEY_LIST_CHANNEL}/{anchor}");
         signing::SeenVersions::check_and_record(

@@ -313,9 +313,6 @@ fn signing_code(e: &kubestrap_signing::Error) -> Code {
         | E::Threshold { .. }
         | E::NotAnchored { .. }
         | E::KeyListVersion { .. } => Code::Signature,
-        // The signing crate's errors are non-exhaustive; any it adds is a
-        // verdict on a signature until this mapping says otherwise.
-        _ => Code::Signature,
     }
 }
 

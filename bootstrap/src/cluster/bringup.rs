@@ -17,7 +17,7 @@ use super::session::Session;
 use super::{ClusterError, kubeconfig, ports};
 use crate::artifacts;
 use crate::channel::Loaded;
-use crate::driver::{self, Driver, HostState, Launch, Stop};
+use crate::driver::{self, Driver, Host, HostState, Launch, Stop};
 use crate::profile::{Config, Endpoint, Profile, VmSettings};
 use crate::progress::{Progress, Step};
 
@@ -36,8 +36,8 @@ pub struct Started {
     pub context: String,
     pub server: String,
     pub kubeconfig: PathBuf,
-    /// The driver's name for the running localkube (`pid 1234`).
-    pub host: String,
+    /// The running localkube as its driver names it (and its pid, natively).
+    pub host: Host,
     pub kubernetes: String,
     pub manifest: String,
     pub already_running: bool,
@@ -113,14 +113,7 @@ pub fn bring_up(s: &Session, drv: &dyn Driver, plan: &BringUp) -> Result<Started
     crate::killpoint::reached("kubeconfig");
     let version = write_kubeconfig(p, &pki, at, plan.tuning.keep_context, s.progress)?;
     launched.keep();
-    Ok(Started {
-        host: host.id,
-        kubernetes: version,
-        manifest: m.id(),
-        already_running: false,
-        created,
-        ..result(p, at)?
-    })
+    Ok(Started { kubernetes: version, manifest: m.id(), already_running: false, created, ..result(p, at, host)? })
 }
 
 /// The driver's blocking checks for this release (k3s on the host needs
@@ -211,13 +204,13 @@ fn certificates(drv: &dyn Driver, launch: &Launch, validity: time::Duration, pro
     Ok(pki)
 }
 
-pub(super) fn result(p: &Profile, at: Endpoint) -> Result<Started> {
+pub(super) fn result(p: &Profile, at: Endpoint, host: Host) -> Result<Started> {
     Ok(Started {
         profile: p.name.clone(),
         context: kubeconfig::context_name(&p.name),
         server: at.url(),
         kubeconfig: kubeconfig::path()?,
-        host: String::new(),
+        host,
         kubernetes: String::new(),
         manifest: String::new(),
         already_running: false,

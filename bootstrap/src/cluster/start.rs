@@ -220,11 +220,10 @@ fn rejoin(
     }
     let version = write_kubeconfig(p, &pki, at, o.keep_context, progress)?;
     Ok(Some(Started {
-        host: host.id.clone(),
         kubernetes: version,
         manifest: loaded.manifest.id(),
         already_running: true,
         created: false,
-        ..result(p, at)?
+        ..result(p, at, host.clone())?
     }))
 }

@@ -195,56 +195,128 @@ fn kill_9_during_the_fetch_of_a_large_artifact_is_resumed_by_the_next_fetch() {
 /// Recovered/total per phase, printed as a table with the seed.
 struct Matrix {
     seed: u64,
-    rows: Vec<(String, usize, usize, usize)>,
+    /// Where a killed command writes the points it reached since the armed one.
+    log: tempfile::NamedTempFile,
+    rows: Vec<Row>,
+}
+
+struct Row {
+    phase: String,
+    /// Kills sent (each followed by a recovery).
+    kills: usize,
+    /// Kills that landed in the armed step.
+    in_step: usize,
+    /// Kills that landed in a later step.
+    later: usize,
+    /// Kills sent after the command had finished.
+    finished: usize,
 }
 
 impl Matrix {
     fn new(name: &str, salt: u64) -> Matrix {
         let seed = seed() ^ salt;
         println!("{name}: seed {seed} (replay with KUBESTRAP_CRASH_SEED, the salt {salt:#x} is xored in)");
-        Matrix { seed, rows: Vec::new() }
+        let log = tempfile::NamedTempFile::new().unwrap();
+        Matrix { seed, log, rows: Vec::new() }
     }
 
-    /// Runs `n` kills of one phase: `setup` before each, `run` the killed
-    /// command with the delay (µs) drawn below `window_us`, `recover` after.
-    /// A kill "landed" when the command died by SIGKILL (not when it had
-    /// finished first).
+    /// Kills the command `kill.run` makes, armed at `kill.point`, until `n`
+    /// kills have landed in that step (at most 4n kills): `setup` before
+    /// each, `recover` after each, whatever the kill hit. A delay is drawn
+    /// below the window, which halves after a kill that came too late (the
+    /// step was over, or the command had finished).
     fn phase(
         &mut self,
         name: &str,
         n: usize,
-        window_us: u64,
+        kill: Kill<impl FnMut() -> Command>,
         mut setup: impl FnMut(usize),
-        mut run: impl FnMut(u64) -> std::process::Output,
         mut recover: impl FnMut(&str),
     ) {
         use std::os::unix::process::ExitStatusExt;
+        let Kill { point, window_us, later: steps, mut run } = kill;
         let mut rng = Rng(self.seed
             ^ name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)));
-        let mut landed = 0;
-        for i in 0..n {
+        let mut row = Row { phase: name.to_string(), kills: 0, in_step: 0, later: 0, finished: 0 };
+        let mut window = window_us.max(1);
+        while row.in_step < n && row.kills < 4 * n {
+            let i = row.kills;
             setup(i);
-            let us = rng.below(window_us);
-            let out = run(us);
-            if out.status.signal() == Some(libc::SIGKILL) {
-                landed += 1;
+            let us = rng.below(window);
+            fs::write(self.log.path(), "").unwrap();
+            let out = run()
+                .env("KUBESTRAP_TEST_KILL_AT", format!("{point}@{us}"))
+                .env("KUBESTRAP_TEST_KILL_LOG", self.log.path())
+                .output()
+                .unwrap();
+            row.kills += 1;
+            let trail = fs::read_to_string(self.log.path()).unwrap_or_default();
+            let trail = trail.trim();
+            let later = trail.split(',').skip(1).filter(|p| *p != point && steps.contains(p)).last();
+            let verdict = match (out.status.signal() == Some(libc::SIGKILL), later) {
+                (false, _) => {
+                    row.finished += 1;
+                    "after the command finished".to_string()
+                }
+                (true, Some(step)) => {
+                    row.later += 1;
+                    format!("in the later step {step:?}")
+                }
+                (true, None) => {
+                    row.in_step += 1;
+                    "in the step".to_string()
+                }
+            };
+            if verdict != "in the step" {
+                window = (window / 2).max(1);
             }
-            recover(&format!("{name}: kill {i} at +{us}µs (seed {})", self.seed));
+            recover(&format!("{name}: kill {i} at +{us}µs, {verdict} (trail {trail:?}, seed {})", self.seed));
         }
-        println!("  {name:<28} {n:>3} kills, {landed:>3} landed mid-command, {n:>3} recovered");
-        self.rows.push((name.to_string(), n, landed, n));
+        println!(
+            "  {name:<28} {:>3} kills: {:>3} in the step, {:>2} in a later one, {:>2} after it finished; {:>3} recovered",
+            row.kills, row.in_step, row.later, row.finished, row.kills
+        );
+        assert_eq!(
+            row.in_step, n,
+            "{name}: fewer than {n} of {} kills landed in the step (seed {})",
+            row.kills, self.seed
+        );
+        self.rows.push(row);
     }
 
     fn done(&self) {
-        let kills: usize = self.rows.iter().map(|r| r.1).sum();
-        let landed: usize = self.rows.iter().map(|r| r.2).sum();
-        println!("  total: {kills} kills, {landed} landed, {kills} recovered (seed {})", self.seed);
+        let kills: usize = self.rows.iter().map(|r| r.kills).sum();
+        let in_step: usize = self.rows.iter().map(|r| r.in_step).sum();
+        println!("  | phase | kills | in the step | in a later step | after it finished | recovered |");
+        for r in &self.rows {
+            println!("  | {} | {} | {} | {} | {} | {} |", r.phase, r.kills, r.in_step, r.later, r.finished, r.kills);
+        }
+        println!("  total: {kills} kills, {in_step} in their step, {kills} recovered (seed {})", self.seed);
     }
 }
 
-fn killed_at(mut cmd: Command, point: &str, us: u64) -> std::process::Output {
-    cmd.env("KUBESTRAP_TEST_KILL_AT", format!("{point}@{us}")).output().unwrap()
+/// What a phase kills: the command `run` makes, armed at kill point `point`
+/// with a delay drawn below `window_us`. `later`: the kill points that
+/// begin the steps after it (a kill after one of them landed there).
+struct Kill<'a, F> {
+    point: String,
+    window_us: u64,
+    later: &'a [&'a str],
+    run: F,
 }
+
+fn kill<F: FnMut() -> Command>(point: &str, window_us: u64, run: F) -> Kill<'static, F> {
+    Kill { point: point.to_string(), window_us, later: &[], run }
+}
+
+impl<'a, F> Kill<'a, F> {
+    fn before(self, later: &'a [&'a str]) -> Kill<'a, F> {
+        Kill { later, ..self }
+    }
+}
+
+/// The kill points of a start's steps, in order.
+const START_STEPS: [&str; 6] = ["fetch", "unpack", "configure", "launch", "ready", "kubeconfig"];
 
 /// Kills per phase: KUBESTRAP_CRASH_ITERATIONS when set (README's figures:
 /// 20), else `ci`.
@@ -262,8 +334,7 @@ fn kills_that_land_in_every_phase_native() {
     });
     let port = free_port().to_string();
     recovered(&c, &port, false, "first start");
-    let start =
-        |us: u64, point: &str| killed_at(c.env.cmd(&["start", "--manifest", c.m(), "--port", &port]), point, us);
+    let start = || c.env.cmd(&["start", "--manifest", c.m(), "--port", &port]);
     // A profile whose delete was cut short is finished off by the next
     // start: its data is not expected back.
     let exists = || {
@@ -276,9 +347,8 @@ fn kills_that_land_in_every_phase_native() {
         mx.phase(
             &format!("start: {point}"),
             n,
-            window,
+            kill(point, window, start).before(&START_STEPS),
             |_| drop(c.env.ok(&["delete", "--all", "--purge"])),
-            |us| start(us, point),
             |what| recovered(&c, &port, false, what),
         );
     }
@@ -289,12 +359,11 @@ fn kills_that_land_in_every_phase_native() {
         mx.phase(
             &format!("start: {point}"),
             n,
-            window,
+            kill(point, window, start).before(&START_STEPS),
             |i| {
                 resumed.set(i % 2 == 1);
                 drop(c.env.ok(if resumed.get() { &["stop"][..] } else { &["delete"][..] }));
             },
-            |us| start(us, point),
             |what| recovered(&c, &port, resumed.get(), what),
         );
     }
@@ -302,17 +371,15 @@ fn kills_that_land_in_every_phase_native() {
     mx.phase(
         "stop",
         n,
-        800_000,
+        kill("stop", 800_000, || c.env.cmd(&["stop"])),
         |_| {},
-        |us| killed_at(c.env.cmd(&["stop"]), "stop", us),
         |what| recovered(&c, &port, true, what),
     );
     mx.phase(
         "delete",
         n,
-        800_000,
+        kill("delete", 800_000, || c.env.cmd(&["delete"])),
         |_| {},
-        |us| killed_at(c.env.cmd(&["delete"]), "delete", us),
         |what| {
             let left = exists();
             recovered(&c, &port, left, what)
@@ -326,9 +393,8 @@ fn kills_that_land_in_every_phase_native() {
     mx.phase(
         "image load",
         n,
-        1_500,
+        kill("image load", 1_500, || c.env.cmd(&["image", "load", archive])),
         |_| {},
-        |us| killed_at(c.env.cmd(&["image", "load", archive]), "image load", us),
         |what| {
             c.env.ok(&["image", "load", archive]);
             let listed = c.env.ok(&["image", "list", "-o", "json"]);
@@ -357,6 +423,15 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn kills_that_land_in_every_upgrade_phase_are_finished_or_undone() {
     let n = per_phase(4);
+    const UPGRADE_STEPS: [&str; 7] = [
+        "upgrade planned",
+        "upgrade fetched",
+        "upgrade stopped",
+        "upgrade snapshotted",
+        "upgrade swapped",
+        "upgrade verified",
+        "upgrade rolling back",
+    ];
     let mut mx = Matrix::new("kill -9 per upgrade phase", 0x7570);
     let env = Env::new();
     let m32 = crate::upgrade::release(&env, 32, 1, |_| {});
@@ -399,9 +474,9 @@ fn kills_that_land_in_every_upgrade_phase_are_finished_or_undone() {
         mx.phase(
             &format!("upgrade: {phase}"),
             n,
-            window,
+            kill(&format!("upgrade {phase}"), window, || c.env.cmd(&["upgrade", "--manifest", &m33]))
+                .before(&UPGRADE_STEPS),
             |_| fresh(),
-            |us| killed_at(c.env.cmd(&["upgrade", "--manifest", &m33]), &format!("upgrade {phase}"), us),
             recover,
         );
     }
@@ -409,15 +484,12 @@ fn kills_that_land_in_every_upgrade_phase_are_finished_or_undone() {
     // version number makes the one above a rollback from then on).
     let broken = crate::upgrade::release(&c.env, 33, 3, |s| wrap_standin(s, "broken", "exit 1"));
     let broken = broken.to_str().unwrap();
+    let args = ["upgrade", "--manifest", broken, "--wait-timeout", "10s"];
     mx.phase(
         "upgrade: rolling back",
         n,
-        60_000,
+        kill("upgrade rolling back", 60_000, || c.env.cmd(&args)).before(&UPGRADE_STEPS),
         |_| fresh(),
-        |us| {
-            let args = ["upgrade", "--manifest", broken, "--wait-timeout", "10s"];
-            killed_at(c.env.cmd(&args), "upgrade rolling back", us)
-        },
         recover,
     );
     mx.done();
@@ -437,9 +509,8 @@ fn kills_that_land_in_a_bundle_import_are_resumed() {
     mx.phase(
         "bundle import",
         n,
-        150_000,
+        kill("fetch", 150_000, || user.cmd(&["fetch", "--from-bundle", b])),
         |_| drop(user.ok(&["delete", "--all", "--purge"])),
-        |us| killed_at(user.cmd(&["fetch", "--from-bundle", b]), "fetch", us),
         |what| {
             let out = user.run(&["fetch", "--from-bundle", b]);
             assert!(out.status.success(), "{what}: {}", user.report(&["fetch"], &out, "recovery import failed"));
@@ -452,9 +523,14 @@ fn kills_that_land_in_a_bundle_import_are_resumed() {
 }
 
 /// stop (and, for a VM, stop --shutdown) and delete of a running cluster
-/// on a container or VM driver, each killed mid-way; the next start
-/// resumes with the data, and one container or VM runs.
-fn driver_matrix(mx: &mut Matrix, c: &Cluster, driver: &str, extra: &[&str], n: usize, windows: &[(&str, u64)]) {
+/// on a container or VM driver, each killed mid-way — armed where the
+/// driver's own step begins (`savevm`, the ACPI power button, `docker
+/// stop`) — and the next start resumes with the data; one container or
+/// VM runs. A phase: (command, kill point, window in µs, the point where
+/// its step ends).
+type DriverPhase<'a> = (&'a str, &'a str, u64, &'a [&'a str]);
+
+fn driver_matrix(mx: &mut Matrix, c: &Cluster, driver: &str, extra: &[&str], n: usize, phases: &[DriverPhase<'_>]) {
     let port = free_port().to_string();
     let mut args = vec!["start", "-p", "k", "--driver", driver, "--manifest", c.m(), "--port", &port];
     args.extend(extra);
@@ -481,15 +557,13 @@ fn driver_matrix(mx: &mut Matrix, c: &Cluster, driver: &str, extra: &[&str], n: 
         let verify = c.env.run(&["cache", "verify"]);
         assert!(verify.status.success(), "{what}: {}", c.env.report(&["cache", "verify"], &verify, "not clean"));
     };
-    for (cmd, window) in windows {
+    for (cmd, point, window, later) in phases {
         let cmd: Vec<&str> = cmd.split(' ').collect();
-        let point = if cmd[0] == "delete" { "delete" } else { "stop" };
         mx.phase(
-            &format!("{driver}: {}", cmd.join(" ")),
+            &format!("{driver}: {} (in {point})", cmd.join(" ")),
             n,
-            *window,
+            kill(point, *window, || c.env.cmd(&[&cmd[..], &["-p", "k"]].concat())).before(later),
             |_| {},
-            |us| killed_at(c.env.cmd(&[&cmd[..], &["-p", "k"]].concat()), point, us),
             |what| {
                 let kept = exists();
                 recover(what, kept)
@@ -511,7 +585,9 @@ fn kills_that_land_in_stop_and_delete_of_a_container() {
         s.rootfs = Some(rootfs);
         s.args.push("--stop-delay-ms=600".into());
     });
-    driver_matrix(&mut mx, &c, "docker", &[], n, &[("stop", 700_000), ("delete", 1_000_000)]);
+    let phases: [DriverPhase; 2] =
+        [("stop", "container stop", 700_000, &["container stopped"]), ("delete", "delete", 1_000_000, &[])];
+    driver_matrix(&mut mx, &c, "docker", &[], n, &phases);
     mx.done();
 }
 
@@ -527,7 +603,11 @@ fn kills_that_land_in_suspend_shutdown_and_delete_of_a_vm() {
         s.localkube_drivers = vec!["native".into(), "qemu".into()];
         s.vm = Some(vm);
     });
-    let windows = [("stop", 400_000), ("stop --shutdown", 800_000), ("delete", 1_000_000)];
-    driver_matrix(&mut mx, &c, "qemu", &["--accel", "tcg", "--memory", "512", "--cpus", "1"], n, &windows);
+    let phases: [DriverPhase; 3] = [
+        ("stop", "savevm", 1_000_000, &["savevm done"]),
+        ("stop --shutdown", "powerdown", 800_000, &[]),
+        ("delete", "delete", 1_000_000, &[]),
+    ];
+    driver_matrix(&mut mx, &c, "qemu", &["--accel", "tcg", "--memory", "512", "--cpus", "1"], n, &phases);
     mx.done();
 }

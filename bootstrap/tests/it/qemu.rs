@@ -1,7 +1,8 @@
 //! The qemu driver for real (TCG here): the stand-in localkube in a VM of
 //! the hypervisor and base image `ci/vm/build.sh` makes from Debian's
 //! packages, driven by the real kubectl through qemu's port forward.
-//! Skipped, saying why, only where qemu is not installed.
+//! Where qemu is not installed these tests fail, unless
+//! `KUBESTRAP_TEST_SKIP=qemu` asks for them to be skipped.
 
 use std::fs;
 use std::path::Path;

@@ -40,9 +40,8 @@ pub fn start(a: StartArgs, home: &Home, ui: &Ui) -> Result<Code> {
         }),
     };
     let s = cluster::start(home, &o, ui)?;
-    let pid = s.host.strip_prefix("pid ").and_then(|p| p.parse::<i32>().ok());
     ui.json(json!({"event": "done", "profile": s.profile, "context": s.context, "server": s.server, "kubeconfig": s.kubeconfig,
-        "host": s.host, "pid": pid, "kubernetes": s.kubernetes, "manifest": s.manifest, "already_running": s.already_running,
+        "host": s.host.id, "pid": s.host.pid, "kubernetes": s.kubernetes, "manifest": s.manifest, "already_running": s.already_running,
         "created": s.created, "elapsed_ms": t.elapsed().as_millis() as u64}));
     let what = if s.already_running {
         "was already running"

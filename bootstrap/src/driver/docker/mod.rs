@@ -202,13 +202,33 @@ fn no_such_container(e: &DriverError) -> bool {
     e.is_docker(DockerErrorKind::NoSuchContainer)
 }
 
-fn inspect(p: &Profile) -> Result<Option<(State, String)>> {
-    match docker(&["container", "inspect", "--format", "{{json .State}} {{.Id}}", &container_name(p)], CALL) {
+/// What the engine says of a profile's container.
+struct Inspected {
+    state: State,
+    /// The short container id.
+    id: String,
+    /// The host port the apiserver is published on (0 if none).
+    port: u16,
+}
+
+fn inspect(p: &Profile) -> Result<Option<Inspected>> {
+    let format = "{{json .State}}\n{{json .HostConfig.PortBindings}}\n{{.Id}}";
+    match docker(&["container", "inspect", "--format", format, &container_name(p)], CALL) {
         Ok(out) => {
-            let (json, id) = out.trim().rsplit_once(' ').unwrap_or((out.trim(), ""));
-            let state: State =
-                serde_json::from_str(json).map_err(|e| failed(format!("cannot read the container's state: {e}")))?;
-            Ok(Some((state, id.chars().take(12).collect())))
+            let mut lines = out.trim().lines();
+            let state: State = serde_json::from_str(lines.next().unwrap_or_default())
+                .map_err(|e| failed(format!("cannot read the container's state: {e}")))?;
+            // {"6443/tcp":[{"HostIp":"127.0.0.1","HostPort":"8443"}]}
+            let bindings: std::collections::HashMap<String, Vec<serde_json::Value>> =
+                serde_json::from_str(lines.next().unwrap_or_default()).unwrap_or_default();
+            let port = bindings
+                .get(&format!("{}/tcp", guest::PORT))
+                .and_then(|b| b.first())
+                .and_then(|b| b["HostPort"].as_str())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_default();
+            let id = lines.next().unwrap_or_default().chars().take(12).collect();
+            Ok(Some(Inspected { state, id, port }))
         }
         Err(e) if no_such_container(&e) => Ok(None),
         Err(e) => Err(e),
@@ -482,24 +502,26 @@ impl Driver for Docker<'_> {
         }
         fskit::remove_any(&stopped_path(p))?;
         docker(&["start", &name], CALL)?;
-        let id = inspect(p)?.map(|(_, id)| id).unwrap_or_default();
+        let id = inspect(p)?.map(|i| i.id).unwrap_or_default();
         Ok(Host { id: format!("container {name} ({id})"), pid: None, port: launch.port })
     }
 
     fn running(&self, p: &Profile) -> Result<bool> {
-        Ok(inspect(p)?.is_some_and(|(s, _)| s.running))
+        Ok(inspect(p)?.is_some_and(|i| i.state.running))
     }
 
     fn stop(&self, p: &Profile, how: Stop) -> Result<StopOutcome> {
-        let Some((state, _)) = inspect(p)? else { return Ok(StopOutcome::WasNotRunning) };
+        let Some(Inspected { state, .. }) = inspect(p)? else { return Ok(StopOutcome::WasNotRunning) };
         // Recorded first: a stop cut short reads as "stopping", never "crashed".
         fskit::write_atomic(&stopped_path(p), crate::state::now().as_bytes(), 0o600)?;
         if !state.running {
             return Ok(StopOutcome::WasNotRunning);
         }
         let secs = how.timeout.as_secs().to_string();
+        crate::killpoint::reached("container stop");
         docker(&["stop", "--time", &secs, &container_name(p)], how.timeout + CALL)?;
-        let killed = inspect(p)?.is_some_and(|(s, _)| s.exit_code == 137);
+        crate::killpoint::reached("container stopped");
+        let killed = inspect(p)?.is_some_and(|i| i.state.exit_code == 137);
         Ok(if killed { StopOutcome::Killed } else { StopOutcome::Stopped })
     }
 
@@ -508,9 +530,8 @@ impl Driver for Docker<'_> {
     }
 
     fn status(&self, p: &Profile) -> Result<HostState> {
-        let Some((state, id)) = inspect(p)? else { return Ok(HostState::Stopped) };
+        let Some(Inspected { state, id, port }) = inspect(p)? else { return Ok(HostState::Stopped) };
         let asked = stopped_path(p).is_file();
-        let port = p.load().map(|c| c.port).unwrap_or_default();
         let host = Host { id: format!("container {} ({id})", container_name(p)), pid: None, port };
         Ok(match (state.running, asked) {
             (true, true) => HostState::Stopping(host),

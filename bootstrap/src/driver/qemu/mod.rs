@@ -236,11 +236,13 @@ impl Qemu<'_> {
         let mut q = Qmp::connect(&qmp_socket(p), Duration::from_secs(10)).map_err(QemuError::Qmp)?;
         q.execute("stop", None).map_err(QemuError::Qmp)?;
         q.set_timeout(Duration::from_secs(600));
+        crate::killpoint::reached("savevm");
         if let Err(e) = q.hmp(&format!("savevm {SUSPEND_TAG}")) {
             let _ = q.execute("cont", None);
             return Err(QemuError::Qmp(e).into());
         }
         write_state(&suspended_path(p), &booted)?;
+        crate::killpoint::reached("savevm done");
         let _ = q.execute("quit", None);
         Ok(())
     }
@@ -539,6 +541,7 @@ impl Driver for Qemu<'_> {
         }
         // ACPI power-off: the guest stops localkube with its own signal and
         // timeout, unmounts the data disk and powers off.
+        crate::killpoint::reached("powerdown");
         let acpi = Qmp::connect(&qmp_socket(p), Duration::from_secs(10))
             .and_then(|mut q| q.execute("system_powerdown", None).map(|_| ()));
         let clean = acpi.is_ok() && self.wait_gone(p, how.timeout + Duration::from_secs(20));
