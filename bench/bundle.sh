@@ -6,9 +6,10 @@
 #       artifact streamed from the bundle into the store, sha256 and size
 #       checked in the same pass, fsynced, renamed)
 #         vs `unzip -o B artifacts/* -d X && sha256sum X/artifacts/*`
-#         vs `sha256sum`, and `openssl dgst -sha256` (SHA-NI, as kubestrap
-#            uses: the hashing limit), of the same bytes from the page
-#            cache: how close import gets to hashing alone
+#         vs `sha256sum`, and `openssl dgst -sha256` of the same bytes from
+#            the page cache, one after the other and — the hashing limit,
+#            like for like — one process per artifact at once, as the import
+#            hashes them: how close import gets to hashing alone
 #   (b) empty home -> ready cluster from the bundle, in a network namespace
 #       with only loopback (stand-in localkube; `ip netns`, root)
 #   (c) bundle size overhead over the executable + the artifacts
@@ -68,11 +69,12 @@ hyperfine --style none --runs "$RUNS" --warmup 1 --export-json "$W/import.json" 
     --prepare "rm -rf $W/x && sync" "unzip -qo $W/bundle 'artifacts/*' -d $W/x && sha256sum $W/x/artifacts/*" \
     --prepare "cat $W/art/kubectl $W/art/localkube >/dev/null" "sha256sum $W/art/kubectl $W/art/localkube" \
     --prepare "cat $W/art/kubectl $W/art/localkube >/dev/null" "openssl dgst -sha256 $W/art/kubectl $W/art/localkube" \
+    --prepare "cat $W/art/kubectl $W/art/localkube >/dev/null" "openssl dgst -sha256 $W/art/kubectl >/dev/null & openssl dgst -sha256 $W/art/localkube >/dev/null & wait" \
     >/dev/null 2>&1 || { log "hyperfine failed"; exit 1; }
-read -r ki ku ks_ ko kimin kumin ksmin komin kimax kumax ksmax komax < <(python3 - "$W/import.json" <<'EOF'
+read -r ki ku ks_ ko kp kimin kumin ksmin komin kpmin kimax kumax ksmax komax kpmax < <(python3 - "$W/import.json" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))["results"]
-print(" ".join(f"{x:.3f}" for x in [r[i][k] for k in ("median", "min", "max") for i in range(4)]))
+print(" ".join(f"{x:.3f}" for x in [r[i][k] for k in ("median", "min", "max") for i in range(5)]))
 EOF
 )
 
@@ -92,7 +94,12 @@ if ip netns add "$NS" 2>/dev/null && ip netns exec "$NS" ip link set lo up; then
 fi
 
 size=$(stat -c %s "$W/bundle")
-stub=$(stat -c %s "$ks")
+# The executable in front, as the bundle says (ci/dev-manifest.sh may have
+# rebuilt kubestrap since it was written).
+stub=$("$ks" --home "$W/template" bundle inspect -o json "$W/bundle" | python3 -c 'import json, sys
+for l in sys.stdin:
+    v = json.loads(l)
+    if "stub" in v: print(v["stub"])')
 art=$(( $(stat -c %s "$W/art/kubectl") + $(stat -c %s "$W/art/localkube") ))
 echo "kubestrap bundle benchmark — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "machine:   $(nproc) CPU(s), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(awk '/MemTotal/ {printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo), $(df -T "$W" | awk 'NR==2 {print $2}') at $W"
@@ -104,6 +111,7 @@ echo
 printf '%-58s %s\n' "kubestrap fetch --from-bundle (empty home, fsynced)" "$ki ($kimin-$kimax)"
 printf '%-58s %s  -> kubestrap is %sx faster\n' "unzip -o artifacts/* && sha256sum (no sync)" "$ku ($kumin-$kumax)" "$(python3 -c "print(f'{$ku/$ki:.2f}')")"
 printf '%-58s %s  -> kubestrap at %s%% of its speed\n' "sha256sum of the same bytes from the page cache" "$ks_ ($ksmin-$ksmax)" "$(python3 -c "print(f'{100*$ks_/$ki:.0f}')")"
-printf '%-58s %s  -> kubestrap at %s%% of its speed (SHA-NI, as kubestrap: the hashing limit)\n' "openssl dgst -sha256 of the same bytes from the page cache" "$ko ($komin-$komax)" "$(python3 -c "print(f'{100*$ko/$ki:.0f}')")"
+printf '%-58s %s  -> kubestrap at %s%% of its speed\n' "openssl dgst -sha256 of the same bytes, one after the other" "$ko ($komin-$komax)" "$(python3 -c "print(f'{100*$ko/$ki:.0f}')")"
+printf '%-58s %s  -> kubestrap at %s%% of its speed (the hashing limit)\n' "openssl dgst -sha256, one per artifact at once (as import)" "$kp ($kpmin-$kpmax)" "$(python3 -c "print(f'{100*$kp/$ki:.0f}')")"
 [[ -n $cold ]] && printf '%-58s %s ms (median of 5)\n' "empty home -> ready cluster from a bundle (netns, stand-in)" "$cold"
 printf '%-58s %s bytes = %s%% (stub %s + artifacts %s)\n' "bundle overhead" "$(( size - stub - art ))" "$(python3 -c "print(f'{100*($size-$stub-$art)/$size:.4f}')")" "$stub" "$art"

@@ -6,6 +6,7 @@
 pub mod fetch;
 pub mod hash;
 pub mod source;
+mod spool;
 pub mod store;
 pub mod unpack;
 

@@ -6,15 +6,15 @@
 //! what is executed from it is re-hashed against that list first.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use kubestrap_fskit::{self as fskit, FsError};
 use kubestrap_manifest::{Artifact, Sha256};
-use sha2::Digest;
 
-use super::hash::hash_file;
+use super::hash::{Hasher, hash_file};
+use super::spool::Spool;
 use super::unpack::{self, FileEntry, Limits, UnpackError};
 use crate::home::Home;
 
@@ -46,10 +46,11 @@ pub enum BlobError {
     Fs(#[from] FsError),
 }
 
-/// A download in progress: appends to `<hex>.partial`, hashing as it goes.
+/// A download in progress: appends to `<hex>.partial`, hashing as it goes
+/// (in the caller's thread; the writing is the [`Spool`]'s).
 pub struct BlobWriter {
-    file: File,
-    hasher: sha2::Sha256,
+    spool: Spool,
+    hasher: Hasher,
     len: u64,
     partial: PathBuf,
 }
@@ -67,10 +68,11 @@ impl BlobWriter {
             .write(true)
             .open(&partial)
             .map_err(|e| FsError::io(&partial, "open", e))?;
-        let mut hasher = sha2::Sha256::new();
-        let len = io::copy(&mut (&mut file).take(u64::MAX), &mut HashSink(&mut hasher))
-            .map_err(|e| FsError::io(&partial, "read", e))?;
-        Ok(BlobWriter { file, hasher, len, partial })
+        let mut hasher = Hasher::new();
+        let len =
+            io::copy(&mut (&mut file).take(u64::MAX), &mut hasher).map_err(|e| FsError::io(&partial, "read", e))?;
+        let spool = Spool::new(file, len).map_err(|e| FsError::io(&partial, "start writing", e))?;
+        Ok(BlobWriter { spool, hasher, len, partial })
     }
 
     /// Bytes already present (the offset to resume from).
@@ -80,29 +82,40 @@ impl BlobWriter {
 
     /// Drops everything written so far (the server ignored our Range).
     pub fn restart(&mut self) -> Result<(), FsError> {
-        (|| {
-            self.file.set_len(0)?;
-            self.file.seek(SeekFrom::Start(0)).map(drop)
-        })()
-        .map_err(|e| FsError::io(&self.partial, "truncate", e))?;
-        self.hasher = sha2::Sha256::new();
+        self.spool.truncate().map_err(|e| FsError::io(&self.partial, "truncate", e))?;
+        self.hasher = Hasher::new();
         self.len = 0;
         Ok(())
     }
 
+    /// An empty buffer to read the next bytes into, for [`BlobWriter::push`].
+    pub fn buffer(&mut self) -> Vec<u8> {
+        self.spool.buffer()
+    }
+
+    /// Appends `buf` (read into a [`BlobWriter::buffer`]): hashed here,
+    /// written by the spool.
+    pub fn push(&mut self, buf: Vec<u8>) -> Result<(), FsError> {
+        self.hasher.update(&buf);
+        self.len += buf.len() as u64;
+        self.spool.write(buf).map_err(|e| FsError::io(&self.partial, "write", e))
+    }
+
+    /// Appends a borrowed chunk (copied once into a buffer).
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), FsError> {
-        self.file.write_all(chunk).map_err(|e| FsError::io(&self.partial, "write", e))?;
-        self.hasher.update(chunk);
-        self.len += chunk.len() as u64;
-        Ok(())
+        let mut buf = self.buffer();
+        buf.clear();
+        buf.extend_from_slice(chunk);
+        self.push(buf)
     }
 
     /// Checks size and hash; on a match moves the file to `blobs/sha256/`
     /// durably. On a mismatch the partial file is removed.
-    pub fn finish(self, home: &Home, expected: &Sha256, size: u64) -> Result<PathBuf, BlobError> {
-        let actual = Sha256::from_bytes(self.hasher.finalize().into());
+    pub fn finish(mut self, home: &Home, expected: &Sha256, size: u64) -> Result<PathBuf, BlobError> {
+        let file = self.spool.close().map_err(|e| FsError::io(&self.partial, "write", e))?;
+        let actual = self.hasher.finish();
         if self.len != size || actual != *expected {
-            drop(self.file);
+            drop(file);
             let _ = fs::remove_file(&self.partial);
             return Err(if self.len != size {
                 BlobError::SizeMismatch { expected: size, actual: self.len }
@@ -110,7 +123,7 @@ impl BlobWriter {
                 BlobError::HashMismatch { expected: *expected, actual }
             });
         }
-        self.file.sync_all().map_err(|e| FsError::io(&self.partial, "sync", e))?;
+        file.sync_all().map_err(|e| FsError::io(&self.partial, "sync", e))?;
         let dir = home.blobs();
         fskit::create_dir_mode(&dir, 0o755)?;
         let dest = home.blob(expected);
@@ -120,19 +133,9 @@ impl BlobWriter {
     }
 
     /// Forgets the partial file entirely (a body that cannot be right).
-    pub fn discard(self) {
+    pub fn discard(mut self) {
+        let _ = self.spool.close();
         let _ = fs::remove_file(&self.partial);
-    }
-}
-
-struct HashSink<'a>(&'a mut sha2::Sha256);
-impl Write for HashSink<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

@@ -102,6 +102,13 @@ fn k3s_in_a_vm_runs_a_pod_and_the_docker_entrypoint_works_on_cgroup_v2() {
     assert_ok(&report, &["config", "datastore", "cgroup", "modules", "mounts", "sandbox", "pod network", "flannel"]);
     assert!(report["cgroup"].contains("cgroup v2"), "{report:#?}");
     assert!(report["modules"].contains("modules loaded or built in"), "{report:#?}");
+    // What kube-proxy's and flannel's rules need was not in the kernel at
+    // boot: only the image's module tree and modprobe brought it (the base
+    // image before them had neither).
+    for m in ["xt_statistic", "xt_comment", "nft_chain_nat", "vxlan"] {
+        let now = report["modules"].split("loaded now by modprobe: ").nth(1).unwrap_or_default();
+        assert!(now.split(' ').any(|x| x == m), "{m} not loaded on demand: {report:#?}");
+    }
     assert!(report["pod network"].contains("reached the API at 10.0.2.15:6443"), "{report:#?}");
     c.kubectl_ok(&KUBECTL, &["get", "ns"]);
     c.env.ok(&["delete", "-p", "kv"]);

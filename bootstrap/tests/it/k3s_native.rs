@@ -222,12 +222,20 @@ fn a_second_native_k3s_is_refused_and_the_hosts_k3s_settings_change_nothing() {
     assert!(config.contains("registries from /etc/rancher/k3s/registries.yaml (1 mirrors)"), "{config}");
     c.env.ok(&["delete", "-p", "leak"]);
 
-    // The release's run section, started from a shell with K3S_ variables.
-    let c = Cluster::with(|s| k3s_standin(s, &k3s_run(), &[]));
+    // The release's run section, started from a shell with K3S_ variables
+    // (the release runs in a container too).
+    let docker = need("docker", docker_engine);
+    let c = Cluster::with(|s| {
+        k3s_standin(s, &k3s_run(), &[]);
+        if docker {
+            s.localkube_drivers = vec!["native".into(), "docker".into()];
+            s.rootfs = Some(docker_rootfs());
+        }
+    });
     let port = free_port().to_string();
     let out = c
         .env
-        .cmd(&["start", "-p", "one", "--manifest", c.m(), "--port", &port])
+        .cmd(&["start", "-p", "one", "--driver", "native", "--manifest", c.m(), "--port", &port])
         .env("K3S_TOKEN", "from-the-shell")
         .env("K3S_NODE_NAME", "from-the-shell")
         .env("K3S_CONFIG_FILE", "/etc/rancher/k3s/config.yaml")
@@ -257,6 +265,13 @@ fn a_second_native_k3s_is_refused_and_the_hosts_k3s_settings_change_nothing() {
     assert!(err.contains("profile \"one\"") && err.contains(&c.env.home.display().to_string()), "{err}");
     assert!(err.contains("--driver docker") && err.contains("--driver qemu"), "{err}");
     assert!(other.env.blobs().is_empty() && other.env.partials().is_empty(), "nothing fetched");
+    // A k3s in a container has paths and ports of its own: not refused.
+    if docker {
+        let port = free_port().to_string();
+        c.env.ok(&["start", "-p", "boxed", "--driver", "docker", "--manifest", c.m(), "--port", &port]);
+        assert_ok(&k3s_report(&c, "boxed"), &["config", "datastore"]);
+        c.env.ok(&["delete", "-p", "boxed"]);
+    }
     // Once the first one stops, the machine is free.
     c.env.ok(&["stop", "-p", "one"]);
     let err = other.env.fail(&["start", "-p", "two", "--manifest", other.m(), "--port", &port], 20);
@@ -367,4 +382,42 @@ fn the_k3s_smoke_script_passes_against_the_standin_on_every_driver() {
         assert_eq!(line.matches(" ok ").count(), drivers.len(), "{table}");
     }
     assert_eq!(machine_leftovers(), Vec::<String>::new());
+}
+
+/// Unmounts `path` when dropped (a failed assertion included).
+struct Unmount(&'static str);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0).output();
+    }
+}
+
+#[test]
+fn what_a_native_stop_cannot_remove_is_named_and_the_next_stop_removes_it() {
+    if !need("root", is_root) {
+        return;
+    }
+    let _machine = machine();
+    let c = Cluster::with(|s| k3s_standin(s, &k3s_run(), &[]));
+    c.start("held");
+    // Something of k3s's that cannot go: /run/flannel made a mount point
+    // (busy, and read-only), as a mount another program holds would be.
+    fs::create_dir_all("/run/flannel").unwrap();
+    let _unmount = Unmount("/run/flannel");
+    let mount = ["-t", "tmpfs", "-o", "ro,size=1m", "kubestrap-test", "/run/flannel"];
+    assert!(Command::new("mount").args(mount).status().unwrap().success());
+    let err = c.env.fail(&["stop", "-p", "held"], 43);
+    assert!(err.contains("/run/flannel") && err.contains("busy"), "{err}");
+    assert!(err.contains("run the command again"), "{err}");
+    // Everything else went; only what it named is left.
+    let left = machine_leftovers();
+    assert_eq!(left, vec!["path /run/flannel".to_string()], "{left:#?}");
+    let (_, st) = c.status("held");
+    assert_eq!(st["localkube"], "Stopped", "{st}");
+    // Once it can go, the next stop removes it.
+    assert!(Command::new("umount").arg("/run/flannel").status().unwrap().success());
+    c.env.ok(&["stop", "-p", "held"]);
+    assert_eq!(machine_leftovers(), Vec::<String>::new());
+    c.env.ok(&["delete", "-p", "held"]);
 }

@@ -130,9 +130,11 @@ pub fn copy_capped(
     size: u64,
     ctx: &Ctx<'_>,
 ) -> Result<(), Attempt> {
-    let mut buf = vec![0u8; 1 << 20];
     let mut last = std::time::Instant::now();
     loop {
+        // Read into a buffer the writer hands over, hashed and then moved
+        // to its thread: no copy but the read's.
+        let mut buf = w.buffer();
         let n = match r.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
@@ -152,7 +154,8 @@ pub fn copy_capped(
                 format!("longer than the {size} bytes the manifest allows; refused"),
             ))));
         }
-        w.write(&buf[..n])?;
+        buf.truncate(n);
+        w.push(buf)?;
         if last.elapsed() >= std::time::Duration::from_millis(100) {
             ctx.progress.report(crate::progress::Event::Download(crate::progress::Download::Progress {
                 label: ctx.label,

@@ -13,7 +13,6 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use kubestrap_manifest::{Sha256, Unpack};
-use sha2::Digest;
 
 use super::hash::{HashingReader, hash_file};
 
@@ -348,7 +347,7 @@ impl Unpacker {
         let mode = (mode & 0o777) | 0o600;
         let f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&path).map_err(|e| self.io(e))?;
         let mut f = f;
-        let mut hasher = sha2::Sha256::new();
+        let mut hasher = crate::artifacts::hash::Hasher::new();
         let room = self.limits.max_bytes - self.written;
         let mut n: u64 = 0;
         let mut buf = vec![0u8; 256 * 1024];
@@ -369,11 +368,7 @@ impl Unpacker {
         self.written += n;
         // Set exactly: the umask must not strip exec bits, and no setuid/setgid.
         f.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| self.io(e))?;
-        self.files.push(FileEntry {
-            path: rel.to_string_lossy().into_owned(),
-            sha256: Sha256::from_bytes(hasher.finalize().into()),
-            mode,
-        });
+        self.files.push(FileEntry { path: rel.to_string_lossy().into_owned(), sha256: hasher.finish(), mode });
         Ok(())
     }
 

@@ -1,4 +1,5 @@
 use super::*;
+use sha2::Digest;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 

@@ -10,7 +10,6 @@ use std::path::Path;
 
 use kubestrap_fskit as fskit;
 use kubestrap_manifest::Sha256;
-use sha2::Digest;
 
 /// What goes on the disk.
 pub struct ConfigDisk<'a> {
@@ -30,7 +29,7 @@ pub struct ConfigDisk<'a> {
 
 struct Hashing<W> {
     inner: W,
-    hasher: sha2::Sha256,
+    hasher: crate::artifacts::hash::Hasher,
 }
 
 impl<W: Write> Write for Hashing<W> {
@@ -101,7 +100,10 @@ pub fn write(c: &ConfigDisk, dest: &Path) -> Result<Sha256, fskit::FsError> {
         }
     }
     fskit::write_atomic_with(dest, 0o600, |file| {
-        let mut b = tar::Builder::new(Hashing { inner: io::BufWriter::new(file), hasher: sha2::Sha256::new() });
+        let mut b = tar::Builder::new(Hashing {
+            inner: io::BufWriter::new(file),
+            hasher: crate::artifacts::hash::Hasher::new(),
+        });
         b.follow_symlinks(false);
         add_bytes(&mut b, "args", format!("{}\n", c.args.join("\n")).as_bytes(), 0o644)?;
         add_bytes(&mut b, "stop", format!("{} {}\n", c.stop_signal, c.stop_timeout_s).as_bytes(), 0o644)?;
@@ -112,7 +114,7 @@ pub fn write(c: &ConfigDisk, dest: &Path) -> Result<Sha256, fskit::FsError> {
         add_tree(&mut b, c.stage, "data")?;
         let mut hashing = b.into_inner()?;
         hashing.flush()?;
-        Ok(Sha256::from_bytes(hashing.hasher.finalize().into()))
+        Ok(hashing.hasher.finish())
     })
 }
 
