@@ -161,12 +161,21 @@ fn control_characters_are_refused_in_every_name_and_path() {
         ("program = \"bin/k3s\"", "program = \"bin/k3s\\n\"", "program", "U+000A"),
         ("version = \"1.33.1\"", "version = \"1.33.1\\u001b[31m\"", "version", "U+001B"),
         ("\"--data-dir={data}\"", "\"--data-dir={data}\\u007f\"", "args", "U+007F"),
+        ("\"{data}/server/tls/server-ca.crt\"", "\"{data}/server/tls/ser\\u0000ver-ca.crt\"", "pki-files", "U+0000"),
+        ("\"https://dl.example/k3s.tar.zst\"", "\"https://dl.example/k3s\\u0009.tar.zst\"", "urls", "U+0009"),
+        (
+            "stop-signal = \"TERM\"",
+            "stop-signal = \"TERM\"\nimages-dir = \"{data}/agent/\\u001bimages\"",
+            "images-dir",
+            "U+001B",
+        ),
     ];
     for (from, to, field, shown) in cases {
         assert!(GOOD.contains(from), "fixture lacks {from}");
         let e = err(&GOOD.replacen(from, to, 1));
         assert!(e.message.contains("control character") && e.message.contains(shown), "{to}: {e}");
-        assert!(e.field.ends_with(field) || e.message.starts_with(field), "{to}: {}: {e}", e.field);
+        assert!(e.field.contains(field) || e.message.starts_with(field), "{to}: {}: {e}", e.field);
+        assert!(!e.to_string().contains(|c: char| c.is_control() && c != '\n'), "a raw control character in: {e:?}");
         assert!(e.line > 0 && e.column > 0, "{e}");
     }
 }

@@ -102,3 +102,19 @@ fn colour_is_decided_for_each_stream_and_never_with_no_color() {
     assert!(terminal.contains("warning:") && !terminal.contains("\u{1b}[33m"), "NO_COLOR: {terminal:?}");
     assert!(!written.contains('\u{1b}'), "{written:?}");
 }
+
+#[test]
+fn manifest_check_refuses_a_control_character_with_its_place() {
+    let env = Env::new();
+    let good = include_str!("../../../manifests/tests/fixtures/good.toml");
+    let path = env.path().join("m.toml");
+    std::fs::write(&path, good.replacen("bin = \"kubectl\"", "bin = \"kube\\u0000ctl\"", 1)).unwrap();
+    let err = env.fail(&["manifest", "check", path.to_str().unwrap()], 2);
+    assert!(
+        err.contains("control character U+0000") && err.contains("m.toml:11:1") && err.contains("bin: control"),
+        "{err}"
+    );
+    assert!(!err.contains('\0'), "the NUL itself is never printed: {err:?}");
+    std::fs::write(&path, good).unwrap();
+    env.ok(&["manifest", "check", path.to_str().unwrap()]);
+}
