@@ -30,6 +30,7 @@ for lib in /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/libc.so.6 /lib/x86_
   cp -L "$lib" "$root$lib"
 done
 install -m 0755 "$here/entrypoint" "$root/init"
+install -D -m 0755 "$here/../guest/place-data" "$root/lib/kubestrap/place-data"
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$root/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
 printf 'busybox %s (Debian busybox-static)\n' "$(dpkg-query -W -f '${Version}' busybox-static)" > "$root/etc/kubestrap-rootfs"

@@ -77,6 +77,7 @@ for applet in $(/bin/busybox --list); do
   [ "$applet" = busybox ] || ln -s busybox "$rd/bin/$applet"
 done
 install -m 0755 "$here/init" "$rd/init"
+install -D -m 0755 "$here/../guest/place-data" "$rd/lib/kubestrap/place-data"
 # The power button (ACPI) tells init to stop localkube and power off.
 printf 'PWRF PWRF/power\n' > "$rd/etc/acpid.conf"
 printf '#!/bin/sh\nkill -USR1 1\n' > "$rd/etc/acpi/PWRF/power"

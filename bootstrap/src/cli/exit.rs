@@ -162,7 +162,16 @@ fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<Code> {
     if let Some(e) = cause.downcast_ref::<DriverError>() {
         return Some(match e {
             DriverError::Unfit { .. } => Code::Unfit,
-            DriverError::Docker(d) if d.kind == crate::driver::DockerErrorKind::Unreachable => Code::Unfit,
+            DriverError::Docker(d)
+                if matches!(
+                    d.kind,
+                    crate::driver::DockerErrorKind::Unreachable
+                        | crate::driver::DockerErrorKind::OtherEngine
+                        | crate::driver::DockerErrorKind::Unfit
+                ) =>
+            {
+                Code::Unfit
+            }
             DriverError::DidNotStart { .. } => Code::LocalkubeExited,
             DriverError::ProgramMissing { .. } => Code::CorruptCache,
             DriverError::Fs(e) => fs_code(e),

@@ -11,10 +11,27 @@ use crate::driver::{Driver, Stop, StopOutcome};
 use crate::home::Home;
 use crate::progress::Progress;
 
-pub fn stop(home: &Home, name: &str, wait: Wait, suspend: bool, progress: &dyn Progress) -> Result<StopOutcome> {
+/// Stops a profile; with `force`, a driver that cannot act (its engine is
+/// gone, or the profile lives on another) is a warning naming what may
+/// still run where, not an error.
+pub fn stop(
+    home: &Home,
+    name: &str,
+    wait: Wait,
+    suspend: bool,
+    force: bool,
+    progress: &dyn Progress,
+) -> Result<StopOutcome> {
     let s = Session::open_existing(home, name, wait, progress)?;
     let drv = s.profile_driver();
-    stop_with(&s, drv.as_ref(), suspend)
+    match stop_with(&s, drv.as_ref(), suspend) {
+        Err(e) if force => {
+            let left = drv.leftovers(&s.profile);
+            progress.warn(format!("profile {name:?}: {e:#}; not stopped (--force), and it may still run: {left}"));
+            Ok(StopOutcome::Unreached { left })
+        }
+        other => other,
+    }
 }
 
 /// Stops a profile's localkube with its manifest's signal and timeout. A

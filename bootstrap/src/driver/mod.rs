@@ -180,6 +180,11 @@ pub enum StopOutcome {
     Suspended,
     Killed,
     WasNotRunning,
+    /// `stop --force` where the driver could not act (its engine gone): what
+    /// may still run, and where.
+    Unreached {
+        left: String,
+    },
 }
 
 /// One prerequisite of a driver on this machine (shown by `kubestrap doctor`).
@@ -257,6 +262,14 @@ impl DriverError {
             DriverError::Docker(d) if d.kind == DockerErrorKind::Unreachable => {
                 "start the Docker engine (or set DOCKER_HOST), or choose another --driver".into()
             }
+            DriverError::Docker(d) if d.kind == DockerErrorKind::OtherEngine => {
+                "point DOCKER_HOST (or `docker context use`) at the profile's engine; or `--force` deletes or stops it \
+                 here, leaving what lives on that engine"
+                    .into()
+            }
+            DriverError::Docker(d) if d.kind == DockerErrorKind::Unfit => {
+                "use a rootful engine (`sudo`, the system's Docker or Podman), or --driver qemu".into()
+            }
             DriverError::DidNotStart { log, .. } => format!("the log {} says why", log.display()),
             DriverError::Fs(e) => return e.hint(),
             _ => return None,
@@ -302,6 +315,11 @@ pub enum DockerErrorKind {
     NoSuchContainer,
     NoSuchImage,
     NoSuchNetwork,
+    /// The profile lives on another engine than the one asked for.
+    OtherEngine,
+    /// The engine cannot run what the release needs (a rootless engine and
+    /// a localkube that needs real root).
+    Unfit,
     /// Any other refusal or failure.
     Failed,
 }

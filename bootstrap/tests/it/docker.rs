@@ -63,7 +63,10 @@ fn docker_is_chosen_stops_keep_the_volume_and_delete_leaves_nothing_of_ours() {
     // No --driver: docker, because an engine answers and the release has a rootfs.
     let port = free_port().to_string();
     let out = c.env.ok(&["start", "-p", "dk", "--manifest", c.m(), "--port", &port]);
-    assert!(out.contains("driver chosen") && out.contains("docker: a Docker engine answers"), "{out}");
+    assert!(
+        out.contains("driver chosen") && out.contains("docker: Docker ") && out.contains(" answers at unix://"),
+        "{out}"
+    );
     c.kubectl_ok(&KUBECTL, &["get", "ns"]);
     c.kubectl_ok(&KUBECTL, &["create", "configmap", "kept", "--from-literal=k=v"]);
     let (code, st) = c.status("dk");
@@ -125,33 +128,52 @@ fn two_docker_profiles_run_at_once_and_an_unreachable_engine_is_said_clearly() {
     let out = c.env.ok(&["kubectl", "-p", "da", "--", "get", "configmap", "-o", "name"]);
     assert!(out.contains("own-da") && !out.contains("own-db"), "{out}");
 
-    // The engine out of reach: a clear error naming where it was looked
-    // for, before anything is changed; everything intact once it is back.
+    // Pointed at another engine than the one the profiles live on: refused
+    // before anything is changed, both engines named.
     let cfg = fs::read(c.env.home.join("profiles/da/config.toml")).unwrap();
-    let out = c.env.cmd(&["start", "-p", "da"]).env("DOCKER_HOST", "unix:///nonexistent/docker.sock").output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(44), "{err}");
-    assert!(err.contains("unix:///nonexistent/docker.sock") && err.contains("DOCKER_HOST"), "{err}");
-    let out =
-        c.env.cmd(&["status", "-p", "da"]).env("DOCKER_HOST", "unix:///nonexistent/docker.sock").output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the Docker engine"), "{out:?}");
+    let elsewhere =
+        |args: &[&str]| c.env.cmd(args).env("DOCKER_HOST", "unix:///nonexistent/docker.sock").output().unwrap();
+    for cmd in [&["start", "-p", "da"][..], &["stop", "-p", "da"], &["status", "-p", "da"], &["delete", "-p", "da"]] {
+        let out = elsewhere(cmd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(44), "{cmd:?}: {err}");
+        assert!(
+            err.contains("lives on the engine at unix:///var/run/docker.sock (Docker ")
+                && err.contains("pointed at unix:///nonexistent/docker.sock (DOCKER_HOST)"),
+            "{cmd:?}: {err}"
+        );
+    }
     assert_eq!(fs::read(c.env.home.join("profiles/da/config.toml")).unwrap(), cfg);
     let (code, _) = c.status("da");
     assert_eq!(code, 0);
 
-    // Without the engine, delete refuses (nothing is lost) and says how to
-    // go on; --force deletes the profile's files and names what is left.
-    let nowhere =
-        |args: &[&str]| c.env.cmd(args).env("DOCKER_HOST", "unix:///nonexistent/docker.sock").output().unwrap();
-    let out = nowhere(&["delete", "-p", "db"]);
+    // The profile's own engine out of reach (gone from where it was): a
+    // clear error naming it; delete refuses (nothing is lost) and says how
+    // to go on; --force deletes the profile's files and names what is left
+    // where.
+    let record = c.env.home.join("profiles/db/container/engine.toml");
+    let kept = fs::read_to_string(&record).unwrap();
+    fs::write(&record, kept.replace("unix:///var/run/docker.sock", "unix:///nonexistent/docker.sock")).unwrap();
+    let err = c.env.fail(&["status", "-p", "db"], 44);
+    assert!(
+        err.contains("cannot reach the engine at unix:///nonexistent/docker.sock (where the profile was created)"),
+        "{err}"
+    );
+    c.env.fail(&["stop", "-p", "db"], 44);
+    let out = c.env.run(&["stop", "-p", "db", "--force"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("not stopped (--force)"), "{err}");
+    assert!(err.contains("on the engine at unix:///nonexistent/docker.sock") && err.contains("kubestrap-db-"), "{err}");
+    let out = c.env.run(&["delete", "-p", "db"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(44), "{err}");
     assert!(err.contains("--force") && c.env.home.join("profiles/db/config.toml").is_file(), "{err}");
     let container = ours().0.lines().find(|l| l.starts_with("kubestrap-db-")).expect("db's container").to_string();
-    let out = nowhere(&["delete", "-p", "db", "--force"]);
+    let out = c.env.run(&["delete", "-p", "db", "--force"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains(&container) && err.contains(&format!("{container}-data")), "names what is left: {err}");
+    assert!(err.contains("on the engine at unix:///nonexistent/docker.sock"), "says where: {err}");
     assert!(!c.env.home.join("profiles/db").exists());
     // What --force named as left is there, and goes by the commands it gave.
     assert!(docker(&["rm", "-f", &container]).0 && docker(&["volume", "rm", &format!("{container}-data")]).0);

@@ -212,6 +212,11 @@ pub struct StopArgs {
     /// after the stop timeout); the next start boots afresh, with the data.
     #[arg(long)]
     pub shutdown: bool,
+    /// Where the driver cannot act (its container engine is gone, or the
+    /// profile lives on another one): warn, name what may still run where,
+    /// and exit 0.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]

@@ -62,16 +62,21 @@ pub fn start(a: StartArgs, home: &Home, ui: &Ui) -> Result<Code> {
     Ok(Code::Ok)
 }
 
-pub fn stop(name: String, shutdown: bool, home: &Home, ui: &Ui) -> Result<Code> {
+pub fn stop(name: String, shutdown: bool, force: bool, home: &Home, ui: &Ui) -> Result<Code> {
     let t = Instant::now();
-    let outcome = cluster::stop(home, &name, Wait::Yes, !shutdown, ui)?;
-    let what = match outcome {
+    let outcome = cluster::stop(home, &name, Wait::Yes, !shutdown, force, ui)?;
+    let what = match &outcome {
         StopOutcome::Stopped => "stopped",
         StopOutcome::Suspended => "suspended (start resumes it)",
         StopOutcome::Killed => "killed after the stop timeout",
         StopOutcome::WasNotRunning => "was not running",
+        StopOutcome::Unreached { .. } => "not reached (--force)",
     };
-    ui.json(json!({"profile": name, "result": what}));
+    let left = match &outcome {
+        StopOutcome::Unreached { left } => Some(left.as_str()),
+        _ => None,
+    };
+    ui.json(json!({"profile": name, "result": what, "left": left}));
     ui.result(&format!("profile {name:?} {what}"), "state kept", t.elapsed());
     Ok(Code::Ok)
 }

@@ -25,7 +25,7 @@ mod upgrade;
 pub fn run(cmd: Cmd, home: &Home, ui: &Ui) -> Result<u8> {
     let code = match cmd {
         Cmd::Start(a) => cluster::start(a, home, ui)?,
-        Cmd::Stop(a) => cluster::stop(a.profile.profile, a.shutdown, home, ui)?,
+        Cmd::Stop(a) => cluster::stop(a.profile.profile, a.shutdown, a.force, home, ui)?,
         Cmd::Delete(a) => cluster::delete(a, home, ui)?,
         Cmd::Status(a) => return cluster::status(a.profile, home, ui),
         Cmd::Doctor(a) => doctor::run(a, home, ui)?,

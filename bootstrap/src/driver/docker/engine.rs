@@ -11,61 +11,166 @@ use std::time::Duration;
 use kubestrap_fskit as fskit;
 use kubestrap_manifest::Sha256;
 
+use super::address::{self, Address};
 use super::{CALL, IMPORT, LABEL};
 use crate::artifacts::hash::HashingReader;
 use crate::driver::{DockerError, DockerErrorKind as Kind, DriverError, Result};
 
-/// The lowest engine API version this driver is tested against (Docker 20.10).
+/// The lowest engine API version this driver is tested against (Docker
+/// 20.10, Podman 4).
 const MIN_API: (u32, u32) = (1, 41);
 
-/// Where the engine is, for messages (a password in `DOCKER_HOST` is not shown).
-pub fn engine_address() -> String {
-    let host = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
-    crate::urls::redact(&host.unwrap_or_else(|| "unix:///var/run/docker.sock".into()))
+/// The engine this driver talks to: where it is (see [`super::address`])
+/// and, once asked, what it is.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    pub address: Address,
+    info: std::sync::OnceLock<Info>,
 }
 
-/// A `docker` command's stdout, bounded in time; a failure explained.
-pub(super) fn docker(args: &[&str], deadline: Duration) -> Result<String> {
-    let ran = run(args, None::<fn(ChildStdin)>, None, deadline)?;
-    if !ran.status.success() {
-        return Err(explain(args, &ran.stderr));
+/// What the engine says it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Info {
+    pub version: String,
+    pub api: String,
+    /// Podman's Docker-compatible API (not Docker's).
+    pub podman: bool,
+    /// The engine runs as a user, in a user namespace.
+    pub rootless: bool,
+}
+
+impl Info {
+    /// "Docker 20.10.24", "rootless Podman 4.3.1".
+    pub fn name(&self) -> String {
+        let what = if self.podman { "Podman" } else { "Docker" };
+        format!("{}{what} {}", if self.rootless { "rootless " } else { "" }, self.version)
     }
-    Ok(ran.stdout)
+}
+
+impl Engine {
+    pub fn new(address: Address) -> Engine {
+        Engine { address, info: std::sync::OnceLock::new() }
+    }
+
+    /// The engine of this process's environment (what `docker` would use).
+    pub fn from_env() -> Engine {
+        Engine::new(address::resolve(&address::Env::from_process()))
+    }
+
+    /// Where it is, for messages (redacted, and how it was found).
+    pub fn describe(&self) -> String {
+        self.address.describe()
+    }
+
+    /// A `docker` command aimed at this engine whatever the caller's
+    /// environment says.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new("docker");
+        cmd.env("DOCKER_HOST", &self.address.host).env_remove("DOCKER_CONTEXT");
+        cmd
+    }
+
+    /// A `docker` command's stdout, bounded in time; a failure explained.
+    pub fn docker(&self, args: &[&str], deadline: Duration) -> Result<String> {
+        let ran = self.run(args, None::<fn(ChildStdin)>, None, deadline)?;
+        if !ran.status.success() {
+            return Err(self.explain(args, &ran.stderr));
+        }
+        Ok(ran.stdout)
+    }
+
+    /// Runs `docker ARGS` under a deadline ([`crate::proc::run_bounded`]); its
+    /// stderr with any URL password taken out.
+    pub fn run<T: Send + 'static>(
+        &self,
+        args: &[&str],
+        feed: Option<impl FnOnce(ChildStdin) -> T + Send + 'static>,
+        to: Option<File>,
+        deadline: Duration,
+    ) -> Result<Ran<T>> {
+        let mut cmd = self.command();
+        cmd.args(args);
+        let ran = crate::proc::run_bounded(cmd, feed, to, deadline).map_err(|e| {
+            failed(format!(
+                "cannot run the `docker` command ({e}): install the Docker CLI (or podman-docker) and make sure it is on PATH"
+            ))
+        })?;
+        let Some(mut ran) = ran else {
+            return Err(failed(format!(
+                "`docker {}` did not finish within {}s (engine at {}); check the engine (`docker info`)",
+                args.first().unwrap_or(&""),
+                deadline.as_secs(),
+                self.describe()
+            )));
+        };
+        ran.stderr = crate::urls::redact_text(&ran.stderr);
+        Ok(ran)
+    }
+
+    /// A failed engine call, said with what to do. Only errors about reaching
+    /// the engine itself read as "unreachable" (exit 44); a container's own
+    /// failure (a mount refused, say) is said as the engine said it.
+    pub fn explain(&self, args: &[&str], stderr: &str) -> DriverError {
+        explain(args, stderr, &self.describe())
+    }
+
+    /// The engine answers, is on this machine, with an API version this
+    /// driver supports: what it is.
+    pub fn info(&self) -> Result<Info> {
+        if let Some(i) = self.info.get() {
+            return Ok(i.clone());
+        }
+        if !local_engine(&self.address.host) {
+            return Err(unreachable(format!(
+                "the engine at {} is on another machine: the docker driver bind-mounts this machine's files and \
+                 publishes the apiserver on 127.0.0.1, so it needs an engine here; point DOCKER_HOST (or the docker \
+                 context) at a local socket",
+                self.describe()
+            )));
+        }
+        let format = "{{.Server.Version}}|{{.Server.APIVersion}}|{{range .Server.Components}}{{.Name}},{{end}}";
+        let out = self.docker(&["version", "--format", format], Duration::from_secs(10))?;
+        let mut parts = out.trim().split('|');
+        let (version, api) = (parts.next().unwrap_or("?").to_string(), parts.next().unwrap_or("0.0").to_string());
+        let podman = parts.next().is_some_and(|c| c.contains("Podman"));
+        let mut nums = api.split('.').map(|n| n.parse::<u32>().unwrap_or(0));
+        let have = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+        if have < MIN_API {
+            return Err(unreachable(format!(
+                "the engine at {} speaks API {api} (version {version}); kubestrap needs API {}.{} or newer (Docker \
+                 20.10+, Podman 4+): upgrade the engine",
+                self.describe(),
+                MIN_API.0,
+                MIN_API.1
+            )));
+        }
+        let security = self.docker(&["info", "--format", "{{json .SecurityOptions}}"], Duration::from_secs(10))?;
+        let rootless = security.contains("name=rootless");
+        Ok(self.info.get_or_init(|| Info { version, api, podman, rootless }).clone())
+    }
+
+    /// The resource limits the engine's own process has (its socket's
+    /// peer): a Podman engine gives containers higher limits than that by
+    /// default, which a machine without CAP_SYS_RESOURCE refuses
+    /// ("error setting rlimit"). `None` where it cannot be read.
+    pub fn process_limits(&self) -> Option<(u64, u64)> {
+        let path = self.address.host.strip_prefix("unix://")?;
+        let sock = std::os::unix::net::UnixStream::connect(path).ok()?;
+        let cred = nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::PeerCredentials).ok()?;
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", cred.pid())).ok()?;
+        let hard = |name: &str| -> Option<u64> {
+            let line = limits.lines().find(|l| l.starts_with(name))?;
+            line[name.len()..].split_whitespace().nth(1)?.parse().ok()
+        };
+        Some((hard("Max open files")?, hard("Max processes")?))
+    }
 }
 
 pub(super) use crate::proc::Ran;
 
-/// Runs `docker ARGS` under a deadline ([`crate::proc::run_bounded`]); its
-/// stderr with any URL password taken out.
-pub(super) fn run<T: Send + 'static>(
-    args: &[&str],
-    feed: Option<impl FnOnce(ChildStdin) -> T + Send + 'static>,
-    to: Option<File>,
-    deadline: Duration,
-) -> Result<Ran<T>> {
-    let mut cmd = Command::new("docker");
-    cmd.args(args);
-    let ran = crate::proc::run_bounded(cmd, feed, to, deadline).map_err(|e| {
-        failed(format!(
-            "cannot run the `docker` command ({e}): install the Docker CLI (or podman-docker) and make sure it is on PATH"
-        ))
-    })?;
-    let Some(mut ran) = ran else {
-        return Err(failed(format!(
-            "`docker {}` did not finish within {}s (engine at {}); check the engine (`docker info`)",
-            args.first().unwrap_or(&""),
-            deadline.as_secs(),
-            engine_address()
-        )));
-    };
-    ran.stderr = crate::urls::redact_text(&ran.stderr);
-    Ok(ran)
-}
-
-/// A failed engine call, said with what to do. Only errors about reaching
-/// the engine itself read as "unreachable" (exit 44); a container's own
-/// failure (a mount refused, say) is said as the engine said it.
-pub(super) fn explain(args: &[&str], stderr: &str) -> DriverError {
+/// A failed engine call, said with what to do (see [`Engine::explain`]);
+/// `engine` names where it was.
+fn explain(args: &[&str], stderr: &str, engine: &str) -> DriverError {
     let what = format!("`docker {}`", args.iter().take(2).copied().collect::<Vec<_>>().join(" "));
     let about_daemon = stderr.contains("Cannot connect to the Docker daemon")
         || stderr.contains("Is the docker daemon running")
@@ -73,24 +178,27 @@ pub(super) fn explain(args: &[&str], stderr: &str) -> DriverError {
         || (stderr.contains("dial unix") && (stderr.contains("no such file") || stderr.contains("connection refused")));
     if stderr.contains("permission denied") && stderr.contains("connect to the Docker daemon") {
         return unreachable(format!(
-            "no permission to use the Docker engine at {}: add yourself to the `docker` group (then log in again), \
-             or use rootless Docker / Podman through DOCKER_HOST",
-            engine_address()
+            "no permission to use the engine at {engine}: add yourself to the `docker` group (then log in again), \
+             or use rootless Docker / Podman (their socket is found by itself, or name it in DOCKER_HOST)"
         ));
     }
     if about_daemon {
         return unreachable(format!(
-            "cannot reach the Docker engine at {} ({}): start it (`sudo systemctl start docker`, Docker Desktop, or \
-             `systemctl --user start podman.socket`), or point DOCKER_HOST at a running one",
-            engine_address(),
+            "cannot reach the engine at {engine} ({}): start it (`sudo systemctl start docker`, Docker Desktop, \
+             `systemctl --user start podman.socket`, or `podman system service`), or point DOCKER_HOST at a running one",
             stderr.lines().last().unwrap_or(stderr)
+        ));
+    }
+    if stderr.contains("container-init binary not found") || stderr.contains("catatonit") {
+        return failed(format!(
+            "{what} failed: {stderr}: Podman needs its init for `--init` (install the `catatonit` package)"
         ));
     }
     // What is not there, told apart once, here.
     let lower = stderr.to_lowercase();
     let kind = if lower.contains("no such container") {
         Kind::NoSuchContainer
-    } else if lower.contains("no such image") {
+    } else if lower.contains("no such image") || lower.contains("image not known") {
         Kind::NoSuchImage
     } else if lower.contains("no such network") || (lower.contains("network") && lower.contains("not found")) {
         Kind::NoSuchNetwork
@@ -120,33 +228,16 @@ fn local_engine(host: &str) -> bool {
     }
 }
 
-/// The engine answers, is on this machine, with an API version this driver
-/// supports.
-pub fn engine() -> Result<(String, String)> {
-    if let Ok(host) = std::env::var("DOCKER_HOST")
-        && !local_engine(&host)
-    {
-        return Err(unreachable(format!(
-            "the engine at {} is on another machine: the docker driver bind-mounts this machine's files and publishes \
-             the apiserver on 127.0.0.1, so it needs an engine here; unset DOCKER_HOST (or point it at a local socket)",
-            engine_address()
-        )));
-    }
-    let out = docker(&["version", "--format", "{{.Server.Version}} {{.Server.APIVersion}}"], Duration::from_secs(10))?;
-    let mut parts = out.split_whitespace();
-    let (version, api) = (parts.next().unwrap_or("?").to_string(), parts.next().unwrap_or("0.0").to_string());
-    let mut nums = api.split('.').map(|n| n.parse::<u32>().unwrap_or(0));
-    let have = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
-    if have < MIN_API {
-        return Err(unreachable(format!(
-            "the engine at {} speaks API {api} (version {version}); kubestrap needs API {}.{} or newer (Docker 20.10+, \
-             Podman 4+): upgrade the engine",
-            engine_address(),
-            MIN_API.0,
-            MIN_API.1
-        )));
-    }
-    Ok((version, api))
+/// The image id an import printed: Docker prints `sha256:<id>`, Podman's
+/// compatible API has the CLI print it twice (`sha256:<id>: sha256:<id>`).
+fn imported_id(out: &str) -> Option<String> {
+    out.split(|c: char| c.is_whitespace() || c == ',')
+        .map(|t| t.trim_end_matches(':'))
+        .filter(|t| {
+            t.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+        .next_back()
+        .map(str::to_string)
 }
 
 pub(super) fn image_tag(sha: &str) -> String {
@@ -160,10 +251,10 @@ pub(super) fn image_tag(sha: &str) -> String {
 /// dropped and theirs used.
 /// The node image made from rootfs `blob`, imported unless the engine
 /// already has it; and whether it was imported now.
-pub(super) fn ensure_image(blob: &Path) -> Result<(String, bool)> {
+pub(super) fn ensure_image(e: &Engine, blob: &Path) -> Result<(String, bool)> {
     let sha = blob.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tag = image_tag(&sha);
-    let tagged = || docker(&["image", "inspect", "--format", "{{.Id}}", &tag], CALL).is_ok();
+    let tagged = || e.docker(&["image", "inspect", "--format", "{{.Id}}", &tag], CALL).is_ok();
     if tagged() {
         return Ok((tag, false));
     }
@@ -192,12 +283,12 @@ pub(super) fn ensure_image(blob: &Path) -> Result<(String, bool)> {
         (copied.map_err(|e| e.to_string()), hashing.finish().ok().map(|(h, _)| h))
     };
     let label = format!("LABEL {LABEL}.rootfs={sha}");
-    let ran = run(&["import", "--change", &label, "-"], Some(feed), None, IMPORT)?;
+    let ran = e.run(&["import", "--change", &label, "-"], Some(feed), None, IMPORT)?;
     let (copied, got) = ran.fed.unwrap_or((Err("the feeding thread failed".into()), None));
-    let id = ran.stdout.trim().to_string();
+    let id = imported_id(&ran.stdout).unwrap_or_default();
     let drop_ours = || {
-        if id.starts_with("sha256:") {
-            let _ = docker(&["image", "rm", &id], CALL);
+        if !id.is_empty() {
+            let _ = e.docker(&["image", "rm", &id], CALL);
         }
     };
     if got != Some(want) {
@@ -207,18 +298,18 @@ pub(super) fn ensure_image(blob: &Path) -> Result<(String, bool)> {
             None => failed(format!("cannot read the rootfs {}", blob.display())),
         });
     }
-    if !ran.status.success() || copied.is_err() || !id.starts_with("sha256:") {
+    if !ran.status.success() || copied.is_err() || id.is_empty() {
         drop_ours();
-        return Err(explain(&["import"], &format!("{} {}", ran.stderr, copied.err().unwrap_or_default())));
+        return Err(e.explain(&["import"], &format!("{} {}", ran.stderr, copied.err().unwrap_or_default())));
     }
     if tagged() {
         drop_ours();
     } else {
-        docker(&["tag", &id, &tag], CALL)?;
+        e.docker(&["tag", &id, &tag], CALL)?;
         // Two imports may both have found the tag free: the later tag wins,
         // and the earlier import goes (the engine keeps it while a container
         // already uses it; that container's delete removes it).
-        let now = docker(&["image", "inspect", "--format", "{{.Id}}", &tag], CALL).unwrap_or_default();
+        let now = e.docker(&["image", "inspect", "--format", "{{.Id}}", &tag], CALL).unwrap_or_default();
         if now.trim() != id {
             drop_ours();
         }
@@ -232,7 +323,7 @@ mod tests {
 
     #[test]
     fn only_errors_about_the_daemon_read_as_unreachable() {
-        let unreachable = |e: &str| explain(&["start"], e).is_docker(Kind::Unreachable);
+        let unreachable = |e: &str| explain(&["start"], e, "unix:///x.sock").is_docker(Kind::Unreachable);
         assert!(unreachable("Cannot connect to the Docker daemon at unix:///x.sock. Is the docker daemon running?"));
         assert!(unreachable(
             "permission denied while trying to connect to the Docker daemon socket at unix:///var/run/docker.sock"
@@ -247,6 +338,15 @@ mod tests {
         assert!(!unreachable(
             "Error response from daemon: driver failed programming external connectivity: connection refused"
         ));
+    }
+
+    #[test]
+    fn an_import_id_is_read_as_docker_and_podman_print_it() {
+        let id = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(imported_id(&format!("{id}\n")).as_deref(), Some(id.as_str()));
+        assert_eq!(imported_id(&format!("{id}: {id}\n")).as_deref(), Some(id.as_str()));
+        assert_eq!(imported_id("sha256:abc\n"), None);
+        assert_eq!(imported_id(""), None);
     }
 
     #[test]

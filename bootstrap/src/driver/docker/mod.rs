@@ -14,9 +14,8 @@
 
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use kubestrap_fskit as fskit;
@@ -24,34 +23,93 @@ use kubestrap_manifest::{ComponentName, Driver as Kind, Manifest, Vars};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Check, Context, Description, DockerErrorKind, Driver, DriverError, Host, HostState, Launch, Result, Stop,
-    StopOutcome, guest,
+    Check, Context, Description, DockerError, DockerErrorKind, Driver, DriverError, Host, HostState, Launch, Result,
+    Stop, StopOutcome, guest,
 };
 use crate::profile::Profile;
 use crate::progress::Step;
 use crate::state::{read as read_state, write as write_state};
 
+mod address;
 mod engine;
+mod volume;
 
-use engine::{docker, ensure_image, failed};
-pub use engine::{engine, engine_address};
+use engine::{Engine, Info, ensure_image, failed};
 
 pub const DESCRIPTION: Description = Description {
     kind: Kind::Docker,
     needs: &[ComponentName::Rootfs],
     marks: Some("container"),
-    here: || match engine() {
-        Ok((version, _)) => Ok(format!("a Docker engine answers at {} (version {version})", engine_address())),
-        Err(e) => {
-            tracing::debug!("docker driver not chosen: {e}");
-            Err("no usable Docker engine answers".into())
+    here: || {
+        let eng = Engine::from_env();
+        match eng.info() {
+            Ok(info) => Ok(format!("{} answers at {}", info.name(), eng.describe())),
+            Err(e) => {
+                tracing::debug!("docker driver not chosen: {e}");
+                Err(format!("no usable container engine answers at {}", eng.describe()))
+            }
         }
     },
-    make: |ctx| Box::new(Docker { ctx }),
+    make: |ctx| Box::new(Docker { ctx, engine: Engine::from_env() }),
 };
 
 pub struct Docker<'a> {
     ctx: Context<'a>,
+    /// The engine the `docker` CLI would use here (what a new profile is
+    /// created on).
+    engine: Engine,
+}
+
+/// The engine a profile was created on (`container/engine.toml`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct EngineRecord {
+    host: String,
+    /// What it was ("Docker 20.10.24", "rootless Podman 4.3.1").
+    name: String,
+}
+
+fn engine_path(p: &Profile) -> PathBuf {
+    p.dir.join("container/engine.toml")
+}
+
+impl Docker<'_> {
+    /// The engine `p` lives on: the one it was created on. When the user
+    /// points elsewhere (DOCKER_HOST, a docker context), that is refused
+    /// with both named; when nothing was asked, the profile's is used.
+    fn engine_for(&self, p: &Profile) -> Result<Engine> {
+        let Some(kept) = read_state::<EngineRecord>(&engine_path(p)).ok().flatten() else {
+            return Ok(self.engine.clone());
+        };
+        if kept.host == self.engine.address.host {
+            return Ok(self.engine.clone());
+        }
+        let lives = address::Address { host: kept.host.clone(), found: address::Found::Profile };
+        if self.engine.address.found.asked() {
+            return Err(DockerError::new(
+                DockerErrorKind::OtherEngine,
+                format!(
+                    "profile {:?} lives on the engine at {} ({}); kubestrap was pointed at {}",
+                    p.name,
+                    crate::urls::redact(&kept.host),
+                    kept.name,
+                    self.engine.describe()
+                ),
+            )
+            .into());
+        }
+        tracing::debug!("profile {:?}: its own engine, {}", p.name, lives.describe());
+        Ok(Engine::new(lives))
+    }
+
+    /// Records the engine a new container is made on.
+    fn remember_engine(&self, p: &Profile, eng: &Engine, info: &Info) -> Result<()> {
+        let want = EngineRecord { host: eng.address.host.clone(), name: info.name() };
+        if read_state::<EngineRecord>(&engine_path(p)).ok().flatten().as_ref() != Some(&want) {
+            write_state(&engine_path(p), &want)?;
+        }
+        Ok(())
+    }
 }
 
 /// Every engine call is bounded; a copy of a large volume gets longer.
@@ -117,9 +175,9 @@ struct Network {
 }
 
 /// The subnet and gateway of an existing network.
-fn network_ipam(name: &str) -> Result<Option<(String, Ipv4Addr)>> {
+fn network_ipam(eng: &Engine, name: &str) -> Result<Option<(String, Ipv4Addr)>> {
     let format = "{{range .IPAM.Config}}{{.Subnet}} {{.Gateway}};{{end}}";
-    let out = match docker(&["network", "inspect", "--format", format, name], CALL) {
+    let out = match eng.docker(&["network", "inspect", "--format", format, name], CALL) {
         Ok(out) => out,
         Err(e) if e.is_docker(DockerErrorKind::NoSuchNetwork) => return Ok(None),
         Err(e) => return Err(e),
@@ -135,11 +193,11 @@ fn network_ipam(name: &str) -> Result<Option<(String, Ipv4Addr)>> {
 /// subnet (it knows its other networks and the machine's routes); the
 /// network is then made again with that subnet named, since a fixed
 /// container address needs a subnet the user configured.
-fn ensure_network(p: &Profile) -> Result<Network> {
+fn ensure_network(eng: &Engine, p: &Profile) -> Result<Network> {
     let name = network_name(p);
     let labels = [format!("{LABEL}.profile={}", p.name), format!("{LABEL}.home={}", home_id(p))];
     let label_args: Vec<&str> = labels.iter().flat_map(|l| ["--label", l.as_str()]).collect();
-    let mut ipam = network_ipam(&name)?;
+    let mut ipam = network_ipam(eng, &name)?;
     for _ in 0..3 {
         if ipam.is_some() {
             break;
@@ -147,17 +205,17 @@ fn ensure_network(p: &Profile) -> Result<Network> {
         let mut create = vec!["network", "create"];
         create.extend(&label_args);
         create.push(&name);
-        docker(&create, CALL)?;
-        let picked = network_ipam(&name)?;
-        docker(&["network", "rm", &name], CALL)?;
+        eng.docker(&create, CALL)?;
+        let picked = network_ipam(eng, &name)?;
+        eng.docker(&["network", "rm", &name], CALL)?;
         let Some((subnet, gateway)) = picked else { continue };
         let gw = gateway.to_string();
         let mut pinned = vec!["network", "create", "--subnet", &subnet, "--gateway", &gw];
         pinned.extend(&label_args);
         pinned.push(&name);
         // Another network may have taken the subnet meanwhile: pick again.
-        if docker(&pinned, CALL).is_ok() {
-            ipam = network_ipam(&name)?;
+        if eng.docker(&pinned, CALL).is_ok() {
+            ipam = network_ipam(eng, &name)?;
         }
     }
     let (subnet, gateway) = ipam.ok_or_else(|| failed(format!("cannot make the network {name}")))?;
@@ -211,9 +269,9 @@ struct Inspected {
     port: u16,
 }
 
-fn inspect(p: &Profile) -> Result<Option<Inspected>> {
+fn inspect(eng: &Engine, p: &Profile) -> Result<Option<Inspected>> {
     let format = "{{json .State}}\n{{json .HostConfig.PortBindings}}\n{{.Id}}";
-    match docker(&["container", "inspect", "--format", format, &container_name(p)], CALL) {
+    match eng.docker(&["container", "inspect", "--format", format, &container_name(p)], CALL) {
         Ok(out) => {
             let mut lines = out.trim().lines();
             let state: State = serde_json::from_str(lines.next().unwrap_or_default())
@@ -320,18 +378,73 @@ fn privilege_args((bnd, last): &(u64, u32)) -> Vec<String> {
     out
 }
 
+/// What a Podman engine is asked for: open files and processes no higher
+/// than its own process may have (Podman's defaults, 1048576, are higher:
+/// a machine without CAP_SYS_RESOURCE refuses them, "error setting rlimit
+/// type 7"). Docker passes its own limits on by itself: nothing to ask.
+fn podman_limits(eng: &Engine, info: &Info) -> Vec<String> {
+    if !info.podman {
+        return Vec::new();
+    }
+    // The engine's own, else this process's (the same machine, most often
+    // the same limits), never above what k3s asks of a node.
+    let own = || {
+        let hard = |r| nix::sys::resource::getrlimit(r).map(|(_, h)| h).unwrap_or(1 << 20);
+        (hard(nix::sys::resource::Resource::RLIMIT_NOFILE), hard(nix::sys::resource::Resource::RLIMIT_NPROC))
+    };
+    let (nofile, nproc) = eng.process_limits().unwrap_or_else(own);
+    let (nofile, nproc) = (nofile.min(1 << 20), nproc.min(1 << 20));
+    vec!["--ulimit".into(), format!("nofile={nofile}:{nofile}"), "--ulimit".into(), format!("nproc={nproc}:{nproc}")]
+}
+
 /// The engine, as a check: whether it answers (and how), blocking.
-fn engine_check() -> (Check, bool) {
-    match engine() {
-        Ok((version, api)) => {
-            let detail = format!("{} answers: version {version}, API {api}", engine_address());
-            (Check::new("engine", true, &detail, "", true), true)
+fn engine_check(eng: &Engine) -> (Check, Option<Info>) {
+    match eng.info() {
+        Ok(info) => {
+            let detail = format!("{} answers at {}: API {}", info.name(), eng.describe(), info.api);
+            (Check::new("engine", true, &detail, "", true), Some(info))
         }
         Err(e) => {
-            let advice = "start the engine or set DOCKER_HOST; or use --driver native or --driver qemu";
-            (Check::new("engine", false, &e.to_string(), advice, true), false)
+            let advice = "start the engine or set DOCKER_HOST (or `docker context use`); or use --driver native or \
+                          --driver qemu";
+            (Check::new("engine", false, &e.to_string(), advice, true), None)
         }
     }
+}
+
+/// A rootless engine cannot give a localkube that needs real root (k3s:
+/// containerd, cgroups, iptables of the machine's own) what it needs.
+fn rootless_check(info: &Info, m: &Manifest) -> Option<Check> {
+    let run = &m.component.localkube.run;
+    (info.rootless && run.needs_root).then(|| {
+        Check::new(
+            "rootless engine",
+            false,
+            &format!(
+                "the engine is {} and release {} runs {} as real root (needs-root): a rootless engine cannot give it \
+                 the machine's cgroups, iptables and devices",
+                info.name(),
+                m.id(),
+                run.program
+            ),
+            "use a rootful engine (the system's Docker or Podman, with sudo), or --driver qemu (no root needed)",
+            true,
+        )
+    })
+}
+
+/// The engine's storage driver: `vfs` copies every layer in full (slow,
+/// and a node image takes its whole size again per container), flagged
+/// though not blocking.
+fn storage_check(driver: &str) -> Check {
+    let vfs = driver == "vfs";
+    let detail = if vfs {
+        "vfs: every container gets a full copy of its image (slow starts, large disk use)".to_string()
+    } else {
+        driver.to_string()
+    };
+    let advice = "configure the engine for overlay2 (Docker: \"storage-driver\" in daemon.json; Podman: driver = \"overlay\" in storage.conf, with fuse-overlayfs when rootless on an older kernel)";
+    Check::new("storage driver", !vfs, &detail, if vfs { advice } else { "" }, false)
 }
 
 /// Whether the release pins a base rootfs for this machine, blocking.
@@ -350,19 +463,30 @@ impl Driver for Docker<'_> {
     }
 
     fn check(&self, manifest: Option<&Manifest>) -> Vec<Check> {
-        let (engine, up) = engine_check();
+        let eng = &self.engine;
+        let (engine, info) = engine_check(eng);
         let mut out = vec![engine];
-        if up {
-            let storage = docker(&["info", "--format", "{{.Driver}}"], Duration::from_secs(10)).unwrap_or_default();
-            out.push(Check::new("storage driver", true, storage.trim(), "", false));
+        if let Some(info) = &info {
+            let storage = eng.docker(&["info", "--format", "{{.Driver}}"], Duration::from_secs(10)).unwrap_or_default();
+            out.push(storage_check(storage.trim()));
+            out.extend(manifest.and_then(|m| rootless_check(info, m)));
         }
         out.extend(manifest.map(rootfs_check));
         out
     }
 
-    /// The engine and the rootfs; the storage driver is for `doctor`.
-    fn prerequisites(&self, _p: &Profile, manifest: &Manifest) -> Vec<Check> {
-        vec![engine_check().0, rootfs_check(manifest)]
+    /// The engine (the profile's own, for one that exists), that it can run
+    /// the release, and the rootfs; the storage driver is for `doctor`.
+    fn prerequisites(&self, p: &Profile, manifest: &Manifest) -> Vec<Check> {
+        let eng = match self.engine_for(p) {
+            Ok(e) => e,
+            Err(e) => return vec![Check::new("engine", false, &e.to_string(), &e.hint().unwrap_or_default(), true)],
+        };
+        let (engine, info) = engine_check(&eng);
+        let mut out = vec![engine];
+        out.extend(info.and_then(|i| rootless_check(&i, manifest)));
+        out.push(rootfs_check(manifest));
+        out
     }
 
     fn extra_sans(&self) -> Vec<String> {
@@ -391,16 +515,26 @@ impl Driver for Docker<'_> {
     fn start(&self, launch: &Launch) -> Result<Host> {
         // The engine was checked by the start's prerequisites.
         let p = &launch.profile;
+        let eng = self.engine_for(p)?;
+        let info = eng.info()?;
+        if info.rootless && launch.run.needs_root {
+            return Err(DockerError::new(
+                DockerErrorKind::Unfit,
+                format!("{} cannot run {} as real root (needs-root)", info.name(), launch.run.program),
+            )
+            .into());
+        }
+        self.remember_engine(p, &eng, &info)?;
         let blob = launch
             .trees
             .get(&ComponentName::Rootfs)
             .ok_or_else(|| failed("the release has no base rootfs for the docker driver (drivers = [\"docker\"])"))?;
         let t = std::time::Instant::now();
-        let (image, imported) = ensure_image(blob)?;
+        let (image, imported) = ensure_image(&eng, blob)?;
         if imported {
             self.ctx.progress.step(Step::NodeImage { image: image.clone() }, t.elapsed());
         }
-        let net = ensure_network(p)?;
+        let net = ensure_network(&eng, p)?;
         let vars = self.vars(launch);
         let name = container_name(p);
         let volume = volume_name(p);
@@ -453,6 +587,7 @@ impl Driver for Docker<'_> {
             "--log-opt".into(),
             "max-file=2".into(),
         ];
+        args.extend(podman_limits(&eng, &info));
         for (k, v) in &launch.run.env {
             args.extend(["--env".into(), format!("{k}={}", v.render(&vars))]);
         }
@@ -472,23 +607,23 @@ impl Driver for Docker<'_> {
         args.push(guest::path(&format!("component/{}", launch.run.program)));
         args.extend(launch.run.args.iter().map(|a| a.render(&vars)));
         let want = Created { name: name.clone(), args: args.clone() };
-        let existing = inspect(p)?.is_some();
+        let existing = inspect(&eng, p)?.is_some();
         let same = read_state::<Created>(&created_path(p)).ok().flatten().is_some_and(|c| c == want);
         if !existing || !same {
             // The image the old container was made from goes with it when
             // nothing else uses it (an upgrade to another rootfs).
-            let old_image = if existing { self.image_of(p).ok() } else { None };
+            let old_image = if existing { self.image_of(&eng, p).ok() } else { None };
             if existing {
-                docker(&["rm", "-f", &name], CALL)?;
+                eng.docker(&["rm", "-f", &name], CALL)?;
             }
             fskit::remove_any(&created_path(p))?;
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            match docker(&refs, CALL) {
+            match eng.docker(&refs, CALL) {
                 // Another profile's delete took the image with its last
                 // container between our check and this create: import again.
                 Err(e) if e.is_docker(DockerErrorKind::NoSuchImage) => {
-                    ensure_image(blob)?;
-                    docker(&refs, CALL)?;
+                    ensure_image(&eng, blob)?;
+                    eng.docker(&refs, CALL)?;
                 }
                 other => {
                     other?;
@@ -497,21 +632,23 @@ impl Driver for Docker<'_> {
             write_state(&created_path(p), &want)?;
             if let Some(old) = old_image {
                 // Refused by the engine while any container uses it.
-                let _ = docker(&["image", "rm", &old], CALL);
+                let _ = eng.docker(&["image", "rm", &old], CALL);
             }
         }
         fskit::remove_any(&stopped_path(p))?;
-        docker(&["start", &name], CALL)?;
-        let id = inspect(p)?.map(|i| i.id).unwrap_or_default();
+        eng.docker(&["start", &name], CALL)?;
+        let id = inspect(&eng, p)?.map(|i| i.id).unwrap_or_default();
         Ok(Host { id: format!("container {name} ({id})"), pid: None, port: launch.port })
     }
 
     fn running(&self, p: &Profile) -> Result<bool> {
-        Ok(inspect(p)?.is_some_and(|i| i.state.running))
+        let eng = self.engine_for(p)?;
+        Ok(inspect(&eng, p)?.is_some_and(|i| i.state.running))
     }
 
     fn stop(&self, p: &Profile, how: Stop) -> Result<StopOutcome> {
-        let Some(Inspected { state, .. }) = inspect(p)? else { return Ok(StopOutcome::WasNotRunning) };
+        let eng = self.engine_for(p)?;
+        let Some(Inspected { state, .. }) = inspect(&eng, p)? else { return Ok(StopOutcome::WasNotRunning) };
         // Recorded first: a stop cut short reads as "stopping", never "crashed".
         fskit::write_atomic(&stopped_path(p), crate::state::now().as_bytes(), 0o600)?;
         if !state.running {
@@ -519,9 +656,9 @@ impl Driver for Docker<'_> {
         }
         let secs = how.timeout.as_secs().to_string();
         crate::killpoint::reached("container stop");
-        docker(&["stop", "--time", &secs, &container_name(p)], how.timeout + CALL)?;
+        eng.docker(&["stop", "--time", &secs, &container_name(p)], how.timeout + CALL)?;
         crate::killpoint::reached("container stopped");
-        let killed = inspect(p)?.is_some_and(|i| i.state.exit_code == 137);
+        let killed = inspect(&eng, p)?.is_some_and(|i| i.state.exit_code == 137);
         Ok(if killed { StopOutcome::Killed } else { StopOutcome::Stopped })
     }
 
@@ -530,7 +667,8 @@ impl Driver for Docker<'_> {
     }
 
     fn status(&self, p: &Profile) -> Result<HostState> {
-        let Some(Inspected { state, id, port }) = inspect(p)? else { return Ok(HostState::Stopped) };
+        let eng = self.engine_for(p)?;
+        let Some(Inspected { state, id, port }) = inspect(&eng, p)? else { return Ok(HostState::Stopped) };
         let asked = stopped_path(p).is_file();
         let host = Host { id: format!("container {} ({id})", container_name(p)), pid: None, port };
         Ok(match (state.running, asked) {
@@ -551,18 +689,21 @@ impl Driver for Docker<'_> {
     }
 
     fn delete(&self, p: &Profile) -> Result<()> {
-        let image = self.image_of(p).ok();
-        match docker(&["rm", "-f", "--volumes", &container_name(p)], CALL) {
+        let eng = self.engine_for(p)?;
+        let image = self.image_of(&eng, p).ok();
+        match eng.docker(&["rm", "-f", "--volumes", &container_name(p)], CALL) {
             Err(e) if !no_such_container(&e) => return Err(e),
             _ => {}
         }
-        if let Err(e) = docker(&["volume", "rm", "-f", &volume_name(p)], CALL) {
+        // A throwaway a killed upgrade left holds the volume.
+        volume::remove_throwaways(&eng, &container_name(p))?;
+        if let Err(e) = eng.docker(&["volume", "rm", "-f", &volume_name(p)], CALL) {
             return Err(failed(format!("the volume {} could not be removed: {e}", volume_name(p))));
         }
-        match network_ipam(&network_name(p)) {
+        match network_ipam(&eng, &network_name(p)) {
             Ok(None) => {}
             Ok(Some(_)) => {
-                if let Err(e) = docker(&["network", "rm", &network_name(p)], CALL) {
+                if let Err(e) = eng.docker(&["network", "rm", &network_name(p)], CALL) {
                     return Err(failed(format!("the network {} could not be removed: {e}", network_name(p))));
                 }
             }
@@ -570,22 +711,27 @@ impl Driver for Docker<'_> {
         }
         // The image goes with its last container.
         if let Some(image) = image
-            && docker(&["ps", "-a", "-q", "--filter", &format!("ancestor={image}")], CALL)
+            && eng
+                .docker(&["ps", "-a", "-q", "--filter", &format!("ancestor={image}")], CALL)
                 .is_ok_and(|o| o.trim().is_empty())
         {
-            let _ = docker(&["image", "rm", &image], CALL);
+            let _ = eng.docker(&["image", "rm", &image], CALL);
         }
         // Untagged imports a killed start left (an import is tagged only once
         // verified); an hour old, so never one that is being verified now.
         let label = format!("label={LABEL}.rootfs");
-        let _ = docker(&["image", "prune", "-f", "--filter", &label, "--filter", "until=1h"], CALL);
+        let _ = eng.docker(&["image", "prune", "-f", "--filter", &label, "--filter", "until=1h"], CALL);
         Ok(())
     }
 
     fn leftovers(&self, p: &Profile) -> String {
+        let at = read_state::<EngineRecord>(&engine_path(p))
+            .ok()
+            .flatten()
+            .map_or_else(|| self.engine.describe(), |r| format!("{} ({})", crate::urls::redact(&r.host), r.name));
         format!(
-            "in the engine, container {}, volume {} and network {} (`docker rm -f {0}; docker volume rm {1}; docker \
-             network rm {2}`)",
+            "on the engine at {at}: container {}, volume {} and network {} (`docker rm -f {0}; docker volume rm {1}; \
+             docker network rm {2}`, with DOCKER_HOST at that engine)",
             container_name(p),
             volume_name(p),
             network_name(p)
@@ -593,7 +739,8 @@ impl Driver for Docker<'_> {
     }
 
     fn log_tail(&self, p: &Profile, n: usize) -> Vec<String> {
-        match engine::run(&["logs", "--tail", &n.to_string(), &container_name(p)], None::<fn(_)>, None, CALL) {
+        let Ok(eng) = self.engine_for(p) else { return Vec::new() };
+        match eng.run(&["logs", "--tail", &n.to_string(), &container_name(p)], None::<fn(_)>, None, CALL) {
             Ok(ran) => {
                 let lines: Vec<String> = ran.stdout.lines().chain(ran.stderr.lines()).map(String::from).collect();
                 lines[lines.len().saturating_sub(n)..].to_vec()
@@ -603,10 +750,12 @@ impl Driver for Docker<'_> {
     }
 
     fn follow_log(&self, p: &Profile, out: &mut dyn Write) -> Result<()> {
+        let eng = self.engine_for(p)?;
         // The container's stdout and stderr, as one stream, into `out`.
         let spawn_err = |source| DriverError::Spawn { what: "run `docker logs`", source };
         let (mut reader, writer) = std::io::pipe().map_err(spawn_err)?;
-        let mut child = Command::new("docker")
+        let mut child = eng
+            .command()
             .args(["logs", "--follow", "--tail", "0", &container_name(p)])
             .stdin(Stdio::null())
             .stdout(writer.try_clone().map_err(spawn_err)?)
@@ -632,54 +781,21 @@ impl Driver for Docker<'_> {
         Ok(())
     }
 
-    /// The data volume, as a tar stream out of a throwaway container of the
-    /// profile's own image (nothing pulled) into `dest/volume.tar`: a file
-    /// of the user's, which keeps the owners and modes of the files inside.
+    /// The data volume, copied out through a throwaway container of the
+    /// profile's own image (nothing pulled) into a file of the user's, which
+    /// keeps the owners and modes of the files inside ([`volume::snapshot`]).
     fn snapshot(&self, p: &Profile, dest: &Path) -> Result<fskit::Copied> {
-        fskit::create_dir_mode(dest, 0o700)?;
-        let image = self.image_of(p)?;
-        let tar = dest.join("volume.tar");
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tar)
-            .map_err(|e| fskit::FsError::io(&tar, "create", e))?;
-        let from = format!("type=volume,source={},target=/from,readonly", volume_name(p));
-        let args = ["run", "--rm", "--pull", "never", "--mount", &from, "--entrypoint", "/bin/tar", &image];
-        let args: Vec<&str> = args.into_iter().chain(["-c", "-f", "-", "-C", "/from", "."]).collect();
-        let ran = engine::run(&args, None::<fn(_)>, Some(file), IMPORT)?;
-        if !ran.status.success() {
-            return Err(engine::explain(&args, &ran.stderr));
-        }
-        fskit::sync_fs(dest)?;
-        let bytes = std::fs::metadata(&tar).map(|m| m.len()).unwrap_or(0);
-        Ok(fskit::Copied { files: 1, bytes, reflinked: 0 })
+        let eng = self.engine_for(p)?;
+        let image = self.image_of(&eng, p)?;
+        volume::snapshot(&eng, &container_name(p), &image, &volume_name(p), dest)
     }
 
-    /// The snapshot's tar streamed into a throwaway container that unpacks
-    /// it beside the volume's data, then puts it in place of that data (a
-    /// cut-short restore leaves the data as it was until the swap).
+    /// The snapshot copied in beside the volume's data, then put in place
+    /// of it (a cut-short restore leaves the data as it was until the swap).
     fn restore(&self, p: &Profile, src: &Path) -> Result<()> {
-        let image = self.image_of(p)?;
-        let tar = src.join("volume.tar");
-        let file = fskit::open_regular(&tar)?;
-        let to = format!("type=volume,source={},target=/to", volume_name(p));
-        let script = "set -e; rm -rf /to/.restoring; mkdir /to/.restoring; tar -x -f - -C /to/.restoring; \
-                      find /to -mindepth 1 -maxdepth 1 ! -name .restoring -exec rm -rf {} +; \
-                      cd /to/.restoring; find . -mindepth 1 -maxdepth 1 -exec mv {} /to/ \\; ; cd /; rmdir /to/.restoring";
-        let args =
-            ["run", "--rm", "-i", "--pull", "never", "--mount", &to, "--entrypoint", "/bin/sh", &image, "-c", script];
-        let feed = move |mut stdin: std::process::ChildStdin| {
-            let mut file = file;
-            std::io::copy(&mut file, &mut stdin).map(|_| ()).map_err(|e| e.to_string())
-        };
-        let ran = engine::run(&args, Some(feed), None, IMPORT)?;
-        if !ran.status.success() || ran.fed.as_ref().is_some_and(Result::is_err) {
-            let fed = ran.fed.and_then(Result::err).unwrap_or_default();
-            return Err(engine::explain(&args, &format!("{} {fed}", ran.stderr)));
-        }
-        Ok(())
+        let eng = self.engine_for(p)?;
+        let image = self.image_of(&eng, p)?;
+        volume::restore(&eng, &container_name(p), &image, &volume_name(p), src)
     }
 }
 
@@ -687,8 +803,8 @@ impl Docker<'_> {
     /// The image the profile's container was made from: by id from the
     /// engine (the record may be damaged or never written, and the tag may
     /// have moved to a later import of the same rootfs), else the recorded tag.
-    fn image_of(&self, p: &Profile) -> Result<String> {
-        if let Ok(out) = docker(&["container", "inspect", "--format", "{{.Image}}", &container_name(p)], CALL)
+    fn image_of(&self, eng: &Engine, p: &Profile) -> Result<String> {
+        if let Ok(out) = eng.docker(&["container", "inspect", "--format", "{{.Image}}", &container_name(p)], CALL)
             && out.trim().starts_with("sha256:")
         {
             return Ok(out.trim().to_string());
@@ -704,6 +820,13 @@ impl Docker<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vfs_storage_driver_is_flagged() {
+        assert!(storage_check("overlay2").ok);
+        let vfs = storage_check("vfs");
+        assert!(!vfs.ok && !vfs.blocking && vfs.advice.as_deref().is_some_and(|a| a.contains("overlay")), "{vfs:?}");
+    }
 
     #[test]
     fn privileged_unless_the_machine_lacks_a_capability() {
