@@ -231,13 +231,9 @@ fn local_engine(host: &str) -> bool {
 /// The image id an import printed: Docker prints `sha256:<id>`, Podman's
 /// compatible API has the CLI print it twice (`sha256:<id>: sha256:<id>`).
 fn imported_id(out: &str) -> Option<String> {
-    out.split(|c: char| c.is_whitespace() || c == ',')
-        .map(|t| t.trim_end_matches(':'))
-        .filter(|t| {
-            t.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        })
-        .next_back()
-        .map(str::to_string)
+    let is_id =
+        |t: &&str| t.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    out.split(|c: char| c.is_whitespace() || c == ',').map(|t| t.trim_end_matches(':')).rfind(is_id).map(str::to_string)
 }
 
 pub(super) fn image_tag(sha: &str) -> String {
