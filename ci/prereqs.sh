@@ -25,12 +25,24 @@ declare -A provider=(
   [depmod]=kmod
   [mke2fs]=e2fsprogs         # the guest's ext4 data disk
   [setpriv]=util-linux       # tests that drop root
+  [runuser]=util-linux       # the rootless engines' user (ci/engines.sh)
+  [podman]=podman            # the docker driver on Podman, rootful and rootless
+  [catatonit]=catatonit      # Podman's --init
+  [newuidmap]=uidmap         # rootless engines' user namespaces
+  [slirp4netns]=slirp4netns  # rootless networking
+  [rootlesskit]=rootlesskit  # rootless Docker (dockerd-rootless.sh)
+  [fuse-overlayfs]=fuse-overlayfs  # rootless Docker's storage driver
+  [/usr/lib/podman/netavark]=netavark      # Podman's network stack (not the CNI plugins)
+  [/usr/lib/podman/aardvark-dns]=aardvark-dns
 )
 
 missing() {
   local p
   for p in "${!provider[@]}"; do
-    command -v "$p" >/dev/null 2>&1 || PATH=$PATH:/usr/sbin:/sbin command -v "$p" >/dev/null 2>&1 || echo "$p"
+    case $p in
+      /*) [ -x "$p" ] || echo "$p" ;;
+      *) command -v "$p" >/dev/null 2>&1 || PATH=$PATH:/usr/sbin:/sbin command -v "$p" >/dev/null 2>&1 || echo "$p" ;;
+    esac
   done | sort
 }
 

@@ -7,8 +7,8 @@
 # qemu (TCG) and the Docker engine.
 #
 # A test whose prerequisite is missing fails. KUBESTRAP_TEST_SKIP names the
-# groups to skip on purpose (comma-separated: qemu, kvm, docker, netns, minisign,
-# root); the last line counts the tests that skipped.
+# groups to skip on purpose (comma-separated: qemu, kvm, docker, podman,
+# rootless, netns, minisign, root); the last line counts the tests that skipped.
 # Usage: ci/test.sh [cargo test arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,14 @@ if [[ $skip != *,docker,* ]] && ! docker version --format '{{.Server.Version}}' 
   echo "no Docker engine answers at ${DOCKER_HOST:-unix:///var/run/docker.sock}: start it, or set KUBESTRAP_TEST_SKIP=docker to skip the docker driver's tests" >&2
   exit 1
 fi
+# The other container engines the docker driver is tested on: rootful
+# Podman, and rootless Podman and rootless Docker for a user made for them
+# (ci/engines.sh starts what does not answer yet, and stops it at the end).
+if [[ $skip != *,podman,* || $skip != *,rootless,* ]]; then
+  engines=$(ci/engines.sh) || { echo "ci/engines.sh could not bring up the engines (KUBESTRAP_TEST_SKIP=podman,rootless skips their tests)" >&2; exit 1; }
+  eval "$engines"
+  trap 'ci/engines.sh stop' EXIT
+fi
 # The qemu driver's artifacts (the kernel .deb fetched with apt-get download)
 # and the docker driver's base rootfs; the tests pin them from these paths.
 if [[ $skip != *,qemu,* ]]; then ci/vm/build.sh target/vm >/dev/null; fi
@@ -27,7 +35,7 @@ ci/docker/build.sh target/docker >/dev/null
 cargo build --workspace --bins --quiet
 log=$(mktemp)
 skipped=$(mktemp)
-trap 'rm -f "$log" "$skipped"' EXIT
+trap 'rm -f "$log" "$skipped"; [ -z "${engines:-}" ] || ci/engines.sh stop' EXIT
 export KUBESTRAP_TEST_SKIPPED_LOG=$skipped
 set +e
 cargo test --workspace --quiet --no-fail-fast "$@" 2>&1 | tee "$log"

@@ -10,6 +10,7 @@ mod crash;
 mod disk;
 mod docker;
 mod doctor;
+mod engines;
 mod fetch;
 mod generate;
 mod hostile;

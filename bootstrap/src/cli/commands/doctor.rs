@@ -67,17 +67,28 @@ pub fn run(a: DoctorArgs, home: &Home, ui: &Ui) -> Result<Code> {
     ));
     for c in &checks {
         ui.json(json!({"check": c.name, "ok": c.ok, "detail": c.detail, "advice": c.advice, "blocking": c.blocking}));
-        ui.line(&format!("{} {:<19} {}", if c.ok { "ok  " } else { "FAIL" }, c.name, c.detail));
+        let mark = match (c.ok, c.blocking) {
+            (true, _) => "ok  ",
+            (false, true) => "FAIL",
+            // Not in the way of a start, but worth fixing.
+            (false, false) => "WARN",
+        };
+        ui.line(&format!("{mark} {:<19} {}", c.name, c.detail));
         if let Some(advice) = &c.advice {
             ui.line(&format!("     {:<19} → {advice}", ""));
         }
     }
-    let failed = checks.iter().filter(|c| !c.ok).count();
-    if failed == 0 {
+    let failed = checks.iter().filter(|c| !c.ok && c.blocking).count();
+    let warned = checks.iter().filter(|c| !c.ok && !c.blocking).count();
+    let warnings = if warned == 0 { String::new() } else { format!(", {warned} warn") };
+    if failed == 0 && warned == 0 {
         ui.line(&format!("all {} checks pass", checks.len()));
         Ok(Code::Ok)
+    } else if failed == 0 {
+        ui.line(&format!("{} of {} checks pass{warnings}", checks.len() - warned, checks.len()));
+        Ok(Code::Ok)
     } else {
-        ui.line(&format!("{failed} of {} checks fail", checks.len()));
+        ui.line(&format!("{failed} of {} checks fail{warnings}", checks.len()));
         Ok(Code::Unfit)
     }
 }

@@ -144,8 +144,10 @@ impl Engine {
                 MIN_API.1
             )));
         }
+        // Docker says so; Podman's compatible API does not, but its process
+        // (the socket's peer) runs as the user.
         let security = self.docker(&["info", "--format", "{{json .SecurityOptions}}"], Duration::from_secs(10))?;
-        let rootless = security.contains("name=rootless");
+        let rootless = security.contains("name=rootless") || self.peer().is_some_and(|(_, uid)| uid != 0);
         Ok(self.info.get_or_init(|| Info { version, api, podman, rootless }).clone())
     }
 
@@ -154,10 +156,8 @@ impl Engine {
     /// default, which a machine without CAP_SYS_RESOURCE refuses
     /// ("error setting rlimit"). `None` where it cannot be read.
     pub fn process_limits(&self) -> Option<(u64, u64)> {
-        let path = self.address.host.strip_prefix("unix://")?;
-        let sock = std::os::unix::net::UnixStream::connect(path).ok()?;
-        let cred = nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::PeerCredentials).ok()?;
-        let limits = std::fs::read_to_string(format!("/proc/{}/limits", cred.pid())).ok()?;
+        let (pid, _) = self.peer()?;
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
         let hard = |name: &str| -> Option<u64> {
             let line = limits.lines().find(|l| l.starts_with(name))?;
             line[name.len()..].split_whitespace().nth(1)?.parse().ok()
@@ -167,6 +167,16 @@ impl Engine {
 }
 
 pub(super) use crate::proc::Ran;
+
+impl Engine {
+    /// The pid and uid of the process serving the engine's unix socket.
+    fn peer(&self) -> Option<(i32, u32)> {
+        let path = self.address.host.strip_prefix("unix://")?;
+        let sock = std::os::unix::net::UnixStream::connect(path).ok()?;
+        let cred = nix::sys::socket::getsockopt(&sock, nix::sys::socket::sockopt::PeerCredentials).ok()?;
+        Some((cred.pid(), cred.uid()))
+    }
+}
 
 /// A failed engine call, said with what to do (see [`Engine::explain`]);
 /// `engine` names where it was.

@@ -787,7 +787,9 @@ impl Driver for Docker<'_> {
     fn snapshot(&self, p: &Profile, dest: &Path) -> Result<fskit::Copied> {
         let eng = self.engine_for(p)?;
         let image = self.image_of(&eng, p)?;
-        volume::snapshot(&eng, &container_name(p), &image, &volume_name(p), dest)
+        let extra = podman_limits(&eng, &eng.info()?);
+        let b = volume::Throwaways { owner: &container_name(p), image: &image, extra: &extra };
+        volume::snapshot(&eng, &b, &volume_name(p), dest)
     }
 
     /// The snapshot copied in beside the volume's data, then put in place
@@ -795,7 +797,9 @@ impl Driver for Docker<'_> {
     fn restore(&self, p: &Profile, src: &Path) -> Result<()> {
         let eng = self.engine_for(p)?;
         let image = self.image_of(&eng, p)?;
-        volume::restore(&eng, &container_name(p), &image, &volume_name(p), src)
+        let extra = podman_limits(&eng, &eng.info()?);
+        let b = volume::Throwaways { owner: &container_name(p), image: &image, extra: &extra };
+        volume::restore(&eng, &b, &volume_name(p), src)
     }
 }
 

@@ -23,20 +23,30 @@ use crate::driver::Result;
 const SNAPSHOT: &str = "volume.cp.tar";
 const EARLIER: &str = "volume.tar";
 
-/// A created container of `image` with a volume mounted (`mount`), labelled
-/// as the profile's (`owner`, its node container's name: a delete removes
-/// one a killed command left), removed when dropped.
+/// A created container of the profile's image with a volume mounted
+/// (`mount`), labelled as the profile's, removed when dropped.
 struct Throwaway<'a> {
     eng: &'a Engine,
     id: String,
 }
 
+/// What the throwaway containers of one profile are made with: the image,
+/// the profile's mark (`owner`, its node container's name: a delete removes
+/// one a killed command left) and what the engine needs besides (Podman's
+/// limits).
+pub struct Throwaways<'a> {
+    pub owner: &'a str,
+    pub image: &'a str,
+    pub extra: &'a [String],
+}
+
 impl<'a> Throwaway<'a> {
-    fn create(eng: &'a Engine, owner: &str, image: &str, mount: &str, cmd: &[&str]) -> Result<Throwaway<'a>> {
-        let label = format!("{LABEL}.throwaway={owner}");
+    fn create(eng: &'a Engine, b: &Throwaways<'_>, mount: &str, cmd: &[&str]) -> Result<Throwaway<'a>> {
+        let label = format!("{LABEL}.throwaway={}", b.owner);
         let mut args =
             vec!["create", "--pull", "never", "--label", &label, "--mount", mount, "--entrypoint", "/bin/sh"];
-        args.push(image);
+        args.extend(b.extra.iter().map(String::as_str));
+        args.push(b.image);
         args.extend(cmd);
         let id = eng.docker(&args, CALL)?.trim().to_string();
         if id.is_empty() {
@@ -54,7 +64,7 @@ impl Drop for Throwaway<'_> {
 
 /// The volume's files into `dest` (owners and modes kept inside the tar, a
 /// file of the user's).
-pub fn snapshot(eng: &Engine, owner: &str, image: &str, volume: &str, dest: &Path) -> Result<fskit::Copied> {
+pub fn snapshot(eng: &Engine, b: &Throwaways<'_>, volume: &str, dest: &Path) -> Result<fskit::Copied> {
     fskit::create_dir_mode(dest, 0o700)?;
     let tar = dest.join(SNAPSHOT);
     let file = OpenOptions::new()
@@ -64,8 +74,8 @@ pub fn snapshot(eng: &Engine, owner: &str, image: &str, volume: &str, dest: &Pat
         .open(&tar)
         .map_err(|e| fskit::FsError::io(&tar, "create", e))?;
     let mount = format!("type=volume,source={volume},target=/from,readonly");
-    let box_ = Throwaway::create(eng, owner, image, &mount, &["-c", "true"])?;
-    let from = format!("{}:/from", box_.id);
+    let made = Throwaway::create(eng, b, &mount, &["-c", "true"])?;
+    let from = format!("{}:/from", made.id);
     let args = ["cp", from.as_str(), "-"];
     let ran = eng.run(&args, None::<fn(_)>, Some(file), IMPORT)?;
     if !ran.status.success() {
@@ -79,7 +89,7 @@ pub fn snapshot(eng: &Engine, owner: &str, image: &str, volume: &str, dest: &Pat
 /// The snapshot in `src` in place of the volume's files: unpacked beside
 /// them first (`.restoring`), then swapped in, so a restore cut short
 /// leaves the data as it was until the swap.
-pub fn restore(eng: &Engine, owner: &str, image: &str, volume: &str, src: &Path) -> Result<()> {
+pub fn restore(eng: &Engine, b: &Throwaways<'_>, volume: &str, src: &Path) -> Result<()> {
     let (tar, strip) = match src.join(SNAPSHOT) {
         t if t.is_file() => (t, "from"),
         _ => (src.join(EARLIER), "."),
@@ -89,10 +99,10 @@ pub fn restore(eng: &Engine, owner: &str, image: &str, volume: &str, src: &Path)
     let script = "set -e; cd /to; find . -mindepth 1 -maxdepth 1 ! -name .restoring -exec rm -rf {} +; \
                   cd /to/.restoring; find . -mindepth 1 -maxdepth 1 -exec mv {} /to/ \\; ; cd /; rmdir /to/.restoring";
     // Whatever an earlier restore cut short left is cleared first.
-    let clear = Throwaway::create(eng, owner, image, &mount, &["-c", "rm -rf /to/.restoring"])?;
+    let clear = Throwaway::create(eng, b, &mount, &["-c", "rm -rf /to/.restoring"])?;
     run_to_end(eng, &clear.id)?;
     drop(clear);
-    let swap = Throwaway::create(eng, owner, image, &mount, &["-c", script])?;
+    let swap = Throwaway::create(eng, b, &mount, &["-c", script])?;
     let to = format!("{}:/to", swap.id);
     let args = ["cp", "-a", "-", to.as_str()];
     let strip = strip.to_string();
@@ -136,9 +146,14 @@ fn run_to_end(eng: &Engine, id: &str) -> Result<()> {
 /// Entries outside it are refused.
 fn rename_entries(from: impl Read, to: impl Write, strip: &str, prefix: &str) -> std::result::Result<(), String> {
     let renamed = |p: &Path| -> std::result::Result<PathBuf, String> {
-        let mut parts = p.components().filter(|c| *c != Component::CurDir);
-        // An earlier snapshot's `./x` reads as `x` (the tar reader drops the `./`).
-        if strip != "." {
+        let mut parts = p.components().filter(|c| *c != Component::CurDir).peekable();
+        if parts.peek() == Some(&Component::RootDir) {
+            // Podman's archive API names entries from the copied directory
+            // down, rooted (`/`, `/server/db`).
+            parts.next();
+        } else if strip != "." {
+            // Docker's names them under the directory's own name (`from/…`);
+            // an earlier snapshot's `./x` reads as `x` (the tar reader drops `./`).
             match parts.next() {
                 Some(Component::Normal(first)) if first == strip => {}
                 _ => return Err(format!("{}: not under {strip}/ in the snapshot", p.display())),
@@ -187,6 +202,11 @@ mod tests {
             h.set_size(data.len() as u64);
             if kind.is_hard_link() || kind.is_symlink() {
                 b.append_link(&mut h, path, target).unwrap();
+            } else if path.starts_with('/') {
+                // Rooted, as Podman writes them (the writer refuses to).
+                h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+                h.set_cksum();
+                b.append(&h, *data).unwrap();
             } else {
                 b.append_data(&mut h, path, *data).unwrap();
             }
@@ -223,6 +243,17 @@ mod tests {
                 (".restoring/cur".into(), 1234, Some("/data/server".into())),
             ]
         );
+        // Podman's archive API: entries rooted at the copied directory.
+        let podman =
+            tar_of(&[("/", tar::EntryType::Directory, "", b""), ("/server/db", tar::EntryType::Regular, "", b"s")]);
+        let mut out = Vec::new();
+        rename_entries(&podman[..], &mut out, "from", ".restoring").unwrap();
+        let names: Vec<String> = tar::Archive::new(&out[..])
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, [".restoring/", ".restoring/server/db"]);
         // An earlier kubestrap's snapshot: entries under ./
         let old = tar_of(&[("./server/db", tar::EntryType::Regular, "", b"state")]);
         let mut out = Vec::new();

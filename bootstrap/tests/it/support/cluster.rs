@@ -33,7 +33,15 @@ impl Cluster {
     }
 
     pub fn with(edit: impl FnOnce(&mut ManifestSpec)) -> Cluster {
-        let env = Env::new();
+        Cluster::in_env(Env::new(), edit)
+    }
+
+    /// A cluster whose kubestrap talks to `engine` (see [`Env::on`]).
+    pub fn on(engine: &super::TestEngine, edit: impl FnOnce(&mut ManifestSpec)) -> Cluster {
+        Cluster::in_env(Env::on(engine), edit)
+    }
+
+    pub fn in_env(env: Env, edit: impl FnOnce(&mut ManifestSpec)) -> Cluster {
         let mut spec = ManifestSpec::standin(env.path(), "v1.33.1+standin");
         edit(&mut spec);
         let manifest = env.write_signed_manifest(&spec, "manifest.toml");

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 mod artifacts;
 mod cluster;
+mod engines;
 mod k3s;
 mod manifest;
 mod netns;
@@ -20,6 +21,7 @@ mod tls;
 
 pub use artifacts::*;
 pub use cluster::*;
+pub use engines::*;
 pub use k3s::*;
 pub use manifest::*;
 pub use netns::*;
@@ -66,15 +68,39 @@ pub struct Env {
     pub kubeconfig: PathBuf,
     /// Holds `dev.key` and `dev.pub`.
     pub keys: PathBuf,
+    /// The container engine kubestrap is pointed at (`DOCKER_HOST`), and the
+    /// user it runs as for a rootless one; `None`: the caller's.
+    pub engine: Option<TestEngine>,
 }
 
 impl Env {
     pub fn new() -> Env {
+        Env::made(None)
+    }
+
+    /// An env whose kubestrap talks to `engine` (as its user, for a
+    /// rootless one: the temp dir is that user's).
+    pub fn on(engine: &TestEngine) -> Env {
+        Env::made(Some(engine.clone()))
+    }
+
+    fn made(engine: Option<TestEngine>) -> Env {
         let dir = tempfile::Builder::new().prefix("kubestrap-test-").tempdir().expect("temp dir");
         let root = dir.path().to_path_buf();
-        let env = Env { home: root.join("home"), kubeconfig: root.join(".kube/config"), keys: root.join("keys"), dir };
+        let env = Env {
+            home: root.join("home"),
+            kubeconfig: root.join(".kube/config"),
+            keys: root.join("keys"),
+            dir,
+            engine,
+        };
         // keygen does not create its --out directory.
         fs::create_dir_all(&env.keys).unwrap();
+        if let Some(u) = env.engine.as_ref().and_then(|e| e.user.as_ref()) {
+            for d in [&root, &env.keys] {
+                std::os::unix::fs::chown(d, Some(u.uid), Some(u.gid)).unwrap();
+            }
+        }
         let keys = env.keys.to_str().unwrap().to_string();
         env.ok(&["manifest", "keygen", "--out", &keys, "--name", "dev", "--unencrypted"]);
         let public = env.keys.join("dev.pub");
@@ -92,7 +118,15 @@ impl Env {
     pub fn scratch(&self, name: &str) -> PathBuf {
         let p = self.dir.path().join(name);
         fs::create_dir_all(&p).unwrap();
+        self.own(&p);
         p
+    }
+
+    /// Gives a directory the test made to the user kubestrap runs as.
+    fn own(&self, dir: &Path) {
+        if let Some(u) = self.engine.as_ref().and_then(|e| e.user.as_ref()) {
+            std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid)).unwrap();
+        }
     }
 
     /// The kubestrap binary with this env's home, kubeconfig and HOME, no
@@ -108,6 +142,13 @@ impl Env {
             .env("HOME", self.dir.path())
             .env("NO_COLOR", "1")
             .stdin(Stdio::null());
+        if let Some(e) = &self.engine {
+            c.env("DOCKER_HOST", &e.host).env_remove("DOCKER_CONTEXT");
+            if let Some(u) = &e.user {
+                use std::os::unix::process::CommandExt;
+                c.uid(u.uid).gid(u.gid).env("XDG_RUNTIME_DIR", &u.runtime);
+            }
+        }
         c
     }
 
@@ -160,6 +201,7 @@ impl Env {
         let path = self.dir.path().join(name);
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).unwrap();
+            self.own(parent);
         }
         fs::write(&path, text).unwrap();
         let key = self.keys.join("dev.key");
