@@ -10,7 +10,6 @@ use std::process::Command;
 /// A user the rootless engines run as; kubestrap runs as it too.
 #[derive(Clone, Debug)]
 pub struct TestUser {
-    pub name: String,
     pub uid: u32,
     pub gid: u32,
     /// `XDG_RUNTIME_DIR`.
@@ -61,7 +60,7 @@ fn user() -> Result<TestUser, String> {
         String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| format!("no user {name}"))
     };
     let (uid, gid) = (id("-u")?, id("-g")?);
-    Ok(TestUser { name, uid, gid, runtime: PathBuf::from(format!("/run/user/{uid}")) })
+    Ok(TestUser { uid, gid, runtime: PathBuf::from(format!("/run/user/{uid}")) })
 }
 
 fn checked(e: TestEngine) -> Result<TestEngine, String> {
