@@ -181,6 +181,24 @@ fn two_docker_profiles_run_at_once_and_an_unreachable_engine_is_said_clearly() {
     c.env.ok(&["delete", "--all"]);
 }
 
+/// The archives under the container's images directory (its volume), as
+/// the engine lists them.
+fn placed_images(container: &str) -> Vec<String> {
+    let out = Command::new("docker").args(["cp", &format!("{container}:/data/agent/images"), "-"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut names: Vec<String> = tar::Archive::new(&out.stdout[..])
+        .entries()
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.unwrap();
+            let p = e.path().unwrap().into_owned();
+            (e.header().entry_type().is_file()).then(|| p.file_name().unwrap().to_string_lossy().into_owned())
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn a_docker_cluster_upgrades_and_keeps_its_volume() {
     if !need("docker", docker_engine) {
@@ -188,24 +206,39 @@ fn a_docker_cluster_upgrades_and_keeps_its_volume() {
     }
     let rootfs = docker_rootfs();
     let env = Env::new();
-    let with = |s: &mut ManifestSpec| {
-        s.localkube_drivers = vec!["native".into(), "docker".into()];
-        s.rootfs = Some(rootfs.clone());
+    // Each release places air-gap images of its own: what the one before
+    // placed goes from the volume too, not only from the stage.
+    let with = |images: &'static str| {
+        let rootfs = rootfs.clone();
+        let dir = env.scratch(images);
+        move |s: &mut ManifestSpec| {
+            s.localkube_drivers = vec!["native".into(), "docker".into()];
+            s.rootfs = Some(rootfs);
+            let a = file_artifact(&dir, images, &pseudo_random(40_000, images.bytes().map(u64::from).sum()));
+            s.images = Some((vec![a.path_url()], a, images.into()));
+            s.images_dir = Some("{data}/agent/images".into());
+        }
     };
-    let m32 = crate::upgrade::release(&env, 32, 1, with);
-    let m33 = crate::upgrade::release(&env, 33, 2, with);
+    let m32 = crate::upgrade::release(&env, 32, 1, with("images-32.tar.zst"));
+    let m33 = crate::upgrade::release(&env, 33, 2, with("images-33.tar.zst"));
     let c = Cluster { env, manifest: m32 };
     let port = free_port().to_string();
     c.env.ok(&["start", "--driver", "docker", "--manifest", c.m(), "--port", &port]);
+    let container = ours().0.lines().find(|l| l.starts_with("kubestrap-kubestrap-")).unwrap().to_string();
+    assert_eq!(placed_images(&container), ["images-32.tar.zst"]);
     c.kubectl_ok(&KUBECTL, &["create", "configmap", "kept", "--from-literal=k=v"]);
     c.env.ok(&["upgrade", "--manifest", m33.to_str().unwrap()]);
     let (_, st) = c.status("kubestrap");
     assert!(st["kubernetes"].as_str().unwrap().starts_with("v1.33.4"), "{st}");
     assert_eq!(configmap(&c, "kept"), "v");
+    assert_eq!(placed_images(&container), ["images-33.tar.zst"], "the earlier release's images are gone");
+    let logs = c.env.ok(&["logs", "--lines", "200"]);
+    assert!(logs.contains("place-data: removed agent/images/images-32.tar.zst (no longer placed)"), "{logs}");
     c.env.ok(&["rollback"]);
     let (_, st) = c.status("kubestrap");
     assert!(st["kubernetes"].as_str().unwrap().starts_with("v1.32.4"), "{st}");
     assert_eq!(configmap(&c, "kept"), "v");
+    assert_eq!(placed_images(&container), ["images-32.tar.zst"]);
     c.env.ok(&["delete"]);
 }
 

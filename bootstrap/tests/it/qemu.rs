@@ -222,12 +222,21 @@ fn a_vm_cluster_upgrades_with_its_data_disk_as_the_snapshot_and_rolls_back() {
     }
     let vm = vm_artifacts();
     let env = Env::new();
-    let with_vm = |s: &mut ManifestSpec| {
-        s.localkube_drivers = vec!["native".into(), "qemu".into()];
-        s.vm = Some(vm.clone());
+    // Each release places air-gap images of its own: what the one before
+    // placed goes from the data disk too (the guest's place-data says so).
+    let with_vm = |images: &'static str| {
+        let vm = vm.clone();
+        let dir = env.scratch(images);
+        move |s: &mut ManifestSpec| {
+            s.localkube_drivers = vec!["native".into(), "qemu".into()];
+            s.vm = Some(vm);
+            let a = file_artifact(&dir, images, &pseudo_random(40_000, images.bytes().map(u64::from).sum()));
+            s.images = Some((vec![a.path_url()], a, images.into()));
+            s.images_dir = Some("{data}/agent/images".into());
+        }
     };
-    let m32 = crate::upgrade::release(&env, 32, 1, with_vm);
-    let m33 = crate::upgrade::release(&env, 33, 2, with_vm);
+    let m32 = crate::upgrade::release(&env, 32, 1, with_vm("images-32.tar.zst"));
+    let m33 = crate::upgrade::release(&env, 33, 2, with_vm("images-33.tar.zst"));
     let c = Cluster { env, manifest: m32 };
     start_vm(&c, "kubestrap", true);
     c.kubectl_ok(&KUBECTL, &["create", "configmap", "kept", "--from-literal=k=v"]);
@@ -241,6 +250,8 @@ fn a_vm_cluster_upgrades_with_its_data_disk_as_the_snapshot_and_rolls_back() {
     let snaps = json_lines(&c.env.ok(&["-o", "json", "snapshot", "list"]));
     assert_eq!(snaps.len(), 1, "{snaps:?}");
     assert!(snaps[0]["bytes"].as_u64().unwrap() > 0, "the data disk was copied: {snaps:?}");
+    let logs = c.env.ok(&["logs", "--lines", "400"]);
+    assert!(logs.contains("place-data: removed agent/images/images-32.tar.zst (no longer placed)"), "{logs}");
 
     c.env.ok(&["rollback"]);
     assert!(version(&c).starts_with("v1.32.4"), "{}", version(&c));
