@@ -222,4 +222,72 @@ fn a_rootless_engine_refuses_a_release_that_needs_root_before_fetching() {
     assert!(err.contains("rootless Podman") && err.contains("needs-root"), "{err}");
     assert!(err.contains("rootful engine") && err.contains("--driver qemu"), "the alternative: {err}");
     assert!(c.env.blobs().is_empty() && c.env.partials().is_empty(), "nothing fetched");
+    // Nothing asked: the user cannot use the machine's Docker socket, so
+    // kubestrap finds the user's Podman by itself, and says so.
+    let out = c.env.cmd(&["doctor", "--driver", "docker"]).env_remove("DOCKER_HOST").output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("rootless Podman 4."))
+            && said.contains(
+                "(rootless Podman's socket; no engine this user may use answers at unix:///var/run/docker.sock)"
+            ),
+        "{said}"
+    );
+}
+
+#[test]
+fn the_engine_is_the_docker_clis_current_context() {
+    let Some(podman) = wanted("podman", rootful_podman) else { return };
+    let rootfs = docker_rootfs();
+    let c = Cluster::with(|s| {
+        s.localkube_drivers = vec!["docker".into()];
+        s.rootfs = Some(rootfs);
+    });
+    // A context made and chosen with the real CLI, in a config of the test's own.
+    let config = c.env.scratch("docker-config");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("docker").args(args).env("DOCKER_CONFIG", &config).output().unwrap();
+        assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    cli(&["context", "create", "ks-podman", "--docker", &format!("host={}", podman.host)]);
+    cli(&["context", "use", "ks-podman"]);
+    let port = free_port().to_string();
+    let args = ["start", "-p", "ctx", "--driver", "docker", "--manifest", c.m(), "--port", &port];
+    let out = c.env.cmd(&args).env("DOCKER_CONFIG", &config).env_remove("DOCKER_HOST").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = home_id(&c.env);
+    assert!(podman.docker(&["ps", "--format", "{{.Names}}"]).1.contains(&format!("kubestrap-ctx-{id}")), "on Podman");
+    let doctor = c.env.cmd(&["doctor", "-p", "ctx"]).env("DOCKER_CONFIG", &config).output().unwrap();
+    let said = String::from_utf8_lossy(&doctor.stdout);
+    assert!(said.contains(&format!("Podman 4.")) && said.contains("(docker context \"ks-podman\")"), "{said}");
+    // Another context chosen later: the profile's engine is not that one.
+    cli(&["context", "use", "default"]);
+    cli(&["context", "create", "ks-other", "--docker", "host=unix:///var/run/docker.sock"]);
+    cli(&["context", "use", "ks-other"]);
+    let out = c.env.cmd(&["stop", "-p", "ctx"]).env("DOCKER_CONFIG", &config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(44), "{err}");
+    assert!(
+        err.contains(&format!("lives on the engine at {} (Podman", podman.host))
+            && err.contains("docker context \"ks-other\""),
+        "{err}"
+    );
+    // DOCKER_CONTEXT names one for a single command, as for the CLI.
+    let out = c
+        .env
+        .cmd(&["stop", "-p", "ctx"])
+        .env("DOCKER_CONFIG", &config)
+        .env("DOCKER_CONTEXT", "ks-podman")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = c
+        .env
+        .cmd(&["delete", "-p", "ctx"])
+        .env("DOCKER_CONFIG", &config)
+        .env("DOCKER_CONTEXT", "ks-podman")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(ours_on(&podman, &id), Vec::<String>::new());
 }

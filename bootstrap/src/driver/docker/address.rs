@@ -53,7 +53,7 @@ impl Address {
             Found::DockerHost => format!("{host} (DOCKER_HOST)"),
             Found::Context(name) => format!("{host} (docker context {name:?})"),
             Found::Default => host,
-            Found::Fallback(what) => format!("{host} ({what}; nothing answers at {DEFAULT_HOST})"),
+            Found::Fallback(what) => format!("{host} ({what}; no engine this user may use answers at {DEFAULT_HOST})"),
             Found::Profile => format!("{host} (where the profile was created)"),
         }
     }
@@ -203,7 +203,10 @@ mod tests {
         let a = resolve(&e);
         assert_eq!(a.found, Found::Fallback("rootless Podman's socket".into()));
         assert_eq!(a.host, format!("unix://{}", d.join("run/podman/podman.sock").display()));
-        assert!(!a.found.asked() && a.describe().contains("nothing answers at unix:///var/run/docker.sock"));
+        assert!(
+            !a.found.asked()
+                && a.describe().contains("no engine this user may use answers at unix:///var/run/docker.sock")
+        );
         // As root, rootful Podman first; an engine at the default socket before both.
         e.uid = 0;
         let _rootful = std::os::unix::net::UnixListener::bind(d.join("podman.sock")).unwrap();
