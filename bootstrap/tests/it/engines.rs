@@ -227,7 +227,7 @@ fn a_rootless_engine_refuses_a_release_that_needs_root_before_fetching() {
     let out = c.env.cmd(&["doctor", "--driver", "docker"]).env_remove("DOCKER_HOST").output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
-        said.contains(&format!("rootless Podman 4."))
+        said.contains("rootless Podman 4.")
             && said.contains(
                 "(rootless Podman's socket; no engine this user may use answers at unix:///var/run/docker.sock)"
             ),
@@ -259,7 +259,7 @@ fn the_engine_is_the_docker_clis_current_context() {
     assert!(podman.docker(&["ps", "--format", "{{.Names}}"]).1.contains(&format!("kubestrap-ctx-{id}")), "on Podman");
     let doctor = c.env.cmd(&["doctor", "-p", "ctx"]).env("DOCKER_CONFIG", &config).output().unwrap();
     let said = String::from_utf8_lossy(&doctor.stdout);
-    assert!(said.contains(&format!("Podman 4.")) && said.contains("(docker context \"ks-podman\")"), "{said}");
+    assert!(said.contains("Podman 4.") && said.contains("(docker context \"ks-podman\")"), "{said}");
     // Another context chosen later: the profile's engine is not that one.
     cli(&["context", "use", "default"]);
     cli(&["context", "create", "ks-other", "--docker", "host=unix:///var/run/docker.sock"]);
