@@ -41,24 +41,7 @@ fn docker_is_chosen_stops_keep_the_volume_and_delete_leaves_nothing_of_ours() {
     let c = docker_cluster();
     let rootfs = docker_rootfs();
     // Someone else's container on the same engine, left alone throughout.
-    let bystander = format!("kubestrap-test-bystander-{}", std::process::id());
-    let mut import = Command::new("docker")
-        .args(["import", "-", &format!("{bystander}:1")])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        let mut b = tar::Builder::new(import.stdin.take().unwrap());
-        let mut h = tar::Header::new_gnu();
-        h.set_size(3);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, "hi.txt", &b"hi\n"[..]).unwrap();
-        b.finish().unwrap();
-    }
-    assert!(import.wait().unwrap().success());
-    assert!(docker(&["create", "--name", &bystander, &format!("{bystander}:1"), "/hi"]).0);
+    let bystander = rootful_docker().unwrap().bystander(c.env.path());
 
     // No --driver: docker, because an engine answers and the release has a rootfs.
     let port = free_port().to_string();
@@ -214,9 +197,7 @@ fn a_docker_cluster_upgrades_and_keeps_its_volume() {
         move |s: &mut ManifestSpec| {
             s.localkube_drivers = vec!["native".into(), "docker".into()];
             s.rootfs = Some(rootfs);
-            let a = file_artifact(&dir, images, &pseudo_random(40_000, images.bytes().map(u64::from).sum()));
-            s.images = Some((vec![a.path_url()], a, images.into()));
-            s.images_dir = Some("{data}/agent/images".into());
+            s.own_images(&dir, images);
         }
     };
     let m32 = crate::upgrade::release(&env, 32, 1, with("images-32.tar.zst"));

@@ -43,25 +43,6 @@ fn home_id(env: &Env) -> String {
     sha256_hex(home.as_os_str().as_encoded_bytes())[..8].to_string()
 }
 
-/// A one-file image and a container of it on `e`: someone else's, which
-/// nothing of kubestrap's may touch.
-fn bystander(e: &TestEngine, dir: &Path) -> String {
-    let name = format!("kubestrap-test-bystander-{}-{}", std::process::id(), e.name.replace(' ', "-").to_lowercase());
-    let tar = dir.join("bystander.tar");
-    let mut b = tar::Builder::new(fs::File::create(&tar).unwrap());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(3);
-    h.set_mode(0o644);
-    h.set_cksum();
-    b.append_data(&mut h, "hi.txt", &b"hi\n"[..]).unwrap();
-    b.finish().unwrap();
-    drop(b);
-    let tar = tar.to_str().unwrap();
-    assert!(e.docker(&["import", tar, &format!("{name}:1")]).0, "import of the bystander on {}", e.name);
-    assert!(e.docker(&["create", "--name", &name, &format!("{name}:1"), "/hi"]).0);
-    name
-}
-
 /// start → the real kubectl → stop → start (data kept) → upgrade →
 /// rollback → delete (nothing of ours left on that engine, the bystander
 /// untouched), kubestrap running as the engine's user.
@@ -75,7 +56,7 @@ fn lifecycle_on(e: &TestEngine) {
     let m32 = crate::upgrade::release(&env, 32, 1, with);
     let m33 = crate::upgrade::release(&env, 33, 2, with);
     let c = Cluster { env, manifest: m32 };
-    let other = bystander(e, c.env.path());
+    let other = e.bystander(c.env.path());
     let id = home_id(&c.env);
     let what = e.name;
 

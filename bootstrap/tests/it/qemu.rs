@@ -230,9 +230,7 @@ fn a_vm_cluster_upgrades_with_its_data_disk_as_the_snapshot_and_rolls_back() {
         move |s: &mut ManifestSpec| {
             s.localkube_drivers = vec!["native".into(), "qemu".into()];
             s.vm = Some(vm);
-            let a = file_artifact(&dir, images, &pseudo_random(40_000, images.bytes().map(u64::from).sum()));
-            s.images = Some((vec![a.path_url()], a, images.into()));
-            s.images_dir = Some("{data}/agent/images".into());
+            s.own_images(&dir, images);
         }
     };
     let m32 = crate::upgrade::release(&env, 32, 1, with_vm("images-32.tar.zst"));

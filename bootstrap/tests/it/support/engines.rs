@@ -42,6 +42,28 @@ impl TestEngine {
     }
 }
 
+impl TestEngine {
+    /// A one-file image and a container of it on this engine: someone
+    /// else's, which nothing of kubestrap's may touch. Returns its name.
+    pub fn bystander(&self, dir: &std::path::Path) -> String {
+        let slug = self.name.replace(' ', "-").to_lowercase();
+        let name = format!("kubestrap-test-bystander-{}-{slug}", std::process::id());
+        let tar = dir.join(format!("{name}.tar"));
+        let mut b = tar::Builder::new(std::fs::File::create(&tar).unwrap());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "hi.txt", &b"hi\n"[..]).unwrap();
+        b.finish().unwrap();
+        drop(b);
+        let image = format!("{name}:1");
+        assert!(self.docker(&["import", tar.to_str().unwrap(), &image]).0, "import of the bystander on {}", self.name);
+        assert!(self.docker(&["create", "--name", &name, &image, "/hi"]).0);
+        name
+    }
+}
+
 fn answers(e: &TestEngine) -> Result<(), String> {
     match e.docker(&["version", "--format", "{{.Server.Version}}"]) {
         (true, _) => Ok(()),

@@ -65,6 +65,14 @@ pub fn standin_args() -> Vec<String> {
 }
 
 impl ManifestSpec {
+    /// An `images` component of its own (a file named `name` in `dir`,
+    /// content derived from the name) placed in `{data}/agent/images`.
+    pub fn own_images(&mut self, dir: &std::path::Path, name: &str) {
+        let a = super::file_artifact(dir, name, &super::pseudo_random(40_000, name.bytes().map(u64::from).sum()));
+        self.images = Some((vec![a.path_url()], a, name.into()));
+        self.images_dir = Some("{data}/agent/images".into());
+    }
+
     /// Channel `test`, version 1, Kubernetes 1.33.1; `kubectl` and
     /// `localkube` as given; the stand-in's run section.
     pub fn new(
