@@ -339,6 +339,9 @@ fn the_k3s_smoke_script_passes_against_the_standin_on_every_driver() {
         return;
     }
     let _machine = machine();
+    // The script lets kubestrap choose each profile's port (8443, else the
+    // next free one): one at a time with the other tests that do.
+    let _port = AUTO_PORT.lock().unwrap_or_else(|e| e.into_inner());
     let mut built = Vec::new();
     if drivers.contains(&"qemu") {
         built.push(vm_artifacts().hypervisor.path);

@@ -84,6 +84,9 @@ fn readme_using_it_runs_top_to_bottom_in_the_quickstart_home() {
 
     let lines = using_it_lines();
     let mut skipped = 0;
+    // The block lets kubestrap choose ports (8443, else the next free one):
+    // one at a time with the other tests that do.
+    let _port = AUTO_PORT.lock().unwrap_or_else(|e| e.into_inner());
     let _cleanup = Deleter(&env);
     let port = free_port().to_string();
     for line in &lines {
