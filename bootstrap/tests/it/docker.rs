@@ -38,8 +38,12 @@ fn docker_is_chosen_stops_keep_the_volume_and_delete_leaves_nothing_of_ours() {
     if !need("docker", docker_engine) {
         return;
     }
-    let c = docker_cluster();
-    let rootfs = docker_rootfs();
+    let scratch = tempfile::tempdir().unwrap();
+    let rootfs = docker_rootfs_of_its_own(scratch.path(), "chosen-and-deleted");
+    let c = Cluster::with(|s| {
+        s.localkube_drivers = vec!["native".into(), "docker".into()];
+        s.rootfs = Some(rootfs.clone());
+    });
     // Someone else's container on the same engine, left alone throughout.
     let bystander = rootful_docker().unwrap().bystander(c.env.path());
 
@@ -87,11 +91,10 @@ fn docker_is_chosen_stops_keep_the_volume_and_delete_leaves_nothing_of_ours() {
     let (containers, volumes, images) = ours();
     assert!(!containers.contains("kubestrap-dk-"), "{containers}");
     assert!(!volumes.contains(&format!("{name}-data")), "{volumes}");
-    // The image goes with its last container (other tests running beside
-    // this one may still use it).
+    // The image goes with its last container (a rootfs of this test's own:
+    // no test beside it uses that image).
     let tag = format!("kubestrap-rootfs:{}", rootfs.sha256);
-    let users = docker(&["ps", "-a", "-q", "--filter", &format!("ancestor={tag}")]).1;
-    assert!(!images.contains(&tag) || !users.trim().is_empty(), "{images}");
+    assert!(!images.contains(&tag), "{images}");
     assert!(docker(&["inspect", &bystander]).0, "someone else's container is untouched");
     docker(&["rm", "-f", &bystander]);
     docker(&["image", "rm", &format!("{bystander}:1")]);
@@ -205,7 +208,7 @@ fn a_docker_cluster_upgrades_and_keeps_its_volume() {
     let c = Cluster { env, manifest: m32 };
     let port = free_port().to_string();
     c.env.ok(&["start", "--driver", "docker", "--manifest", c.m(), "--port", &port]);
-    let container = ours().0.lines().find(|l| l.starts_with("kubestrap-kubestrap-")).unwrap().to_string();
+    let container = format!("kubestrap-kubestrap-{}", c.env.home_id());
     assert_eq!(placed_images(&container), ["images-32.tar.zst"]);
     c.kubectl_ok(&KUBECTL, &["create", "configmap", "kept", "--from-literal=k=v"]);
     c.env.ok(&["upgrade", "--manifest", m33.to_str().unwrap()]);

@@ -38,11 +38,6 @@ fn ours_on(e: &TestEngine, id: &str) -> Vec<String> {
     out
 }
 
-fn home_id(env: &Env) -> String {
-    let home = fs::canonicalize(&env.home).unwrap();
-    sha256_hex(home.as_os_str().as_encoded_bytes())[..8].to_string()
-}
-
 /// start → the real kubectl → stop → start (data kept) → upgrade →
 /// rollback → delete (nothing of ours left on that engine, the bystander
 /// untouched), kubestrap running as the engine's user.
@@ -57,7 +52,7 @@ fn lifecycle_on(e: &TestEngine) {
     let m33 = crate::upgrade::release(&env, 33, 2, with);
     let c = Cluster { env, manifest: m32 };
     let other = e.bystander(c.env.path());
-    let id = home_id(&c.env);
+    let id = c.env.home_id();
     let what = e.name;
 
     let port = free_port().to_string();
@@ -166,7 +161,7 @@ fn two_engines_at_once_and_a_profile_is_never_run_on_another() {
         let (code, st) = c.status(p);
         assert_eq!(code, 0, "{p}: {st}");
     }
-    let id = home_id(&c.env);
+    let id = c.env.home_id();
     assert!(docker.docker(&["ps", "--format", "{{.Names}}"]).1.contains(&format!("kubestrap-on-docker-{id}")));
     assert!(podman.docker(&["ps", "--format", "{{.Names}}"]).1.contains(&format!("kubestrap-on-podman-{id}")));
     // Pointed at the other engine: refused before anything changes, both named.
@@ -236,7 +231,7 @@ fn the_engine_is_the_docker_clis_current_context() {
     let args = ["start", "-p", "ctx", "--driver", "docker", "--manifest", c.m(), "--port", &port];
     let out = c.env.cmd(&args).env("DOCKER_CONFIG", &config).env_remove("DOCKER_HOST").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let id = home_id(&c.env);
+    let id = c.env.home_id();
     assert!(podman.docker(&["ps", "--format", "{{.Names}}"]).1.contains(&format!("kubestrap-ctx-{id}")), "on Podman");
     let doctor = c.env.cmd(&["doctor", "-p", "ctx"]).env("DOCKER_CONFIG", &config).output().unwrap();
     let said = String::from_utf8_lossy(&doctor.stdout);

@@ -23,13 +23,6 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The suffix the docker driver gives the engine objects of `env`'s home
-/// (the first 4 bytes of the sha256 of its path, in hex).
-fn home_id(env: &Env) -> String {
-    let home = fs::canonicalize(&env.home).unwrap();
-    sha256_hex(home.as_os_str().as_encoded_bytes())[..8].to_string()
-}
-
 /// What the engine holds of this home's profiles named `load-*`:
 /// containers, volumes and networks.
 fn in_engine(id: &str) -> Vec<String> {
@@ -194,7 +187,7 @@ fn containers_and_vms_at_once_answer_under_load_and_leave_nothing() {
                 });
             }
         }
-        let id = home_id(&c.env);
+        let id = c.env.home_id();
         let named = docker(&["ps", "-a", "--format", "{{.Names}}"]);
         let ours: Vec<&str> = named.lines().filter(|n| n.contains(&id)).collect();
         assert_eq!(ours.len(), containers.len(), "one container per profile: {ours:?}");
@@ -251,7 +244,7 @@ fn containers_and_vms_at_once_answer_under_load_and_leave_nothing() {
         );
     });
 
-    let left = in_engine(&home_id(&c.env));
+    let left = in_engine(&c.env.home_id());
     assert!(left.is_empty(), "left in the engine: {left:?}");
     for p in &all {
         assert!(!c.env.home.join("profiles").join(p).exists(), "{p}'s files left");

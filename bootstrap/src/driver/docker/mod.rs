@@ -50,7 +50,10 @@ pub const DESCRIPTION: Description = Description {
             }
         }
     },
-    make: |ctx| Box::new(Docker { ctx, engine: Engine::from_env() }),
+    make: |ctx| {
+        let engine = Engine::from_env().cached_in(&ctx.home.join("state"));
+        Box::new(Docker { ctx, engine })
+    },
 };
 
 pub struct Docker<'a> {
@@ -99,7 +102,7 @@ impl Docker<'_> {
             .into());
         }
         tracing::debug!("profile {:?}: its own engine, {}", p.name, lives.describe());
-        Ok(Engine::new(lives))
+        Ok(Engine::new(lives).cached_in(&self.ctx.home.join("state")))
     }
 
     /// Records the engine a new container is made on.

@@ -184,6 +184,35 @@ pub fn vm_artifacts() -> VmArtifacts {
 
 /// The docker driver's base rootfs, built once by `ci/docker/build.sh` into
 /// `target/docker/`. Callers check `need("docker", docker_engine)` first.
+/// The docker driver's rootfs with one file more (`etc/kubestrap-test`
+/// holding `mark`), in `dir`: an image of its own (its tag follows its
+/// sha256), which no test running beside this one uses, so what becomes of
+/// it is this test's alone.
+pub fn docker_rootfs_of_its_own(dir: &Path, mark: &str) -> Artifact {
+    let base = docker_rootfs();
+    let raw = zstd::decode_all(fs::File::open(&base.path).unwrap()).unwrap();
+    let mut out = tar::Builder::new(Vec::new());
+    let mut archive = tar::Archive::new(&raw[..]);
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let mut h = e.header().clone();
+        let path = e.path().unwrap().into_owned();
+        if h.entry_type().is_symlink() || h.entry_type().is_hard_link() {
+            let target = e.link_name().unwrap().unwrap().into_owned();
+            out.append_link(&mut h, &path, &target).unwrap();
+        } else {
+            out.append_data(&mut h, &path, &mut e).unwrap();
+        }
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_size(mark.len() as u64);
+    h.set_mode(0o644);
+    out.append_data(&mut h, "etc/kubestrap-test", mark.as_bytes()).unwrap();
+    let tar = out.into_inner().unwrap();
+    let name = format!("rootfs-{mark}.tar.zst");
+    file_artifact(dir, &name, &zstd::encode_all(&tar[..], 3).unwrap())
+}
+
 pub fn docker_rootfs() -> Artifact {
     static BUILT: OnceLock<Artifact> = OnceLock::new();
     BUILT

@@ -46,8 +46,10 @@ impl TestEngine {
     /// A one-file image and a container of it on this engine: someone
     /// else's, which nothing of kubestrap's may touch. Returns its name.
     pub fn bystander(&self, dir: &std::path::Path) -> String {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let slug = self.name.replace(' ', "-").to_lowercase();
-        let name = format!("kubestrap-test-bystander-{}-{slug}", std::process::id());
+        let name = format!("kubestrap-test-bystander-{}-{n}-{slug}", std::process::id());
         let tar = dir.join(format!("{name}.tar"));
         let mut b = tar::Builder::new(std::fs::File::create(&tar).unwrap());
         let mut h = tar::Header::new_gnu();

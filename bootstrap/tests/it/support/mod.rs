@@ -109,6 +109,13 @@ impl Env {
         env
     }
 
+    /// The suffix the docker driver gives the engine objects of this home
+    /// (the first 4 bytes of the sha256 of its path, in hex).
+    pub fn home_id(&self) -> String {
+        let home = fs::canonicalize(&self.home).unwrap();
+        sha256_hex(home.as_os_str().as_encoded_bytes())[..8].to_string()
+    }
+
     /// The temp dir's path (a scratch area beside the home).
     pub fn path(&self) -> &Path {
         self.dir.path()
