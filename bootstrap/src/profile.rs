@@ -159,6 +159,15 @@ impl Profile {
     pub fn pki(&self) -> PathBuf {
         self.dir.join("pki")
     }
+    /// The cluster's join token (0600, in a directory of its own that a
+    /// node's container or VM is given alone): what the server and every
+    /// agent are started with.
+    pub fn join_dir(&self) -> PathBuf {
+        self.pki().join("join")
+    }
+    pub fn join_token(&self) -> PathBuf {
+        self.join_dir().join("token")
+    }
     pub fn data(&self) -> PathBuf {
         self.dir.join("data")
     }

@@ -283,6 +283,44 @@ pub struct Run {
     /// else of the caller's but PATH, HOME and the proxy variables.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, Template>,
+    /// How localkube runs as an agent that joins the server (clusters of
+    /// more than one node). A release without it runs one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<Agent>,
+}
+
+/// localkube as an agent node: the same program, with these arguments
+/// (`{server}`, `{port}` and `{token}` say where and how to join; `{node}`,
+/// `{node-ip}` and `{data}` are the agent's own). It is ready when its Node
+/// reports Ready through the server's API.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", try_from = "RawAgent")]
+pub struct Agent {
+    pub args: Vec<Template>,
+    /// How long a new agent's node may take to become Ready.
+    pub ready_timeout_s: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawAgent {
+    args: Vec<Template>,
+    ready_timeout_s: u64,
+}
+
+impl TryFrom<RawAgent> for Agent {
+    type Error = String;
+    fn try_from(r: RawAgent) -> Result<Self, String> {
+        for name in ["server", "token", "node"] {
+            if !r.args.iter().any(|a| a.uses(name)) {
+                return Err(format!("agent.args: expected an argument that uses {{{name}}}"));
+            }
+        }
+        if !(1..=600).contains(&r.ready_timeout_s) {
+            return Err(format!("agent.ready-timeout-s: expected 1 to 600 seconds, got {}", r.ready_timeout_s));
+        }
+        Ok(Agent { args: r.args, ready_timeout_s: r.ready_timeout_s })
+    }
 }
 
 #[derive(Deserialize)]
@@ -301,6 +339,8 @@ struct RawRun {
     needs_root: bool,
     #[serde(default)]
     env: BTreeMap<String, Template>,
+    #[serde(default)]
+    agent: Option<Agent>,
 }
 
 impl TryFrom<RawRun> for Run {
@@ -344,6 +384,7 @@ impl TryFrom<RawRun> for Run {
             images_dir: r.images_dir,
             needs_root: r.needs_root,
             env: r.env,
+            agent: r.agent,
         })
     }
 }

@@ -17,6 +17,8 @@ pub const NAMES: &[(&str, &str)] = &[
     ("node", "the node name"),
     ("node-ip", "the node's own address: where pods and other nodes reach it (the apiserver is advertised there)"),
     ("component", "the unpacked localkube component directory"),
+    ("server", "the server node's address, as the other nodes reach it (an agent's `--server`)"),
+    ("token", "the file holding the cluster's join token (server and agents)"),
 ];
 
 /// The values templates render with.
@@ -30,6 +32,11 @@ pub struct Vars {
     pub node: String,
     pub node_ip: String,
     pub component: String,
+    /// The server node's address as nodes reach it (the server's own node
+    /// address on the server).
+    pub server: String,
+    /// The join token's file as localkube sees it.
+    pub token: String,
 }
 
 impl Vars {
@@ -43,6 +50,8 @@ impl Vars {
             "node" => self.node.clone(),
             "node-ip" => self.node_ip.clone(),
             "component" => self.component.clone(),
+            "server" => self.server.clone(),
+            "token" => self.token.clone(),
             // Parsing admits only the names above.
             _ => unreachable!("template name {name} was checked at parse time"),
         }

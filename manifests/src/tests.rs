@@ -244,3 +244,23 @@ size = 12345678
     let bad = text.replace("size = 2048", "size = 0");
     assert!(ChannelIndex::parse(bad.as_bytes(), Path::new("index.toml")).is_err());
 }
+
+#[test]
+fn an_agent_section_round_trips_and_must_join_with_server_token_and_node() {
+    let agent = "\n[component.localkube.run.agent]\nargs = [\"agent\", \"--server=https://{server}:{port}\", \
+                 \"--token-file={token}\", \"--node-name={node}\"]\nready-timeout-s = 90\n";
+    let with = format!("{GOOD}{agent}");
+    let m = parse(&with).unwrap_or_else(|e| panic!("{e}"));
+    let a = m.component.localkube.run.agent.clone().expect("an agent section");
+    assert_eq!((a.args.len(), a.ready_timeout_s), (4, 90));
+    let again = parse(&m.to_toml()).unwrap();
+    assert_eq!(again.component.localkube.run.agent, Some(a));
+    // Without one a release runs a single node.
+    assert!(parse(GOOD).unwrap().component.localkube.run.agent.is_none());
+    for (cut, name) in [("\"--token-file={token}\", ", "{token}"), ("https://{server}:{port}", "{server}")] {
+        let e = err(&with.replace(cut, if name == "{server}" { "https://x:1" } else { "" }));
+        assert!(e.message.contains(name), "{e}");
+    }
+    let e = err(&with.replace("ready-timeout-s = 90", "ready-timeout-s = 0"));
+    assert!(e.message.contains("ready-timeout-s"), "{e}");
+}

@@ -28,6 +28,8 @@ fn vars(bind: &str, node_ip: &str) -> Vars {
         node: "kubestrap-dev".into(),
         node_ip: node_ip.into(),
         component: "/home/u/.local/share/kubestrap/components/abc".into(),
+        server: "198.18.4.5".into(),
+        token: "/home/u/.local/share/kubestrap/profiles/dev/pki/join/token".into(),
     }
 }
 
@@ -51,6 +53,7 @@ fn k3s_run_section_renders_the_exact_command_line() {
             "--tls-san=198.18.4.5".into(),
             "--tls-san=localhost".into(),
             "--node-name=kubestrap-dev".into(),
+            "--token-file=/home/u/.local/share/kubestrap/profiles/dev/pki/join/token".into(),
             format!("--write-kubeconfig={d}/k3s.yaml"),
             "--write-kubeconfig-mode=600".into(),
             format!("--private-registry={d}/registries.yaml"),
@@ -68,6 +71,28 @@ fn k3s_run_section_renders_the_exact_command_line() {
     // k3s's own config file, never the host's /etc/rancher/k3s/config.yaml.
     let env: Vec<(String, String)> = run.env.iter().map(|(k, t)| (k.clone(), t.render(&v))).collect();
     assert_eq!(env, [("K3S_CONFIG_FILE".to_string(), format!("{d}/config.yaml"))]);
+}
+
+#[test]
+fn k3s_agent_section_joins_the_server_with_the_token() {
+    let run = k3s_run();
+    let agent = run.agent.as_ref().expect("k3s-run.toml has an agent section");
+    let v = Vars { node: "kubestrap-dev-m02".into(), node_ip: "172.30.0.4".into(), ..vars("0.0.0.0", "x") };
+    let v = Vars { server: "172.30.0.3".into(), port: 6443, data: "/data".into(), token: "/t".into(), ..v };
+    let args: Vec<String> = agent.args.iter().map(|a| a.render(&v)).collect();
+    assert_eq!(
+        args,
+        [
+            "agent",
+            "--server=https://172.30.0.3:6443",
+            "--token-file=/t",
+            "--node-name=kubestrap-dev-m02",
+            "--node-ip=172.30.0.4",
+            "--data-dir=/data",
+            "--private-registry=/data/registries.yaml",
+        ]
+    );
+    assert_eq!(agent.ready_timeout_s, 120);
 }
 
 #[test]

@@ -75,7 +75,46 @@ impl Pki {
         fskit::create_dir_mode(&self.dir, 0o700)?;
         let core = self.ensure_core(opts)?;
         let extra = self.ensure_extra_cas(opts)?;
-        Ok(core || extra)
+        let token = self.ensure_join_token()?;
+        Ok(core || extra || token)
+    }
+
+    /// The join token's file (`join/token`, alone in its directory).
+    pub fn join_token_path(&self) -> PathBuf {
+        self.dir.join("join/token")
+    }
+
+    /// The sha256 of the CA certificate as the server hands it out (k3s's
+    /// `/cacerts`): what a joining node checks before it trusts the server.
+    pub fn ca_sha256(&self) -> Result<String> {
+        use sha2::Digest;
+        Ok(hex::encode(sha2::Sha256::digest(self.read(PkiFile::CaCert)?)))
+    }
+
+    /// The cluster's join token, in k3s's full form `K10<ca sha256>::server:<secret>`
+    /// (pkg/clientaccess/token.go): the prefix pins the CA, so a node given
+    /// it trusts no other server. Made once; its prefix follows the CA.
+    pub fn join_token(&self) -> Result<String> {
+        let text = fskit::read_capped_text(&self.join_token_path(), 4096)?;
+        Ok(text.trim().to_string())
+    }
+
+    fn ensure_join_token(&self) -> Result<bool> {
+        let prefix = format!("K10{}::server:", self.ca_sha256()?);
+        let kept = self.join_token().ok();
+        let secret = kept
+            .as_deref()
+            .and_then(|t| t.rsplit_once("::server:").map(|(_, s)| s.to_string()))
+            .filter(|s| s.len() >= 32 && s.bytes().all(|b| b.is_ascii_hexdigit()));
+        if let (Some(t), Some(_)) = (&kept, &secret)
+            && t.starts_with(&prefix)
+        {
+            return Ok(false);
+        }
+        let secret = secret.unwrap_or_else(|| hex::encode(rand::random::<[u8; 24]>()));
+        fskit::create_dir_mode(&self.dir.join("join"), 0o700)?;
+        fskit::write_atomic(&self.join_token_path(), format!("{prefix}{secret}\n").as_bytes(), 0o600)?;
+        Ok(true)
     }
 
     /// Each extra CA whose certificate or key is missing, or which do not

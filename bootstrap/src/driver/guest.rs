@@ -32,6 +32,8 @@ pub fn vars(launch: &Launch, node_ip: Ipv4Addr) -> Vars {
         node: format!("kubestrap-{}", p.name),
         node_ip: node_ip.to_string(),
         component: path("component"),
+        server: node_ip.to_string(),
+        token: path("join/token"),
     }
 }
 
@@ -41,6 +43,7 @@ pub fn host_vars(launch: &Launch, node_ip: Ipv4Addr, host_data: &Path) -> Vars {
         data: host_data.display().to_string(),
         pki: launch.profile.pki().display().to_string(),
         component: launch.component.display().to_string(),
+        token: launch.profile.join_token().display().to_string(),
         ..vars(launch, node_ip)
     }
 }

@@ -68,6 +68,7 @@ pub struct Api {
     pub never_ready: bool,
     /// Not ready until set (the k3s mode's node steps are done).
     pub gate: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    pub nodes: crate::nodes::Nodes,
 }
 
 struct Query(Vec<(String, String)>);
@@ -136,6 +137,15 @@ impl Api {
             ["apis"] => get_only(Reply::json(200, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}))),
             ["api", "v1"] => get_only(Reply::json(200, &discovery())),
             ["api", "v1", "namespaces", name] => self.object(req, &q, Res::Namespaces, "", name),
+            // A node's status: its kubelet's heartbeat (a PATCH), or read.
+            ["api", "v1", "nodes", name, "status"] => match req.method {
+                "PATCH" => self.patch(req, Res::Nodes, name, true),
+                _ => self.object(req, &q, Res::Nodes, "", name),
+            },
+            ["api", "v1", plural, name] => match Res::from_plural(plural).filter(|r| !r.namespaced()) {
+                Some(res) => self.object(req, &q, res, "", name),
+                None => not_found_path(req.path),
+            },
             ["api", "v1", "namespaces", ns, plural] => match Res::from_plural(plural).filter(|r| r.namespaced()) {
                 Some(res) => self.collection(req, &q, res, Some(ns)),
                 None => not_found_path(req.path),
@@ -180,7 +190,9 @@ impl Api {
             return Reply::not_found(res, name);
         };
         drop(st);
+        let obj = if res == Res::Nodes { self.nodes.view(&obj) } else { obj };
         match req.method {
+            "PATCH" if res.verbs().contains(&"patch") => self.patch(req, res, name, false),
             "GET" if render::wants_table(req.accept) => {
                 let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
                 let include = Include::parse(q.get("includeObject"));
@@ -206,7 +218,13 @@ impl Api {
         // Like the real apiserver, a missing namespace lists as empty.
         let rv = st.state.resource_version.to_string();
         let mut items = Vec::new();
-        for obj in st.state.list(res, ns) {
+        let views: Vec<Value> = if res == Res::Nodes {
+            st.state.list(res, ns).into_iter().map(|n| self.nodes.view(n)).collect()
+        } else {
+            Vec::new()
+        };
+        let objs: Vec<&Value> = if res == Res::Nodes { views.iter().collect() } else { st.state.list(res, ns) };
+        for obj in objs {
             if let Some(sel) = q.get("labelSelector")
                 && !render::labels_match(obj, sel)
             {
@@ -322,6 +340,13 @@ impl Api {
         if res == Res::Namespaces {
             st.state.ensure_namespace(&name);
         }
+        let stored = if res == Res::Nodes {
+            // A node registers as its kubelet starts: its first heartbeat.
+            self.nodes.beat(&name);
+            self.nodes.view(&stored)
+        } else {
+            stored
+        };
         save(&st, Reply::json(201, &stored))
     }
 
@@ -351,11 +376,60 @@ impl Api {
         let mut st = self.store.lock().unwrap_or_else(|e| e.into_inner());
         if res == Res::Namespaces {
             st.state.remove_namespace(name);
+        } else if res == Res::Nodes {
+            st.state.map_mut(res).remove(&store::key(res, ns, name));
+            st.state.next_resource_version();
+            self.nodes.forget(name);
         } else {
             st.state.map_mut(res).remove(&store::key(res, ns, name));
             st.state.next_resource_version();
         }
         save(&st, reply)
+    }
+}
+
+impl Api {
+    /// A merge patch of a cluster-scoped object; `heartbeat`: a kubelet's
+    /// status update, kept in memory (not written each second).
+    fn patch(&self, req: &Request, res: Res, name: &str, heartbeat: bool) -> Reply {
+        let ct = req.content_type.split(';').next().unwrap_or("").trim();
+        if !matches!(ct, "application/merge-patch+json" | "application/strategic-merge-patch+json" | "application/json")
+        {
+            return Reply::status(
+                415,
+                "UnsupportedMediaType",
+                &format!("the stand-in takes merge and strategic merge patches, not {ct:?}"),
+                None,
+            );
+        }
+        let patch: Value = match serde_json::from_slice(req.body) {
+            Ok(p) => p,
+            Err(e) => return Reply::bad_request(&format!("decoding the patch: {e}")),
+        };
+        let mut st = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        let key = store::key(res, "", name);
+        let Some(obj) = st.state.map_mut(res).get_mut(&key) else {
+            return Reply::not_found(res, name);
+        };
+        let mut patched = obj.clone();
+        crate::nodes::merge_patch(&mut patched, &patch);
+        // What the server sets is the server's.
+        patched["metadata"]["name"] = json!(name);
+        for f in ["uid", "creationTimestamp", "resourceVersion"] {
+            patched["metadata"][f] = obj["metadata"][f].clone();
+        }
+        *obj = patched.clone();
+        if heartbeat {
+            self.nodes.beat(name);
+            return Reply::json(200, &self.nodes.view(&patched));
+        }
+        let rv = st.state.next_resource_version();
+        if let Some(o) = st.state.map_mut(res).get_mut(&key) {
+            o["metadata"]["resourceVersion"] = json!(rv);
+        }
+        let out = st.state.map(res).get(&key).cloned().unwrap_or_default();
+        let out = if res == Res::Nodes { self.nodes.view(&out) } else { out };
+        save(&st, Reply::json(200, &out))
     }
 }
 

@@ -16,6 +16,7 @@ fn api(tag: &str) -> (Api, std::path::PathBuf) {
         ready_delay: Duration::ZERO,
         never_ready: false,
         gate: None,
+        nodes: crate::nodes::Nodes::new(crate::nodes::DEFAULT_GRACE, None),
     };
     (api, dir)
 }

@@ -2,8 +2,10 @@
 //! localkube contract closely enough for the real kubectl to `get ns`,
 //! `create configmap`, `get configmap` and `get sa` against it.
 
+mod agent;
 mod api;
 mod k3s;
+mod nodes;
 mod proto;
 mod qemu;
 mod render;
@@ -31,6 +33,8 @@ struct Cli {
 enum Cmd {
     /// Serve the API over HTTPS until SIGTERM/SIGINT.
     Server(ServerArgs),
+    /// Join a server as a node (k3s's `agent`) and keep its node Ready.
+    Agent(agent::AgentArgs),
 }
 
 #[derive(Args)]
@@ -75,6 +79,13 @@ struct ServerArgs {
     kube_apiserver_arg: Vec<String>,
     #[arg(long)]
     token: Option<String>,
+    /// k3s: the join token's file (agents present its secret).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// k3s: `KEY=VALUE` for the controller manager;
+    /// `node-monitor-grace-period=Ns` is honoured.
+    #[arg(long)]
+    kube_controller_manager_arg: Vec<String>,
     #[arg(long)]
     cluster_cidr: Option<String>,
     #[arg(long)]
@@ -189,7 +200,28 @@ async fn run(args: ServerArgs) -> Result<()> {
         .clone()
         .or_else(|| args.kube_apiserver_arg.iter().find_map(|a| a.strip_prefix("token-auth-file=").map(PathBuf::from)));
     let tokens = server::Server::load_tokens(token_file.as_deref())?;
-    let store = store::Store::load(&args.data_dir)?;
+    let join_secret = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(server::token_secret(t).to_string()),
+        (None, Some(f)) => {
+            let t = std::fs::read_to_string(f).with_context(|| format!("reading the token file {}", f.display()))?;
+            Some(server::token_secret(&t).to_string())
+        }
+        (None, None) => None,
+    };
+    let cacerts = std::fs::read(&client_ca).with_context(|| format!("reading {}", client_ca.display()))?;
+    let grace = nodes::grace_from_args(&args.kube_controller_manager_arg)
+        .map_err(anyhow::Error::msg)?
+        .unwrap_or(nodes::DEFAULT_GRACE);
+    let mut store = store::Store::load(&args.data_dir)?;
+    // The server is a node too (k3s runs an agent in its server).
+    if let Some(name) = &args.node_name
+        && store.state.get(store::Res::Nodes, "", name).is_none()
+    {
+        let addr = args.node_ip.map(|a| a.to_string());
+        let version = git_version.split('+').next().unwrap_or(&git_version).to_string();
+        store.state.insert(store::Res::Nodes, nodes::node_object(name, addr.as_deref(), &version, true));
+        store.save()?;
+    }
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
@@ -206,9 +238,12 @@ async fn run(args: ServerArgs) -> Result<()> {
             ready_delay: Duration::from_millis(args.ready_delay_ms),
             never_ready: args.never_ready,
             gate: k3s.as_ref().map(|_| Arc::new(std::sync::atomic::AtomicBool::new(false))),
+            nodes: nodes::Nodes::new(grace, args.node_name.clone()),
         },
         tokens,
         client_certs,
+        join_secret,
+        cacerts,
     });
     eprintln!("standin: listening on https://{addr} (version {git_version})");
     if let (Some(flags), Some(cfg)) = (k3s, effective) {
@@ -264,7 +299,16 @@ fn main() {
         }
         _ => {}
     }
-    let Cmd::Server(args) = Cli::parse().cmd;
+    let args = match Cli::parse().cmd {
+        Cmd::Server(args) => args,
+        Cmd::Agent(args) => {
+            if let Err(e) = agent::main(args) {
+                eprintln!("standin-agent: error: {e:#}");
+                std::process::exit(1);
+            }
+            std::process::exit(0);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -309,7 +353,7 @@ mod tests {
             "--never-ready",
         ])
         .unwrap();
-        let Cmd::Server(a) = cli.cmd;
+        let Cmd::Server(a) = cli.cmd else { panic!("a server command line") };
         assert_eq!((a.https_listen_port, a.bind_address.as_str(), a.never_ready), (6443, "127.0.0.1", true));
         assert_eq!(a.data_dir, PathBuf::from("/d"));
     }

@@ -59,6 +59,12 @@ fn columns(res: Res) -> Vec<Value> {
             "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use.",
         ),
         Res::Pods => column("Status", "string", "", "The aggregate status of the containers in this pod."),
+        Res::Nodes => {
+            let status = column("Status", "string", "", "The status of the node");
+            let roles = column("Roles", "string", "", "The roles of the node");
+            let version = column("Version", "string", "", "Kubelet Version reported by the node.");
+            return vec![name, status, roles, age, version];
+        }
     };
     vec![name, middle, age]
 }
@@ -121,6 +127,10 @@ fn cells(res: Res, obj: &Value, now: OffsetDateTime) -> Value {
         Res::ConfigMaps => json!(len_of(&obj["data"]) + len_of(&obj["binaryData"])),
         Res::ServiceAccounts => json!(len_of(&obj["secrets"])),
         Res::Pods => obj["status"]["phase"].clone(),
+        Res::Nodes => {
+            let n = crate::nodes::summary(obj);
+            return json!([name, n.status, n.roles, age(obj, now), n.version]);
+        }
     };
     json!([name, middle, age(obj, now)])
 }
@@ -185,6 +195,7 @@ pub fn fields_match(obj: &Value, selector: &str) -> Result<bool, String> {
         let have = match field.trim() {
             "metadata.name" => obj["metadata"]["name"].as_str(),
             "metadata.namespace" => obj["metadata"]["namespace"].as_str(),
+            "spec.nodeName" => obj["spec"]["nodeName"].as_str(),
             other => return Err(format!("field label not supported: {other}")),
         };
         ok &= (have.unwrap_or("") == want.trim()) != negate;

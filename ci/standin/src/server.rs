@@ -23,6 +23,10 @@ use crate::tls::LateClientVerifier;
 /// The apiserver's request body limit.
 const MAX_BODY: usize = 3 * 1024 * 1024;
 
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Kubernetes static token file: `token,user,uid[,"group1,group2"]` per line.
 /// Returns token → user name.
 pub fn parse_token_file(text: &str) -> Result<HashMap<String, String>> {
@@ -64,6 +68,21 @@ pub struct Server {
     pub api: Api,
     pub tokens: HashMap<String, String>,
     pub client_certs: Arc<LateClientVerifier>,
+    /// The join token's secret (`--token-file`, `--token`): agents present
+    /// it as k3s's do, HTTP basic `node:<secret>`.
+    pub join_secret: Option<String>,
+    /// The CA bundle handed to joining nodes (k3s's `/cacerts`, no auth).
+    pub cacerts: Vec<u8>,
+}
+
+/// The secret of a k3s token: `K10<ca sha256>::<user>:<secret>` or the
+/// whole token when it is a bare one (pkg/clientaccess/token.go).
+pub fn token_secret(token: &str) -> &str {
+    let t = token.trim();
+    match t.strip_prefix("K10").and_then(|r| r.split_once("::")) {
+        Some((_, creds)) => creds.split_once(':').map_or(creds, |(_, pw)| pw),
+        None => t,
+    }
 }
 
 impl Server {
@@ -80,7 +99,16 @@ impl Server {
         if has_client_cert {
             return Some("client-cert".into());
         }
-        let token = auth?.to_str().ok()?.strip_prefix("Bearer ")?.trim();
+        let auth = auth?.to_str().ok()?;
+        if let Some(basic) = auth.strip_prefix("Basic ") {
+            use base64::Engine;
+            let creds = base64::engine::general_purpose::STANDARD.decode(basic.trim()).ok()?;
+            let creds = String::from_utf8(creds).ok()?;
+            let (user, pw) = creds.split_once(':')?;
+            let want = self.join_secret.as_deref()?;
+            return (user == "node" && constant_time_eq(pw.as_bytes(), want.as_bytes())).then(|| "node".into());
+        }
+        let token = auth.strip_prefix("Bearer ")?.trim();
         self.tokens.get(token).map(|u| format!("token:{u}"))
     }
 
@@ -94,8 +122,12 @@ impl Server {
         let user = self.authenticate(has_client_cert, req.headers().get(AUTHORIZATION));
         let reply = if path == "/ping" {
             Reply::text(200, "pong")
+        } else if path == "/cacerts" {
+            Reply { code: 200, content_type: "text/plain; charset=utf-8", body: self.cacerts.clone() }
         } else if user.is_none() {
             Reply::status(401, "Unauthorized", "Unauthorized", None)
+        } else if user.as_deref() == Some("node") && !(path == "/api/v1/nodes" || path.starts_with("/api/v1/nodes/")) {
+            Reply::status(403, "Forbidden", &format!("node credentials may not reach {path}"), None)
         } else {
             match Limited::new(req.into_body(), MAX_BODY).collect().await {
                 Err(e) => Reply::status(413, "RequestEntityTooLarge", &format!("reading request body: {e}"), None),

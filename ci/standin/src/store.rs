@@ -27,10 +27,13 @@ pub enum Res {
     /// Listed (always none: the stand-in runs no workloads), so the first
     /// thing users type, `kubectl get pods -A`, answers like a new cluster.
     Pods,
+    /// Registered by the server itself (`--node-name`) and by agents; their
+    /// Ready condition follows their heartbeats (see `nodes.rs`).
+    Nodes,
 }
 
 impl Res {
-    pub const ALL: [Res; 4] = [Res::ConfigMaps, Res::Namespaces, Res::Pods, Res::ServiceAccounts];
+    pub const ALL: [Res; 5] = [Res::ConfigMaps, Res::Namespaces, Res::Nodes, Res::Pods, Res::ServiceAccounts];
 
     pub fn from_plural(s: &str) -> Option<Res> {
         Res::ALL.into_iter().find(|r| r.plural() == s)
@@ -41,6 +44,7 @@ impl Res {
             Res::ConfigMaps => "configmaps",
             Res::ServiceAccounts => "serviceaccounts",
             Res::Pods => "pods",
+            Res::Nodes => "nodes",
         }
     }
     pub fn singular(self) -> &'static str {
@@ -49,6 +53,7 @@ impl Res {
             Res::ConfigMaps => "configmap",
             Res::ServiceAccounts => "serviceaccount",
             Res::Pods => "pod",
+            Res::Nodes => "node",
         }
     }
     pub fn kind(self) -> &'static str {
@@ -57,6 +62,7 @@ impl Res {
             Res::ConfigMaps => "ConfigMap",
             Res::ServiceAccounts => "ServiceAccount",
             Res::Pods => "Pod",
+            Res::Nodes => "Node",
         }
     }
     pub fn short_name(self) -> &'static str {
@@ -65,16 +71,18 @@ impl Res {
             Res::ConfigMaps => "cm",
             Res::ServiceAccounts => "sa",
             Res::Pods => "po",
+            Res::Nodes => "no",
         }
     }
     pub fn namespaced(self) -> bool {
-        self != Res::Namespaces
+        !matches!(self, Res::Namespaces | Res::Nodes)
     }
     /// The verbs the stand-in really implements (advertised in discovery).
     pub fn verbs(self) -> &'static [&'static str] {
         match self {
             Res::Namespaces | Res::ConfigMaps => &["create", "delete", "get", "list"],
             Res::ServiceAccounts | Res::Pods => &["get", "list"],
+            Res::Nodes => &["create", "delete", "get", "list", "patch"],
         }
     }
 }
@@ -94,6 +102,8 @@ pub struct State {
     /// Never filled (see [`Res::Pods`]).
     #[serde(default, skip_serializing)]
     pub pods: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub nodes: BTreeMap<String, Value>,
 }
 
 pub fn key(res: Res, ns: &str, name: &str) -> String {
@@ -107,6 +117,7 @@ impl State {
             Res::ConfigMaps => &self.configmaps,
             Res::ServiceAccounts => &self.serviceaccounts,
             Res::Pods => &self.pods,
+            Res::Nodes => &self.nodes,
         }
     }
     pub fn map_mut(&mut self, res: Res) -> &mut BTreeMap<String, Value> {
@@ -115,6 +126,7 @@ impl State {
             Res::ConfigMaps => &mut self.configmaps,
             Res::ServiceAccounts => &mut self.serviceaccounts,
             Res::Pods => &mut self.pods,
+            Res::Nodes => &mut self.nodes,
         }
     }
     pub fn get(&self, res: Res, ns: &str, name: &str) -> Option<&Value> {

@@ -72,8 +72,10 @@ impl Driver for Native<'_> {
             bind: address.clone(),
             profile: p.name.clone(),
             node: format!("kubestrap-{}", p.name),
-            node_ip: address,
+            node_ip: address.clone(),
             component: launch.component.display().to_string(),
+            server: address,
+            token: p.join_token().display().to_string(),
         }
     }
 

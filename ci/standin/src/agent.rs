@@ -1,0 +1,219 @@
+//! `agent`: a node that joins a server, in k3s's shape (`k3s agent --server
+//! URL --token-file F --node-name N`). It fetches the server's CA from
+//! `/cacerts` and, when the token is a full one (`K10<sha256>::…`), refuses a
+//! server whose CA has another hash (pkg/clientaccess/token.go); then it
+//! registers its Node with the token's secret and renews it every second
+//! until SIGTERM. A 404 on renewal (the node object deleted) registers again,
+//! as a kubelet does.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::json;
+use sha2::Digest;
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// The server: https://HOST:PORT.
+    #[arg(long)]
+    server: String,
+    /// The join token's file (K3S_TOKEN_FILE).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    #[arg(long)]
+    token: Option<String>,
+    #[arg(long)]
+    node_name: String,
+    #[arg(long)]
+    node_ip: Option<String>,
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// k3s-style flags accepted for their shape only.
+    #[arg(long)]
+    private_registry: Option<PathBuf>,
+    #[arg(long)]
+    kubelet_arg: Vec<String>,
+    /// How often the node renews its status.
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_ms: u64,
+}
+
+/// The token's CA hash and secret.
+fn parse_token(token: &str) -> (Option<String>, String) {
+    let t = token.trim();
+    match t.strip_prefix("K10").and_then(|r| r.split_once("::")) {
+        Some((hash, creds)) => {
+            let secret = creds.split_once(':').map_or(creds, |(_, pw)| pw);
+            (Some(hash.to_string()), secret.to_string())
+        }
+        None => (None, t.to_string()),
+    }
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: i32) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+pub fn main(a: AgentArgs) -> Result<()> {
+    let token = match (&a.token, &a.token_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading the token file {}", f.display()))?
+        }
+        (None, None) => bail!("--token or --token-file is required to join a server"),
+    };
+    let (want_hash, secret) = parse_token(&token);
+    let base = a.server.trim_end_matches('/').to_string();
+    anyhow::ensure!(base.starts_with("https://"), "--server {base}: expected an https:// URL");
+    let version = crate::read_version()?;
+    for sig in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGINT] {
+        let handler = nix::sys::signal::SigHandler::Handler(on_signal);
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { nix::sys::signal::signal(sig, handler) }.context("installing a signal handler")?;
+    }
+
+    // The CA, fetched before anything is trusted, then checked against the token.
+    let insecure = reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let cacerts = retry("fetching the server's CA", || {
+        let r = insecure.get(format!("{base}/cacerts")).send()?.error_for_status()?;
+        Ok(r.bytes()?.to_vec())
+    })?;
+    let got = hex::encode(sha2::Sha256::digest(&cacerts));
+    match &want_hash {
+        Some(h) if *h != got => {
+            bail!("the server at {base} has CA sha256 {got}, not the {h} the token names: refusing to join it")
+        }
+        Some(_) => eprintln!("standin-agent: the server's CA matches the token (sha256 {got})"),
+        None => eprintln!("standin-agent: warning: the token pins no CA; trusting the server's (sha256 {got})"),
+    }
+    let ca = reqwest::Certificate::from_pem(&cacerts).context("the server's /cacerts is not a PEM certificate")?;
+    let client = reqwest::blocking::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    std::fs::create_dir_all(a.data_dir.join("agent")).with_context(|| format!("creating {}", a.data_dir.display()))?;
+
+    let node = crate::nodes::node_object(&a.node_name, a.node_ip.as_deref(), &version, false);
+    let register = || -> Result<()> {
+        let r = client
+            .post(format!("{base}/api/v1/nodes"))
+            .basic_auth("node", Some(&secret))
+            .header("Content-Type", "application/json")
+            .body(node.to_string())
+            .send()?;
+        match r.status().as_u16() {
+            201 | 409 => Ok(()),
+            401 => bail!("the server at {base} refused the join token (HTTP 401)"),
+            c => bail!("registering node {}: HTTP {c}: {}", a.node_name, r.text().unwrap_or_default()),
+        }
+    };
+    retry("registering the node", || register().map_err(|e| Fatal::or_retry(e)))?;
+    eprintln!("standin-agent: node {} registered with {base}", a.node_name);
+    let beat = json!({"status": {"nodeInfo": {"kubeletVersion": version}}});
+    let url = format!("{base}/api/v1/nodes/{}/status", a.node_name);
+    let mut failing = false;
+    while !STOP.load(Ordering::SeqCst) {
+        let r = client
+            .patch(&url)
+            .basic_auth("node", Some(&secret))
+            .header("Content-Type", "application/merge-patch+json")
+            .body(beat.to_string())
+            .send();
+        match r.map(|r| r.status().as_u16()) {
+            Ok(200) => {
+                if failing {
+                    eprintln!("standin-agent: the server answers again");
+                }
+                failing = false;
+            }
+            Ok(404) => {
+                eprintln!("standin-agent: node {} is gone from the server; registering again", a.node_name);
+                if let Err(e) = register() {
+                    eprintln!("standin-agent: {e:#}");
+                }
+            }
+            Ok(401) => bail!("the server at {base} no longer takes the join token (HTTP 401)"),
+            other => {
+                if !failing {
+                    eprintln!("standin-agent: renewing the node failed ({other:?}); retrying");
+                }
+                failing = true;
+            }
+        }
+        sleep_unless_stopped(Duration::from_millis(a.heartbeat_ms));
+    }
+    eprintln!("standin-agent: stopping");
+    Ok(())
+}
+
+fn sleep_unless_stopped(d: Duration) {
+    let until = std::time::Instant::now() + d;
+    while !STOP.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An error that retrying does not cure.
+#[derive(Debug)]
+struct Fatal(anyhow::Error);
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+impl std::error::Error for Fatal {}
+
+impl Fatal {
+    /// A refusal is final; a connection error is retried.
+    fn or_retry(e: anyhow::Error) -> anyhow::Error {
+        if e.downcast_ref::<reqwest::Error>().is_some() { e } else { anyhow::Error::new(Fatal(e)) }
+    }
+}
+
+/// Retries `f` (the server may still be starting) for up to 120 s.
+fn retry<T>(what: &str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut said = false;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if e.downcast_ref::<Fatal>().is_some() => return Err(e),
+            Err(e) if std::time::Instant::now() >= deadline || STOP.load(Ordering::SeqCst) => {
+                return Err(e.context(format!("{what} (gave up after 120 s)")));
+            }
+            Err(e) => {
+                if !said {
+                    eprintln!("standin-agent: {what}: {e:#}; retrying");
+                    said = true;
+                }
+                sleep_unless_stopped(Duration::from_millis(250));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_full_and_bare() {
+        assert_eq!(parse_token("K10abc::server:s3cret\n"), (Some("abc".into()), "s3cret".into()));
+        assert_eq!(parse_token("K10abc::s3cret"), (Some("abc".into()), "s3cret".into()));
+        assert_eq!(parse_token("plain"), (None, "plain".into()));
+        assert_eq!(crate::server::token_secret("K10abc::server:s3cret"), "s3cret");
+        assert_eq!(crate::server::token_secret("plain\n"), "plain");
+    }
+}
