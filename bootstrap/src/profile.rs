@@ -105,6 +105,10 @@ pub struct Config {
     /// (the native driver's node address for a localkube that has one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Ipv4Addr>,
+    /// The agent nodes beside the server (`m02`, `m03`…): a cluster of
+    /// `agents.len() + 1` nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<String>,
 }
 
 impl Config {

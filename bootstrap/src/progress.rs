@@ -96,6 +96,15 @@ pub enum Step {
     /// (once per rootfs; later starts reuse it).
     #[serde(rename = "node image imported")]
     NodeImage { image: String },
+    /// An agent node's host was started (it joins the server).
+    #[serde(rename = "node started")]
+    NodeStarted { node: String, host: String },
+    /// A node reports Ready through the server's API.
+    #[serde(rename = "node ready")]
+    NodeReady { node: String },
+    /// An agent node was drained (unless forced) and removed.
+    #[serde(rename = "node removed")]
+    NodeRemoved { node: String, drained: bool },
     /// A VM did not come up with KVM and was started again with TCG.
     #[serde(rename = "accelerator fallback")]
     AccelFallback { why: String },
@@ -119,6 +128,9 @@ impl Step {
             Step::Kubeconfig { .. } => "kubeconfig",
             Step::HostCleaned { .. } => "machine cleaned",
             Step::NodeImage { .. } => "node image imported",
+            Step::NodeStarted { .. } => "node started",
+            Step::NodeReady { .. } => "node ready",
+            Step::NodeRemoved { .. } => "node removed",
             Step::AccelFallback { .. } => "accelerator fallback",
         }
     }
@@ -166,6 +178,11 @@ impl Step {
             Step::HostCleaned { removed } => format!("{} removed: {}", removed.len(), removed.join(", ")),
             Step::AccelFallback { why } => why.clone(),
             Step::NodeImage { image } => image.clone(),
+            Step::NodeStarted { node, host } => format!("{node} ({host})"),
+            Step::NodeReady { node } => node.clone(),
+            Step::NodeRemoved { node, drained } => {
+                format!("{node}{}", if *drained { " (drained first)" } else { " (not drained: --force)" })
+            }
         }
     }
 }

@@ -228,6 +228,8 @@ fn cluster_code(e: &ClusterError) -> Code {
         E::LocalkubeExited { .. } => Code::LocalkubeExited,
         E::NotReady { .. } => Code::NotReady,
         E::NotCached { .. } => Code::OfflineMissing,
+        E::NodesUnsupported { .. } => Code::Unfit,
+        E::TooManyNodes { .. } | E::NoSuchNode { .. } | E::NotRunning { .. } | E::FewerNodes { .. } => Code::Usage,
     }
 }
 

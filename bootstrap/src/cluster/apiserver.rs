@@ -53,6 +53,16 @@ impl Probe {
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
+    /// DELETE `path`: the status code.
+    pub fn delete(&self, path: &str) -> Result<u16, String> {
+        let resp = self
+            .client
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .map_err(|e| crate::artifacts::source::describe_error(&e))?;
+        Ok(resp.status().as_u16())
+    }
+
     /// The apiserver's gitVersion.
     pub fn version(&self) -> Option<String> {
         let (code, body) = self.get("/version").ok()?;

@@ -12,6 +12,7 @@ use kubestrap_manifest::{Manifest, PkiFile};
 
 use super::apiserver::{Probe, WaitError};
 use super::components::{fetch_and_unpack, place_images};
+use super::nodes::{self, Rollout};
 use super::pki::{self, Pki};
 use super::session::Session;
 use super::{ClusterError, kubeconfig, ports};
@@ -28,6 +29,10 @@ pub struct Tuning {
     pub cert_validity: time::Duration,
     /// A VM's size and accelerator, when asked (kept in the profile).
     pub vm: Option<VmSettings>,
+    /// `--nodes`: how many nodes the cluster has (None: as it had, or one).
+    pub nodes: Option<usize>,
+    /// How the agents come up: all at once, or each Ready before the next.
+    pub rollout: Rollout,
 }
 
 #[derive(Debug)]
@@ -85,23 +90,17 @@ pub fn bring_up(s: &Session, drv: &dyn Driver, plan: &BringUp) -> Result<Started
     let p = &s.profile;
     let m = &plan.loaded.manifest;
     let run = &m.component.localkube.run;
+    let agents = wanted_agents(p, plan)?;
+    nodes::check_supported(drv, p, m, agents.len() + 1)?;
     preflight(drv, p, m)?;
-    let components = fetch_and_unpack(s.home, m, drv.kind(), plan.fetch, s.progress)?;
+    let mut components = fetch_and_unpack(s.home, m, drv.kind(), plan.fetch, s.progress)?;
     crate::killpoint::reached("configure");
-    let (cfg, created) = configure(s, drv, plan)?;
+    let (cfg, created) = configure(s, drv, plan, &agents)?;
     let at = cfg.endpoint();
-    let launch = Launch {
-        profile: p.clone(),
-        release: m.id(),
-        run: run.clone(),
-        program_sha256: components.program_sha256,
-        component: components.localkube,
-        port: at.port,
-        trees: components.trees,
-        settings: cfg.vm.unwrap_or_default(),
-    };
+    let images = std::mem::take(&mut components.images);
+    let launch = launch_of(p, m, components, &cfg);
     let pki = certificates(drv, &launch, plan.tuning.cert_validity, s.progress)?;
-    place_images(&drv.host_data(p), p, m, components.images, s.progress)?;
+    place_images(&drv.host_data(p), p, m, images, s.progress)?;
     let t = Instant::now();
     crate::killpoint::reached("launch");
     let host = drv.start(&launch)?;
@@ -112,8 +111,51 @@ pub fn bring_up(s: &Session, drv: &dyn Driver, plan: &BringUp) -> Result<Started
     wait_ready(drv, p, &check, true, s.progress)?;
     crate::killpoint::reached("kubeconfig");
     let version = write_kubeconfig(p, &pki, at, plan.tuning.keep_context, s.progress)?;
+    let probe = Probe::new(&pki, at, Duration::from_secs(5))?;
+    nodes::bring_up(drv, &launch, &agents, &probe, plan.tuning.rollout, s.progress)?;
     launched.keep();
     Ok(Started { kubernetes: version, manifest: m.id(), already_running: false, created, ..result(p, at, host)? })
+}
+
+/// What the driver is handed to run release `m` for profile `p`.
+fn launch_of(p: &Profile, m: &Manifest, components: super::components::Components, cfg: &Config) -> Launch {
+    Launch {
+        profile: p.clone(),
+        release: m.id(),
+        run: m.component.localkube.run.clone(),
+        program_sha256: components.program_sha256,
+        component: components.localkube,
+        port: cfg.port,
+        trees: components.trees,
+        settings: cfg.vm.unwrap_or_default(),
+    }
+}
+
+/// The running cluster's launch, for nodes added to it: its release's
+/// components from the cache only (offline), verified as a start does.
+pub fn running_launch(s: &Session, drv: &dyn Driver, loaded: &Loaded, cfg: &Config) -> Result<Launch> {
+    let fetch = artifacts::Options { offline: true, ..Default::default() };
+    let components = fetch_and_unpack(s.home, &loaded.manifest, drv.kind(), &fetch, s.progress)?;
+    Ok(launch_of(&s.profile, &loaded.manifest, components, cfg))
+}
+
+/// The agents the cluster is to have: those it has, and as many new ones
+/// as `--nodes` asks beyond them (fewer is refused: nodes are removed one
+/// by one, drained, with `node delete`).
+fn wanted_agents(p: &Profile, plan: &BringUp) -> Result<Vec<crate::driver::AgentNode>> {
+    let have = plan.existing.map(|c| nodes::agents_of(p, c)).unwrap_or_default();
+    match plan.tuning.nodes {
+        Some(0) => Err(anyhow::anyhow!("--nodes 0: a cluster has at least one node (its server)")),
+        Some(n) if n < have.len() + 1 => {
+            Err(ClusterError::FewerNodes { profile: p.name.clone(), has: have.len() + 1, asked: n }.into())
+        }
+        Some(n) => {
+            let mut all = have.clone();
+            all.extend(nodes::new_agents(&have, n - 1 - have.len())?);
+            Ok(all)
+        }
+        None => Ok(have),
+    }
 }
 
 /// The driver's blocking checks for this release (k3s on the host needs
@@ -135,7 +177,12 @@ fn preflight(drv: &dyn Driver, p: &Profile, m: &Manifest) -> Result<()> {
 /// a home-wide lock and recorded before it is released, so two profiles
 /// starting at once never pick the same one. Returns where the apiserver will answer and whether
 /// the profile is new.
-fn configure(s: &Session, drv: &dyn Driver, plan: &BringUp) -> Result<(Config, bool)> {
+fn configure(
+    s: &Session,
+    drv: &dyn Driver,
+    plan: &BringUp,
+    agents: &[crate::driver::AgentNode],
+) -> Result<(Config, bool)> {
     let (home, p, existing, loaded, progress) = (s.home, &s.profile, plan.existing, plan.loaded, s.progress);
     let (asked, vm) = (plan.port, plan.tuning.vm.as_ref());
     let t = Instant::now();
@@ -153,6 +200,7 @@ fn configure(s: &Session, drv: &dyn Driver, plan: &BringUp) -> Result<(Config, b
         // Each setting asked for replaces that one; the others are kept.
         vm: merge_settings(vm, existing),
         address: Some(drv.address(p, &loaded.manifest.component.localkube.run)).filter(|a| !a.is_loopback()),
+        agents: agents.iter().map(|a| a.short()).collect(),
     };
     if existing != Some(&cfg) {
         p.save(&cfg)?;
@@ -182,7 +230,7 @@ fn certificates(drv: &dyn Driver, launch: &Launch, validity: time::Duration, pro
     drv.create(p)?;
     let pki = Pki::new(p.pki());
     let made = pki
-        .ensure(&pki::Options { profile: p.name.clone(), validity, extra_sans: drv.extra_sans() })
+        .ensure(&pki::Options { profile: p.name.clone(), validity, extra_sans: drv.extra_sans(p) })
         .map_err(|e| ClusterError::Pki { dir: p.pki(), profile: p.name.clone(), reason: format!("{e:#}") })?;
     let vars = drv.host_vars(launch);
     // Every file is checked before one is written: all or nothing.

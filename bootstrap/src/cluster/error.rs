@@ -31,6 +31,16 @@ pub enum ClusterError {
          first started with, and a different file would stop it). Nothing was changed"
     )]
     PlacedPkiDiffers { profile: String, placed: String },
+    #[error("profile {profile:?} cannot have {nodes} nodes: {why}")]
+    NodesUnsupported { profile: String, nodes: usize, why: String },
+    #[error("{asked} nodes asked for; a profile has at most {max}")]
+    TooManyNodes { asked: usize, max: usize },
+    #[error("profile {profile:?} has no agent node {node:?} (its nodes: {nodes})")]
+    NoSuchNode { profile: String, node: String, nodes: String },
+    #[error("profile {profile:?} is not running")]
+    NotRunning { profile: String },
+    #[error("profile {profile:?} has {has} nodes; --nodes {asked} would remove some")]
+    FewerNodes { profile: String, has: usize, asked: usize },
 }
 
 impl ClusterError {
@@ -45,6 +55,15 @@ impl ClusterError {
             E::OtherRelease { profile, .. } => format!(
                 "changing a cluster's release is an upgrade (`kubestrap upgrade -p {profile}`); or delete the profile to start over with it"
             ),
+            E::NodesUnsupported { .. } => {
+                "use the docker driver (--driver docker) and a release whose manifest has run.agent".into()
+            }
+            E::TooManyNodes { .. } => return None,
+            E::NoSuchNode { profile, .. } => format!("`kubestrap node list -p {profile}` lists them"),
+            E::NotRunning { profile } => format!("start it first: `kubestrap start -p {profile}`"),
+            E::FewerNodes { profile, .. } => {
+                format!("remove nodes one at a time with `kubestrap node delete -p {profile} NAME`")
+            }
             E::PurgeInUse { .. } => "delete them too (`kubestrap delete --all --purge`), or leave out --purge".into(),
             E::PortInUse { .. } => "free it, or choose another with --port".into(),
             E::NoFreePort { .. } => "choose a port with --port".into(),

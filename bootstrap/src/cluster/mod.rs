@@ -17,6 +17,7 @@ mod error;
 pub mod images;
 pub mod journal;
 pub mod kubeconfig;
+pub mod nodes;
 pub mod pki;
 mod ports;
 pub mod recovery;
@@ -29,6 +30,7 @@ pub mod upgrade;
 
 pub use bringup::Tuning;
 pub use error::ClusterError;
+pub use nodes::pinned_kubectl;
 pub use start::{StartOptions, start};
 pub use status::status;
 pub use stop::{delete, purge, stop};

@@ -37,6 +37,8 @@ pub struct StartOptions {
     pub cert_validity: time::Duration,
     /// `--cpus`, `--memory`, `--accel` (qemu driver).
     pub vm: Option<VmSettings>,
+    /// `--nodes`.
+    pub nodes: Option<usize>,
 }
 
 pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<Started> {
@@ -60,6 +62,9 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
         keep_context: o.keep_context,
         cert_validity: o.cert_validity,
         vm: merge_settings(o.vm.as_ref(), again.as_ref()),
+        // A profile started afresh after a cut-short delete keeps its size.
+        nodes: o.nodes.or_else(|| again.as_ref().filter(|c| !c.agents.is_empty()).map(|c| c.agents.len() + 1)),
+        rollout: super::nodes::Rollout::Parallel,
     };
     // An upgrade a killed command left is finished or undone first.
     if p.exists()
@@ -101,7 +106,7 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
     let run = &loaded.manifest.component.localkube.run;
     match drv.status(p)? {
         HostState::Running(host) if existing.is_some() => {
-            if let Some(started) = rejoin(drv.as_ref(), p, &host, &loaded, o, progress)? {
+            if let Some(started) = rejoin(&s, drv.as_ref(), &host, &loaded, o)? {
                 return Ok(started);
             }
         }
@@ -188,14 +193,8 @@ fn resolve(
 /// A start found localkube running: wait until it is ready and make sure
 /// kubeconfig points at it. `None` when it ended meanwhile (it was going
 /// down): the caller starts it again.
-fn rejoin(
-    drv: &dyn Driver,
-    p: &Profile,
-    host: &Host,
-    loaded: &Loaded,
-    o: &StartOptions,
-    progress: &dyn Progress,
-) -> Result<Option<Started>> {
+fn rejoin(s: &Session, drv: &dyn Driver, host: &Host, loaded: &Loaded, o: &StartOptions) -> Result<Option<Started>> {
+    let (p, progress) = (&s.profile, s.progress);
     drv.adopt(p)?;
     if let Some(asked) = o.port.filter(|asked| *asked != host.port) {
         progress.warn(format!(
@@ -219,6 +218,7 @@ fn rejoin(
         Err(e) => return Err(e),
     }
     let version = write_kubeconfig(p, &pki, at, o.keep_context, progress)?;
+    rejoin_nodes(s, drv, loaded, o, at)?;
     Ok(Some(Started {
         kubernetes: version,
         manifest: loaded.manifest.id(),
@@ -226,4 +226,45 @@ fn rejoin(
         created: false,
         ..result(p, at, host.clone())?
     }))
+}
+
+/// The running server's agents: those asked for beyond them (`--nodes`)
+/// added, those that are not running (killed behind kubestrap's back)
+/// started again, and every one waited for until Ready.
+fn rejoin_nodes(s: &Session, drv: &dyn Driver, loaded: &Loaded, o: &StartOptions, at: Endpoint) -> Result<()> {
+    use super::nodes;
+    let (p, progress) = (&s.profile, s.progress);
+    let mut cfg = p.load()?;
+    let mut all = nodes::agents_of(p, &cfg);
+    if let Some(n) = o.nodes {
+        if n < all.len() + 1 {
+            return Err(ClusterError::FewerNodes { profile: p.name.clone(), has: all.len() + 1, asked: n }.into());
+        }
+        nodes::check_supported(drv, p, &loaded.manifest, n)?;
+        let new = nodes::new_agents(&all, n - 1 - all.len())?;
+        if !new.is_empty() {
+            cfg.agents.extend(new.iter().map(crate::driver::AgentNode::short));
+            p.save(&cfg)?;
+            all.extend(new);
+        }
+    }
+    let Some(agents) = drv.agents().filter(|_| !all.is_empty()) else { return Ok(()) };
+    let down: Vec<_> =
+        all.iter().filter(|n| !matches!(agents.agent_status(p, n), Ok(HostState::Running(_)))).cloned().collect();
+    let probe = nodes::probe(p, at)?;
+    if !down.is_empty() {
+        let names: Vec<String> = down.iter().map(|n| n.short()).collect();
+        progress.warn(format!(
+            "node(s) {} of profile {:?} are not running; starting them again",
+            names.join(", "),
+            p.name
+        ));
+        let launch = super::bringup::running_launch(s, drv, loaded, &cfg)?;
+        nodes::bring_up(drv, &launch, &down, &probe, nodes::Rollout::Parallel, progress)?;
+    }
+    // The others ran already: each must be Ready too.
+    let up: Vec<_> = all.into_iter().filter(|n| !down.contains(n)).collect();
+    let run = &loaded.manifest.component.localkube.run;
+    let timeout = run.agent.as_ref().map_or(o.wait_timeout, |a| Duration::from_secs(a.ready_timeout_s));
+    nodes::wait_ready(agents, p, &up, &probe, Instant::now() + timeout, progress)
 }

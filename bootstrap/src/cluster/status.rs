@@ -132,16 +132,22 @@ pub struct Status {
     pub upgrade: Option<String>,
     pub log_tail: Vec<String>,
     pub warnings: Vec<String>,
-    /// Bitmask: 1 host down, 2 localkube down, 4 apiserver not ready.
+    /// Every node: the server, then each agent (host state and Ready).
+    pub nodes: Vec<super::nodes::NodeStatus>,
+    /// Bitmask: 1 host down, 2 localkube down, 4 apiserver not ready,
+    /// 8 an agent node down or not Ready.
     pub exit_code: u8,
 }
 
 impl Status {
-    /// 1 host down, 2 localkube down, 4 apiserver not ready (added).
+    /// 1 host down, 2 localkube down, 4 apiserver not ready, 8 an agent
+    /// node down or not Ready (added).
     pub fn bitmask(&self) -> u8 {
+        let agent_down = self.nodes.iter().any(|n| n.role == "agent" && !(n.host == "Running" && n.is_ready()));
         u8::from(self.host != HostStatus::Running)
             | (u8::from(self.localkube != LocalkubeStatus::Running) << 1)
             | (u8::from(self.apiserver != ApiserverStatus::Running) << 2)
+            | (u8::from(agent_down) << 3)
     }
 }
 
@@ -169,9 +175,11 @@ pub fn status(home: &Home, name: &str, progress: &dyn crate::progress::Progress)
         upgrade: super::recovery::interrupted(&p),
         log_tail: Vec::new(),
         warnings: Vec::new(),
+        nodes: Vec::new(),
         exit_code: 0,
     };
     let pki = Pki::new(p.pki());
+    let mut node_probe = None;
     let (host, stopping) = match drv.status(&p)? {
         HostState::Running(host) => (Some(host), false),
         HostState::Stopping(host) => (Some(host), true),
@@ -209,6 +217,7 @@ pub fn status(home: &Home, name: &str, progress: &dyn crate::progress::Progress)
             Ok((code, _)) => st.apiserver = ApiserverStatus::NotReady { code },
             Err(error) => st.apiserver = ApiserverStatus::NotAnswering { error },
         }
+        node_probe = Some(probe);
         if stopping {
             st.warnings.push(format!(
                     "a stop of profile {name:?} was interrupted; localkube is shutting down. `kubestrap start -p {name}` waits for it and starts it again"
@@ -217,6 +226,16 @@ pub fn status(home: &Home, name: &str, progress: &dyn crate::progress::Progress)
     }
     if let Some(u) = &st.upgrade {
         st.warnings.push(u.clone());
+    }
+    let probe = node_probe.filter(|_| st.apiserver == ApiserverStatus::Running);
+    st.nodes = super::nodes::statuses(drv.as_ref(), &p, &cfg, &st.localkube.to_string(), probe.as_ref());
+    let down: Vec<&str> =
+        st.nodes.iter().filter(|n| n.role == "agent" && n.host != "Running").map(|n| n.name.as_str()).collect();
+    if !down.is_empty() && st.localkube == LocalkubeStatus::Running {
+        st.warnings.push(format!(
+            "node(s) {} of profile {name:?} are not running: `kubestrap start -p {name}` starts them again",
+            down.join(", ")
+        ));
     }
     if p.deleting().exists() {
         st.warnings.push(format!(

@@ -41,14 +41,17 @@ pub fn stop(
 /// (native, qemu) or its container's name (docker), and stops it with
 /// SIGTERM and 30 s.
 fn stop_with(s: &Session, drv: &dyn Driver, suspend: bool) -> Result<StopOutcome> {
-    let mut how = s
-        .profile
-        .load()
-        .ok()
+    let cfg = s.profile.load().ok();
+    let mut how = cfg
+        .as_ref()
         .and_then(|cfg| channel::peek(&cfg.manifest))
         .map_or(Stop::DEFAULT, |m| Stop::of(&m.component.localkube.run));
     how.suspend = suspend;
     crate::killpoint::reached("stop");
+    // The agents first, so none is left reconnecting to a server that is gone.
+    if let Some(cfg) = &cfg {
+        super::nodes::stop_all(drv, &s.profile, &super::nodes::agents_of(&s.profile, cfg), how)?;
+    }
     Ok(drv.stop(&s.profile, how)?)
 }
 
@@ -98,7 +101,14 @@ pub(super) fn delete_locked(s: &Session, force: bool) -> Result<()> {
             )));
         }
     }
-    match drv.delete(p) {
+    // Every agent's host and state, then the server's (and, for docker, any
+    // agent container of the profile's the config no longer names).
+    let agents = p.load().map(|c| super::nodes::agents_of(p, &c)).unwrap_or_default();
+    let removed = match drv.agents() {
+        Some(a) => agents.iter().try_for_each(|n| a.delete_agent(p, n)),
+        None => Ok(()),
+    };
+    match removed.and_then(|()| drv.delete(p)) {
         Ok(()) => {}
         Err(e) if force => left(e.into()),
         Err(e) => {

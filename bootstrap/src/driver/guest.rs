@@ -33,7 +33,7 @@ pub fn vars(launch: &Launch, node_ip: Ipv4Addr) -> Vars {
         node_ip: node_ip.to_string(),
         component: path("component"),
         server: node_ip.to_string(),
-        token: path("join/token"),
+        token: path("pki/join/token"),
     }
 }
 

@@ -340,6 +340,46 @@ impl DriverError {
     }
 }
 
+/// An agent node of a profile (clusters of more than one node): `m02`,
+/// `m03`… beside the server (which is node 1).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AgentNode {
+    /// Its index: 2 for `m02`. Fixes its address on the profile's network.
+    pub index: u16,
+}
+
+impl AgentNode {
+    /// `m02`: the node's name within the profile.
+    pub fn short(&self) -> String {
+        format!("m{:02}", self.index)
+    }
+    /// Its Kubernetes node name: `kubestrap-<profile>-m02`.
+    pub fn node_name(&self, profile: &str) -> String {
+        format!("kubestrap-{profile}-{}", self.short())
+    }
+    /// `m02` (or `kubestrap-<profile>-m02`) back to a node; the server's
+    /// name and anything else are not agents.
+    pub fn parse(profile: &str, s: &str) -> Option<AgentNode> {
+        let short = s.strip_prefix(&format!("kubestrap-{profile}-")).unwrap_or(s);
+        let n = short.strip_prefix('m')?;
+        let index: u16 = n.parse().ok().filter(|_| n.len() >= 2 && n.bytes().all(|b| b.is_ascii_digit()))?;
+        (2..=99).contains(&index).then_some(AgentNode { index })
+    }
+}
+
+/// What a driver that runs agent nodes beside the server does for them.
+/// An agent runs the release's `run.agent` command line and joins the
+/// server with the cluster's join token; its state is its own.
+pub trait Agents: Sync {
+    /// Makes (or reuses) and starts the agent's host; returns once it runs.
+    fn start_agent(&self, launch: &Launch, agent: &kubestrap_manifest::Agent, node: &AgentNode) -> Result<Host>;
+    fn agent_status(&self, p: &Profile, node: &AgentNode) -> Result<HostState>;
+    fn stop_agent(&self, p: &Profile, node: &AgentNode, how: Stop) -> Result<StopOutcome>;
+    /// Removes the agent's host and its state (after `stop_agent`).
+    fn delete_agent(&self, p: &Profile, node: &AgentNode) -> Result<()>;
+    fn agent_log_tail(&self, p: &Profile, node: &AgentNode, n: usize) -> Vec<String>;
+}
+
 /// What runs one profile's localkube. The lifecycle calls, in order:
 /// `create` (idempotent) → `start` → `running` while it waits for ready;
 /// `status` at any time; `stop`; `delete` before the profile is removed.
@@ -354,7 +394,7 @@ pub trait Driver {
         self.check(Some(manifest))
     }
     /// Addresses the apiserver certificate must carry besides the defaults.
-    fn extra_sans(&self) -> Vec<String>;
+    fn extra_sans(&self, _p: &Profile) -> Vec<String>;
     /// Where this machine reaches the apiserver of `p` running `run`
     /// (127.0.0.1 unless the driver gives localkube an address of its own).
     fn address(&self, _p: &Profile, _run: &Run) -> Ipv4Addr {
@@ -406,4 +446,9 @@ pub trait Driver {
     fn snapshot(&self, profile: &Profile, dest: &Path) -> Result<kubestrap_fskit::Copied>;
     /// Puts a snapshot back in place of the stopped cluster's state.
     fn restore(&self, profile: &Profile, src: &Path) -> Result<()>;
+
+    /// Agent nodes, where this driver runs them (one node otherwise).
+    fn agents(&self) -> Option<&dyn Agents> {
+        None
+    }
 }

@@ -19,6 +19,7 @@ mod k3s_guest;
 mod k3s_native;
 mod lifecycle;
 mod load;
+mod nodes;
 mod qemu;
 mod quickstart;
 mod release;

@@ -69,6 +69,9 @@ pub enum Cmd {
     /// Manage profiles (clusters).
     #[command(subcommand)]
     Profile(ProfileCmd),
+    /// A cluster's nodes: add, list, delete (more than one node: docker driver).
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// Run the pinned kubectl with this profile's context.
     #[command(after_help = "Examples:\n  kubestrap kubectl -- get pods -A\n  kubestrap kubectl -p dev -- version")]
     Kubectl {
@@ -272,6 +275,55 @@ pub struct StartArgs {
     /// The VM's accelerator (qemu driver): kvm, hvf, whpx or tcg [default: the machine's own, else tcg].
     #[arg(long)]
     pub accel: Option<crate::driver::qemu::cmdline::Accel>,
+    /// How many nodes: one server and N-1 agents that join it (docker
+    /// driver; the release must say how an agent runs). Adds nodes to an
+    /// existing cluster, never removes any [default: as it has, else 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=99))]
+    pub nodes: Option<u16>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// Add agent nodes to a running cluster; waits until each is Ready.
+    #[command(after_help = "Examples:\n  kubestrap node add\n  kubestrap node add -p dev --count 2")]
+    Add {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        /// How many nodes to add.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=98))]
+        count: u16,
+        /// How long to wait for the nodes to become Ready [default: the release's agent ready-timeout-s].
+        #[arg(long, value_parser = parse_wait)]
+        wait_timeout: Option<std::time::Duration>,
+    },
+    /// List the cluster's nodes: host state and Ready.
+    #[command(after_help = "Examples:\n  kubestrap node list\n  kubestrap node list -p dev -o json")]
+    List {
+        #[command(flatten)]
+        profile: ProfileArgs,
+    },
+    /// Remove an agent node: drained with the pinned kubectl, then its
+    /// host, its state and its Node object removed.
+    #[command(
+        after_help = "Examples:\n  kubestrap node delete m02\n  kubestrap node delete -p dev kubestrap-dev-m03 --force"
+    )]
+    Delete {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        /// The node: `m02` or its node name `kubestrap-<profile>-m02`.
+        name: String,
+        /// Do not drain it first (and remove it even when the cluster is stopped).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show an agent node's log.
+    Logs {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        name: String,
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -4,11 +4,8 @@ use std::os::unix::process::CommandExt;
 use std::time::Instant;
 
 use anyhow::Result;
-use kubestrap_manifest::Target;
 use serde_json::json;
 
-use crate::artifacts::store;
-use crate::channel;
 use crate::cli::args::{DeleteArgs, StartArgs};
 use crate::cli::exit::Code;
 use crate::cli::render::{Ui, human_duration};
@@ -17,7 +14,6 @@ use crate::cluster::{self, ClusterError, StartOptions, kubeconfig};
 use crate::driver::{self, StopOutcome};
 use crate::home::Home;
 use crate::profile::{self, Profile};
-use crate::progress::{Progress, Step};
 
 pub fn start(a: StartArgs, home: &Home, ui: &Ui) -> Result<Code> {
     let t = Instant::now();
@@ -38,6 +34,7 @@ pub fn start(a: StartArgs, home: &Home, ui: &Ui) -> Result<Code> {
             memory_mib: a.memory,
             accel: a.accel,
         }),
+        nodes: a.nodes.map(usize::from),
     };
     let s = cluster::start(home, &o, ui)?;
     ui.json(json!({"event": "done", "profile": s.profile, "context": s.context, "server": s.server, "kubeconfig": s.kubeconfig,
@@ -114,7 +111,8 @@ pub fn delete(a: DeleteArgs, home: &Home, ui: &Ui) -> Result<Code> {
     Ok(Code::Ok)
 }
 
-/// Returns the status bitmask (1 host down, 2 localkube down, 4 apiserver not ready) as the exit code.
+/// Returns the status bitmask (1 host down, 2 localkube down, 4 apiserver
+/// not ready, 8 an agent node down or not Ready) as the exit code.
 pub fn status(name: String, home: &Home, ui: &Ui) -> Result<u8> {
     let st = cluster::status(home, &name, ui)?;
     ui.json(serde_json::to_value(&st)?);
@@ -128,6 +126,13 @@ pub fn status(name: String, home: &Home, ui: &Ui) -> Result<u8> {
     ui.line(&format!("kubernetes: {}", st.kubernetes));
     ui.line(&format!("manifest: {}", st.manifest));
     ui.line(&format!("server: {}", st.server));
+    if st.nodes.len() > 1 {
+        ui.line(&format!("nodes: {}", st.nodes.len()));
+        for n in &st.nodes {
+            let why = n.crash.as_ref().map(|c| format!(" ({c})")).unwrap_or_default();
+            ui.line(&format!("  {:<36} {:<7} host {:<10} {}{why}", n.name, n.role, n.host, n.ready));
+        }
+    }
     if let Some(c) = &st.crash {
         ui.line(&format!("\nlocalkube crashed: {c}. Last lines of its log:"));
         for l in &st.log_tail {
@@ -183,29 +188,7 @@ pub fn profile_list(home: &Home, ui: &Ui) -> Result<Code> {
 pub fn kubectl(name: String, args: Vec<String>, home: &Home, ui: &Ui) -> Result<Code> {
     let p = Profile::new(home, &name)?;
     let cfg = p.load()?;
-    let m = channel::load_stored(home, &cfg.manifest, channel::Stored::RUNNING)?.manifest;
-    let need = m
-        .needs(&Target::host(), cfg.driver)
-        .map_err(|reason| crate::artifacts::FetchError::NoArtifact { manifest: m.id(), reason })?
-        .into_iter()
-        .find(|n| n.component == kubestrap_manifest::ComponentName::Kubectl)
-        .ok_or(ClusterError::NoComponent { component: kubestrap_manifest::ComponentName::Kubectl })?;
-    if !store::has_blob(home, &need.artifact.sha256, need.artifact.size.get()) {
-        return Err(ClusterError::NotCached { what: "kubectl".into(), profile: name }.into());
-    }
-    let dir = {
-        let _store = home.store_lock(false, || {})?;
-        let t = Instant::now();
-        let (dir, repaired) = store::ensure_intact(home, &need.artifact)?;
-        if !repaired.is_empty() {
-            ui.step(
-                Step::ComponentRepaired { component: format!("kubectl {}", need.version), files: repaired },
-                t.elapsed(),
-            );
-        }
-        dir
-    };
-    let bin = dir.join(&need.artifact.bin);
+    let bin = cluster::pinned_kubectl(home, &p, &cfg, ui)?;
     let mut cmd = std::process::Command::new(&bin);
     if !args.iter().any(|a| a == "--context" || a.starts_with("--context=")) {
         cmd.arg(format!("--context={}", kubeconfig::context_name(&name)));

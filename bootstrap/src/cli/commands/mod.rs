@@ -18,6 +18,7 @@ mod doctor;
 mod fetch;
 mod image;
 mod manifest;
+mod node;
 mod signing;
 mod upgrade;
 
@@ -30,6 +31,7 @@ pub fn run(cmd: Cmd, home: &Home, ui: &Ui) -> Result<u8> {
         Cmd::Status(a) => return cluster::status(a.profile, home, ui),
         Cmd::Doctor(a) => doctor::run(a, home, ui)?,
         Cmd::Profile(ProfileCmd::List) => cluster::profile_list(home, ui)?,
+        Cmd::Node(c) => node::run(c, home, ui)?,
         Cmd::Kubectl { profile, args } => cluster::kubectl(profile, args, home, ui)?,
         Cmd::Logs { profile, follow, lines } => cluster::logs(profile, follow, lines, home, ui)?,
         Cmd::Fetch(args) => fetch::run(args, home, ui)?,

@@ -21,7 +21,15 @@ use crate::profile::Profile;
 
 fn tuning(wait_timeout: std::time::Duration) -> Tuning {
     // An upgrade keeps the user's current context as it is.
-    Tuning { wait_timeout, keep_context: true, cert_validity: time::Duration::days(365), vm: None }
+    Tuning {
+        wait_timeout,
+        keep_context: true,
+        cert_validity: time::Duration::days(365),
+        vm: None,
+        nodes: None,
+        // The server first, then each agent, each Ready before the next.
+        rollout: crate::cluster::nodes::Rollout::OneByOne,
+    }
 }
 
 pub fn upgrade(a: UpgradeArgs, home: &Home, ui: &Ui) -> Result<Code> {

@@ -31,6 +31,7 @@ use crate::progress::Step;
 use crate::state::{read as read_state, write as write_state};
 
 mod address;
+mod agents;
 mod engine;
 mod volume;
 
@@ -272,9 +273,9 @@ struct Inspected {
     port: u16,
 }
 
-fn inspect(eng: &Engine, p: &Profile) -> Result<Option<Inspected>> {
+fn inspect(eng: &Engine, name: &str) -> Result<Option<Inspected>> {
     let format = "{{json .State}}\n{{json .HostConfig.PortBindings}}\n{{.Id}}";
-    match eng.docker(&["container", "inspect", "--format", format, &container_name(p)], CALL) {
+    match eng.docker(&["container", "inspect", "--format", format, name], CALL) {
         Ok(out) => {
             let mut lines = out.trim().lines();
             let state: State = serde_json::from_str(lines.next().unwrap_or_default())
@@ -294,6 +295,46 @@ fn inspect(eng: &Engine, p: &Profile) -> Result<Option<Inspected>> {
         Err(e) if no_such_container(&e) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Stops a node's container gracefully (its stop signal, then a kill after
+/// the timeout), the stop recorded in `stopped` first: a stop cut short
+/// reads as "stopping", never "crashed".
+fn stop_container(eng: &Engine, name: &str, stopped: &Path, how: Stop) -> Result<StopOutcome> {
+    let Some(Inspected { state, .. }) = inspect(eng, name)? else { return Ok(StopOutcome::WasNotRunning) };
+    fskit::write_atomic(stopped, crate::state::now().as_bytes(), 0o600)?;
+    if !state.running {
+        return Ok(StopOutcome::WasNotRunning);
+    }
+    let secs = how.timeout.as_secs().to_string();
+    crate::killpoint::reached("container stop");
+    eng.docker(&["stop", "--time", &secs, name], how.timeout + CALL)?;
+    crate::killpoint::reached("container stopped");
+    let killed = inspect(eng, name)?.is_some_and(|i| i.state.exit_code == 137);
+    Ok(if killed { StopOutcome::Killed } else { StopOutcome::Stopped })
+}
+
+/// A node's container as a host state: stopped when asked (`stopped`
+/// exists) or never started, crashed when it ended by itself.
+fn container_state(eng: &Engine, name: &str, stopped: &Path) -> Result<HostState> {
+    let Some(Inspected { state, id, port }) = inspect(eng, name)? else { return Ok(HostState::Stopped) };
+    let asked = stopped.is_file();
+    let host = Host { id: format!("container {name} ({id})"), pid: None, port };
+    Ok(match (state.running, asked) {
+        (true, true) => HostState::Stopping(host),
+        (true, false) => HostState::Running(host),
+        (false, true) => HostState::Stopped,
+        (false, false) if state.status == "created" => HostState::Stopped,
+        (false, false) => HostState::Crashed {
+            how: format!(
+                "the container exited with code {} at {}{}",
+                state.exit_code,
+                state.finished_at,
+                if state.error.is_empty() { String::new() } else { format!(" ({})", state.error) }
+            ),
+            host_down: true,
+        },
+    })
 }
 
 /// Capability names by number, as the engines know them (Docker 20.10
@@ -492,8 +533,11 @@ impl Driver for Docker<'_> {
         out
     }
 
-    fn extra_sans(&self) -> Vec<String> {
-        Vec::new()
+    /// The node's address on the profile's network: where the other nodes
+    /// reach the apiserver.
+    fn extra_sans(&self, p: &Profile) -> Vec<String> {
+        let ip = node_ip(p);
+        if ip.is_unspecified() { Vec::new() } else { vec![ip.to_string()] }
     }
 
     fn vars(&self, launch: &Launch) -> Vars {
@@ -508,161 +552,51 @@ impl Driver for Docker<'_> {
         stage(p).join("data")
     }
 
+    /// The directories, and the profile's network: its node address is
+    /// fixed before the certificates are made (they name it).
     fn create(&self, p: &Profile) -> Result<()> {
         for dir in [p.run(), p.logs(), self.host_data(p)] {
             fskit::create_dir_mode(&dir, 0o700)?;
         }
+        ensure_network(&self.engine_for(p)?, p)?;
         Ok(())
     }
 
     fn start(&self, launch: &Launch) -> Result<Host> {
-        // The engine was checked by the start's prerequisites.
         let p = &launch.profile;
-        let eng = self.engine_for(p)?;
-        let info = eng.info()?;
-        if info.rootless && launch.run.needs_root {
-            return Err(DockerError::new(
-                DockerErrorKind::Unfit,
-                format!("{} cannot run {} as real root (needs-root)", info.name(), launch.run.program),
-            )
-            .into());
-        }
-        self.remember_engine(p, &eng, &info)?;
-        let blob = launch
-            .trees
-            .get(&ComponentName::Rootfs)
-            .ok_or_else(|| failed("the release has no base rootfs for the docker driver (drivers = [\"docker\"])"))?;
-        let t = std::time::Instant::now();
-        let (image, imported) = ensure_image(&eng, blob)?;
-        if imported {
-            self.ctx.progress.step(Step::NodeImage { image: image.clone() }, t.elapsed());
-        }
+        let (eng, info, image, blob) = self.prepare(launch)?;
         let net = ensure_network(&eng, p)?;
         let vars = self.vars(launch);
         let name = container_name(p);
-        let volume = volume_name(p);
-        let set = launch.settings;
-        let mut args: Vec<String> = vec![
-            "create".into(),
-            // Never a registry: a missing image is an error, not a pull.
-            "--pull".into(),
-            "never".into(),
-            "--name".into(),
-            name.clone(),
-            "--hostname".into(),
-            // A hostname has at most 63 characters (the node name may be longer).
-            vars.node.chars().take(63).collect::<String>().trim_end_matches('-').to_string(),
-            "--label".into(),
-            format!("{LABEL}.profile={}", p.name),
-            "--label".into(),
-            format!("{LABEL}.home={}", home_id(p)),
-            "--label".into(),
-            format!("{LABEL}.release={}", launch.release),
-            "--label".into(),
-            format!("{LABEL}.localkube={}", launch.program_sha256),
-            "--network".into(),
-            net.name.clone(),
-            "--ip".into(),
-            net.node.to_string(),
-            "--publish".into(),
-            format!("127.0.0.1:{}:{}", launch.port, guest::PORT),
-            "--mount".into(),
-            format!("type=volume,source={volume},target=/data"),
-            "--mount".into(),
-            bind_mount(&launch.component, &guest::path("component"), true),
-            "--mount".into(),
-            bind_mount(&p.pki(), &guest::path("pki"), true),
-            "--mount".into(),
-            bind_mount(&self.host_data(p), &guest::path("data"), true),
-            "--stop-signal".into(),
-            format!("SIG{:?}", launch.run.stop_signal).to_uppercase(),
-            "--stop-timeout".into(),
-            launch.run.stop_timeout_s.to_string(),
-            "--entrypoint".into(),
-            "/init".into(),
-            // A real PID 1 that passes the stop signal on and reaps.
-            "--init".into(),
-            // The container's log, capped like the native driver's.
-            "--log-driver".into(),
-            "json-file".into(),
-            "--log-opt".into(),
-            "max-size=16m".into(),
-            "--log-opt".into(),
-            "max-file=2".into(),
-        ];
-        args.extend(podman_limits(&eng, &info));
-        for (k, v) in &launch.run.env {
-            args.extend(["--env".into(), format!("{k}={}", v.render(&vars))]);
-        }
-        if let Some(c) = set.cpus {
-            args.extend(["--cpus".into(), c.to_string()]);
-        }
-        if let Some(m) = set.memory_mib {
-            args.extend(["--memory".into(), format!("{m}m")]);
-        }
-        // k3s runs containerd, cgroups and iptables of its own (as k3d and
-        // kind nodes do); a localkube that needs no root gets no privilege.
-        if launch.run.needs_root {
-            args.extend(privilege_args(&capability_bounding_set()));
-            args.extend(["--tmpfs".into(), "/run".into(), "--tmpfs".into(), "/var/run".into()]);
-        }
-        args.push(image);
-        args.push(guest::path(&format!("component/{}", launch.run.program)));
-        args.extend(launch.run.args.iter().map(|a| a.render(&vars)));
-        let want = Created { name: name.clone(), args: args.clone() };
-        let existing = inspect(&eng, p)?.is_some();
-        let same = read_state::<Created>(&created_path(p)).ok().flatten().is_some_and(|c| c == want);
-        if !existing || !same {
-            // The image the old container was made from goes with it when
-            // nothing else uses it (an upgrade to another rootfs).
-            let old_image = if existing { self.image_of(&eng, p).ok() } else { None };
-            if existing {
-                eng.docker(&["rm", "-f", &name], CALL)?;
-            }
-            fskit::remove_any(&created_path(p))?;
-            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            match eng.docker(&refs, CALL) {
-                // Another profile's delete took the image with its last
-                // container between our check and this create: import again.
-                Err(e) if e.is_docker(DockerErrorKind::NoSuchImage) => {
-                    ensure_image(&eng, blob)?;
-                    eng.docker(&refs, CALL)?;
-                }
-                other => {
-                    other?;
-                }
-            }
-            write_state(&created_path(p), &want)?;
-            if let Some(old) = old_image {
-                // Refused by the engine while any container uses it.
-                let _ = eng.docker(&["image", "rm", &old], CALL);
-            }
-        }
+        let spec = Spec {
+            name: &name,
+            hostname: &vars.node,
+            ip: net.node,
+            volume: &volume_name(p),
+            role: None,
+            publish: Some(format!("127.0.0.1:{}:{}", launch.port, guest::PORT)),
+            mounts: vec![
+                bind_mount(&p.pki(), &guest::path("pki"), true),
+                bind_mount(&self.host_data(p), &guest::path("data"), true),
+            ],
+            command: launch.run.args.iter().map(|a| a.render(&vars)).collect(),
+        };
+        let args = container_args(launch, &eng, &info, &image, &net.name, &spec);
+        self.ensure_container(&eng, &created_path(p), &name, &args, blob)?;
         fskit::remove_any(&stopped_path(p))?;
         eng.docker(&["start", &name], CALL)?;
-        let id = inspect(&eng, p)?.map(|i| i.id).unwrap_or_default();
+        let id = inspect(&eng, &name)?.map(|i| i.id).unwrap_or_default();
         Ok(Host { id: format!("container {name} ({id})"), pid: None, port: launch.port })
     }
 
     fn running(&self, p: &Profile) -> Result<bool> {
         let eng = self.engine_for(p)?;
-        Ok(inspect(&eng, p)?.is_some_and(|i| i.state.running))
+        Ok(inspect(&eng, &container_name(p))?.is_some_and(|i| i.state.running))
     }
 
     fn stop(&self, p: &Profile, how: Stop) -> Result<StopOutcome> {
         let eng = self.engine_for(p)?;
-        let Some(Inspected { state, .. }) = inspect(&eng, p)? else { return Ok(StopOutcome::WasNotRunning) };
-        // Recorded first: a stop cut short reads as "stopping", never "crashed".
-        fskit::write_atomic(&stopped_path(p), crate::state::now().as_bytes(), 0o600)?;
-        if !state.running {
-            return Ok(StopOutcome::WasNotRunning);
-        }
-        let secs = how.timeout.as_secs().to_string();
-        crate::killpoint::reached("container stop");
-        eng.docker(&["stop", "--time", &secs, &container_name(p)], how.timeout + CALL)?;
-        crate::killpoint::reached("container stopped");
-        let killed = inspect(&eng, p)?.is_some_and(|i| i.state.exit_code == 137);
-        Ok(if killed { StopOutcome::Killed } else { StopOutcome::Stopped })
+        stop_container(&eng, &container_name(p), &stopped_path(p), how)
     }
 
     fn adopt(&self, p: &Profile) -> Result<()> {
@@ -671,24 +605,7 @@ impl Driver for Docker<'_> {
 
     fn status(&self, p: &Profile) -> Result<HostState> {
         let eng = self.engine_for(p)?;
-        let Some(Inspected { state, id, port }) = inspect(&eng, p)? else { return Ok(HostState::Stopped) };
-        let asked = stopped_path(p).is_file();
-        let host = Host { id: format!("container {} ({id})", container_name(p)), pid: None, port };
-        Ok(match (state.running, asked) {
-            (true, true) => HostState::Stopping(host),
-            (true, false) => HostState::Running(host),
-            (false, true) => HostState::Stopped,
-            (false, false) if state.status == "created" => HostState::Stopped,
-            (false, false) => HostState::Crashed {
-                how: format!(
-                    "the container exited with code {} at {}{}",
-                    state.exit_code,
-                    state.finished_at,
-                    if state.error.is_empty() { String::new() } else { format!(" ({})", state.error) }
-                ),
-                host_down: true,
-            },
-        })
+        container_state(&eng, &container_name(p), &stopped_path(p))
     }
 
     fn delete(&self, p: &Profile) -> Result<()> {
@@ -698,6 +615,9 @@ impl Driver for Docker<'_> {
             Err(e) if !no_such_container(&e) => return Err(e),
             _ => {}
         }
+        // The agents' containers and volumes (found by label), before the
+        // network they are on.
+        agents::remove_all(&eng, p)?;
         // A throwaway a killed upgrade left holds the volume.
         volume::remove_throwaways(&eng, &container_name(p))?;
         if let Err(e) = eng.docker(&["volume", "rm", "-f", &volume_name(p)], CALL) {
@@ -743,13 +663,7 @@ impl Driver for Docker<'_> {
 
     fn log_tail(&self, p: &Profile, n: usize) -> Vec<String> {
         let Ok(eng) = self.engine_for(p) else { return Vec::new() };
-        match eng.run(&["logs", "--tail", &n.to_string(), &container_name(p)], None::<fn(_)>, None, CALL) {
-            Ok(ran) => {
-                let lines: Vec<String> = ran.stdout.lines().chain(ran.stderr.lines()).map(String::from).collect();
-                lines[lines.len().saturating_sub(n)..].to_vec()
-            }
-            Err(_) => Vec::new(),
-        }
+        tail_of(&eng, &container_name(p), n)
     }
 
     fn follow_log(&self, p: &Profile, out: &mut dyn Write) -> Result<()> {
@@ -804,17 +718,82 @@ impl Driver for Docker<'_> {
         let b = volume::Throwaways { owner: &container_name(p), image: &image, extra: &extra };
         volume::restore(&eng, &b, &volume_name(p), src)
     }
+
+    fn agents(&self) -> Option<&dyn super::Agents> {
+        Some(self)
+    }
 }
 
 impl Docker<'_> {
+    /// What every node's container needs before it is made: the profile's
+    /// engine (able to run the release), recorded, and the node image.
+    fn prepare<'l>(&self, launch: &'l Launch) -> Result<(Engine, Info, String, &'l PathBuf)> {
+        // The engine was checked by the start's prerequisites.
+        let p = &launch.profile;
+        let eng = self.engine_for(p)?;
+        let info = eng.info()?;
+        if info.rootless && launch.run.needs_root {
+            return Err(DockerError::new(
+                DockerErrorKind::Unfit,
+                format!("{} cannot run {} as real root (needs-root)", info.name(), launch.run.program),
+            )
+            .into());
+        }
+        self.remember_engine(p, &eng, &info)?;
+        let blob = launch
+            .trees
+            .get(&ComponentName::Rootfs)
+            .ok_or_else(|| failed("the release has no base rootfs for the docker driver (drivers = [\"docker\"])"))?;
+        let t = std::time::Instant::now();
+        let (image, imported) = ensure_image(&eng, blob)?;
+        if imported {
+            self.ctx.progress.step(Step::NodeImage { image: image.clone() }, t.elapsed());
+        }
+        Ok((eng, info, image, blob))
+    }
+
+    /// Makes the container `name` with `args` unless the one there was made
+    /// with the same (`created` records what it was made with).
+    fn ensure_container(&self, eng: &Engine, created: &Path, name: &str, args: &[String], blob: &Path) -> Result<()> {
+        let want = Created { name: name.to_string(), args: args.to_vec() };
+        let existing = inspect(eng, name)?.is_some();
+        let same = read_state::<Created>(created).ok().flatten().is_some_and(|c| c == want);
+        if existing && same {
+            return Ok(());
+        }
+        // The image the old container was made from goes with it when
+        // nothing else uses it (an upgrade to another rootfs).
+        let old_image = if existing { image_of_container(eng, name).ok() } else { None };
+        if existing {
+            eng.docker(&["rm", "-f", name], CALL)?;
+        }
+        fskit::remove_any(created)?;
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        match eng.docker(&refs, CALL) {
+            // Another profile's delete took the image with its last
+            // container between our check and this create: import again.
+            Err(e) if e.is_docker(DockerErrorKind::NoSuchImage) => {
+                ensure_image(eng, blob)?;
+                eng.docker(&refs, CALL)?;
+            }
+            other => {
+                other?;
+            }
+        }
+        write_state(created, &want)?;
+        if let Some(old) = old_image {
+            // Refused by the engine while any container uses it.
+            let _ = eng.docker(&["image", "rm", &old], CALL);
+        }
+        Ok(())
+    }
+
     /// The image the profile's container was made from: by id from the
     /// engine (the record may be damaged or never written, and the tag may
     /// have moved to a later import of the same rootfs), else the recorded tag.
     fn image_of(&self, eng: &Engine, p: &Profile) -> Result<String> {
-        if let Ok(out) = eng.docker(&["container", "inspect", "--format", "{{.Image}}", &container_name(p)], CALL)
-            && out.trim().starts_with("sha256:")
-        {
-            return Ok(out.trim().to_string());
+        if let Ok(image) = image_of_container(eng, &container_name(p)) {
+            return Ok(image);
         }
         read_state::<Created>(&created_path(p))
             .ok()
@@ -822,6 +801,119 @@ impl Docker<'_> {
             .and_then(|c| c.args.into_iter().find(|a| a.starts_with("kubestrap-rootfs:")))
             .ok_or_else(|| failed(format!("profile {:?} has no container image recorded", p.name)))
     }
+}
+
+/// The last `n` lines a container logged.
+fn tail_of(eng: &Engine, name: &str, n: usize) -> Vec<String> {
+    match eng.run(&["logs", "--tail", &n.to_string(), name], None::<fn(_)>, None, CALL) {
+        Ok(ran) => {
+            let lines: Vec<String> = ran.stdout.lines().chain(ran.stderr.lines()).map(String::from).collect();
+            lines[lines.len().saturating_sub(n)..].to_vec()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The image id a container was made from.
+fn image_of_container(eng: &Engine, name: &str) -> Result<String> {
+    let out = eng.docker(&["container", "inspect", "--format", "{{.Image}}", name], CALL)?;
+    let id = out.trim();
+    if id.starts_with("sha256:") { Ok(id.to_string()) } else { Err(failed(format!("{name}: no image id ({id:?})"))) }
+}
+
+/// One node's container, beyond what every node's has.
+struct Spec<'s> {
+    name: &'s str,
+    hostname: &'s str,
+    ip: Ipv4Addr,
+    volume: &'s str,
+    /// An agent's node name (label `dev.kubestrap.node`); the server has none.
+    role: Option<&'s str>,
+    /// The apiserver's port on 127.0.0.1 (the server only).
+    publish: Option<String>,
+    /// Bind mounts besides the component.
+    mounts: Vec<String>,
+    /// localkube's arguments.
+    command: Vec<String>,
+}
+
+/// `docker create` for one node of `launch`'s release.
+fn container_args(launch: &Launch, eng: &Engine, info: &Info, image: &str, network: &str, spec: &Spec) -> Vec<String> {
+    let p = &launch.profile;
+    let mut args: Vec<String> = vec![
+        "create".into(),
+        // Never a registry: a missing image is an error, not a pull.
+        "--pull".into(),
+        "never".into(),
+        "--name".into(),
+        spec.name.to_string(),
+        "--hostname".into(),
+        // A hostname has at most 63 characters (the node name may be longer).
+        spec.hostname.chars().take(63).collect::<String>().trim_end_matches('-').to_string(),
+        "--label".into(),
+        format!("{LABEL}.profile={}", p.name),
+        "--label".into(),
+        format!("{LABEL}.home={}", home_id(p)),
+        "--label".into(),
+        format!("{LABEL}.release={}", launch.release),
+        "--label".into(),
+        format!("{LABEL}.localkube={}", launch.program_sha256),
+    ];
+    if let Some(node) = spec.role {
+        args.extend(["--label".into(), format!("{LABEL}.node={node}")]);
+    }
+    args.extend(["--network".into(), network.to_string(), "--ip".into(), spec.ip.to_string()]);
+    if let Some(publish) = &spec.publish {
+        args.extend(["--publish".into(), publish.clone()]);
+    }
+    args.extend([
+        "--mount".into(),
+        format!("type=volume,source={},target=/data", spec.volume),
+        "--mount".into(),
+        bind_mount(&launch.component, &guest::path("component"), true),
+    ]);
+    for m in &spec.mounts {
+        args.extend(["--mount".into(), m.clone()]);
+    }
+    args.extend([
+        "--stop-signal".into(),
+        format!("SIG{:?}", launch.run.stop_signal).to_uppercase(),
+        "--stop-timeout".into(),
+        launch.run.stop_timeout_s.to_string(),
+        "--entrypoint".into(),
+        "/init".into(),
+        // A real PID 1 that passes the stop signal on and reaps.
+        "--init".into(),
+        // The container's log, capped like the native driver's.
+        "--log-driver".into(),
+        "json-file".into(),
+        "--log-opt".into(),
+        "max-size=16m".into(),
+        "--log-opt".into(),
+        "max-file=2".into(),
+    ]);
+    args.extend(podman_limits(eng, info));
+    let vars = guest::vars(launch, spec.ip);
+    for (k, v) in &launch.run.env {
+        args.extend(["--env".into(), format!("{k}={}", v.render(&vars))]);
+    }
+    let set = launch.settings;
+    if let Some(c) = set.cpus {
+        args.extend(["--cpus".into(), c.to_string()]);
+    }
+    if let Some(m) = set.memory_mib {
+        args.extend(["--memory".into(), format!("{m}m")]);
+    }
+    // k3s runs containerd, cgroups and iptables of its own (as k3d and
+    // kind nodes do); a localkube that needs no root gets no privilege.
+    if launch.run.needs_root {
+        args.extend(privilege_args(&capability_bounding_set()));
+        args.extend(["--tmpfs".into(), "/run".into(), "--tmpfs".into(), "/var/run".into()]);
+    }
+    args.push(image.to_string());
+    args.push(guest::path(&format!("component/{}", launch.run.program)));
+    args.extend(spec.command.iter().cloned());
+    args
 }
 
 #[cfg(test)]

@@ -54,7 +54,7 @@ impl Driver for Native<'_> {
         out
     }
 
-    fn extra_sans(&self) -> Vec<String> {
+    fn extra_sans(&self, _p: &Profile) -> Vec<String> {
         Vec::new()
     }
 

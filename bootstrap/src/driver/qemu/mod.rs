@@ -411,7 +411,7 @@ impl Driver for Qemu<'_> {
         checks(&host_caps(self.ctx.home).0, Some(manifest), self.ctx.settings)
     }
 
-    fn extra_sans(&self) -> Vec<String> {
+    fn extra_sans(&self, _p: &Profile) -> Vec<String> {
         vec![cmdline::GUEST_IP.to_string()]
     }
 

@@ -45,6 +45,8 @@ pub struct ManifestSpec {
     pub vm: Option<VmArtifacts>,
     /// The docker driver's base rootfs (path URL; drivers = docker).
     pub rootfs: Option<Artifact>,
+    /// `run.agent`: (args, ready-timeout-s); none: one node.
+    pub agent: Option<(Vec<String>, u64)>,
 }
 
 /// The stand-in's command line (see ci/standin).
@@ -105,7 +107,31 @@ impl ManifestSpec {
             images: None,
             vm: None,
             rootfs: None,
+            agent: None,
         }
+    }
+
+    /// A release that runs several nodes: the stand-in server names its own
+    /// node and takes the join token, and agents join it (`agent` mode),
+    /// marked NotReady 3 s after their heartbeats stop.
+    pub fn multi_node(&mut self) {
+        self.args.extend(
+            [
+                "--node-name={node}",
+                "--token-file={token}",
+                "--kube-controller-manager-arg=node-monitor-grace-period=3s",
+            ]
+            .map(String::from),
+        );
+        let agent = [
+            "agent",
+            "--server=https://{server}:{port}",
+            "--token-file={token}",
+            "--node-name={node}",
+            "--node-ip={node-ip}",
+            "--data-dir={data}",
+        ];
+        self.agent = Some((agent.map(String::from).to_vec(), 30));
     }
 
     /// Takes a run section as written in a file (k3s's, say), keeping this
@@ -163,6 +189,10 @@ impl ManifestSpec {
             images_dir: self.images_dir.as_ref().map(|d| d.parse().unwrap()),
             needs_root: self.needs_root,
             env: self.env.iter().map(|(k, v)| (k.clone(), v.parse().unwrap())).collect(),
+            agent: self.agent.as_ref().map(|(args, secs)| kubestrap_manifest::Agent {
+                args: args.iter().map(|a| a.parse().unwrap()).collect(),
+                ready_timeout_s: *secs,
+            }),
         };
         let images = self.images.as_ref().map(|(urls, a, name)| Component {
             version: self.localkube_version.clone(),

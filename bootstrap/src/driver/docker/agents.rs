@@ -1,0 +1,148 @@
+//! Agent nodes: one container each, of the same node image, on the
+//! profile's network at a fixed address (the gateway + the node's index:
+//! the server is index 1), reaching the server by its address there. Only
+//! the server's API is published on this machine. Each agent's data is a
+//! volume of its own, labelled with the profile and home (so `delete` finds
+//! every one, even with a damaged config); the join token is the only file
+//! of the PKI an agent is given.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use kubestrap_fskit as fskit;
+use kubestrap_manifest::{Agent, Vars};
+
+use super::{
+    CALL, Docker, Engine, LABEL, Spec, bind_mount, container_args, container_name, container_state, ensure_network,
+    guest, home_id, no_such_container, stop_container,
+};
+use crate::driver::{AgentNode, Agents, Host, HostState, Launch, Result, Stop, StopOutcome};
+use crate::profile::Profile;
+
+fn agent_container(p: &Profile, node: &AgentNode) -> String {
+    format!("{}-{}", container_name(p), node.short())
+}
+
+fn agent_volume(p: &Profile, node: &AgentNode) -> String {
+    format!("{}-data", agent_container(p, node))
+}
+
+fn agent_dir(p: &Profile) -> PathBuf {
+    p.dir.join("container/agents")
+}
+
+fn agent_stopped(p: &Profile, node: &AgentNode) -> PathBuf {
+    agent_dir(p).join(format!("{}.stopped", node.short()))
+}
+
+fn agent_created(p: &Profile, node: &AgentNode) -> PathBuf {
+    agent_dir(p).join(format!("{}.toml", node.short()))
+}
+
+/// The agent's address: the gateway + its index.
+fn address(gateway: Ipv4Addr, node: &AgentNode) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(gateway) + u32::from(node.index))
+}
+
+/// localkube's template values in an agent's container.
+fn agent_vars(launch: &Launch, ip: Ipv4Addr, server: Ipv4Addr, node: &AgentNode) -> Vars {
+    Vars {
+        node: node.node_name(&launch.profile.name),
+        server: server.to_string(),
+        port: guest::PORT,
+        ..guest::vars(launch, ip)
+    }
+}
+
+/// The volumes and containers of a profile's agents on its engine, by label.
+pub(super) fn remove_all(eng: &Engine, p: &Profile) -> Result<()> {
+    let filters = [format!("label={LABEL}.profile={}", p.name), format!("label={LABEL}.home={}", home_id(p))];
+    let mut ps = vec!["ps", "-a", "-q"];
+    let mut vols = vec!["volume", "ls", "-q"];
+    for f in &filters {
+        ps.extend(["--filter", f.as_str()]);
+        vols.extend(["--filter", f.as_str()]);
+    }
+    ps.extend(["--filter", "label=dev.kubestrap.node"]);
+    for id in eng.docker(&ps, CALL)?.split_whitespace() {
+        match eng.docker(&["rm", "-f", id], CALL) {
+            Err(e) if !no_such_container(&e) => return Err(e),
+            _ => {}
+        }
+    }
+    for v in eng.docker(&vols, CALL)?.split_whitespace() {
+        eng.docker(&["volume", "rm", "-f", v], CALL)?;
+    }
+    fskit::remove_any(&agent_dir(p))?;
+    Ok(())
+}
+
+impl Agents for Docker<'_> {
+    fn start_agent(&self, launch: &Launch, agent: &Agent, node: &AgentNode) -> Result<Host> {
+        let p = &launch.profile;
+        let (eng, info, image, blob) = self.prepare(launch)?;
+        let net = ensure_network(&eng, p)?;
+        let ip = address(net.gateway, node);
+        let vars = agent_vars(launch, ip, net.node, node);
+        let name = agent_container(p, node);
+        let volume = agent_volume(p, node);
+        let node_name = node.node_name(&p.name);
+        // Labelled, so that `delete` finds it whatever the config says.
+        let labels = [
+            format!("{LABEL}.profile={}", p.name),
+            format!("{LABEL}.home={}", home_id(p)),
+            format!("{LABEL}.node={node_name}"),
+        ];
+        if eng.docker(&["volume", "inspect", "--format", "{{.Name}}", &volume], CALL).is_err() {
+            let mut create = vec!["volume", "create"];
+            create.extend(labels.iter().flat_map(|l| ["--label", l.as_str()]));
+            create.push(&volume);
+            eng.docker(&create, CALL)?;
+        }
+        let spec = Spec {
+            name: &name,
+            hostname: &node_name,
+            ip,
+            volume: &volume,
+            role: Some(&node_name),
+            publish: None,
+            mounts: vec![bind_mount(&p.join_dir(), &guest::path("pki/join"), true)],
+            command: agent.args.iter().map(|a| a.render(&vars)).collect(),
+        };
+        let args = container_args(launch, &eng, &info, &image, &net.name, &spec);
+        fskit::create_dir_mode(&agent_dir(p), 0o700)?;
+        self.ensure_container(&eng, &agent_created(p, node), &name, &args, blob)?;
+        fskit::remove_any(&agent_stopped(p, node))?;
+        eng.docker(&["start", &name], CALL)?;
+        let id = super::inspect(&eng, &name)?.map(|i| i.id).unwrap_or_default();
+        Ok(Host { id: format!("container {name} ({id})"), pid: None, port: 0 })
+    }
+
+    fn agent_status(&self, p: &Profile, node: &AgentNode) -> Result<HostState> {
+        let eng = self.engine_for(p)?;
+        container_state(&eng, &agent_container(p, node), &agent_stopped(p, node))
+    }
+
+    fn stop_agent(&self, p: &Profile, node: &AgentNode, how: Stop) -> Result<StopOutcome> {
+        let eng = self.engine_for(p)?;
+        fskit::create_dir_mode(&agent_dir(p), 0o700)?;
+        stop_container(&eng, &agent_container(p, node), &agent_stopped(p, node), how)
+    }
+
+    fn delete_agent(&self, p: &Profile, node: &AgentNode) -> Result<()> {
+        let eng = self.engine_for(p)?;
+        match eng.docker(&["rm", "-f", &agent_container(p, node)], CALL) {
+            Err(e) if !no_such_container(&e) => return Err(e),
+            _ => {}
+        }
+        eng.docker(&["volume", "rm", "-f", &agent_volume(p, node)], CALL)?;
+        fskit::remove_any(&agent_created(p, node))?;
+        fskit::remove_any(&agent_stopped(p, node))?;
+        Ok(())
+    }
+
+    fn agent_log_tail(&self, p: &Profile, node: &AgentNode, n: usize) -> Vec<String> {
+        let Ok(eng) = self.engine_for(p) else { return Vec::new() };
+        super::tail_of(&eng, &agent_container(p, node), n)
+    }
+}

@@ -1,0 +1,190 @@
+//! Clusters of more than one node on the docker driver, against the real
+//! engine: the stand-in server and agents that join it with the join token
+//! (`ci/standin` agent mode), seen through the real kubectl's `get nodes`.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::*;
+
+fn docker(args: &[&str]) -> (bool, String) {
+    let out = Command::new("docker").args(args).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn multi_node() -> Cluster {
+    let rootfs = docker_rootfs();
+    Cluster::with(|s| {
+        s.localkube_drivers = vec!["native".into(), "docker".into()];
+        s.rootfs = Some(rootfs);
+        s.multi_node();
+    })
+}
+
+/// Node name → Ready status ("True", "Unknown"…), as kubectl reads them.
+fn kubectl_nodes(c: &Cluster, context: &str) -> Vec<(String, String)> {
+    let out = c.kubectl_ok(&KUBECTL, &["--context", context, "get", "nodes", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut nodes: Vec<(String, String)> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let ready = n["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                .map_or("none".into(), |c| c["status"].as_str().unwrap().to_string());
+            (n["metadata"]["name"].as_str().unwrap().to_string(), ready)
+        })
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+/// The containers of this test's home (by the home label).
+fn containers(c: &Cluster) -> Vec<String> {
+    let filter = format!("label=dev.kubestrap.home={}", c.env.home_id());
+    let out = docker(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"]).1;
+    let mut v: Vec<String> = out.lines().map(String::from).collect();
+    v.sort();
+    v
+}
+
+fn volumes(c: &Cluster) -> String {
+    docker(&["volume", "ls", "--format", "{{.Name}}"]).1.lines().filter(|l| l.contains(&c.env.home_id())).collect()
+}
+
+#[test]
+fn a_docker_cluster_of_three_nodes_grows_loses_a_node_repairs_it_shrinks_and_is_deleted_whole() {
+    if !need("docker", docker_engine) {
+        return;
+    }
+    let c = multi_node();
+    let ctx = "kubestrap-mn";
+    let port = free_port().to_string();
+    let out =
+        c.env.ok(&["start", "-p", "mn", "--manifest", c.m(), "--driver", "docker", "--nodes", "3", "--port", &port]);
+    assert!(out.contains("node ready") && out.contains("kubestrap-mn-m03"), "{out}");
+    let all_ready = |names: &[&str]| names.iter().map(|n| (n.to_string(), "True".to_string())).collect::<Vec<_>>();
+    assert_eq!(kubectl_nodes(&c, ctx), all_ready(&["kubestrap-mn", "kubestrap-mn-m02", "kubestrap-mn-m03"]));
+    // kubectl's own table says Ready, with the server's role.
+    let table = c.kubectl_ok(&KUBECTL, &["--context", ctx, "get", "nodes"]);
+    assert!(table.contains("kubestrap-mn-m02   Ready") && table.contains("control-plane"), "{table}");
+    let (code, st) = c.status("mn");
+    assert_eq!(code, 0, "{st}");
+    assert_eq!(st["nodes"].as_array().unwrap().len(), 3, "{st}");
+    // One container per node, only the server's port published, on 127.0.0.1.
+    let names = containers(&c);
+    assert_eq!(names.len(), 3, "{names:?}");
+    for n in &names {
+        let ports = docker(&["inspect", "--format", "{{json .HostConfig.PortBindings}}", n]).1;
+        if n.ends_with("-m02") || n.ends_with("-m03") {
+            assert!(ports.trim() == "{}" || ports.trim() == "null", "{n}: {ports}");
+        } else {
+            assert!(ports.contains("127.0.0.1") && ports.contains(&port), "{n}: {ports}");
+        }
+    }
+    c.kubectl_ok(&KUBECTL, &["--context", ctx, "create", "configmap", "kept", "--from-literal=k=v"]);
+
+    // node add → 4, listed by `node list -o json`.
+    let out = c.env.ok(&["node", "add", "-p", "mn"]);
+    assert!(out.contains("kubestrap-mn-m04"), "{out}");
+    let list = json_lines(&c.env.ok(&["node", "list", "-p", "mn", "-o", "json"])).pop().unwrap();
+    let listed: Vec<(&str, &str, &str)> = list["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].as_str().unwrap(), n["host"].as_str().unwrap(), n["ready"].as_str().unwrap()))
+        .collect();
+    assert_eq!(listed.len(), 4, "{list}");
+    assert!(listed.iter().all(|(_, h, r)| *h == "Running" && *r == "Ready"), "{list}");
+
+    // An agent killed behind kubestrap's back: Crashed in status, NotReady in kubectl.
+    let m03 = names.iter().find(|n| n.ends_with("-m03")).unwrap().clone();
+    assert!(docker(&["kill", &m03]).0);
+    let (code, st) = c.status("mn");
+    assert_eq!(code & 8, 8, "an agent down sets bit 8: {st}");
+    let node = st["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "kubestrap-mn-m03").unwrap().clone();
+    assert_eq!(node["host"], "Crashed", "{st}");
+    let not_ready = wait_until(Duration::from_secs(20), || {
+        kubectl_nodes(&c, ctx).iter().any(|(n, r)| n == "kubestrap-mn-m03" && r == "Unknown")
+    });
+    assert!(not_ready, "kubectl sees the node NotReady: {:?}", kubectl_nodes(&c, ctx));
+    let table = c.kubectl_ok(&KUBECTL, &["--context", ctx, "get", "node", "kubestrap-mn-m03"]);
+    assert!(table.contains("NotReady"), "{table}");
+    // start repairs it: every node Ready again.
+    let out = c.env.run(&["start", "-p", "mn"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("m03 of profile \"mn\" are not running; starting them again"),
+        "{err}"
+    );
+    assert_eq!(
+        kubectl_nodes(&c, ctx),
+        all_ready(&["kubestrap-mn", "kubestrap-mn-m02", "kubestrap-mn-m03", "kubestrap-mn-m04"])
+    );
+
+    // node delete: drained by the pinned kubectl, then its container, volume and node object gone.
+    let out = c.env.ok(&["node", "delete", "-p", "mn", "m02"]);
+    assert!(out.contains("drained first"), "{out}");
+    assert_eq!(kubectl_nodes(&c, ctx), all_ready(&["kubestrap-mn", "kubestrap-mn-m03", "kubestrap-mn-m04"]));
+    assert!(!containers(&c).iter().any(|n| n.ends_with("-m02")), "{:?}", containers(&c));
+    assert!(!volumes(&c).contains("-m02-data"), "{}", volumes(&c));
+    // The server is not an agent, and an unknown node is said.
+    let err = c.env.fail(&["node", "delete", "-p", "mn", "kubestrap-mn"], 2);
+    assert!(err.contains("no agent node") && err.contains("m03"), "{err}");
+
+    // stop → start keeps every node and the configmap.
+    c.env.ok(&["stop", "-p", "mn"]);
+    let stopped = containers(&c)
+        .iter()
+        .map(|n| docker(&["inspect", "--format", "{{.State.Status}}", n]).1.trim().to_string())
+        .collect::<Vec<_>>();
+    assert_eq!(stopped, ["exited", "exited", "exited"], "every node is stopped");
+    c.env.ok(&["start", "-p", "mn"]);
+    assert_eq!(kubectl_nodes(&c, ctx), all_ready(&["kubestrap-mn", "kubestrap-mn-m03", "kubestrap-mn-m04"]));
+    let kept = c.kubectl_ok(&KUBECTL, &["--context", ctx, "get", "configmap", "kept", "-o", "jsonpath={.data.k}"]);
+    assert_eq!(kept, "v");
+
+    // delete: no container, network or volume of ours.
+    c.env.ok(&["delete", "-p", "mn"]);
+    assert!(containers(&c).is_empty(), "{:?}", containers(&c));
+    assert!(volumes(&c).is_empty(), "{}", volumes(&c));
+    let nets = docker(&["network", "ls", "--format", "{{.Name}}"]).1;
+    assert!(!nets.contains(&format!("kubestrap-mn-{}", c.env.home_id())), "{nets}");
+}
+
+#[test]
+fn more_nodes_than_one_are_refused_where_the_driver_or_release_cannot_run_them() {
+    if !need("docker", docker_engine) {
+        return;
+    }
+    // The native driver: its host is this machine.
+    let c = multi_node();
+    let err = c.env.fail(&["start", "-p", "nat", "--manifest", c.m(), "--driver", "native", "--nodes", "2"], 44);
+    assert!(err.contains("cannot have 2 nodes") && err.contains("native driver runs one node"), "{err}");
+    assert!(!c.env.path().join("profiles/nat/config.toml").exists(), "nothing was made");
+    // A release without run.agent runs one node.
+    let rootfs = docker_rootfs();
+    let one = Cluster::with(|s| {
+        s.localkube_drivers = vec!["docker".into()];
+        s.rootfs = Some(rootfs);
+    });
+    let err = one.env.fail(&["start", "-p", "one", "--manifest", one.m(), "--driver", "docker", "--nodes", "2"], 44);
+    assert!(err.contains("has no agent command line"), "{err}");
+    // Started with one node, it stays one (and `node add` says why not).
+    one.env.ok(&[
+        "start",
+        "-p",
+        "one",
+        "--manifest",
+        one.m(),
+        "--driver",
+        "docker",
+        "--port",
+        &free_port().to_string(),
+    ]);
+    let err = one.env.fail(&["node", "add", "-p", "one"], 44);
+    assert!(err.contains("has no agent command line"), "{err}");
+    one.env.ok(&["delete", "-p", "one"]);
+}
