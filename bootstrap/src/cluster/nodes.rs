@@ -220,6 +220,15 @@ pub fn stop_all(drv: &dyn Driver, p: &Profile, nodes: &[AgentNode], how: Stop) -
     Ok(())
 }
 
+/// Stops the whole cluster: its agents (as the config names them), then
+/// the server.
+pub fn stop_cluster(drv: &dyn Driver, p: &Profile, how: Stop) -> Result<crate::driver::StopOutcome> {
+    if let Ok(cfg) = p.load() {
+        stop_all(drv, p, &agents_of(p, &cfg), how)?;
+    }
+    Ok(drv.stop(p, how)?)
+}
+
 /// One node as `status` and `node list` show it.
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeStatus {

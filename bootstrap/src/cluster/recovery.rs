@@ -29,7 +29,7 @@ pub(super) fn roll_back(
     let old = channel::load_stored(home, &j.old, Stored::RUNNING)?;
     let stop = channel::peek(&j.new)
         .map_or(Stop::of(&old.manifest.component.localkube.run), |m| Stop::of(&m.component.localkube.run));
-    drv.stop(p, stop)?;
+    super::nodes::stop_cluster(drv, p, stop)?;
     let mut cfg = p.load()?;
     cfg.manifest = j.old.clone();
     cfg.previous = j.previous.clone();

@@ -49,10 +49,7 @@ fn stop_with(s: &Session, drv: &dyn Driver, suspend: bool) -> Result<StopOutcome
     how.suspend = suspend;
     crate::killpoint::reached("stop");
     // The agents first, so none is left reconnecting to a server that is gone.
-    if let Some(cfg) = &cfg {
-        super::nodes::stop_all(drv, &s.profile, &super::nodes::agents_of(&s.profile, cfg), how)?;
-    }
-    Ok(drv.stop(&s.profile, how)?)
+    super::nodes::stop_cluster(drv, &s.profile, how)
 }
 
 /// Deletes profiles (stopping them first) and only our kubeconfig entries.

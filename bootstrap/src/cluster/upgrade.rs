@@ -351,7 +351,9 @@ fn run(s: &Session, drv: &dyn Driver, swap: Swap) -> Result<Outcome> {
     j.enter(p, Phase::Fetched)?;
 
     let t = Instant::now();
-    drv.stop(p, Stop::of(&from.manifest.component.localkube.run))?;
+    // The whole cluster: agents first, then the server (whose datastore is
+    // the cluster's state, snapshotted next).
+    super::nodes::stop_cluster(drv, p, Stop::of(&from.manifest.component.localkube.run))?;
     j.enter(p, Phase::Stopped)?;
     let reason = match kind {
         Kind::Upgrade => format!("before the upgrade to {}", to.manifest.id()),

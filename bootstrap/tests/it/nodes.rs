@@ -188,3 +188,74 @@ fn more_nodes_than_one_are_refused_where_the_driver_or_release_cannot_run_them()
     assert!(err.contains("has no agent command line"), "{err}");
     one.env.ok(&["delete", "-p", "one"]);
 }
+
+/// Each node's kubelet version, as kubectl reads them.
+fn kubelet_versions(c: &Cluster, context: &str) -> Vec<String> {
+    let out = c.kubectl_ok(
+        &KUBECTL,
+        &[
+            "--context",
+            context,
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={range .items[*]}{.status.nodeInfo.kubeletVersion} {end}",
+        ],
+    );
+    out.split_whitespace().map(String::from).collect()
+}
+
+#[test]
+fn a_three_node_upgrade_moves_every_node_and_agents_that_never_get_ready_roll_the_cluster_back() {
+    if !need("docker", docker_engine) {
+        return;
+    }
+    let env = Env::new();
+    let rootfs = docker_rootfs();
+    let docker_multi = |s: &mut ManifestSpec| {
+        s.localkube_drivers = vec!["docker".into()];
+        s.rootfs = Some(rootfs.clone());
+        s.multi_node();
+    };
+    let m32 = crate::upgrade::release(&env, 32, 1, docker_multi);
+    // A candidate whose agents never join (the server's port is wrong).
+    let bad = crate::upgrade::release(&env, 33, 2, |s| {
+        docker_multi(s);
+        s.agent.as_mut().unwrap().0[1] = "--server=https://{server}:1".into();
+        s.agent.as_mut().unwrap().1 = 5;
+    });
+    let good = crate::upgrade::release(&env, 33, 3, docker_multi);
+    let c = Cluster { env, manifest: m32 };
+    let port = free_port().to_string();
+    c.env.ok(&["start", "-p", "up", "--manifest", c.m(), "--nodes", "3", "--port", &port]);
+    let ctx = "kubestrap-up";
+    c.kubectl_ok(&KUBECTL, &["--context", ctx, "create", "configmap", "before", "--from-literal=k=v"]);
+    let labels = |c: &Cluster| {
+        containers(c)
+            .iter()
+            .map(|n| docker(&["inspect", "--format", "{{index .Config.Labels \"dev.kubestrap.release\"}}", n]).1)
+            .map(|l| l.trim().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(labels(&c), ["test-1", "test-1", "test-1"]);
+
+    // The candidate's agents never get Ready: the whole cluster goes back.
+    let err = c.env.fail(&["upgrade", "-p", "up", "--manifest", bad.to_str().unwrap()], 52);
+    assert!(err.contains("rolled back") && err.contains("m02"), "{err}");
+    assert_eq!(labels(&c), ["test-1", "test-1", "test-1"], "every node runs the old release again");
+    assert_eq!(kubelet_versions(&c, ctx), ["v1.32.4+standin"; 3]);
+    let nodes = kubectl_nodes(&c, ctx);
+    assert!(nodes.iter().all(|(_, r)| r == "True") && nodes.len() == 3, "{nodes:?}");
+
+    // The good one: the server first, then each agent, each Ready before the next.
+    let out = c.env.ok(&["upgrade", "-p", "up", "--manifest", good.to_str().unwrap()]);
+    let at = |s: &str| out.find(s).unwrap_or_else(|| panic!("{s} in {out}"));
+    assert!(at("apiserver ready") < at("node started: kubestrap-up-m02"), "{out}");
+    assert!(at("node ready: kubestrap-up-m02") < at("node started: kubestrap-up-m03"), "one at a time: {out}");
+    assert_eq!(labels(&c), ["test-3", "test-3", "test-3"]);
+    assert_eq!(kubelet_versions(&c, ctx), ["v1.33.4+standin"; 3]);
+    let kept = c.kubectl_ok(&KUBECTL, &["--context", ctx, "get", "configmap", "before", "-o", "jsonpath={.data.k}"]);
+    assert_eq!(kept, "v");
+    c.env.ok(&["delete", "-p", "up"]);
+    assert!(containers(&c).is_empty(), "{:?}", containers(&c));
+}

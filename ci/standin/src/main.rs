@@ -214,12 +214,21 @@ async fn run(args: ServerArgs) -> Result<()> {
         .unwrap_or(nodes::DEFAULT_GRACE);
     let mut store = store::Store::load(&args.data_dir)?;
     // The server is a node too (k3s runs an agent in its server).
-    if let Some(name) = &args.node_name
-        && store.state.get(store::Res::Nodes, "", name).is_none()
-    {
-        let addr = args.node_ip.map(|a| a.to_string());
-        let version = git_version.split('+').next().unwrap_or(&git_version).to_string();
-        store.state.insert(store::Res::Nodes, nodes::node_object(name, addr.as_deref(), &version, true));
+    // Registered once; its version follows the binary (a kubelet reports
+    // its own at each start).
+    if let Some(name) = &args.node_name {
+        let key = store::key(store::Res::Nodes, "", name);
+        match store.state.map_mut(store::Res::Nodes).get_mut(&key) {
+            Some(n) => {
+                for f in ["kubeletVersion", "kubeProxyVersion"] {
+                    n["status"]["nodeInfo"][f] = serde_json::json!(git_version);
+                }
+            }
+            None => {
+                let addr = args.node_ip.map(|a| a.to_string());
+                store.state.insert(store::Res::Nodes, nodes::node_object(name, addr.as_deref(), &git_version, true));
+            }
+        }
         store.save()?;
     }
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
