@@ -109,6 +109,25 @@ pub struct Config {
     /// `agents.len() + 1` nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub agents: Vec<String>,
+    /// `start --listen`: the apiserver is also reached at this address of
+    /// this machine, where other machines join the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<Ipv4Addr>,
+    /// This profile is a node of another machine's cluster (`node join`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<Joined>,
+}
+
+/// The cluster a joined profile's node belongs to.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Joined {
+    /// The server's URL, `https://HOST:PORT`.
+    pub server: String,
+    /// The sha256 of the server's CA certificate, checked before joining.
+    pub ca_sha256: String,
+    /// This node's name in that cluster.
+    pub node: String,
 }
 
 impl Config {
@@ -171,6 +190,10 @@ impl Profile {
     }
     pub fn join_token(&self) -> PathBuf {
         self.join_dir().join("token")
+    }
+    /// The join token kept in the profile.
+    pub fn load_join_token(&self) -> Result<String, FsError> {
+        fskit::read_capped_text(&self.join_token(), 4096)
     }
     pub fn data(&self) -> PathBuf {
         self.dir.join("data")

@@ -99,6 +99,9 @@ pub enum Step {
     /// An agent node's host was started (it joins the server).
     #[serde(rename = "node started")]
     NodeStarted { node: String, host: String },
+    /// The server a node joins: its CA matches the join line, and it took the token.
+    #[serde(rename = "server checked")]
+    ServerChecked { server: String, ca_sha256: String },
     /// A node reports Ready through the server's API.
     #[serde(rename = "node ready")]
     NodeReady { node: String },
@@ -130,6 +133,7 @@ impl Step {
             Step::NodeImage { .. } => "node image imported",
             Step::NodeStarted { .. } => "node started",
             Step::NodeReady { .. } => "node ready",
+            Step::ServerChecked { .. } => "server checked",
             Step::NodeRemoved { .. } => "node removed",
             Step::AccelFallback { .. } => "accelerator fallback",
         }
@@ -180,6 +184,9 @@ impl Step {
             Step::NodeImage { image } => image.clone(),
             Step::NodeStarted { node, host } => format!("{node} ({host})"),
             Step::NodeReady { node } => node.clone(),
+            Step::ServerChecked { server, ca_sha256 } => {
+                format!("{server}: CA sha256 {}…, token accepted", &ca_sha256[..12.min(ca_sha256.len())])
+            }
             Step::NodeRemoved { node, drained } => {
                 format!("{node}{}", if *drained { " (drained first)" } else { " (not drained: --force)" })
             }

@@ -61,6 +61,9 @@ pub enum Code {
     Locked = 40,
     /// The requested port is in use.
     PortInUse = 41,
+    /// `node join`: the server is not the one the join line names (its CA
+    /// fingerprint differs), refused the token, or cannot be reached.
+    JoinRefused = 45,
     /// The profile does not exist.
     NoProfile = 42,
     /// The driver could not create, start or stop the host.
@@ -229,6 +232,8 @@ fn cluster_code(e: &ClusterError) -> Code {
         E::NotReady { .. } => Code::NotReady,
         E::NotCached { .. } => Code::OfflineMissing,
         E::NodesUnsupported { .. } => Code::Unfit,
+        E::JoinRefused { .. } => Code::JoinRefused,
+        E::NotJoined { .. } | E::NotListening { .. } => Code::Usage,
         E::TooManyNodes { .. } | E::NoSuchNode { .. } | E::NotRunning { .. } | E::FewerNodes { .. } => Code::Usage,
     }
 }

@@ -33,6 +33,8 @@ pub struct Tuning {
     pub nodes: Option<usize>,
     /// How the agents come up: all at once, or each Ready before the next.
     pub rollout: Rollout,
+    /// `--listen`: also serve the API at this address (None: as it was).
+    pub listen: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug)]
@@ -118,7 +120,7 @@ pub fn bring_up(s: &Session, drv: &dyn Driver, plan: &BringUp) -> Result<Started
 }
 
 /// What the driver is handed to run release `m` for profile `p`.
-fn launch_of(p: &Profile, m: &Manifest, components: super::components::Components, cfg: &Config) -> Launch {
+pub(super) fn launch_of(p: &Profile, m: &Manifest, components: super::components::Components, cfg: &Config) -> Launch {
     Launch {
         profile: p.clone(),
         release: m.id(),
@@ -128,6 +130,8 @@ fn launch_of(p: &Profile, m: &Manifest, components: super::components::Component
         port: cfg.port,
         trees: components.trees,
         settings: cfg.vm.unwrap_or_default(),
+        listen: cfg.listen,
+        join: None,
     }
 }
 
@@ -160,7 +164,7 @@ fn wanted_agents(p: &Profile, plan: &BringUp) -> Result<Vec<crate::driver::Agent
 
 /// The driver's blocking checks for this release (k3s on the host needs
 /// root, say), before anything is fetched: `kubestrap doctor` shows them all.
-fn preflight(drv: &dyn Driver, p: &Profile, m: &Manifest) -> Result<()> {
+pub(super) fn preflight(drv: &dyn Driver, p: &Profile, m: &Manifest) -> Result<()> {
     let failures: Vec<String> = drv
         .prerequisites(p, m)
         .into_iter()
@@ -185,6 +189,9 @@ fn configure(
 ) -> Result<(Config, bool)> {
     let (home, p, existing, loaded, progress) = (s.home, &s.profile, plan.existing, plan.loaded, s.progress);
     let (asked, vm) = (plan.port, plan.tuning.vm.as_ref());
+    let listen = plan.tuning.listen.or(existing.and_then(|c| c.listen));
+    // A host process binds the address itself: local clients reach it there.
+    let native_listen = listen.filter(|_| drv.kind() == kubestrap_manifest::Driver::Native);
     let t = Instant::now();
     let ports_lock = home.lock("ports", true, || {})?;
     let port = ports::choose(home, p, asked, existing)?;
@@ -199,8 +206,12 @@ fn configure(
         previous: existing.and_then(|c| c.previous.clone()),
         // Each setting asked for replaces that one; the others are kept.
         vm: merge_settings(vm, existing),
-        address: Some(drv.address(p, &loaded.manifest.component.localkube.run)).filter(|a| !a.is_loopback()),
+        address: native_listen
+            .or(Some(drv.address(p, &loaded.manifest.component.localkube.run)))
+            .filter(|a| !a.is_loopback()),
         agents: agents.iter().map(|a| a.short()).collect(),
+        listen,
+        join: None,
     };
     if existing != Some(&cfg) {
         p.save(&cfg)?;
@@ -230,7 +241,11 @@ fn certificates(drv: &dyn Driver, launch: &Launch, validity: time::Duration, pro
     drv.create(p)?;
     let pki = Pki::new(p.pki());
     let made = pki
-        .ensure(&pki::Options { profile: p.name.clone(), validity, extra_sans: drv.extra_sans(p) })
+        .ensure(&pki::Options {
+            profile: p.name.clone(),
+            validity,
+            extra_sans: drv.extra_sans(p).into_iter().chain(launch.listen.map(|a| a.to_string())).collect(),
+        })
         .map_err(|e| ClusterError::Pki { dir: p.pki(), profile: p.name.clone(), reason: format!("{e:#}") })?;
     let vars = drv.host_vars(launch);
     // Every file is checked before one is written: all or nothing.

@@ -39,6 +39,12 @@ pub enum ClusterError {
     NoSuchNode { profile: String, node: String, nodes: String },
     #[error("profile {profile:?} is not running")]
     NotRunning { profile: String },
+    #[error("{server}: not joined: {why}")]
+    JoinRefused { server: String, why: String },
+    #[error("profile {profile:?} is not a node of another machine's cluster (`node join` makes one)")]
+    NotJoined { profile: String },
+    #[error("profile {profile:?} serves its API on 127.0.0.1 only: no other machine can reach it")]
+    NotListening { profile: String },
     #[error("profile {profile:?} has {has} nodes; --nodes {asked} would remove some")]
     FewerNodes { profile: String, has: usize, asked: usize },
 }
@@ -60,6 +66,18 @@ impl ClusterError {
             }
             E::TooManyNodes { .. } => return None,
             E::NoSuchNode { profile, .. } => format!("`kubestrap node list -p {profile}` lists them"),
+            E::JoinRefused { .. } => {
+                "run the line `kubestrap node join-command` prints on the server's machine, as printed (its token and \
+                 CA fingerprint are the cluster's own)"
+                    .into()
+            }
+            E::NotJoined { profile } => {
+                format!("`kubestrap delete -p {profile}` removes a cluster of this machine's own")
+            }
+            E::NotListening { profile } => format!(
+                "start it with `kubestrap start -p {profile} --listen ADDRESS` (this machine's address on the network \
+                 the other machine shares), after `kubestrap stop -p {profile}`"
+            ),
             E::NotRunning { profile } => format!("start it first: `kubestrap start -p {profile}`"),
             E::FewerNodes { profile, .. } => {
                 format!("remove nodes one at a time with `kubestrap node delete -p {profile} NAME`")

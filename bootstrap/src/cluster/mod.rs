@@ -15,6 +15,7 @@ mod components;
 pub mod doctor;
 mod error;
 pub mod images;
+pub mod join;
 pub mod journal;
 pub mod kubeconfig;
 pub mod nodes;

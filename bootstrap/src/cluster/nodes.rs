@@ -287,6 +287,23 @@ pub fn statuses(
         let name = n.node_name(&p.name);
         out.push(NodeStatus { ready: ready(&name), name, role: "agent", host, crash });
     }
+    // Nodes other machines joined (`node join`): known to the server only.
+    if let Some(Ok((200, body))) = probe.map(|pr| pr.get("/api/v1/nodes")) {
+        let list: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        for n in list["items"].as_array().into_iter().flatten() {
+            let Some(name) = n["metadata"]["name"].as_str() else { continue };
+            if out.iter().any(|o| o.name == name) {
+                continue;
+            }
+            out.push(NodeStatus {
+                ready: ready(name),
+                name: name.to_string(),
+                role: "joined",
+                host: "elsewhere".into(),
+                crash: None,
+            });
+        }
+    }
     out
 }
 
@@ -341,6 +358,14 @@ pub fn add(
     let s = Session::open_existing(home, name, Wait::Yes, progress)?;
     let p = &s.profile;
     let mut cfg = p.load()?;
+    if let Some(j) = &cfg.join {
+        anyhow::bail!(
+            "profile {:?} is node {} of the cluster at {}: add nodes on the server's machine",
+            p.name,
+            j.node,
+            j.server
+        );
+    }
     let drv = s.profile_driver();
     let loaded = channel::load_stored(home, &cfg.manifest, channel::Stored::RUNNING)?;
     let have = agents_of(p, &cfg);
@@ -391,46 +416,36 @@ pub fn remove(home: &Home, name: &str, node: &str, force: bool, progress: &dyn P
     let p = &s.profile;
     let mut cfg = p.load()?;
     let have = agents_of(p, &cfg);
-    let Some(n) = AgentNode::parse(&p.name, node).filter(|n| have.contains(n)) else {
+    let drv = s.profile_driver();
+    let server = running_server(drv.as_ref(), p, &cfg);
+    let ours = AgentNode::parse(&p.name, node).filter(|n| have.contains(n));
+    // Not one of this machine's: a node another machine joined (`node
+    // join`), known to the server only.
+    let remote = match (&ours, &server) {
+        (None, Ok(at)) if node != format!("kubestrap-{}", p.name) => {
+            probe(p, *at)?.get(&format!("/api/v1/nodes/{node}")).is_ok_and(|(code, _)| code == 200)
+        }
+        _ => false,
+    };
+    if ours.is_none() && !remote {
         let mut names = vec![format!("kubestrap-{} (the server)", p.name)];
         names.extend(have.iter().map(AgentNode::short));
         return Err(
             ClusterError::NoSuchNode { profile: p.name.clone(), node: node.into(), nodes: names.join(", ") }.into()
         );
-    };
-    let drv = s.profile_driver();
-    let node_name = n.node_name(&p.name);
+    }
+    let node_name = ours.as_ref().map_or_else(|| node.to_string(), |n| n.node_name(&p.name));
     let t = Instant::now();
-    let server = running_server(drv.as_ref(), p, &cfg);
     if !force {
         server
             .as_ref()
             .map_err(|e| anyhow::anyhow!("{e:#}: a node is drained through the server; --force removes it without"))?;
-        let kubectl = pinned_kubectl(home, p, &cfg, progress)?;
-        let kc = super::kubeconfig::path()?;
-        let mut cmd = std::process::Command::new(&kubectl);
-        cmd.arg(format!("--kubeconfig={}", kc.display()))
-            .arg(format!("--context={}", super::kubeconfig::context_name(&p.name)))
-            .args(["drain", &node_name, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=120s"]);
-        let ran = crate::proc::run_bounded(cmd, None::<fn(std::process::ChildStdin)>, None, Duration::from_secs(150))
-            .map_err(|source| crate::driver::DriverError::Spawn { what: "run the pinned kubectl", source })?;
-        let why = match &ran {
-            Some(r) if r.status.success() => None,
-            Some(r) => Some(r.stderr.trim().to_string()),
-            None => Some("it did not finish within 150 s".into()),
-        };
-        if let Some(why) = why {
-            anyhow::bail!(
-                "draining node {node_name} failed (kubectl drain: {why}); nothing was removed. `kubestrap node delete -p {} {} --force` removes it undrained",
-                p.name,
-                n.short()
-            );
-        }
+        drain(home, p, &cfg, &node_name, progress)?;
     }
-    if let Some(agents) = drv.agents() {
+    if let (Some(agents), Some(n)) = (drv.agents(), &ours) {
         let how = channel::peek(&cfg.manifest).map_or(Stop::DEFAULT, |m| Stop::of(&m.component.localkube.run));
-        agents.stop_agent(p, &n, how)?;
-        agents.delete_agent(p, &n)?;
+        agents.stop_agent(p, n, how)?;
+        agents.delete_agent(p, n)?;
     }
     if let Ok(at) = server {
         let probe = probe(p, at)?;
@@ -442,10 +457,34 @@ pub fn remove(home: &Home, name: &str, node: &str, force: bool, progress: &dyn P
             Err(e) => progress.warn(format!("removing node {node_name}'s object: {e}")),
         }
     }
-    cfg.agents.retain(|a| *a != n.short());
-    p.save(&cfg)?;
+    if let Some(n) = &ours {
+        cfg.agents.retain(|a| *a != n.short());
+        p.save(&cfg)?;
+    }
     progress.step(Step::NodeRemoved { node: node_name.clone(), drained: !force }, t.elapsed());
     Ok(node_name)
+}
+
+/// `kubectl drain` with the pinned kubectl: the node cordoned, its pods
+/// evicted (DaemonSets' left, as drain does), within 150 s.
+fn drain(home: &Home, p: &Profile, cfg: &Config, node: &str, progress: &dyn Progress) -> Result<()> {
+    let kubectl = pinned_kubectl(home, p, cfg, progress)?;
+    let kc = super::kubeconfig::path()?;
+    let mut cmd = std::process::Command::new(&kubectl);
+    cmd.arg(format!("--kubeconfig={}", kc.display()))
+        .arg(format!("--context={}", super::kubeconfig::context_name(&p.name)))
+        .args(["drain", node, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=120s"]);
+    let ran = crate::proc::run_bounded(cmd, None::<fn(std::process::ChildStdin)>, None, Duration::from_secs(150))
+        .map_err(|source| crate::driver::DriverError::Spawn { what: "run the pinned kubectl", source })?;
+    let why = match &ran {
+        Some(r) if r.status.success() => return Ok(()),
+        Some(r) => r.stderr.trim().to_string(),
+        None => "it did not finish within 150 s".into(),
+    };
+    anyhow::bail!(
+        "draining node {node} failed (kubectl drain: {why}); nothing was removed. `kubestrap node delete -p {} {node} --force` removes it undrained",
+        p.name
+    )
 }
 
 /// `node logs`: an agent's last lines.

@@ -39,6 +39,8 @@ pub struct StartOptions {
     pub vm: Option<VmSettings>,
     /// `--nodes`.
     pub nodes: Option<usize>,
+    /// `--listen`.
+    pub listen: Option<std::net::Ipv4Addr>,
 }
 
 pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<Started> {
@@ -65,6 +67,7 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
         // A profile started afresh after a cut-short delete keeps its size.
         nodes: o.nodes.or_else(|| again.as_ref().filter(|c| !c.agents.is_empty()).map(|c| c.agents.len() + 1)),
         rollout: super::nodes::Rollout::Parallel,
+        listen: o.listen,
     };
     // An upgrade a killed command left is finished or undone first.
     if p.exists()
@@ -74,6 +77,21 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
         recovery::finish_interrupted(&s, drv.as_ref(), &o.fetch, &tuning)?;
     }
     let existing = if p.exists() { Some(p.load()?) } else { None };
+    // A node of another machine's cluster: its agent again.
+    if let Some(cfg) = existing.as_ref().filter(|c| c.join.is_some()) {
+        let j = super::join::restart(&s, cfg, o)?;
+        return Ok(Started {
+            profile: j.profile,
+            context: String::new(),
+            server: j.server,
+            kubeconfig: kubeconfig::path()?,
+            host: Host { id: j.host, pid: None, port: cfg.port },
+            kubernetes: String::new(),
+            manifest: channel::peek(&cfg.manifest).map(|m| m.id()).unwrap_or_default(),
+            already_running: false,
+            created: false,
+        });
+    }
     let kind = match (&existing, o.driver) {
         (Some(c), Some(d)) if c.driver != d => {
             return Err(ClusterError::DriverMismatch {
@@ -134,7 +152,7 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
 /// else happens, and where its artifacts come from (a bundle's payload
 /// first, and then no network at all). A different release than the
 /// profile runs is an upgrade.
-fn resolve(
+pub(super) fn resolve(
     home: &Home,
     o: &StartOptions,
     p: &Profile,

@@ -154,6 +154,71 @@ impl Status {
 /// How long `status` waits for the apiserver's answer.
 const STATUS_PROBE: Duration = Duration::from_secs(5);
 
+/// A node of another machine's cluster: its agent's host here, and what
+/// the server it joined says.
+fn joined_status(
+    p: &Profile,
+    drv: &dyn crate::driver::Driver,
+    joined: &crate::profile::Joined,
+    mut st: Status,
+) -> Status {
+    st.server = joined.server.clone();
+    let host = match drv.status(p) {
+        Ok(HostState::Running(h)) => {
+            st.host = HostStatus::Running;
+            st.localkube = LocalkubeStatus::Running;
+            st.host_id = Some(h.id);
+            st.pid = h.pid;
+            "Running"
+        }
+        Ok(HostState::Stopping(_)) => {
+            st.host = HostStatus::Running;
+            st.localkube = LocalkubeStatus::Stopping;
+            "Stopping"
+        }
+        Ok(HostState::Crashed { how, host_down }) => {
+            st.host = if host_down { HostStatus::Stopped } else { HostStatus::Running };
+            st.localkube = LocalkubeStatus::Crashed;
+            st.crash = Some(how);
+            st.log_tail = drv.log_tail(p, 20);
+            "Crashed"
+        }
+        Ok(HostState::Suspended) => {
+            st.host = HostStatus::Suspended;
+            "Suspended"
+        }
+        Ok(HostState::Stopped) | Err(_) => "Stopped",
+    };
+    let ready = match super::join::remote_state(p, joined) {
+        Ok((200, ready)) => {
+            st.apiserver = ApiserverStatus::Running;
+            match ready {
+                Some(true) => "Ready",
+                Some(false) => "NotReady",
+                None => "Unknown",
+            }
+        }
+        Ok((code, _)) => {
+            st.apiserver = ApiserverStatus::NotReady { code };
+            "Unknown"
+        }
+        Err(error) => {
+            st.apiserver = ApiserverStatus::NotAnswering { error };
+            "Unknown"
+        }
+    };
+    st.nodes = vec![super::nodes::NodeStatus {
+        name: joined.node.clone(),
+        role: "agent",
+        host: host.to_string(),
+        ready: ready.to_string(),
+        crash: st.crash.clone(),
+    }];
+    st.warnings.push(format!("profile {:?} is node {} of the cluster at {}", st.name, joined.node, joined.server));
+    st.exit_code = st.bitmask();
+    st
+}
+
 pub fn status(home: &Home, name: &str, progress: &dyn crate::progress::Progress) -> Result<Status> {
     let p = Profile::new(home, name)?;
     let cfg = p.load()?;
@@ -178,6 +243,9 @@ pub fn status(home: &Home, name: &str, progress: &dyn crate::progress::Progress)
         nodes: Vec::new(),
         exit_code: 0,
     };
+    if let Some(joined) = &cfg.join {
+        return Ok(joined_status(&p, drv.as_ref(), joined, st));
+    }
     let pki = Pki::new(p.pki());
     let mut node_probe = None;
     let (host, stopping) = match drv.status(&p)? {

@@ -135,6 +135,19 @@ fn open<'a>(
 pub fn upgrade(home: &Home, o: &UpgradeOptions, progress: &dyn Progress) -> Result<Outcome> {
     let (s, drv, cfg) = open(home, &o.profile, o.no_wait, &o.fetch, &o.tuning, progress)?;
     let p = &s.profile;
+    if let Some(j) = &cfg.join {
+        return Err(UpgradeError::Refused {
+            what: format!(
+                "profile {:?} is node {} of the cluster at {}: that cluster is upgraded on its server's machine",
+                p.name, j.node, j.server
+            ),
+            advice: format!(
+                "after the server's upgrade, `kubestrap node leave -p {0}` and join again with the new release",
+                p.name
+            ),
+        }
+        .into());
+    }
     let current = channel::load_stored(home, &cfg.manifest, channel::Stored::RUNNING)?;
     let (cand, fetch) = candidate(home, o, &current.manifest, !o.dry_run, progress)?;
     if cand.path == cfg.manifest {

@@ -23,7 +23,7 @@ pub fn path(rel: &str) -> String {
 /// 127.0.0.1 forward; `node_ip` is the guest's own address.
 pub fn vars(launch: &Launch, node_ip: Ipv4Addr) -> Vars {
     let p = &launch.profile;
-    Vars {
+    let vars = Vars {
         data: "/data".into(),
         pki: path("pki"),
         port: PORT,
@@ -34,7 +34,8 @@ pub fn vars(launch: &Launch, node_ip: Ipv4Addr) -> Vars {
         component: path("component"),
         server: node_ip.to_string(),
         token: path("pki/join/token"),
-    }
+    };
+    launch.joined(vars)
 }
 
 /// The same values as the host sees them: the staging tree at `host_data`.

@@ -121,6 +121,35 @@ pub struct Launch {
     pub trees: BTreeMap<ComponentName, PathBuf>,
     /// The VM's or container's size and accelerator, as the profile keeps them.
     pub settings: VmSettings,
+    /// `--listen`: the apiserver is also reached at this address of this
+    /// machine (other machines join there); loopback only otherwise.
+    pub listen: Option<Ipv4Addr>,
+    /// A node of another machine's cluster (`node join`): `run` is the
+    /// release's agent command line, joined to this server.
+    pub join: Option<JoinTarget>,
+}
+
+/// Where a joined node's server is, and what the node is called there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinTarget {
+    /// The server's address (`{server}`) and port (`{port}`).
+    pub server: String,
+    pub port: u16,
+    /// The node's name (`{node}`).
+    pub node: String,
+}
+
+impl Launch {
+    /// Template values as `vars` made them, with a joined node's server,
+    /// port and node name over them.
+    pub fn joined(&self, mut vars: Vars) -> Vars {
+        if let Some(j) = &self.join {
+            vars.server = j.server.clone();
+            vars.port = j.port;
+            vars.node = j.node.clone();
+        }
+        vars
+    }
 }
 
 /// A running localkube as the lifecycle sees it: what to call it, its

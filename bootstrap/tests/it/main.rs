@@ -14,6 +14,7 @@ mod engines;
 mod fetch;
 mod generate;
 mod hostile;
+mod join;
 mod k3s;
 mod k3s_guest;
 mod k3s_native;

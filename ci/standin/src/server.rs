@@ -126,6 +126,10 @@ impl Server {
             Reply { code: 200, content_type: "text/plain; charset=utf-8", body: self.cacerts.clone() }
         } else if user.is_none() {
             Reply::status(401, "Unauthorized", "Unauthorized", None)
+        } else if user.as_deref() == Some("node") && path == "/v1-k3s/readyz" {
+            // k3s's supervisor: agents (and kubestrap's join) check the server
+            // and their token here (pkg/server/router.go).
+            if self.api.ready() { Reply::text(200, "ok") } else { Reply::text(500, "not ready") }
         } else if user.as_deref() == Some("node") && !(path == "/api/v1/nodes" || path.starts_with("/api/v1/nodes/")) {
             Reply::status(403, "Forbidden", &format!("node credentials may not reach {path}"), None)
         } else {

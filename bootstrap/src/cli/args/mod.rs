@@ -280,6 +280,22 @@ pub struct StartArgs {
     /// existing cluster, never removes any [default: as it has, else 1].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=99))]
     pub nodes: Option<u16>,
+    /// Also serve the cluster's API at this address of this machine (an
+    /// IPv4 address other machines reach it at), so that they can join
+    /// (`kubestrap node join-command`). Without it the API is on 127.0.0.1 only.
+    #[arg(long, value_name = "ADDRESS", value_parser = parse_listen)]
+    pub listen: Option<std::net::Ipv4Addr>,
+}
+
+/// A specific address: the certificate must name the one other machines use.
+fn parse_listen(s: &str) -> Result<std::net::Ipv4Addr, String> {
+    let a: std::net::Ipv4Addr = s.parse().map_err(|_| format!("expected an IPv4 address, got {s:?}"))?;
+    if a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast() {
+        return Err(format!(
+            "{a}: expected this machine's address on the network other machines reach it on (not 0.0.0.0, loopback or multicast)"
+        ));
+    }
+    Ok(a)
 }
 
 #[derive(Subcommand, Debug)]
@@ -313,6 +329,57 @@ pub enum NodeCmd {
         /// The node: `m02` or its node name `kubestrap-<profile>-m02`.
         name: String,
         /// Do not drain it first (and remove it even when the cluster is stopped).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the one line a second machine runs to join this cluster (it
+    /// carries the join token: a secret). The cluster must serve its API at
+    /// an address other machines reach (`start --listen ADDRESS`).
+    #[command(after_help = "Examples:\n  kubestrap node join-command\n  kubestrap node join-command -p dev > join.sh")]
+    JoinCommand {
+        #[command(flatten)]
+        profile: ProfileArgs,
+    },
+    /// Join another machine's cluster as a node: this profile runs only an
+    /// agent, on any driver. The server's CA must have the sha256 the join
+    /// line names (nothing is trusted on first use).
+    #[command(
+        after_help = "Examples:\n  printf '%s\\n' \"$TOKEN\" | kubestrap node join https://192.168.1.20:8443 --ca-sha256 9f86d0… --token-file -\n  kubestrap node join https://10.0.0.5:8443 --token-file ./token --driver docker -p work"
+    )]
+    Join {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        /// The server: https://HOST:PORT.
+        server: String,
+        /// The join token's file (`-`: standard input). Never on the command line.
+        #[arg(long, value_name = "FILE")]
+        token_file: PathBuf,
+        /// The server CA certificate's sha256 [default: the token's K10 prefix].
+        #[arg(long, value_name = "SHA256")]
+        ca_sha256: Option<String>,
+        /// This node's name in the cluster [default: <hostname>-<profile>].
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        driver: Option<Driver>,
+        #[command(flatten)]
+        source: ManifestSource,
+        #[command(flatten)]
+        net: NetArgs,
+        /// How long to wait for the node to become Ready.
+        #[arg(long, default_value = "120s", value_parser = parse_wait)]
+        wait_timeout: std::time::Duration,
+        /// Fail at once if another kubestrap command holds the profile.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Leave the cluster this profile joined: its agent stopped and removed,
+    /// its Node object removed from the server, the profile deleted.
+    #[command(after_help = "Examples:\n  kubestrap node leave\n  kubestrap node leave -p work --force")]
+    Leave {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        /// Delete the profile even when the server cannot be reached.
         #[arg(long)]
         force: bool,
     },

@@ -35,7 +35,15 @@ pub fn start(a: StartArgs, home: &Home, ui: &Ui) -> Result<Code> {
             accel: a.accel,
         }),
         nodes: a.nodes.map(usize::from),
+        listen: a.listen,
     };
+    if let Some(at) = a.listen {
+        ui.warn(&format!(
+            "--listen {at}: the cluster's API is reachable at {at} from other machines. Its certificates and tokens \
+             guard it: whoever holds the kubeconfig is cluster-admin, whoever holds the join token \
+             (`kubestrap node join-command`) can add nodes"
+        ));
+    }
     let s = cluster::start(home, &o, ui)?;
     ui.json(json!({"event": "done", "profile": s.profile, "context": s.context, "server": s.server, "kubeconfig": s.kubeconfig,
         "host": s.host.id, "pid": s.host.pid, "kubernetes": s.kubernetes, "manifest": s.manifest, "already_running": s.already_running,

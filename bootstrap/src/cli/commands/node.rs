@@ -6,7 +6,7 @@ use serde_json::json;
 use crate::cli::args::NodeCmd;
 use crate::cli::exit::Code;
 use crate::cli::render::Ui;
-use crate::cluster::nodes;
+use crate::cluster::{StartOptions, join, nodes};
 use crate::home::Home;
 
 pub fn run(c: NodeCmd, home: &Home, ui: &Ui) -> Result<Code> {
@@ -32,6 +32,44 @@ pub fn run(c: NodeCmd, home: &Home, ui: &Ui) -> Result<Code> {
             ui.json(json!({"event": "done", "profile": profile.profile, "removed": removed, "drained": !force}));
             ui.line(&format!("\nNode {removed} is removed from cluster {:?}.", profile.profile));
         }
+        NodeCmd::JoinCommand { profile } => {
+            let line = crate::cluster::join::join_command(home, &profile.profile)?;
+            ui.json(json!({"profile": profile.profile, "command": line}));
+            ui.line(&line);
+        }
+        NodeCmd::Join { profile, server, token_file, ca_sha256, name, driver, source, net, wait_timeout, no_wait } => {
+            let token = read_token(&token_file)?;
+            let start = StartOptions {
+                profile: profile.profile.clone(),
+                driver,
+                bundle: super::bundle_of(&source),
+                manifest: source.manifest,
+                allow_expired: source.allow_expired,
+                fetch: super::fetch_options(&net),
+                port: None,
+                wait_timeout,
+                keep_context: true,
+                no_wait,
+                cert_validity: time::Duration::days(365),
+                vm: None,
+                nodes: None,
+                listen: None,
+            };
+            let o = join::JoinOptions { start, server, token, ca_sha256, node: name };
+            let j = join::join(home, &o, ui)?;
+            ui.json(json!({"event": "done", "profile": j.profile, "node": j.node, "server": j.server, "host": j.host,
+                "ready": j.ready}));
+            let how = match j.ready {
+                Some(true) => "is Ready",
+                _ => "runs (the server's `kubectl get nodes` shows its state)",
+            };
+            ui.line(&format!("\nNode {} joined {} and {how}.", j.node, j.server));
+        }
+        NodeCmd::Leave { profile, force } => {
+            let node = join::leave(home, &profile.profile, force, ui)?;
+            ui.json(json!({"event": "done", "profile": profile.profile, "left": node}));
+            ui.line(&format!("\nNode {node} left its cluster; profile {:?} is deleted.", profile.profile));
+        }
         NodeCmd::Logs { profile, name, lines } => {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
@@ -43,4 +81,21 @@ pub fn run(c: NodeCmd, home: &Home, ui: &Ui) -> Result<Code> {
         }
     }
     Ok(Code::Ok)
+}
+
+/// The join token from a file or standard input (`-`), capped; a file
+/// others can read is said.
+fn read_token(path: &std::path::Path) -> Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let mut text = String::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin().lock().take(4096).read_to_string(&mut text)?;
+    } else {
+        text = kubestrap_fskit::read_capped_text(path, 4096)?;
+        if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+            tracing::warn!("{} can be read by others: the join token is a secret (chmod 600)", path.display());
+        }
+    }
+    Ok(text)
 }

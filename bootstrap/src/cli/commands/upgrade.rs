@@ -27,6 +27,7 @@ fn tuning(wait_timeout: std::time::Duration) -> Tuning {
         cert_validity: time::Duration::days(365),
         vm: None,
         nodes: None,
+        listen: None,
         // The server first, then each agent, each Ready before the next.
         rollout: crate::cluster::nodes::Rollout::OneByOne,
     }

@@ -574,7 +574,13 @@ impl Driver for Docker<'_> {
             ip: net.node,
             volume: &volume_name(p),
             role: None,
-            publish: Some(format!("127.0.0.1:{}:{}", launch.port, guest::PORT)),
+            // A joined node serves nothing here; a server is published on
+            // 127.0.0.1, and on the `--listen` address.
+            publish: launch.join.is_none().then(|| {
+                let mut at = vec![format!("127.0.0.1:{}:{}", launch.port, guest::PORT)];
+                at.extend(launch.listen.map(|a| format!("{a}:{}:{}", launch.port, guest::PORT)));
+                at
+            }),
             mounts: vec![
                 bind_mount(&p.pki(), &guest::path("pki"), true),
                 bind_mount(&self.host_data(p), &guest::path("data"), true),
@@ -829,8 +835,8 @@ struct Spec<'s> {
     volume: &'s str,
     /// An agent's node name (label `dev.kubestrap.node`); the server has none.
     role: Option<&'s str>,
-    /// The apiserver's port on 127.0.0.1 (the server only).
-    publish: Option<String>,
+    /// Where the apiserver's port is published on this machine (the server only).
+    publish: Option<Vec<String>>,
     /// Bind mounts besides the component.
     mounts: Vec<String>,
     /// localkube's arguments.
@@ -863,7 +869,7 @@ fn container_args(launch: &Launch, eng: &Engine, info: &Info, image: &str, netwo
         args.extend(["--label".into(), format!("{LABEL}.node={node}")]);
     }
     args.extend(["--network".into(), network.to_string(), "--ip".into(), spec.ip.to_string()]);
-    if let Some(publish) = &spec.publish {
+    for publish in spec.publish.iter().flatten() {
         args.extend(["--publish".into(), publish.clone()]);
     }
     args.extend([

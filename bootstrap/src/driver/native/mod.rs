@@ -64,8 +64,9 @@ impl Driver for Native<'_> {
 
     fn vars(&self, launch: &Launch) -> Vars {
         let p = &launch.profile;
-        let address = self.address(p, &launch.run).to_string();
-        Vars {
+        // `--listen`: the apiserver binds that address (local clients reach it there too).
+        let address = launch.listen.unwrap_or_else(|| self.address(p, &launch.run)).to_string();
+        let vars = Vars {
             data: p.data().display().to_string(),
             pki: p.pki().display().to_string(),
             port: launch.port,
@@ -76,7 +77,8 @@ impl Driver for Native<'_> {
             component: launch.component.display().to_string(),
             server: address,
             token: p.join_token().display().to_string(),
-        }
+        };
+        launch.joined(vars)
     }
 
     fn create(&self, p: &Profile) -> Result<()> {

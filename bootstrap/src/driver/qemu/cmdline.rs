@@ -80,6 +80,8 @@ pub struct VmSpec {
     /// 127.0.0.1:<host_port> on the host → <guest_port> in the guest.
     pub host_port: u16,
     pub guest_port: u16,
+    /// `--listen`: the same port forwarded from this address too.
+    pub listen: Option<std::net::Ipv4Addr>,
     pub qmp_socket: PathBuf,
     /// Resume from this internal snapshot of the data disk.
     pub loadvm: Option<String>,
@@ -124,7 +126,13 @@ pub fn args(vm: &VmSpec) -> Vec<String> {
     ]);
     push(&[
         "-netdev",
-        &format!("user,id=net0,hostfwd=tcp:127.0.0.1:{}-{GUEST_IP}:{}", vm.host_port, vm.guest_port),
+        &format!(
+            "user,id=net0,hostfwd=tcp:127.0.0.1:{}-{GUEST_IP}:{}{}",
+            vm.host_port,
+            vm.guest_port,
+            vm.listen
+                .map_or(String::new(), |a| format!(",hostfwd=tcp:{a}:{}-{GUEST_IP}:{}", vm.host_port, vm.guest_port))
+        ),
         // No option ROM: a direct kernel boot does not network-boot.
         "-device",
         "virtio-net-pci,netdev=net0,romfile=",
@@ -169,6 +177,7 @@ mod tests {
             config_disk: "/p/vm/config,1.tar".into(),
             host_port: 8443,
             guest_port: 6443,
+            listen: None,
             qmp_socket: "/p/vm/qmp.sock".into(),
             loadvm: None,
         }

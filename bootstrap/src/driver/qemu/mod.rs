@@ -303,6 +303,7 @@ impl Qemu<'_> {
             config_disk: config_disk.clone(),
             host_port: launch.port,
             guest_port: guest::PORT,
+            listen: launch.listen,
             // Relative to qemu's working directory (the VM's): a socket's
             // path must fit in 108 bytes, a deep home's would not.
             qmp_socket: PathBuf::from("qmp.sock"),

@@ -57,3 +57,19 @@ impl Drop for Netns {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
+
+/// Joins two namespaces with a veth pair: `a` gets `a_ip`/24, `b` gets
+/// `b_ip`/24 (two machines on one network).
+pub fn link_pair(a: &Netns, a_ip: &str, b: &Netns, b_ip: &str) {
+    let tag = &format!("{:x}", std::process::id() & 0xffff);
+    let (la, lb) = (format!("ksa{tag}"), format!("ksb{tag}"));
+    let script = format!(
+        "ip link add {la} type veth peer name {lb} && ip link set {la} netns {na} && ip link set {lb} netns {nb} \
+         && ip -n {na} addr add {a_ip}/24 dev {la} && ip -n {na} link set {la} up \
+         && ip -n {nb} addr add {b_ip}/24 dev {lb} && ip -n {nb} link set {lb} up",
+        na = a.name,
+        nb = b.name
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "cannot link {} and {}: {}", a.name, b.name, String::from_utf8_lossy(&out.stderr));
+}

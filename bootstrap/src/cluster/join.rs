@@ -1,0 +1,491 @@
+//! Joining another machine's cluster: `node join-command` on the server's
+//! machine prints one line; `node join` runs it here. This machine's
+//! profile then runs only an agent (the release's `run.agent`, on any
+//! driver) joined to that server, as k3s's own agents join (its agent
+//! protocol, `K10<ca sha256>::server:<secret>` tokens).
+//!
+//! Nothing is trusted on first use: the line carries the sha256 of the
+//! server's CA, and the CA the server hands out (`/cacerts`) must have it
+//! before the token is sent anywhere; the token is then checked against the
+//! server (k3s's node-authenticated `/v1-k3s/readyz`) before anything is
+//! fetched or started. The token is kept beside nothing else of a PKI
+//! (`pki/join/token`, 0600) and never printed.
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use kubestrap_fskit as fskit;
+use kubestrap_manifest::Run;
+use sha2::Digest;
+
+use super::ClusterError;
+use super::bringup::{launch_of, preflight};
+use super::components::fetch_and_unpack;
+use super::session::{Session, Wait};
+use super::start::StartOptions;
+use crate::driver::{self, Driver, HostState, JoinTarget, Stop};
+use crate::home::Home;
+use crate::profile::{Config, Joined, Profile};
+use crate::progress::{Progress, Step};
+use crate::retry::Backoff;
+
+/// What `node join` is asked.
+pub struct JoinOptions {
+    /// The profile to make, the release and driver to run it on.
+    pub start: StartOptions,
+    /// The server, `https://HOST:PORT`.
+    pub server: String,
+    /// The join token (read from `--token-file`, never from the command line).
+    pub token: String,
+    /// `--ca-sha256`: the server CA's fingerprint (else the token's `K10` prefix).
+    pub ca_sha256: Option<String>,
+    /// This node's name in the cluster.
+    pub node: Option<String>,
+}
+
+/// A parsed join token: the CA hash it pins (when it is a full token) and
+/// the secret sent to the server.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Token {
+    pub ca_sha256: Option<String>,
+    pub secret: String,
+}
+
+impl Token {
+    /// `K10<sha256>::<user>:<secret>`, `K10<sha256>::<secret>` or a bare secret.
+    pub fn parse(text: &str) -> Result<Token, ClusterError> {
+        let t = text.trim();
+        let bad = |why: &str| ClusterError::JoinRefused { server: String::new(), why: format!("the join token {why}") };
+        if t.is_empty() || t.len() > 512 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad("is empty, too long, or holds spaces"));
+        }
+        let Some((hash, creds)) = t.strip_prefix("K10").and_then(|r| r.split_once("::")) else {
+            return Ok(Token { ca_sha256: None, secret: t.to_string() });
+        };
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad("has a K10 prefix but no sha256 after it"));
+        }
+        let secret = creds.split_once(':').map_or(creds, |(_, s)| s);
+        if secret.is_empty() {
+            return Err(bad("has no secret"));
+        }
+        Ok(Token { ca_sha256: Some(hash.to_ascii_lowercase()), secret: secret.to_string() })
+    }
+}
+
+/// `https://HOST:PORT` → (host, port).
+fn parse_server(url: &str) -> Result<(String, u16), ClusterError> {
+    let bad = || ClusterError::JoinRefused {
+        server: crate::urls::redact(url),
+        why: "expected the server as https://HOST:PORT (what `kubestrap node join-command` prints)".into(),
+    };
+    let rest = url.strip_prefix("https://").ok_or_else(bad)?.trim_end_matches('/');
+    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(bad)?;
+    let ok = !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    if !ok {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port))
+}
+
+/// The server's CA, fetched without trusting anything, then checked
+/// against the fingerprint; and the token, checked against the server.
+/// Returns a client that trusts that CA only.
+fn check_server(url: &str, want: &str, token: &Token) -> Result<Remote, ClusterError> {
+    let refused = |why: String| ClusterError::JoinRefused { server: url.to_string(), why };
+    let insecure = reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| refused(format!("cannot set up a client: {e}")))?;
+    let resp = insecure
+        .get(format!("{url}/cacerts"))
+        .send()
+        .map_err(|e| refused(format!("it does not answer: {}", crate::artifacts::source::describe_error(&e))))?;
+    if !resp.status().is_success() {
+        return Err(refused(format!("its /cacerts answered HTTP {}", resp.status().as_u16())));
+    }
+    let mut ca = Vec::new();
+    resp.take(64 << 10).read_to_end(&mut ca).map_err(|e| refused(format!("reading its CA: {e}")))?;
+    let got = hex::encode(sha2::Sha256::digest(&ca));
+    if !got.eq_ignore_ascii_case(want) {
+        return Err(refused(format!(
+            "its CA certificate has sha256 {got}, not {want} as the join line says: this is not that cluster's server \
+             (or someone is in between). Nothing was sent to it"
+        )));
+    }
+    let cert =
+        reqwest::Certificate::from_pem(&ca).map_err(|e| refused(format!("its CA is not a PEM certificate: {e}")))?;
+    let client = reqwest::blocking::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(cert)
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| refused(format!("cannot set up a client: {e}")))?;
+    let remote = Remote { client, base: url.to_string(), secret: token.secret.clone() };
+    match remote.get("/v1-k3s/readyz") {
+        Ok((200, _)) => Ok(remote),
+        Ok((401 | 403, _)) => {
+            Err(refused("it refused the join token (HTTP 401): the token is wrong or was replaced".into()))
+        }
+        Ok((code, body)) => Err(refused(format!("it is not ready to take nodes (HTTP {code}: {})", body.trim()))),
+        Err(e) => Err(refused(e)),
+    }
+}
+
+/// The joined server, asked with the node credentials k3s agents use
+/// (HTTP basic `node:<secret>`).
+struct Remote {
+    client: reqwest::blocking::Client,
+    base: String,
+    secret: String,
+}
+
+impl Remote {
+    fn send(&self, method: reqwest::Method, path: &str) -> Result<(u16, String), String> {
+        let resp = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .basic_auth("node", Some(&self.secret))
+            .send()
+            .map_err(|e| crate::artifacts::source::describe_error(&e))?;
+        let code = resp.status().as_u16();
+        let mut body = String::new();
+        let _ = resp.take(1 << 20).read_to_string(&mut body);
+        Ok((code, body))
+    }
+    fn get(&self, path: &str) -> Result<(u16, String), String> {
+        self.send(reqwest::Method::GET, path)
+    }
+
+    /// The node's Ready condition; `None` when the server does not say to
+    /// node credentials (a real k3s shows Nodes only to the cluster's users).
+    fn node_ready(&self, node: &str) -> Result<Option<bool>, String> {
+        match self.get(&format!("/api/v1/nodes/{node}"))? {
+            (200, body) => {
+                let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                let ready = v["status"]["conditions"]
+                    .as_array()
+                    .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                    .is_some_and(|c| c["status"] == "True");
+                Ok(Some(ready))
+            }
+            (404, _) => Ok(Some(false)),
+            (401 | 403, _) => Ok(None),
+            (code, body) => Err(format!("HTTP {code}: {}", body.trim())),
+        }
+    }
+}
+
+/// A DNS label from this machine's hostname and the profile.
+fn default_node_name(profile: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+    let host: String = host
+        .split('.')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let name = format!("{}-{profile}", host.trim_matches('-'));
+    let name: String = name.trim_matches('-').chars().take(63).collect();
+    if name.is_empty() { format!("node-{profile}") } else { name.trim_end_matches('-').to_string() }
+}
+
+/// What `node join` did.
+pub struct JoinedNode {
+    pub profile: String,
+    pub node: String,
+    pub server: String,
+    pub host: String,
+    /// Whether the server confirmed the node Ready (None: it does not say
+    /// to node credentials).
+    pub ready: Option<bool>,
+}
+
+/// `node join`: checks the server, makes the profile, starts the agent.
+pub fn join(home: &Home, j: &JoinOptions, progress: &dyn Progress) -> Result<JoinedNode> {
+    let o = &j.start;
+    let s = Session::open(home, &o.profile, Wait::from_no_wait(o.no_wait), progress)?;
+    let p = &s.profile;
+    let existing = if p.exists() { Some(p.load()?) } else { None };
+    if let Some(c) = &existing {
+        let what = match &c.join {
+            Some(x) if x.server == j.server => None,
+            Some(x) => Some(format!("is a node of {}", x.server)),
+            None => Some("runs a cluster of its own".to_string()),
+        };
+        if let Some(what) = what {
+            return Err(ClusterError::JoinRefused {
+                server: j.server.clone(),
+                why: format!("profile {:?} exists and {what}; join with another -p, or delete it first", p.name),
+            }
+            .into());
+        }
+    }
+    let url = j.server.trim_end_matches('/').to_string();
+    let (_, port) = parse_server(&url)?;
+    let token = Token::parse(&j.token).map_err(|e| match e {
+        ClusterError::JoinRefused { why, .. } => ClusterError::JoinRefused { server: url.clone(), why },
+        other => other,
+    })?;
+    let want = j.ca_sha256.clone().or_else(|| token.ca_sha256.clone()).ok_or_else(|| ClusterError::JoinRefused {
+        server: url.clone(),
+        why: "neither --ca-sha256 nor the token (K10<sha256>::…) names the server's CA: kubestrap trusts no server on \
+              first use"
+            .into(),
+    })?;
+    if let (Some(a), Some(b)) = (&j.ca_sha256, &token.ca_sha256)
+        && !a.eq_ignore_ascii_case(b)
+    {
+        return Err(ClusterError::JoinRefused {
+            server: url,
+            why: "--ca-sha256 and the token name different CAs".into(),
+        }
+        .into());
+    }
+    let t = Instant::now();
+    let remote = check_server(&url, &want, &token)?;
+    progress.step(Step::ServerChecked { server: url.clone(), ca_sha256: want.to_ascii_lowercase() }, t.elapsed());
+
+    let (loaded, fetch) = super::start::resolve(home, o, p, existing.as_ref(), None, progress)?;
+    let m = &loaded.manifest;
+    if m.component.localkube.run.agent.is_none() {
+        return Err(ClusterError::NodesUnsupported {
+            profile: p.name.clone(),
+            nodes: 2,
+            why: format!("release {} has no agent command line (run.agent): it cannot join a cluster", m.id()),
+        }
+        .into());
+    }
+    let kind = match (existing.as_ref(), o.driver) {
+        (Some(c), _) => c.driver,
+        (None, Some(d)) => d,
+        (None, None) => {
+            let (k, why) = driver::default_for(m);
+            progress.step(Step::DriverChosen { driver: k.as_str(), why }, Duration::ZERO);
+            k
+        }
+    };
+    let settings = super::bringup::merge_settings(o.vm.as_ref(), existing.as_ref()).unwrap_or_default();
+    let drv = s.driver(kind, settings);
+    preflight(drv.as_ref(), p, m)?;
+    let node = existing
+        .as_ref()
+        .and_then(|c| c.join.as_ref().map(|x| x.node.clone()))
+        .or_else(|| j.node.clone())
+        .unwrap_or_else(|| default_node_name(&p.name));
+    let cfg = Config {
+        name: p.name.clone(),
+        driver: kind,
+        manifest: loaded.path.clone(),
+        port,
+        port_pinned: true,
+        created: existing.as_ref().map_or_else(crate::state::now, |c| c.created.clone()),
+        previous: None,
+        vm: Some(settings).filter(|s| *s != Default::default()),
+        address: None,
+        agents: Vec::new(),
+        listen: None,
+        join: Some(Joined { server: url.clone(), ca_sha256: want.to_ascii_lowercase(), node: node.clone() }),
+    };
+    fskit::create_dir_mode(&p.dir, 0o700)?;
+    fskit::create_dir_mode(&p.join_dir(), 0o700)?;
+    fskit::write_atomic(&p.join_token(), format!("{}\n", j.token.trim()).as_bytes(), 0o600)?;
+    if existing.as_ref() != Some(&cfg) {
+        p.save(&cfg)?;
+    }
+    let ready = run_joined(&s, drv.as_ref(), &loaded, &cfg, &fetch, &remote, o.wait_timeout)?;
+    Ok(JoinedNode { profile: p.name.clone(), node, server: url, host: ready.0, ready: ready.1 })
+}
+
+/// A joined profile's `start`: its agent again, to the server it joined.
+pub fn restart(s: &Session, cfg: &Config, o: &StartOptions) -> Result<JoinedNode> {
+    let p = &s.profile;
+    let joined = cfg.join.as_ref().expect("a joined profile");
+    let token = Token::parse(&p.load_join_token()?)?;
+    let t = Instant::now();
+    let remote = check_server(&joined.server, &joined.ca_sha256, &token)?;
+    s.progress
+        .step(Step::ServerChecked { server: joined.server.clone(), ca_sha256: joined.ca_sha256.clone() }, t.elapsed());
+    let (loaded, fetch) = super::start::resolve(s.home, o, p, Some(cfg), None, s.progress)?;
+    let drv = s.driver(cfg.driver, cfg.vm.unwrap_or_default());
+    let (host, ready) = run_joined(s, drv.as_ref(), &loaded, cfg, &fetch, &remote, o.wait_timeout)?;
+    Ok(JoinedNode { profile: p.name.clone(), node: joined.node.clone(), server: joined.server.clone(), host, ready })
+}
+
+/// The release's agent command line, as the run a joined profile's driver runs.
+fn agent_run(run: &Run) -> Run {
+    let mut r = run.clone();
+    if let Some(a) = &run.agent {
+        r.args = a.args.clone();
+    }
+    r
+}
+
+/// Starts (or finds running) the joined node's agent and waits until the
+/// server says it is Ready (or, where the server does not say to node
+/// credentials, until it has run steadily for a few seconds).
+fn run_joined(
+    s: &Session,
+    drv: &dyn Driver,
+    loaded: &crate::channel::Loaded,
+    cfg: &Config,
+    fetch: &crate::artifacts::Options,
+    remote: &Remote,
+    wait: Duration,
+) -> Result<(String, Option<bool>)> {
+    let (p, progress) = (&s.profile, s.progress);
+    let joined = cfg.join.as_ref().expect("a joined profile");
+    let m = &loaded.manifest;
+    let (server, port) = parse_server(&joined.server)?;
+    let components = fetch_and_unpack(s.home, m, drv.kind(), fetch, progress)?;
+    let mut launch = launch_of(p, m, components, cfg);
+    launch.run = agent_run(&m.component.localkube.run);
+    launch.join = Some(JoinTarget { server, port, node: joined.node.clone() });
+    let run = &launch.run;
+    let host = match drv.status(p)? {
+        HostState::Running(h) => {
+            drv.adopt(p)?;
+            h
+        }
+        state => {
+            if matches!(state, HostState::Stopping(_) | HostState::Crashed { .. }) {
+                drv.stop(p, Stop::of(run))?;
+            }
+            drv.create(p)?;
+            let t = Instant::now();
+            let h = drv.start(&launch)?;
+            progress.step(Step::NodeStarted { node: joined.node.clone(), host: h.id.clone() }, t.elapsed());
+            h
+        }
+    };
+    let timeout = m.component.localkube.run.agent.as_ref().map_or(wait, |a| Duration::from_secs(a.ready_timeout_s));
+    let deadline = Instant::now() + timeout;
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500)).until(deadline);
+    let t = Instant::now();
+    let mut steady = None;
+    let mut last = String::from("no answer yet");
+    loop {
+        if !drv.running(p).unwrap_or(false) {
+            let tail = drv.log_tail(p, 20).iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n");
+            return Err(ClusterError::LocalkubeExited {
+                what: format!("the agent of node {} ended before it was Ready", joined.node),
+                log: p.log_file().display().to_string(),
+                tail,
+                advice: format!("The log above says why; see also `kubestrap logs -p {}`", p.name),
+            }
+            .into());
+        }
+        match remote.node_ready(&joined.node) {
+            Ok(Some(true)) => {
+                progress.step(Step::NodeReady { node: joined.node.clone() }, t.elapsed());
+                return Ok((host.id, Some(true)));
+            }
+            Ok(Some(false)) => last = format!("node {} is not Ready yet", joined.node),
+            // The server does not show Nodes to node credentials: running
+            // steadily for 5 s is what can be seen from here.
+            Ok(None) => {
+                let since = *steady.get_or_insert_with(Instant::now);
+                if since.elapsed() >= Duration::from_secs(5) {
+                    progress.warn(format!(
+                        "the server does not show its nodes to a joining node: see node {} with `kubectl get nodes` \
+                         on the server's machine",
+                        joined.node
+                    ));
+                    return Ok((host.id, None));
+                }
+            }
+            Err(e) => last = e,
+        }
+        if !backoff.wait() {
+            let _ = drv.stop(p, Stop::of(run));
+            let tail = drv.log_tail(p, 20).iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n");
+            return Err(ClusterError::NotReady {
+                what: format!(
+                    "node {} was not Ready after {}s ({last}); its agent was stopped",
+                    joined.node,
+                    timeout.as_secs()
+                ),
+                log: p.log_file().display().to_string(),
+                tail,
+                advice: format!("Retry with `kubestrap start -p {}`, or see `kubestrap logs -p {}`", p.name, p.name),
+            }
+            .into());
+        }
+    }
+}
+
+/// `node leave`: the joined node's agent stopped and removed, its Node
+/// object removed from the server (where node credentials may), and the
+/// profile deleted.
+pub fn leave(home: &Home, name: &str, force: bool, progress: &dyn Progress) -> Result<String> {
+    let s = Session::open_existing(home, name, Wait::Yes, progress)?;
+    let p = &s.profile;
+    let cfg = p.load()?;
+    let Some(joined) = cfg.join.clone() else {
+        return Err(ClusterError::NotJoined { profile: p.name.clone() }.into());
+    };
+    let drv = s.profile_driver();
+    let how = crate::channel::peek(&cfg.manifest).map_or(Stop::DEFAULT, |m| Stop::of(&m.component.localkube.run));
+    drv.stop(p, how)?;
+    let removed = Token::parse(&p.load_join_token()?)
+        .map_err(anyhow::Error::from)
+        .and_then(|t| Ok(check_server(&joined.server, &joined.ca_sha256, &t)?))
+        .and_then(|r| {
+            r.send(reqwest::Method::DELETE, &format!("/api/v1/nodes/{}", joined.node)).map_err(anyhow::Error::msg)
+        });
+    match removed {
+        Ok((200 | 202 | 404, _)) => {}
+        Ok((code, _)) => progress.warn(format!(
+            "the server kept node {}'s object (HTTP {code}): remove it there with `kubestrap node delete {}`",
+            joined.node, joined.node
+        )),
+        Err(e) if force => progress.warn(format!("{e:#}; the node's object stays on the server (--force)")),
+        Err(e) => {
+            return Err(e.context(format!(
+                "node {} is stopped but its object could not be removed from {}; `kubestrap node leave -p {} --force` \
+                 removes the profile anyway",
+                joined.node, joined.server, p.name
+            )));
+        }
+    }
+    super::stop::delete_locked(&s, force)?;
+    Ok(joined.node)
+}
+
+/// `node join-command`: the one line a second machine runs to join this
+/// cluster. Carries the token (a secret: printed only when asked for).
+pub fn join_command(home: &Home, name: &str) -> Result<String> {
+    let p = Profile::new(home, name)?;
+    let cfg = p.load()?;
+    if cfg.join.is_some() {
+        return Err(ClusterError::NotJoined { profile: p.name.clone() }.into());
+    }
+    let Some(at) = cfg.listen else {
+        return Err(ClusterError::NotListening { profile: p.name.clone() }.into());
+    };
+    let pki = super::pki::Pki::new(p.pki());
+    let token = pki.join_token()?;
+    let ca = pki.ca_sha256()?;
+    let release = crate::channel::peek(&cfg.manifest).map(|m| m.id()).unwrap_or_default();
+    Ok(format!(
+        "printf '%s\\n' '{token}' | kubestrap node join https://{at}:{} --ca-sha256 {ca} --token-file - # release {release}",
+        cfg.port
+    ))
+}
+
+/// What the joined server says now: its `/v1-k3s/readyz` code (or why it
+/// did not answer), and this node's Ready (None: not shown to node credentials).
+pub fn remote_state(p: &Profile, joined: &Joined) -> Result<(u16, Option<bool>), String> {
+    let token = p.load_join_token().map_err(|e| e.to_string())?;
+    let token = Token::parse(&token).map_err(|e| e.to_string())?;
+    let remote = check_server(&joined.server, &joined.ca_sha256, &token).map_err(|e| e.to_string())?;
+    let code = remote.get("/v1-k3s/readyz")?.0;
+    Ok((code, remote.node_ready(&joined.node)?))
+}
