@@ -259,3 +259,49 @@ fn a_three_node_upgrade_moves_every_node_and_agents_that_never_get_ready_roll_th
     c.env.ok(&["delete", "-p", "up"]);
     assert!(containers(&c).is_empty(), "{:?}", containers(&c));
 }
+
+#[test]
+fn a_qemu_cluster_of_two_vms_joins_on_its_own_l2_segment_and_suspends_and_resumes_both() {
+    if !need("qemu", qemu_installed) {
+        return;
+    }
+    let vm = vm_artifacts();
+    let c = Cluster::with(|s| {
+        s.localkube_drivers = vec!["qemu".into()];
+        s.vm = Some(vm);
+        s.multi_node();
+        // Two VMs under TCG on two cores: room to boot.
+        s.agent.as_mut().unwrap().1 = 120;
+    });
+    let ctx = "kubestrap-qn";
+    let port = free_port().to_string();
+    let start = ["start", "-p", "qn", "--manifest", c.m(), "--driver", "qemu", "--nodes", "2", "--port", &port];
+    let out = c.env.ok(&[&start[..], &["--memory", "512", "--cpus", "1", "--accel", "tcg"]].concat());
+    assert!(out.contains("node ready: kubestrap-qn-m02"), "{out}");
+    assert_eq!(
+        kubectl_nodes(&c, ctx),
+        [("kubestrap-qn".to_string(), "True".to_string()), ("kubestrap-qn-m02".to_string(), "True".to_string())]
+    );
+    // The agent's VM joined over the L2 segment, at its own address there.
+    let log = c.env.ok(&["node", "logs", "-p", "qn", "m02"]);
+    assert!(log.contains("nodes' network: 198.19.77.2/24 on eth1"), "{log}");
+    c.kubectl_ok(&KUBECTL, &["--context", ctx, "create", "configmap", "kept", "--from-literal=k=v"]);
+
+    // stop suspends both VMs; start resumes both, every node Ready.
+    let out = c.env.ok(&["stop", "-p", "qn"]);
+    assert!(out.contains("suspended"), "{out}");
+    let (_, st) = c.status("qn");
+    let hosts: Vec<&str> = st["nodes"].as_array().unwrap().iter().filter_map(|n| n["host"].as_str()).collect();
+    assert_eq!(st["host"], "Suspended", "{st}");
+    assert_eq!(hosts[1], "Suspended", "{st}");
+    c.env.ok(&["start", "-p", "qn"]);
+    let log = c.env.ok(&["node", "logs", "-p", "qn", "m02", "-n", "400"]);
+    assert!(log.contains("resuming the suspended VM"), "the agent's VM was resumed: {log}");
+    let nodes = kubectl_nodes(&c, ctx);
+    assert!(nodes.len() == 2 && nodes.iter().all(|(_, r)| r == "True"), "{nodes:?}");
+    let kept = c.kubectl_ok(&KUBECTL, &["--context", ctx, "get", "configmap", "kept", "-o", "jsonpath={.data.k}"]);
+    assert_eq!(kept, "v");
+    c.env.ok(&["delete", "-p", "qn"]);
+    let left = Command::new("pgrep").args(["-f", "kubestrap-qn"]).output().unwrap();
+    assert!(left.stdout.is_empty(), "no VM of the cluster is left: {}", String::from_utf8_lossy(&left.stdout));
+}

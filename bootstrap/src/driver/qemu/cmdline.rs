@@ -82,9 +82,24 @@ pub struct VmSpec {
     pub guest_port: u16,
     /// `--listen`: the same port forwarded from this address too.
     pub listen: Option<std::net::Ipv4Addr>,
+    /// Whether the apiserver's port is forwarded at all (an agent node's VM
+    /// serves nothing to this machine).
+    pub forward: bool,
+    /// The cluster's private L2 segment, shared by its nodes' VMs.
+    pub l2: Option<L2>,
     pub qmp_socket: PathBuf,
     /// Resume from this internal snapshot of the data disk.
     pub loadvm: Option<String>,
+}
+
+/// A VM's NIC on its cluster's private L2 segment: a multicast socket
+/// netdev on 127.0.0.1 (every VM of the cluster on the same group; no host
+/// bridge, no root), with a MAC of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct L2 {
+    /// `group:port`.
+    pub mcast: String,
+    pub mac: String,
 }
 
 /// The guest's address on qemu's user-mode network.
@@ -124,19 +139,28 @@ pub fn args(vm: &VmSpec) -> Vec<String> {
         "-device",
         "virtio-blk-pci,drive=config",
     ]);
+    let mut user = "user,id=net0".to_string();
+    if vm.forward {
+        user.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-{GUEST_IP}:{}", vm.host_port, vm.guest_port));
+        if let Some(a) = vm.listen {
+            user.push_str(&format!(",hostfwd=tcp:{a}:{}-{GUEST_IP}:{}", vm.host_port, vm.guest_port));
+        }
+    }
     push(&[
         "-netdev",
-        &format!(
-            "user,id=net0,hostfwd=tcp:127.0.0.1:{}-{GUEST_IP}:{}{}",
-            vm.host_port,
-            vm.guest_port,
-            vm.listen
-                .map_or(String::new(), |a| format!(",hostfwd=tcp:{a}:{}-{GUEST_IP}:{}", vm.host_port, vm.guest_port))
-        ),
+        &user,
         // No option ROM: a direct kernel boot does not network-boot.
         "-device",
         "virtio-net-pci,netdev=net0,romfile=",
     ]);
+    if let Some(l2) = &vm.l2 {
+        push(&[
+            "-netdev",
+            &format!("socket,id=net1,mcast={},localaddr=127.0.0.1", l2.mcast),
+            "-device",
+            &format!("virtio-net-pci,netdev=net1,mac={},romfile=", l2.mac),
+        ]);
+    }
     push(&["-device", "virtio-rng-pci"]);
     // Free page reporting: memory the guest frees goes back to the host.
     push(&["-device", "virtio-balloon-pci,free-page-reporting=on"]);
@@ -178,6 +202,8 @@ mod tests {
             host_port: 8443,
             guest_port: 6443,
             listen: None,
+            forward: true,
+            l2: None,
             qmp_socket: "/p/vm/qmp.sock".into(),
             loadvm: None,
         }

@@ -25,6 +25,8 @@ pub struct ConfigDisk<'a> {
     pub pki: &'a Path,
     /// Files placed under localkube's `{data}` → `data/` (copied in at boot).
     pub stage: &'a Path,
+    /// The node's `address/prefix` on its cluster's L2 segment (eth1).
+    pub l2: Option<&'a str>,
 }
 
 struct Hashing<W> {
@@ -109,6 +111,10 @@ pub fn write(c: &ConfigDisk, dest: &Path) -> Result<Sha256, fskit::FsError> {
         add_bytes(&mut b, "stop", format!("{} {}\n", c.stop_signal, c.stop_timeout_s).as_bytes(), 0o644)?;
         let env: String = c.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
         add_bytes(&mut b, "env", env.as_bytes(), 0o644)?;
+        if let Some(l2) = c.l2 {
+            // The node's address on the cluster's L2 segment (eth1).
+            add_bytes(&mut b, "l2", format!("{l2}\n").as_bytes(), 0o644)?;
+        }
         add_tree(&mut b, c.component, "component")?;
         add_tree(&mut b, c.pki, "pki")?;
         add_tree(&mut b, c.stage, "data")?;
@@ -143,6 +149,7 @@ mod tests {
             component: &comp,
             pki: &pki,
             stage: &d.path().join("none"),
+            l2: None,
         };
         let (a, b) = (d.path().join("a.tar"), d.path().join("b.tar"));
         let sa = write(&c, &a).unwrap();

@@ -37,6 +37,7 @@ use crate::progress::Step;
 use crate::retry::Backoff;
 use crate::state::{read as read_state, write as write_state};
 
+mod agents;
 pub mod cmdline;
 mod config;
 mod doctor;
@@ -255,6 +256,46 @@ impl Qemu<'_> {
     }
 }
 
+/// The private network of a cluster's VMs: one segment per cluster (a
+/// multicast group of its own on 127.0.0.1), addresses by node index (the
+/// server is 1), made only for a release that runs agents.
+#[derive(Clone, Debug)]
+struct NodeNet {
+    /// The profile of the cluster (the server's).
+    cluster: PathBuf,
+    index: u16,
+    /// Whether the apiserver's port is forwarded to this machine (the server's VM).
+    forward: bool,
+}
+
+/// The nodes' subnet: from the range reserved for benchmarks (RFC 2544), so
+/// never a network a user's machine routes.
+const L2_NET: [u8; 3] = [198, 19, 77];
+
+impl NodeNet {
+    fn server(p: &Profile) -> NodeNet {
+        NodeNet { cluster: p.dir.clone(), index: 1, forward: true }
+    }
+    fn address(&self) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(L2_NET[0], L2_NET[1], L2_NET[2], self.index as u8)
+    }
+    fn spec(&self) -> cmdline::L2 {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(self.cluster.as_os_str().as_encoded_bytes());
+        // An administratively scoped group (239/8) and a port of the cluster's own.
+        let port = 20000 + (u16::from_be_bytes([h[3], h[4]]) % 40000);
+        cmdline::L2 {
+            mcast: format!("239.{}.{}.{}:{port}", h[0], h[1], h[2].max(1)),
+            mac: format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", h[5] & 0xfe, h[6], h[7], self.index),
+        }
+    }
+}
+
+/// The server VM's address on its cluster's L2 segment.
+pub fn server_l2_address() -> std::net::Ipv4Addr {
+    NodeNet { cluster: PathBuf::new(), index: 1, forward: true }.address()
+}
+
 impl Qemu<'_> {
     /// One boot of the VM (see [`Driver::start`]).
     fn boot(
@@ -264,6 +305,7 @@ impl Qemu<'_> {
         why: &str,
         may_resume: bool,
         watch: bool,
+        net: &NodeNet,
     ) -> Result<Host, BootFailure> {
         let p = &launch.profile;
         let hv = Hypervisor { tree: tree(launch, ComponentName::Hypervisor)?.clone() };
@@ -272,8 +314,12 @@ impl Qemu<'_> {
         let set = launch.settings;
         tracing::debug!("qemu accelerator: {why}");
 
+        // A release that runs agents: every node on the cluster's segment,
+        // where it is known by its address there.
+        let l2 = launch.run.agent.is_some().then(|| net.address());
+        let l2_cidr = l2.map(|a| format!("{a}/24"));
         // The config disk: localkube's command line as the guest runs it.
-        let vars = self.vars(launch);
+        let vars = guest::vars(launch, l2.unwrap_or(cmdline::GUEST_IP));
         let mut guest_args = vec![guest::path(&format!("component/{}", launch.run.program))];
         guest_args.extend(launch.run.args.iter().map(|a| a.render(&vars)));
         let next = vm_dir(p).join("config.next.tar");
@@ -287,6 +333,7 @@ impl Qemu<'_> {
                 component: &launch.component,
                 pki: &p.pki(),
                 stage: &self.host_data(p),
+                l2: l2_cidr.as_deref(),
             },
             &next,
         )?;
@@ -304,6 +351,8 @@ impl Qemu<'_> {
             host_port: launch.port,
             guest_port: guest::PORT,
             listen: launch.listen,
+            forward: net.forward,
+            l2: l2.map(|_| net.spec()),
             // Relative to qemu's working directory (the VM's): a socket's
             // path must fit in 108 bytes, a deep home's would not.
             qmp_socket: PathBuf::from("qmp.sock"),
@@ -389,58 +438,9 @@ impl Qemu<'_> {
     }
 }
 
-fn did_not_start(p: &Profile, how: String) -> DriverError {
-    DriverError::DidNotStart { how, log: p.log_file() }
-}
-
-impl Driver for Qemu<'_> {
-    fn kind(&self) -> Kind {
-        Kind::Qemu
-    }
-
-    fn check(&self, manifest: Option<&Manifest>) -> Vec<Check> {
-        let home = self.ctx.home;
-        let mut out = checks(&host_caps(home).0, manifest, self.ctx.settings);
-        out.extend(manifest.and_then(|m| hypervisor_runs(home, m)));
-        out
-    }
-
-    /// With the accelerator asked (`--accel kvm` without KVM is refused
-    /// before anything is fetched); the hypervisor is re-hashed and run by
-    /// the start itself.
-    fn prerequisites(&self, _p: &Profile, manifest: &Manifest) -> Vec<Check> {
-        checks(&host_caps(self.ctx.home).0, Some(manifest), self.ctx.settings)
-    }
-
-    fn extra_sans(&self, _p: &Profile) -> Vec<String> {
-        vec![cmdline::GUEST_IP.to_string()]
-    }
-
-    fn vars(&self, launch: &Launch) -> Vars {
-        guest::vars(launch, cmdline::GUEST_IP)
-    }
-
-    fn host_vars(&self, launch: &Launch) -> Vars {
-        guest::host_vars(launch, cmdline::GUEST_IP, &self.host_data(&launch.profile))
-    }
-
-    fn host_data(&self, p: &Profile) -> PathBuf {
-        stage(p).join("data")
-    }
-
-    fn create(&self, p: &Profile) -> Result<()> {
-        for dir in [p.run(), p.logs(), vm_dir(p), disk_dir(p), self.host_data(p)] {
-            fskit::create_dir_mode(&dir, 0o700)?;
-        }
-        Ok(())
-    }
-
-    /// Boots (or resumes) the VM. At most three boots: a resume that fails
-    /// boots afresh with the data; a first guest on a KVM not yet proven
-    /// here that makes qemu exit at once, or shows no sign of life, boots
-    /// again with TCG (the verdict kept until the machine reboots). When
-    /// TCG fails too, the error names both attempts.
-    fn start(&self, launch: &Launch) -> Result<Host> {
+impl Qemu<'_> {
+    /// Boots (or resumes) one node's VM: see [`Driver::start`].
+    fn start_node(&self, launch: &Launch, net: &NodeNet) -> Result<Host> {
         let p = &launch.profile;
         let (caps, kvm_booted) = host_caps(self.ctx.home);
         let (mut accel, mut why) =
@@ -452,7 +452,7 @@ impl Driver for Qemu<'_> {
         let mut resume = true;
         let mut failed: Vec<String> = Vec::new();
         for _ in 0..3 {
-            match self.boot(launch, accel, &why, resume, watch) {
+            match self.boot(launch, accel, &why, resume, watch, net) {
                 Ok(host) => {
                     if watch {
                         kvm::record_boot(&record, true, "a guest booted with KVM")?;
@@ -489,6 +489,64 @@ impl Driver for Qemu<'_> {
             }
         }
         Err(QemuError::Attempts(format!("the VM did not start after 3 boots: {}", failed.join("; "))).into())
+    }
+}
+
+fn did_not_start(p: &Profile, how: String) -> DriverError {
+    DriverError::DidNotStart { how, log: p.log_file() }
+}
+
+impl Driver for Qemu<'_> {
+    fn kind(&self) -> Kind {
+        Kind::Qemu
+    }
+
+    fn check(&self, manifest: Option<&Manifest>) -> Vec<Check> {
+        let home = self.ctx.home;
+        let mut out = checks(&host_caps(home).0, manifest, self.ctx.settings);
+        out.extend(manifest.and_then(|m| hypervisor_runs(home, m)));
+        out
+    }
+
+    /// With the accelerator asked (`--accel kvm` without KVM is refused
+    /// before anything is fetched); the hypervisor is re-hashed and run by
+    /// the start itself.
+    fn prerequisites(&self, _p: &Profile, manifest: &Manifest) -> Vec<Check> {
+        checks(&host_caps(self.ctx.home).0, Some(manifest), self.ctx.settings)
+    }
+
+    /// The guest's address, and the server's on its cluster's L2 segment
+    /// (where agents reach it).
+    fn extra_sans(&self, _p: &Profile) -> Vec<String> {
+        vec![cmdline::GUEST_IP.to_string(), server_l2_address().to_string()]
+    }
+
+    fn vars(&self, launch: &Launch) -> Vars {
+        guest::vars(launch, cmdline::GUEST_IP)
+    }
+
+    fn host_vars(&self, launch: &Launch) -> Vars {
+        guest::host_vars(launch, cmdline::GUEST_IP, &self.host_data(&launch.profile))
+    }
+
+    fn host_data(&self, p: &Profile) -> PathBuf {
+        stage(p).join("data")
+    }
+
+    fn create(&self, p: &Profile) -> Result<()> {
+        for dir in [p.run(), p.logs(), vm_dir(p), disk_dir(p), self.host_data(p)] {
+            fskit::create_dir_mode(&dir, 0o700)?;
+        }
+        Ok(())
+    }
+
+    /// Boots (or resumes) the VM. At most three boots: a resume that fails
+    /// boots afresh with the data; a first guest on a KVM not yet proven
+    /// here that makes qemu exit at once, or shows no sign of life, boots
+    /// again with TCG (the verdict kept until the machine reboots). When
+    /// TCG fails too, the error names both attempts.
+    fn start(&self, launch: &Launch) -> Result<Host> {
+        self.start_node(launch, &NodeNet::server(&launch.profile))
     }
 
     fn running(&self, p: &Profile) -> Result<bool> {
@@ -566,7 +624,13 @@ impl Driver for Qemu<'_> {
         })
     }
 
+    /// The VM's processes, and any agent VM of the profile's (found on
+    /// disk, whatever the config says).
     fn delete(&self, p: &Profile) -> Result<()> {
+        for e in fskit::list_dir(&p.dir.join("nodes")).unwrap_or_default() {
+            let sub = Profile { name: format!("{}-{}", p.name, e.file_name().to_string_lossy()), dir: e.path() };
+            supervisor::kill_all(&sub)?;
+        }
         supervisor::kill_all(p)
     }
 
@@ -584,6 +648,10 @@ impl Driver for Qemu<'_> {
         let copied = fskit::copy_tree(&disk_dir(p), dest)?;
         fskit::sync_fs(dest)?;
         Ok(copied)
+    }
+
+    fn agents(&self) -> Option<&dyn super::Agents> {
+        Some(self)
     }
 
     fn restore(&self, p: &Profile, src: &Path) -> Result<()> {

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Multi-node benchmark: time from `kubestrap start --nodes N` of a new
+# profile to every node Ready, for 1, 2, 3 and 5 nodes on the docker driver
+# (the node image already imported: what a second cluster costs), and 2 VMs
+# against 1 on the qemu driver under TCG; the memory each added node takes
+# (its container's memory use; its qemu process's resident set). Every
+# figure is a ratio against one node in the same run (the goal: 3 docker
+# nodes within 1.5x of one).
+#
+# Usage: bench/nodes.sh [RUNS]   (default 5; the qemu part runs 3). As root;
+# needs a Docker engine, qemu and the artifacts `ci/test.sh` builds.
+set -euo pipefail
+runs=${1:-5}
+. "$(dirname "$0")/lib.sh"
+[ -n "$(ls "$top"/target/docker/rootfs-*.tar.zst 2>/dev/null)" ] || "$top/ci/docker/build.sh" "$top/target/docker" >/dev/null
+[ -n "$(ls "$top"/target/vm/base-*.tar.zst 2>/dev/null)" ] || "$top/ci/vm/build.sh" "$top/target/vm" >/dev/null
+rootfs=$(ls "$top"/target/docker/rootfs-*.tar.zst | head -1)
+art=$work/artifacts
+mkdir -p "$art/stage"
+cp "$top/target/release/localkube-standin" "$art/stage/" && echo v1.33.1+standin > "$art/stage/version.txt"
+tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$art/stage" -cf - localkube-standin version.txt | zstd -q -3 -o "$art/standin.tar.zst"
+# The stand-in's run section, with its own node and an agent that joins it.
+sed -e 's|"--token-auth-file={pki}/token.csv"\]|"--token-auth-file={pki}/token.csv",\n        "--node-name={node}", "--token-file={token}"]|' \
+  "$top/ci/standin/run.toml" > "$art/run.toml"
+cat >> "$art/run.toml" <<'EOF'
+
+[agent]
+args = ["agent", "--server=https://{server}:{port}", "--token-file={token}", "--node-name={node}",
+        "--node-ip={node-ip}", "--data-dir={data}"]
+ready-timeout-s = 300
+EOF
+hv=$(ls "$top"/target/vm/hypervisor-*.tar.zst | head -1)
+base=$(ls "$top"/target/vm/base-*.tar.zst | head -1)
+"$ks" manifest new --out "$art/m.toml" --channel bench --kubernetes 1.33.1 \
+  --component "kubectl@1.33.1=/usr/lib/google-cloud-sdk/bin/kubectl.1.33" \
+  --component "localkube@1.33.1+standin=$art/standin.tar.zst#localkube-standin" --drivers localkube=docker,qemu \
+  --component "rootfs@bench=$rootfs" --drivers rootfs=docker \
+  --component "hypervisor@$(basename "$hv" .tar.zst | sed 's/^hypervisor-//')=$hv#bin/qemu-system-x86_64" --drivers hypervisor=qemu \
+  --component "base-image@$(basename "$base" .tar.zst | sed 's/^base-//')=$base#vmlinuz" --drivers base-image=qemu \
+  --run "$art/run.toml" >/dev/null
+"$ks" manifest sign --key "$top/ci/dev-keys/dev.key" "$art/m.toml" >/dev/null
+"$ks" trust add "$top/ci/dev-keys/dev.pub" >/dev/null 2>&1
+bench_cleanup() { "$ks" delete --all >/dev/null 2>&1 || :; }
+
+# One start of a new profile to every node Ready, in ns; the profile deleted after.
+# start_once PROFILE NODES [extra args...]
+start_once() {
+  local p=$1 n=$2; shift 2
+  local t0 t1
+  t0=$(now)
+  "$ks" start -p "$p" --manifest "$art/m.toml" --nodes "$n" --port "$(free_port)" "$@" >/dev/null
+  t1=$(now)
+  echo $((t1 - t0))
+}
+
+echo "machine: $(machine); $(docker version --format 'Docker {{.Server.Version}}' 2>/dev/null)"
+# Warm-up: the node image imported, the artifacts cached.
+start_once warm 1 --driver docker >/dev/null && "$ks" delete -p warm >/dev/null
+declare -A med
+for n in 1 2 3 5; do
+  for i in $(seq "$runs"); do
+    start_once "d$n-$i" "$n" --driver docker
+    if [ "$n" = 5 ] && [ "$i" = 1 ]; then
+      # Memory: the server's container and each agent's, as the engine counts it.
+      docker stats --no-stream --format '{{.Name}} {{.MemUsage}}' | grep "kubestrap-d5-1-" > "$work/mem-docker" || :
+    fi
+    "$ks" delete -p "d$n-$i" >/dev/null
+  done > "$work/d$n"
+  med[$n]=$(median s 2 < "$work/d$n")
+done
+echo "docker, new profile → every node Ready (median of $runs):"
+for n in 1 2 3 5; do
+  echo "  $n node(s): ${med[$n]} s ($(awk -v a="${med[$n]}" -v b="${med[1]}" 'BEGIN {printf "%.2f", a / b}')x one node)"
+done
+echo "  memory per container (docker stats, 5 nodes):"
+sed 's/^/    /' "$work/mem-docker"
+
+qruns=3
+for n in 1 2; do
+  for i in $(seq "$qruns"); do
+    start_once "q$n-$i" "$n" --driver qemu --accel tcg --memory 512 --cpus 1
+    if [ "$n" = 2 ] && [ "$i" = 1 ]; then
+      ps -eo rss,args | awk '/qemu-system/ && /kubestrap-q2-1/ {print $1 " KiB " ($0 ~ /kubestrap-q2-1-m02/ ? "agent" : "server")}' > "$work/mem-qemu"
+    fi
+    "$ks" delete -p "q$n-$i" >/dev/null
+  done > "$work/q$n"
+  med[q$n]=$(median s 2 < "$work/q$n")
+done
+echo "qemu (TCG, 512 MiB, 1 CPU each), new profile → every node Ready (median of $qruns):"
+echo "  1 VM:  ${med[q1]} s"
+echo "  2 VMs: ${med[q2]} s ($(awk -v a="${med[q2]}" -v b="${med[q1]}" 'BEGIN {printf "%.2f", a / b}')x one VM)"
+echo "  resident set per VM's qemu (2 VMs):"
+sed 's/^/    /' "$work/mem-qemu"
