@@ -234,7 +234,11 @@ fn cluster_code(e: &ClusterError) -> Code {
         E::NodesUnsupported { .. } => Code::Unfit,
         E::JoinRefused { .. } => Code::JoinRefused,
         E::NotJoined { .. } | E::NotListening { .. } => Code::Usage,
-        E::TooManyNodes { .. } | E::NoSuchNode { .. } | E::NotRunning { .. } | E::FewerNodes { .. } => Code::Usage,
+        E::TooManyNodes { .. }
+        | E::BadNodeName { .. }
+        | E::NoSuchNode { .. }
+        | E::NotRunning { .. }
+        | E::FewerNodes { .. } => Code::Usage,
     }
 }
 

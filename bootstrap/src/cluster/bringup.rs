@@ -94,6 +94,20 @@ pub fn bring_up(s: &Session, drv: &dyn Driver, plan: &BringUp) -> Result<Started
     let run = &m.component.localkube.run;
     let agents = wanted_agents(p, plan)?;
     nodes::check_supported(drv, p, m, agents.len() + 1)?;
+    // k3s on the host binds its kubelet and the rest to the node address:
+    // on a network others reach, that is more than the API.
+    let listen = plan.tuning.listen.or(plan.existing.and_then(|c| c.listen));
+    if let Some(at) = listen.filter(|_| drv.kind() == kubestrap_manifest::Driver::Native && run.needs_root) {
+        return Err(driver::DriverError::Unfit {
+            driver: drv.kind(),
+            failures: format!(
+                "--listen {at}: {} on the native driver would put its kubelet and node ports on that network, not \
+                 only the API; use --driver docker or --driver qemu, which forward the API alone",
+                run.program
+            ),
+        }
+        .into());
+    }
     preflight(drv, p, m)?;
     let mut components = fetch_and_unpack(s.home, m, drv.kind(), plan.fetch, s.progress)?;
     crate::killpoint::reached("configure");

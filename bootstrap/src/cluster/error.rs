@@ -37,6 +37,8 @@ pub enum ClusterError {
     TooManyNodes { asked: usize, max: usize },
     #[error("profile {profile:?} has no agent node {node:?} (its nodes: {nodes})")]
     NoSuchNode { profile: String, node: String, nodes: String },
+    #[error("{name:?} is not a node name (an RFC 1123 name: lowercase letters, digits, '-' and '.')")]
+    BadNodeName { name: String },
     #[error("profile {profile:?} is not running")]
     NotRunning { profile: String },
     #[error("{server}: not joined: {why}")]
@@ -64,7 +66,7 @@ impl ClusterError {
             E::NodesUnsupported { .. } => {
                 "use the docker driver (--driver docker) and a release whose manifest has run.agent".into()
             }
-            E::TooManyNodes { .. } => return None,
+            E::TooManyNodes { .. } | E::BadNodeName { .. } => return None,
             E::NoSuchNode { profile, .. } => format!("`kubestrap node list -p {profile}` lists them"),
             E::JoinRefused { .. } => {
                 "run the line `kubestrap node join-command` prints on the server's machine, as printed (its token and \

@@ -234,6 +234,18 @@ pub fn join(home: &Home, j: &JoinOptions, progress: &dyn Progress) -> Result<Joi
         ClusterError::JoinRefused { why, .. } => ClusterError::JoinRefused { server: url.clone(), why },
         other => other,
     })?;
+    if let Some(node) = &j.node {
+        super::nodes::check_node_name(node)?;
+    }
+    if let Some(h) = &j.ca_sha256
+        && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(ClusterError::JoinRefused {
+            server: url,
+            why: format!("--ca-sha256 {h:?}: expected 64 hex digits (what `kubestrap node join-command` prints)"),
+        }
+        .into());
+    }
     let want = j.ca_sha256.clone().or_else(|| token.ca_sha256.clone()).ok_or_else(|| ClusterError::JoinRefused {
         server: url.clone(),
         why: "neither --ca-sha256 nor the token (K10<sha256>::…) names the server's CA: kubestrap trusts no server on \
@@ -280,6 +292,7 @@ pub fn join(home: &Home, j: &JoinOptions, progress: &dyn Progress) -> Result<Joi
         .and_then(|c| c.join.as_ref().map(|x| x.node.clone()))
         .or_else(|| j.node.clone())
         .unwrap_or_else(|| default_node_name(&p.name));
+    super::nodes::check_node_name(&node)?;
     let cfg = Config {
         name: p.name.clone(),
         driver: kind,

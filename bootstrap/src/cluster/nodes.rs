@@ -27,6 +27,24 @@ use crate::retry::Backoff;
 /// The most nodes a profile may have (the server and 98 agents).
 pub const MAX_NODES: usize = 99;
 
+/// A Kubernetes node name: an RFC 1123 subdomain (lowercase letters,
+/// digits, '-' and '.', at most 253), so that it is one path segment of
+/// the API and one argument, never anything else.
+pub fn check_node_name(name: &str) -> Result<(), ClusterError> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.len() <= 253 && name.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(ClusterError::BadNodeName { name: name.to_string() })
+    }
+}
+
 /// The profile's agents, in order.
 pub fn agents_of(p: &Profile, cfg: &Config) -> Vec<AgentNode> {
     let mut out: Vec<AgentNode> = cfg.agents.iter().filter_map(|a| AgentNode::parse(&p.name, a)).collect();
@@ -245,12 +263,6 @@ pub struct NodeStatus {
     pub crash: Option<String>,
 }
 
-impl NodeStatus {
-    pub fn is_ready(&self) -> bool {
-        self.ready == "Ready"
-    }
-}
-
 /// Every node of the profile: the server (its host as given) and each agent.
 pub fn statuses(
     drv: &dyn Driver,
@@ -415,6 +427,7 @@ pub fn remove(home: &Home, name: &str, node: &str, force: bool, progress: &dyn P
     let s = Session::open_existing(home, name, Wait::Yes, progress)?;
     let p = &s.profile;
     let mut cfg = p.load()?;
+    check_node_name(node)?;
     let have = agents_of(p, &cfg);
     let drv = s.profile_driver();
     let server = running_server(drv.as_ref(), p, &cfg);

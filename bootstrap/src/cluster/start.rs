@@ -214,6 +214,12 @@ pub(super) fn resolve(
 fn rejoin(s: &Session, drv: &dyn Driver, host: &Host, loaded: &Loaded, o: &StartOptions) -> Result<Option<Started>> {
     let (p, progress) = (&s.profile, s.progress);
     drv.adopt(p)?;
+    if let Some(at) = o.listen.filter(|a| p.load().ok().and_then(|c| c.listen) != Some(*a)) {
+        progress.warn(format!(
+            "profile {:?} is already running; --listen {at} applies once it is stopped and started again",
+            p.name
+        ));
+    }
     if let Some(asked) = o.port.filter(|asked| *asked != host.port) {
         progress.warn(format!(
             "profile {:?} is already running on port {}; --port {asked} is ignored (stop it first to move it)",

@@ -143,7 +143,10 @@ impl Status {
     /// 1 host down, 2 localkube down, 4 apiserver not ready, 8 an agent
     /// node down or not Ready (added).
     pub fn bitmask(&self) -> u8 {
-        let agent_down = self.nodes.iter().any(|n| n.role == "agent" && !(n.host == "Running" && n.is_ready()));
+        // Down, or not Ready as the server says (Unknown: it does not say).
+        let agent_down = self.nodes.iter().any(|n| {
+            n.role == "agent" && (n.host != "Running" || matches!(n.ready.as_str(), "NotReady" | "Unregistered"))
+        });
         u8::from(self.host != HostStatus::Running)
             | (u8::from(self.localkube != LocalkubeStatus::Running) << 1)
             | (u8::from(self.apiserver != ApiserverStatus::Running) << 2)

@@ -305,3 +305,41 @@ fn a_qemu_cluster_of_two_vms_joins_on_its_own_l2_segment_and_suspends_and_resume
     let left = Command::new("pgrep").args(["-f", "kubestrap-qn"]).output().unwrap();
     assert!(left.stdout.is_empty(), "no VM of the cluster is left: {}", String::from_utf8_lossy(&left.stdout));
 }
+
+#[test]
+fn a_docker_cluster_serves_its_api_where_listen_says_and_node_names_are_checked() {
+    if !need("docker", docker_engine) {
+        return;
+    }
+    // An address of this machine's own that is not loopback: the engine's bridge.
+    let addr = Command::new("ip").args(["-4", "-o", "addr", "show", "docker0"]).output().unwrap();
+    let addr = String::from_utf8_lossy(&addr.stdout);
+    let ip =
+        addr.split_whitespace().nth(3).and_then(|a| a.split('/').next()).expect("docker0 has an address").to_string();
+    let c = multi_node();
+    let port = free_port().to_string();
+    c.env.ok(&["start", "-p", "ls", "--manifest", c.m(), "--driver", "docker", "--port", &port]);
+    // Loopback only: no line another machine could use.
+    let err = c.env.fail(&["node", "join-command", "-p", "ls"], 2);
+    assert!(err.contains("127.0.0.1 only") && err.contains("--listen"), "{err}");
+    let err = c.env.fail(&["start", "-p", "ls", "--listen", "0.0.0.0"], 2);
+    assert!(err.contains("not 0.0.0.0"), "{err}");
+    // Stopped and started with --listen: the container is made again, published there too.
+    c.env.ok(&["stop", "-p", "ls"]);
+    let out = c.env.run(&["start", "-p", "ls", "--listen", &ip]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("reachable at"), "{out:?}");
+    let name = containers(&c).into_iter().next().unwrap();
+    let ports = docker(&["inspect", "--format", "{{json .HostConfig.PortBindings}}", &name]).1;
+    assert!(ports.contains("127.0.0.1") && ports.contains(&ip), "{ports}");
+    // The real kubectl at that address: the certificate names it.
+    let server = format!("https://{ip}:{port}");
+    c.kubectl_ok(&KUBECTL, &["--context", "kubestrap-ls", "--server", &server, "get", "ns"]);
+    let line = c.env.ok(&["node", "join-command", "-p", "ls"]);
+    assert!(line.contains(&format!("kubestrap node join {server} --ca-sha256 ")), "{line}");
+    // A node name is one path segment of the API, never more.
+    for bad in ["../namespaces/default", "M02", "a/b", "x-"] {
+        let err = c.env.fail(&["node", "delete", "-p", "ls", bad], 2);
+        assert!(err.contains("is not a node name"), "{bad}: {err}");
+    }
+    c.env.ok(&["delete", "-p", "ls"]);
+}
