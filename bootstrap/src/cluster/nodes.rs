@@ -138,11 +138,19 @@ pub fn bring_up(
             let t = Instant::now();
             let launched: Vec<(AgentNode, crate::driver::Result<crate::driver::Host>)> = std::thread::scope(|s| {
                 let handles: Vec<_> =
-                    group.iter().map(|n| (n.clone(), s.spawn(move || agents.start_agent(launch, agent, n)))).collect();
+                    group.iter().map(|n| (*n, s.spawn(move || agents.start_agent(launch, agent, n)))).collect();
                 handles
                     .into_iter()
                     .map(|(n, h)| {
-                        (n, h.join().unwrap_or_else(|_| Err(crate::driver::DriverError::NoReport(Duration::ZERO))))
+                        (
+                            n,
+                            h.join().unwrap_or_else(|_| {
+                                Err(crate::driver::DriverError::HostTool {
+                                    command: format!("start node {}", n.short()),
+                                    why: "the thread starting it panicked".into(),
+                                })
+                            }),
+                        )
                     })
                     .collect()
             });

@@ -371,7 +371,7 @@ impl DriverError {
 
 /// An agent node of a profile (clusters of more than one node): `m02`,
 /// `m03`… beside the server (which is node 1).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AgentNode {
     /// Its index: 2 for `m02`. Fixes its address on the profile's network.
     pub index: u16,

@@ -118,7 +118,7 @@ pub fn main(a: AgentArgs) -> Result<()> {
             c => bail!("registering node {}: HTTP {c}: {}", a.node_name, r.text().unwrap_or_default()),
         }
     };
-    retry("registering the node", || register().map_err(|e| Fatal::or_retry(e)))?;
+    retry("registering the node", || register().map_err(Fatal::or_retry))?;
     eprintln!("standin-agent: node {} registered with {base}", a.node_name);
     let beat = json!({"status": {"nodeInfo": {"kubeletVersion": version}}});
     let url = format!("{base}/api/v1/nodes/{}/status", a.node_name);

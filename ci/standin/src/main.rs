@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve the API over HTTPS until SIGTERM/SIGINT.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Join a server as a node (k3s's `agent`) and keep its node Ready.
     Agent(agent::AgentArgs),
 }
@@ -309,7 +309,7 @@ fn main() {
         _ => {}
     }
     let args = match Cli::parse().cmd {
-        Cmd::Server(args) => args,
+        Cmd::Server(args) => *args,
         Cmd::Agent(args) => {
             if let Err(e) = agent::main(args) {
                 eprintln!("standin-agent: error: {e:#}");
