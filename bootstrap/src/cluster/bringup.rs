@@ -325,7 +325,7 @@ pub fn wait_ready(
     };
     let tail = drv.log_tail(p, 20);
     let log = p.log_file().display().to_string();
-    let tail_text = tail.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n");
+    let tail_text = nodes::tail_text(&tail);
     Err(match e {
         WaitError::Exited => {
             let how = match drv.status(p)? {

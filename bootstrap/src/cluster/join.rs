@@ -166,14 +166,7 @@ impl Remote {
     /// node credentials (a real k3s shows Nodes only to the cluster's users).
     fn node_ready(&self, node: &str) -> Result<Option<bool>, String> {
         match self.get(&format!("/api/v1/nodes/{node}"))? {
-            (200, body) => {
-                let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-                let ready = v["status"]["conditions"]
-                    .as_array()
-                    .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-                    .is_some_and(|c| c["status"] == "True");
-                Ok(Some(ready))
-            }
+            (200, body) => super::nodes::ready_in(&body).map(Some),
             (404, _) => Ok(Some(false)),
             (401 | 403, _) => Ok(None),
             (code, body) => Err(format!("HTTP {code}: {}", body.trim())),
@@ -386,7 +379,7 @@ fn run_joined(
     let mut last = String::from("no answer yet");
     loop {
         if !drv.running(p).unwrap_or(false) {
-            let tail = drv.log_tail(p, 20).iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n");
+            let tail = super::nodes::tail_text(&drv.log_tail(p, 20));
             return Err(ClusterError::LocalkubeExited {
                 what: format!("the agent of node {} ended before it was Ready", joined.node),
                 log: p.log_file().display().to_string(),
@@ -418,7 +411,7 @@ fn run_joined(
         }
         if !backoff.wait() {
             let _ = drv.stop(p, Stop::of(run));
-            let tail = drv.log_tail(p, 20).iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n");
+            let tail = super::nodes::tail_text(&drv.log_tail(p, 20));
             return Err(ClusterError::NotReady {
                 what: format!(
                     "node {} was not Ready after {}s ({last}); its agent was stopped",

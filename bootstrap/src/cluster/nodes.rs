@@ -86,17 +86,19 @@ pub fn check_supported(drv: &dyn Driver, p: &Profile, m: &Manifest, nodes: usize
 /// server has no such node (yet).
 pub fn node_ready(probe: &Probe, node: &str) -> Result<Option<bool>, String> {
     match probe.get(&format!("/api/v1/nodes/{node}"))? {
-        (200, body) => {
-            let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("node {node}: {e}"))?;
-            let ready = v["status"]["conditions"]
-                .as_array()
-                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-                .is_some_and(|c| c["status"] == "True");
-            Ok(Some(ready))
-        }
+        (200, body) => ready_in(&body).map(Some).map_err(|e| format!("node {node}: {e}")),
         (404, _) => Ok(None),
         (code, body) => Err(format!("HTTP {code}: {}", body.trim().chars().take(200).collect::<String>())),
     }
+}
+
+/// Whether a Node object (JSON) has its Ready condition True.
+pub(super) fn ready_in(body: &str) -> Result<bool, String> {
+    let v: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    Ok(v["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .is_some_and(|c| c["status"] == "True"))
 }
 
 /// How agents are brought up: all at once (a start), or one after the
@@ -228,7 +230,8 @@ pub fn wait_ready(
     }
 }
 
-fn tail_text(lines: &[String]) -> String {
+/// Log lines as an error shows them.
+pub(super) fn tail_text(lines: &[String]) -> String {
     lines.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n")
 }
 

@@ -399,7 +399,7 @@ fn run(s: &Session, drv: &dyn Driver, swap: Swap) -> Result<Outcome> {
             Ok(Outcome::Done { plan, snapshot: snap.id, timings })
         }
         Err(e) => {
-            let tail = drv.log_tail(p, 20).iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n");
+            let tail = super::nodes::tail_text(&drv.log_tail(p, 20));
             let why = format!("{e:#}");
             match roll_back(s, drv, &mut j, fetch, tuning) {
                 Ok(()) => {
