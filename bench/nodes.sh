@@ -48,7 +48,7 @@ start_once() {
   local p=$1 n=$2; shift 2
   local t0 t1
   t0=$(now)
-  "$ks" start -p "$p" --manifest "$art/m.toml" --nodes "$n" --port "$(free_port)" "$@" >/dev/null
+  "$ks" start -p "$p" --manifest "$art/m.toml" --nodes "$n" --port "$(free_port)" "$@" >/dev/null 2>"$work/start.err" || { cat "$work/start.err" >&2; return 1; }
   t1=$(now)
   echo $((t1 - t0))
 }

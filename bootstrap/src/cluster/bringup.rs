@@ -124,11 +124,23 @@ pub fn bring_up(s: &Session, drv: &dyn Driver, plan: &BringUp) -> Result<Started
     s.progress.step(Step::LocalkubeStarted { host: host.id.clone(), driver: drv.kind().as_str() }, t.elapsed());
     let check = ReadyCheck { pki: &pki, at, run, timeout: plan.tuning.wait_timeout };
     crate::killpoint::reached("ready");
-    wait_ready(drv, p, &check, true, s.progress)?;
+    // The agents' hosts are made while the server comes up; they start
+    // once it is ready.
+    let making = drv.agents().filter(|_| !agents.is_empty());
+    let (ready, made) = std::thread::scope(|sc| {
+        let launch = &launch;
+        let agents = &agents;
+        let creating = making.map(|a| sc.spawn(move || nodes::create(a, launch, agents)));
+        let ready = wait_ready(drv, p, &check, true, s.progress);
+        let made = creating.map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("making the nodes panicked"))));
+        (ready, made)
+    });
+    ready?;
+    made.transpose()?;
     crate::killpoint::reached("kubeconfig");
     let version = write_kubeconfig(p, &pki, at, plan.tuning.keep_context, s.progress)?;
     let probe = Probe::new(&pki, at, Duration::from_secs(5))?;
-    nodes::bring_up(drv, &launch, &agents, &probe, plan.tuning.rollout, s.progress)?;
+    nodes::bring_up(drv, &launch, &agents, &probe, (plan.tuning.rollout, true), s.progress)?;
     launched.keep();
     Ok(Started { kubernetes: version, manifest: m.id(), already_running: false, created, ..result(p, at, host)? })
 }

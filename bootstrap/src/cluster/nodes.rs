@@ -109,15 +109,39 @@ pub enum Rollout {
     OneByOne,
 }
 
-/// Starts `nodes` (in parallel, or one by one) and waits until each one's
-/// node is Ready. On failure the agents this call started are stopped
-/// again, and the error names the node with its last log lines.
+/// Makes every node's host (at once), none started: what can be done
+/// while the server comes up.
+pub fn create(agents: &dyn Agents, launch: &Launch, nodes: &[AgentNode]) -> Result<()> {
+    let Some(agent) = launch.run.agent.as_ref() else { return Ok(()) };
+    let made: Vec<crate::driver::Result<()>> = std::thread::scope(|s| {
+        let hs: Vec<_> = nodes.iter().map(|n| s.spawn(move || agents.create_agent(launch, agent, n))).collect();
+        hs.into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(crate::driver::DriverError::HostTool {
+                        command: "make a node".into(),
+                        why: "the thread making it panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    for (n, r) in nodes.iter().zip(made) {
+        r.map_err(|e| anyhow::Error::from(e).context(format!("making node {}", n.short())))?;
+    }
+    Ok(())
+}
+
+/// Starts `nodes` (in parallel, or one by one; made first unless
+/// `created`) and waits until each one's node is Ready. On failure the
+/// agents this call started are stopped again, and the error names the
+/// node with its last log lines.
 pub fn bring_up(
     drv: &dyn Driver,
     launch: &Launch,
     nodes: &[AgentNode],
     probe: &Probe,
-    rollout: Rollout,
+    (rollout, created): (Rollout, bool),
     progress: &dyn Progress,
 ) -> Result<()> {
     if nodes.is_empty() {
@@ -128,6 +152,9 @@ pub fn bring_up(
         let why = "this driver or release runs one node".to_string();
         return Err(ClusterError::NodesUnsupported { profile: p.name.clone(), nodes: nodes.len() + 1, why }.into());
     };
+    if !created {
+        create(agents, launch, nodes)?;
+    }
     let timeout = Duration::from_secs(agent.ready_timeout_s);
     let stop = Stop::of(&launch.run);
     let groups: Vec<&[AgentNode]> = match rollout {
@@ -137,6 +164,7 @@ pub fn bring_up(
     let mut started: Vec<AgentNode> = Vec::new();
     let result = (|| -> Result<()> {
         for group in groups {
+            crate::killpoint::reached("node start");
             let t = Instant::now();
             let launched: Vec<(AgentNode, crate::driver::Result<crate::driver::Host>)> = std::thread::scope(|s| {
                 let handles: Vec<_> =
@@ -184,7 +212,8 @@ pub fn wait_ready(
 ) -> Result<()> {
     let t = Instant::now();
     let mut pending: Vec<AgentNode> = nodes.to_vec();
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500)).until(deadline);
+    // Asking the local apiserver is cheap: every 50 ms at first, 200 ms at most.
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(200)).until(deadline);
     let mut last = String::new();
     loop {
         let mut still = Vec::new();
@@ -397,12 +426,13 @@ pub fn add(
     let new = new_agents(&have, count)?;
     cfg.agents.extend(new.iter().map(AgentNode::short));
     p.save(&cfg)?;
+    crate::killpoint::reached("node add");
     let mut launch = super::bringup::running_launch(&s, drv.as_ref(), &loaded, &cfg)?;
     if let (Some(w), Some(a)) = (wait, launch.run.agent.as_mut()) {
         a.ready_timeout_s = w.as_secs().max(1);
     }
     let probe = probe(p, at)?;
-    if let Err(e) = bring_up(drv.as_ref(), &launch, &new, &probe, Rollout::Parallel, progress) {
+    if let Err(e) = bring_up(drv.as_ref(), &launch, &new, &probe, (Rollout::Parallel, false), progress) {
         // Nothing half-added stays: the new nodes go, the others are untouched.
         if let Some(agents) = drv.agents() {
             for n in &new {
@@ -466,6 +496,7 @@ pub fn remove(home: &Home, name: &str, node: &str, force: bool, progress: &dyn P
             .map_err(|e| anyhow::anyhow!("{e:#}: a node is drained through the server; --force removes it without"))?;
         drain(home, p, &cfg, &node_name, progress)?;
     }
+    crate::killpoint::reached("node delete");
     if let (Some(agents), Some(n)) = (drv.agents(), &ours) {
         let how = channel::peek(&cfg.manifest).map_or(Stop::DEFAULT, |m| Stop::of(&m.component.localkube.run));
         agents.stop_agent(p, n, how)?;

@@ -284,7 +284,7 @@ fn rejoin_nodes(s: &Session, drv: &dyn Driver, loaded: &Loaded, o: &StartOptions
             p.name
         ));
         let launch = super::bringup::running_launch(s, drv, loaded, &cfg)?;
-        nodes::bring_up(drv, &launch, &down, &probe, nodes::Rollout::Parallel, progress)?;
+        nodes::bring_up(drv, &launch, &down, &probe, (nodes::Rollout::Parallel, false), progress)?;
     }
     // The others ran already: each must be Ready too.
     let up: Vec<_> = all.into_iter().filter(|n| !down.contains(n)).collect();

@@ -400,7 +400,12 @@ impl AgentNode {
 /// An agent runs the release's `run.agent` command line and joins the
 /// server with the cluster's join token; its state is its own.
 pub trait Agents: Sync {
-    /// Makes (or reuses) and starts the agent's host; returns once it runs.
+    /// Makes (or keeps, when it would be the same) the agent's host without
+    /// starting it: this may run while the server comes up.
+    fn create_agent(&self, _launch: &Launch, _agent: &kubestrap_manifest::Agent, _node: &AgentNode) -> Result<()> {
+        Ok(())
+    }
+    /// Starts the agent's host `create_agent` made; returns once it runs.
     fn start_agent(&self, launch: &Launch, agent: &kubestrap_manifest::Agent, node: &AgentNode) -> Result<Host>;
     fn agent_status(&self, p: &Profile, node: &AgentNode) -> Result<HostState>;
     fn stop_agent(&self, p: &Profile, node: &AgentNode, how: Stop) -> Result<StopOutcome>;

@@ -343,3 +343,45 @@ fn a_docker_cluster_serves_its_api_where_listen_says_and_node_names_are_checked(
     }
     c.env.ok(&["delete", "-p", "ls"]);
 }
+
+/// kubestrap killed with SIGKILL as it reaches kill point `point` (a debug build's).
+fn killed_at(c: &Cluster, point: &str, args: &[&str]) {
+    use std::os::unix::process::ExitStatusExt;
+    let out = c.env.cmd(args).env("KUBESTRAP_TEST_KILL_AT", format!("{point}@0")).output().unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{args:?} was not killed at {point}: {out:?}");
+}
+
+#[test]
+fn nodes_a_killed_start_add_or_delete_left_are_brought_up_or_removed_by_the_next_command() {
+    if !need("docker", docker_engine) {
+        return;
+    }
+    let c = multi_node();
+    let ctx = "kubestrap-kn";
+    let port = free_port().to_string();
+    let ready = |names: &[&str]| names.iter().map(|n| (n.to_string(), "True".to_string())).collect::<Vec<_>>();
+    // A start killed as its agents were about to start: the next start starts them.
+    killed_at(
+        &c,
+        "node start",
+        &["start", "-p", "kn", "--manifest", c.m(), "--driver", "docker", "--nodes", "3", "--port", &port],
+    );
+    let (code, _) = c.status("kn");
+    assert_eq!(code & 8, 8, "the agents are recorded but not running");
+    c.env.ok(&["start", "-p", "kn"]);
+    assert_eq!(kubectl_nodes(&c, ctx), ready(&["kubestrap-kn", "kubestrap-kn-m02", "kubestrap-kn-m03"]));
+    // A node add killed once it recorded the node: the next start brings it up.
+    killed_at(&c, "node add", &["node", "add", "-p", "kn"]);
+    c.env.ok(&["start", "-p", "kn"]);
+    assert_eq!(
+        kubectl_nodes(&c, ctx),
+        ready(&["kubestrap-kn", "kubestrap-kn-m02", "kubestrap-kn-m03", "kubestrap-kn-m04"])
+    );
+    // A node delete killed after the drain: running it again finishes it.
+    killed_at(&c, "node delete", &["node", "delete", "-p", "kn", "m04"]);
+    c.env.ok(&["node", "delete", "-p", "kn", "m04"]);
+    assert_eq!(kubectl_nodes(&c, ctx), ready(&["kubestrap-kn", "kubestrap-kn-m02", "kubestrap-kn-m03"]));
+    assert!(!containers(&c).iter().any(|n| n.ends_with("-m04")), "{:?}", containers(&c));
+    c.env.ok(&["delete", "-p", "kn"]);
+    assert!(containers(&c).is_empty());
+}

@@ -78,7 +78,9 @@ pub(super) fn remove_all(eng: &Engine, p: &Profile) -> Result<()> {
 }
 
 impl Agents for Docker<'_> {
-    fn start_agent(&self, launch: &Launch, agent: &Agent, node: &AgentNode) -> Result<Host> {
+    /// Its volume and container, made (or kept: the same release and
+    /// settings), not started.
+    fn create_agent(&self, launch: &Launch, agent: &Agent, node: &AgentNode) -> Result<()> {
         let p = &launch.profile;
         let (eng, info, image, blob) = self.prepare(launch)?;
         let net = ensure_network(&eng, p)?;
@@ -111,11 +113,16 @@ impl Agents for Docker<'_> {
         };
         let args = container_args(launch, &eng, &info, &image, &net.name, &spec);
         fskit::create_dir_mode(&agent_dir(p), 0o700)?;
-        self.ensure_container(&eng, &agent_created(p, node), &name, &args, blob)?;
+        self.ensure_container(&eng, &agent_created(p, node), &name, &args, blob)
+    }
+
+    fn start_agent(&self, launch: &Launch, _agent: &Agent, node: &AgentNode) -> Result<Host> {
+        let p = &launch.profile;
+        let eng = self.engine_for(p)?;
+        let name = agent_container(p, node);
         fskit::remove_any(&agent_stopped(p, node))?;
         eng.docker(&["start", &name], CALL)?;
-        let id = super::inspect(&eng, &name)?.map(|i| i.id).unwrap_or_default();
-        Ok(Host { id: format!("container {name} ({id})"), pid: None, port: 0 })
+        Ok(Host { id: format!("container {name}"), pid: None, port: 0 })
     }
 
     fn agent_status(&self, p: &Profile, node: &AgentNode) -> Result<HostState> {
