@@ -78,6 +78,8 @@ echo "  memory per container (docker stats, 5 nodes):"
 sed 's/^/    /' "$work/mem-docker"
 "$ks" delete -p warm >/dev/null
 
+# NODES_BENCH_QEMU=0: the docker figures only.
+[ "${NODES_BENCH_QEMU:-1}" = 0 ] && exit 0
 qruns=3
 for n in 1 2; do
   for i in $(seq "$qruns"); do

@@ -117,25 +117,27 @@ pub fn bring_up(s: &Session, drv: &dyn Driver, plan: &BringUp) -> Result<Started
     let launch = launch_of(p, m, components, &cfg);
     let pki = certificates(drv, &launch, plan.tuning.cert_validity, s.progress)?;
     place_images(&drv.host_data(p), p, m, images, s.progress)?;
-    let t = Instant::now();
-    crate::killpoint::reached("launch");
-    let host = drv.start(&launch)?;
-    let launched = Launched { drv, profile: p, stop: Stop::of(run), armed: true };
-    s.progress.step(Step::LocalkubeStarted { host: host.id.clone(), driver: drv.kind().as_str() }, t.elapsed());
     let check = ReadyCheck { pki: &pki, at, run, timeout: plan.tuning.wait_timeout };
-    crate::killpoint::reached("ready");
-    // The agents' hosts are made while the server comes up; they start
-    // once it is ready.
+    // The agents' hosts are made while the server's starts and comes up;
+    // they start once it is ready.
     let making = drv.agents().filter(|_| !agents.is_empty());
-    let (ready, made) = std::thread::scope(|sc| {
-        let launch = &launch;
-        let agents = &agents;
+    let (up, made) = std::thread::scope(|sc| {
+        let (launch, agents) = (&launch, &agents);
         let creating = making.map(|a| sc.spawn(move || nodes::create(a, launch, agents)));
-        let ready = wait_ready(drv, p, &check, true, s.progress);
+        let up = (|| -> Result<(Host, Launched)> {
+            let t = Instant::now();
+            crate::killpoint::reached("launch");
+            let host = drv.start(launch)?;
+            let launched = Launched { drv, profile: p, stop: Stop::of(run), armed: true };
+            s.progress.step(Step::LocalkubeStarted { host: host.id.clone(), driver: drv.kind().as_str() }, t.elapsed());
+            crate::killpoint::reached("ready");
+            wait_ready(drv, p, &check, true, s.progress)?;
+            Ok((host, launched))
+        })();
         let made = creating.map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("making the nodes panicked"))));
-        (ready, made)
+        (up, made)
     });
-    ready?;
+    let (host, launched) = up?;
     made.transpose()?;
     crate::killpoint::reached("kubeconfig");
     let version = write_kubeconfig(p, &pki, at, plan.tuning.keep_context, s.progress)?;

@@ -314,6 +314,13 @@ pub(super) fn ensure_image(e: &Engine, blob: &Path) -> Result<(String, bool)> {
     if tagged() {
         return Ok((tag, false));
     }
+    // One import at a time in this process: a cluster's nodes are made at
+    // once, and the ones after the first find the image there.
+    static IMPORTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = IMPORTING.lock().unwrap_or_else(|e| e.into_inner());
+    if tagged() {
+        return Ok((tag, false));
+    }
     let want: Sha256 = sha.parse().map_err(|_| failed(format!("{}: not a store blob", blob.display())))?;
     // Checked before the engine sees a byte, and hashed again as it streams
     // (the file could change in between).
