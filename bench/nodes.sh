@@ -19,16 +19,6 @@ art=$work/artifacts
 mkdir -p "$art/stage"
 cp "$top/target/release/localkube-standin" "$art/stage/" && echo v1.33.1+standin > "$art/stage/version.txt"
 tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$art/stage" -cf - localkube-standin version.txt | zstd -q -3 -o "$art/standin.tar.zst"
-# The stand-in's run section, with its own node and an agent that joins it.
-sed -e 's|"--token-auth-file={pki}/token.csv"\]|"--token-auth-file={pki}/token.csv",\n        "--node-name={node}", "--token-file={token}"]|' \
-  "$top/ci/standin/run.toml" > "$art/run.toml"
-cat >> "$art/run.toml" <<'EOF'
-
-[agent]
-args = ["agent", "--server=https://{server}:{port}", "--token-file={token}", "--node-name={node}",
-        "--node-ip={node-ip}", "--data-dir={data}"]
-ready-timeout-s = 300
-EOF
 hv=$(ls "$top"/target/vm/hypervisor-*.tar.zst | head -1)
 base=$(ls "$top"/target/vm/base-*.tar.zst | head -1)
 "$ks" manifest new --out "$art/m.toml" --channel bench --kubernetes 1.33.1 \
@@ -37,7 +27,7 @@ base=$(ls "$top"/target/vm/base-*.tar.zst | head -1)
   --component "rootfs@bench=$rootfs" --drivers rootfs=docker \
   --component "hypervisor@$(basename "$hv" .tar.zst | sed 's/^hypervisor-//')=$hv#bin/qemu-system-x86_64" --drivers hypervisor=qemu \
   --component "base-image@$(basename "$base" .tar.zst | sed 's/^base-//')=$base#vmlinuz" --drivers base-image=qemu \
-  --run "$art/run.toml" >/dev/null
+  --run "$top/ci/standin/run.toml" >/dev/null
 "$ks" manifest sign --key "$top/ci/dev-keys/dev.key" "$art/m.toml" >/dev/null
 "$ks" trust add "$top/ci/dev-keys/dev.pub" >/dev/null 2>&1
 bench_cleanup() { "$ks" delete --all >/dev/null 2>&1 || :; }

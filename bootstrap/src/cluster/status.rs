@@ -298,7 +298,10 @@ pub fn status(home: &Home, name: &str, progress: &dyn crate::progress::Progress)
     if let Some(u) = &st.upgrade {
         st.warnings.push(u.clone());
     }
-    let probe = node_probe.filter(|_| st.apiserver == ApiserverStatus::Running);
+    // Nodes are asked about only where there can be more than one: a
+    // single-node status stays two requests.
+    let several = !cfg.agents.is_empty() || cfg.listen.is_some();
+    let probe = node_probe.filter(|_| st.apiserver == ApiserverStatus::Running && several);
     st.nodes = super::nodes::statuses(drv.as_ref(), &p, &cfg, &st.localkube.to_string(), probe.as_ref());
     let down: Vec<&str> =
         st.nodes.iter().filter(|n| n.role == "agent" && n.host != "Running").map(|n| n.name.as_str()).collect();
