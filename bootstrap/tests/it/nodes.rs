@@ -297,8 +297,13 @@ fn a_qemu_cluster_of_two_vms_joins_on_its_own_l2_segment_and_suspends_and_resume
     c.env.ok(&["start", "-p", "qn"]);
     let log = c.env.ok(&["node", "logs", "-p", "qn", "m02", "-n", "400"]);
     assert!(log.contains("resuming the suspended VM"), "the agent's VM was resumed: {log}");
-    let nodes = kubectl_nodes(&c, ctx);
-    assert!(nodes.len() == 2 && nodes.iter().all(|(_, r)| r == "True"), "{nodes:?}");
+    // The server's VM resumes first: until the agent's first heartbeat after
+    // its own resume, the server may see it lapse (3 s grace here).
+    let both = wait_until(Duration::from_secs(20), || {
+        let nodes = kubectl_nodes(&c, ctx);
+        nodes.len() == 2 && nodes.iter().all(|(_, r)| r == "True")
+    });
+    assert!(both, "{:?}", kubectl_nodes(&c, ctx));
     let kept = c.kubectl_ok(&KUBECTL, &["--context", ctx, "get", "configmap", "kept", "-o", "jsonpath={.data.k}"]);
     assert_eq!(kept, "v");
     c.env.ok(&["delete", "-p", "qn"]);

@@ -96,11 +96,13 @@ pub fn main(a: AgentArgs) -> Result<()> {
         None => eprintln!("standin-agent: warning: the token pins no CA; trusting the server's (sha256 {got})"),
     }
     let ca = reqwest::Certificate::from_pem(&cacerts).context("the server's /cacerts is not a PEM certificate")?;
+    // Short: a heartbeat on a connection a suspend left stale fails fast,
+    // and the next one opens a new one.
     let client = reqwest::blocking::Client::builder()
         .tls_built_in_root_certs(false)
         .add_root_certificate(ca)
         .no_proxy()
-        .timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(2))
         .build()?;
     std::fs::create_dir_all(a.data_dir.join("agent")).with_context(|| format!("creating {}", a.data_dir.display()))?;
 
