@@ -13,9 +13,7 @@ runs=${1:-5}
 [ -n "$(ls "$top"/target/docker/rootfs-*.tar.zst 2>/dev/null)" ] || "$top/ci/docker/build.sh" "$top/target/docker" >/dev/null
 rootfs=$(ls "$top"/target/docker/rootfs-*.tar.zst | head -1)
 art=$work/artifacts
-mkdir -p "$art/stage"
-cp "$top/target/release/localkube-standin" "$art/stage/" && echo v1.33.1+standin > "$art/stage/version.txt"
-tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$art/stage" -cf - localkube-standin version.txt | zstd -q -3 -o "$art/standin.tar.zst"
+standin_tarball "$art"
 "$ks" manifest new --out "$art/m.toml" --channel bench --kubernetes 1.33.1 \
   --component "kubectl@1.33.1=/usr/lib/google-cloud-sdk/bin/kubectl.1.33" \
   --component "localkube@1.33.1+standin=$art/standin.tar.zst#localkube-standin" --drivers localkube=native,docker \

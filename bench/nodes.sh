@@ -16,9 +16,7 @@ runs=${1:-5}
 [ -n "$(ls "$top"/target/vm/base-*.tar.zst 2>/dev/null)" ] || "$top/ci/vm/build.sh" "$top/target/vm" >/dev/null
 rootfs=$(ls "$top"/target/docker/rootfs-*.tar.zst | head -1)
 art=$work/artifacts
-mkdir -p "$art/stage"
-cp "$top/target/release/localkube-standin" "$art/stage/" && echo v1.33.1+standin > "$art/stage/version.txt"
-tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$art/stage" -cf - localkube-standin version.txt | zstd -q -3 -o "$art/standin.tar.zst"
+standin_tarball "$art"
 hv=$(ls "$top"/target/vm/hypervisor-*.tar.zst | head -1)
 base=$(ls "$top"/target/vm/base-*.tar.zst | head -1)
 "$ks" manifest new --out "$art/m.toml" --channel bench --kubernetes 1.33.1 \

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use crate::support::*;
 
-fn docker(args: &[&str]) -> (bool, String) {
-    let out = Command::new("docker").args(args).output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+use crate::docker::docker;
+
+/// Every node named, Ready (as [`kubectl_nodes`] lists them).
+fn all_ready(names: &[&str]) -> Vec<(String, String)> {
+    names.iter().map(|n| (n.to_string(), "True".to_string())).collect()
 }
 
 fn multi_node() -> Cluster {
@@ -65,7 +67,6 @@ fn a_docker_cluster_of_three_nodes_grows_loses_a_node_repairs_it_shrinks_and_is_
     let out =
         c.env.ok(&["start", "-p", "mn", "--manifest", c.m(), "--driver", "docker", "--nodes", "3", "--port", &port]);
     assert!(out.contains("node ready") && out.contains("kubestrap-mn-m03"), "{out}");
-    let all_ready = |names: &[&str]| names.iter().map(|n| (n.to_string(), "True".to_string())).collect::<Vec<_>>();
     assert_eq!(kubectl_nodes(&c, ctx), all_ready(&["kubestrap-mn", "kubestrap-mn-m02", "kubestrap-mn-m03"]));
     // kubectl's own table says Ready, with the server's role.
     let table = c.kubectl_ok(&KUBECTL, &["--context", ctx, "get", "nodes"]);
@@ -364,7 +365,6 @@ fn nodes_a_killed_start_add_or_delete_left_are_brought_up_or_removed_by_the_next
     let c = multi_node();
     let ctx = "kubestrap-kn";
     let port = free_port().to_string();
-    let ready = |names: &[&str]| names.iter().map(|n| (n.to_string(), "True".to_string())).collect::<Vec<_>>();
     // A start killed as its agents were about to start: the next start starts them.
     killed_at(
         &c,
@@ -374,18 +374,18 @@ fn nodes_a_killed_start_add_or_delete_left_are_brought_up_or_removed_by_the_next
     let (code, _) = c.status("kn");
     assert_eq!(code & 8, 8, "the agents are recorded but not running");
     c.env.ok(&["start", "-p", "kn"]);
-    assert_eq!(kubectl_nodes(&c, ctx), ready(&["kubestrap-kn", "kubestrap-kn-m02", "kubestrap-kn-m03"]));
+    assert_eq!(kubectl_nodes(&c, ctx), all_ready(&["kubestrap-kn", "kubestrap-kn-m02", "kubestrap-kn-m03"]));
     // A node add killed once it recorded the node: the next start brings it up.
     killed_at(&c, "node add", &["node", "add", "-p", "kn"]);
     c.env.ok(&["start", "-p", "kn"]);
     assert_eq!(
         kubectl_nodes(&c, ctx),
-        ready(&["kubestrap-kn", "kubestrap-kn-m02", "kubestrap-kn-m03", "kubestrap-kn-m04"])
+        all_ready(&["kubestrap-kn", "kubestrap-kn-m02", "kubestrap-kn-m03", "kubestrap-kn-m04"])
     );
     // A node delete killed after the drain: running it again finishes it.
     killed_at(&c, "node delete", &["node", "delete", "-p", "kn", "m04"]);
     c.env.ok(&["node", "delete", "-p", "kn", "m04"]);
-    assert_eq!(kubectl_nodes(&c, ctx), ready(&["kubestrap-kn", "kubestrap-kn-m02", "kubestrap-kn-m03"]));
+    assert_eq!(kubectl_nodes(&c, ctx), all_ready(&["kubestrap-kn", "kubestrap-kn-m02", "kubestrap-kn-m03"]));
     assert!(!containers(&c).iter().any(|n| n.ends_with("-m04")), "{:?}", containers(&c));
     c.env.ok(&["delete", "-p", "kn"]);
     assert!(containers(&c).is_empty());
