@@ -92,7 +92,7 @@ pub fn bring_up(s: &Session, drv: &dyn Driver, plan: &BringUp) -> Result<Started
     let p = &s.profile;
     let m = &plan.loaded.manifest;
     let run = &m.component.localkube.run;
-    let agents = wanted_agents(p, plan)?;
+    let agents = wanted_agents(p, plan.existing, plan.tuning.nodes)?;
     nodes::check_supported(drv, p, m, agents.len() + 1)?;
     // k3s on the host binds its kubelet and the rest to the node address:
     // on a network others reach, that is more than the API.
@@ -174,9 +174,13 @@ pub fn running_launch(s: &Session, drv: &dyn Driver, loaded: &Loaded, cfg: &Conf
 /// The agents the cluster is to have: those it has, and as many new ones
 /// as `--nodes` asks beyond them (fewer is refused: nodes are removed one
 /// by one, drained, with `node delete`).
-fn wanted_agents(p: &Profile, plan: &BringUp) -> Result<Vec<crate::driver::AgentNode>> {
-    let have = plan.existing.map(|c| nodes::agents_of(p, c)).unwrap_or_default();
-    match plan.tuning.nodes {
+pub(super) fn wanted_agents(
+    p: &Profile,
+    existing: Option<&Config>,
+    asked: Option<usize>,
+) -> Result<Vec<crate::driver::AgentNode>> {
+    let have = existing.map(|c| nodes::agents_of(p, c)).unwrap_or_default();
+    match asked {
         Some(0) => Err(anyhow::anyhow!("--nodes 0: a cluster has at least one node (its server)")),
         Some(n) if n < have.len() + 1 => {
             Err(ClusterError::FewerNodes { profile: p.name.clone(), has: have.len() + 1, asked: n }.into())

@@ -259,18 +259,11 @@ fn rejoin_nodes(s: &Session, drv: &dyn Driver, loaded: &Loaded, o: &StartOptions
     use super::nodes;
     let (p, progress) = (&s.profile, s.progress);
     let mut cfg = p.load()?;
-    let mut all = nodes::agents_of(p, &cfg);
-    if let Some(n) = o.nodes {
-        if n < all.len() + 1 {
-            return Err(ClusterError::FewerNodes { profile: p.name.clone(), has: all.len() + 1, asked: n }.into());
-        }
-        nodes::check_supported(drv, p, &loaded.manifest, n)?;
-        let new = nodes::new_agents(&all, n - 1 - all.len())?;
-        if !new.is_empty() {
-            cfg.agents.extend(new.iter().map(crate::driver::AgentNode::short));
-            p.save(&cfg)?;
-            all.extend(new);
-        }
+    let all = super::bringup::wanted_agents(p, Some(&cfg), o.nodes)?;
+    if all.len() != cfg.agents.len() {
+        nodes::check_supported(drv, p, &loaded.manifest, all.len() + 1)?;
+        cfg.agents = all.iter().map(crate::driver::AgentNode::short).collect();
+        p.save(&cfg)?;
     }
     let Some(agents) = drv.agents().filter(|_| !all.is_empty()) else { return Ok(()) };
     let down: Vec<_> =
