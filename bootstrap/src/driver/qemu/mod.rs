@@ -618,7 +618,7 @@ impl Driver for Qemu<'_> {
             // qemu is the VM: with nothing of it left running, the host is
             // down too.
             HostState::Crashed { how, .. } => {
-                HostState::Crashed { how, host_down: supervisor::process::owned_by(&p.run()).is_empty() }
+                HostState::Crashed { how, host_down: supervisor::host_processes(p).is_empty() }
             }
             other => other,
         })

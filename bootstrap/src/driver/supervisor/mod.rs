@@ -268,6 +268,17 @@ pub fn status(profile: &Profile) -> Result<HostState> {
     Ok(HostState::Crashed { how, host_down: false })
 }
 
+/// The profile's processes other than its monitor: what is left of the
+/// host itself once localkube has ended (the monitor lingers for a moment
+/// after it writes the exit record, and is no part of the host).
+pub fn host_processes(profile: &Profile) -> Vec<ProcId> {
+    let monitor = match PidFile::read(&monitor::pid_path(&profile.run())) {
+        PidInfo::Current(pf) => Some(pf.monitor),
+        _ => None,
+    };
+    process::owned_by(&profile.run()).into_iter().filter(|p| Some(*p) != monitor).collect()
+}
+
 /// Kills whatever of the profile still runs.
 pub fn kill_all(profile: &Profile) -> Result<()> {
     for _ in 0..8 {
