@@ -380,6 +380,14 @@ pub struct Copied {
     pub reflinked: u64,
 }
 
+impl std::ops::AddAssign for Copied {
+    fn add_assign(&mut self, o: Copied) {
+        self.files += o.files;
+        self.bytes += o.bytes;
+        self.reflinked += o.reflinked;
+    }
+}
+
 /// Copies a directory tree (files, directories, symlinks; modes kept) to
 /// `dst`, which must not exist. Files are reflinked where the filesystem
 /// can (a copy-on-write clone), copied otherwise — never hard-linked, so

@@ -35,7 +35,7 @@ pub(super) fn roll_back(
     cfg.previous = j.previous.clone();
     p.save(&cfg)?;
     if let Some(id) = &j.snapshot {
-        drv.restore(p, &snapshot::find(p, id)?.data())?;
+        snapshot::restore(p, drv, &super::nodes::agents_of(p, &cfg), id)?;
     }
     bring_up(s, drv, &BringUp { loaded: &old, fetch, existing: Some(&cfg), port: None, tuning })?;
     Journal::clear(p)?;

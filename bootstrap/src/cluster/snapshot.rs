@@ -1,7 +1,8 @@
 //! Snapshots of a cluster's state, taken through its driver before an
 //! upgrade or a rollback: `profiles/<name>/snapshots/<id>/` with the
-//! driver's copy in `data/` and `snapshot.toml` (which release the state
-//! belongs to) written last; the directory is built under a temp name and
+//! driver's copy of the server's state in `data/`, each agent node's in
+//! `nodes/<m02>/`, and `snapshot.toml` (which release the state belongs to,
+//! which nodes it holds) written last; the directory is built under a temp name and
 //! renamed into place, so a snapshot exists whole or not at all.
 
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use kubestrap_fskit::{self as fskit, FsError};
 use kubestrap_manifest::Manifest;
 use serde::{Deserialize, Serialize};
 
-use crate::driver::{Driver, DriverError};
+use crate::driver::{AgentNode, Driver, DriverError};
 use crate::profile::Profile;
 use crate::progress::Progress;
 
@@ -28,6 +29,10 @@ pub struct Meta {
     pub bytes: u64,
     /// Files shared with the original by reflink (no bytes copied).
     pub reflinked: u64,
+    /// The agent nodes whose state it holds besides the server's (`m02`…);
+    /// none in snapshots of a single node or of earlier kubestraps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -41,6 +46,10 @@ impl Snapshot {
     /// The driver's copy of the state.
     pub fn data(&self) -> PathBuf {
         self.dir.join("data")
+    }
+    /// The driver's copy of an agent node's state.
+    pub fn node_data(&self, node: &AgentNode) -> PathBuf {
+        self.dir.join("nodes").join(node.short())
     }
 }
 
@@ -57,10 +66,12 @@ pub enum SnapshotError {
 const META: &str = "snapshot.toml";
 const BUILDING: &str = ".tmp-";
 
-/// Takes a snapshot of a stopped cluster.
+/// Takes a snapshot of a stopped cluster: the server's state and each of
+/// `agents`'.
 pub fn take(
     p: &Profile,
     drv: &dyn Driver,
+    agents: &[AgentNode],
     manifest: &Path,
     m: &Manifest,
     reason: &str,
@@ -73,7 +84,15 @@ pub fn take(
     let id = format!("{}-{}", now.unix_timestamp_nanos() / 1_000_000, m.id());
     let tmp = root.join(format!("{BUILDING}{id}"));
     fskit::create_dir_mode(&tmp, 0o700)?;
-    let copied = drv.snapshot(p, &tmp.join("data"))?;
+    let mut copied = drv.snapshot(p, &tmp.join("data"))?;
+    let mut nodes = Vec::new();
+    if let Some(a) = drv.agents().filter(|_| !agents.is_empty()) {
+        fskit::create_dir_mode(&tmp.join("nodes"), 0o700)?;
+        for n in agents {
+            copied += a.snapshot_agent(p, n, &tmp.join("nodes").join(n.short()))?;
+            nodes.push(n.short());
+        }
+    }
     let meta = Meta {
         manifest: manifest.into(),
         release: m.id(),
@@ -83,12 +102,28 @@ pub fn take(
         files: copied.files,
         bytes: copied.bytes,
         reflinked: copied.reflinked,
+        nodes,
     };
     crate::state::write(&tmp.join(META), &meta)?;
     let dir = root.join(&id);
     std::fs::rename(&tmp, &dir).map_err(|e| FsError::io(&tmp, "move into place", e))?;
     fskit::sync_dir(&root)?;
     Ok(Snapshot { id, dir, meta })
+}
+
+/// The snapshot's state in place of the stopped cluster's: the server's,
+/// and each of `agents`' that it holds (an agent added after it was taken
+/// keeps its own state: it joins the restored server as a node it never
+/// knew).
+pub fn restore(p: &Profile, drv: &dyn Driver, agents: &[AgentNode], id: &str) -> Result<(), SnapshotError> {
+    let snap = find(p, id)?;
+    drv.restore(p, &snap.data())?;
+    if let Some(a) = drv.agents() {
+        for n in agents.iter().filter(|n| snap.meta.nodes.contains(&n.short())) {
+            a.restore_agent(p, n, &snap.node_data(n))?;
+        }
+    }
+    Ok(())
 }
 
 /// Snapshots that a killed `take` left half made.

@@ -372,7 +372,8 @@ fn run(s: &Session, drv: &dyn Driver, swap: Swap) -> Result<Outcome> {
         Kind::Upgrade => format!("before the upgrade to {}", to.manifest.id()),
         Kind::Rollback => format!("before the rollback to {}", to.manifest.id()),
     };
-    let snap = snapshot::take(p, drv, &from.path, &from.manifest, &reason, s.progress)?;
+    let agents = super::nodes::agents_of(p, cfg);
+    let snap = snapshot::take(p, drv, &agents, &from.path, &from.manifest, &reason, s.progress)?;
     j.snapshot = Some(snap.id.clone());
     j.enter(p, Phase::Snapshotted)?;
     timings.snapshot_ms = ms(t.elapsed());
@@ -383,7 +384,7 @@ fn run(s: &Session, drv: &dyn Driver, swap: Swap) -> Result<Outcome> {
     new_cfg.previous = Some(from.path.clone());
     p.save(&new_cfg)?;
     if let Some(id) = &plan.restore {
-        drv.restore(p, &snapshot::find(p, id)?.data())?;
+        snapshot::restore(p, drv, &agents, id)?;
     }
     j.enter(p, Phase::Swapped)?;
     timings.swap_ms = ms(t.elapsed());

@@ -409,6 +409,12 @@ pub trait Agents: Sync {
     fn start_agent(&self, launch: &Launch, agent: &kubestrap_manifest::Agent, node: &AgentNode) -> Result<Host>;
     fn agent_status(&self, p: &Profile, node: &AgentNode) -> Result<HostState>;
     fn stop_agent(&self, p: &Profile, node: &AgentNode, how: Stop) -> Result<StopOutcome>;
+    /// The agent's state copied into `dest` while it is stopped (an upgrade
+    /// snapshots every node's with the server's: a newer release may rewrite
+    /// what an agent keeps, as containerd migrates its store).
+    fn snapshot_agent(&self, p: &Profile, node: &AgentNode, dest: &Path) -> Result<kubestrap_fskit::Copied>;
+    /// A copy `snapshot_agent` took, in place of the agent's state.
+    fn restore_agent(&self, p: &Profile, node: &AgentNode, src: &Path) -> Result<()>;
     /// Removes the agent's host and its state (after `stop_agent`).
     fn delete_agent(&self, p: &Profile, node: &AgentNode) -> Result<()>;
     fn agent_log_tail(&self, p: &Profile, node: &AgentNode, n: usize) -> Vec<String>;

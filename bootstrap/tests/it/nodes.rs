@@ -241,8 +241,16 @@ fn a_three_node_upgrade_moves_every_node_and_agents_that_never_get_ready_roll_th
     assert_eq!(labels(&c), ["test-1", "test-1", "test-1"]);
 
     // The candidate's agents never get Ready: the whole cluster goes back.
+    // Its agents wrote their state before they failed to join, a state the
+    // old agents refuse (as a store a newer containerd migrated): the
+    // rollback brings every node's state back, not the server's alone.
     let err = c.env.fail(&["upgrade", "-p", "up", "--manifest", bad.to_str().unwrap()], 52);
     assert!(err.contains("rolled back") && err.contains("m02"), "{err}");
+    let snaps = c.env.ok(&["snapshot", "list", "-p", "up", "-o", "json"]);
+    assert!(snaps.contains(r#""nodes":3"#), "the snapshot holds every node's state: {snaps}");
+    let m02 = containers(&c).into_iter().find(|n| n.ends_with("-m02")).unwrap();
+    let (_, state) = docker(&["exec", &m02, "cat", "/data/agent/state"]);
+    assert_eq!(state.trim(), "v1.32.4+standin");
     assert_eq!(labels(&c), ["test-1", "test-1", "test-1"], "every node runs the old release again");
     assert_eq!(kubelet_versions(&c, ctx), ["v1.32.4+standin"; 3]);
     let nodes = kubectl_nodes(&c, ctx);

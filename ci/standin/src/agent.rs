@@ -5,8 +5,13 @@
 //! registers its Node with the token's secret and renews it every second
 //! until SIGTERM. A 404 on renewal (the node object deleted) registers again,
 //! as a kubelet does.
+//!
+//! Its data dir keeps `agent/state`, the version that last ran on it, as a
+//! k3s agent's containerd keeps a store a newer release migrates: an older
+//! agent refuses a state a newer one wrote, so a rollback must bring the
+//! agent's state back with the server's.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -71,6 +76,7 @@ pub fn main(a: AgentArgs) -> Result<()> {
     let base = a.server.trim_end_matches('/').to_string();
     anyhow::ensure!(base.starts_with("https://"), "--server {base}: expected an https:// URL");
     let version = crate::read_version()?;
+    claim_state(&a.data_dir, &version)?;
     for sig in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGINT] {
         let handler = nix::sys::signal::SigHandler::Handler(on_signal);
         // SAFETY: the handler only stores to an atomic.
@@ -104,7 +110,6 @@ pub fn main(a: AgentArgs) -> Result<()> {
         .no_proxy()
         .timeout(Duration::from_secs(2))
         .build()?;
-    std::fs::create_dir_all(a.data_dir.join("agent")).with_context(|| format!("creating {}", a.data_dir.display()))?;
 
     let node = crate::nodes::node_object(&a.node_name, a.node_ip.as_deref(), &version, false);
     let register = || -> Result<()> {
@@ -157,6 +162,33 @@ pub fn main(a: AgentArgs) -> Result<()> {
     }
     eprintln!("standin-agent: stopping");
     Ok(())
+}
+
+/// `v1.33.4+standin` as numbers.
+fn release(v: &str) -> Option<(u64, u64, u64)> {
+    let core = v.trim().trim_start_matches('v').split(['+', '-']).next()?;
+    let mut n = core.split('.').map(|x| x.parse::<u64>().ok());
+    Some((n.next()??, n.next()??, n.next()??))
+}
+
+/// The agent's state is this version's from now on; one a newer version
+/// wrote is refused.
+fn claim_state(data_dir: &Path, version: &str) -> Result<()> {
+    let dir = data_dir.join("agent");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("state");
+    if let Ok(prev) = std::fs::read_to_string(&path)
+        && release(&prev) > release(version)
+    {
+        bail!(
+            "{}: the agent's state was written by {}, newer than this agent ({version}); it cannot be read by an older one",
+            path.display(),
+            prev.trim()
+        );
+    }
+    let tmp = dir.join("state.tmp");
+    std::fs::write(&tmp, format!("{version}\n")).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
 }
 
 fn sleep_unless_stopped(d: Duration) {
@@ -217,5 +249,16 @@ mod tests {
         assert_eq!(parse_token("plain"), (None, "plain".into()));
         assert_eq!(crate::server::token_secret("K10abc::server:s3cret"), "s3cret");
         assert_eq!(crate::server::token_secret("plain\n"), "plain");
+    }
+
+    #[test]
+    fn a_state_a_newer_agent_wrote_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        claim_state(d.path(), "v1.32.4+standin").unwrap();
+        claim_state(d.path(), "v1.33.4+standin").unwrap();
+        assert_eq!(std::fs::read_to_string(d.path().join("agent/state")).unwrap(), "v1.33.4+standin\n");
+        let e = claim_state(d.path(), "v1.32.4+standin").unwrap_err().to_string();
+        assert!(e.contains("written by v1.33.4+standin, newer than this agent (v1.32.4+standin)"), "{e}");
+        claim_state(d.path(), "v1.33.4+standin").unwrap();
     }
 }

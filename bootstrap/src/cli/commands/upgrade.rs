@@ -148,9 +148,13 @@ pub fn snapshot(cmd: SnapshotCmd, home: &Home, ui: &Ui) -> Result<Code> {
                 let used = fskit::tree_size(&s.dir);
                 total += used;
                 ui.json(json!({"id": s.id, "release": s.meta.release, "kubernetes": s.meta.kubernetes, "taken": s.meta.taken,
-                    "reason": s.meta.reason, "bytes": s.meta.bytes, "disk_bytes": used, "reflinked_files": s.meta.reflinked}));
+                    "reason": s.meta.reason, "bytes": s.meta.bytes, "disk_bytes": used, "reflinked_files": s.meta.reflinked, "nodes": 1 + s.meta.nodes.len()}));
+                let nodes = match s.meta.nodes.len() {
+                    0 => String::new(),
+                    n => format!("  {} nodes", n + 1),
+                };
                 ui.line(&format!(
-                    "{}  {} (Kubernetes {})  {}  {}  [{}]",
+                    "{}  {} (Kubernetes {})  {}  {}{nodes}  [{}]",
                     s.id,
                     s.meta.release,
                     s.meta.kubernetes,

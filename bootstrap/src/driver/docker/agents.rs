@@ -7,14 +7,14 @@
 //! of the PKI an agent is given.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use kubestrap_fskit as fskit;
 use kubestrap_manifest::{Agent, Vars};
 
 use super::{
     CALL, Docker, Engine, LABEL, Spec, bind_mount, container_args, container_name, container_state, ensure_network,
-    guest, home_id, no_such_container, stop_container,
+    guest, home_id, no_such_container, stop_container, volume,
 };
 use crate::driver::{AgentNode, Agents, Host, HostState, Launch, Result, Stop, StopOutcome};
 use crate::profile::Profile;
@@ -134,6 +134,14 @@ impl Agents for Docker<'_> {
         let eng = self.engine_for(p)?;
         fskit::create_dir_mode(&agent_dir(p), 0o700)?;
         stop_container(&eng, &agent_container(p, node), &agent_stopped(p, node), how)
+    }
+
+    fn snapshot_agent(&self, p: &Profile, node: &AgentNode, dest: &Path) -> Result<fskit::Copied> {
+        self.with_throwaways(p, |eng, b| volume::snapshot(eng, b, &agent_volume(p, node), dest))
+    }
+
+    fn restore_agent(&self, p: &Profile, node: &AgentNode, src: &Path) -> Result<()> {
+        self.with_throwaways(p, |eng, b| volume::restore(eng, b, &agent_volume(p, node), src))
     }
 
     fn delete_agent(&self, p: &Profile, node: &AgentNode) -> Result<()> {

@@ -708,21 +708,13 @@ impl Driver for Docker<'_> {
     /// profile's own image (nothing pulled) into a file of the user's, which
     /// keeps the owners and modes of the files inside ([`volume::snapshot`]).
     fn snapshot(&self, p: &Profile, dest: &Path) -> Result<fskit::Copied> {
-        let eng = self.engine_for(p)?;
-        let image = self.image_of(&eng, p)?;
-        let extra = podman_limits(&eng, &eng.info()?);
-        let b = volume::Throwaways { owner: &container_name(p), image: &image, extra: &extra };
-        volume::snapshot(&eng, &b, &volume_name(p), dest)
+        self.with_throwaways(p, |eng, b| volume::snapshot(eng, b, &volume_name(p), dest))
     }
 
     /// The snapshot copied in beside the volume's data, then put in place
     /// of it (a cut-short restore leaves the data as it was until the swap).
     fn restore(&self, p: &Profile, src: &Path) -> Result<()> {
-        let eng = self.engine_for(p)?;
-        let image = self.image_of(&eng, p)?;
-        let extra = podman_limits(&eng, &eng.info()?);
-        let b = volume::Throwaways { owner: &container_name(p), image: &image, extra: &extra };
-        volume::restore(&eng, &b, &volume_name(p), src)
+        self.with_throwaways(p, |eng, b| volume::restore(eng, b, &volume_name(p), src))
     }
 
     fn agents(&self) -> Option<&dyn super::Agents> {
@@ -731,6 +723,21 @@ impl Driver for Docker<'_> {
 }
 
 impl Docker<'_> {
+    /// Runs `f` with what the throwaway containers that read and write the
+    /// profile's volumes are made of (the server's and its agents' alike:
+    /// all are marked with the server's container, so a delete finds any a
+    /// killed command left).
+    pub(super) fn with_throwaways<T>(
+        &self,
+        p: &Profile,
+        f: impl FnOnce(&Engine, &volume::Throwaways<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let eng = self.engine_for(p)?;
+        let image = self.image_of(&eng, p)?;
+        let extra = podman_limits(&eng, &eng.info()?);
+        f(&eng, &volume::Throwaways { owner: &container_name(p), image: &image, extra: &extra })
+    }
+
     /// What every node's container needs before it is made: the profile's
     /// engine (able to run the release), recorded, and the node image.
     fn prepare<'l>(&self, launch: &'l Launch) -> Result<(Engine, Info, String, &'l PathBuf)> {

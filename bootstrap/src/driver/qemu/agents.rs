@@ -5,6 +5,8 @@
 //! multicast socket netdev on 127.0.0.1: no bridge, no root) at a fixed
 //! address by node index; agents reach the server there.
 
+use std::path::Path;
+
 use kubestrap_fskit as fskit;
 use kubestrap_manifest::Agent;
 
@@ -53,6 +55,14 @@ impl Agents for Qemu<'_> {
             return Ok(StopOutcome::WasNotRunning);
         }
         self.stop(&sub, how)
+    }
+
+    fn snapshot_agent(&self, p: &Profile, node: &AgentNode, dest: &Path) -> Result<fskit::Copied> {
+        self.snapshot(&node_profile(p, node), dest)
+    }
+
+    fn restore_agent(&self, p: &Profile, node: &AgentNode, src: &Path) -> Result<()> {
+        self.restore(&node_profile(p, node), src)
     }
 
     fn delete_agent(&self, p: &Profile, node: &AgentNode) -> Result<()> {
