@@ -134,7 +134,7 @@ fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<Code> {
         return Some(match e {
             SnapshotError::NoSuchSnapshot { .. } => Code::Usage,
             SnapshotError::Fs(e) => fs_code(e),
-            SnapshotError::Driver(_) => Code::Driver,
+            SnapshotError::Driver(_) | SnapshotError::Node { .. } => Code::Driver,
         });
     }
     if cause.is::<KubeconfigError>() {

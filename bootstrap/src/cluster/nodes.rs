@@ -109,26 +109,48 @@ pub enum Rollout {
     OneByOne,
 }
 
-/// Makes every node's host (at once), none started: what can be done
-/// while the server comes up.
-pub fn create(agents: &dyn Agents, launch: &Launch, nodes: &[AgentNode]) -> Result<()> {
-    let Some(agent) = launch.run.agent.as_ref() else { return Ok(()) };
-    let made: Vec<crate::driver::Result<()>> = std::thread::scope(|s| {
-        let hs: Vec<_> = nodes.iter().map(|n| s.spawn(move || agents.create_agent(launch, agent, n))).collect();
+/// `f` for every node at once, one thread each: what each returned, in
+/// the nodes' order (a thread that panicked, as an error saying what it was
+/// doing).
+pub fn for_each_node<T: Send>(
+    nodes: &[AgentNode],
+    doing: &str,
+    f: impl Fn(&AgentNode) -> crate::driver::Result<T> + Sync,
+) -> Vec<crate::driver::Result<T>> {
+    let f = &f;
+    std::thread::scope(|s| {
+        let hs: Vec<_> = nodes.iter().map(|n| (n, s.spawn(move || f(n)))).collect();
         hs.into_iter()
-            .map(|h| {
+            .map(|(n, h)| {
                 h.join().unwrap_or_else(|_| {
                     Err(crate::driver::DriverError::HostTool {
-                        command: "make a node".into(),
-                        why: "the thread making it panicked".into(),
+                        command: format!("{doing} node {}", n.short()),
+                        why: "its thread panicked".into(),
                     })
                 })
             })
             .collect()
-    });
-    for (n, r) in nodes.iter().zip(made) {
-        r.map_err(|e| anyhow::Error::from(e).context(format!("making node {}", n.short())))?;
-    }
+    })
+}
+
+/// [`for_each_node`], the first failure an error naming its node.
+pub fn on_every_node<T: Send>(
+    nodes: &[AgentNode],
+    doing: &str,
+    f: impl Fn(&AgentNode) -> crate::driver::Result<T> + Sync,
+) -> Result<Vec<T>> {
+    nodes
+        .iter()
+        .zip(for_each_node(nodes, doing, f))
+        .map(|(n, r)| r.map_err(|e| anyhow::Error::from(e).context(format!("{doing} node {}", n.short()))))
+        .collect()
+}
+
+/// Makes every node's host (at once), none started: what can be done
+/// while the server comes up.
+pub fn create(agents: &dyn Agents, launch: &Launch, nodes: &[AgentNode]) -> Result<()> {
+    let Some(agent) = launch.run.agent.as_ref() else { return Ok(()) };
+    on_every_node(nodes, "making", |n| agents.create_agent(launch, agent, n))?;
     Ok(())
 }
 
@@ -166,28 +188,11 @@ pub fn bring_up(
         for group in groups {
             crate::killpoint::reached("node start");
             let t = Instant::now();
-            let launched: Vec<(AgentNode, crate::driver::Result<crate::driver::Host>)> = std::thread::scope(|s| {
-                let handles: Vec<_> =
-                    group.iter().map(|n| (*n, s.spawn(move || agents.start_agent(launch, agent, n)))).collect();
-                handles
-                    .into_iter()
-                    .map(|(n, h)| {
-                        (
-                            n,
-                            h.join().unwrap_or_else(|_| {
-                                Err(crate::driver::DriverError::HostTool {
-                                    command: format!("start node {}", n.short()),
-                                    why: "the thread starting it panicked".into(),
-                                })
-                            }),
-                        )
-                    })
-                    .collect()
-            });
-            for (n, r) in launched {
+            let launched = for_each_node(group, "starting", |n| agents.start_agent(launch, agent, n));
+            for (n, r) in group.iter().zip(launched) {
                 let host = r.map_err(|e| anyhow::Error::from(e).context(format!("starting node {}", n.short())))?;
                 progress.step(Step::NodeStarted { node: n.node_name(&p.name), host: host.id }, t.elapsed());
-                started.push(n);
+                started.push(*n);
             }
             wait_ready(agents, p, group, probe, Instant::now() + timeout, progress)?;
         }
@@ -268,13 +273,7 @@ pub(super) fn tail_text(lines: &[String]) -> String {
 /// reconnecting to a server that is gone.
 pub fn stop_all(drv: &dyn Driver, p: &Profile, nodes: &[AgentNode], how: Stop) -> Result<()> {
     let Some(agents) = drv.agents() else { return Ok(()) };
-    let results: Vec<crate::driver::Result<_>> = std::thread::scope(|s| {
-        let hs: Vec<_> = nodes.iter().map(|n| s.spawn(move || agents.stop_agent(p, n, how))).collect();
-        hs.into_iter().map(|h| h.join().unwrap_or(Ok(crate::driver::StopOutcome::WasNotRunning))).collect()
-    });
-    for (n, r) in nodes.iter().zip(results) {
-        r.map_err(|e| anyhow::Error::from(e).context(format!("stopping node {}", n.short())))?;
-    }
+    on_every_node(nodes, "stopping", |n| agents.stop_agent(p, n, how))?;
     Ok(())
 }
 

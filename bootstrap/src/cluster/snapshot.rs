@@ -59,6 +59,8 @@ pub enum SnapshotError {
     Driver(#[from] DriverError),
     #[error(transparent)]
     Fs(#[from] FsError),
+    #[error("{doing} node {node}: {source}")]
+    Node { doing: &'static str, node: String, source: DriverError },
     #[error("profile {profile:?} has no snapshot {id:?} (see `kubestrap snapshot list -p {profile}`)")]
     NoSuchSnapshot { profile: String, id: String },
 }
@@ -88,10 +90,12 @@ pub fn take(
     let mut nodes = Vec::new();
     if let Some(a) = drv.agents().filter(|_| !agents.is_empty()) {
         fskit::create_dir_mode(&tmp.join("nodes"), 0o700)?;
-        for n in agents {
-            copied += a.snapshot_agent(p, n, &tmp.join("nodes").join(n.short()))?;
-            nodes.push(n.short());
+        // Each agent's copy at once (an engine's throwaway container each).
+        let dir = tmp.join("nodes");
+        for c in each(agents, "snapshotting", |n| a.snapshot_agent(p, n, &dir.join(n.short())))? {
+            copied += c;
         }
+        nodes = agents.iter().map(AgentNode::short).collect();
     }
     let meta = Meta {
         manifest: manifest.into(),
@@ -119,11 +123,23 @@ pub fn restore(p: &Profile, drv: &dyn Driver, agents: &[AgentNode], id: &str) ->
     let snap = find(p, id)?;
     drv.restore(p, &snap.data())?;
     if let Some(a) = drv.agents() {
-        for n in agents.iter().filter(|n| snap.meta.nodes.contains(&n.short())) {
-            a.restore_agent(p, n, &snap.node_data(n))?;
-        }
+        let held: Vec<AgentNode> = agents.iter().copied().filter(|n| snap.meta.nodes.contains(&n.short())).collect();
+        each(&held, "restoring", |n| a.restore_agent(p, n, &snap.node_data(n)))?;
     }
     Ok(())
+}
+
+/// `f` on every node at once; the first failure names its node.
+fn each<T: Send>(
+    nodes: &[AgentNode],
+    doing: &'static str,
+    f: impl Fn(&AgentNode) -> Result<T, DriverError> + Sync,
+) -> Result<Vec<T>, SnapshotError> {
+    nodes
+        .iter()
+        .zip(super::nodes::for_each_node(nodes, doing, f))
+        .map(|(n, r)| r.map_err(|source| SnapshotError::Node { doing, node: n.short(), source }))
+        .collect()
 }
 
 /// Snapshots that a killed `take` left half made.
