@@ -22,11 +22,12 @@ median() {
   local div; case $1 in ms) div=1e6 ;; s) div=1e9 ;; *) echo "median: unit ms or s" >&2; return 2 ;; esac
   sort -n | awk -v div="$div" -v fmt="%.$2f" '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf fmt, m/div}'
 }
-# standin_tarball DIR: the release stand-in as a localkube artifact,
+# standin_tarball DIR [VERSION]: the release stand-in as a localkube
+# artifact reporting VERSION (default v1.33.1+standin),
 # DIR/standin.tar.zst (reproducible tar, zstd -3).
 standin_tarball() {
   mkdir -p "$1/stage"
-  cp "$top/target/release/localkube-standin" "$1/stage/" && echo v1.33.1+standin > "$1/stage/version.txt"
+  cp "$top/target/release/localkube-standin" "$1/stage/" && echo "${2:-v1.33.1+standin}" > "$1/stage/version.txt"
   tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$1/stage" -cf - localkube-standin version.txt | zstd -q -3 -o "$1/standin.tar.zst"
 }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

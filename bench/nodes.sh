@@ -3,9 +3,11 @@
 # profile to every node Ready, for 1, 2, 3 and 5 nodes on the docker driver
 # (the node image already imported: what a second cluster costs), and 2 VMs
 # against 1 on the qemu driver under TCG; the memory each added node takes
-# (its container's memory use; its qemu process's resident set). Every
-# figure is a ratio against one node in the same run (the goal: 3 docker
-# nodes within 1.5x of one).
+# (its container's memory use; its qemu process's resident set); and an
+# upgrade of a 3-node docker cluster against one of a single node, split
+# into its phases (every node's state is snapshotted). Every figure is a
+# ratio against one node in the same run (the goal: 3 docker nodes within
+# 1.5x of one).
 #
 # Usage: bench/nodes.sh [RUNS]   (default 5; the qemu part runs 3). As root;
 # needs a Docker engine, qemu and the artifacts `ci/test.sh` builds.
@@ -27,8 +29,18 @@ base=$(ls "$top"/target/vm/base-*.tar.zst | head -1)
   --component "base-image@$(basename "$base" .tar.zst | sed 's/^base-//')=$base#vmlinuz" --drivers base-image=qemu \
   --run "$top/ci/standin/run.toml" >/dev/null
 "$ks" manifest sign --key "$top/ci/dev-keys/dev.key" "$art/m.toml" >/dev/null
+# The release an upgrade moves to: the same, reporting 1.33.2.
+standin_tarball "$art/next" v1.33.2+standin
+"$ks" manifest new --out "$art/next.toml" --channel bench --manifest-version 2 --kubernetes 1.33.2 \
+  --component "kubectl@1.33.1=/usr/lib/google-cloud-sdk/bin/kubectl.1.33" \
+  --component "localkube@1.33.2+standin=$art/next/standin.tar.zst#localkube-standin" --drivers localkube=docker \
+  --component "rootfs@bench=$rootfs" --drivers rootfs=docker --run "$top/ci/standin/run.toml" >/dev/null
+"$ks" manifest sign --key "$top/ci/dev-keys/dev.key" "$art/next.toml" >/dev/null
 "$ks" trust add "$top/ci/dev-keys/dev.pub" >/dev/null 2>&1
-bench_cleanup() { "$ks" delete --all >/dev/null 2>&1 || :; }
+bench_cleanup() {
+  "$ks" delete --all >/dev/null 2>&1 || :
+  for h in "$work"/home-u*; do [ -d "$h" ] && KUBESTRAP_HOME=$h "$ks" delete --all >/dev/null 2>&1 || :; done
+}
 
 # One start of a new profile to every node Ready, in ns; the profile deleted after.
 # start_once PROFILE NODES [extra args...]
@@ -64,6 +76,34 @@ for n in 1 2 3 5; do
 done
 echo "  memory per container (docker stats, 5 nodes):"
 sed 's/^/    /' "$work/mem-docker"
+
+# Upgrades: the phases of `upgrade -o json` (fetch, stop + snapshot of every
+# node, swap, every node up on the new release one after another). A home
+# of its own for each (a home that has seen the channel's version 2 refuses
+# version 1 from then on), the new release fetched before.
+phases() { python3 -c "import json,sys
+for l in sys.stdin:
+    v=json.loads(l)
+    if v.get('result')=='done':
+        t=v['timings']; print(v['elapsed_ms'], t['fetch_ms'], t['snapshot_ms'], t['swap_ms'], t['ready_ms'])"; }
+for n in 1 3; do
+  for i in $(seq "$runs"); do
+    (
+      export KUBESTRAP_HOME=$work/home-u$n-$i
+      "$ks" trust add "$top/ci/dev-keys/dev.pub" >/dev/null 2>&1
+      start_once "u$n-$i" "$n" --driver docker >/dev/null
+      "$ks" fetch --manifest "$art/next.toml" >/dev/null
+      "$ks" -o json upgrade -p "u$n-$i" --manifest "$art/next.toml" | phases
+      "$ks" delete -p "u$n-$i" >/dev/null
+    )
+  done > "$work/u$n"
+done
+col() { awk -v c="$1" '{print $c}' "$2" | sort -n | awk '{a[NR]=$1} END {print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
+echo "docker, upgrade 1.33.1 -> 1.33.2 of a running cluster (median of $runs, ms):"
+for n in 1 3; do
+  echo "  $n node(s): in all $(col 1 "$work/u$n"); fetch $(col 2 "$work/u$n"), stop + snapshot $(col 3 "$work/u$n"), swap $(col 4 "$work/u$n"), every node up $(col 5 "$work/u$n")"
+done
+echo "  3 nodes / 1 node: $(awk -v a="$(col 1 "$work/u3")" -v b="$(col 1 "$work/u1")" 'BEGIN {printf "%.2f", a / b}')x in all, $(awk -v a="$(col 3 "$work/u3")" -v b="$(col 3 "$work/u1")" 'BEGIN {printf "%.2f", a / b}')x the stop + snapshot"
 "$ks" delete -p warm >/dev/null
 
 # NODES_BENCH_QEMU=0: the docker figures only.

@@ -220,7 +220,14 @@ pub fn wait_ready(
     // Asking the local apiserver is cheap: every 50 ms at first, 200 ms at most.
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(200)).until(deadline);
     let mut last = String::new();
+    // Whether a node's host ended is asked of the driver (an engine call)
+    // once a second, not at every poll of the apiserver.
+    let mut hosts_checked = Instant::now();
     loop {
+        let check_hosts = hosts_checked.elapsed() >= Duration::from_secs(1);
+        if check_hosts {
+            hosts_checked = Instant::now();
+        }
         let mut still = Vec::new();
         for n in pending {
             let name = n.node_name(&p.name);
@@ -232,7 +239,7 @@ pub fn wait_ready(
                         Ok(None) => format!("node {name} has not registered"),
                         Err(e) => e,
                     };
-                    if let Ok(HostState::Crashed { how, .. }) = agents.agent_status(p, &n) {
+                    if check_hosts && let Ok(HostState::Crashed { how, .. }) = agents.agent_status(p, &n) {
                         return Err(ClusterError::LocalkubeExited {
                             what: format!("node {} ended before it was Ready ({how})", n.short()),
                             log: format!("`kubestrap node logs -p {} {}`", p.name, n.short()),

@@ -100,12 +100,17 @@ fn a_second_machine_joins_with_the_printed_line_a_wrong_ca_or_token_is_refused_a
     let (code, _, err) = sh_in(&b, &laptop, &wrong_ca);
     assert_eq!(code, 45, "{err}");
     assert!(err.contains("not that cluster's server") && !err.contains(token.trim()), "{err}");
-    // A wrong token: the server refuses it.
+    // A wrong token, from a file others can read (said): the server refuses it.
     let secret = token.trim().rsplit(':').next().unwrap();
-    let wrong_token = join("").replace(secret, &"f".repeat(secret.len()));
-    let (code, _, err) = sh_in(&b, &laptop, &wrong_token);
+    let file = laptop.env.dir.path().join("token");
+    std::fs::write(&file, token.replace(secret, &"f".repeat(secret.len()))).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let from_file =
+        join("").split_once("| ").unwrap().1.replace("--token-file -", &format!("--token-file {}", file.display()));
+    let (code, _, err) = sh_in(&b, &laptop, &from_file);
     assert_eq!(code, 45, "{err}");
     assert!(err.contains("refused the join token"), "{err}");
+    assert!(err.contains("(mode 0644) can be read by users other than its owner"), "{err}");
     assert!(!laptop.env.home.join("profiles/work").exists(), "nothing was made on a refusal");
 
     // The line as printed: the laptop's node joins and is Ready on the server.

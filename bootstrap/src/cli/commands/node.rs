@@ -38,7 +38,7 @@ pub fn run(c: NodeCmd, home: &Home, ui: &Ui) -> Result<Code> {
             ui.line(&line);
         }
         NodeCmd::Join { profile, server, token_file, ca_sha256, name, driver, source, net, wait_timeout, no_wait } => {
-            let token = read_token(&token_file)?;
+            let token = read_token(&token_file, ui)?;
             let start = StartOptions {
                 profile: profile.profile.clone(),
                 driver,
@@ -85,7 +85,7 @@ pub fn run(c: NodeCmd, home: &Home, ui: &Ui) -> Result<Code> {
 
 /// The join token from a file or standard input (`-`), capped; a file
 /// others can read is said.
-fn read_token(path: &std::path::Path) -> Result<String> {
+fn read_token(path: &std::path::Path, ui: &Ui) -> Result<String> {
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
     let mut text = String::new();
@@ -93,8 +93,14 @@ fn read_token(path: &std::path::Path) -> Result<String> {
         std::io::stdin().lock().take(4096).read_to_string(&mut text)?;
     } else {
         text = kubestrap_fskit::read_capped_text(path, 4096)?;
-        if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
-            tracing::warn!("{} can be read by others: the join token is a secret (chmod 600)", path.display());
+        if let Ok(m) = std::fs::metadata(path)
+            && m.permissions().mode() & 0o077 != 0
+        {
+            ui.warn(&format!(
+                "{} (mode {:04o}) can be read by users other than its owner: the join token is a secret (chmod 600 it)",
+                path.display(),
+                m.permissions().mode() & 0o7777
+            ));
         }
     }
     Ok(text)
