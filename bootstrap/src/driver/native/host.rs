@@ -311,27 +311,33 @@ fn links(out: &mut Cleanup) {
 /// name them, in every iptables the machine has (nft and legacy, IPv4 and
 /// IPv6): one `restore --noflush` per table set, nothing else touched.
 fn chains(doomed: &dyn Fn(&str) -> bool, out: &mut Cleanup) {
+    let mut variants = Vec::new();
     for family in ["iptables", "ip6tables"] {
-        let variants: Vec<String> = ["nft", "legacy"]
+        let of_family: Vec<String> = ["nft", "legacy"]
             .iter()
             .map(|v| format!("{family}-{v}"))
             .filter(|v| find_tool(&format!("{v}-save")).is_some())
             .collect();
-        let variants = if variants.is_empty() && find_tool(&format!("{family}-save")).is_some() {
-            vec![family.to_string()]
-        } else {
-            variants
-        };
-        for v in variants {
-            let Ok(saved) = tool(&[&format!("{v}-save")]) else { continue };
-            let (script, names) = removal_script(&saved, doomed);
-            if names.is_empty() {
-                continue;
-            }
-            let r = tool_with_input(&[&format!("{v}-restore"), "-w", "--noflush"], Some(script));
-            for n in names {
-                out.note(format!("{v} chain {n}"), r.as_ref().map(drop).map_err(|e| e.to_string()));
-            }
+        if of_family.is_empty() && find_tool(&format!("{family}-save")).is_some() {
+            variants.push(family.to_string());
+        }
+        variants.extend(of_family);
+    }
+    // Every table read at once (each save is a process of its own, most of
+    // a stop's time when run one after another).
+    let saved: Vec<Option<String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = variants.iter().map(|v| s.spawn(move || tool(&[&format!("{v}-save")]).ok())).collect();
+        hs.into_iter().map(|h| h.join().ok().flatten()).collect()
+    });
+    for (v, saved) in variants.iter().zip(saved) {
+        let Some(saved) = saved else { continue };
+        let (script, names) = removal_script(&saved, doomed);
+        if names.is_empty() {
+            continue;
+        }
+        let r = tool_with_input(&[&format!("{v}-restore"), "-w", "--noflush"], Some(script));
+        for n in names {
+            out.note(format!("{v} chain {n}"), r.as_ref().map(drop).map_err(|e| e.to_string()));
         }
     }
 }
