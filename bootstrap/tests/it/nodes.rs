@@ -383,13 +383,30 @@ fn nodes_a_killed_start_add_or_delete_left_are_brought_up_or_removed_by_the_next
     assert_eq!(code & 8, 8, "the agents are recorded but not running");
     c.env.ok(&["start", "-p", "kn"]);
     assert_eq!(kubectl_nodes(&c, ctx), all_ready(&["kubestrap-kn", "kubestrap-kn-m02", "kubestrap-kn-m03"]));
-    // A node add killed once it recorded the node: the next start brings it up.
+    // A node add killed once it recorded the node (made nothing of it yet),
+    // then an upgrade: its snapshot holds the recorded node's (empty) state,
+    // and it brings the node up with the others on the new release.
     killed_at(&c, "node add", &["node", "add", "-p", "kn"]);
-    c.env.ok(&["start", "-p", "kn"]);
+    let next = crate::upgrade::release(&c.env, 33, 2, |s| {
+        s.localkube_drivers = vec!["native".into(), "docker".into()];
+        s.rootfs = Some(docker_rootfs());
+        s.multi_node();
+    });
+    c.env.ok(&["upgrade", "-p", "kn", "--manifest", next.to_str().unwrap()]);
     assert_eq!(
         kubectl_nodes(&c, ctx),
         all_ready(&["kubestrap-kn", "kubestrap-kn-m02", "kubestrap-kn-m03", "kubestrap-kn-m04"])
     );
+    assert_eq!(kubelet_versions(&c, ctx), ["v1.33.4+standin"; 4]);
+    let m04 = containers(&c).into_iter().find(|n| n.ends_with("-m04")).unwrap();
+    let label = docker(&[
+        "volume",
+        "inspect",
+        "--format",
+        "{{index .Labels \"dev.kubestrap.profile\"}}",
+        &format!("{m04}-data"),
+    ]);
+    assert_eq!(label.1.trim(), "kn", "the volume the snapshot made is labelled, so delete finds it");
     // A node delete killed after the drain: running it again finishes it.
     killed_at(&c, "node delete", &["node", "delete", "-p", "kn", "m04"]);
     c.env.ok(&["node", "delete", "-p", "kn", "m04"]);
@@ -397,4 +414,5 @@ fn nodes_a_killed_start_add_or_delete_left_are_brought_up_or_removed_by_the_next
     assert!(!containers(&c).iter().any(|n| n.ends_with("-m04")), "{:?}", containers(&c));
     c.env.ok(&["delete", "-p", "kn"]);
     assert!(containers(&c).is_empty());
+    assert_eq!(volumes(&c), "", "every volume, the snapshot's made ones too, was labelled and removed");
 }

@@ -77,6 +77,26 @@ pub(super) fn remove_all(eng: &Engine, p: &Profile) -> Result<()> {
     Ok(())
 }
 
+/// The agent's volume, made if it is not there, labelled so that `delete`
+/// finds it whatever the config says (an engine would make one unlabelled
+/// for a mount that names a missing volume).
+fn ensure_volume(eng: &Engine, p: &Profile, node: &AgentNode) -> Result<()> {
+    let volume = agent_volume(p, node);
+    if eng.docker(&["volume", "inspect", "--format", "{{.Name}}", &volume], CALL).is_ok() {
+        return Ok(());
+    }
+    let labels = [
+        format!("{LABEL}.profile={}", p.name),
+        format!("{LABEL}.home={}", home_id(p)),
+        format!("{LABEL}.node={}", node.node_name(&p.name)),
+    ];
+    let mut create = vec!["volume", "create"];
+    create.extend(labels.iter().flat_map(|l| ["--label", l.as_str()]));
+    create.push(&volume);
+    eng.docker(&create, CALL)?;
+    Ok(())
+}
+
 impl Agents for Docker<'_> {
     /// Its volume and container, made (or kept: the same release and
     /// settings), not started.
@@ -89,18 +109,7 @@ impl Agents for Docker<'_> {
         let name = agent_container(p, node);
         let volume = agent_volume(p, node);
         let node_name = node.node_name(&p.name);
-        // Labelled, so that `delete` finds it whatever the config says.
-        let labels = [
-            format!("{LABEL}.profile={}", p.name),
-            format!("{LABEL}.home={}", home_id(p)),
-            format!("{LABEL}.node={node_name}"),
-        ];
-        if eng.docker(&["volume", "inspect", "--format", "{{.Name}}", &volume], CALL).is_err() {
-            let mut create = vec!["volume", "create"];
-            create.extend(labels.iter().flat_map(|l| ["--label", l.as_str()]));
-            create.push(&volume);
-            eng.docker(&create, CALL)?;
-        }
+        ensure_volume(&eng, p, node)?;
         let spec = Spec {
             name: &name,
             hostname: &node_name,
@@ -137,11 +146,17 @@ impl Agents for Docker<'_> {
     }
 
     fn snapshot_agent(&self, p: &Profile, node: &AgentNode, dest: &Path) -> Result<fskit::Copied> {
-        self.with_throwaways(p, |eng, b| volume::snapshot(eng, b, &agent_volume(p, node), dest))
+        self.with_throwaways(p, |eng, b| {
+            ensure_volume(eng, p, node)?;
+            volume::snapshot(eng, b, &agent_volume(p, node), dest)
+        })
     }
 
     fn restore_agent(&self, p: &Profile, node: &AgentNode, src: &Path) -> Result<()> {
-        self.with_throwaways(p, |eng, b| volume::restore(eng, b, &agent_volume(p, node), src))
+        self.with_throwaways(p, |eng, b| {
+            ensure_volume(eng, p, node)?;
+            volume::restore(eng, b, &agent_volume(p, node), src)
+        })
     }
 
     fn delete_agent(&self, p: &Profile, node: &AgentNode) -> Result<()> {

@@ -19,13 +19,22 @@ pub(super) fn node_profile(p: &Profile, node: &AgentNode) -> Profile {
     Profile { name: format!("{}-{}", p.name, node.short()), dir: p.dir.join("nodes").join(node.short()) }
 }
 
-impl Agents for Qemu<'_> {
-    fn start_agent(&self, launch: &Launch, agent: &Agent, node: &AgentNode) -> Result<Host> {
-        let p = &launch.profile;
+impl Qemu<'_> {
+    /// The agent's profile directory with its VM's directories (made if an
+    /// agent was recorded but never made: a `node add` killed early).
+    fn made(&self, p: &Profile, node: &AgentNode) -> Result<Profile> {
         let sub = node_profile(p, node);
         fskit::create_dir_mode(&p.dir.join("nodes"), 0o700)?;
         fskit::create_dir_mode(&sub.dir, 0o700)?;
         self.create(&sub)?;
+        Ok(sub)
+    }
+}
+
+impl Agents for Qemu<'_> {
+    fn start_agent(&self, launch: &Launch, agent: &Agent, node: &AgentNode) -> Result<Host> {
+        let p = &launch.profile;
+        let sub = self.made(p, node)?;
         // Its PKI: the join token, nothing else of the cluster's.
         fskit::create_dir_mode(&sub.pki(), 0o700)?;
         fskit::create_dir_mode(&sub.join_dir(), 0o700)?;
@@ -58,11 +67,11 @@ impl Agents for Qemu<'_> {
     }
 
     fn snapshot_agent(&self, p: &Profile, node: &AgentNode, dest: &Path) -> Result<fskit::Copied> {
-        self.snapshot(&node_profile(p, node), dest)
+        self.snapshot(&self.made(p, node)?, dest)
     }
 
     fn restore_agent(&self, p: &Profile, node: &AgentNode, src: &Path) -> Result<()> {
-        self.restore(&node_profile(p, node), src)
+        self.restore(&self.made(p, node)?, src)
     }
 
     fn delete_agent(&self, p: &Profile, node: &AgentNode) -> Result<()> {
