@@ -113,7 +113,7 @@ for n in 1 2; do
   for i in $(seq "$qruns"); do
     start_once "q$n-$i" "$n" --driver qemu --accel tcg --memory 512 --cpus 1
     if [ "$n" = 2 ] && [ "$i" = 1 ]; then
-      ps -eo rss,args | awk '/qemu-system/ && /kubestrap-q2-1/ {print $1 " KiB " ($0 ~ /kubestrap-q2-1-m02/ ? "agent" : "server")}' > "$work/mem-qemu"
+      ps -eo rss,args | awk '$2 ~ /qemu-system/ && /kubestrap-q2-1/ {print $1 " KiB " ($0 ~ /kubestrap-q2-1-m02/ ? "agent" : "server")}' > "$work/mem-qemu"
     fi
     "$ks" delete -p "q$n-$i" >/dev/null
   done > "$work/q$n"
