@@ -89,9 +89,9 @@ pub fn take(
     let mut copied = drv.snapshot(p, &tmp.join("data"))?;
     let mut nodes = Vec::new();
     if let Some(a) = drv.agents().filter(|_| !agents.is_empty()) {
-        fskit::create_dir_mode(&tmp.join("nodes"), 0o700)?;
-        // Each agent's copy at once (an engine's throwaway container each).
         let dir = tmp.join("nodes");
+        fskit::create_dir_mode(&dir, 0o700)?;
+        // Each agent's copy at once (an engine's throwaway container each).
         for c in each(agents, "snapshotting", |n| a.snapshot_agent(p, n, &dir.join(n.short())))? {
             copied += c;
         }
