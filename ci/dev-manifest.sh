@@ -13,6 +13,11 @@
 # also pins the qemu driver's hypervisor and base image from DIR; with
 # KUBESTRAP_DOCKER_ARTIFACTS=DIR (the output of ci/docker/build.sh), the
 # docker driver's base rootfs. The localkube then runs on those drivers too.
+# With KUBESTRAP_LOCALKUBE=FILE (the artifact ci/localkube/build.sh wrote),
+# the localkube is real upstream Kubernetes instead of the stand-in, run as
+# ci/localkube/run.toml says (KUBESTRAP_LOCALKUBE_RUN=FILE: another run
+# section), and the kubectl pinned is this machine's oldest (the nearest to
+# its v1.20.2); STANDIN_VERSION is then ignored.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 out=$(mkdir -p "$1" && cd "$1" && pwd)
@@ -31,18 +36,32 @@ else
   (cd "$top" && cargo build "${cargo_flags[@]}" >&2)
 fi
 
+real=${KUBESTRAP_LOCALKUBE:-}
+kubectls=(/usr/lib/google-cloud-sdk/bin/kubectl.1.33 /usr/lib/google-cloud-sdk/bin/kubectl.1.3{2,1,0})
+[ -z "$real" ] || kubectls=(/usr/lib/google-cloud-sdk/bin/kubectl.1.2{7,8,9} /usr/lib/google-cloud-sdk/bin/kubectl.1.3{0,1,2,3})
 kubectl=""
-for k in /usr/lib/google-cloud-sdk/bin/kubectl.1.33 /usr/lib/google-cloud-sdk/bin/kubectl.1.3{2,1,0} "$(command -v kubectl || true)"; do
+for k in "${kubectls[@]}" "$(command -v kubectl || true)"; do
   if [ -n "$k" ] && [ -x "$k" ]; then kubectl=$k; break; fi
 done
 [ -n "$kubectl" ] || { echo "no kubectl binary found on this machine" >&2; exit 1; }
 
-stage=$(mktemp -d)
-trap 'rm -rf "$stage"' EXIT
-cp "$bin/localkube-standin" "$stage/localkube-standin"
-printf '%s\n' "$standin_version" > "$stage/version.txt"
-artifact="$out/localkube-standin-${standin_version//+/_}.tar.zst"
-tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$stage" -cf - localkube-standin version.txt | zstd -q -3 -f -o "$artifact"
+if [ -n "$real" ]; then
+  [ -f "$real" ] || { echo "KUBESTRAP_LOCALKUBE=$real: no such file (ci/localkube/build.sh writes it)" >&2; exit 1; }
+  artifact=$real
+  standin_version=$(basename "$real" | sed -n 's/^localkube-\(v[0-9.]*\)-\([0-9a-f]*\)-linux-.*/\1+localkube.\2/p')
+  [ -n "$standin_version" ] || { echo "$real: not named localkube-vX.Y.Z-<key>-linux-<arch>.tar.zst" >&2; exit 1; }
+  program=bin/localkube
+  run_file=${KUBESTRAP_LOCALKUBE_RUN:-$top/ci/localkube/run.toml}
+else
+  stage=$(mktemp -d)
+  trap 'rm -rf "$stage"' EXIT
+  cp "$bin/localkube-standin" "$stage/localkube-standin"
+  printf '%s\n' "$standin_version" > "$stage/version.txt"
+  artifact="$out/localkube-standin-${standin_version//+/_}.tar.zst"
+  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$stage" -cf - localkube-standin version.txt | zstd -q -3 -f -o "$artifact"
+  program=localkube-standin
+  run_file=$top/ci/standin/run.toml
+fi
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 extra_args=()
@@ -74,8 +93,8 @@ manifest="$out/manifest.toml"
 if [ "$manifest_version" = auto ]; then
   manifest_version=1
   if [ -f "$manifest" ] && [ -f "$manifest.minisig" ]; then
-    pinned=$(grep '^sha256' "$manifest" | sort)
-    wanted=$(printf 'sha256 = "%s"\n' "$(sha "$kubectl")" "$(sha "$artifact")" ${extra_files[@]+"${extra_hashes[@]}"} | sort)
+    pinned=$( (grep '^sha256' "$manifest"; sed -n 's/^# run: //p' "$manifest") | sort)
+    wanted=$( (printf 'sha256 = "%s"\n' "$(sha "$kubectl")" "$(sha "$artifact")" ${extra_files[@]+"${extra_hashes[@]}"}; sha "$run_file") | sort)
     if [ "$pinned" = "$wanted" ]; then echo "$manifest"; exit 0; fi
     manifest_version=$(( $(sed -n 's/^version = \([0-9]*\)$/\1/p' "$manifest") + 1 ))
   fi
@@ -86,8 +105,10 @@ kubectl_version=$("$kubectl" version --client -o json 2>/dev/null | sed -n 's/.*
 "$bin/kubestrap" manifest new --out "$manifest" --channel dev --manifest-version "$manifest_version" \
   --kubernetes "$k8s" --valid-for 180d \
   --component "kubectl@$kubectl_version=$kubectl" \
-  --component "localkube@${standin_version#v}=$artifact#localkube-standin" \
+  --component "localkube@${standin_version#v}=$artifact#$program" \
   --drivers "localkube=$drivers" ${extra_args[@]+"${extra_args[@]}"} \
-  --run "$top/ci/standin/run.toml" >&2
+  --run "$run_file" >&2
+# Which run section it was made with (a changed one makes the next version).
+printf '# run: %s\n' "$(sha "$run_file")" >> "$manifest"
 "$bin/kubestrap" manifest sign --key "$top/ci/dev-keys/dev.key" "$manifest" >&2
 echo "$manifest"

@@ -34,6 +34,16 @@ declare -A provider=(
   [fuse-overlayfs]=fuse-overlayfs  # rootless Docker's storage driver
   [/usr/lib/podman/netavark]=netavark      # Podman's network stack (not the CNI plugins)
   [/usr/lib/podman/aardvark-dns]=aardvark-dns
+  # The development localkube (ci/localkube/build.sh): upstream Kubernetes
+  # from Debian's source package, built with Debian's Go offline.
+  [/usr/lib/go-1.19/bin/go]=golang-1.19-go
+  [rsync]=rsync              # Kubernetes' build scripts
+  [jq]=jq
+  [dpkg-source]=dpkg-dev     # unpacks the source package with its patches
+  [patchelf]=patchelf        # the bundled binaries find their libraries beside them
+  [gcc]=gcc                  # the pause binary (static)
+  [python3]=python3          # ci/images/mkimage.py
+  [dig]=bind9-dnsutils       # the cluster DNS tests ask it from the host
 )
 
 missing() {

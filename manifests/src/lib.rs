@@ -265,6 +265,11 @@ pub struct Run {
     pub args: Vec<Template>,
     /// Path polled over TLS with the admin client certificate until it answers 200.
     pub ready: String,
+    /// Once `ready` answers, `start` also waits for the server's own Node
+    /// (`{node}`) to report Ready: a cluster that cannot run pods is not
+    /// ready (a localkube whose kubelet runs beside the apiserver).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub node_ready: bool,
     pub stop_signal: StopSignal,
     pub stop_timeout_s: u64,
     /// Where localkube expects the PKI files kubestrap made: path template → file.
@@ -329,6 +334,8 @@ struct RawRun {
     program: String,
     args: Vec<Template>,
     ready: String,
+    #[serde(default)]
+    node_ready: bool,
     stop_signal: StopSignal,
     stop_timeout_s: u64,
     #[serde(default)]
@@ -378,6 +385,7 @@ impl TryFrom<RawRun> for Run {
             program: r.program,
             args: r.args,
             ready: r.ready,
+            node_ready: r.node_ready,
             stop_signal: r.stop_signal,
             stop_timeout_s: r.stop_timeout_s,
             pki_files: r.pki_files,

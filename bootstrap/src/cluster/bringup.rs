@@ -337,10 +337,20 @@ pub fn wait_ready(
     let port = at.port;
     let probe = Probe::new(pki, at, Duration::from_secs(2))?;
     let deadline = Instant::now() + timeout;
-    let Err(e) = probe.wait_ready(&run.ready, deadline, || drv.running(p).unwrap_or(false)) else {
+    let alive = || drv.running(p).unwrap_or(false);
+    let mut waited = probe.wait_ready(&run.ready, deadline, alive);
+    if waited.is_ok() {
         progress.step(Step::ApiserverReady { server: probe.server().to_string() }, t.elapsed());
-        return Ok(());
-    };
+        if run.node_ready {
+            let node = format!("kubestrap-{}", p.name);
+            let t = Instant::now();
+            waited = wait_node_ready(&probe, &node, deadline, alive);
+            if waited.is_ok() {
+                progress.step(Step::NodeReady { node }, t.elapsed());
+            }
+        }
+    }
+    let Err(e) = waited else { return Ok(()) };
     let tail = drv.log_tail(p, 20);
     let log = p.log_file().display().to_string();
     let tail_text = nodes::tail_text(&tail);
@@ -385,6 +395,25 @@ pub fn wait_ready(
         }
     }
     .into())
+}
+
+/// Polls the server's own Node until it reports Ready (`run.node-ready`).
+fn wait_node_ready(probe: &Probe, node: &str, deadline: Instant, alive: impl Fn() -> bool) -> Result<(), WaitError> {
+    let mut backoff = crate::retry::Backoff::new(Duration::from_millis(50), Duration::from_millis(500)).until(deadline);
+    loop {
+        let last = match nodes::node_ready(probe, node) {
+            Ok(Some(true)) => return Ok(()),
+            Ok(Some(false)) => format!("node {node} is not Ready yet"),
+            Ok(None) => format!("node {node} has not registered yet"),
+            Err(e) => e,
+        };
+        if !alive() {
+            return Err(WaitError::Exited);
+        }
+        if !backoff.wait() {
+            return Err(WaitError::Timeout { last });
+        }
+    }
 }
 
 /// Step "kubeconfig": writes the context; returns the apiserver's version.

@@ -331,6 +331,8 @@ fn agent_run(run: &Run) -> Run {
     if let Some(a) = &run.agent {
         r.args = a.args.clone();
     }
+    // An agent's readiness is its Node's, asked of the server (not here).
+    r.node_ready = false;
     r
 }
 

@@ -23,6 +23,7 @@ mod load;
 mod nodes;
 mod qemu;
 mod quickstart;
+mod real;
 mod release;
 mod reliability;
 mod signing;

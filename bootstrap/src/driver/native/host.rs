@@ -39,11 +39,21 @@ use crate::state::{read as read_state, write as write_state};
 const STATE_DIR: &str = "/var/lib/kubestrap";
 
 /// Paths k3s creates on the machine that outlive a stop.
-const PERSISTENT: &[&str] = &["/etc/rancher/node", "/var/lib/kubelet", "/var/lib/rancher", "/etc/rancher"];
-/// Where k3s's containerd, kubelet and CNI plugins mount (k3s-killall.sh).
-const MOUNTS: &[&str] = &["/run/k3s", "/var/lib/kubelet/pods", "/var/lib/kubelet/plugins", "/run/netns/cni-"];
-/// Runtime state a stopped k3s leaves.
-const RUNTIME_DIRS: &[&str] = &["/var/lib/cni", "/run/flannel", "/run/k3s"];
+/// (The kubelet's pod logs too: `/var/log/pods` is fixed in the kubelet.)
+const PERSISTENT: &[&str] = &[
+    "/etc/rancher/node",
+    "/var/lib/kubelet",
+    "/var/lib/rancher",
+    "/etc/rancher",
+    "/var/log/pods",
+    "/var/log/containers",
+];
+/// Where k3s's containerd, kubelet and CNI plugins mount (k3s-killall.sh),
+/// and the development localkube's containerd (`/run/localkube`).
+const MOUNTS: &[&str] =
+    &["/run/k3s", "/run/localkube", "/var/lib/kubelet/pods", "/var/lib/kubelet/plugins", "/run/netns/cni-"];
+/// Runtime state a stopped k3s (or the development localkube) leaves.
+const RUNTIME_DIRS: &[&str] = &["/var/lib/cni", "/run/flannel", "/run/k3s", "/run/localkube"];
 /// The links flannel, the CNI bridge and kube-proxy's IPVS mode make.
 const LINKS: &[&str] = &[CNI_BRIDGE, "flannel.1", "flannel-v6.1", "kube-ipvs0", "flannel-wg", "flannel-wg-v6"];
 

@@ -237,3 +237,38 @@ pub fn docker_rootfs() -> Artifact {
         })
         .clone()
 }
+
+/// The development localkube (upstream Kubernetes v1.20.2 built from
+/// Debian's source package), built once by `ci/localkube/build.sh` into
+/// `target/localkube/` (`ci/test.sh` builds it first; its own cache makes a
+/// rebuild of unchanged inputs a copy). Callers check
+/// `need("localkube", localkube_buildable)` first.
+pub fn localkube_artifact() -> Artifact {
+    static BUILT: OnceLock<Artifact> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = target_dir().join("localkube");
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/localkube/build.sh");
+            let run = std::process::Command::new(&script).arg(&out).output().unwrap();
+            assert!(run.status.success(), "ci/localkube/build.sh failed: {}", String::from_utf8_lossy(&run.stderr));
+            Artifact::of(String::from_utf8_lossy(&run.stdout).trim().to_string())
+        })
+        .clone()
+}
+
+/// The project's busybox image archive (`ci/images/build.sh`):
+/// `localhost/kubestrap/busybox:<version>`, and that name.
+pub fn busybox_image() -> (PathBuf, String) {
+    static BUILT: OnceLock<(PathBuf, String)> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = target_dir().join("images");
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/images/build.sh");
+            let run = std::process::Command::new(&script).arg(&out).output().unwrap();
+            assert!(run.status.success(), "ci/images/build.sh failed: {}", String::from_utf8_lossy(&run.stderr));
+            let line = String::from_utf8_lossy(&run.stdout).lines().find(|l| l.contains("busybox")).unwrap().to_string();
+            let mut f = line.split_whitespace();
+            (PathBuf::from(f.next().unwrap()), f.next().unwrap().to_string())
+        })
+        .clone()
+}

@@ -121,7 +121,7 @@ pub fn machine_leftovers() -> Vec<String> {
         }
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let shim = fs::read_link(format!("/proc/{pid}/ns/mnt")).ok() == mnt
-            && String::from_utf8_lossy(&cmdline).contains("/run/k3s/");
+            && ["/run/k3s/", "/run/localkube/"].iter().any(|d| String::from_utf8_lossy(&cmdline).contains(d));
         let pod = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default().contains(":/kubepods");
         if shim || pod {
             let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
@@ -130,7 +130,7 @@ pub fn machine_leftovers() -> Vec<String> {
     }
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for m in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
-        if ["/run/k3s", "/var/lib/kubelet", "/run/netns/cni-"].iter().any(|p| m.starts_with(p)) {
+        if ["/run/k3s", "/run/localkube", "/var/lib/kubelet", "/run/netns/cni-"].iter().any(|p| m.starts_with(p)) {
             out.push(format!("mount {m}"));
         }
     }
@@ -151,7 +151,14 @@ pub fn machine_leftovers() -> Vec<String> {
             }
         }
     }
-    for p in ["/run/k3s", "/var/lib/cni", "/run/flannel", "/sys/fs/cgroup/kubepods", "/sys/fs/cgroup/memory/kubepods"] {
+    for p in [
+        "/run/k3s",
+        "/run/localkube",
+        "/var/lib/cni",
+        "/run/flannel",
+        "/sys/fs/cgroup/kubepods",
+        "/sys/fs/cgroup/memory/kubepods",
+    ] {
         if Path::new(p).exists() {
             out.push(format!("path {p}"));
         }

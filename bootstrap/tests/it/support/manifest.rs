@@ -183,6 +183,7 @@ impl ManifestSpec {
             program: self.program.clone(),
             args: self.args.iter().map(|a| a.parse().unwrap_or_else(|e| panic!("{a}: {e}"))).collect(),
             ready: self.ready.clone(),
+            node_ready: false,
             stop_signal: value(&self.stop_signal),
             stop_timeout_s: self.stop_timeout_s,
             pki_files: self.pki_files.iter().map(|(p, f)| (p.parse().unwrap(), value(f))).collect(),

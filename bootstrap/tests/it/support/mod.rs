@@ -361,3 +361,21 @@ pub fn qemu_installed() -> Result<(), String> {
         None => Err("qemu-system-x86_64 is not installed (ci/test.sh installs qemu-system-x86)".into()),
     }
 }
+
+/// The development localkube can be built and run here: Debian's Go 1.19
+/// and the source package's tools (ci/prereqs.sh installs them), and root
+/// (its containerd, kubelet and iptables on the native driver).
+pub fn localkube_buildable() -> Result<(), String> {
+    if !Path::new("/usr/lib/go-1.19/bin/go").is_file() {
+        return Err("Debian's Go 1.19 is not installed (ci/prereqs.sh installs golang-1.19-go)".into());
+    }
+    for tool in ["dpkg-source", "patchelf", "rsync", "jq", "gcc"] {
+        if which(tool).is_none() {
+            return Err(format!("{tool} is not installed (ci/prereqs.sh installs it)"));
+        }
+    }
+    if !is_root() {
+        return Err("real Kubernetes components need root (containerd, the kubelet, iptables)".into());
+    }
+    Ok(())
+}
