@@ -44,6 +44,7 @@ declare -A provider=(
   [gcc]=gcc                  # the pause binary (static)
   [python3]=python3          # ci/images/mkimage.py
   [dig]=bind9-dnsutils       # the cluster DNS tests ask it from the host
+  [/lib/x86_64-linux-gnu/libseccomp.so.2]=libseccomp2  # runc in the docker driver's rootfs
 )
 
 missing() {

@@ -3,7 +3,9 @@
 # reproducibly (same packages → same sha256, from any directory):
 #   OUT/rootfs-busybox-<ver>-linux-x86_64.tar.zst
 #       busybox-static with its applet links, glibc (for localkubes linked
-#       against it), /etc/passwd and /etc/group, and ci/docker/entrypoint as
+#       against it) and libseccomp (runc re-executes itself from a memfd as
+#       `runc init`, where an $ORIGIN RPATH cannot lead to a library beside
+#       it), /etc/passwd and /etc/group, and ci/docker/entrypoint as
 #       /init. kubestrap imports it into the engine under a tag derived from
 #       its sha256; localkube, its args and the PKI are bind-mounted at
 #       container creation, never baked in.
@@ -26,7 +28,7 @@ for applet in $(/bin/busybox --list); do
   [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
 done
 for lib in /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/libc.so.6 /lib/x86_64-linux-gnu/libm.so.6 \
-  /lib/x86_64-linux-gnu/libgcc_s.so.1; do
+  /lib/x86_64-linux-gnu/libgcc_s.so.1 /lib/x86_64-linux-gnu/libseccomp.so.2; do
   cp -L "$lib" "$root$lib"
 done
 install -m 0755 "$here/entrypoint" "$root/init"

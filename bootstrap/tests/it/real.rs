@@ -224,8 +224,12 @@ fn check_workloads(r: &Real) {
     // A ClusterIP Service by its DNS name, from another pod: cluster DNS,
     // then kube-proxy's iptables rules to a backend.
     let cluster_ip = r.k(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]);
-    let got = r.in_client("timeout 10 wget -q -O - http://web.default.svc.cluster.local/");
-    assert_eq!(got, "hello from a real pod\n");
+    // (kube-proxy writes a new Service's rules within a few seconds.)
+    let reached = wait_until(Duration::from_secs(60), || {
+        r.k_try(&["exec", "client", "--", "timeout", "10", "wget", "-q", "-O", "-", "http://web.default.svc.cluster.local/"]).1
+            == "hello from a real pod\n"
+    });
+    assert!(reached, "the Service by name from a pod: {}", r.k_try(&["exec", "client", "--", "wget", "-q", "-O", "-", "http://web.default.svc.cluster.local/"]).1);
     let got = r.in_client("timeout 10 wget -q -O - http://web/");
     assert_eq!(got, "hello from a real pod\n", "the short name through the pod's search path");
     let ns = r.in_client("nslookup web.default.svc.cluster.local");
@@ -341,7 +345,121 @@ fn real_kubernetes_runs_pods_on_the_native_driver() {
     r.c.env.ok(&["delete", "-p", "real"]);
     let left = machine_leftovers();
     assert!(left.is_empty(), "delete left on the machine: {left:?}");
-    for p in ["/run/localkube", "/var/lib/kubelet", "/var/log/pods"] {
-        assert!(!Path::new(p).exists() || p != "/run/localkube", "{p} is still there");
+    assert!(!Path::new("/run/localkube").exists(), "/run/localkube is still there");
+}
+
+/// The profile's container (docker driver).
+fn container_of(r: &Real) -> String {
+    let (_, names) = crate::docker::docker(&["ps", "-a", "--filter", &format!("label=dev.kubestrap.profile={}", r.profile), "--format", "{{.Names}}"]);
+    names.lines().find(|n| n.starts_with(&format!("kubestrap-{}-", r.profile))).expect("the profile's container").to_string()
+}
+
+fn docker_pid(r: &Real, comm: &str) -> Option<i32> {
+    let c = container_of(r);
+    let (ok, out) = crate::docker::docker(&["exec", &c, "sh", "-c", &format!("pgrep -f '^/run/kubestrap/component/bin/localkube {comm} '")]);
+    // The pid in the container's namespace: killed from inside it.
+    ok.then(|| out.lines().next()?.trim().parse().ok()).flatten()
+}
+
+#[test]
+fn real_kubernetes_runs_pods_on_the_docker_driver() {
+    if !need("localkube", localkube_buildable) || !need("docker", docker_engine) {
+        return;
     }
+    let r = Real::new("docker", "realdk");
+    // Images are placed before the start: the docker driver's node imports
+    // its stage at start.
+    r.start();
+    let (archive, _) = busybox_image();
+    r.c.env.ok(&["image", "load", "-p", "realdk", archive.to_str().unwrap()]);
+    r.c.env.ok(&["stop", "-p", "realdk"]);
+    let started = r.start();
+    assert!(started.contains("node ready"), "{started}");
+    let nodes = r.k(&["get", "nodes", "-o", "jsonpath={.items[0].status.nodeInfo.kubeletVersion} {.items[0].status.conditions[?(@.type==\"Ready\")].status}"]);
+    assert_eq!(nodes, "v1.20.2 True");
+    check_workloads(&r);
+    check_dns_from_host(&r);
+
+    r.k(&["create", "configmap", "kept", "--from-literal=k=v"]);
+    r.c.env.ok(&["stop", "-p", "realdk"]);
+    r.start();
+    r.wait_ready("app=web", 2);
+    assert_eq!(r.k(&["get", "configmap", "kept", "-o", "jsonpath={.data.k}"]), "v");
+
+    // kill -9 of a component inside the container: named, then repaired.
+    for comm in ["kube-apiserver", "kubelet"] {
+        let pid = docker_pid(&r, comm).unwrap_or_else(|| panic!("no {comm} in the container"));
+        let c = container_of(&r);
+        assert!(crate::docker::docker(&["exec", &c, "kill", "-9", &pid.to_string()]).0);
+        let down = wait_until(Duration::from_secs(60), || r.c.status(&r.profile).0 & 2 != 0);
+        let out = r.c.env.run(&["status", "-p", &r.profile]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(down && text.contains(comm), "status after kill -9 of {comm}: {text}");
+        r.start();
+        r.wait_ready("app=web", 2);
+    }
+
+    let name = container_of(&r);
+    r.c.env.ok(&["delete", "-p", "realdk"]);
+    let (_, left) = crate::docker::docker(&["ps", "-a", "--format", "{{.Names}}"]);
+    assert!(!left.contains(&name), "the container is still there: {left}");
+    let (_, vols) = crate::docker::docker(&["volume", "ls", "--format", "{{.Name}}"]);
+    assert!(!vols.contains(&name), "its volume is still there: {vols}");
+    let (_, nets) = crate::docker::docker(&["network", "ls", "--format", "{{.Name}}"]);
+    assert!(!nets.contains("kubestrap-realdk"), "its network is still there: {nets}");
+}
+
+/// A run section like the development one with `extra` arguments for
+/// localkube (a changed component flag).
+fn run_with(env: &Env, name: &str, extra: &str) -> PathBuf {
+    let text = std::fs::read_to_string(top().join("ci/localkube/run.toml")).unwrap();
+    let changed = text.replace("  \"--kube-apiserver-arg=event-ttl=1h\",\n", &format!("  {extra},\n"));
+    assert_ne!(changed, text, "the run section's event-ttl line moved");
+    let path = env.scratch("runs").join(format!("{name}.toml"));
+    std::fs::write(&path, changed).unwrap();
+    path
+}
+
+#[test]
+fn real_kubernetes_upgrades_with_its_pods_and_rolls_back_a_broken_apiserver() {
+    if !need("localkube", localkube_buildable) {
+        return;
+    }
+    let _machine = machine();
+    let r = Real::new("native", "realup");
+    r.start();
+    let (archive, _) = busybox_image();
+    r.c.env.ok(&["image", "load", "-p", "realup", archive.to_str().unwrap()]);
+    let (_, image) = busybox_image();
+    r.apply(&app_yaml(&image));
+    r.wait_ready("app=web", 2);
+    r.k(&["create", "configmap", "before", "--from-literal=k=v"]);
+    let pods_before = r.k(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.name}"]);
+
+    // The same build with a changed apiserver flag: an upgrade.
+    let run2 = run_with(&r.c.env, "ttl2h", "\"--kube-apiserver-arg=event-ttl=2h\"");
+    let m2 = real_manifest(&r.c.env, "release2", 2, false, Some(&run2));
+    let out = r.c.env.ok(&["upgrade", "-p", "realup", "--manifest", m2.to_str().unwrap(), "--wait-timeout", "300s"]);
+    assert!(out.contains("upgrade"), "{out}");
+    r.wait_ready("app=web", 2);
+    assert_eq!(r.k(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.name}"]), pods_before, "the same pods");
+    assert_eq!(r.k(&["get", "configmap", "before", "-o", "jsonpath={.data.k}"]), "v");
+    // The snapshot the upgrade took holds the real etcd and containerd state.
+    let snaps = r.c.env.home.join("profiles/realup/snapshots");
+    let snap = std::fs::read_dir(&snaps).unwrap().flatten().map(|e| e.path()).find(|p| p.join("data").is_dir()).expect("a snapshot");
+    for d in ["data/etcd/member", "data/containerd"] {
+        assert!(snap.join(d).is_dir(), "the snapshot has no {d}: {}", snap.display());
+    }
+
+    // A candidate whose apiserver cannot start: rolled back to the running pods.
+    let run3 = run_with(&r.c.env, "broken", "\"--kube-apiserver-arg=no-such-flag=1\"");
+    let m3 = real_manifest(&r.c.env, "release3", 3, false, Some(&run3));
+    let err = r.c.env.fail(&["upgrade", "-p", "realup", "--manifest", m3.to_str().unwrap(), "--wait-timeout", "120s"], 52);
+    assert!(err.contains("rolled back") && err.contains("no-such-flag"), "{err}");
+    r.wait_ready("app=web", 2);
+    assert_eq!(r.k(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.name}"]), pods_before);
+    assert_eq!(r.k(&["get", "configmap", "before", "-o", "jsonpath={.data.k}"]), "v");
+    let (code, st) = r.c.status("realup");
+    assert_eq!(code, 0, "{st}");
+    r.c.env.ok(&["delete", "-p", "realup"]);
 }

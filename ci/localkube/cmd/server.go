@@ -6,6 +6,7 @@ import (
 	"io/ioutil"
 	"net"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -225,6 +226,9 @@ func (n *node) start(ctx context.Context) error {
 			logf("warning: %v", err)
 		}
 	}
+	if err := n.guardServiceRange(); err != nil {
+		return err
+	}
 	self := n.localkube()
 	if err := n.sup.start("kube-apiserver", self, append([]string{"kube-apiserver"}, n.apiserverArgs()...)); err != nil {
 		return err
@@ -250,6 +254,44 @@ func (n *node) start(ctx context.Context) error {
 		}
 	}
 	return n.podNetwork(ctx)
+}
+
+// guardServiceRange keeps ClusterIP traffic on the node: until kube-proxy
+// has written a Service's rules (and for an address no Service has), a
+// packet for the service range would follow the default route off the
+// machine. A chain in the filter table's FORWARD and OUTPUT rejects it;
+// what kube-proxy translated has a pod's address by then and passes. (The
+// native driver removes KUBE- chains and the rules naming them at stop.)
+func (n *node) guardServiceRange() error {
+	const chain = "KUBE-LOCALKUBE-GUARD"
+	ipt := func(args ...string) error {
+		cmd := exec.Command("iptables", append([]string{"-w", "5"}, args...)...)
+		cmd.Env = n.env
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("iptables %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+	if ipt("-n", "-L", chain) != nil {
+		if err := ipt("-N", chain); err != nil {
+			return err
+		}
+	}
+	if err := ipt("-F", chain); err != nil {
+		return err
+	}
+	if err := ipt("-A", chain, "-j", "REJECT", "--reject-with", "icmp-net-unreachable"); err != nil {
+		return err
+	}
+	for _, hook := range []string{"FORWARD", "OUTPUT"} {
+		rule := []string{hook, "-d", n.o.serviceCIDR, "-m", "comment", "--comment", "localkube: ClusterIPs never leave the node", "-j", chain}
+		if ipt(append([]string{"-C"}, rule...)...) != nil {
+			if err := ipt(append([]string{"-I", hook, "1"}, rule[1:]...)...); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func (n *node) localkube() string {

@@ -49,9 +49,10 @@ const PERSISTENT: &[&str] = &[
     "/var/log/containers",
 ];
 /// Where k3s's containerd, kubelet and CNI plugins mount (k3s-killall.sh),
-/// and the development localkube's containerd (`/run/localkube`).
-const MOUNTS: &[&str] =
-    &["/run/k3s", "/run/localkube", "/var/lib/kubelet/pods", "/var/lib/kubelet/plugins", "/run/netns/cni-"];
+/// and the development localkube's containerd (`/run/localkube`). The
+/// kubelet also bind-mounts `/var/lib/kubelet` onto itself when `/` is not
+/// a shared mount, to make it one: the whole tree.
+const MOUNTS: &[&str] = &["/run/k3s", "/run/localkube", "/var/lib/kubelet", "/run/netns/cni-"];
 /// Runtime state a stopped k3s (or the development localkube) leaves.
 const RUNTIME_DIRS: &[&str] = &["/var/lib/cni", "/run/flannel", "/run/k3s", "/run/localkube"];
 /// The links flannel, the CNI bridge and kube-proxy's IPVS mode make.

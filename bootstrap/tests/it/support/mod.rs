@@ -374,8 +374,5 @@ pub fn localkube_buildable() -> Result<(), String> {
             return Err(format!("{tool} is not installed (ci/prereqs.sh installs it)"));
         }
     }
-    if !is_root() {
-        return Err("real Kubernetes components need root (containerd, the kubelet, iptables)".into());
-    }
-    Ok(())
+    is_root().map_err(|e| format!("real Kubernetes components need root (containerd, the kubelet, iptables): {e}"))
 }
