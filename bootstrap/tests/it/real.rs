@@ -356,7 +356,10 @@ fn container_of(r: &Real) -> String {
 
 fn docker_pid(r: &Real, comm: &str) -> Option<i32> {
     let c = container_of(r);
-    let (ok, out) = crate::docker::docker(&["exec", &c, "sh", "-c", &format!("pgrep -f '^/run/kubestrap/component/bin/localkube {comm} '")]);
+    let script = format!(
+        "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^[^ ]*/bin/localkube {comm} ' && echo ${{p#/proc/}}; done; true"
+    );
+    let (ok, out) = crate::docker::docker(&["exec", &c, "sh", "-c", &script]);
     // The pid in the container's namespace: killed from inside it.
     ok.then(|| out.lines().next()?.trim().parse().ok()).flatten()
 }

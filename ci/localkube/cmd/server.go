@@ -264,8 +264,12 @@ func (n *node) start(ctx context.Context) error {
 // native driver removes KUBE- chains and the rules naming them at stop.)
 func (n *node) guardServiceRange() error {
 	const chain = "KUBE-LOCALKUBE-GUARD"
+	iptables, err := lookPath("iptables", n.envPath())
+	if err != nil {
+		return err
+	}
 	ipt := func(args ...string) error {
-		cmd := exec.Command("iptables", append([]string{"-w", "5"}, args...)...)
+		cmd := exec.Command(iptables, append([]string{"-w", "5"}, args...)...)
 		cmd.Env = n.env
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("iptables %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
@@ -419,6 +423,16 @@ func (n *node) bundledIptables() (string, error) {
 		}
 	}
 	return dir, nil
+}
+
+// envPath is the components' PATH (exec.Command looks in localkube's own).
+func (n *node) envPath() string {
+	for _, kv := range n.env {
+		if strings.HasPrefix(kv, "PATH=") {
+			return kv[len("PATH="):]
+		}
+	}
+	return ""
 }
 
 func lookPath(name, path string) (string, error) {
