@@ -67,6 +67,13 @@ sha() { sha256sum "$1" | cut -d' ' -f1; }
 extra_args=()
 extra_files=()
 extra_hashes=()
+channel=dev
+if [ -n "$real" ]; then
+  # Its own channel: a home that saw the stand-in's dev-1 refuses another
+  # dev-1 (rollback protection). Not in a VM yet: no qemu artifacts.
+  channel=dev-localkube
+  unset KUBESTRAP_VM_ARTIFACTS
+fi
 if [ -n "${KUBESTRAP_VM_ARTIFACTS:-}" ]; then
   hv=$(ls "$KUBESTRAP_VM_ARTIFACTS"/hypervisor-*.tar.zst | head -1)
   base=$(ls "$KUBESTRAP_VM_ARTIFACTS"/base-*.tar.zst | head -1)
@@ -102,7 +109,7 @@ fi
 kubectl_version=$("$kubectl" version --client -o json 2>/dev/null | sed -n 's/.*"gitVersion": *"v\([^"]*\)".*/\1/p' | head -1)
 # Written by the one manifest writer (`kubestrap manifest new`): the stand-in
 # localkube and this machine's kubectl. NOT a release manifest.
-"$bin/kubestrap" manifest new --out "$manifest" --channel dev --manifest-version "$manifest_version" \
+"$bin/kubestrap" manifest new --out "$manifest" --channel "$channel" --manifest-version "$manifest_version" \
   --kubernetes "$k8s" --valid-for 180d \
   --component "kubectl@$kubectl_version=$kubectl" \
   --component "localkube@${standin_version#v}=$artifact#$program" \

@@ -51,7 +51,7 @@ missing() {
   local p
   for p in "${!provider[@]}"; do
     case $p in
-      /*) [ -x "$p" ] || echo "$p" ;;
+      /*) [ -e "$p" ] || echo "$p" ;;
       *) command -v "$p" >/dev/null 2>&1 || PATH=$PATH:/usr/sbin:/sbin command -v "$p" >/dev/null 2>&1 || echo "$p" ;;
     esac
   done | sort

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Runs every test, on a fresh machine too: installs what the tests use
 # (ci/prereqs.sh: as root with apt, then checks every program is there),
-# builds the qemu driver's VM artifacts and the docker driver's rootfs, then
+# builds the qemu driver's VM artifacts, the docker driver's rootfs and the
+# development localkube (real Kubernetes from source), then
 # runs the unit tests and the integration tests that drive the kubestrap
 # binary against loopback servers, the stand-in localkube, the real kubectl,
 # qemu (TCG) and the Docker engine.
 #
 # A test whose prerequisite is missing fails. KUBESTRAP_TEST_SKIP names the
 # groups to skip on purpose (comma-separated: qemu, kvm, docker, podman,
-# rootless, netns, minisign, root); the last line counts the tests that skipped.
+# rootless, netns, minisign, root, localkube); the last line counts the tests that skipped.
 # Usage: ci/test.sh [cargo test arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,11 @@ fi
 # and the docker driver's base rootfs; the tests pin them from these paths.
 if [[ $skip != *,qemu,* ]]; then ci/vm/build.sh target/vm >/dev/null; fi
 ci/docker/build.sh target/docker >/dev/null
+# Real Kubernetes (the development localkube, from Debian's kubernetes source
+# package; cached under /var/cache/kubestrap-build by its inputs: minutes the
+# first time, a copy after) and the project's own images the tests load.
+if [[ $skip != *,localkube,* ]]; then ci/localkube/build.sh target/localkube >/dev/null; fi
+ci/images/build.sh target/images >/dev/null
 # Integration tests run the stand-in localkube binary: build every binary first.
 cargo build --workspace --bins --quiet
 log=$(mktemp)
