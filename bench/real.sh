@@ -34,7 +34,8 @@ ci/docker/build.sh "$top/target/docker" >/dev/null
 manifest=$(KUBESTRAP_DEV_BIN=$top/target/release KUBESTRAP_LOCALKUBE=$lk KUBESTRAP_DOCKER_ARTIFACTS=$top/target/docker \
   ci/dev-manifest.sh "$work/artifacts" v0 auto release 2>/dev/null)
 "$ks" trust add ci/dev-keys/dev.pub >/dev/null 2>&1
-"$ks" fetch --manifest "$manifest" --driver native --driver docker >/dev/null
+"$ks" fetch --manifest "$manifest" --driver native >/dev/null
+"$ks" fetch --manifest "$manifest" --driver docker >/dev/null
 
 pod_yaml=$work/pod.yaml
 cat > "$pod_yaml" <<'EOF'
@@ -58,12 +59,14 @@ wait_node() {
     sleep 0.1
   done
 }
-# The components' resident memory (KiB) for a run directory's processes.
-components_rss() {
+# The components' memory (KiB, proportional set size: the binary the
+# components share counted once) for a run directory's processes, and the
+# pods' (their processes under the profile's shims).
+components_pss() {
   local marker="KUBESTRAP_RUN_DIR=$1" sum=0 pid
   for pid in $(ls /proc | grep -E '^[0-9]+$'); do
-    if tr '\0' '\n' < /proc/$pid/environ 2>/dev/null | grep -qxF "$marker"; then
-      sum=$(( sum + $(awk '/^VmRSS/ {print $2}' /proc/$pid/status 2>/dev/null || echo 0) ))
+    if { tr '\0' '\n' < /proc/$pid/environ; } 2>/dev/null | grep -qxF "$marker"; then
+      sum=$(( sum + $( { awk '/^Pss:/ {print $2}' /proc/$pid/smaps_rollup; } 2>/dev/null || echo 0) ))
     fi
   done
   echo "$sum"
@@ -72,17 +75,18 @@ components_rss() {
 declare -A ready pod
 for driver in native docker; do
   if [ "$driver" = docker ] && ! docker version >/dev/null 2>&1; then echo "docker: no engine, skipped"; continue; fi
+  prof=bench-$driver
   for i in $(seq "$runs"); do
     t=$(now)
-    "$ks" start -p bench --manifest "$manifest" --driver "$driver" --port "$(free_port)" >/dev/null
+    "$ks" start -p "$prof" --manifest "$manifest" --driver "$driver" --port "$(free_port)" >/dev/null
     r=$(( $(now) - t ))
     k apply -f "$pod_yaml" >/dev/null
     wait_pod
     p=$(( $(now) - t ))
     ready[$driver]+="$r "; pod[$driver]+="$p "
     if [ "$driver" = native ] && [ "$i" = "$runs" ]; then
-      run_dir=$KUBESTRAP_HOME/profiles/bench/run
-      echo "native: resident memory of every component (one pod): $(( $(components_rss "$(readlink -f "$run_dir")") / 1024 )) MiB"
+      run_dir=$KUBESTRAP_HOME/profiles/$prof/run
+      echo "native: memory of every component (PSS, one pod): $(( $(components_pss "$(readlink -f "$run_dir")") / 1024 )) MiB"
       # The command lines for the baseline, in start order.
       : > "$work/cmdlines"
       for c in etcd containerd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy dns; do
@@ -93,15 +97,19 @@ for driver in native docker; do
           esac
         done
       done
-      data=$KUBESTRAP_HOME/profiles/bench/data
+      data=$KUBESTRAP_HOME/profiles/$prof/data
       node_ip=$(k get nodes -o jsonpath='{.items[0].status.addresses[?(@.type=="InternalIP")].address}')
       comp_path=$(awk '$1 == "kube-apiserver" {print $2}' "$work/cmdlines" | xargs dirname)
     fi
     if [ "$driver" = docker ] && [ "$i" = "$runs" ]; then
-      c=$(docker ps --filter label=dev.kubestrap.profile=bench --format '{{.Names}}' | head -1)
+      c=$(docker ps --filter "label=dev.kubestrap.profile=$prof" --format '{{.Names}}' | head -1)
       echo "docker: resident memory of the container (one pod): $(docker stats --no-stream --format '{{.MemUsage}}' "$c" | cut -d/ -f1)"
     fi
-    "$ks" delete -p bench >/dev/null
+    if [ "$driver" = native ] && [ "$i" = "$runs" ]; then
+      "$ks" stop -p "$prof" >/dev/null   # its certificates and configuration serve the baseline
+    else
+      "$ks" delete -p "$prof" >/dev/null
+    fi
   done
 done
 
@@ -113,7 +121,7 @@ baseline() {
   rm -f "$b/localkube/cni/net.d/"* ; rm -rf "$b/localkube/cni/ipam" "$b/localkube/logs"
   mkdir -p "$b/localkube/logs" /run/localkube
   ip link add kbench0 type bridge; ip addr add "$node_ip/32" dev kbench0; ip link set kbench0 up
-  local t=$(now) c line pids=()
+  local t=$(now) c line pids=() until
   export PATH=$comp_path:$PATH
   while read -r c line; do
     line=${line//$data/$b}
@@ -121,16 +129,19 @@ baseline() {
     setsid $line > "$b/localkube/logs/$c.log" 2>&1 &
     pids+=($!)
     case $c in
-      etcd) until curl -sf --cacert "$b/pki/etcd-ca.crt" --cert "$b/localkube/tls/etcd-client.crt" --key "$b/localkube/tls/etcd-client.key" https://127.0.0.1:2379/health >/dev/null; do sleep 0.05; done ;;
+      etcd) until=$(( $(date +%s) + 60 )); until curl -sf --cacert "$b/pki/etcd-ca.crt" --cert "$b/localkube/tls/etcd-client.crt" --key "$b/localkube/tls/etcd-client.key" https://127.0.0.1:2379/health >/dev/null; do [ "$(date +%s)" -lt "$until" ] || return 1; sleep 0.05; done ;;
       containerd)
         until [ -S /run/localkube/containerd/containerd.sock ]; do sleep 0.05; done
         "$comp_path/ctr" --address /run/localkube/containerd/containerd.sock -n k8s.io images import --snapshotter overlayfs "$comp_path/../images/pause.tar" >/dev/null ;;
-      kube-apiserver) until curl -sf --cacert "$b/pki/ca.crt" --cert "$b/localkube/tls/localkube.crt" --key "$b/localkube/tls/localkube.key" "https://$node_ip:$(echo "$line" | sed -n 's/.*--secure-port=\([0-9]*\).*/\1/p')/readyz" >/dev/null; do sleep 0.05; done ;;
+      kube-apiserver) until=$(( $(date +%s) + 120 )); until curl -sf --cacert "$b/pki/ca.crt" --cert "$b/localkube/tls/localkube.crt" --key "$b/localkube/tls/localkube.key" "https://$node_ip:$(echo "$line" | sed -n 's/.*--secure-port=\([0-9]*\).*/\1/p')/readyz" >/dev/null; do [ "$(date +%s)" -lt "$until" ] || return 1; sleep 0.05; done ;;
     esac
   done < "$work/cmdlines"
-  local kc=$b/localkube/conf/localkube.kubeconfig cidr=""
-  until [ -n "$cidr" ]; do cidr=$(KUBECONFIG=$kc k get node -o jsonpath='{.items[0].spec.podCIDR}' 2>/dev/null || true); sleep 0.05; done
-  sed "s|\"subnet\": \"[^\"]*\"|\"subnet\": \"$cidr\"|; s|$data|$b|g" "$data/localkube/cni/net.d/10-localkube.conflist.saved" > "$b/localkube/cni/net.d/10-localkube.conflist"
+  local kc=$b/localkube/conf/localkube.kubeconfig cidr="" until=$(( $(date +%s) + 120 ))
+  until [ -n "$cidr" ]; do
+    [ "$(date +%s)" -lt "$until" ] || { echo "baseline: no pod CIDR within 120s (logs: $b/localkube/logs)" >&2; return 1; }
+    cidr=$(KUBECONFIG=$kc k get node -o jsonpath='{.items[0].spec.podCIDR}' 2>/dev/null || true); sleep 0.05
+  done
+  sed "s|\"subnet\": \"[^\"]*\"|\"subnet\": \"$cidr\"|; s|$data|$b|g" "$work/conflist" > "$b/localkube/cni/net.d/10-localkube.conflist"
   KUBECONFIG=$kc wait_node
   local r=$(( $(now) - t ))
   KUBECONFIG=$kc k apply -f "$pod_yaml" >/dev/null
@@ -152,13 +163,10 @@ baseline() {
   iptables-save | grep -E '^:(KUBE-|CNI-)' | cut -d' ' -f1 | tr -d : > "$work/chains" || true
 }
 if [ -n "${data:-}" ]; then
-  # The CNI file the native run wrote, as the template for the baseline's.
-  "$ks" start -p bench --manifest "$manifest" --driver native --port "$(free_port)" >/dev/null
+  # The CNI file the native run wrote: the template of the baseline's.
   cp "$data/localkube/cni/net.d/10-localkube.conflist" "$work/conflist"
-  "$ks" stop -p bench >/dev/null
-  cp "$work/conflist" "$data/localkube/cni/net.d/10-localkube.conflist.saved"
   for i in $(seq "$runs"); do baseline; done
-  "$ks" delete -p bench >/dev/null
+  "$ks" delete -p bench-native >/dev/null
 fi
 
 echo

@@ -16,6 +16,14 @@ cd "$(dirname "$0")/.."
 top=$(pwd)
 ci/prereqs.sh
 skip=",${KUBESTRAP_TEST_SKIP:-},"
+# The machine's Docker engine normally runs already; one that has stopped is
+# started again where this is root and dockerd is installed.
+if [[ $skip != *,docker,* ]] && ! docker version --format '{{.Server.Version}}' >/dev/null 2>&1 \
+  && [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null; then
+  echo "==> the Docker engine does not answer: starting dockerd (log: /var/log/dockerd.log)" >&2
+  (setsid dockerd >> /var/log/dockerd.log 2>&1 &)
+  for _ in $(seq 60); do docker version >/dev/null 2>&1 && break; sleep 0.5; done
+fi
 if [[ $skip != *,docker,* ]] && ! docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
   echo "no Docker engine answers at ${DOCKER_HOST:-unix:///var/run/docker.sock}: start it, or set KUBESTRAP_TEST_SKIP=docker to skip the docker driver's tests" >&2
   exit 1

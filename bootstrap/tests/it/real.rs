@@ -87,7 +87,10 @@ impl Real {
 
     pub fn k_try(&self, args: &[&str]) -> (bool, String) {
         let out = self.c.kubectl(&self.kubectl, args);
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
     }
 
     pub fn apply(&self, yaml: &str) {
@@ -226,10 +229,25 @@ fn check_workloads(r: &Real) {
     let cluster_ip = r.k(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]);
     // (kube-proxy writes a new Service's rules within a few seconds.)
     let reached = wait_until(Duration::from_secs(60), || {
-        r.k_try(&["exec", "client", "--", "timeout", "10", "wget", "-q", "-O", "-", "http://web.default.svc.cluster.local/"]).1
-            == "hello from a real pod\n"
+        r.k_try(&[
+            "exec",
+            "client",
+            "--",
+            "timeout",
+            "10",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            "http://web.default.svc.cluster.local/",
+        ])
+        .1 == "hello from a real pod\n"
     });
-    assert!(reached, "the Service by name from a pod: {}", r.k_try(&["exec", "client", "--", "wget", "-q", "-O", "-", "http://web.default.svc.cluster.local/"]).1);
+    assert!(
+        reached,
+        "the Service by name from a pod: {}",
+        r.k_try(&["exec", "client", "--", "wget", "-q", "-O", "-", "http://web.default.svc.cluster.local/"]).1
+    );
     let got = r.in_client("timeout 10 wget -q -O - http://web/");
     assert_eq!(got, "hello from a real pod\n", "the short name through the pod's search path");
     let ns = r.in_client("nslookup web.default.svc.cluster.local");
@@ -333,7 +351,11 @@ fn real_kubernetes_runs_pods_on_the_native_driver() {
     // stop → start: real etcd data and the same Deployment back Running.
     r.k(&["create", "configmap", "kept", "--from-literal=k=v"]);
     r.c.env.ok(&["stop", "-p", "real"]);
-    assert!(machine_leftovers().iter().all(|l| !l.starts_with("process")), "pods outlived stop: {:?}", machine_leftovers());
+    assert!(
+        machine_leftovers().iter().all(|l| !l.starts_with("process")),
+        "pods outlived stop: {:?}",
+        machine_leftovers()
+    );
     r.start();
     r.wait_ready("app=web", 2);
     assert_eq!(r.k(&["get", "configmap", "kept", "-o", "jsonpath={.data.k}"]), "v");
@@ -350,8 +372,19 @@ fn real_kubernetes_runs_pods_on_the_native_driver() {
 
 /// The profile's container (docker driver).
 fn container_of(r: &Real) -> String {
-    let (_, names) = crate::docker::docker(&["ps", "-a", "--filter", &format!("label=dev.kubestrap.profile={}", r.profile), "--format", "{{.Names}}"]);
-    names.lines().find(|n| n.starts_with(&format!("kubestrap-{}-", r.profile))).expect("the profile's container").to_string()
+    let (_, names) = crate::docker::docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=dev.kubestrap.profile={}", r.profile),
+        "--format",
+        "{{.Names}}",
+    ]);
+    names
+        .lines()
+        .find(|n| n.starts_with(&format!("kubestrap-{}-", r.profile)))
+        .expect("the profile's container")
+        .to_string()
 }
 
 fn docker_pid(r: &Real, comm: &str) -> Option<i32> {
@@ -445,11 +478,20 @@ fn real_kubernetes_upgrades_with_its_pods_and_rolls_back_a_broken_apiserver() {
     let out = r.c.env.ok(&["upgrade", "-p", "realup", "--manifest", m2.to_str().unwrap(), "--wait-timeout", "300s"]);
     assert!(out.contains("upgrade"), "{out}");
     r.wait_ready("app=web", 2);
-    assert_eq!(r.k(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.name}"]), pods_before, "the same pods");
+    assert_eq!(
+        r.k(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.name}"]),
+        pods_before,
+        "the same pods"
+    );
     assert_eq!(r.k(&["get", "configmap", "before", "-o", "jsonpath={.data.k}"]), "v");
     // The snapshot the upgrade took holds the real etcd and containerd state.
     let snaps = r.c.env.home.join("profiles/realup/snapshots");
-    let snap = std::fs::read_dir(&snaps).unwrap().flatten().map(|e| e.path()).find(|p| p.join("data").is_dir()).expect("a snapshot");
+    let snap = std::fs::read_dir(&snaps)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("data").is_dir())
+        .expect("a snapshot");
     for d in ["data/etcd/member", "data/containerd"] {
         assert!(snap.join(d).is_dir(), "the snapshot has no {d}: {}", snap.display());
     }
@@ -457,7 +499,8 @@ fn real_kubernetes_upgrades_with_its_pods_and_rolls_back_a_broken_apiserver() {
     // A candidate whose apiserver cannot start: rolled back to the running pods.
     let run3 = run_with(&r.c.env, "broken", "\"--kube-apiserver-arg=no-such-flag=1\"");
     let m3 = real_manifest(&r.c.env, "release3", 3, false, Some(&run3));
-    let err = r.c.env.fail(&["upgrade", "-p", "realup", "--manifest", m3.to_str().unwrap(), "--wait-timeout", "120s"], 52);
+    let err =
+        r.c.env.fail(&["upgrade", "-p", "realup", "--manifest", m3.to_str().unwrap(), "--wait-timeout", "120s"], 52);
     assert!(err.contains("rolled back") && err.contains("no-such-flag"), "{err}");
     r.wait_ready("app=web", 2);
     assert_eq!(r.k(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.name}"]), pods_before);

@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"io/ioutil"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 )
@@ -150,6 +152,18 @@ func (n *node) dnsArgs() []string {
 	}
 }
 
+// cgroupDriver matches the host's: systemd where systemd is PID 1 on the
+// unified hierarchy (it owns the cgroup tree, as k3s decides), else
+// cgroupfs (cgroup v1, a container's init, these build machines).
+// containerd's runc is configured to match.
+func cgroupDriver() string {
+	comm, _ := ioutil.ReadFile("/proc/1/comm")
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil && strings.TrimSpace(string(comm)) == "systemd" {
+		return "systemd"
+	}
+	return "cgroupfs"
+}
+
 // kubeletConfig is the KubeletConfiguration file: authentication by the
 // cluster CA and webhook, the cgroup driver containerd uses, eviction
 // thresholds a laptop's disk does not trip, cluster DNS.
@@ -170,7 +184,7 @@ func (n *node) kubeletConfig() string {
 		"  webhook: {enabled: true}",
 		"  x509: {clientCAFile: " + o.caCert + "}",
 		"authorization: {mode: Webhook}",
-		"cgroupDriver: cgroupfs",
+		"cgroupDriver: " + cgroupDriver(),
 		"failSwapOn: false",
 		"clusterDomain: " + o.clusterDomain,
 		"clusterDNS: [" + o.clusterDNS + "]",

@@ -537,4 +537,3 @@ func (s *dnsServer) forward(w dns.ResponseWriter, req *dns.Msg) *dns.Msg {
 	m.SetRcode(req, dns.RcodeServerFailure)
 	return m
 }
-

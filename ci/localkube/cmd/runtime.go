@@ -81,11 +81,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         BinaryName = %q
-        SystemdCgroup = false
+        SystemdCgroup = %t
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = %q
     conf_dir = %q
-`, root, state, n.containerdSocket(), pauseImage, snap, filepath.Join(n.root, "bin", "runc"), filepath.Join(n.root, "cni"), cniConf)
+`, root, state, n.containerdSocket(), pauseImage, snap, filepath.Join(n.root, "bin", "runc"), cgroupDriver() == "systemd", filepath.Join(n.root, "cni"), cniConf)
 	if err := writeAtomic(filepath.Join(n.conf, "containerd.toml"), []byte(cfg), 0o600); err != nil {
 		return "", err
 	}
@@ -99,7 +99,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 	if err := writeAtomic(filepath.Join(n.conf, "resolv.conf"), []byte(resolv), 0o644); err != nil {
 		return "", err
 	}
-	logf("containerd: snapshotter %s, root %s", snap, root)
+	logf("containerd: snapshotter %s, root %s; cgroup driver %s", snap, root, cgroupDriver())
 	return snap, nil
 }
 

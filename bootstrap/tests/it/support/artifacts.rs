@@ -266,7 +266,8 @@ pub fn busybox_image() -> (PathBuf, String) {
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/images/build.sh");
             let run = std::process::Command::new(&script).arg(&out).output().unwrap();
             assert!(run.status.success(), "ci/images/build.sh failed: {}", String::from_utf8_lossy(&run.stderr));
-            let line = String::from_utf8_lossy(&run.stdout).lines().find(|l| l.contains("busybox")).unwrap().to_string();
+            let line =
+                String::from_utf8_lossy(&run.stdout).lines().find(|l| l.contains("busybox")).unwrap().to_string();
             let mut f = line.split_whitespace();
             (PathBuf::from(f.next().unwrap()), f.next().unwrap().to_string())
         })
