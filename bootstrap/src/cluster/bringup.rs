@@ -339,10 +339,12 @@ pub fn wait_ready(
     let deadline = Instant::now() + timeout;
     let alive = || drv.running(p).unwrap_or(false);
     let mut waited = probe.wait_ready(&run.ready, deadline, alive);
+    let mut waiting_for = "the apiserver".to_string();
     if waited.is_ok() {
         progress.step(Step::ApiserverReady { server: probe.server().to_string() }, t.elapsed());
         if run.node_ready {
             let node = format!("kubestrap-{}", p.name);
+            waiting_for = format!("the apiserver answers, but node {node}");
             let t = Instant::now();
             waited = wait_node_ready(&probe, &node, deadline, alive);
             if waited.is_ok() {
@@ -385,7 +387,7 @@ pub fn wait_ready(
             };
             ClusterError::NotReady {
                 what: format!(
-                    "the apiserver was not ready after {}s (last answer: {last}); {stopped}",
+                    "{waiting_for} was not ready after {}s (last answer: {last}); {stopped}",
                     timeout.as_secs()
                 ),
                 log,

@@ -128,6 +128,17 @@ impl Real {
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
+    /// The node's kubelet version and Ready condition: `v1.20.2 True`.
+    pub fn node_summary(&self) -> String {
+        self.k(&[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={.items[0].status.nodeInfo.kubeletVersion} \
+             {.items[0].status.conditions[?(@.type==\"Ready\")].status}",
+        ])
+    }
+
     /// The node's address, as the kubelet reports it.
     pub fn node_ip(&self) -> String {
         self.k(&["get", "nodes", "-o", "jsonpath={.items[0].status.addresses[?(@.type==\"InternalIP\")].address}"])
@@ -339,8 +350,7 @@ fn real_kubernetes_runs_pods_on_the_native_driver() {
     let started = r.start();
     assert!(started.contains("node ready"), "start did not wait for the node: {started}");
 
-    let nodes = r.k(&["get", "nodes", "-o", "jsonpath={.items[0].status.nodeInfo.kubeletVersion} {.items[0].status.conditions[?(@.type==\"Ready\")].status}"]);
-    assert_eq!(nodes, "v1.20.2 True", "the node's kubelet and Ready");
+    assert_eq!(r.node_summary(), "v1.20.2 True", "the node's kubelet and Ready");
 
     // `image load` into the running node: imported while it runs.
     let (archive, _) = busybox_image();
@@ -411,8 +421,7 @@ fn real_kubernetes_runs_pods_on_the_docker_driver() {
     r.c.env.ok(&["stop", "-p", "realdk"]);
     let started = r.start();
     assert!(started.contains("node ready"), "{started}");
-    let nodes = r.k(&["get", "nodes", "-o", "jsonpath={.items[0].status.nodeInfo.kubeletVersion} {.items[0].status.conditions[?(@.type==\"Ready\")].status}"]);
-    assert_eq!(nodes, "v1.20.2 True");
+    assert_eq!(r.node_summary(), "v1.20.2 True", "the node's kubelet and Ready");
     check_workloads(&r);
     check_dns_from_host(&r);
 
