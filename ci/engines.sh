@@ -16,6 +16,10 @@ set -euo pipefail
 user=kubestrap-rootless
 state=/run/kubestrap-engines
 mkdir -p "$state"
+# The engines outlive this script: they must not keep the caller's working
+# directory (conmon fails with "Failed to get working directory" once a
+# checkout they were started in is removed).
+cd /
 
 log() { printf '==> %s\n' "$*" >&2; }
 
