@@ -164,7 +164,7 @@ fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<Code> {
     }
     if let Some(e) = cause.downcast_ref::<DriverError>() {
         return Some(match e {
-            DriverError::Unfit { .. } => Code::Unfit,
+            DriverError::Unfit { .. } | DriverError::OneNode { .. } | DriverError::NoAgentLine { .. } => Code::Unfit,
             DriverError::Docker(d)
                 if matches!(
                     d.kind,
@@ -233,7 +233,7 @@ fn cluster_code(e: &ClusterError) -> Code {
         E::NotCached { .. } => Code::OfflineMissing,
         E::NodesUnsupported { .. } => Code::Unfit,
         E::JoinRefused { .. } => Code::JoinRefused,
-        E::NotJoined { .. } | E::NotListening { .. } => Code::Usage,
+        E::NotJoined { .. } | E::NotListening { .. } | E::IsJoined { .. } => Code::Usage,
         E::TooManyNodes { .. }
         | E::BadNodeName { .. }
         | E::NoSuchNode { .. }

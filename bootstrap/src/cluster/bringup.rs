@@ -12,13 +12,13 @@ use kubestrap_manifest::{Manifest, PkiFile};
 
 use super::apiserver::{Probe, WaitError};
 use super::components::{fetch_and_unpack, place_images};
-use super::nodes::{self, Rollout};
+use super::nodes::{self, Made, NotUp, Rollout};
 use super::pki::{self, Pki};
 use super::session::Session;
 use super::{ClusterError, kubeconfig, ports};
 use crate::artifacts;
 use crate::channel::Loaded;
-use crate::driver::{self, Driver, Host, HostState, Launch, Stop};
+use crate::driver::{self, Driver, Host, HostState, Launch, Node, Stop};
 use crate::profile::{Config, Endpoint, Profile, VmSettings};
 use crate::progress::{Progress, Step};
 
@@ -80,8 +80,8 @@ impl Launched<'_> {
 
 impl Drop for Launched<'_> {
     fn drop(&mut self) {
-        if self.armed && self.drv.running(self.profile).unwrap_or(false) {
-            let _ = self.drv.stop(self.profile, self.stop);
+        if self.armed && self.drv.running(self.profile, Node::Server).unwrap_or(false) {
+            let _ = self.drv.stop(self.profile, Node::Server, self.stop);
         }
     }
 }
@@ -120,14 +120,14 @@ pub fn bring_up(s: &Session, drv: &dyn Driver, plan: &BringUp) -> Result<Started
     let check = ReadyCheck { pki: &pki, at, run, timeout: plan.tuning.wait_timeout };
     // The agents' hosts are made while the server's starts and comes up;
     // they start once it is ready.
-    let making = drv.agents().filter(|_| !agents.is_empty());
+    let making = drv.runs_agents() && !agents.is_empty();
     let (up, made) = std::thread::scope(|sc| {
         let (launch, agents) = (&launch, &agents);
-        let creating = making.map(|a| sc.spawn(move || nodes::create(a, launch, agents)));
+        let creating = making.then(|| sc.spawn(move || nodes::create(drv, launch, agents)));
         let up = (|| -> Result<(Host, Launched)> {
             let t = Instant::now();
             crate::killpoint::reached("launch");
-            let host = drv.start(launch)?;
+            let host = drv.start(launch, Node::Server)?;
             let launched = Launched { drv, profile: p, stop: Stop::of(run), armed: true };
             s.progress.step(Step::LocalkubeStarted { host: host.id.clone(), driver: drv.kind().as_str() }, t.elapsed());
             crate::killpoint::reached("ready");
@@ -142,7 +142,7 @@ pub fn bring_up(s: &Session, drv: &dyn Driver, plan: &BringUp) -> Result<Started
     crate::killpoint::reached("kubeconfig");
     let version = write_kubeconfig(p, &pki, at, plan.tuning.keep_context, s.progress)?;
     let probe = Probe::new(&pki, at, Duration::from_secs(5))?;
-    nodes::bring_up(drv, &launch, &agents, &probe, (plan.tuning.rollout, true), s.progress)?;
+    nodes::start_agents(drv, &launch, &agents, &probe, (plan.tuning.rollout, Made::Already), s.progress)?;
     launched.keep();
     Ok(Started { kubernetes: version, manifest: m.id(), already_running: false, created, ..result(p, at, host)? })
 }
@@ -270,7 +270,7 @@ pub fn merge_settings(asked: Option<&VmSettings>, existing: Option<&Config>) -> 
 fn certificates(drv: &dyn Driver, launch: &Launch, validity: time::Duration, progress: &dyn Progress) -> Result<Pki> {
     let t = Instant::now();
     let p = &launch.profile;
-    drv.create(p)?;
+    drv.create(launch, Node::Server)?;
     let pki = Pki::new(p.pki());
     let made = pki
         .ensure(&pki::Options {
@@ -337,28 +337,29 @@ pub fn wait_ready(
     let port = at.port;
     let probe = Probe::new(pki, at, Duration::from_secs(2))?;
     let deadline = Instant::now() + timeout;
-    let alive = || drv.running(p).unwrap_or(false);
+    let alive = || drv.running(p, Node::Server).unwrap_or(false);
     let mut waited = probe.wait_ready(&run.ready, deadline, alive);
     let mut waiting_for = "the apiserver".to_string();
     if waited.is_ok() {
         progress.step(Step::ApiserverReady { server: probe.server().to_string() }, t.elapsed());
         if run.node_ready {
-            let node = format!("kubestrap-{}", p.name);
-            waiting_for = format!("the apiserver answers, but node {node}");
-            let t = Instant::now();
-            waited = wait_node_ready(&probe, &node, deadline, alive);
-            if waited.is_ok() {
-                progress.step(Step::NodeReady { node }, t.elapsed());
-            }
+            waiting_for = format!("the apiserver answers, but node {}", Node::Server.name(&p.name));
+            let ask = |name: &str| nodes::node_ready(&probe, name);
+            waited = nodes::wait_ready(drv, p, &nodes::named(p, &[Node::Server]), &ask, deadline, progress)
+                .map(drop)
+                .map_err(|e| match e {
+                    NotUp::Ended { .. } => WaitError::Exited,
+                    NotUp::Timeout { last, .. } => WaitError::Timeout { last },
+                });
         }
     }
     let Err(e) = waited else { return Ok(()) };
-    let tail = drv.log_tail(p, 20);
+    let tail = drv.log_tail(p, Node::Server, 20);
     let log = p.log_file().display().to_string();
     let tail_text = nodes::tail_text(&tail);
     Err(match e {
         WaitError::Exited => {
-            let how = match drv.status(p)? {
+            let how = match drv.status(p, Node::Server)? {
                 HostState::Crashed { how, .. } => how,
                 _ => "exited".into(),
             };
@@ -380,7 +381,7 @@ pub fn wait_ready(
             let stopped = if !launched {
                 "it was running before this start, so it was left running".to_string()
             } else {
-                match drv.stop(p, Stop::of(run)) {
+                match drv.stop(p, Node::Server, Stop::of(run)) {
                     Ok(_) => "localkube was stopped".to_string(),
                     Err(stop) => format!("stopping localkube failed too: {stop}"),
                 }
@@ -397,25 +398,6 @@ pub fn wait_ready(
         }
     }
     .into())
-}
-
-/// Polls the server's own Node until it reports Ready (`run.node-ready`).
-fn wait_node_ready(probe: &Probe, node: &str, deadline: Instant, alive: impl Fn() -> bool) -> Result<(), WaitError> {
-    let mut backoff = crate::retry::Backoff::new(Duration::from_millis(50), Duration::from_millis(500)).until(deadline);
-    loop {
-        let last = match nodes::node_ready(probe, node) {
-            Ok(Some(true)) => return Ok(()),
-            Ok(Some(false)) => format!("node {node} is not Ready yet"),
-            Ok(None) => format!("node {node} has not registered yet"),
-            Err(e) => e,
-        };
-        if !alive() {
-            return Err(WaitError::Exited);
-        }
-        if !backoff.wait() {
-            return Err(WaitError::Timeout { last });
-        }
-    }
 }
 
 /// Step "kubeconfig": writes the context; returns the apiserver's version.

@@ -47,6 +47,8 @@ pub enum ClusterError {
     NotJoined { profile: String },
     #[error("profile {profile:?} serves its API on 127.0.0.1 only: no other machine can reach it")]
     NotListening { profile: String },
+    #[error("profile {profile:?} is node {node} of the cluster at {server}: it has no join line of its own")]
+    IsJoined { profile: String, node: String, server: String },
     #[error("profile {profile:?} has {has} nodes; --nodes {asked} would remove some")]
     FewerNodes { profile: String, has: usize, asked: usize },
 }
@@ -75,6 +77,9 @@ impl ClusterError {
             }
             E::NotJoined { profile } => {
                 format!("`kubestrap delete -p {profile}` removes a cluster of this machine's own")
+            }
+            E::IsJoined { server, .. } => {
+                format!("run `kubestrap node join-command` on the machine of the server at {server}")
             }
             E::NotListening { profile } => format!(
                 "start it with `kubestrap start -p {profile} --listen ADDRESS` (this machine's address on the network \

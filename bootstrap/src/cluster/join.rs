@@ -22,13 +22,13 @@ use sha2::Digest;
 use super::ClusterError;
 use super::bringup::{launch_of, preflight};
 use super::components::fetch_and_unpack;
+use super::nodes::{NotUp, Readiness};
 use super::session::{Session, Wait};
 use super::start::StartOptions;
-use crate::driver::{self, Driver, HostState, JoinTarget, Stop};
+use crate::driver::{self, Driver, HostState, JoinTarget, Node, Stop};
 use crate::home::Home;
 use crate::profile::{Config, Joined, Profile};
 use crate::progress::{Progress, Step};
-use crate::retry::Backoff;
 
 /// What `node join` is asked.
 pub struct JoinOptions {
@@ -162,13 +162,13 @@ impl Remote {
         self.send(reqwest::Method::GET, path)
     }
 
-    /// The node's Ready condition; `None` when the server does not say to
-    /// node credentials (a real k3s shows Nodes only to the cluster's users).
-    fn node_ready(&self, node: &str) -> Result<Option<bool>, String> {
+    /// The node's Ready condition; `Unknown` when the server does not say
+    /// to node credentials (a real k3s shows Nodes only to the cluster's users).
+    fn node_ready(&self, node: &str) -> Result<Readiness, String> {
         match self.get(&format!("/api/v1/nodes/{node}"))? {
-            (200, body) => super::nodes::ready_in(&body).map(Some),
-            (404, _) => Ok(Some(false)),
-            (401 | 403, _) => Ok(None),
+            (200, body) => super::nodes::ready_in(&body),
+            (404, _) => Ok(Readiness::NotReady),
+            (401 | 403, _) => Ok(Readiness::Unknown),
             (code, body) => Err(format!("HTTP {code}: {}", body.trim())),
         }
     }
@@ -357,74 +357,59 @@ fn run_joined(
     launch.run = agent_run(&m.component.localkube.run);
     launch.join = Some(JoinTarget { server, port, node: joined.node.clone() });
     let run = &launch.run;
-    let host = match drv.status(p)? {
+    let host = match drv.status(p, Node::Server)? {
         HostState::Running(h) => {
             drv.adopt(p)?;
             h
         }
         state => {
             if matches!(state, HostState::Stopping(_) | HostState::Crashed { .. }) {
-                drv.stop(p, Stop::of(run))?;
+                drv.stop(p, Node::Server, Stop::of(run))?;
             }
-            drv.create(p)?;
+            drv.create(&launch, Node::Server)?;
             let t = Instant::now();
-            let h = drv.start(&launch)?;
+            let h = drv.start(&launch, Node::Server)?;
             progress.step(Step::NodeStarted { node: joined.node.clone(), host: h.id.clone() }, t.elapsed());
             h
         }
     };
     let timeout = m.component.localkube.run.agent.as_ref().map_or(wait, |a| Duration::from_secs(a.ready_timeout_s));
-    let deadline = Instant::now() + timeout;
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500)).until(deadline);
-    let t = Instant::now();
-    let mut steady = None;
-    let mut last = String::from("no answer yet");
-    loop {
-        if !drv.running(p).unwrap_or(false) {
-            let tail = super::nodes::tail_text(&drv.log_tail(p, 20));
-            return Err(ClusterError::LocalkubeExited {
-                what: format!("the agent of node {} ended before it was Ready", joined.node),
-                log: p.log_file().display().to_string(),
-                tail,
-                advice: format!("The log above says why; see also `kubestrap logs -p {}`", p.name),
-            }
-            .into());
-        }
-        match remote.node_ready(&joined.node) {
-            Ok(Some(true)) => {
-                progress.step(Step::NodeReady { node: joined.node.clone() }, t.elapsed());
-                return Ok((host.id, Some(true)));
-            }
-            Ok(Some(false)) => last = format!("node {} is not Ready yet", joined.node),
+    // Asked for by the name it joined with.
+    let ask = |name: &str| remote.node_ready(name);
+    let log = p.log_file().display().to_string();
+    let node = [(Node::Server, joined.node.clone())];
+    match super::nodes::wait_ready(drv, p, &node, &ask, Instant::now() + timeout, progress) {
+        Ok(said) if said.first() == Some(&Readiness::Ready) => Ok((host.id, Some(true))),
+        Ok(_) => {
             // The server does not show Nodes to node credentials: running
             // steadily for 5 s is what can be seen from here.
-            Ok(None) => {
-                let since = *steady.get_or_insert_with(Instant::now);
-                if since.elapsed() >= Duration::from_secs(5) {
-                    progress.warn(format!(
-                        "the server does not show its nodes to a joining node: see node {} with `kubectl get nodes` \
-                         on the server's machine",
-                        joined.node
-                    ));
-                    return Ok((host.id, None));
-                }
-            }
-            Err(e) => last = e,
+            progress.warn(format!(
+                "the server does not show its nodes to a joining node: see node {} with `kubectl get nodes` on the \
+                 server's machine",
+                joined.node
+            ));
+            Ok((host.id, None))
         }
-        if !backoff.wait() {
-            let _ = drv.stop(p, Stop::of(run));
-            let tail = super::nodes::tail_text(&drv.log_tail(p, 20));
-            return Err(ClusterError::NotReady {
+        Err(NotUp::Ended { .. }) => Err(ClusterError::LocalkubeExited {
+            what: format!("the agent of node {} ended before it was Ready", joined.node),
+            log,
+            tail: super::nodes::tail_text(&drv.log_tail(p, Node::Server, 20)),
+            advice: format!("The log above says why; see also `kubestrap logs -p {}`", p.name),
+        }
+        .into()),
+        Err(NotUp::Timeout { last, .. }) => {
+            let _ = drv.stop(p, Node::Server, Stop::of(run));
+            Err(ClusterError::NotReady {
                 what: format!(
                     "node {} was not Ready after {}s ({last}); its agent was stopped",
                     joined.node,
                     timeout.as_secs()
                 ),
-                log: p.log_file().display().to_string(),
-                tail,
+                log,
+                tail: super::nodes::tail_text(&drv.log_tail(p, Node::Server, 20)),
                 advice: format!("Retry with `kubestrap start -p {}`, or see `kubestrap logs -p {}`", p.name, p.name),
             }
-            .into());
+            .into())
         }
     }
 }
@@ -441,7 +426,7 @@ pub fn leave(home: &Home, name: &str, force: bool, progress: &dyn Progress) -> R
     };
     let drv = s.profile_driver();
     let how = crate::channel::peek(&cfg.manifest).map_or(Stop::DEFAULT, |m| Stop::of(&m.component.localkube.run));
-    drv.stop(p, how)?;
+    drv.stop(p, Node::Server, how)?;
     let removed = Token::parse(&p.load_join_token()?)
         .map_err(anyhow::Error::from)
         .and_then(|t| Ok(check_server(&joined.server, &joined.ca_sha256, &t)?))
@@ -472,8 +457,9 @@ pub fn leave(home: &Home, name: &str, force: bool, progress: &dyn Progress) -> R
 pub fn join_command(home: &Home, name: &str) -> Result<String> {
     let p = Profile::new(home, name)?;
     let cfg = p.load()?;
-    if cfg.join.is_some() {
-        return Err(ClusterError::NotJoined { profile: p.name.clone() }.into());
+    if let Some(j) = &cfg.join {
+        let (node, server) = (j.node.clone(), j.server.clone());
+        return Err(ClusterError::IsJoined { profile: p.name.clone(), node, server }.into());
     }
     let Some(at) = cfg.listen else {
         return Err(ClusterError::NotListening { profile: p.name.clone() }.into());
@@ -489,8 +475,8 @@ pub fn join_command(home: &Home, name: &str) -> Result<String> {
 }
 
 /// What the joined server says now: its `/v1-k3s/readyz` code (or why it
-/// did not answer), and this node's Ready (None: not shown to node credentials).
-pub fn remote_state(p: &Profile, joined: &Joined) -> Result<(u16, Option<bool>), String> {
+/// did not answer), and this node's Ready (Unknown: not shown to node credentials).
+pub fn remote_state(p: &Profile, joined: &Joined) -> Result<(u16, Readiness), String> {
     let token = p.load_join_token().map_err(|e| e.to_string())?;
     let token = Token::parse(&token).map_err(|e| e.to_string())?;
     let remote = check_server(&joined.server, &joined.ca_sha256, &token).map_err(|e| e.to_string())?;

@@ -18,6 +18,7 @@ pub mod images;
 pub mod join;
 pub mod journal;
 pub mod kubeconfig;
+pub mod node_cmd;
 pub mod nodes;
 pub mod pki;
 mod ports;

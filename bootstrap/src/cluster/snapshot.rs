@@ -11,7 +11,7 @@ use kubestrap_fskit::{self as fskit, FsError};
 use kubestrap_manifest::Manifest;
 use serde::{Deserialize, Serialize};
 
-use crate::driver::{AgentNode, Driver, DriverError};
+use crate::driver::{AgentNode, Driver, DriverError, Node};
 use crate::profile::Profile;
 use crate::progress::Progress;
 
@@ -42,14 +42,12 @@ pub struct Snapshot {
     pub meta: Meta,
 }
 
-impl Snapshot {
-    /// The driver's copy of the state.
-    pub fn data(&self) -> PathBuf {
-        self.dir.join("data")
-    }
-    /// The driver's copy of an agent node's state.
-    pub fn node_data(&self, node: &AgentNode) -> PathBuf {
-        self.dir.join("nodes").join(node.short())
+/// Where a snapshot (or one being built) in `dir` keeps a node's state:
+/// the server's in `data/`, an agent's in `nodes/<m02>/`.
+fn node_dir(dir: &Path, node: Node) -> PathBuf {
+    match node {
+        Node::Server => dir.join("data"),
+        Node::Agent(a) => dir.join(NODES).join(a.short()),
     }
 }
 
@@ -67,6 +65,7 @@ pub enum SnapshotError {
 
 const META: &str = "snapshot.toml";
 const BUILDING: &str = ".tmp-";
+const NODES: &str = "nodes";
 
 /// Takes a snapshot of a stopped cluster: the server's state and each of
 /// `agents`'.
@@ -86,17 +85,18 @@ pub fn take(
     let id = format!("{}-{}", now.unix_timestamp_nanos() / 1_000_000, m.id());
     let tmp = root.join(format!("{BUILDING}{id}"));
     fskit::create_dir_mode(&tmp, 0o700)?;
-    let mut copied = drv.snapshot(p, &tmp.join("data"))?;
-    let mut nodes = Vec::new();
-    if let Some(a) = drv.agents().filter(|_| !agents.is_empty()) {
-        let dir = tmp.join("nodes");
-        fskit::create_dir_mode(&dir, 0o700)?;
-        // Each agent's copy at once (an engine's throwaway container each).
-        for c in each(agents, "snapshotting", |n| a.snapshot_agent(p, n, &dir.join(n.short())))? {
-            copied += c;
-        }
-        nodes = agents.iter().map(AgentNode::short).collect();
+    let agents = if drv.runs_agents() { agents } else { &[] };
+    if !agents.is_empty() {
+        fskit::create_dir_mode(&tmp.join(NODES), 0o700)?;
     }
+    // Every node's copy at once (an engine's throwaway container each).
+    let mut all = vec![Node::Server];
+    all.extend(super::nodes::as_nodes(agents));
+    let mut copied = fskit::Copied::default();
+    for c in each(&all, "snapshotting", |n| drv.snapshot(p, n, &node_dir(&tmp, n)))? {
+        copied += c;
+    }
+    let nodes = agents.iter().map(AgentNode::short).collect();
     let meta = Meta {
         manifest: manifest.into(),
         release: m.id(),
@@ -121,19 +121,19 @@ pub fn take(
 /// knew).
 pub fn restore(p: &Profile, drv: &dyn Driver, agents: &[AgentNode], id: &str) -> Result<(), SnapshotError> {
     let snap = find(p, id)?;
-    drv.restore(p, &snap.data())?;
-    if let Some(a) = drv.agents() {
-        let held: Vec<AgentNode> = agents.iter().copied().filter(|n| snap.meta.nodes.contains(&n.short())).collect();
-        each(&held, "restoring", |n| a.restore_agent(p, n, &snap.node_data(n)))?;
+    let mut held = vec![Node::Server];
+    if drv.runs_agents() {
+        held.extend(agents.iter().filter(|n| snap.meta.nodes.contains(&n.short())).map(|n| Node::Agent(*n)));
     }
+    each(&held, "restoring", |n| drv.restore(p, n, &node_dir(&snap.dir, n)))?;
     Ok(())
 }
 
 /// `f` on every node at once; the first failure names its node.
 fn each<T: Send>(
-    nodes: &[AgentNode],
+    nodes: &[Node],
     doing: &'static str,
-    f: impl Fn(&AgentNode) -> Result<T, DriverError> + Sync,
+    f: impl Fn(Node) -> Result<T, DriverError> + Sync,
 ) -> Result<Vec<T>, SnapshotError> {
     nodes
         .iter()

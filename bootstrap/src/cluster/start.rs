@@ -17,7 +17,7 @@ use super::session::{Session, Wait};
 use super::{ClusterError, kubeconfig};
 use crate::artifacts;
 use crate::channel::{self, Loaded};
-use crate::driver::{self, Driver, Host, HostState, Stop};
+use crate::driver::{self, Driver, Host, HostState, Node, Stop};
 use crate::home::Home;
 use crate::profile::{Config, Endpoint, Profile, VmSettings};
 use crate::progress::{Progress, Step};
@@ -122,7 +122,7 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
     let settings = merge_settings(tuning.vm.as_ref(), existing.as_ref()).unwrap_or_default();
     let drv = s.driver(kind, settings);
     let run = &loaded.manifest.component.localkube.run;
-    match drv.status(p)? {
+    match drv.status(p, Node::Server)? {
         HostState::Running(host) if existing.is_some() => {
             if let Some(started) = rejoin(&s, drv.as_ref(), &host, &loaded, o)? {
                 return Ok(started);
@@ -132,7 +132,7 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
             // A stop (or delete) was cut short while localkube shut down:
             // finish it, then start afresh.
             let t = Instant::now();
-            drv.stop(p, Stop::of(run))?;
+            drv.stop(p, Node::Server, Stop::of(run))?;
             progress.step(Step::StopFinished { profile: p.name.clone() }, t.elapsed());
         }
         HostState::Crashed { how, .. } => {
@@ -140,7 +140,7 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
                 .warn(format!("localkube of profile {:?} had stopped unexpectedly ({how}); starting it again", p.name));
             // What is left of it (helpers; all of it when only the pid file was
             // lost) is stopped the way the manifest says.
-            drv.stop(p, Stop::of(run))?;
+            drv.stop(p, Node::Server, Stop::of(run))?;
         }
         HostState::Running(_) | HostState::Stopped | HostState::Suspended => {}
     }
@@ -231,12 +231,12 @@ fn rejoin(s: &Session, drv: &dyn Driver, host: &Host, loaded: &Loaded, o: &Start
     let at = Endpoint { port: host.port, ..p.load()?.endpoint() };
     match wait_ready(drv, p, &ReadyCheck { pki: &pki, at, run, timeout: o.wait_timeout }, false, progress) {
         Ok(()) => {}
-        Err(e) if !drv.running(p).unwrap_or(true) => {
+        Err(e) if !drv.running(p, Node::Server).unwrap_or(true) => {
             progress.warn(format!(
                 "localkube of profile {:?} ended while this start waited for it ({e}); starting it again",
                 p.name
             ));
-            drv.stop(p, Stop::of(run))?;
+            drv.stop(p, Node::Server, Stop::of(run))?;
             return Ok(None);
         }
         Err(e) => return Err(e),
@@ -265,9 +265,11 @@ fn rejoin_nodes(s: &Session, drv: &dyn Driver, loaded: &Loaded, o: &StartOptions
         cfg.agents = all.iter().map(crate::driver::AgentNode::short).collect();
         p.save(&cfg)?;
     }
-    let Some(agents) = drv.agents().filter(|_| !all.is_empty()) else { return Ok(()) };
+    if all.is_empty() || !drv.runs_agents() {
+        return Ok(());
+    }
     let down: Vec<_> =
-        all.iter().filter(|n| !matches!(agents.agent_status(p, n), Ok(HostState::Running(_)))).cloned().collect();
+        all.iter().filter(|n| !matches!(drv.status(p, Node::Agent(**n)), Ok(HostState::Running(_)))).copied().collect();
     let probe = nodes::probe(p, at)?;
     if !down.is_empty() {
         let names: Vec<String> = down.iter().map(|n| n.short()).collect();
@@ -277,11 +279,14 @@ fn rejoin_nodes(s: &Session, drv: &dyn Driver, loaded: &Loaded, o: &StartOptions
             p.name
         ));
         let launch = super::bringup::running_launch(s, drv, loaded, &cfg)?;
-        nodes::bring_up(drv, &launch, &down, &probe, (nodes::Rollout::Parallel, false), progress)?;
+        nodes::start_agents(drv, &launch, &down, &probe, (nodes::Rollout::Parallel, nodes::Made::NotYet), progress)?;
     }
     // The others ran already: each must be Ready too.
     let up: Vec<_> = all.into_iter().filter(|n| !down.contains(n)).collect();
     let run = &loaded.manifest.component.localkube.run;
     let timeout = run.agent.as_ref().map_or(o.wait_timeout, |a| Duration::from_secs(a.ready_timeout_s));
-    nodes::wait_ready(agents, p, &up, &probe, Instant::now() + timeout, progress)
+    let ask = |name: &str| nodes::node_ready(&probe, name);
+    nodes::wait_ready(drv, p, &nodes::named(p, &nodes::as_nodes(&up)), &ask, Instant::now() + timeout, progress)
+        .map(drop)
+        .map_err(|e| nodes::agent_not_up(drv, p, e))
 }

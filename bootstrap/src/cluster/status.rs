@@ -10,9 +10,10 @@ use serde::{Serialize, Serializer};
 
 use super::apiserver::Probe;
 use super::kubeconfig;
+use super::nodes::{HostSummary, NodeStatus, Readiness, Role};
 use super::pki::Pki;
 use crate::channel;
-use crate::driver::HostState;
+use crate::driver::{Driver, Host, HostState, Node};
 use crate::home::Home;
 use crate::profile::Profile;
 
@@ -133,7 +134,7 @@ pub struct Status {
     pub log_tail: Vec<String>,
     pub warnings: Vec<String>,
     /// Every node: the server, then each agent (host state and Ready).
-    pub nodes: Vec<super::nodes::NodeStatus>,
+    pub nodes: Vec<NodeStatus>,
     /// Bitmask: 1 host down, 2 localkube down, 4 apiserver not ready,
     /// 8 an agent node down or not Ready.
     pub exit_code: u8,
@@ -143,14 +144,49 @@ impl Status {
     /// 1 host down, 2 localkube down, 4 apiserver not ready, 8 an agent
     /// node down or not Ready (added).
     pub fn bitmask(&self) -> u8 {
-        // Down, or not Ready as the server says (Unknown: it does not say).
-        let agent_down = self.nodes.iter().any(|n| {
-            n.role == "agent" && (n.host != "Running" || matches!(n.ready.as_str(), "NotReady" | "Unregistered"))
-        });
+        let agent_down = self.nodes.iter().any(NodeStatus::agent_down);
         u8::from(self.host != HostStatus::Running)
             | (u8::from(self.localkube != LocalkubeStatus::Running) << 1)
             | (u8::from(self.apiserver != ApiserverStatus::Running) << 2)
             | (u8::from(agent_down) << 3)
+    }
+
+    /// The server's host and localkube from what the driver says; the
+    /// running host, if any.
+    fn set_host(&mut self, state: HostState, drv: &dyn Driver, p: &Profile) -> Option<Host> {
+        let (host, stopping) = match state {
+            HostState::Running(host) => (Some(host), false),
+            HostState::Stopping(host) => (Some(host), true),
+            HostState::Stopped => (None, false),
+            HostState::Suspended => {
+                self.host = HostStatus::Suspended;
+                (None, false)
+            }
+            HostState::Crashed { how, host_down } => {
+                self.host = if host_down { HostStatus::Stopped } else { HostStatus::Running };
+                self.localkube = LocalkubeStatus::Crashed;
+                self.crash = Some(how);
+                self.log_tail = drv.log_tail(p, Node::Server, 20);
+                (None, false)
+            }
+        };
+        let host = host?;
+        self.host = HostStatus::Running;
+        self.localkube = if stopping { LocalkubeStatus::Stopping } else { LocalkubeStatus::Running };
+        self.pid = host.pid;
+        self.host_id = Some(host.id.clone());
+        Some(host)
+    }
+
+    /// The localkube state as a node's host state.
+    fn server_host(&self) -> HostSummary {
+        match self.localkube {
+            LocalkubeStatus::Running => HostSummary::Running,
+            LocalkubeStatus::Stopping => HostSummary::Stopping,
+            LocalkubeStatus::Stopped if self.host == HostStatus::Suspended => HostSummary::Suspended,
+            LocalkubeStatus::Stopped => HostSummary::Stopped,
+            LocalkubeStatus::Crashed => HostSummary::Crashed,
+        }
     }
 }
 
@@ -159,62 +195,29 @@ const STATUS_PROBE: Duration = Duration::from_secs(5);
 
 /// A node of another machine's cluster: its agent's host here, and what
 /// the server it joined says.
-fn joined_status(
-    p: &Profile,
-    drv: &dyn crate::driver::Driver,
-    joined: &crate::profile::Joined,
-    mut st: Status,
-) -> Status {
+fn joined_status(p: &Profile, drv: &dyn Driver, joined: &crate::profile::Joined, mut st: Status) -> Status {
     st.server = joined.server.clone();
-    let host = match drv.status(p) {
-        Ok(HostState::Running(h)) => {
-            st.host = HostStatus::Running;
-            st.localkube = LocalkubeStatus::Running;
-            st.host_id = Some(h.id);
-            st.pid = h.pid;
-            "Running"
-        }
-        Ok(HostState::Stopping(_)) => {
-            st.host = HostStatus::Running;
-            st.localkube = LocalkubeStatus::Stopping;
-            "Stopping"
-        }
-        Ok(HostState::Crashed { how, host_down }) => {
-            st.host = if host_down { HostStatus::Stopped } else { HostStatus::Running };
-            st.localkube = LocalkubeStatus::Crashed;
-            st.crash = Some(how);
-            st.log_tail = drv.log_tail(p, 20);
-            "Crashed"
-        }
-        Ok(HostState::Suspended) => {
-            st.host = HostStatus::Suspended;
-            "Suspended"
-        }
-        Ok(HostState::Stopped) | Err(_) => "Stopped",
-    };
+    let state = drv.status(p, Node::Server).unwrap_or(HostState::Stopped);
+    st.set_host(state, drv, p);
     let ready = match super::join::remote_state(p, joined) {
         Ok((200, ready)) => {
             st.apiserver = ApiserverStatus::Running;
-            match ready {
-                Some(true) => "Ready",
-                Some(false) => "NotReady",
-                None => "Unknown",
-            }
+            ready
         }
         Ok((code, _)) => {
             st.apiserver = ApiserverStatus::NotReady { code };
-            "Unknown"
+            Readiness::Unknown
         }
         Err(error) => {
             st.apiserver = ApiserverStatus::NotAnswering { error };
-            "Unknown"
+            Readiness::Unknown
         }
     };
-    st.nodes = vec![super::nodes::NodeStatus {
+    st.nodes = vec![NodeStatus {
         name: joined.node.clone(),
-        role: "agent",
-        host: host.to_string(),
-        ready: ready.to_string(),
+        role: Role::Agent,
+        host: st.server_host(),
+        ready,
         crash: st.crash.clone(),
     }];
     st.warnings.push(format!("profile {:?} is node {} of the cluster at {}", st.name, joined.node, joined.server));
@@ -222,78 +225,28 @@ fn joined_status(
     st
 }
 
+/// What `status` says of profile `name`, in named steps: what the config
+/// says → the server's host → the apiserver → the nodes → kubeconfig →
+/// certificates.
 pub fn status(home: &Home, name: &str, progress: &dyn crate::progress::Progress) -> Result<Status> {
     let p = Profile::new(home, name)?;
     let cfg = p.load()?;
     let drv = super::session::unlocked_driver(home, cfg.driver, cfg.vm.unwrap_or_default(), progress);
     let manifest = channel::peek(&cfg.manifest);
-    let mut st = Status {
-        name: p.name.clone(),
-        driver: cfg.driver.to_string(),
-        host: HostStatus::Stopped,
-        localkube: LocalkubeStatus::Stopped,
-        apiserver: ApiserverStatus::Stopped,
-        kubeconfig: KubeconfigStatus::Missing,
-        kubernetes: manifest.as_ref().map(|m| m.kubernetes.to_string()).unwrap_or_default(),
-        manifest: manifest.as_ref().map(|m| m.id()).unwrap_or_else(|| cfg.manifest.display().to_string()),
-        server: cfg.endpoint().url(),
-        host_id: None,
-        pid: None,
-        crash: None,
-        upgrade: super::recovery::interrupted(&p),
-        log_tail: Vec::new(),
-        warnings: Vec::new(),
-        nodes: Vec::new(),
-        exit_code: 0,
-    };
+    let mut st = from_config(&p, &cfg, manifest.as_ref());
     if let Some(joined) = &cfg.join {
         return Ok(joined_status(&p, drv.as_ref(), joined, st));
     }
     let pki = Pki::new(p.pki());
-    let mut node_probe = None;
-    let (host, stopping) = match drv.status(&p)? {
-        HostState::Running(host) => (Some(host), false),
-        HostState::Stopping(host) => (Some(host), true),
-        HostState::Stopped => (None, false),
-        HostState::Suspended => {
-            st.host = HostStatus::Suspended;
-            (None, false)
-        }
-        HostState::Crashed { how, host_down } => {
-            st.host = if host_down { HostStatus::Stopped } else { HostStatus::Running };
-            st.localkube = LocalkubeStatus::Crashed;
-            st.crash = Some(how);
-            st.log_tail = drv.log_tail(&p, 20);
-            (None, false)
-        }
+    let host = st.set_host(drv.status(&p, Node::Server)?, drv.as_ref(), &p);
+    let probe = match host {
+        Some(host) => Some(ask_apiserver(&mut st, &pki, &cfg, &host, manifest.as_ref())?),
+        None => None,
     };
-    if let Some(host) = host {
-        st.host = HostStatus::Running;
-        st.localkube = if stopping { LocalkubeStatus::Stopping } else { LocalkubeStatus::Running };
-        st.pid = host.pid;
-        st.host_id = Some(host.id);
-        let at = crate::profile::Endpoint { port: host.port, ..cfg.endpoint() };
-        st.server = at.url();
-        // Long enough for a loaded VM under TCG (TLS handshakes are slow
-        // there), short enough that a hung engine or VM is said quickly.
-        let probe = Probe::new(&pki, at, STATUS_PROBE)?;
-        let ready = manifest.as_ref().map_or("/readyz", |m| m.component.localkube.run.ready.as_str());
-        match probe.get(ready) {
-            Ok((200, _)) => {
-                st.apiserver = ApiserverStatus::Running;
-                if let Some(v) = probe.version() {
-                    st.kubernetes = v;
-                }
-            }
-            Ok((code, _)) => st.apiserver = ApiserverStatus::NotReady { code },
-            Err(error) => st.apiserver = ApiserverStatus::NotAnswering { error },
-        }
-        node_probe = Some(probe);
-        if stopping {
-            st.warnings.push(format!(
-                    "a stop of profile {name:?} was interrupted; localkube is shutting down. `kubestrap start -p {name}` waits for it and starts it again"
-                ));
-        }
+    if st.localkube == LocalkubeStatus::Stopping {
+        st.warnings.push(format!(
+            "a stop of profile {name:?} was interrupted; localkube is shutting down. `kubestrap start -p {name}` waits for it and starts it again"
+        ));
     }
     if let Some(u) = &st.upgrade {
         st.warnings.push(u.clone());
@@ -301,10 +254,14 @@ pub fn status(home: &Home, name: &str, progress: &dyn crate::progress::Progress)
     // Nodes are asked about only where there can be more than one: a
     // single-node status stays two requests.
     let several = !cfg.agents.is_empty() || cfg.listen.is_some();
-    let probe = node_probe.filter(|_| st.apiserver == ApiserverStatus::Running && several);
-    st.nodes = super::nodes::statuses(drv.as_ref(), &p, &cfg, &st.localkube.to_string(), probe.as_ref());
-    let down: Vec<&str> =
-        st.nodes.iter().filter(|n| n.role == "agent" && n.host != "Running").map(|n| n.name.as_str()).collect();
+    let probe = probe.filter(|_| st.apiserver == ApiserverStatus::Running && several);
+    st.nodes = super::nodes::statuses(drv.as_ref(), &p, &cfg, st.server_host(), probe.as_ref());
+    let down: Vec<&str> = st
+        .nodes
+        .iter()
+        .filter(|n| n.role == Role::Agent && n.host != HostSummary::Running)
+        .map(|n| n.name.as_str())
+        .collect();
     if !down.is_empty() && st.localkube == LocalkubeStatus::Running {
         st.warnings.push(format!(
             "node(s) {} of profile {name:?} are not running: `kubestrap start -p {name}` starts them again",
@@ -317,8 +274,67 @@ pub fn status(home: &Home, name: &str, progress: &dyn crate::progress::Progress)
         ));
     }
     st.exit_code = st.bitmask();
+    st.kubeconfig = kubeconfig_state(&mut st)?;
+    certificate_warnings(&mut st, &pki);
+    Ok(st)
+}
+
+/// Step "what the config says": everything stopped until asked.
+fn from_config(p: &Profile, cfg: &crate::profile::Config, manifest: Option<&kubestrap_manifest::Manifest>) -> Status {
+    Status {
+        name: p.name.clone(),
+        driver: cfg.driver.to_string(),
+        host: HostStatus::Stopped,
+        localkube: LocalkubeStatus::Stopped,
+        apiserver: ApiserverStatus::Stopped,
+        kubeconfig: KubeconfigStatus::Missing,
+        kubernetes: manifest.map(|m| m.kubernetes.to_string()).unwrap_or_default(),
+        manifest: manifest.map(|m| m.id()).unwrap_or_else(|| cfg.manifest.display().to_string()),
+        server: cfg.endpoint().url(),
+        host_id: None,
+        pid: None,
+        crash: None,
+        upgrade: super::recovery::interrupted(p),
+        log_tail: Vec::new(),
+        warnings: Vec::new(),
+        nodes: Vec::new(),
+        exit_code: 0,
+    }
+}
+
+/// Step "the apiserver": its readiness check and version, at the running
+/// host's port. Returns the probe, for the nodes.
+fn ask_apiserver(
+    st: &mut Status,
+    pki: &Pki,
+    cfg: &crate::profile::Config,
+    host: &Host,
+    manifest: Option<&kubestrap_manifest::Manifest>,
+) -> Result<Probe> {
+    let at = crate::profile::Endpoint { port: host.port, ..cfg.endpoint() };
+    st.server = at.url();
+    // Long enough for a loaded VM under TCG (TLS handshakes are slow
+    // there), short enough that a hung engine or VM is said quickly.
+    let probe = Probe::new(pki, at, STATUS_PROBE)?;
+    let ready = manifest.map_or("/readyz", |m| m.component.localkube.run.ready.as_str());
+    match probe.get(ready) {
+        Ok((200, _)) => {
+            st.apiserver = ApiserverStatus::Running;
+            if let Some(v) = probe.version() {
+                st.kubernetes = v;
+            }
+        }
+        Ok((code, _)) => st.apiserver = ApiserverStatus::NotReady { code },
+        Err(error) => st.apiserver = ApiserverStatus::NotAnswering { error },
+    }
+    Ok(probe)
+}
+
+/// Step "kubeconfig": whether its context points at the cluster.
+fn kubeconfig_state(st: &mut Status) -> Result<KubeconfigStatus> {
     let kc = kubeconfig::path()?;
-    st.kubeconfig = match kubeconfig::state(&kc, &kubeconfig::context_name(name), &st.server) {
+    let name = st.name.clone();
+    Ok(match kubeconfig::state(&kc, &kubeconfig::context_name(&name), &st.server) {
         Ok(kubeconfig::State::Configured { current }) => KubeconfigStatus::Configured { current },
         Ok(kubeconfig::State::Misconfigured { server }) => {
             st.warnings.push(format!(
@@ -329,23 +345,22 @@ pub fn status(home: &Home, name: &str, progress: &dyn crate::progress::Progress)
         }
         Ok(kubeconfig::State::Missing) => KubeconfigStatus::Missing,
         Err(e) => KubeconfigStatus::Unreadable { error: e.to_string() },
-    };
-    if let Ok(exp) = pki.expiries() {
-        let soon = time::OffsetDateTime::now_utc() + super::pki::RENEW_BEFORE;
-        for (f, at) in exp.into_iter().filter(|(_, at)| *at < soon) {
-            let how = if f == PkiFile::CaCert {
-                format!(
-                    "the cluster CA cannot be renewed in place: keep what you need, then `kubestrap delete -p {name}` and start again"
-                )
-            } else {
-                format!("`kubestrap stop -p {name}` then `kubestrap start -p {name}` renews it")
-            };
-            st.warnings.push(format!(
-                "certificate {} expires {}; {how}",
-                f.file_name(),
-                kubestrap_manifest::rfc3339(at)
-            ));
-        }
+    })
+}
+
+/// Step "certificates": those that expire within the renewal window.
+fn certificate_warnings(st: &mut Status, pki: &Pki) {
+    let Ok(exp) = pki.expiries() else { return };
+    let name = &st.name;
+    let soon = time::OffsetDateTime::now_utc() + super::pki::RENEW_BEFORE;
+    for (f, at) in exp.into_iter().filter(|(_, at)| *at < soon) {
+        let how = if f == PkiFile::CaCert {
+            format!(
+                "the cluster CA cannot be renewed in place: keep what you need, then `kubestrap delete -p {name}` and start again"
+            )
+        } else {
+            format!("`kubestrap stop -p {name}` then `kubestrap start -p {name}` renews it")
+        };
+        st.warnings.push(format!("certificate {} expires {}; {how}", f.file_name(), kubestrap_manifest::rfc3339(at)));
     }
-    Ok(st)
 }

@@ -7,7 +7,7 @@ use kubestrap_fskit as fskit;
 use super::session::{Session, Wait};
 use super::{ClusterError, kubeconfig};
 use crate::channel;
-use crate::driver::{Driver, Stop, StopOutcome};
+use crate::driver::{Driver, Node, Stop, StopOutcome};
 use crate::home::Home;
 use crate::progress::Progress;
 
@@ -101,11 +101,9 @@ pub(super) fn delete_locked(s: &Session, force: bool) -> Result<()> {
     // Every agent's host and state, then the server's (and, for docker, any
     // agent container of the profile's the config no longer names).
     let agents = p.load().map(|c| super::nodes::agents_of(p, &c)).unwrap_or_default();
-    let removed = match drv.agents() {
-        Some(a) => agents.iter().try_for_each(|n| a.delete_agent(p, n)),
-        None => Ok(()),
-    };
-    match removed.and_then(|()| drv.delete(p)) {
+    let agents = if drv.runs_agents() { super::nodes::as_nodes(&agents) } else { Vec::new() };
+    let removed = agents.into_iter().try_for_each(|n| drv.delete(p, n));
+    match removed.and_then(|()| drv.delete(p, Node::Server)) {
         Ok(()) => {}
         Err(e) if force => left(e.into()),
         Err(e) => {

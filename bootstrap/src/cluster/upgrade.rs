@@ -22,7 +22,7 @@ use super::session::{Session, Wait};
 use super::snapshot;
 use crate::artifacts::{self, store};
 use crate::channel::{self, Loaded};
-use crate::driver::{Driver, Stop};
+use crate::driver::{Driver, Node, Stop};
 use crate::home::Home;
 use crate::profile::{Config, Profile};
 use crate::progress::Progress;
@@ -400,7 +400,7 @@ fn run(s: &Session, drv: &dyn Driver, swap: Swap) -> Result<Outcome> {
             Ok(Outcome::Done { plan, snapshot: snap.id, timings })
         }
         Err(e) => {
-            let tail = super::nodes::tail_text(&drv.log_tail(p, 20));
+            let tail = super::nodes::tail_text(&drv.log_tail(p, Node::Server, 20));
             let why = format!("{e:#}");
             match roll_back(s, drv, &mut j, fetch, tuning) {
                 Ok(()) => {

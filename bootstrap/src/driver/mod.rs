@@ -265,6 +265,12 @@ pub enum DriverError {
     DidNotStart { how: String, log: PathBuf },
     #[error("{}: the manifest's run.program is missing from the unpacked component", path.display())]
     ProgramMissing { path: PathBuf },
+    #[error(
+        "the {driver} driver runs one node per profile (its host is this machine: two nodes would share its paths and ports)"
+    )]
+    OneNode { driver: Kind },
+    #[error("release {release} has no agent command line (run.agent): it runs one node")]
+    NoAgentLine { release: String },
     #[error("cannot {what}: {source}")]
     Spawn {
         what: &'static str,
@@ -396,34 +402,40 @@ impl AgentNode {
     }
 }
 
-/// What a driver that runs agent nodes beside the server does for them.
-/// An agent runs the release's `run.agent` command line and joins the
-/// server with the cluster's join token; its state is its own.
-pub trait Agents: Sync {
-    /// Makes (or keeps, when it would be the same) the agent's host without
-    /// starting it: this may run while the server comes up.
-    fn create_agent(&self, _launch: &Launch, _agent: &kubestrap_manifest::Agent, _node: &AgentNode) -> Result<()> {
-        Ok(())
-    }
-    /// Starts the agent's host `create_agent` made; returns once it runs.
-    fn start_agent(&self, launch: &Launch, agent: &kubestrap_manifest::Agent, node: &AgentNode) -> Result<Host>;
-    fn agent_status(&self, p: &Profile, node: &AgentNode) -> Result<HostState>;
-    fn stop_agent(&self, p: &Profile, node: &AgentNode, how: Stop) -> Result<StopOutcome>;
-    /// The agent's state copied into `dest` while it is stopped (an upgrade
-    /// snapshots every node's with the server's: a newer release may rewrite
-    /// what an agent keeps, as containerd migrates its store).
-    fn snapshot_agent(&self, p: &Profile, node: &AgentNode, dest: &Path) -> Result<kubestrap_fskit::Copied>;
-    /// A copy `snapshot_agent` took, in place of the agent's state.
-    fn restore_agent(&self, p: &Profile, node: &AgentNode, src: &Path) -> Result<()>;
-    /// Removes the agent's host and its state (after `stop_agent`).
-    fn delete_agent(&self, p: &Profile, node: &AgentNode) -> Result<()>;
-    fn agent_log_tail(&self, p: &Profile, node: &AgentNode, n: usize) -> Vec<String>;
+/// One node of a profile's cluster, as every driver method names it: the
+/// profile's own host (node 1: its server, or for a profile that joined
+/// another machine's cluster its one agent), or one of its agents, which
+/// run the release's `run.agent` command line and join the server with the
+/// cluster's join token, each with a state of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Node {
+    Server,
+    Agent(AgentNode),
 }
 
-/// What runs one profile's localkube. The lifecycle calls, in order:
+impl Node {
+    /// Its Kubernetes node name (`kubestrap-<profile>`, `kubestrap-<profile>-m02`).
+    pub fn name(&self, profile: &str) -> String {
+        match self {
+            Node::Server => format!("kubestrap-{profile}"),
+            Node::Agent(a) => a.node_name(profile),
+        }
+    }
+    /// How commands name it within the profile: `server`, `m02`.
+    pub fn short(&self) -> String {
+        match self {
+            Node::Server => "server".into(),
+            Node::Agent(a) => a.short(),
+        }
+    }
+}
+
+/// What runs one profile's nodes. The lifecycle calls, for each node:
 /// `create` (idempotent) → `start` → `running` while it waits for ready;
-/// `status` at any time; `stop`; `delete` before the profile is removed.
-pub trait Driver {
+/// `status` at any time; `stop`; `delete` before the profile is removed
+/// (the server's last: it removes what every node shares). A driver that
+/// runs one node per profile refuses an agent ([`DriverError::OneNode`]).
+pub trait Driver: Sync {
     fn kind(&self) -> Kind;
     /// What this driver needs on this machine, checked.
     fn check(&self, manifest: Option<&Manifest>) -> Vec<Check>;
@@ -433,6 +445,10 @@ pub trait Driver {
     fn prerequisites(&self, _p: &Profile, manifest: &Manifest) -> Vec<Check> {
         self.check(Some(manifest))
     }
+    /// Whether it runs agent nodes beside the server.
+    fn runs_agents(&self) -> bool {
+        false
+    }
     /// Addresses the apiserver certificate must carry besides the defaults.
     fn extra_sans(&self, _p: &Profile) -> Vec<String>;
     /// Where this machine reaches the apiserver of `p` running `run`
@@ -440,7 +456,7 @@ pub trait Driver {
     fn address(&self, _p: &Profile, _run: &Run) -> Ipv4Addr {
         Ipv4Addr::LOCALHOST
     }
-    /// The template values localkube's args and pki-files paths are
+    /// The template values the server's args and pki-files paths are
     /// rendered with, as localkube sees its paths.
     fn vars(&self, launch: &Launch) -> Vars;
     /// The same values as the host sees them: where kubestrap places files
@@ -448,47 +464,49 @@ pub trait Driver {
     fn host_vars(&self, launch: &Launch) -> Vars {
         self.vars(launch)
     }
-    /// The host directory that becomes localkube's `{data}` (native: the
+    /// The host directory that becomes the server's `{data}` (native: the
     /// directory itself; a VM: a staging tree copied in at boot).
     fn host_data(&self, profile: &Profile) -> PathBuf {
         profile.data()
     }
-    /// Makes (or repairs) what the driver needs for this profile before a
-    /// start: directories with their modes, for a VM driver the machine.
-    fn create(&self, profile: &Profile) -> Result<()>;
-    /// Launches localkube detached; returns once it is running (not ready).
-    /// Refuses if anything of this profile is still running.
-    fn start(&self, launch: &Launch) -> Result<Host>;
-    /// Whether localkube is still running (checked while waiting for ready).
-    fn running(&self, profile: &Profile) -> Result<bool>;
+    /// Makes (or repairs, or keeps when it would be the same) what the node
+    /// needs before it starts: directories with their modes, a VM's disk,
+    /// an agent's container. Never starts it: an agent's may be made while
+    /// the server comes up.
+    fn create(&self, launch: &Launch, node: Node) -> Result<()>;
+    /// Launches the node detached; returns once it is running (not ready).
+    /// The server's refuses if anything of the profile still runs.
+    fn start(&self, launch: &Launch, node: Node) -> Result<Host>;
+    /// Whether the node's localkube still runs (checked while waiting for ready).
+    fn running(&self, p: &Profile, node: Node) -> Result<bool> {
+        Ok(matches!(self.status(p, node)?, HostState::Running(_) | HostState::Stopping(_)))
+    }
     /// Stops gracefully (the signal, then a kill after the timeout; then
     /// whatever localkube left behind). Returns how it went.
-    fn stop(&self, profile: &Profile, how: Stop) -> Result<StopOutcome>;
-    /// A start found localkube running and keeps it: a stop interrupted
+    fn stop(&self, p: &Profile, node: Node, how: Stop) -> Result<StopOutcome>;
+    /// A start found the server running and keeps it: a stop interrupted
     /// before it acted no longer applies.
     fn adopt(&self, profile: &Profile) -> Result<()>;
-    fn status(&self, profile: &Profile) -> Result<HostState>;
-    /// Removes what `create` made outside the profile directory and makes
-    /// sure nothing of the profile still runs. Called after `stop`.
-    fn delete(&self, profile: &Profile) -> Result<()>;
+    fn status(&self, p: &Profile, node: Node) -> Result<HostState>;
+    /// Removes the node's host and its state (after `stop`). The server's
+    /// also removes what `create` made outside the profile directory (and
+    /// any agent left there) and makes sure nothing of the profile still runs.
+    fn delete(&self, p: &Profile, node: Node) -> Result<()>;
     /// What `delete --force` may leave behind when this driver could not
     /// remove it, named so the user can.
     fn leftovers(&self, _profile: &Profile) -> String {
         "nothing outside the profile's directory".into()
     }
-    /// The last `n` lines of localkube's log.
-    fn log_tail(&self, profile: &Profile, n: usize) -> Vec<String>;
-    /// Writes what localkube logs from now on to `out`, until writing fails.
-    fn follow_log(&self, profile: &Profile, out: &mut dyn Write) -> Result<()>;
+    /// The last `n` lines of the node's localkube log.
+    fn log_tail(&self, p: &Profile, node: Node, n: usize) -> Vec<String>;
+    /// Writes what the node's localkube logs from now on to `out`, until
+    /// writing fails.
+    fn follow_log(&self, p: &Profile, node: Node, out: &mut dyn Write) -> Result<()>;
 
-    /// Copies the stopped cluster's state to `dest`, which must not exist
-    /// (upgrade's safety net). Returns what was copied.
-    fn snapshot(&self, profile: &Profile, dest: &Path) -> Result<kubestrap_fskit::Copied>;
-    /// Puts a snapshot back in place of the stopped cluster's state.
-    fn restore(&self, profile: &Profile, src: &Path) -> Result<()>;
-
-    /// Agent nodes, where this driver runs them (one node otherwise).
-    fn agents(&self) -> Option<&dyn Agents> {
-        None
-    }
+    /// Copies the stopped node's state to `dest`, which must not exist
+    /// (upgrade's safety net: a newer release may rewrite what every node
+    /// keeps, as containerd migrates its store). Returns what was copied.
+    fn snapshot(&self, p: &Profile, node: Node, dest: &Path) -> Result<kubestrap_fskit::Copied>;
+    /// Puts a snapshot back in place of the stopped node's state.
+    fn restore(&self, p: &Profile, node: Node, src: &Path) -> Result<()>;
 }

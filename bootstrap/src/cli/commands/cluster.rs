@@ -11,7 +11,7 @@ use crate::cli::exit::Code;
 use crate::cli::render::{Ui, human_duration};
 use crate::cluster::session::Wait;
 use crate::cluster::{self, ClusterError, StartOptions, kubeconfig};
-use crate::driver::{self, StopOutcome};
+use crate::driver::{self, Node, StopOutcome};
 use crate::home::Home;
 use crate::profile::{self, Profile};
 
@@ -216,13 +216,13 @@ pub fn logs(name: String, follow: bool, lines: usize, home: &Home, ui: &Ui) -> R
     let settings = p.load().ok().and_then(|c| c.vm).unwrap_or_default();
     let drv = cluster::session::unlocked_driver(home, driver::kind_of(&p), settings, ui);
     let mut out = std::io::stdout().lock();
-    for l in drv.log_tail(&p, lines) {
+    for l in drv.log_tail(&p, Node::Server, lines) {
         if writeln!(out, "{l}").is_err() {
             return Ok(Code::Ok); // broken pipe (e.g. `| head`) is a normal end
         }
     }
     if follow {
-        drv.follow_log(&p, &mut out)?;
+        drv.follow_log(&p, Node::Server, &mut out)?;
     }
     Ok(Code::Ok)
 }

@@ -39,7 +39,7 @@ pub fn run(a: DoctorArgs, home: &Home, ui: &Ui) -> Result<Code> {
     };
     let manifest = loaded.as_ref().map(|l| &l.manifest);
     let kubeconfig = kubeconfig::path()?;
-    let running = config.is_some() && drv.running(&p).unwrap_or(false);
+    let running = config.is_some() && drv.running(&p, crate::driver::Node::Server).unwrap_or(false);
     let subject = Subject {
         home,
         config: config.as_ref(),

@@ -71,6 +71,6 @@ fn target(home: &Home, p: &Profile, ui: &Ui) -> Result<(std::path::PathBuf, bool
     let loaded = channel::load_stored(home, &cfg.manifest, channel::Stored::RUNNING)?;
     let drv = crate::cluster::session::unlocked_driver(home, cfg.driver, cfg.vm.unwrap_or_default(), ui);
     let dir = images::dir_of(&drv.host_data(p), p, &loaded.manifest)?;
-    let running = drv.running(p).unwrap_or(false);
+    let running = drv.running(p, crate::driver::Node::Server).unwrap_or(false);
     Ok((dir, running))
 }

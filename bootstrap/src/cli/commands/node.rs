@@ -6,18 +6,18 @@ use serde_json::json;
 use crate::cli::args::NodeCmd;
 use crate::cli::exit::Code;
 use crate::cli::render::Ui;
-use crate::cluster::{StartOptions, join, nodes};
+use crate::cluster::{StartOptions, join, node_cmd};
 use crate::home::Home;
 
 pub fn run(c: NodeCmd, home: &Home, ui: &Ui) -> Result<Code> {
     match c {
         NodeCmd::Add { profile, count, wait_timeout } => {
-            let added = nodes::add(home, &profile.profile, count.into(), wait_timeout, ui)?;
+            let added = node_cmd::add(home, &profile.profile, count.into(), wait_timeout, ui)?;
             ui.json(json!({"event": "done", "profile": profile.profile, "added": added}));
             ui.line(&format!("\n{} node(s) joined cluster {:?}: {}.", added.len(), profile.profile, added.join(", ")));
         }
         NodeCmd::List { profile } => {
-            let list = nodes::list(home, &profile.profile, ui)?;
+            let list = node_cmd::list(home, &profile.profile, ui)?;
             ui.json(json!({"profile": profile.profile, "nodes": list}));
             ui.line(&format!("{:<36} {:<7} {:<10} {}", "NAME", "ROLE", "HOST", "READY"));
             for n in &list {
@@ -28,7 +28,7 @@ pub fn run(c: NodeCmd, home: &Home, ui: &Ui) -> Result<Code> {
             }
         }
         NodeCmd::Delete { profile, name, force } => {
-            let removed = nodes::remove(home, &profile.profile, &name, force, ui)?;
+            let removed = node_cmd::remove(home, &profile.profile, &name, force, ui)?;
             ui.json(json!({"event": "done", "profile": profile.profile, "removed": removed, "drained": !force}));
             ui.line(&format!("\nNode {removed} is removed from cluster {:?}.", profile.profile));
         }
@@ -73,7 +73,7 @@ pub fn run(c: NodeCmd, home: &Home, ui: &Ui) -> Result<Code> {
         NodeCmd::Logs { profile, name, lines } => {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
-            for l in nodes::log_tail(home, &profile.profile, &name, lines, ui)? {
+            for l in node_cmd::log_tail(home, &profile.profile, &name, lines, ui)? {
                 if writeln!(out, "{l}").is_err() {
                     break;
                 }

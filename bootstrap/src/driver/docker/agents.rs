@@ -7,16 +7,16 @@
 //! of the PKI an agent is given.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use kubestrap_fskit as fskit;
-use kubestrap_manifest::{Agent, Vars};
+use kubestrap_manifest::Vars;
 
 use super::{
-    CALL, Docker, Engine, LABEL, Spec, bind_mount, container_args, container_name, container_state, ensure_network,
-    guest, home_id, no_such_container, stop_container, volume,
+    CALL, Docker, Engine, LABEL, Spec, bind_mount, container_args, container_name, ensure_network, guest, home_id,
+    no_such_container, stopped_path, volume_name,
 };
-use crate::driver::{AgentNode, Agents, Host, HostState, Launch, Result, Stop, StopOutcome};
+use crate::driver::{AgentNode, DriverError, Host, Launch, Node, Result};
 use crate::profile::Profile;
 
 fn agent_container(p: &Profile, node: &AgentNode) -> String {
@@ -37,6 +37,34 @@ fn agent_stopped(p: &Profile, node: &AgentNode) -> PathBuf {
 
 fn agent_created(p: &Profile, node: &AgentNode) -> PathBuf {
     agent_dir(p).join(format!("{}.toml", node.short()))
+}
+
+/// The node's container: the server's, or an agent's.
+pub(super) fn node_container(p: &Profile, node: Node) -> String {
+    match node {
+        Node::Server => container_name(p),
+        Node::Agent(a) => agent_container(p, &a),
+    }
+}
+
+/// Where a stop of the node is recorded before it acts.
+pub(super) fn node_stopped(p: &Profile, node: Node) -> PathBuf {
+    match node {
+        Node::Server => stopped_path(p),
+        Node::Agent(a) => agent_stopped(p, &a),
+    }
+}
+
+/// The node's data volume (an agent's made first if it is missing, so
+/// that a copy into it never makes an unlabelled one).
+pub(super) fn node_volume(eng: &Engine, p: &Profile, node: Node) -> Result<String> {
+    match node {
+        Node::Server => Ok(volume_name(p)),
+        Node::Agent(a) => {
+            ensure_volume(eng, p, &a)?;
+            Ok(agent_volume(p, &a))
+        }
+    }
 }
 
 /// The agent's address: the gateway + its index.
@@ -97,11 +125,13 @@ fn ensure_volume(eng: &Engine, p: &Profile, node: &AgentNode) -> Result<()> {
     Ok(())
 }
 
-impl Agents for Docker<'_> {
+impl Docker<'_> {
     /// Its volume and container, made (or kept: the same release and
     /// settings), not started.
-    fn create_agent(&self, launch: &Launch, agent: &Agent, node: &AgentNode) -> Result<()> {
+    pub(super) fn create_agent(&self, launch: &Launch, node: &AgentNode) -> Result<()> {
         let p = &launch.profile;
+        let agent =
+            launch.run.agent.as_ref().ok_or_else(|| DriverError::NoAgentLine { release: launch.release.clone() })?;
         let (eng, info, image, blob) = self.prepare(launch)?;
         let net = ensure_network(&eng, p)?;
         let ip = address(net.gateway, node);
@@ -125,7 +155,7 @@ impl Agents for Docker<'_> {
         self.ensure_container(&eng, &agent_created(p, node), &name, &args, blob)
     }
 
-    fn start_agent(&self, launch: &Launch, _agent: &Agent, node: &AgentNode) -> Result<Host> {
+    pub(super) fn start_agent(&self, launch: &Launch, node: &AgentNode) -> Result<Host> {
         let p = &launch.profile;
         let eng = self.engine_for(p)?;
         let name = agent_container(p, node);
@@ -134,32 +164,7 @@ impl Agents for Docker<'_> {
         Ok(Host { id: format!("container {name}"), pid: None, port: 0 })
     }
 
-    fn agent_status(&self, p: &Profile, node: &AgentNode) -> Result<HostState> {
-        let eng = self.engine_for(p)?;
-        container_state(&eng, &agent_container(p, node), &agent_stopped(p, node))
-    }
-
-    fn stop_agent(&self, p: &Profile, node: &AgentNode, how: Stop) -> Result<StopOutcome> {
-        let eng = self.engine_for(p)?;
-        fskit::create_dir_mode(&agent_dir(p), 0o700)?;
-        stop_container(&eng, &agent_container(p, node), &agent_stopped(p, node), how)
-    }
-
-    fn snapshot_agent(&self, p: &Profile, node: &AgentNode, dest: &Path) -> Result<fskit::Copied> {
-        self.with_throwaways(p, |eng, b| {
-            ensure_volume(eng, p, node)?;
-            volume::snapshot(eng, b, &agent_volume(p, node), dest)
-        })
-    }
-
-    fn restore_agent(&self, p: &Profile, node: &AgentNode, src: &Path) -> Result<()> {
-        self.with_throwaways(p, |eng, b| {
-            ensure_volume(eng, p, node)?;
-            volume::restore(eng, b, &agent_volume(p, node), src)
-        })
-    }
-
-    fn delete_agent(&self, p: &Profile, node: &AgentNode) -> Result<()> {
+    pub(super) fn delete_agent(&self, p: &Profile, node: &AgentNode) -> Result<()> {
         let eng = self.engine_for(p)?;
         match eng.docker(&["rm", "-f", &agent_container(p, node)], CALL) {
             Err(e) if !no_such_container(&e) => return Err(e),
@@ -169,10 +174,5 @@ impl Agents for Docker<'_> {
         fskit::remove_any(&agent_created(p, node))?;
         fskit::remove_any(&agent_stopped(p, node))?;
         Ok(())
-    }
-
-    fn agent_log_tail(&self, p: &Profile, node: &AgentNode, n: usize) -> Vec<String> {
-        let Ok(eng) = self.engine_for(p) else { return Vec::new() };
-        super::tail_of(&eng, &agent_container(p, node), n)
     }
 }

@@ -22,8 +22,8 @@ use kubestrap_manifest::{ComponentName, Driver as Kind, Manifest, Vars};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Check, Context, Description, DockerError, DockerErrorKind, Driver, DriverError, Host, HostState, Launch, Result,
-    Stop, StopOutcome, guest,
+    Check, Context, Description, DockerError, DockerErrorKind, Driver, DriverError, Host, HostState, Launch, Node,
+    Result, Stop, StopOutcome, guest,
 };
 use crate::profile::Profile;
 use crate::progress::Step;
@@ -38,6 +38,7 @@ mod network;
 mod privilege;
 mod volume;
 
+use agents::{node_container, node_stopped, node_volume};
 use checks::{engine_check, rootfs_check, rootless_check, storage_check};
 use container::{
     Spec, bind_mount, container_args, container_name, container_state, created_path, home_id, inspect,
@@ -184,7 +185,18 @@ impl Driver for Docker<'_> {
 
     /// The directories, and the profile's network: its node address is
     /// fixed before the certificates are made (they name it).
-    fn create(&self, p: &Profile) -> Result<()> {
+    fn runs_agents(&self) -> bool {
+        true
+    }
+
+    /// The server's directories and the profile's network (its node
+    /// address is fixed before the certificates are made: they name it);
+    /// an agent's volume and container.
+    fn create(&self, launch: &Launch, node: Node) -> Result<()> {
+        let p = &launch.profile;
+        if let Node::Agent(a) = node {
+            return self.create_agent(launch, &a);
+        }
         for dir in [p.run(), p.logs(), self.host_data(p)] {
             fskit::create_dir_mode(&dir, 0o700)?;
         }
@@ -192,8 +204,11 @@ impl Driver for Docker<'_> {
         Ok(())
     }
 
-    fn start(&self, launch: &Launch) -> Result<Host> {
+    fn start(&self, launch: &Launch, node: Node) -> Result<Host> {
         let p = &launch.profile;
+        if let Node::Agent(a) = node {
+            return self.start_agent(launch, &a);
+        }
         let (eng, info, image, blob) = self.prepare(launch)?;
         let net = ensure_network(&eng, p)?;
         let vars = self.vars(launch);
@@ -225,26 +240,32 @@ impl Driver for Docker<'_> {
         Ok(Host { id: format!("container {name} ({id})"), pid: None, port: launch.port })
     }
 
-    fn running(&self, p: &Profile) -> Result<bool> {
+    fn running(&self, p: &Profile, node: Node) -> Result<bool> {
         let eng = self.engine_for(p)?;
-        Ok(inspect(&eng, &container_name(p))?.is_some_and(|i| i.state.running))
+        Ok(inspect(&eng, &node_container(p, node))?.is_some_and(|i| i.state.running))
     }
 
-    fn stop(&self, p: &Profile, how: Stop) -> Result<StopOutcome> {
+    fn stop(&self, p: &Profile, node: Node, how: Stop) -> Result<StopOutcome> {
         let eng = self.engine_for(p)?;
-        stop_container(&eng, &container_name(p), &stopped_path(p), how)
+        if let Some(dir) = node_stopped(p, node).parent() {
+            fskit::create_dir_mode(dir, 0o700)?;
+        }
+        stop_container(&eng, &node_container(p, node), &node_stopped(p, node), how)
     }
 
     fn adopt(&self, p: &Profile) -> Result<()> {
         Ok(fskit::remove_any(&stopped_path(p))?)
     }
 
-    fn status(&self, p: &Profile) -> Result<HostState> {
+    fn status(&self, p: &Profile, node: Node) -> Result<HostState> {
         let eng = self.engine_for(p)?;
-        container_state(&eng, &container_name(p), &stopped_path(p))
+        container_state(&eng, &node_container(p, node), &node_stopped(p, node))
     }
 
-    fn delete(&self, p: &Profile) -> Result<()> {
+    fn delete(&self, p: &Profile, node: Node) -> Result<()> {
+        if let Node::Agent(a) = node {
+            return self.delete_agent(p, &a);
+        }
         let eng = self.engine_for(p)?;
         let image = self.image_of(&eng, p).ok();
         match eng.docker(&["rm", "-f", "--volumes", &container_name(p)], CALL) {
@@ -297,19 +318,19 @@ impl Driver for Docker<'_> {
         )
     }
 
-    fn log_tail(&self, p: &Profile, n: usize) -> Vec<String> {
+    fn log_tail(&self, p: &Profile, node: Node, n: usize) -> Vec<String> {
         let Ok(eng) = self.engine_for(p) else { return Vec::new() };
-        tail_of(&eng, &container_name(p), n)
+        tail_of(&eng, &node_container(p, node), n)
     }
 
-    fn follow_log(&self, p: &Profile, out: &mut dyn Write) -> Result<()> {
+    fn follow_log(&self, p: &Profile, node: Node, out: &mut dyn Write) -> Result<()> {
         let eng = self.engine_for(p)?;
         // The container's stdout and stderr, as one stream, into `out`.
         let spawn_err = |source| DriverError::Spawn { what: "run `docker logs`", source };
         let (mut reader, writer) = std::io::pipe().map_err(spawn_err)?;
         let mut child = eng
             .command()
-            .args(["logs", "--follow", "--tail", "0", &container_name(p)])
+            .args(["logs", "--follow", "--tail", "0", &node_container(p, node)])
             .stdin(Stdio::null())
             .stdout(writer.try_clone().map_err(spawn_err)?)
             .stderr(writer)
@@ -337,18 +358,14 @@ impl Driver for Docker<'_> {
     /// The data volume, copied out through a throwaway container of the
     /// profile's own image (nothing pulled) into a file of the user's, which
     /// keeps the owners and modes of the files inside ([`volume::snapshot`]).
-    fn snapshot(&self, p: &Profile, dest: &Path) -> Result<fskit::Copied> {
-        self.with_throwaways(p, |eng, b| volume::snapshot(eng, b, &volume_name(p), dest))
+    fn snapshot(&self, p: &Profile, node: Node, dest: &Path) -> Result<fskit::Copied> {
+        self.with_throwaways(p, |eng, b| volume::snapshot(eng, b, &node_volume(eng, p, node)?, dest))
     }
 
     /// The snapshot copied in beside the volume's data, then put in place
     /// of it (a cut-short restore leaves the data as it was until the swap).
-    fn restore(&self, p: &Profile, src: &Path) -> Result<()> {
-        self.with_throwaways(p, |eng, b| volume::restore(eng, b, &volume_name(p), src))
-    }
-
-    fn agents(&self) -> Option<&dyn super::Agents> {
-        Some(self)
+    fn restore(&self, p: &Profile, node: Node, src: &Path) -> Result<()> {
+        self.with_throwaways(p, |eng, b| volume::restore(eng, b, &node_volume(eng, p, node)?, src))
     }
 }
 

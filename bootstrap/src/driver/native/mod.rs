@@ -9,7 +9,9 @@ use kubestrap_fskit as fskit;
 use kubestrap_manifest::{Driver as Kind, Vars};
 
 use super::supervisor::{self, logs, monitor::LaunchSpec, process};
-use super::{Check, Context, Description, Driver, DriverError, Host, HostState, Launch, Result, Stop, StopOutcome};
+use super::{
+    Check, Context, Description, Driver, DriverError, Host, HostState, Launch, Node, Result, Stop, StopOutcome,
+};
 use crate::profile::Profile;
 use crate::progress::Step;
 
@@ -81,15 +83,16 @@ impl Driver for Native<'_> {
         launch.joined(vars)
     }
 
-    fn create(&self, p: &Profile) -> Result<()> {
+    fn create(&self, launch: &Launch, node: Node) -> Result<()> {
+        let p = server(&launch.profile, node)?;
         for dir in [p.run(), p.logs(), p.data()] {
             fskit::create_dir_mode(&dir, 0o700)?;
         }
         Ok(())
     }
 
-    fn start(&self, launch: &Launch) -> Result<Host> {
-        let p = &launch.profile;
+    fn start(&self, launch: &Launch, node: Node) -> Result<Host> {
+        let p = server(&launch.profile, node)?;
         let vars = self.vars(launch);
         let program = launch.component.join(&launch.run.program);
         if !program.is_file() {
@@ -119,13 +122,14 @@ impl Driver for Native<'_> {
         supervisor::launch_monitored(p, &spec)
     }
 
-    fn running(&self, profile: &Profile) -> Result<bool> {
-        supervisor::running(profile)
+    fn running(&self, profile: &Profile, node: Node) -> Result<bool> {
+        supervisor::running(server(profile, node)?)
     }
 
     /// Stops localkube and every process of the profile (and their whole
     /// trees: a k3s's shims and pods), then cleans what it left on the machine.
-    fn stop(&self, profile: &Profile, how: Stop) -> Result<StopOutcome> {
+    fn stop(&self, profile: &Profile, node: Node, how: Stop) -> Result<StopOutcome> {
+        let profile = server(profile, node)?;
         let outcome = supervisor::stop(profile, how)?;
         self.clean_host(profile, false)?;
         Ok(outcome)
@@ -135,35 +139,45 @@ impl Driver for Native<'_> {
         supervisor::adopt(profile)
     }
 
-    fn status(&self, profile: &Profile) -> Result<HostState> {
-        supervisor::status(profile)
+    fn status(&self, profile: &Profile, node: Node) -> Result<HostState> {
+        supervisor::status(server(profile, node)?)
     }
 
-    fn delete(&self, profile: &Profile) -> Result<()> {
+    fn delete(&self, profile: &Profile, node: Node) -> Result<()> {
+        let profile = server(profile, node)?;
         supervisor::kill_all(profile)?;
         self.clean_host(profile, true)
     }
 
     /// The data directory, copied (reflinked where the filesystem can).
     /// The caller has stopped localkube, so the directory is at rest.
-    fn snapshot(&self, profile: &Profile, dest: &std::path::Path) -> Result<fskit::Copied> {
-        let copied = fskit::copy_tree(&profile.data(), dest)?;
+    fn snapshot(&self, profile: &Profile, node: Node, dest: &std::path::Path) -> Result<fskit::Copied> {
+        let copied = fskit::copy_tree(&server(profile, node)?.data(), dest)?;
         fskit::sync_fs(dest)?;
         Ok(copied)
     }
 
     /// Puts a copy of `src` in place of the data directory: built beside
     /// it, then swapped in by rename, so a kill leaves one or the other.
-    fn restore(&self, profile: &Profile, src: &std::path::Path) -> Result<()> {
+    fn restore(&self, profile: &Profile, node: Node, src: &std::path::Path) -> Result<()> {
+        let profile = server(profile, node)?;
         supervisor::swap_in_copy(src, &profile.data(), &profile.dir.join(".data-restoring"))
     }
 
-    fn log_tail(&self, profile: &Profile, n: usize) -> Vec<String> {
-        logs::tail(&profile.log_file(), n)
+    fn log_tail(&self, profile: &Profile, node: Node, n: usize) -> Vec<String> {
+        server(profile, node).map_or_else(|_| Vec::new(), |p| logs::tail(&p.log_file(), n))
     }
 
-    fn follow_log(&self, profile: &Profile, out: &mut dyn Write) -> Result<()> {
-        Ok(logs::follow(&profile.log_file(), out)?)
+    fn follow_log(&self, profile: &Profile, node: Node, out: &mut dyn Write) -> Result<()> {
+        Ok(logs::follow(&server(profile, node)?.log_file(), out)?)
+    }
+}
+
+/// The profile, for its one node: the native driver runs no agents.
+fn server(p: &Profile, node: Node) -> Result<&Profile> {
+    match node {
+        Node::Server => Ok(p),
+        Node::Agent(_) => Err(DriverError::OneNode { driver: Kind::Native }),
     }
 }
 

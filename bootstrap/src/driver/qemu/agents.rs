@@ -1,39 +1,56 @@
 //! Agent nodes: one VM each, kept like the server's (the same monitor, pid
-//! file, suspend and resume) under `profiles/<name>/nodes/<m02>/`, a profile
-//! directory of its own whose PKI is the join token alone. Every VM of the
-//! cluster has a second NIC on the cluster's private L2 segment (qemu's
-//! multicast socket netdev on 127.0.0.1: no bridge, no root) at a fixed
-//! address by node index; agents reach the server there.
+//! file, suspend and resume) under `profiles/<name>/nodes/<m02>/`, a
+//! directory of its own laid out as a profile's, whose PKI is the join
+//! token alone. Every VM of the cluster has a second NIC on the cluster's
+//! private L2 segment (qemu's multicast socket netdev on 127.0.0.1: no
+//! bridge, no root) at a fixed address by node index; agents reach the
+//! server there.
 
-use std::path::Path;
+use std::borrow::Cow;
 
 use kubestrap_fskit as fskit;
-use kubestrap_manifest::Agent;
 
 use super::{NodeNet, Qemu, server_l2_address};
-use crate::driver::{AgentNode, Agents, Driver, Host, HostState, JoinTarget, Launch, Result, Stop, StopOutcome, guest};
+use crate::driver::{AgentNode, Driver, DriverError, Host, JoinTarget, Launch, Node, Result, guest};
 use crate::profile::Profile;
 
-/// The agent's own profile directory (its VM, run and log files).
-pub(super) fn node_profile(p: &Profile, node: &AgentNode) -> Profile {
-    Profile { name: format!("{}-{}", p.name, node.short()), dir: p.dir.join("nodes").join(node.short()) }
-}
-
-impl Qemu<'_> {
-    /// The agent's profile directory with its VM's directories (made if an
-    /// agent was recorded but never made: a `node add` killed early).
-    fn made(&self, p: &Profile, node: &AgentNode) -> Result<Profile> {
-        let sub = node_profile(p, node);
-        fskit::create_dir_mode(&p.dir.join("nodes"), 0o700)?;
-        fskit::create_dir_mode(&sub.dir, 0o700)?;
-        self.create(&sub)?;
-        Ok(sub)
+/// The node's directories: the profile's own for the server, else the
+/// agent's under `nodes/<m02>/` (laid out as a profile's, so one VM's
+/// machinery serves every node).
+pub(super) fn node_profile(p: &Profile, node: Node) -> Cow<'_, Profile> {
+    match node {
+        Node::Server => Cow::Borrowed(p),
+        Node::Agent(a) => {
+            Cow::Owned(Profile { name: format!("{}-{}", p.name, a.short()), dir: p.dir.join("nodes").join(a.short()) })
+        }
     }
 }
 
-impl Agents for Qemu<'_> {
-    fn start_agent(&self, launch: &Launch, agent: &Agent, node: &AgentNode) -> Result<Host> {
+impl Qemu<'_> {
+    /// The agent's directory with its VM's directories (made if an agent
+    /// was recorded but never made: a `node add` killed early).
+    pub(super) fn made(&self, p: &Profile, node: &AgentNode) -> Result<Profile> {
+        let sub = node_profile(p, Node::Agent(*node)).into_owned();
+        fskit::create_dir_mode(&p.dir.join("nodes"), 0o700)?;
+        fskit::create_dir_mode(&sub.dir, 0o700)?;
+        self.create_dirs(&sub)?;
+        Ok(sub)
+    }
+
+    /// [`Qemu::made`] for an agent; the profile itself for the server.
+    pub(super) fn node_made<'p>(&self, p: &'p Profile, node: Node) -> Result<Cow<'p, Profile>> {
+        match node {
+            Node::Server => Ok(Cow::Borrowed(p)),
+            Node::Agent(a) => Ok(Cow::Owned(self.made(p, &a)?)),
+        }
+    }
+
+    /// Boots the agent's VM with the release's agent command line, joined
+    /// to the server on the cluster's segment.
+    pub(super) fn start_agent(&self, launch: &Launch, node: &AgentNode) -> Result<Host> {
         let p = &launch.profile;
+        let agent =
+            launch.run.agent.as_ref().ok_or_else(|| DriverError::NoAgentLine { release: launch.release.clone() })?;
         let sub = self.made(p, node)?;
         // Its PKI: the join token, nothing else of the cluster's.
         fskit::create_dir_mode(&sub.pki(), 0o700)?;
@@ -54,36 +71,12 @@ impl Agents for Qemu<'_> {
         self.start_node(&l, &NodeNet { cluster: p.dir.clone(), index: node.index, forward: false })
     }
 
-    fn agent_status(&self, p: &Profile, node: &AgentNode) -> Result<HostState> {
-        self.status(&node_profile(p, node))
-    }
-
-    fn stop_agent(&self, p: &Profile, node: &AgentNode, how: Stop) -> Result<StopOutcome> {
-        let sub = node_profile(p, node);
-        if !sub.dir.is_dir() {
-            return Ok(StopOutcome::WasNotRunning);
-        }
-        self.stop(&sub, how)
-    }
-
-    fn snapshot_agent(&self, p: &Profile, node: &AgentNode, dest: &Path) -> Result<fskit::Copied> {
-        self.snapshot(&self.made(p, node)?, dest)
-    }
-
-    fn restore_agent(&self, p: &Profile, node: &AgentNode, src: &Path) -> Result<()> {
-        self.restore(&self.made(p, node)?, src)
-    }
-
-    fn delete_agent(&self, p: &Profile, node: &AgentNode) -> Result<()> {
-        let sub = node_profile(p, node);
+    pub(super) fn delete_agent(&self, p: &Profile, node: &AgentNode) -> Result<()> {
+        let sub = node_profile(p, Node::Agent(*node));
         if sub.dir.is_dir() {
-            self.delete(&sub)?;
+            self.delete(&sub, Node::Server)?;
             fskit::remove_tree(&sub.dir)?;
         }
         Ok(())
-    }
-
-    fn agent_log_tail(&self, p: &Profile, node: &AgentNode, n: usize) -> Vec<String> {
-        self.log_tail(&node_profile(p, node), n)
     }
 }

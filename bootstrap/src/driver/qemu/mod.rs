@@ -29,8 +29,8 @@ use self::doctor::{checks, hypervisor_runs};
 use self::qmp::Qmp;
 use super::supervisor::{self, logs, monitor::LaunchSpec};
 use super::{
-    Check, Context, Description, Driver, DriverError, Host, HostState, Launch, QemuError, Result, Stop, StopOutcome,
-    guest,
+    Check, Context, Description, Driver, DriverError, Host, HostState, Launch, Node, QemuError, Result, Stop,
+    StopOutcome, guest,
 };
 use crate::profile::Profile;
 use crate::progress::Step;
@@ -38,6 +38,8 @@ use crate::retry::Backoff;
 use crate::state::{read as read_state, write as write_state};
 
 mod agents;
+
+use agents::node_profile;
 pub mod cmdline;
 mod config;
 mod doctor;
@@ -533,27 +535,99 @@ impl Driver for Qemu<'_> {
         stage(p).join("data")
     }
 
-    fn create(&self, p: &Profile) -> Result<()> {
+    fn runs_agents(&self) -> bool {
+        true
+    }
+
+    fn create(&self, launch: &Launch, node: Node) -> Result<()> {
+        match node {
+            Node::Server => self.create_dirs(&launch.profile),
+            Node::Agent(a) => self.made(&launch.profile, &a).map(drop),
+        }
+    }
+
+    /// Boots (or resumes) the node's VM. At most three boots: a resume that
+    /// fails boots afresh with the data; a first guest on a KVM not yet
+    /// proven here that makes qemu exit at once, or shows no sign of life,
+    /// boots again with TCG (the verdict kept until the machine reboots).
+    /// When TCG fails too, the error names both attempts.
+    fn start(&self, launch: &Launch, node: Node) -> Result<Host> {
+        match node {
+            Node::Server => self.start_node(launch, &NodeNet::server(&launch.profile)),
+            Node::Agent(a) => self.start_agent(launch, &a),
+        }
+    }
+
+    fn running(&self, p: &Profile, node: Node) -> Result<bool> {
+        supervisor::running(&node_profile(p, node))
+    }
+
+    fn stop(&self, p: &Profile, node: Node, how: Stop) -> Result<StopOutcome> {
+        let sub = node_profile(p, node);
+        if !sub.dir.is_dir() {
+            return Ok(StopOutcome::WasNotRunning);
+        }
+        self.stop_vm(&sub, how)
+    }
+
+    fn adopt(&self, p: &Profile) -> Result<()> {
+        supervisor::adopt(p)
+    }
+
+    fn status(&self, p: &Profile, node: Node) -> Result<HostState> {
+        self.status_vm(&node_profile(p, node))
+    }
+
+    /// An agent's VM and its directory; for the server, the VM's
+    /// processes, and any agent VM of the profile's (found on disk,
+    /// whatever the config says).
+    fn delete(&self, p: &Profile, node: Node) -> Result<()> {
+        if let Node::Agent(a) = node {
+            return self.delete_agent(p, &a);
+        }
+        for e in fskit::list_dir(&p.dir.join("nodes")).unwrap_or_default() {
+            let sub = Profile { name: format!("{}-{}", p.name, e.file_name().to_string_lossy()), dir: e.path() };
+            supervisor::kill_all(&sub)?;
+        }
+        supervisor::kill_all(p)
+    }
+
+    fn log_tail(&self, p: &Profile, node: Node, n: usize) -> Vec<String> {
+        logs::tail(&node_profile(p, node).log_file(), n)
+    }
+
+    fn follow_log(&self, p: &Profile, node: Node, out: &mut dyn Write) -> Result<()> {
+        Ok(logs::follow(&node_profile(p, node).log_file(), out)?)
+    }
+
+    /// The data disk, copied (reflinked where the filesystem can); the VM
+    /// is shut down, so the disk is at rest.
+    fn snapshot(&self, p: &Profile, node: Node, dest: &Path) -> Result<fskit::Copied> {
+        let p = &self.node_made(p, node)?;
+        let copied = fskit::copy_tree(&disk_dir(p), dest)?;
+        fskit::sync_fs(dest)?;
+        Ok(copied)
+    }
+
+    fn restore(&self, p: &Profile, node: Node, src: &Path) -> Result<()> {
+        let p = &self.node_made(p, node)?;
+        // A saved state belongs to the disk it was saved in.
+        fskit::remove_any(&suspended_path(p))?;
+        supervisor::swap_in_copy(src, &disk_dir(p), &vm_dir(p).join(".disk-restoring"))
+    }
+}
+
+impl Qemu<'_> {
+    /// The node's directories (server or agent alike).
+    fn create_dirs(&self, p: &Profile) -> Result<()> {
         for dir in [p.run(), p.logs(), vm_dir(p), disk_dir(p), self.host_data(p)] {
             fskit::create_dir_mode(&dir, 0o700)?;
         }
         Ok(())
     }
 
-    /// Boots (or resumes) the VM. At most three boots: a resume that fails
-    /// boots afresh with the data; a first guest on a KVM not yet proven
-    /// here that makes qemu exit at once, or shows no sign of life, boots
-    /// again with TCG (the verdict kept until the machine reboots). When
-    /// TCG fails too, the error names both attempts.
-    fn start(&self, launch: &Launch) -> Result<Host> {
-        self.start_node(launch, &NodeNet::server(&launch.profile))
-    }
-
-    fn running(&self, p: &Profile) -> Result<bool> {
-        supervisor::running(p)
-    }
-
-    fn stop(&self, p: &Profile, how: Stop) -> Result<StopOutcome> {
+    /// Stops one node's VM: suspended, or powered off (see [`Driver::stop`]).
+    fn stop_vm(&self, p: &Profile, how: Stop) -> Result<StopOutcome> {
         if !supervisor::running(p)? {
             // Nothing runs: clear what a killed VM left (pid file, helpers).
             supervisor::stop(p, how)?;
@@ -608,11 +682,7 @@ impl Driver for Qemu<'_> {
         Ok(if clean { StopOutcome::Stopped } else { StopOutcome::Killed })
     }
 
-    fn adopt(&self, p: &Profile) -> Result<()> {
-        supervisor::adopt(p)
-    }
-
-    fn status(&self, p: &Profile) -> Result<HostState> {
+    fn status_vm(&self, p: &Profile) -> Result<HostState> {
         Ok(match supervisor::status(p)? {
             HostState::Stopped if suspended_path(p).is_file() => HostState::Suspended,
             // qemu is the VM: with nothing of it left running, the host is
@@ -622,41 +692,5 @@ impl Driver for Qemu<'_> {
             }
             other => other,
         })
-    }
-
-    /// The VM's processes, and any agent VM of the profile's (found on
-    /// disk, whatever the config says).
-    fn delete(&self, p: &Profile) -> Result<()> {
-        for e in fskit::list_dir(&p.dir.join("nodes")).unwrap_or_default() {
-            let sub = Profile { name: format!("{}-{}", p.name, e.file_name().to_string_lossy()), dir: e.path() };
-            supervisor::kill_all(&sub)?;
-        }
-        supervisor::kill_all(p)
-    }
-
-    fn log_tail(&self, p: &Profile, n: usize) -> Vec<String> {
-        logs::tail(&p.log_file(), n)
-    }
-
-    fn follow_log(&self, p: &Profile, out: &mut dyn Write) -> Result<()> {
-        Ok(logs::follow(&p.log_file(), out)?)
-    }
-
-    /// The data disk, copied (reflinked where the filesystem can); the VM
-    /// is shut down, so the disk is at rest.
-    fn snapshot(&self, p: &Profile, dest: &Path) -> Result<fskit::Copied> {
-        let copied = fskit::copy_tree(&disk_dir(p), dest)?;
-        fskit::sync_fs(dest)?;
-        Ok(copied)
-    }
-
-    fn agents(&self) -> Option<&dyn super::Agents> {
-        Some(self)
-    }
-
-    fn restore(&self, p: &Profile, src: &Path) -> Result<()> {
-        // A saved state belongs to the disk it was saved in.
-        fskit::remove_any(&suspended_path(p))?;
-        supervisor::swap_in_copy(src, &disk_dir(p), &vm_dir(p).join(".disk-restoring"))
     }
 }
