@@ -23,8 +23,8 @@ use super::ClusterError;
 use super::bringup::{launch_of, preflight};
 use super::components::fetch_and_unpack;
 use super::nodes::{NotUp, Readiness};
+use super::release::{self, ReleaseRequest};
 use super::session::{Session, Wait};
-use super::start::StartOptions;
 use crate::driver::{self, Driver, HostState, JoinTarget, Node, Stop};
 use crate::home::Home;
 use crate::profile::{Config, Joined, Profile};
@@ -33,7 +33,14 @@ use crate::progress::{Progress, Step};
 /// What `node join` is asked.
 pub struct JoinOptions {
     /// The profile to make, the release and driver to run it on.
-    pub start: StartOptions,
+    pub profile: String,
+    pub release: ReleaseRequest,
+    pub driver: Option<kubestrap_manifest::Driver>,
+    /// Whether to wait for another command that holds the profile.
+    pub wait: Wait,
+    /// How long the node may take to be Ready (the release's agent
+    /// timeout, when it names one, over this).
+    pub wait_timeout: Duration,
     /// The server, `https://HOST:PORT`.
     pub server: String,
     /// The join token (read from `--token-file`, never from the command line).
@@ -203,8 +210,8 @@ pub struct JoinedNode {
 
 /// `node join`: checks the server, makes the profile, starts the agent.
 pub fn join(home: &Home, j: &JoinOptions, progress: &dyn Progress) -> Result<JoinedNode> {
-    let o = &j.start;
-    let s = Session::open(home, &o.profile, Wait::from_no_wait(o.no_wait), progress)?;
+    let o = j;
+    let s = Session::open(home, &o.profile, o.wait, progress)?;
     let p = &s.profile;
     let existing = if p.exists() { Some(p.load()?) } else { None };
     if let Some(c) = &existing {
@@ -258,7 +265,7 @@ pub fn join(home: &Home, j: &JoinOptions, progress: &dyn Progress) -> Result<Joi
     let remote = check_server(&url, &want, &token)?;
     progress.step(Step::ServerChecked { server: url.clone(), ca_sha256: want.to_ascii_lowercase() }, t.elapsed());
 
-    let (loaded, fetch) = super::start::resolve(home, o, p, existing.as_ref(), None, progress)?;
+    let (loaded, fetch) = release::resolve(home, &o.release, p, existing.as_ref(), None, progress)?;
     let m = &loaded.manifest;
     if m.component.localkube.run.agent.is_none() {
         return Err(ClusterError::NodesUnsupported {
@@ -277,7 +284,7 @@ pub fn join(home: &Home, j: &JoinOptions, progress: &dyn Progress) -> Result<Joi
             k
         }
     };
-    let settings = super::bringup::merge_settings(o.vm.as_ref(), existing.as_ref()).unwrap_or_default();
+    let settings = super::bringup::merge_settings(None, existing.as_ref()).unwrap_or_default();
     let drv = s.driver(kind, settings);
     preflight(drv.as_ref(), p, m)?;
     let node = existing
@@ -311,7 +318,7 @@ pub fn join(home: &Home, j: &JoinOptions, progress: &dyn Progress) -> Result<Joi
 }
 
 /// A joined profile's `start`: its agent again, to the server it joined.
-pub fn restart(s: &Session, cfg: &Config, o: &StartOptions) -> Result<JoinedNode> {
+pub fn restart(s: &Session, cfg: &Config, release: &ReleaseRequest, wait: Duration) -> Result<JoinedNode> {
     let p = &s.profile;
     let joined = cfg.join.as_ref().expect("a joined profile");
     let token = Token::parse(&p.load_join_token()?)?;
@@ -319,9 +326,9 @@ pub fn restart(s: &Session, cfg: &Config, o: &StartOptions) -> Result<JoinedNode
     let remote = check_server(&joined.server, &joined.ca_sha256, &token)?;
     s.progress
         .step(Step::ServerChecked { server: joined.server.clone(), ca_sha256: joined.ca_sha256.clone() }, t.elapsed());
-    let (loaded, fetch) = super::start::resolve(s.home, o, p, Some(cfg), None, s.progress)?;
+    let (loaded, fetch) = release::resolve(s.home, release, p, Some(cfg), None, s.progress)?;
     let drv = s.driver(cfg.driver, cfg.vm.unwrap_or_default());
-    let (host, ready) = run_joined(s, drv.as_ref(), &loaded, cfg, &fetch, &remote, o.wait_timeout)?;
+    let (host, ready) = run_joined(s, drv.as_ref(), &loaded, cfg, &fetch, &remote, wait)?;
     Ok(JoinedNode { profile: p.name.clone(), node: joined.node.clone(), server: joined.server.clone(), host, ready })
 }
 

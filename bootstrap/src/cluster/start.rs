@@ -13,27 +13,25 @@ use super::bringup::{
 };
 use super::pki::Pki;
 use super::recovery;
+use super::release::{self, ReleaseRequest};
 use super::session::{Session, Wait};
 use super::{ClusterError, kubeconfig};
-use crate::artifacts;
 use crate::channel::{self, Loaded};
 use crate::driver::{self, Driver, Host, HostState, Node, Stop};
 use crate::home::Home;
-use crate::profile::{Config, Endpoint, Profile, VmSettings};
+use crate::profile::{Endpoint, VmSettings};
 use crate::progress::{Progress, Step};
 
+/// What `start` is asked.
 pub struct StartOptions {
     pub profile: String,
     pub driver: Option<Kind>,
-    pub manifest: Option<String>,
-    /// An offline bundle to start from (its manifest and artifacts; no network).
-    pub bundle: Option<std::path::PathBuf>,
-    pub allow_expired: bool,
-    pub fetch: artifacts::Options,
+    pub release: ReleaseRequest,
     pub port: Option<u16>,
     pub wait_timeout: Duration,
     pub keep_context: bool,
-    pub no_wait: bool,
+    /// Whether to wait for another command that holds the profile.
+    pub wait: Wait,
     pub cert_validity: time::Duration,
     /// `--cpus`, `--memory`, `--accel` (qemu driver).
     pub vm: Option<VmSettings>,
@@ -44,7 +42,7 @@ pub struct StartOptions {
 }
 
 pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<Started> {
-    let s = Session::open(home, &o.profile, Wait::from_no_wait(o.no_wait), progress)?;
+    let s = Session::open(home, &o.profile, o.wait, progress)?;
     let p = &s.profile;
     // A delete a killed command left is finished first: its state may be
     // half gone, and deleting it is what was asked. The fresh profile runs
@@ -74,12 +72,12 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
         && let Ok(cfg) = p.load()
     {
         let drv = s.driver(cfg.driver, cfg.vm.unwrap_or_default());
-        recovery::finish_interrupted(&s, drv.as_ref(), &o.fetch, &tuning)?;
+        recovery::finish_interrupted(&s, drv.as_ref(), &o.release.fetch, &tuning)?;
     }
     let existing = if p.exists() { Some(p.load()?) } else { None };
     // A node of another machine's cluster: its agent again.
     if let Some(cfg) = existing.as_ref().filter(|c| c.join.is_some()) {
-        let j = super::join::restart(&s, cfg, o)?;
+        let j = super::join::restart(&s, cfg, &o.release, o.wait_timeout)?;
         return Ok(Started {
             profile: j.profile,
             context: String::new(),
@@ -108,7 +106,7 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
     kubeconfig::check(&kubeconfig::path()?)?;
 
     let again_manifest = again.as_ref().map(|c| c.manifest.as_path());
-    let (loaded, fetch) = resolve(home, o, p, existing.as_ref(), again_manifest, progress)?;
+    let (loaded, fetch) = release::resolve(home, &o.release, p, existing.as_ref(), again_manifest, progress)?;
     // A new profile with no --driver: the best this machine and release allow.
     let kind = match kind {
         Some(k) => k,
@@ -146,66 +144,6 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
     }
     let plan = BringUp { loaded: &loaded, fetch: &fetch, existing: existing.as_ref(), port: o.port, tuning: &tuning };
     bring_up(&s, drv.as_ref(), &plan)
-}
-
-/// Step "resolve → verify": the manifest to run, verified before anything
-/// else happens, and where its artifacts come from (a bundle's payload
-/// first, and then no network at all). A different release than the
-/// profile runs is an upgrade.
-pub(super) fn resolve(
-    home: &Home,
-    o: &StartOptions,
-    p: &Profile,
-    existing: Option<&Config>,
-    again: Option<&std::path::Path>,
-    progress: &dyn Progress,
-) -> Result<(Loaded, artifacts::Options)> {
-    let t = Instant::now();
-    let mut fetch = o.fetch.clone();
-    let loaded = match &o.bundle {
-        Some(b) => {
-            let (loaded, payload) = channel::bundle::load(home, b, o.allow_expired, progress)?;
-            fetch.offline = true;
-            fetch.catalogs.push(std::sync::Arc::new(artifacts::source::BundleCatalog(payload)));
-            loaded
-        }
-        None => {
-            let want = channel::Want {
-                spec: o.manifest.as_deref(),
-                current: existing.map(|c| c.manifest.as_path()),
-                again,
-                allow_expired: o.allow_expired,
-                fetch: &o.fetch,
-            };
-            channel::resolve(home, &want, progress)?
-        }
-    };
-    let named = o.manifest.clone().or_else(|| o.bundle.as_ref().map(|b| b.display().to_string()));
-    if let (Some(spec), Some(cfg)) = (&named, existing)
-        && loaded.path != cfg.manifest
-    {
-        let current = channel::peek(&cfg.manifest).map_or_else(|| cfg.manifest.display().to_string(), |m| m.id());
-        return Err(ClusterError::OtherRelease {
-            profile: p.name.clone(),
-            current,
-            spec: crate::urls::redact(spec),
-            candidate: loaded.manifest.id(),
-        }
-        .into());
-    }
-    if let Some(n) = loaded.trusted.pinned_notice() {
-        progress.warn(n);
-    }
-    let m = &loaded.manifest;
-    progress.step(
-        Step::ManifestVerified {
-            manifest: m.id(),
-            kubernetes: m.kubernetes.to_string(),
-            trust: loaded.trusted.path.to_string(),
-        },
-        t.elapsed(),
-    );
-    Ok((loaded, fetch))
 }
 
 /// A start found localkube running: wait until it is ready and make sure

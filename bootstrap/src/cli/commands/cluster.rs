@@ -20,14 +20,11 @@ pub fn start(a: StartArgs, home: &Home, ui: &Ui) -> Result<Code> {
     let o = StartOptions {
         profile: a.profile.profile,
         driver: a.driver,
-        bundle: super::bundle_of(&a.source),
-        manifest: a.source.manifest,
-        allow_expired: a.source.allow_expired,
-        fetch: super::fetch_options(&a.net),
+        release: super::release_request(&a.source, &a.net),
         port: a.port,
         wait_timeout: a.wait_timeout,
         keep_context: a.keep_context,
-        no_wait: a.no_wait,
+        wait: Wait::from_no_wait(a.no_wait),
         cert_validity: time::Duration::days(a.cert_days.into()),
         vm: (a.cpus.is_some() || a.memory.is_some() || a.accel.is_some()).then_some(crate::profile::VmSettings {
             cpus: a.cpus,

@@ -111,6 +111,16 @@ pub fn bundle_of(src: &ManifestSource) -> Option<PathBuf> {
     src.from_bundle.clone().or_else(|| if src.manifest.is_none() { own_bundle() } else { None })
 }
 
+/// The release `start` or `node join` asks for.
+pub fn release_request(src: &ManifestSource, net: &NetArgs) -> crate::cluster::ReleaseRequest {
+    crate::cluster::ReleaseRequest {
+        manifest: src.manifest.clone(),
+        bundle: bundle_of(src),
+        allow_expired: src.allow_expired,
+        fetch: fetch_options(net),
+    }
+}
+
 /// The manifest a command names (or its bundle's), verified and recorded,
 /// and the download options for its artifacts: a bundle's payload is asked
 /// first, and then nothing is downloaded.

@@ -6,7 +6,8 @@ use serde_json::json;
 use crate::cli::args::NodeCmd;
 use crate::cli::exit::Code;
 use crate::cli::render::Ui;
-use crate::cluster::{StartOptions, join, node_cmd};
+use crate::cluster::session::Wait;
+use crate::cluster::{join, node_cmd};
 use crate::home::Home;
 
 pub fn run(c: NodeCmd, home: &Home, ui: &Ui) -> Result<Code> {
@@ -39,23 +40,17 @@ pub fn run(c: NodeCmd, home: &Home, ui: &Ui) -> Result<Code> {
         }
         NodeCmd::Join { profile, server, token_file, ca_sha256, name, driver, source, net, wait_timeout, no_wait } => {
             let token = read_token(&token_file, ui)?;
-            let start = StartOptions {
+            let o = join::JoinOptions {
                 profile: profile.profile.clone(),
+                release: super::release_request(&source, &net),
                 driver,
-                bundle: super::bundle_of(&source),
-                manifest: source.manifest,
-                allow_expired: source.allow_expired,
-                fetch: super::fetch_options(&net),
-                port: None,
+                wait: Wait::from_no_wait(no_wait),
                 wait_timeout,
-                keep_context: true,
-                no_wait,
-                cert_validity: time::Duration::days(365),
-                vm: None,
-                nodes: None,
-                listen: None,
+                server,
+                token,
+                ca_sha256,
+                node: name,
             };
-            let o = join::JoinOptions { start, server, token, ca_sha256, node: name };
             let j = join::join(home, &o, ui)?;
             ui.json(json!({"event": "done", "profile": j.profile, "node": j.node, "server": j.server, "host": j.host,
                 "ready": j.ready}));
