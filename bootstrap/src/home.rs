@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use kubestrap_fskit::{self as fskit, FsError, Lock, Mode, caps};
 use kubestrap_manifest::Sha256;
 
+use crate::env::Environment;
+
 /// The layout of the home this kubestrap reads and writes.
 pub const LAYOUT: u32 = 1;
 
@@ -47,6 +49,8 @@ pub struct Home {
     /// Warnings from code that holds no reporter (recording the layout
     /// while a lock is taken); the CLI reports them when the command ends.
     notes: Arc<Mutex<Vec<String>>>,
+    /// The environment the command runs in (see [`crate::env`]).
+    env: Arc<Environment>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -58,21 +62,17 @@ impl Home {
     /// A home at `root`, made absolute (and symlinks resolved when it
     /// exists), so paths recorded in it mean the same from any directory.
     /// Refuses a home whose layout is newer than this kubestrap's.
-    pub fn open(root: PathBuf) -> Result<Home, HomeError> {
+    /// The command's environment rides with it (see [`crate::env`]).
+    pub fn open(root: PathBuf, env: Environment) -> Result<Home, HomeError> {
         let root = fs::canonicalize(&root).or_else(|_| std::path::absolute(&root)).unwrap_or(root);
-        let home = Home { root, recorded: Arc::default(), notes: Arc::default() };
+        let home = Home { root, recorded: Arc::default(), notes: Arc::default(), env: Arc::new(env) };
         home.check_layout()?;
         Ok(home)
     }
 
-    /// The home chosen by the environment (see module docs). A variable
-    /// that is set but empty counts as unset.
-    pub fn from_env() -> Result<Home, HomeError> {
-        if let Some(h) = std::env::var_os("KUBESTRAP_HOME").filter(|v| !v.is_empty()) {
-            return Home::open(PathBuf::from(h));
-        }
-        let dirs = directories::ProjectDirs::from("dev", "kubestrap", "kubestrap").ok_or(HomeError::Unknown)?;
-        Home::open(dirs.data_dir().to_path_buf())
+    /// The environment the command runs in, as the CLI read it.
+    pub fn env(&self) -> &Environment {
+        &self.env
     }
 
     fn layout_path(&self) -> PathBuf {
@@ -197,15 +197,15 @@ mod tests {
     #[test]
     fn a_newer_layout_is_refused_and_an_older_one_recorded() {
         let dir = tempfile::tempdir().unwrap();
-        let home = Home::open(dir.path().to_path_buf()).unwrap();
+        let home = Home::open(dir.path().to_path_buf(), Environment::default()).unwrap();
         drop(home.lock("x", true, || {}).unwrap());
         let text = fs::read_to_string(dir.path().join("state/layout.toml")).unwrap();
         assert!(text.contains(&format!("layout = {LAYOUT}")), "{text}");
         fs::write(dir.path().join("state/layout.toml"), "layout = 99\n").unwrap();
-        let err = Home::open(dir.path().to_path_buf()).unwrap_err();
+        let err = Home::open(dir.path().to_path_buf(), Environment::default()).unwrap_err();
         assert!(matches!(err, HomeError::NewerLayout { found: 99, .. }), "{err}");
         // A damaged record does not lock the user out.
         fs::write(dir.path().join("state/layout.toml"), [0xff, 0x00, 0x12]).unwrap();
-        Home::open(dir.path().to_path_buf()).unwrap();
+        Home::open(dir.path().to_path_buf(), Environment::default()).unwrap();
     }
 }

@@ -9,6 +9,14 @@
 //! A release build has no kill points: [`reached`] is empty there and the
 //! variables are ignored.
 
+/// What the CLI read of the two variables, once.
+static ARMED: std::sync::OnceLock<(String, Option<std::ffi::OsString>)> = std::sync::OnceLock::new();
+
+/// Arms the kill point the CLI read (`<point>@<microseconds>`, and the log).
+pub fn arm(at: String, log: Option<std::ffi::OsString>) {
+    let _ = ARMED.set((at, log));
+}
+
 /// Marks the start of step `point` (see the module docs).
 #[cfg(debug_assertions)]
 pub fn reached(point: &str) {
@@ -16,7 +24,7 @@ pub fn reached(point: &str) {
     /// The points reached since the armed one (empty: not armed yet).
     static TRAIL: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-    let Ok(want) = std::env::var("KUBESTRAP_TEST_KILL_AT") else { return };
+    let Some((want, log)) = ARMED.get() else { return };
     let Some((at, us)) = want.split_once('@') else { return };
     let mut trail = TRAIL.lock().unwrap_or_else(|e| e.into_inner());
     if !trail.is_empty() {
@@ -28,8 +36,8 @@ pub fn reached(point: &str) {
     }
     trail.push(point.to_string());
     drop(trail);
-    let kill = || {
-        if let Some(log) = std::env::var_os("KUBESTRAP_TEST_KILL_LOG") {
+    let kill = move || {
+        if let Some(log) = log {
             let line = TRAIL.lock().unwrap_or_else(|e| e.into_inner()).join(",");
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(log).ok();
             if let Some(f) = f.as_mut() {

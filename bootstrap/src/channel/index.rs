@@ -11,6 +11,7 @@ use kubestrap_signing as signing;
 
 use super::{ChannelError, Loaded, policy, read};
 use crate::artifacts;
+use crate::env::Environment;
 use crate::home::Home;
 use crate::progress::Progress;
 use crate::urls::Location;
@@ -22,31 +23,26 @@ pub const DEFAULT_INDEX_URL: &str = "https://kubestrap.dev/channels/index.toml";
 
 /// Where the index is: `--channel-url`, else `KUBESTRAP_CHANNEL_URL`, else
 /// `channel-url` in the config file, else the built-in default.
-pub fn index_url(flag: Option<&str>) -> String {
+pub fn index_url(flag: Option<&str>, env: &Environment) -> String {
     flag.map(str::to_string)
-        .or_else(|| std::env::var("KUBESTRAP_CHANNEL_URL").ok().filter(|v| !v.is_empty()))
-        .or_else(|| config_get("channel-url"))
+        .or_else(|| env.channel_url.clone())
+        .or_else(|| config_get(env, "channel-url"))
         .unwrap_or_else(|| DEFAULT_INDEX_URL.to_string())
-}
-
-/// kubestrap's config file: `$XDG_CONFIG_HOME/kubestrap/config.toml` (the
-/// platform config dir elsewhere).
-pub fn config_path() -> Option<PathBuf> {
-    directories::ProjectDirs::from("dev", "kubestrap", "kubestrap").map(|d| d.config_dir().join("config.toml"))
 }
 
 /// The keys `kubestrap config` knows.
 pub const CONFIG_KEYS: &[&str] = &["channel-url"];
 
-pub fn config_get(key: &str) -> Option<String> {
-    let text = fskit::read_capped_text(&config_path()?, caps::STATE).ok()?;
+/// A key of kubestrap's config file (`$XDG_CONFIG_HOME/kubestrap/config.toml`).
+pub fn config_get(env: &Environment, key: &str) -> Option<String> {
+    let text = fskit::read_capped_text(env.config_file.as_ref()?, caps::STATE).ok()?;
     let t: toml::Table = toml::from_str(&text).ok()?;
     t.get(key)?.as_str().map(str::to_string)
 }
 
 /// Sets (or with `None` removes) a config key; returns the file.
-pub fn config_set(key: &str, value: Option<&str>) -> Result<PathBuf> {
-    let path = config_path().ok_or(ChannelError::NoConfigDir)?;
+pub fn config_set(env: &Environment, key: &str, value: Option<&str>) -> Result<PathBuf> {
+    let path = env.config_file.clone().ok_or(ChannelError::NoConfigDir)?;
     let mut t: toml::Table = fskit::read_capped_text(&path, caps::STATE)
         .ok()
         .and_then(|text| toml::from_str(&text).ok())

@@ -8,6 +8,7 @@ use clap::Parser;
 
 pub mod args;
 mod commands;
+mod env;
 pub mod exit;
 pub mod render;
 
@@ -21,9 +22,13 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let ui = Ui::new(cli.output);
-    let home = match cli.home.clone().filter(|h| !h.as_os_str().is_empty()) {
-        Some(h) => Home::open(h),
-        None => Home::from_env(),
+    let environment = env::read();
+    if let Some((at, log)) = env::kill_point() {
+        crate::killpoint::arm(at, log);
+    }
+    let home = match cli.home.clone().filter(|h| !h.as_os_str().is_empty()).or_else(env::home_dir) {
+        Some(h) => Home::open(h, environment),
+        None => Err(crate::home::HomeError::Unknown),
     };
     let home = match home {
         Ok(h) => h,

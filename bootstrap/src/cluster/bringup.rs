@@ -140,11 +140,11 @@ pub fn bring_up(s: &Session, drv: &dyn Driver, plan: &BringUp) -> Result<Started
     let (host, launched) = up?;
     made.transpose()?;
     crate::killpoint::reached("kubeconfig");
-    let version = write_kubeconfig(p, &pki, at, plan.tuning.keep_context, s.progress)?;
+    let version = write_kubeconfig(s, &pki, at, plan.tuning.keep_context)?;
     let probe = Probe::new(&pki, at, Duration::from_secs(5))?;
     nodes::start_agents(drv, &launch, &agents, &probe, (plan.tuning.rollout, Made::Already), s.progress)?;
     launched.keep();
-    Ok(Started { kubernetes: version, manifest: m.id(), already_running: false, created, ..result(p, at, host)? })
+    Ok(Started { kubernetes: version, manifest: m.id(), already_running: false, created, ..result(s, at, host)? })
 }
 
 /// What the driver is handed to run release `m` for profile `p`.
@@ -299,12 +299,13 @@ fn certificates(drv: &dyn Driver, launch: &Launch, validity: time::Duration, pro
     Ok(pki)
 }
 
-pub(super) fn result(p: &Profile, at: Endpoint, host: Host) -> Result<Started> {
+pub(super) fn result(s: &Session, at: Endpoint, host: Host) -> Result<Started> {
+    let p = &s.profile;
     Ok(Started {
         profile: p.name.clone(),
         context: kubeconfig::context_name(&p.name),
         server: at.url(),
-        kubeconfig: kubeconfig::path()?,
+        kubeconfig: kubeconfig::path(s.home.env())?,
         host,
         kubernetes: String::new(),
         manifest: String::new(),
@@ -401,15 +402,10 @@ pub fn wait_ready(
 }
 
 /// Step "kubeconfig": writes the context; returns the apiserver's version.
-pub fn write_kubeconfig(
-    p: &Profile,
-    pki: &Pki,
-    at: Endpoint,
-    keep_context: bool,
-    progress: &dyn Progress,
-) -> Result<String> {
+pub fn write_kubeconfig(s: &Session, pki: &Pki, at: Endpoint, keep_context: bool) -> Result<String> {
+    let (p, progress) = (&s.profile, s.progress);
     let t = Instant::now();
-    let path = kubeconfig::path()?;
+    let path = kubeconfig::path(s.home.env())?;
     let entry = kubeconfig::Entry {
         name: kubeconfig::context_name(&p.name),
         server: at.url(),

@@ -279,7 +279,7 @@ pub fn join(home: &Home, j: &JoinOptions, progress: &dyn Progress) -> Result<Joi
         (Some(c), _) => c.driver,
         (None, Some(d)) => d,
         (None, None) => {
-            let (k, why) = driver::default_for(m);
+            let (k, why) = driver::default_for(m, home.env());
             progress.step(Step::DriverChosen { driver: k.as_str(), why }, Duration::ZERO);
             k
         }

@@ -148,7 +148,7 @@ pub fn remove(home: &Home, name: &str, node: &str, force: bool, progress: &dyn P
 /// evicted (DaemonSets' left, as drain does), within 150 s.
 fn drain(home: &Home, p: &Profile, cfg: &Config, node: &str, progress: &dyn Progress) -> Result<()> {
     let kubectl = nodes::pinned_kubectl(home, p, cfg, progress)?;
-    let kc = super::kubeconfig::path()?;
+    let kc = super::kubeconfig::path(home.env())?;
     let mut cmd = std::process::Command::new(&kubectl);
     cmd.arg(format!("--kubeconfig={}", kc.display()))
         .arg(format!("--context={}", super::kubeconfig::context_name(&p.name)))

@@ -58,7 +58,10 @@ impl<'a> Session<'a> {
 
     /// The driver of kind `kind`, with the profile's settings.
     pub fn driver(&self, kind: Kind, settings: VmSettings) -> Box<dyn Driver + 'a> {
-        driver::for_kind(kind, Context { home: self.home.root(), settings, progress: self.progress })
+        driver::for_kind(
+            kind,
+            Context { home: self.home.root(), env: self.home.env(), settings, progress: self.progress },
+        )
     }
 
     /// The profile's own driver, as its config says (a damaged config: what
@@ -78,5 +81,5 @@ pub fn unlocked_driver<'a>(
     settings: VmSettings,
     progress: &'a dyn Progress,
 ) -> Box<dyn Driver + 'a> {
-    driver::for_kind(kind, Context { home: home.root(), settings, progress })
+    driver::for_kind(kind, Context { home: home.root(), env: home.env(), settings, progress })
 }

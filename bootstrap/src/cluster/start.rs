@@ -82,7 +82,7 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
             profile: j.profile,
             context: String::new(),
             server: j.server,
-            kubeconfig: kubeconfig::path()?,
+            kubeconfig: kubeconfig::path(home.env())?,
             host: Host { id: j.host, pid: None, port: cfg.port },
             kubernetes: String::new(),
             manifest: channel::peek(&cfg.manifest).map(|m| m.id()).unwrap_or_default(),
@@ -103,7 +103,7 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
         (None, d) => d.or(again.as_ref().map(|c| c.driver)),
     };
     // A kubeconfig we could not update later is refused before anything runs.
-    kubeconfig::check(&kubeconfig::path()?)?;
+    kubeconfig::check(&kubeconfig::path(home.env())?)?;
 
     let again_manifest = again.as_ref().map(|c| c.manifest.as_path());
     let (loaded, fetch) = release::resolve(home, &o.release, p, existing.as_ref(), again_manifest, progress)?;
@@ -111,7 +111,7 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
     let kind = match kind {
         Some(k) => k,
         None => {
-            let (k, why) = driver::default_for(&loaded.manifest);
+            let (k, why) = driver::default_for(&loaded.manifest, home.env());
             progress.step(Step::DriverChosen { driver: k.as_str(), why }, Duration::ZERO);
             k
         }
@@ -179,14 +179,14 @@ fn rejoin(s: &Session, drv: &dyn Driver, host: &Host, loaded: &Loaded, o: &Start
         }
         Err(e) => return Err(e),
     }
-    let version = write_kubeconfig(p, &pki, at, o.keep_context, progress)?;
+    let version = write_kubeconfig(s, &pki, at, o.keep_context)?;
     rejoin_nodes(s, drv, loaded, o, at)?;
     Ok(Some(Started {
         kubernetes: version,
         manifest: loaded.manifest.id(),
         already_running: true,
         created: false,
-        ..result(p, at, host.clone())?
+        ..result(s, at, host.clone())?
     }))
 }
 

@@ -274,7 +274,7 @@ pub fn status(home: &Home, name: &str, progress: &dyn crate::progress::Progress)
         ));
     }
     st.exit_code = st.bitmask();
-    st.kubeconfig = kubeconfig_state(&mut st)?;
+    st.kubeconfig = kubeconfig_state(&mut st, home.env())?;
     certificate_warnings(&mut st, &pki);
     Ok(st)
 }
@@ -331,8 +331,8 @@ fn ask_apiserver(
 }
 
 /// Step "kubeconfig": whether its context points at the cluster.
-fn kubeconfig_state(st: &mut Status) -> Result<KubeconfigStatus> {
-    let kc = kubeconfig::path()?;
+fn kubeconfig_state(st: &mut Status, env: &crate::env::Environment) -> Result<KubeconfigStatus> {
+    let kc = kubeconfig::path(env)?;
     let name = st.name.clone();
     Ok(match kubeconfig::state(&kc, &kubeconfig::context_name(&name), &st.server) {
         Ok(kubeconfig::State::Configured { current }) => KubeconfigStatus::Configured { current },

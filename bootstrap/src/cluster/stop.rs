@@ -112,7 +112,7 @@ pub(super) fn delete_locked(s: &Session, force: bool) -> Result<()> {
             )));
         }
     }
-    let kc = kubeconfig::path()?;
+    let kc = kubeconfig::path(s.home.env())?;
     kubeconfig::remove(&kc, &kubeconfig::context_name(name), progress)?;
     fskit::remove_tree(&p.dir)?;
     fskit::sync_dir(&s.home.profiles()).ok();

@@ -30,6 +30,8 @@ pub mod supervisor;
 #[derive(Clone, Copy)]
 pub struct Context<'a> {
     pub home: &'a Path,
+    /// The command's environment (where the engine is, PATH).
+    pub env: &'a crate::env::Environment,
     pub settings: VmSettings,
     pub progress: &'a dyn Progress,
 }
@@ -44,7 +46,7 @@ pub struct Description {
     pub marks: Option<&'static str>,
     /// Whether it can run on this machine at all, and why (or why not):
     /// cheap, for the choice of a new profile's driver.
-    pub here: fn() -> std::result::Result<String, String>,
+    pub here: fn(&crate::env::Environment) -> std::result::Result<String, String>,
     pub make: for<'a> fn(Context<'a>) -> Box<dyn Driver + 'a>,
 }
 
@@ -80,7 +82,7 @@ pub fn release_supports(m: &Manifest, d: &Description) -> bool {
 
 /// The driver a new profile gets when none is asked for: the first of
 /// [`DRIVERS`] that the release supports and that can run here, and why.
-pub fn default_for(m: &Manifest) -> (Kind, String) {
+pub fn default_for(m: &Manifest, env: &crate::env::Environment) -> (Kind, String) {
     let mut passed = Vec::new();
     for d in DRIVERS {
         if !release_supports(m, d) {
@@ -92,7 +94,7 @@ pub fn default_for(m: &Manifest) -> (Kind, String) {
             });
             continue;
         }
-        match (d.here)() {
+        match (d.here)(env) {
             Ok(why) => {
                 passed.push(why);
                 return (d.kind, passed.join("; "));

@@ -38,7 +38,7 @@ pub fn run(a: DoctorArgs, home: &Home, ui: &Ui) -> Result<Code> {
             .and_then(|path| channel::load_stored(home, &path, channel::Stored::fresh(true)).ok()),
     };
     let manifest = loaded.as_ref().map(|l| &l.manifest);
-    let kubeconfig = kubeconfig::path()?;
+    let kubeconfig = kubeconfig::path(home.env())?;
     let running = config.is_some() && drv.running(&p, crate::driver::Node::Server).unwrap_or(false);
     let subject = Subject {
         home,

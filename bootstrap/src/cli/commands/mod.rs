@@ -46,7 +46,7 @@ pub fn run(cmd: Cmd, home: &Home, ui: &Ui) -> Result<u8> {
         Cmd::Rollback(a) => upgrade::rollback(a, home, ui)?,
         Cmd::Snapshot(c) => upgrade::snapshot(c, home, ui)?,
         Cmd::SelfUpdate(a) => upgrade::self_update(a, home, ui)?,
-        Cmd::Config(c) => upgrade::config(c, ui)?,
+        Cmd::Config(c) => upgrade::config(c, home, ui)?,
         Cmd::Layout => {
             println!("{}", crate::home::LAYOUT);
             Code::Ok
@@ -79,7 +79,7 @@ pub fn run(cmd: Cmd, home: &Home, ui: &Ui) -> Result<u8> {
             }
         },
         Cmd::Monitor { run_dir } => {
-            crate::driver::supervisor::monitor::main(&run_dir)?;
+            crate::driver::supervisor::monitor::main(&run_dir, &home.env().vars)?;
             Code::Ok
         }
     };

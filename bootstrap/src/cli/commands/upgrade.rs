@@ -36,7 +36,7 @@ fn tuning(wait_timeout: std::time::Duration) -> Tuning {
 pub fn upgrade(a: UpgradeArgs, home: &Home, ui: &Ui) -> Result<Code> {
     let t = Instant::now();
     let fetch = super::fetch_options(&a.net);
-    let index = channel::index::index_url(a.channel_url.as_deref());
+    let index = channel::index::index_url(a.channel_url.as_deref(), home.env());
     if a.check {
         let (current, newer) = upgrade::check(home, &a.profile.profile, &index, &fetch, a.allow_expired, ui)?;
         ui.json(json!({"profile": a.profile.profile, "current": current, "available": newer}));
@@ -179,7 +179,7 @@ pub fn snapshot(cmd: SnapshotCmd, home: &Home, ui: &Ui) -> Result<Code> {
     }
 }
 
-pub fn config(cmd: ConfigCmd, ui: &Ui) -> Result<Code> {
+pub fn config(cmd: ConfigCmd, home: &Home, ui: &Ui) -> Result<Code> {
     let check = |key: &str| -> Result<()> {
         if channel::index::CONFIG_KEYS.contains(&key) {
             Ok(())
@@ -191,8 +191,8 @@ pub fn config(cmd: ConfigCmd, ui: &Ui) -> Result<Code> {
     match cmd {
         ConfigCmd::Get { key } => {
             check(&key)?;
-            let value = channel::index::config_get(&key);
-            let effective = channel::index::index_url(None);
+            let value = channel::index::config_get(home.env(), &key);
+            let effective = channel::index::index_url(None, home.env());
             ui.json(json!({"key": key, "value": value, "effective": effective}));
             match value {
                 Some(v) => ui.line(&v),
@@ -201,13 +201,13 @@ pub fn config(cmd: ConfigCmd, ui: &Ui) -> Result<Code> {
         }
         ConfigCmd::Set { key, value } => {
             check(&key)?;
-            let path = channel::index::config_set(&key, Some(&value))?;
+            let path = channel::index::config_set(home.env(), &key, Some(&value))?;
             ui.json(json!({"key": key, "value": value, "file": path}));
             ui.line(&format!("{key} = {value} ({})", path.display()));
         }
         ConfigCmd::Unset { key } => {
             check(&key)?;
-            let path = channel::index::config_set(&key, None)?;
+            let path = channel::index::config_set(home.env(), &key, None)?;
             ui.json(json!({"key": key, "value": null, "file": path}));
             ui.line(&format!("{key} unset ({})", path.display()));
         }
@@ -237,7 +237,7 @@ pub fn self_update(a: SelfUpdateArgs, home: &Home, ui: &Ui) -> Result<Code> {
         return Ok(Code::Ok);
     }
     let mut fetch = super::fetch_options(&a.net);
-    let url = channel::index::index_url(a.channel_url.as_deref());
+    let url = channel::index::index_url(a.channel_url.as_deref(), home.env());
     let li = channel::index::load(home, &url, &fetch, a.allow_expired, !a.check, ui)?;
     let target = Target::host();
     let entry = li.index.kubestrap.get(&target).ok_or_else(|| ChannelError::NoExecutable {

@@ -62,15 +62,16 @@ impl KubeconfigError {
 
 type Result<T, E = KubeconfigError> = std::result::Result<T, E>;
 
-/// The kubeconfig file kubestrap writes to.
-pub fn path() -> Result<PathBuf> {
-    if let Some(list) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty())
-        && let Some(first) = std::env::split_paths(&list).find(|p| !p.as_os_str().is_empty())
+/// The kubeconfig file kubestrap writes to: the first of `KUBECONFIG`'s
+/// files (as kubectl writes to), else `~/.kube/config`.
+pub fn path(env: &crate::env::Environment) -> Result<PathBuf> {
+    if let Some(list) = &env.kubeconfig
+        && let Some(first) = std::env::split_paths(list).find(|p| !p.as_os_str().is_empty())
     {
         return Ok(first);
     }
-    let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).ok_or(KubeconfigError::NoPath)?;
-    Ok(PathBuf::from(home).join(".kube/config"))
+    let home = env.home.as_ref().ok_or(KubeconfigError::NoPath)?;
+    Ok(home.join(".kube/config"))
 }
 
 /// What we put in a kubeconfig for one profile.

@@ -59,7 +59,8 @@ impl Address {
     }
 }
 
-/// What the environment says, as the CLI reads it.
+/// What the environment says of the engine, as the CLI reads it.
+#[derive(Clone, Debug)]
 pub struct Env {
     pub docker_host: Option<String>,
     pub docker_context: Option<String>,
@@ -73,22 +74,14 @@ pub struct Env {
     pub podman_socket: PathBuf,
 }
 
-impl Env {
-    pub fn from_process() -> Env {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let config_dir = var("DOCKER_CONFIG")
-            .map(PathBuf::from)
-            .or_else(|| directories::BaseDirs::new().map(|b| b.home_dir().join(".docker")));
-        // SAFETY: getuid(2) cannot fail.
-        let uid = unsafe { libc::getuid() };
-        let runtime_dir =
-            var("XDG_RUNTIME_DIR").map(PathBuf::from).or_else(|| Some(PathBuf::from(format!("/run/user/{uid}"))));
+impl Default for Env {
+    fn default() -> Env {
         Env {
-            docker_host: var("DOCKER_HOST"),
-            docker_context: var("DOCKER_CONTEXT"),
-            config_dir,
-            runtime_dir,
-            uid,
+            docker_host: None,
+            docker_context: None,
+            config_dir: None,
+            runtime_dir: None,
+            uid: 0,
             default_socket: PathBuf::from("/var/run/docker.sock"),
             podman_socket: PathBuf::from("/run/podman/podman.sock"),
         }

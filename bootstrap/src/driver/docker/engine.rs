@@ -63,9 +63,9 @@ impl Engine {
         self
     }
 
-    /// The engine of this process's environment (what `docker` would use).
-    pub fn from_env() -> Engine {
-        Engine::new(address::resolve(&address::Env::from_process()))
+    /// The engine of the command's environment (what `docker` would use).
+    pub fn from_env(env: &address::Env) -> Engine {
+        Engine::new(address::resolve(env))
     }
 
     /// Where it is, for messages (redacted, and how it was found).

@@ -38,6 +38,7 @@ mod network;
 mod privilege;
 mod volume;
 
+pub use address::Env as DockerEnv;
 use agents::{node_container, node_stopped, node_volume};
 use checks::{engine_check, rootfs_check, rootless_check, storage_check};
 use container::{
@@ -52,8 +53,8 @@ pub const DESCRIPTION: Description = Description {
     kind: Kind::Docker,
     needs: &[ComponentName::Rootfs],
     marks: Some("container"),
-    here: || {
-        let eng = Engine::from_env();
+    here: |env| {
+        let eng = Engine::from_env(&env.docker);
         match eng.info() {
             Ok(info) => Ok(format!("{} answers at {}", info.name(), eng.describe())),
             Err(e) => {
@@ -63,7 +64,7 @@ pub const DESCRIPTION: Description = Description {
         }
     },
     make: |ctx| {
-        let engine = Engine::from_env().cached_in(&ctx.home.join("state"));
+        let engine = Engine::from_env(&ctx.env.docker).cached_in(&ctx.home.join("state"));
         Box::new(Docker { ctx, engine })
     },
 };

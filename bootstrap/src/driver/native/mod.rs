@@ -23,7 +23,7 @@ pub const DESCRIPTION: Description = Description {
     kind: Kind::Native,
     needs: &[],
     marks: None,
-    here: || {
+    here: |_| {
         if cfg!(target_os = "linux") {
             Ok("localkube runs as a host process".into())
         } else {

@@ -83,7 +83,8 @@ impl NodeNet {
 }
 
 /// A host program: from PATH, else the sbin directories (a user's PATH may
-/// lack them even as root).
+/// lack them even as root). PATH is read here, as `Command` reads it for
+/// every program it runs by name: the one variable below the CLI.
 pub fn find_tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -122,7 +123,7 @@ mod tests {
     #[test]
     fn a_profile_has_one_address_link_and_chain() {
         let home = tempfile::tempdir().unwrap();
-        let h = crate::home::Home::open(home.path().to_path_buf()).unwrap();
+        let h = crate::home::Home::open(home.path().to_path_buf(), Default::default()).unwrap();
         let a = NodeNet::of(&Profile::new(&h, "a").unwrap());
         assert_eq!(a, NodeNet::of(&Profile::new(&h, "a").unwrap()));
         let b = NodeNet::of(&Profile::new(&h, "b").unwrap());

@@ -50,7 +50,7 @@ pub const DESCRIPTION: Description = Description {
     kind: Kind::Qemu,
     needs: &[ComponentName::Hypervisor, ComponentName::BaseImage],
     marks: Some("vm"),
-    here: || Ok("the release brings a VM for this machine".into()),
+    here: |_| Ok("the release brings a VM for this machine".into()),
     make: |ctx| Box::new(Qemu { ctx }),
 };
 

@@ -75,7 +75,7 @@ const KEPT_ENV: &[&str] = &[
 pub const NOT_VERIFIED: i32 = 126;
 
 /// Entry point of `kubestrap __monitor RUN_DIR`.
-pub fn main(run_dir: &Path) -> anyhow::Result<()> {
+pub fn main(run_dir: &Path, vars: &[(std::ffi::OsString, std::ffi::OsString)]) -> anyhow::Result<()> {
     let spec: LaunchSpec = read_state(&launch_path(run_dir))
         .map_err(|why| anyhow::anyhow!("{}: {why}", launch_path(run_dir).display()))?
         .ok_or_else(|| anyhow::anyhow!("{} is missing", launch_path(run_dir).display()))?;
@@ -99,7 +99,7 @@ pub fn main(run_dir: &Path) -> anyhow::Result<()> {
     // localkube's pulls): a user's K3S_TOKEN or K3S_URL never reaches k3s
     // (k3s pkg/cli/cmds reads K3S_* variables as flags).
     cmd.env_clear()
-        .envs(std::env::vars_os().filter(|(k, _)| k.to_str().is_some_and(|k| KEPT_ENV.contains(&k))))
+        .envs(vars.iter().filter(|(k, _)| k.to_str().is_some_and(|k| KEPT_ENV.contains(&k))).cloned())
         .args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&spec.cwd)

@@ -1,0 +1,30 @@
+//! The environment a command runs in: what kubestrap reads of its process
+//! environment, read once by the CLI when the command starts (`cli::env`)
+//! and handed down with the home ([`crate::home::Home::env`]). Nothing
+//! below the CLI reads a process variable: a driver, the kubeconfig writer
+//! and the channel resolver see this value, so what they saw is what the
+//! command was started with, and a test can give them any other.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::driver::docker::DockerEnv;
+
+#[derive(Clone, Debug, Default)]
+pub struct Environment {
+    /// `KUBECONFIG` (a list of files), when set and not empty.
+    pub kubeconfig: Option<OsString>,
+    /// `HOME`, when set and not empty.
+    pub home: Option<PathBuf>,
+    /// `KUBESTRAP_CHANNEL_URL`, when set and not empty.
+    pub channel_url: Option<String>,
+    /// kubestrap's config file (`$XDG_CONFIG_HOME/kubestrap/config.toml`),
+    /// where this platform has a config directory.
+    pub config_file: Option<PathBuf>,
+    /// Where the docker CLI would find its engine: `DOCKER_HOST`,
+    /// `DOCKER_CONTEXT`, `DOCKER_CONFIG`, `XDG_RUNTIME_DIR`.
+    pub docker: DockerEnv,
+    /// The variables a monitored localkube may inherit (PATH, HOME, the
+    /// locale, the proxies: the monitor keeps those it names).
+    pub vars: Vec<(OsString, OsString)>,
+}
