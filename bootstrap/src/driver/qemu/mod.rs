@@ -18,26 +18,26 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kubestrap_fskit as fskit;
 use kubestrap_manifest::{ComponentName, Driver as Kind, Manifest, Sha256, Vars};
 use serde::{Deserialize, Serialize};
 
-use self::cmdline::{Accel, HostCaps, VmSpec};
+use self::cmdline::{Accel, HostCaps};
 use self::doctor::{checks, hypervisor_runs};
 use self::qmp::Qmp;
-use super::supervisor::{self, logs, monitor::LaunchSpec};
+use super::supervisor::{self, logs};
 use super::{
     Check, Context, Description, Driver, DriverError, Host, HostState, Launch, Node, QemuError, Result, Stop,
     StopOutcome, guest,
 };
 use crate::profile::Profile;
-use crate::progress::Step;
 use crate::retry::Backoff;
 use crate::state::{read as read_state, write as write_state};
 
 mod agents;
+mod boot;
 
 use agents::node_profile;
 pub mod cmdline;
@@ -169,45 +169,6 @@ pub fn host_caps(home: &Path) -> (HostCaps, bool) {
     (HostCaps { os: os.into(), kvm: known.usable, kvm_why: known.why, hvf: false, whpx: false }, known.booted)
 }
 
-/// How long a first KVM guest may show nothing on its console.
-const KVM_WATCH: Duration = Duration::from_secs(15);
-/// The guest init's first words.
-const GUEST_ALIVE: &str = "kubestrap-guest:";
-
-/// What the guest wrote to its console since `offset` (at most 1 MiB).
-fn console_since(log: &Path, offset: u64) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut text = Vec::new();
-    if let Ok(mut f) = std::fs::File::open(log)
-        && f.seek(SeekFrom::Start(offset)).is_ok()
-    {
-        let _ = f.take(1 << 20).read_to_end(&mut text);
-    }
-    String::from_utf8_lossy(&text).into_owned()
-}
-
-/// How one boot of the VM went wrong.
-enum BootFailure {
-    /// The saved state could not be resumed: boot afresh with the data.
-    Resume(String),
-    /// qemu exited at once, or the guest showed no sign of life, under a
-    /// KVM not yet proven here: start again with TCG.
-    Kvm(String),
-    Other(DriverError),
-}
-
-impl From<DriverError> for BootFailure {
-    fn from(e: DriverError) -> BootFailure {
-        BootFailure::Other(e)
-    }
-}
-
-impl From<kubestrap_fskit::FsError> for BootFailure {
-    fn from(e: kubestrap_fskit::FsError) -> BootFailure {
-        BootFailure::Other(e.into())
-    }
-}
-
 impl Qemu<'_> {
     /// Creates the data disk on first start (sparse qcow2, atomically).
     fn ensure_disk(&self, p: &Profile, hv: &Hypervisor) -> Result<PathBuf> {
@@ -296,202 +257,6 @@ impl NodeNet {
 /// The server VM's address on its cluster's L2 segment.
 pub fn server_l2_address() -> std::net::Ipv4Addr {
     NodeNet { cluster: PathBuf::new(), index: 1, forward: true }.address()
-}
-
-impl Qemu<'_> {
-    /// One boot of the VM (see [`Driver::start`]).
-    fn boot(
-        &self,
-        launch: &Launch,
-        accel: Accel,
-        why: &str,
-        may_resume: bool,
-        watch: bool,
-        net: &NodeNet,
-    ) -> Result<Host, BootFailure> {
-        let p = &launch.profile;
-        let hv = Hypervisor { tree: tree(launch, ComponentName::Hypervisor)?.clone() };
-        let base = tree(launch, ComponentName::BaseImage)?.clone();
-        let disk = self.ensure_disk(p, &hv)?;
-        let set = launch.settings;
-        tracing::debug!("qemu accelerator: {why}");
-
-        // A release that runs agents: every node on the cluster's segment,
-        // where it is known by its address there.
-        let l2 = launch.run.agent.is_some().then(|| net.address());
-        let l2_cidr = l2.map(|a| format!("{a}/24"));
-        // The config disk: localkube's command line as the guest runs it.
-        let vars = guest::vars(launch, l2.unwrap_or(cmdline::GUEST_IP));
-        let mut guest_args = vec![guest::path(&format!("component/{}", launch.run.program))];
-        guest_args.extend(launch.run.args.iter().map(|a| a.render(&vars)));
-        let next = vm_dir(p).join("config.next.tar");
-        let env: Vec<(String, String)> = launch.run.env.iter().map(|(k, v)| (k.clone(), v.render(&vars))).collect();
-        let config_sha256 = config::write(
-            &config::ConfigDisk {
-                args: &guest_args,
-                env: &env,
-                stop_signal: supervisor::signal_of(launch.run.stop_signal) as i32,
-                stop_timeout_s: launch.run.stop_timeout_s,
-                component: &launch.component,
-                pki: &p.pki(),
-                stage: &self.host_data(p),
-                l2: l2_cidr.as_deref(),
-            },
-            &next,
-        )?;
-        let config_disk = vm_dir(p).join("config.tar");
-        let mut spec = VmSpec {
-            name: format!("kubestrap-{}", p.name),
-            accel,
-            cpus: set.cpus.unwrap_or(DEFAULT_CPUS),
-            memory_mib: set.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
-            firmware: hv.firmware(),
-            kernel: base.join("vmlinuz"),
-            initrd: base.join("initrd.img"),
-            data_disk: disk,
-            config_disk: config_disk.clone(),
-            host_port: launch.port,
-            guest_port: guest::PORT,
-            listen: launch.listen,
-            forward: net.forward,
-            l2: l2.map(|_| net.spec()),
-            // Relative to qemu's working directory (the VM's): a socket's
-            // path must fit in 108 bytes, a deep home's would not.
-            qmp_socket: PathBuf::from("qmp.sock"),
-            loadvm: None,
-        };
-        let booted = Booted { config_sha256, args: cmdline::args(&spec), accel };
-        // Resume only the very VM this start would boot (same release,
-        // PKI, placed files, settings); otherwise boot afresh with the data.
-        let saved: Option<Booted> = read_state(&suspended_path(p)).ok().flatten();
-        let resume = may_resume && saved.as_ref() == Some(&booted);
-        std::fs::rename(&next, &config_disk).map_err(|e| fskit::FsError::io(&config_disk, "write", e))?;
-        logs::cap_log(&p.log_file())?;
-        let mut console = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p.log_file())
-            .map_err(|e| fskit::FsError::io(p.log_file(), "write", e))?;
-        let note = match (&saved, resume) {
-            (Some(_), true) => "resuming the suspended VM".to_string(),
-            (Some(_), false) => "the saved state was for another release or configuration: booting afresh".into(),
-            (None, _) => format!("booting the VM ({why})"),
-        };
-        let _ = writeln!(console, "kubestrap: {note}");
-        let console_start = console.metadata().map(|m| m.len()).unwrap_or(0);
-        // The saved state is used once: consumed before qemu starts, so a
-        // start cut short, or a VM that crashes later, never goes back to it
-        // (that would roll the disk back past what was written since).
-        if saved.is_some() {
-            fskit::remove_any(&suspended_path(p))?;
-        }
-        if resume {
-            spec.loadvm = Some(SUSPEND_TAG.into());
-        }
-        write_state(&booted_path(p), &booted)?;
-        fskit::remove_any(&qmp_socket(p))?;
-
-        let (program, mut args) = hv.command("qemu-system-x86_64");
-        args.extend(cmdline::args(&spec));
-        let launch_spec = LaunchSpec {
-            sha256: hv.sha256_of(&program)?,
-            program,
-            args,
-            cwd: vm_dir(p),
-            log: p.log_file(),
-            port: launch.port,
-            env: hv.env(),
-        };
-        let host = supervisor::launch_monitored(p, &launch_spec)?;
-        // qemu is up once its control socket answers with the VM running.
-        let t = Instant::now();
-        let up = Backoff::fixed(Duration::from_millis(20)).for_at_most(Duration::from_secs(60)).poll(|| {
-            if !supervisor::running(p).unwrap_or(false) {
-                return Some(Err(()));
-            }
-            let mut q = Qmp::connect(&qmp_socket(p), Duration::from_secs(5)).ok()?;
-            (q.status().ok()? == "running").then_some(Ok(()))
-        });
-        let failure = |what: &str| {
-            let how = logs::tail(&p.log_file(), 5).join(" / ");
-            let _ = supervisor::kill_all(p);
-            format!("qemu {what} after {:.1}s: {how}", t.elapsed().as_secs_f64())
-        };
-        match up {
-            Some(Ok(())) => {}
-            _ if resume => return Err(BootFailure::Resume(failure("could not resume it"))),
-            Some(Err(())) if watch => return Err(BootFailure::Kvm(failure("exited at once under KVM"))),
-            Some(Err(())) => return Err(BootFailure::Other(did_not_start(p, failure("exited")))),
-            None => return Err(BootFailure::Other(did_not_start(p, failure("did not run the VM")))),
-        }
-        if watch {
-            let alive = Backoff::fixed(Duration::from_millis(100))
-                .for_at_most(KVM_WATCH)
-                .poll(|| console_since(&p.log_file(), console_start).contains(GUEST_ALIVE).then_some(()))
-                .is_some();
-            if !alive {
-                supervisor::kill_all(p)?;
-                let how = format!("a guest showed no sign of life within {}s under KVM", KVM_WATCH.as_secs());
-                let _ = writeln!(console, "kubestrap: {how}");
-                return Err(BootFailure::Kvm(how));
-            }
-        }
-        Ok(Host { id: format!("vm {} ({}, {accel})", spec.name, host.id), pid: host.pid, port: launch.port })
-    }
-}
-
-impl Qemu<'_> {
-    /// Boots (or resumes) one node's VM: see [`Driver::start`].
-    fn start_node(&self, launch: &Launch, net: &NodeNet) -> Result<Host> {
-        let p = &launch.profile;
-        let (caps, kvm_booted) = host_caps(self.ctx.home);
-        let (mut accel, mut why) =
-            cmdline::select_accel(&caps, launch.settings.accel).map_err(QemuError::Accelerator)?;
-        // Some nested hosts run a test guest, then hang a real one, or
-        // make qemu abort at once ("failed to set MSR"): the first one is watched.
-        let mut watch = accel == Accel::Kvm && launch.settings.accel.is_none() && !kvm_booted;
-        let record = kvm_record(self.ctx.home);
-        let mut resume = true;
-        let mut failed: Vec<String> = Vec::new();
-        for _ in 0..3 {
-            match self.boot(launch, accel, &why, resume, watch, net) {
-                Ok(host) => {
-                    if watch {
-                        kvm::record_boot(&record, true, "a guest booted with KVM")?;
-                    }
-                    return Ok(host);
-                }
-                Err(BootFailure::Resume(how)) => {
-                    // The saved state cannot be loaded (damaged, or for
-                    // another CPU): boot afresh with the data disk.
-                    self.ctx.progress.warn(format!(
-                        "resuming the VM of profile {:?} failed ({how}); booting afresh with its data disk",
-                        p.name
-                    ));
-                    resume = false;
-                }
-                Err(BootFailure::Kvm(how)) if watch => {
-                    kvm::record_boot(&record, false, &how)?;
-                    let t = Instant::now();
-                    self.ctx.progress.step(
-                        Step::AccelFallback {
-                            why: format!("{how}; starting again with TCG (remembered until this machine reboots)"),
-                        },
-                        t.elapsed(),
-                    );
-                    failed.push(format!("with KVM: {how}"));
-                    (accel, why, watch) = (Accel::Tcg, "TCG: KVM failed on this machine".into(), false);
-                }
-                Err(BootFailure::Kvm(how)) => return Err(did_not_start(p, how)),
-                Err(BootFailure::Other(e)) if failed.is_empty() => return Err(e),
-                Err(BootFailure::Other(e)) => {
-                    failed.push(format!("then with TCG: {e}"));
-                    return Err(QemuError::Attempts(format!("the VM did not start {}", failed.join("; "))).into());
-                }
-            }
-        }
-        Err(QemuError::Attempts(format!("the VM did not start after 3 boots: {}", failed.join("; "))).into())
-    }
 }
 
 fn did_not_start(p: &Profile, how: String) -> DriverError {
