@@ -208,64 +208,21 @@ pub struct JoinedNode {
     pub ready: Option<bool>,
 }
 
-/// `node join`: checks the server, makes the profile, starts the agent.
+/// `node join`, as named steps: the profile may join → the join line is
+/// well formed → the server is the one it names and takes the token → the
+/// release → the driver → the profile recorded → the agent started and
+/// Ready.
 pub fn join(home: &Home, j: &JoinOptions, progress: &dyn Progress) -> Result<JoinedNode> {
-    let o = j;
-    let s = Session::open(home, &o.profile, o.wait, progress)?;
+    let s = Session::open(home, &j.profile, j.wait, progress)?;
     let p = &s.profile;
     let existing = if p.exists() { Some(p.load()?) } else { None };
-    if let Some(c) = &existing {
-        let what = match &c.join {
-            Some(x) if x.server == j.server => None,
-            Some(x) => Some(format!("is a node of {}", x.server)),
-            None => Some("runs a cluster of its own".to_string()),
-        };
-        if let Some(what) = what {
-            return Err(ClusterError::JoinRefused {
-                server: j.server.clone(),
-                why: format!("profile {:?} exists and {what}; join with another -p, or delete it first", p.name),
-            }
-            .into());
-        }
-    }
-    let url = j.server.trim_end_matches('/').to_string();
-    let (_, port) = parse_server(&url)?;
-    let token = Token::parse(&j.token).map_err(|e| match e {
-        ClusterError::JoinRefused { why, .. } => ClusterError::JoinRefused { server: url.clone(), why },
-        other => other,
-    })?;
-    if let Some(node) = &j.node {
-        super::nodes::check_node_name(node)?;
-    }
-    if let Some(h) = &j.ca_sha256
-        && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
-        return Err(ClusterError::JoinRefused {
-            server: url,
-            why: format!("--ca-sha256 {h:?}: expected 64 hex digits (what `kubestrap node join-command` prints)"),
-        }
-        .into());
-    }
-    let want = j.ca_sha256.clone().or_else(|| token.ca_sha256.clone()).ok_or_else(|| ClusterError::JoinRefused {
-        server: url.clone(),
-        why: "neither --ca-sha256 nor the token (K10<sha256>::…) names the server's CA: kubestrap trusts no server on \
-              first use"
-            .into(),
-    })?;
-    if let (Some(a), Some(b)) = (&j.ca_sha256, &token.ca_sha256)
-        && !a.eq_ignore_ascii_case(b)
-    {
-        return Err(ClusterError::JoinRefused {
-            server: url,
-            why: "--ca-sha256 and the token name different CAs".into(),
-        }
-        .into());
-    }
+    may_join(p, existing.as_ref(), &j.server)?;
+    let line = JoinLine::check(j)?;
     let t = Instant::now();
-    let remote = check_server(&url, &want, &token)?;
-    progress.step(Step::ServerChecked { server: url.clone(), ca_sha256: want.to_ascii_lowercase() }, t.elapsed());
+    let remote = check_server(&line.url, &line.ca_sha256, &line.token)?;
+    progress.step(Step::ServerChecked { server: line.url.clone(), ca_sha256: line.ca_sha256.clone() }, t.elapsed());
 
-    let (loaded, fetch) = release::resolve(home, &o.release, p, existing.as_ref(), None, progress)?;
+    let (loaded, fetch) = release::resolve(home, &j.release, p, existing.as_ref(), None, progress)?;
     let m = &loaded.manifest;
     if m.component.localkube.run.agent.is_none() {
         return Err(ClusterError::NodesUnsupported {
@@ -275,7 +232,7 @@ pub fn join(home: &Home, j: &JoinOptions, progress: &dyn Progress) -> Result<Joi
         }
         .into());
     }
-    let kind = match (existing.as_ref(), o.driver) {
+    let kind = match (existing.as_ref(), j.driver) {
         (Some(c), _) => c.driver,
         (None, Some(d)) => d,
         (None, None) => {
@@ -297,7 +254,7 @@ pub fn join(home: &Home, j: &JoinOptions, progress: &dyn Progress) -> Result<Joi
         name: p.name.clone(),
         driver: kind,
         manifest: loaded.path.clone(),
-        port,
+        port: line.port,
         port_pinned: true,
         created: existing.as_ref().map_or_else(crate::state::now, |c| c.created.clone()),
         previous: None,
@@ -305,16 +262,86 @@ pub fn join(home: &Home, j: &JoinOptions, progress: &dyn Progress) -> Result<Joi
         address: None,
         agents: Vec::new(),
         listen: None,
-        join: Some(Joined { server: url.clone(), ca_sha256: want.to_ascii_lowercase(), node: node.clone() }),
+        join: Some(Joined { server: line.url.clone(), ca_sha256: line.ca_sha256.clone(), node: node.clone() }),
     };
+    record(p, existing.as_ref(), &cfg, &j.token)?;
+    let (host, ready) = run_joined(&s, drv.as_ref(), &loaded, &cfg, &fetch, &remote, j.wait_timeout)?;
+    Ok(JoinedNode { profile: p.name.clone(), node, server: line.url, host, ready })
+}
+
+/// Step "the profile may join": a new profile, or one that is already a
+/// node of that very server.
+fn may_join(p: &Profile, existing: Option<&Config>, server: &str) -> Result<(), ClusterError> {
+    let Some(c) = existing else { return Ok(()) };
+    let what = match &c.join {
+        Some(x) if x.server == server => return Ok(()),
+        Some(x) => format!("is a node of {}", x.server),
+        None => "runs a cluster of its own".to_string(),
+    };
+    Err(ClusterError::JoinRefused {
+        server: server.to_string(),
+        why: format!("profile {:?} exists and {what}; join with another -p, or delete it first", p.name),
+    })
+}
+
+/// The join line, checked before anything is sent anywhere.
+struct JoinLine {
+    /// The server, `https://HOST:PORT`, and its port.
+    url: String,
+    port: u16,
+    token: Token,
+    /// The CA the server must have (lowercase hex).
+    ca_sha256: String,
+}
+
+impl JoinLine {
+    /// Step "the join line": the server's URL, the token, the node's name
+    /// and the CA fingerprint (from `--ca-sha256` or the token, agreeing
+    /// when both name one).
+    fn check(j: &JoinOptions) -> Result<JoinLine, ClusterError> {
+        let url = j.server.trim_end_matches('/').to_string();
+        let (_, port) = parse_server(&url)?;
+        let refused = |why: String| ClusterError::JoinRefused { server: url.clone(), why };
+        let token = Token::parse(&j.token).map_err(|e| match e {
+            ClusterError::JoinRefused { why, .. } => refused(why),
+            other => other,
+        })?;
+        if let Some(node) = &j.node {
+            super::nodes::check_node_name(node)?;
+        }
+        if let Some(h) = &j.ca_sha256
+            && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(refused(format!(
+                "--ca-sha256 {h:?}: expected 64 hex digits (what `kubestrap node join-command` prints)"
+            )));
+        }
+        let want = j.ca_sha256.clone().or_else(|| token.ca_sha256.clone()).ok_or_else(|| {
+            refused(
+                "neither --ca-sha256 nor the token (K10<sha256>::…) names the server's CA: kubestrap trusts no server \
+                 on first use"
+                    .into(),
+            )
+        })?;
+        if let (Some(a), Some(b)) = (&j.ca_sha256, &token.ca_sha256)
+            && !a.eq_ignore_ascii_case(b)
+        {
+            return Err(refused("--ca-sha256 and the token name different CAs".into()));
+        }
+        Ok(JoinLine { url: url.clone(), port, token, ca_sha256: want.to_ascii_lowercase() })
+    }
+}
+
+/// Step "record": the profile's directory, its join token (0600, never
+/// printed) and its config.
+fn record(p: &Profile, existing: Option<&Config>, cfg: &Config, token: &str) -> Result<()> {
     fskit::create_dir_mode(&p.dir, 0o700)?;
     fskit::create_dir_mode(&p.join_dir(), 0o700)?;
-    fskit::write_atomic(&p.join_token(), format!("{}\n", j.token.trim()).as_bytes(), 0o600)?;
-    if existing.as_ref() != Some(&cfg) {
-        p.save(&cfg)?;
+    fskit::write_atomic(&p.join_token(), format!("{}\n", token.trim()).as_bytes(), 0o600)?;
+    if existing != Some(cfg) {
+        p.save(cfg)?;
     }
-    let ready = run_joined(&s, drv.as_ref(), &loaded, &cfg, &fetch, &remote, o.wait_timeout)?;
-    Ok(JoinedNode { profile: p.name.clone(), node, server: url, host: ready.0, ready: ready.1 })
+    Ok(())
 }
 
 /// A joined profile's `start`: its agent again, to the server it joined.

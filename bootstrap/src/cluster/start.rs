@@ -19,7 +19,7 @@ use super::{ClusterError, kubeconfig};
 use crate::channel::{self, Loaded};
 use crate::driver::{self, Driver, Host, HostState, Node, Stop};
 use crate::home::Home;
-use crate::profile::{Endpoint, VmSettings};
+use crate::profile::{Config, Endpoint, VmSettings};
 use crate::progress::{Progress, Step};
 
 /// What `start` is asked.
@@ -41,22 +41,14 @@ pub struct StartOptions {
     pub listen: Option<std::net::Ipv4Addr>,
 }
 
+/// `start`, as named steps: what a killed command left (a delete, an
+/// upgrade) finished → a joined profile's agent again → the driver asked
+/// for, checked against the profile's → resolve and verify the release →
+/// the driver chosen → what runs of it kept (ready) or cleared → bring-up.
 pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<Started> {
     let s = Session::open(home, &o.profile, o.wait, progress)?;
     let p = &s.profile;
-    // A delete a killed command left is finished first: its state may be
-    // half gone, and deleting it is what was asked. The fresh profile runs
-    // the release and driver the deleted one ran, unless others are named.
-    let mut again = None;
-    if p.deleting().exists() {
-        again = p.load().ok();
-        progress.warn(format!(
-            "a delete of profile {:?} was cut short; finishing it, then starting the profile afresh{}",
-            p.name,
-            again.as_ref().map_or(String::new(), |c| format!(" with the release it ran, on driver {}", c.driver)),
-        ));
-        super::stop::delete_locked(&s, false)?;
-    }
+    let again = finish_delete(&s)?;
     let tuning = Tuning {
         wait_timeout: o.wait_timeout,
         keep_context: o.keep_context,
@@ -77,18 +69,7 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
     let existing = if p.exists() { Some(p.load()?) } else { None };
     // A node of another machine's cluster: its agent again.
     if let Some(cfg) = existing.as_ref().filter(|c| c.join.is_some()) {
-        let j = super::join::restart(&s, cfg, &o.release, o.wait_timeout)?;
-        return Ok(Started {
-            profile: j.profile,
-            context: String::new(),
-            server: j.server,
-            kubeconfig: kubeconfig::path(home.env())?,
-            host: Host { id: j.host, pid: None, port: cfg.port },
-            kubernetes: String::new(),
-            manifest: channel::peek(&cfg.manifest).map(|m| m.id()).unwrap_or_default(),
-            already_running: false,
-            created: false,
-        });
+        return restart_joined(&s, cfg, o);
     }
     let kind = match (&existing, o.driver) {
         (Some(c), Some(d)) if c.driver != d => {
@@ -119,13 +100,62 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
     // The settings asked, over those kept: what the driver's checks see.
     let settings = merge_settings(tuning.vm.as_ref(), existing.as_ref()).unwrap_or_default();
     let drv = s.driver(kind, settings);
+    if let Some(started) = keep_or_clear(&s, drv.as_ref(), &loaded, existing.as_ref(), o)? {
+        return Ok(started);
+    }
+    let plan = BringUp { loaded: &loaded, fetch: &fetch, existing: existing.as_ref(), port: o.port, tuning: &tuning };
+    bring_up(&s, drv.as_ref(), &plan)
+}
+
+/// Step "a cut-short delete": finished first (its state may be half gone,
+/// and deleting it is what was asked). Returns the deleted profile's config:
+/// the fresh one runs the release and driver it ran, unless others are named.
+fn finish_delete(s: &Session) -> Result<Option<Config>> {
+    let p = &s.profile;
+    if !p.deleting().exists() {
+        return Ok(None);
+    }
+    let again = p.load().ok();
+    s.progress.warn(format!(
+        "a delete of profile {:?} was cut short; finishing it, then starting the profile afresh{}",
+        p.name,
+        again.as_ref().map_or(String::new(), |c| format!(" with the release it ran, on driver {}", c.driver)),
+    ));
+    super::stop::delete_locked(s, false)?;
+    Ok(again)
+}
+
+/// Step "a joined profile": its agent again, to the server it joined.
+fn restart_joined(s: &Session, cfg: &Config, o: &StartOptions) -> Result<Started> {
+    let j = super::join::restart(s, cfg, &o.release, o.wait_timeout)?;
+    Ok(Started {
+        profile: j.profile,
+        context: String::new(),
+        server: j.server,
+        kubeconfig: kubeconfig::path(s.home.env())?,
+        host: Host { id: j.host, pid: None, port: cfg.port },
+        kubernetes: String::new(),
+        manifest: channel::peek(&cfg.manifest).map(|m| m.id()).unwrap_or_default(),
+        already_running: false,
+        created: false,
+    })
+}
+
+/// Step "what runs": the running server of an existing profile is kept
+/// (waited for until ready: `Some`); one a cut-short stop left going down,
+/// or one that crashed, is stopped the way the manifest says before it
+/// starts again (`None`).
+fn keep_or_clear(
+    s: &Session,
+    drv: &dyn Driver,
+    loaded: &Loaded,
+    existing: Option<&Config>,
+    o: &StartOptions,
+) -> Result<Option<Started>> {
+    let (p, progress) = (&s.profile, s.progress);
     let run = &loaded.manifest.component.localkube.run;
     match drv.status(p, Node::Server)? {
-        HostState::Running(host) if existing.is_some() => {
-            if let Some(started) = rejoin(&s, drv.as_ref(), &host, &loaded, o)? {
-                return Ok(started);
-            }
-        }
+        HostState::Running(host) if existing.is_some() => return rejoin(s, drv, &host, loaded, o),
         HostState::Stopping(_) => {
             // A stop (or delete) was cut short while localkube shut down:
             // finish it, then start afresh.
@@ -142,8 +172,7 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
         }
         HostState::Running(_) | HostState::Stopped | HostState::Suspended => {}
     }
-    let plan = BringUp { loaded: &loaded, fetch: &fetch, existing: existing.as_ref(), port: o.port, tuning: &tuning };
-    bring_up(&s, drv.as_ref(), &plan)
+    Ok(None)
 }
 
 /// A start found localkube running: wait until it is ready and make sure
