@@ -88,8 +88,8 @@ impl Drop for Launched<'_> {
 
 /// Steps "fetch → unpack → configure → PKI → launch → ready → kubeconfig"
 /// for a stopped profile and a verified manifest.
-pub fn bring_up(s: &Session, drv: &dyn Driver, plan: &BringUp) -> Result<Started> {
-    let p = &s.profile;
+pub fn bring_up(s: &Session, plan: &BringUp) -> Result<Started> {
+    let (p, drv) = (&s.profile, s.driver());
     let m = &plan.loaded.manifest;
     let run = &m.component.localkube.run;
     let agents = wanted_agents(p, plan.existing, plan.tuning.nodes)?;
@@ -165,7 +165,8 @@ pub(super) fn launch_of(p: &Profile, m: &Manifest, components: super::components
 
 /// The running cluster's launch, for nodes added to it: its release's
 /// components from the cache only (offline), verified as a start does.
-pub fn running_launch(s: &Session, drv: &dyn Driver, loaded: &Loaded, cfg: &Config) -> Result<Launch> {
+pub fn running_launch(s: &Session, loaded: &Loaded, cfg: &Config) -> Result<Launch> {
+    let drv = s.driver();
     let fetch = artifacts::Options { offline: true, ..Default::default() };
     let components = fetch_and_unpack(s.home, &loaded.manifest, drv.kind(), &fetch, s.progress)?;
     Ok(launch_of(&s.profile, &loaded.manifest, components, cfg))

@@ -25,7 +25,7 @@ use super::components::fetch_and_unpack;
 use super::nodes::{NotUp, Readiness};
 use super::release::{self, ReleaseRequest};
 use super::session::{Session, Wait};
-use crate::driver::{self, Driver, HostState, JoinTarget, Node, Stop};
+use crate::driver::{self, HostState, JoinTarget, Node, Stop};
 use crate::home::Home;
 use crate::profile::{Config, Joined, Profile};
 use crate::progress::{Progress, Step};
@@ -242,8 +242,9 @@ pub fn join(home: &Home, j: &JoinOptions, progress: &dyn Progress) -> Result<Joi
         }
     };
     let settings = super::bringup::merge_settings(None, existing.as_ref()).unwrap_or_default();
-    let drv = s.driver(kind, settings);
-    preflight(drv.as_ref(), p, m)?;
+    let s = s.with_driver(kind, settings);
+    let (p, drv) = (&s.profile, s.driver());
+    preflight(drv, p, m)?;
     let node = existing
         .as_ref()
         .and_then(|c| c.join.as_ref().map(|x| x.node.clone()))
@@ -265,7 +266,7 @@ pub fn join(home: &Home, j: &JoinOptions, progress: &dyn Progress) -> Result<Joi
         join: Some(Joined { server: line.url.clone(), ca_sha256: line.ca_sha256.clone(), node: node.clone() }),
     };
     record(p, existing.as_ref(), &cfg, &j.token)?;
-    let (host, ready) = run_joined(&s, drv.as_ref(), &loaded, &cfg, &fetch, &remote, j.wait_timeout)?;
+    let (host, ready) = run_joined(&s, &loaded, &cfg, &fetch, &remote, j.wait_timeout)?;
     Ok(JoinedNode { profile: p.name.clone(), node, server: line.url, host, ready })
 }
 
@@ -354,8 +355,7 @@ pub fn restart(s: &Session, cfg: &Config, release: &ReleaseRequest, wait: Durati
     s.progress
         .step(Step::ServerChecked { server: joined.server.clone(), ca_sha256: joined.ca_sha256.clone() }, t.elapsed());
     let (loaded, fetch) = release::resolve(s.home, release, p, Some(cfg), None, s.progress)?;
-    let drv = s.driver(cfg.driver, cfg.vm.unwrap_or_default());
-    let (host, ready) = run_joined(s, drv.as_ref(), &loaded, cfg, &fetch, &remote, wait)?;
+    let (host, ready) = run_joined(s, &loaded, cfg, &fetch, &remote, wait)?;
     Ok(JoinedNode { profile: p.name.clone(), node: joined.node.clone(), server: joined.server.clone(), host, ready })
 }
 
@@ -375,14 +375,13 @@ fn agent_run(run: &Run) -> Run {
 /// credentials, until it has run steadily for a few seconds).
 fn run_joined(
     s: &Session,
-    drv: &dyn Driver,
     loaded: &crate::channel::Loaded,
     cfg: &Config,
     fetch: &crate::artifacts::Options,
     remote: &Remote,
     wait: Duration,
 ) -> Result<(String, Option<bool>)> {
-    let (p, progress) = (&s.profile, s.progress);
+    let (p, progress, drv) = (&s.profile, s.progress, s.driver());
     let joined = cfg.join.as_ref().expect("a joined profile");
     let m = &loaded.manifest;
     let (server, port) = parse_server(&joined.server)?;
@@ -458,7 +457,7 @@ pub fn leave(home: &Home, name: &str, force: bool, progress: &dyn Progress) -> R
     let Some(joined) = cfg.join.clone() else {
         return Err(ClusterError::NotJoined { profile: p.name.clone() }.into());
     };
-    let drv = s.profile_driver();
+    let drv = s.driver();
     let how = crate::channel::peek(&cfg.manifest).map_or(Stop::DEFAULT, |m| Stop::of(&m.component.localkube.run));
     drv.stop(p, Node::Server, how)?;
     let removed = Token::parse(&p.load_join_token()?)

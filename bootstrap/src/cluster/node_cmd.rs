@@ -44,23 +44,21 @@ pub fn add(
             j.server
         );
     }
-    let drv = s.profile_driver();
+    let drv = s.driver();
     let loaded = channel::load_stored(home, &cfg.manifest, channel::Stored::RUNNING)?;
     let have = agents_of(p, &cfg);
-    nodes::check_supported(drv.as_ref(), p, &loaded.manifest, have.len() + 1 + count)?;
-    let at = running_server(drv.as_ref(), p, &cfg)?;
+    nodes::check_supported(drv, p, &loaded.manifest, have.len() + 1 + count)?;
+    let at = running_server(drv, p, &cfg)?;
     let new = nodes::new_agents(&have, count)?;
     cfg.agents.extend(new.iter().map(AgentNode::short));
     p.save(&cfg)?;
     crate::killpoint::reached("node add");
-    let mut launch = super::bringup::running_launch(&s, drv.as_ref(), &loaded, &cfg)?;
+    let mut launch = super::bringup::running_launch(&s, &loaded, &cfg)?;
     if let (Some(w), Some(a)) = (wait, launch.run.agent.as_mut()) {
         a.ready_timeout_s = w.as_secs().max(1);
     }
     let probe = probe(p, at)?;
-    if let Err(e) =
-        nodes::start_agents(drv.as_ref(), &launch, &new, &probe, (Rollout::Parallel, Made::NotYet), progress)
-    {
+    if let Err(e) = nodes::start_agents(drv, &launch, &new, &probe, (Rollout::Parallel, Made::NotYet), progress) {
         // Nothing half-added stays: the new nodes go, the others are untouched.
         for n in &new {
             let _ = drv.delete(p, Node::Agent(*n));
@@ -94,8 +92,8 @@ pub fn remove(home: &Home, name: &str, node: &str, force: bool, progress: &dyn P
     let mut cfg = p.load()?;
     check_node_name(node)?;
     let have = agents_of(p, &cfg);
-    let drv = s.profile_driver();
-    let server = running_server(drv.as_ref(), p, &cfg);
+    let drv = s.driver();
+    let server = running_server(drv, p, &cfg);
     let ours = AgentNode::parse(&p.name, node).filter(|n| have.contains(n));
     // Not one of this machine's: a node another machine joined (`node
     // join`), known to the server only.

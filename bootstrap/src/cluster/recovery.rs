@@ -12,19 +12,13 @@ use super::session::Session;
 use super::snapshot;
 use crate::artifacts;
 use crate::channel::{self, Stored};
-use crate::driver::{Driver, Stop};
+use crate::driver::Stop;
 use crate::profile::Profile;
 
 /// Puts the old release back: stops whatever runs, points the profile at
 /// the old manifest, restores the snapshot, starts it.
-pub(super) fn roll_back(
-    s: &Session,
-    drv: &dyn Driver,
-    j: &mut Journal,
-    fetch: &artifacts::Options,
-    tuning: &Tuning,
-) -> Result<()> {
-    let (home, p) = (s.home, &s.profile);
+pub(super) fn roll_back(s: &Session, j: &mut Journal, fetch: &artifacts::Options, tuning: &Tuning) -> Result<()> {
+    let (home, p, drv) = (s.home, &s.profile, s.driver());
     j.enter(p, Phase::RollingBack)?;
     let old = channel::load_stored(home, &j.old, Stored::RUNNING)?;
     let stop = channel::peek(&j.new)
@@ -37,21 +31,21 @@ pub(super) fn roll_back(
     if let Some(id) = &j.snapshot {
         snapshot::restore(p, drv, &super::nodes::agents_of(p, &cfg), id)?;
     }
-    bring_up(s, drv, &BringUp { loaded: &old, fetch, existing: Some(&cfg), port: None, tuning })?;
+    bring_up(s, &BringUp { loaded: &old, fetch, existing: Some(&cfg), port: None, tuning })?;
     Journal::clear(p)?;
     Ok(())
 }
 
 /// Finishes or undoes an upgrade a killed command left (called in its
 /// session by `start`, `upgrade` and `rollback`); says what was done.
-pub fn finish_interrupted(s: &Session, drv: &dyn Driver, fetch: &artifacts::Options, tuning: &Tuning) -> Result<()> {
-    if let Some(msg) = finish(s, drv, fetch, tuning)? {
+pub fn finish_interrupted(s: &Session, fetch: &artifacts::Options, tuning: &Tuning) -> Result<()> {
+    if let Some(msg) = finish(s, fetch, tuning)? {
         s.progress.warn(msg);
     }
     Ok(())
 }
 
-fn finish(s: &Session, drv: &dyn Driver, fetch: &artifacts::Options, tuning: &Tuning) -> Result<Option<String>> {
+fn finish(s: &Session, fetch: &artifacts::Options, tuning: &Tuning) -> Result<Option<String>> {
     let p = &s.profile;
     let mut j = match Journal::read(p) {
         Ok(None) => return Ok(None),
@@ -74,7 +68,7 @@ fn finish(s: &Session, drv: &dyn Driver, fetch: &artifacts::Options, tuning: &Tu
     match j.phase {
         Phase::Snapshotted if swapped => {
             let w = what(&j);
-            roll_back(s, drv, &mut j, fetch, tuning)?;
+            roll_back(s, &mut j, fetch, tuning)?;
             Ok(Some(format!(
                 "{w} was interrupted during the swap; it was rolled back, and the earlier release runs with its state (run the command again to retry)"
             )))
@@ -89,7 +83,7 @@ fn finish(s: &Session, drv: &dyn Driver, fetch: &artifacts::Options, tuning: &Tu
         }
         Phase::Swapped | Phase::RollingBack => {
             let w = what(&j);
-            roll_back(s, drv, &mut j, fetch, tuning)?;
+            roll_back(s, &mut j, fetch, tuning)?;
             Ok(Some(format!(
                 "{w} was interrupted after the swap; it was rolled back, and the earlier release runs with its state (run the command again to retry)"
             )))

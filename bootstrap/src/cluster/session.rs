@@ -31,6 +31,10 @@ pub struct Session<'a> {
     pub home: &'a Home,
     pub profile: Profile,
     pub progress: &'a dyn Progress,
+    /// The profile's driver: as its config says (a damaged config: what is
+    /// legible or on disk, see [`driver::kind_of`]); the one a start or
+    /// join chooses for a new profile once it is chosen ([`Session::with_driver`]).
+    driver: Box<dyn Driver + 'a>,
     _profile: Lock,
     _store: Lock,
 }
@@ -43,7 +47,12 @@ impl<'a> Session<'a> {
         let store = home.store_lock(false, || {
             progress.warn("waiting for another kubestrap command that is cleaning the cache…".into())
         })?;
-        Ok(Session { home, profile, progress, _profile: locked, _store: store })
+        let (kind, settings) = match profile.load() {
+            Ok(cfg) => (cfg.driver, cfg.vm.unwrap_or_default()),
+            Err(_) => (driver::kind_of(&profile), VmSettings::default()),
+        };
+        let driver = unlocked_driver(home, kind, settings, progress);
+        Ok(Session { home, profile, progress, driver, _profile: locked, _store: store })
     }
 
     /// [`Session::open`] for a profile that must exist: its directory, not
@@ -56,21 +65,16 @@ impl<'a> Session<'a> {
         Ok(s)
     }
 
-    /// The driver of kind `kind`, with the profile's settings.
-    pub fn driver(&self, kind: Kind, settings: VmSettings) -> Box<dyn Driver + 'a> {
-        driver::for_kind(
-            kind,
-            Context { home: self.home.root(), env: self.home.env(), settings, progress: self.progress },
-        )
+    /// The session's driver.
+    pub fn driver(&self) -> &dyn Driver {
+        self.driver.as_ref()
     }
 
-    /// The profile's own driver, as its config says (a damaged config: what
-    /// is legible or on disk, see [`driver::kind_of`]).
-    pub fn profile_driver(&self) -> Box<dyn Driver + 'a> {
-        match self.profile.load() {
-            Ok(cfg) => self.driver(cfg.driver, cfg.vm.unwrap_or_default()),
-            Err(_) => self.driver(driver::kind_of(&self.profile), VmSettings::default()),
-        }
+    /// The session with the driver of kind `kind` and these settings (a new
+    /// profile's chosen driver, or the settings a start asked for).
+    pub fn with_driver(mut self, kind: Kind, settings: VmSettings) -> Session<'a> {
+        self.driver = unlocked_driver(self.home, kind, settings, self.progress);
+        self
     }
 }
 

@@ -17,7 +17,7 @@ use super::release::{self, ReleaseRequest};
 use super::session::{Session, Wait};
 use super::{ClusterError, kubeconfig};
 use crate::channel::{self, Loaded};
-use crate::driver::{self, Driver, Host, HostState, Node, Stop};
+use crate::driver::{self, Host, HostState, Node, Stop};
 use crate::home::Home;
 use crate::profile::{Config, Endpoint, VmSettings};
 use crate::progress::{Progress, Step};
@@ -63,8 +63,8 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
     if p.exists()
         && let Ok(cfg) = p.load()
     {
-        let drv = s.driver(cfg.driver, cfg.vm.unwrap_or_default());
-        recovery::finish_interrupted(&s, drv.as_ref(), &o.release.fetch, &tuning)?;
+        let _ = cfg;
+        recovery::finish_interrupted(&s, &o.release.fetch, &tuning)?;
     }
     let existing = if p.exists() { Some(p.load()?) } else { None };
     // A node of another machine's cluster: its agent again.
@@ -99,12 +99,12 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
     };
     // The settings asked, over those kept: what the driver's checks see.
     let settings = merge_settings(tuning.vm.as_ref(), existing.as_ref()).unwrap_or_default();
-    let drv = s.driver(kind, settings);
-    if let Some(started) = keep_or_clear(&s, drv.as_ref(), &loaded, existing.as_ref(), o)? {
+    let s = s.with_driver(kind, settings);
+    if let Some(started) = keep_or_clear(&s, &loaded, existing.as_ref(), o)? {
         return Ok(started);
     }
     let plan = BringUp { loaded: &loaded, fetch: &fetch, existing: existing.as_ref(), port: o.port, tuning: &tuning };
-    bring_up(&s, drv.as_ref(), &plan)
+    bring_up(&s, &plan)
 }
 
 /// Step "a cut-short delete": finished first (its state may be half gone,
@@ -145,17 +145,11 @@ fn restart_joined(s: &Session, cfg: &Config, o: &StartOptions) -> Result<Started
 /// (waited for until ready: `Some`); one a cut-short stop left going down,
 /// or one that crashed, is stopped the way the manifest says before it
 /// starts again (`None`).
-fn keep_or_clear(
-    s: &Session,
-    drv: &dyn Driver,
-    loaded: &Loaded,
-    existing: Option<&Config>,
-    o: &StartOptions,
-) -> Result<Option<Started>> {
-    let (p, progress) = (&s.profile, s.progress);
+fn keep_or_clear(s: &Session, loaded: &Loaded, existing: Option<&Config>, o: &StartOptions) -> Result<Option<Started>> {
+    let (p, progress, drv) = (&s.profile, s.progress, s.driver());
     let run = &loaded.manifest.component.localkube.run;
     match drv.status(p, Node::Server)? {
-        HostState::Running(host) if existing.is_some() => return rejoin(s, drv, &host, loaded, o),
+        HostState::Running(host) if existing.is_some() => return rejoin(s, &host, loaded, o),
         HostState::Stopping(_) => {
             // A stop (or delete) was cut short while localkube shut down:
             // finish it, then start afresh.
@@ -178,8 +172,8 @@ fn keep_or_clear(
 /// A start found localkube running: wait until it is ready and make sure
 /// kubeconfig points at it. `None` when it ended meanwhile (it was going
 /// down): the caller starts it again.
-fn rejoin(s: &Session, drv: &dyn Driver, host: &Host, loaded: &Loaded, o: &StartOptions) -> Result<Option<Started>> {
-    let (p, progress) = (&s.profile, s.progress);
+fn rejoin(s: &Session, host: &Host, loaded: &Loaded, o: &StartOptions) -> Result<Option<Started>> {
+    let (p, progress, drv) = (&s.profile, s.progress, s.driver());
     drv.adopt(p)?;
     if let Some(at) = o.listen.filter(|a| p.load().ok().and_then(|c| c.listen) != Some(*a)) {
         progress.warn(format!(
@@ -209,7 +203,7 @@ fn rejoin(s: &Session, drv: &dyn Driver, host: &Host, loaded: &Loaded, o: &Start
         Err(e) => return Err(e),
     }
     let version = write_kubeconfig(s, &pki, at, o.keep_context)?;
-    rejoin_nodes(s, drv, loaded, o, at)?;
+    rejoin_nodes(s, loaded, o, at)?;
     Ok(Some(Started {
         kubernetes: version,
         manifest: loaded.manifest.id(),
@@ -222,9 +216,9 @@ fn rejoin(s: &Session, drv: &dyn Driver, host: &Host, loaded: &Loaded, o: &Start
 /// The running server's agents: those asked for beyond them (`--nodes`)
 /// added, those that are not running (killed behind kubestrap's back)
 /// started again, and every one waited for until Ready.
-fn rejoin_nodes(s: &Session, drv: &dyn Driver, loaded: &Loaded, o: &StartOptions, at: Endpoint) -> Result<()> {
+fn rejoin_nodes(s: &Session, loaded: &Loaded, o: &StartOptions, at: Endpoint) -> Result<()> {
     use super::nodes;
-    let (p, progress) = (&s.profile, s.progress);
+    let (p, progress, drv) = (&s.profile, s.progress, s.driver());
     let mut cfg = p.load()?;
     let all = super::bringup::wanted_agents(p, Some(&cfg), o.nodes)?;
     if all.len() != cfg.agents.len() {
@@ -245,7 +239,7 @@ fn rejoin_nodes(s: &Session, drv: &dyn Driver, loaded: &Loaded, o: &StartOptions
             names.join(", "),
             p.name
         ));
-        let launch = super::bringup::running_launch(s, drv, loaded, &cfg)?;
+        let launch = super::bringup::running_launch(s, loaded, &cfg)?;
         nodes::start_agents(drv, &launch, &down, &probe, (nodes::Rollout::Parallel, nodes::Made::NotYet), progress)?;
     }
     // The others ran already: each must be Ready too.

@@ -7,7 +7,7 @@ use kubestrap_fskit as fskit;
 use super::session::{Session, Wait};
 use super::{ClusterError, kubeconfig};
 use crate::channel;
-use crate::driver::{Driver, Node, Stop, StopOutcome};
+use crate::driver::{Node, Stop, StopOutcome};
 use crate::home::Home;
 use crate::progress::Progress;
 
@@ -23,8 +23,8 @@ pub fn stop(
     progress: &dyn Progress,
 ) -> Result<StopOutcome> {
     let s = Session::open_existing(home, name, wait, progress)?;
-    let drv = s.profile_driver();
-    match stop_with(&s, drv.as_ref(), suspend) {
+    let drv = s.driver();
+    match stop_with(&s, suspend) {
         Err(e) if force => {
             let left = drv.leftovers(&s.profile);
             progress.warn(format!("profile {name:?}: {e:#}; not stopped (--force), and it may still run: {left}"));
@@ -40,7 +40,8 @@ pub fn stop(
 /// ([`crate::driver::kind_of`]), finds localkube by its pid file and marker
 /// (native, qemu) or its container's name (docker), and stops it with
 /// SIGTERM and 30 s.
-fn stop_with(s: &Session, drv: &dyn Driver, suspend: bool) -> Result<StopOutcome> {
+fn stop_with(s: &Session, suspend: bool) -> Result<StopOutcome> {
+    let drv = s.driver();
     let cfg = s.profile.load().ok();
     let mut how = cfg
         .as_ref()
@@ -73,7 +74,7 @@ pub fn delete(home: &Home, names: &[String], wait: Wait, force: bool, progress: 
 /// `start` or `delete` finishes (see [`crate::profile::Profile::deleting`]).
 pub(super) fn delete_locked(s: &Session, force: bool) -> Result<()> {
     let (p, name, progress) = (&s.profile, &s.profile.name, s.progress);
-    let drv = s.profile_driver();
+    let drv = s.driver();
     if p.dir.is_dir() {
         // Best effort: a full disk must not stop a delete (that frees it).
         if let Err(e) = fskit::write_atomic(&p.deleting(), crate::state::now().as_bytes(), 0o600) {
@@ -87,7 +88,7 @@ pub(super) fn delete_locked(s: &Session, force: bool) -> Result<()> {
             drv.leftovers(p)
         ))
     };
-    match stop_with(s, drv.as_ref(), false) {
+    match stop_with(s, false) {
         Ok(_) => {}
         Err(e) if force => left(e),
         Err(e) => {

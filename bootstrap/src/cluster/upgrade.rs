@@ -22,7 +22,7 @@ use super::session::{Session, Wait};
 use super::snapshot;
 use crate::artifacts::{self, store};
 use crate::channel::{self, Loaded};
-use crate::driver::{Driver, Node, Stop};
+use crate::driver::{Node, Stop};
 use crate::home::Home;
 use crate::profile::{Config, Profile};
 use crate::progress::Progress;
@@ -123,17 +123,16 @@ fn open<'a>(
     fetch: &artifacts::Options,
     tuning: &Tuning,
     progress: &'a dyn Progress,
-) -> Result<(Session<'a>, Box<dyn Driver + 'a>, Config)> {
+) -> Result<(Session<'a>, Config)> {
     let s = Session::open_existing(home, profile, Wait::from_no_wait(no_wait), progress)?;
+    s.profile.load()?;
+    recovery::finish_interrupted(&s, fetch, tuning)?;
     let cfg = s.profile.load()?;
-    let drv = s.driver(cfg.driver, cfg.vm.unwrap_or_default());
-    recovery::finish_interrupted(&s, drv.as_ref(), fetch, tuning)?;
-    let cfg = s.profile.load()?;
-    Ok((s, drv, cfg))
+    Ok((s, cfg))
 }
 
 pub fn upgrade(home: &Home, o: &UpgradeOptions, progress: &dyn Progress) -> Result<Outcome> {
-    let (s, drv, cfg) = open(home, &o.profile, o.no_wait, &o.fetch, &o.tuning, progress)?;
+    let (s, cfg) = open(home, &o.profile, o.no_wait, &o.fetch, &o.tuning, progress)?;
     let p = &s.profile;
     if let Some(j) = &cfg.join {
         return Err(UpgradeError::Refused {
@@ -163,7 +162,7 @@ pub fn upgrade(home: &Home, o: &UpgradeOptions, progress: &dyn Progress) -> Resu
     }
     let swap =
         Swap { cfg: &cfg, from: &current, to: &cand, plan, kind: Kind::Upgrade, fetch: &fetch, tuning: &o.tuning };
-    run(&s, drv.as_ref(), swap)
+    run(&s, swap)
 }
 
 pub struct RollbackOptions {
@@ -179,7 +178,7 @@ pub struct RollbackOptions {
 /// restored from the snapshot taken on that release (the current state is
 /// snapshotted first, so nothing is lost).
 pub fn rollback(home: &Home, o: &RollbackOptions, progress: &dyn Progress) -> Result<Outcome> {
-    let (s, drv, cfg) = open(home, &o.profile, o.no_wait, &o.fetch, &o.tuning, progress)?;
+    let (s, cfg) = open(home, &o.profile, o.no_wait, &o.fetch, &o.tuning, progress)?;
     let p = &s.profile;
     let previous = cfg.previous.clone().ok_or_else(|| UpgradeError::NoPrevious { profile: p.name.clone() })?;
     let current = channel::load_stored(home, &cfg.manifest, channel::Stored::RUNNING)?;
@@ -212,7 +211,7 @@ pub fn rollback(home: &Home, o: &RollbackOptions, progress: &dyn Progress) -> Re
     }
     let swap =
         Swap { cfg: &cfg, from: &current, to: &target, plan, kind: Kind::Rollback, fetch: &o.fetch, tuning: &o.tuning };
-    run(&s, drv.as_ref(), swap)
+    run(&s, swap)
 }
 
 /// The candidate manifest, verified (and with `record`, accepted into the
@@ -337,7 +336,8 @@ struct Swap<'a> {
 }
 
 /// The swap itself, journaled.
-fn run(s: &Session, drv: &dyn Driver, swap: Swap) -> Result<Outcome> {
+fn run(s: &Session, swap: Swap) -> Result<Outcome> {
+    let drv = s.driver();
     let Swap { cfg, from, to, plan, kind, fetch, tuning } = swap;
     let (home, p, progress) = (s.home, &s.profile, s.progress);
     let mut j = Journal {
@@ -391,7 +391,7 @@ fn run(s: &Session, drv: &dyn Driver, swap: Swap) -> Result<Outcome> {
 
     let t = Instant::now();
     let plan_up = BringUp { loaded: to, fetch, existing: Some(&new_cfg), port: None, tuning };
-    let up = bring_up(s, drv, &plan_up).and_then(|started| check_version(&started.kubernetes, &to.manifest));
+    let up = bring_up(s, &plan_up).and_then(|started| check_version(&started.kubernetes, &to.manifest));
     match up {
         Ok(()) => {
             j.enter(p, Phase::Verified)?;
@@ -402,7 +402,7 @@ fn run(s: &Session, drv: &dyn Driver, swap: Swap) -> Result<Outcome> {
         Err(e) => {
             let tail = super::nodes::tail_text(&drv.log_tail(p, Node::Server, 20));
             let why = format!("{e:#}");
-            match roll_back(s, drv, &mut j, fetch, tuning) {
+            match roll_back(s, &mut j, fetch, tuning) {
                 Ok(()) => {
                     Err(UpgradeError::Failed { profile: p.name.clone(), from: plan.from, to: plan.to, why, tail }
                         .into())
