@@ -10,7 +10,7 @@ use kubestrap_manifest::Manifest;
 use time::OffsetDateTime;
 
 use super::ports::DEFAULT_PORT;
-use crate::driver::{Check, Driver};
+use crate::driver::{Check, Driver, Gate};
 use crate::home::Home;
 use crate::profile::Config;
 
@@ -56,7 +56,7 @@ fn home_writable(root: &Path) -> Check {
             Err(e) => format!("cannot write in {}: {e}", root.display()),
         },
         "make it writable by you, or point KUBESTRAP_HOME at a directory that is",
-        true,
+        Gate::Blocking,
     )
 }
 
@@ -92,14 +92,14 @@ fn disk_space(s: &Subject) -> Check {
             free >= need,
             &format!("{} free in {}, a start needs about {}", human(free), s.home.root().display(), human(need)),
             "free some space (`kubestrap cache prune` removes what no profile uses), or move KUBESTRAP_HOME",
-            true,
+            Gate::Blocking,
         ),
         None => Check::new(
             "disk space",
             false,
             &format!("cannot read the free space of {}", s.home.root().display()),
             "check that the home's filesystem is mounted",
-            false,
+            Gate::Advisory,
         ),
     }
 }
@@ -110,12 +110,21 @@ fn port(s: &Subject) -> Check {
         (None, Some(c)) => (c.port, c.port_pinned),
         (None, None) => (DEFAULT_PORT, false),
     };
+    // A port asked for (or kept as asked) that is taken blocks a start; one
+    // kubestrap chose is chosen again.
+    let gate = if pinned { Gate::Blocking } else { Gate::Advisory };
     let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
     if s.running && s.config.is_some_and(|c| c.port == port) {
-        return Check::new("port", true, &format!("127.0.0.1:{port} is this profile's running apiserver"), "", true);
+        return Check::new(
+            "port",
+            true,
+            &format!("127.0.0.1:{port} is this profile's running apiserver"),
+            "",
+            Gate::Blocking,
+        );
     }
     if free(port) {
-        return Check::new("port", true, &format!("127.0.0.1:{port} is free"), "", pinned);
+        return Check::new("port", true, &format!("127.0.0.1:{port} is free"), "", gate);
     }
     let next = (port.saturating_add(1)..=port.saturating_add(200)).find(|p| free(*p));
     let fallback = match (pinned, next) {
@@ -127,7 +136,7 @@ fn port(s: &Subject) -> Check {
         false,
         &format!("127.0.0.1:{port} is in use by another program"),
         &format!("stop what listens there (`ss -ltnp 'sport = :{port}'` names it), or start with --port N{fallback}"),
-        pinned,
+        gate,
     )
 }
 
@@ -149,7 +158,7 @@ fn kubeconfig_writable(path: &Path) -> Check {
         result.is_ok(),
         &result.clone().err().unwrap_or_else(|| format!("{} is writable", path.display())),
         "fix its permissions, or point KUBECONFIG at a file you can write",
-        true,
+        Gate::Blocking,
     )
 }
 
@@ -178,7 +187,7 @@ fn clock(s: &Subject) -> Check {
         &detail,
         "set the clock (e.g. `timedatectl set-ntp true`): manifests and certificates expire by it; an expired \
          release is replaced with `kubestrap upgrade`",
-        false,
+        Gate::Advisory,
     )
 }
 

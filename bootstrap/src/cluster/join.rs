@@ -24,7 +24,7 @@ use super::bringup::{launch_of, preflight};
 use super::components::fetch_and_unpack;
 use super::nodes::{NotUp, Readiness};
 use super::release::{self, ReleaseRequest};
-use super::session::{Session, Wait};
+use super::session::{Force, Session, Wait};
 use crate::driver::{self, HostState, JoinTarget, Node, Stop};
 use crate::home::Home;
 use crate::profile::{Config, Joined, Profile};
@@ -450,7 +450,7 @@ fn run_joined(
 /// `node leave`: the joined node's agent stopped and removed, its Node
 /// object removed from the server (where node credentials may), and the
 /// profile deleted.
-pub fn leave(home: &Home, name: &str, force: bool, progress: &dyn Progress) -> Result<String> {
+pub fn leave(home: &Home, name: &str, force: Force, progress: &dyn Progress) -> Result<String> {
     let s = Session::open_existing(home, name, Wait::Yes, progress)?;
     let p = &s.profile;
     let cfg = p.load()?;
@@ -472,7 +472,9 @@ pub fn leave(home: &Home, name: &str, force: bool, progress: &dyn Progress) -> R
             "the server kept node {}'s object (HTTP {code}): remove it there with `kubestrap node delete {}`",
             joined.node, joined.node
         )),
-        Err(e) if force => progress.warn(format!("{e:#}; the node's object stays on the server (--force)")),
+        Err(e) if force == Force::Yes => {
+            progress.warn(format!("{e:#}; the node's object stays on the server (--force)"))
+        }
         Err(e) => {
             return Err(e.context(format!(
                 "node {} is stopped but its object could not be removed from {}; `kubestrap node leave -p {} --force` \

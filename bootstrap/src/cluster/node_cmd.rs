@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use super::ClusterError;
 use super::nodes::{self, HostSummary, Made, NodeStatus, Rollout, agents_of, check_node_name, probe};
-use super::session::{Session, Wait};
+use super::session::{Force, Session, Wait};
 use crate::channel;
 use crate::driver::{AgentNode, Driver, HostState, Node, Stop};
 use crate::home::Home;
@@ -86,7 +86,7 @@ pub fn list(home: &Home, name: &str, progress: &dyn Progress) -> Result<Vec<Node
 
 /// `node delete`: drains the node with the pinned kubectl (unless `force`),
 /// stops and removes its host and state, then its Node object.
-pub fn remove(home: &Home, name: &str, node: &str, force: bool, progress: &dyn Progress) -> Result<String> {
+pub fn remove(home: &Home, name: &str, node: &str, force: Force, progress: &dyn Progress) -> Result<String> {
     let s = Session::open_existing(home, name, Wait::Yes, progress)?;
     let p = &s.profile;
     let mut cfg = p.load()?;
@@ -112,7 +112,7 @@ pub fn remove(home: &Home, name: &str, node: &str, force: bool, progress: &dyn P
     }
     let node_name = ours.as_ref().map_or_else(|| node.to_string(), |n| n.node_name(&p.name));
     let t = Instant::now();
-    if !force {
+    if force == Force::No {
         server
             .as_ref()
             .map_err(|e| anyhow::anyhow!("{e:#}: a node is drained through the server; --force removes it without"))?;
@@ -138,7 +138,7 @@ pub fn remove(home: &Home, name: &str, node: &str, force: bool, progress: &dyn P
         cfg.agents.retain(|a| *a != n.short());
         p.save(&cfg)?;
     }
-    progress.step(Step::NodeRemoved { node: node_name.clone(), drained: !force }, t.elapsed());
+    progress.step(Step::NodeRemoved { node: node_name.clone(), drained: force == Force::No }, t.elapsed());
     Ok(node_name)
 }
 

@@ -21,6 +21,29 @@ pub enum Wait {
     No,
 }
 
+/// `--force`: what the command cannot do (a driver that cannot act, a
+/// node that cannot be drained, a server that cannot be told) is warned
+/// about and the rest is done, rather than nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Force {
+    No,
+    Yes,
+}
+
+impl Force {
+    pub fn from_flag(force: bool) -> Force {
+        if force { Force::Yes } else { Force::No }
+    }
+}
+
+/// How `stop` ends a node: its running state saved where the driver can
+/// (a VM's RAM: `start` resumes it), or shut down (`--shutdown`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    Suspend,
+    Shutdown,
+}
+
 impl Wait {
     pub fn from_no_wait(no_wait: bool) -> Wait {
         if no_wait { Wait::No } else { Wait::Yes }

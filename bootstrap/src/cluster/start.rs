@@ -121,7 +121,7 @@ fn finish_delete(s: &Session) -> Result<Option<Config>> {
         p.name,
         again.as_ref().map_or(String::new(), |c| format!(" with the release it ran, on driver {}", c.driver)),
     ));
-    super::stop::delete_locked(s, false)?;
+    super::stop::delete_locked(s, super::session::Force::No)?;
     Ok(again)
 }
 

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use kubestrap_fskit as fskit;
 
-use super::session::{Session, Wait};
+use super::session::{Ending, Force, Session, Wait};
 use super::{ClusterError, kubeconfig};
 use crate::channel;
 use crate::driver::{Node, Stop, StopOutcome};
@@ -18,14 +18,14 @@ pub fn stop(
     home: &Home,
     name: &str,
     wait: Wait,
-    suspend: bool,
-    force: bool,
+    ending: Ending,
+    force: Force,
     progress: &dyn Progress,
 ) -> Result<StopOutcome> {
     let s = Session::open_existing(home, name, wait, progress)?;
     let drv = s.driver();
-    match stop_with(&s, suspend) {
-        Err(e) if force => {
+    match stop_with(&s, ending) {
+        Err(e) if force == Force::Yes => {
             let left = drv.leftovers(&s.profile);
             progress.warn(format!("profile {name:?}: {e:#}; not stopped (--force), and it may still run: {left}"));
             Ok(StopOutcome::Unreached { left })
@@ -40,14 +40,14 @@ pub fn stop(
 /// ([`crate::driver::kind_of`]), finds localkube by its pid file and marker
 /// (native, qemu) or its container's name (docker), and stops it with
 /// SIGTERM and 30 s.
-fn stop_with(s: &Session, suspend: bool) -> Result<StopOutcome> {
+fn stop_with(s: &Session, ending: Ending) -> Result<StopOutcome> {
     let drv = s.driver();
     let cfg = s.profile.load().ok();
     let mut how = cfg
         .as_ref()
         .and_then(|cfg| channel::peek(&cfg.manifest))
         .map_or(Stop::DEFAULT, |m| Stop::of(&m.component.localkube.run));
-    how.suspend = suspend;
+    how.suspend = ending == Ending::Suspend;
     crate::killpoint::reached("stop");
     // The agents first, so none is left reconnecting to a server that is gone.
     super::nodes::stop_cluster(drv, &s.profile, how)
@@ -55,7 +55,7 @@ fn stop_with(s: &Session, suspend: bool) -> Result<StopOutcome> {
 
 /// Deletes profiles (stopping them first) and only our kubeconfig entries.
 /// Returns the deleted names.
-pub fn delete(home: &Home, names: &[String], wait: Wait, force: bool, progress: &dyn Progress) -> Result<Vec<String>> {
+pub fn delete(home: &Home, names: &[String], wait: Wait, force: Force, progress: &dyn Progress) -> Result<Vec<String>> {
     let mut deleted = Vec::new();
     for name in names {
         let s = Session::open(home, name, wait, progress)?;
@@ -72,7 +72,7 @@ pub fn delete(home: &Home, names: &[String], wait: Wait, force: bool, progress: 
 /// k3s left), then the profile's files and kubeconfig entries. A mark
 /// written first makes a delete that is killed part-way one that the next
 /// `start` or `delete` finishes (see [`crate::profile::Profile::deleting`]).
-pub(super) fn delete_locked(s: &Session, force: bool) -> Result<()> {
+pub(super) fn delete_locked(s: &Session, force: Force) -> Result<()> {
     let (p, name, progress) = (&s.profile, &s.profile.name, s.progress);
     let drv = s.driver();
     if p.dir.is_dir() {
@@ -88,9 +88,9 @@ pub(super) fn delete_locked(s: &Session, force: bool) -> Result<()> {
             drv.leftovers(p)
         ))
     };
-    match stop_with(s, false) {
+    match stop_with(s, Ending::Shutdown) {
         Ok(_) => {}
-        Err(e) if force => left(e),
+        Err(e) if force == Force::Yes => left(e),
         Err(e) => {
             // Nothing is destroyed yet: the profile stays as it was.
             let _ = fskit::remove_any(&p.deleting());
@@ -106,7 +106,7 @@ pub(super) fn delete_locked(s: &Session, force: bool) -> Result<()> {
     let removed = agents.into_iter().try_for_each(|n| drv.delete(p, n));
     match removed.and_then(|()| drv.delete(p, Node::Server)) {
         Ok(()) => {}
-        Err(e) if force => left(e.into()),
+        Err(e) if force == Force::Yes => left(e.into()),
         Err(e) => {
             return Err(anyhow::Error::from(e).context(format!(
                 "profile {name:?} is stopped and partly deleted; fix the above and run `kubestrap delete -p {name}` again (a `start` finishes the delete first), or add --force to delete its files anyway"

@@ -231,14 +231,22 @@ pub struct Check {
     pub blocking: bool,
 }
 
+/// Whether a failed check stops `start` before it fetches anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    Blocking,
+    /// localkube may still run, perhaps degraded: said, not refused.
+    Advisory,
+}
+
 impl Check {
-    pub fn new(name: &str, ok: bool, detail: &str, advice: &str, blocking: bool) -> Check {
+    pub fn new(name: &str, ok: bool, detail: &str, advice: &str, gate: Gate) -> Check {
         Check {
             name: name.to_string(),
             ok,
             detail: detail.to_string(),
             advice: (!ok).then(|| advice.to_string()),
-            blocking,
+            blocking: gate == Gate::Blocking,
         }
     }
 }

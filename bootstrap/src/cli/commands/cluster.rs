@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::cli::args::{DeleteArgs, StartArgs};
 use crate::cli::exit::Code;
 use crate::cli::render::{Ui, human_duration};
-use crate::cluster::session::Wait;
+use crate::cluster::session::{Ending, Force, Wait};
 use crate::cluster::{self, ClusterError, StartOptions, kubeconfig};
 use crate::driver::{self, Node, StopOutcome};
 use crate::home::Home;
@@ -66,7 +66,8 @@ pub fn start(a: StartArgs, home: &Home, ui: &Ui) -> Result<Code> {
 
 pub fn stop(name: String, shutdown: bool, force: bool, home: &Home, ui: &Ui) -> Result<Code> {
     let t = Instant::now();
-    let outcome = cluster::stop(home, &name, Wait::Yes, !shutdown, force, ui)?;
+    let ending = if shutdown { Ending::Shutdown } else { Ending::Suspend };
+    let outcome = cluster::stop(home, &name, Wait::Yes, ending, Force::from_flag(force), ui)?;
     let what = match &outcome {
         StopOutcome::Stopped => "stopped",
         StopOutcome::Suspended => "suspended (start resumes it)",
@@ -103,7 +104,7 @@ pub fn delete(a: DeleteArgs, home: &Home, ui: &Ui) -> Result<Code> {
             return Err(ClusterError::PurgeInUse { others: others.join(", ") }.into());
         }
     }
-    let deleted = cluster::delete(home, &names, Wait::Yes, a.force, ui)?;
+    let deleted = cluster::delete(home, &names, Wait::Yes, Force::from_flag(a.force), ui)?;
     for name in &deleted {
         ui.json(json!({"deleted": name}));
         ui.result(&format!("deleted profile {name:?}"), "cluster state and kubeconfig entries removed", t.elapsed());

@@ -6,7 +6,7 @@ use serde_json::json;
 use crate::cli::args::NodeCmd;
 use crate::cli::exit::Code;
 use crate::cli::render::Ui;
-use crate::cluster::session::Wait;
+use crate::cluster::session::{Force, Wait};
 use crate::cluster::{join, node_cmd};
 use crate::home::Home;
 
@@ -29,7 +29,7 @@ pub fn run(c: NodeCmd, home: &Home, ui: &Ui) -> Result<Code> {
             }
         }
         NodeCmd::Delete { profile, name, force } => {
-            let removed = node_cmd::remove(home, &profile.profile, &name, force, ui)?;
+            let removed = node_cmd::remove(home, &profile.profile, &name, Force::from_flag(force), ui)?;
             ui.json(json!({"event": "done", "profile": profile.profile, "removed": removed, "drained": !force}));
             ui.line(&format!("\nNode {removed} is removed from cluster {:?}.", profile.profile));
         }
@@ -61,7 +61,7 @@ pub fn run(c: NodeCmd, home: &Home, ui: &Ui) -> Result<Code> {
             ui.line(&format!("\nNode {} joined {} and {how}.", j.node, j.server));
         }
         NodeCmd::Leave { profile, force } => {
-            let node = join::leave(home, &profile.profile, force, ui)?;
+            let node = join::leave(home, &profile.profile, Force::from_flag(force), ui)?;
             ui.json(json!({"event": "done", "profile": profile.profile, "left": node}));
             ui.line(&format!("\nNode {node} left its cluster; profile {:?} is deleted.", profile.profile));
         }

@@ -3,19 +3,19 @@
 use kubestrap_manifest::{ComponentName, Driver as Kind, Manifest};
 
 use super::engine::{Engine, Info};
-use crate::driver::Check;
+use crate::driver::{Check, Gate};
 
 /// The engine, as a check: whether it answers (and how), blocking.
 pub(super) fn engine_check(eng: &Engine) -> (Check, Option<Info>) {
     match eng.info() {
         Ok(info) => {
             let detail = format!("{} answers at {}: API {}", info.name(), eng.describe(), info.api);
-            (Check::new("engine", true, &detail, "", true), Some(info))
+            (Check::new("engine", true, &detail, "", Gate::Blocking), Some(info))
         }
         Err(e) => {
             let advice = "start the engine or set DOCKER_HOST (or `docker context use`); or use --driver native or \
                           --driver qemu";
-            (Check::new("engine", false, &e.to_string(), advice, true), None)
+            (Check::new("engine", false, &e.to_string(), advice, Gate::Blocking), None)
         }
     }
 }
@@ -36,7 +36,7 @@ pub(super) fn rootless_check(info: &Info, m: &Manifest) -> Option<Check> {
                 run.program
             ),
             "use a rootful engine (the system's Docker or Podman, with sudo), or --driver qemu (no root needed)",
-            true,
+            Gate::Blocking,
         )
     })
 }
@@ -52,7 +52,7 @@ pub(super) fn storage_check(driver: &str) -> Check {
         driver.to_string()
     };
     let advice = "configure the engine for overlay2 (Docker: \"storage-driver\" in daemon.json; Podman: driver = \"overlay\" in storage.conf, with fuse-overlayfs when rootless on an older kernel)";
-    Check::new("storage driver", !vfs, &detail, if vfs { advice } else { "" }, false)
+    Check::new("storage driver", !vfs, &detail, if vfs { advice } else { "" }, Gate::Advisory)
 }
 
 /// Whether the release pins a base rootfs for this machine, blocking.
@@ -62,7 +62,7 @@ pub(super) fn rootfs_check(m: &Manifest) -> Check {
         .is_ok_and(|n| n.iter().any(|n| n.component == ComponentName::Rootfs));
     let pins = if has { "pins a" } else { "pins no" };
     let detail = format!("release {} {pins} base rootfs for the docker driver", m.id());
-    Check::new("rootfs", has, &detail, "use a release made for the docker driver, or another driver", true)
+    Check::new("rootfs", has, &detail, "use a release made for the docker driver, or another driver", Gate::Blocking)
 }
 
 #[cfg(test)]

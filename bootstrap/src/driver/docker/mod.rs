@@ -22,8 +22,8 @@ use kubestrap_manifest::{ComponentName, Driver as Kind, Manifest, Vars};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Check, Context, Description, DockerError, DockerErrorKind, Driver, DriverError, Host, HostState, Launch, Node,
-    Result, Stop, StopOutcome, guest,
+    Check, Context, Description, DockerError, DockerErrorKind, Driver, DriverError, Gate, Host, HostState, Launch,
+    Node, Result, Stop, StopOutcome, guest,
 };
 use crate::profile::Profile;
 use crate::progress::Step;
@@ -156,7 +156,9 @@ impl Driver for Docker<'_> {
     fn prerequisites(&self, p: &Profile, manifest: &Manifest) -> Vec<Check> {
         let eng = match self.engine_for(p) {
             Ok(e) => e,
-            Err(e) => return vec![Check::new("engine", false, &e.to_string(), &e.hint().unwrap_or_default(), true)],
+            Err(e) => {
+                return vec![Check::new("engine", false, &e.to_string(), &e.hint().unwrap_or_default(), Gate::Blocking)];
+            }
         };
         let (engine, info) = engine_check(&eng);
         let mut out = vec![engine];

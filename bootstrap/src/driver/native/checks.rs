@@ -6,8 +6,8 @@ use std::path::Path;
 
 use kubestrap_manifest::Manifest;
 
-use crate::driver::Check;
 use crate::driver::supervisor::process::MARKER;
+use crate::driver::{Check, Gate};
 
 /// The machine facts the checks read, gathered once (tests pass their own).
 #[derive(Clone, Debug)]
@@ -88,7 +88,7 @@ pub fn checks(machine: &Machine, m: Option<&Manifest>) -> Vec<Check> {
         machine.procfs,
         if machine.procfs { "/proc is mounted" } else { "/proc is not mounted" },
         "the native driver finds its processes through /proc: mount it",
-        true,
+        Gate::Blocking,
     )];
     let Some(m) = m.filter(|m| m.component.localkube.run.needs_root) else { return out };
     let lk = &m.component.localkube;
@@ -103,7 +103,7 @@ pub fn checks(machine: &Machine, m: Option<&Manifest>) -> Vec<Check> {
         },
         "run `sudo -E kubestrap start` (-E keeps your KUBECONFIG and home), or use `--driver qemu` or \
          `--driver docker`, which need no root",
-        true,
+        Gate::Blocking,
     ));
     let v1_refused = m.kubernetes >= semver::Version::new(1, 35, 0);
     out.push(match &machine.cgroup2_controllers {
@@ -119,7 +119,7 @@ pub fn checks(machine: &Machine, m: Option<&Manifest>) -> Vec<Check> {
                 },
                 "enable the controllers in /sys/fs/cgroup/cgroup.subtree_control (inside a container: run it \
                  with --cgroupns=private and a writable cgroup), or use --driver qemu",
-                false,
+                Gate::Advisory,
             )
         }
         None => Check::new(
@@ -131,7 +131,7 @@ pub fn checks(machine: &Machine, m: Option<&Manifest>) -> Vec<Check> {
                 format!("cgroup v1 (Kubernetes {} still runs on it; 1.35 and later refuse it)", m.kubernetes)
             },
             "boot with systemd.unified_cgroup_hierarchy=1 (cgroup v2), or use --driver qemu",
-            false,
+            Gate::Advisory,
         ),
     });
     for (name, ok, what) in [
@@ -143,7 +143,7 @@ pub fn checks(machine: &Machine, m: Option<&Manifest>) -> Vec<Check> {
             ok,
             &format!("{what}: {}", if ok { "available" } else { "not loaded" }),
             &format!("run `sudo modprobe {name}` (k3s tries that itself, which fails inside a container)"),
-            false,
+            Gate::Advisory,
         ));
     }
     let tools = &machine.missing_tools;
@@ -156,7 +156,7 @@ pub fn checks(machine: &Machine, m: Option<&Manifest>) -> Vec<Check> {
             format!("{} not installed: the node address and the cleanup after k3s use them", tools.join(", "))
         },
         "install iproute2 and iptables (`apt-get install iproute2 iptables`)",
-        true,
+        Gate::Blocking,
     ));
     out.push(Check::new(
         "mount propagation",
@@ -167,7 +167,7 @@ pub fn checks(machine: &Machine, m: Option<&Manifest>) -> Vec<Check> {
             "/ is not a shared mount: pods with Bidirectional mount propagation would fail"
         },
         "run `mount --make-rshared /` (systemd does it at boot), or use --driver docker or --driver qemu",
-        false,
+        Gate::Advisory,
     ));
     let foreign = &machine.foreign;
     out.push(Check::new(
@@ -180,7 +180,7 @@ pub fn checks(machine: &Machine, m: Option<&Manifest>) -> Vec<Check> {
             format!("{} already run(s) here and hold(s) the kubelet's ports", list.join(", "))
         },
         "stop the other Kubernetes (e.g. `systemctl stop k3s`), or use --driver qemu or --driver docker",
-        true,
+        Gate::Blocking,
     ));
     out
 }

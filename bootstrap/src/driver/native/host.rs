@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::node::{CNI_BRIDGE, NodeNet, find_tool, tool, tool_with_input};
 use crate::driver::supervisor::process::{self, boot_id, marker_value};
-use crate::driver::{Check, DriverError, Result};
+use crate::driver::{Check, DriverError, Gate, Result};
 use crate::profile::Profile;
 use crate::state::{read as read_state, write as write_state};
 
@@ -129,9 +129,13 @@ pub fn other_holder(p: &Profile) -> Option<Claim> {
 /// The blocking check a start of `p` makes before it fetches anything.
 pub fn check(p: &Profile, program: &str) -> Check {
     match other_holder(p) {
-        None => {
-            Check::new("machine-wide k3s", true, &format!("no other native {program} runs on this machine"), "", true)
-        }
+        None => Check::new(
+            "machine-wide k3s",
+            true,
+            &format!("no other native {program} runs on this machine"),
+            "",
+            Gate::Blocking,
+        ),
         Some(c) => Check::new(
             "machine-wide k3s",
             false,
@@ -145,7 +149,7 @@ pub fn check(p: &Profile, program: &str) -> Check {
                  docker` or `--driver qemu`)",
                 c.profile
             ),
-            true,
+            Gate::Blocking,
         ),
     }
 }

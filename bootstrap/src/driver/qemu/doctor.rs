@@ -9,7 +9,7 @@ use kubestrap_manifest::{ComponentName, Driver as Kind, Manifest};
 
 use super::Hypervisor;
 use super::cmdline::{self, HostCaps};
-use crate::driver::Check;
+use crate::driver::{Check, Gate};
 use crate::profile::VmSettings;
 
 /// Whether the release's hypervisor, when cached, runs here (`--version`).
@@ -19,7 +19,7 @@ pub(super) fn hypervisor_runs(home: &Path, m: &Manifest) -> Option<Check> {
     let tree = home.join("components").join(hv.artifact.sha256.to_string());
     if !tree.is_dir() {
         let detail = format!("hypervisor {} is not cached yet (start fetches and verifies it)", hv.version);
-        return Some(Check::new("qemu runs", true, &detail, "", false));
+        return Some(Check::new("qemu runs", true, &detail, "", Gate::Advisory));
     }
     // Nothing of the tree runs unless it still matches its signed artifact.
     match crate::artifacts::store::verify_component(&tree) {
@@ -32,22 +32,22 @@ pub(super) fn hypervisor_runs(home: &Path, m: &Manifest) -> Option<Check> {
                 bad.len(),
                 bad[0]
             );
-            return Some(Check::new("qemu runs", true, &detail, "", false));
+            return Some(Check::new("qemu runs", true, &detail, "", Gate::Advisory));
         }
         Err(e) => {
             let detail = format!("the cached hypervisor cannot be checked ({e}); not run");
-            return Some(Check::new("qemu runs", true, &detail, "", false));
+            return Some(Check::new("qemu runs", true, &detail, "", Gate::Advisory));
         }
     }
     let result = Hypervisor { tree }.run("qemu-system-x86_64", &["--version"], Duration::from_secs(10));
     Some(match result {
-        Ok(text) => Check::new("qemu runs", true, text.lines().next().unwrap_or("qemu"), "", true),
+        Ok(text) => Check::new("qemu runs", true, text.lines().next().unwrap_or("qemu"), "", Gate::Blocking),
         Err(e) => Check::new(
             "qemu runs",
             false,
             &e.to_string(),
             "run `kubestrap cache verify`; if it still fails, this machine lacks what the hypervisor needs",
-            true,
+            Gate::Blocking,
         ),
     })
 }
@@ -65,7 +65,7 @@ pub fn checks(host: &HostCaps, m: Option<&Manifest>, set: VmSettings) -> Vec<Che
         ok,
         &detail,
         "pick one this machine has with --accel (tcg always works), or enable virtualization",
-        true,
+        Gate::Blocking,
     ));
     if let Some(m) = m {
         let target = kubestrap_manifest::Target::host();
@@ -85,7 +85,7 @@ pub fn checks(host: &HostCaps, m: Option<&Manifest>, set: VmSettings) -> Vec<Che
                 format!("release {} pins no {} for {target} and the qemu driver", m.id(), missing.join(" or "))
             },
             "use a release made for the qemu driver, or another driver",
-            true,
+            Gate::Blocking,
         ));
     }
     out
