@@ -114,7 +114,8 @@ impl Payload {
         len >= END_LEN && f.read_exact_at(&mut end, len - END_LEN).is_ok() && le32(&end, 0) == END
     }
 
-    /// Opens a bundle and checks its structure strictly.
+    /// Opens a bundle and checks its structure strictly. Long on purpose:
+    /// every structural check of the format, in the order of the file.
     pub fn open(path: &Path) -> Result<Payload> {
         let file = File::open(path).map_err(|e| io_err(path, "open", e))?;
         let len = file.metadata().map_err(|e| io_err(path, "stat", e))?.len();

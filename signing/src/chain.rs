@@ -107,7 +107,9 @@ impl KeyChain {
     /// list also by the previous list's `threshold` of its roots, and have a
     /// higher version. Signatures are checked over the exact bytes before a
     /// list is parsed. Only the newest list's `expires` counts: expired →
-    /// refused, or accepted with a warning when `allow_expired`.
+    /// refused, or accepted with a warning when `allow_expired`. Long on
+    /// purpose: the chain is one walk, list by list, so no list is used
+    /// before the one before it vouched for it.
     pub fn verify(
         chain: &[KeyListFile],
         anchors: &[PublicKey],

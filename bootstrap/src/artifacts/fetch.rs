@@ -184,6 +184,9 @@ pub fn fetch_all(
     Ok(out)
 }
 
+/// One artifact: the store, then each catalog and source in turn, until
+/// one hands over bytes with the pinned sha256 and size. Long on purpose:
+/// the order of the sources and what each failure means are one policy.
 fn fetch_one(
     home: &Home,
     job: &Job,

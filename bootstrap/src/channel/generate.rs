@@ -329,7 +329,8 @@ impl Fetcher<'_> {
     }
 }
 
-/// Builds the manifest (unsigned).
+/// Builds the manifest (unsigned). Long on purpose: the manifest field by
+/// field, in the order the file has them.
 pub fn generate(req: &Request, client: &Client, report: Report) -> Result<Manifest> {
     let usage = |m: String| GenerateError::Usage(m);
     match (pins::version_core(&req.k3s), req.k3s.split_once("+k3s")) {

@@ -50,7 +50,8 @@ pub enum Record {
 }
 
 /// Verifies a manifest's signature over its exact bytes, against each key
-/// list chain kept here (and keys pinned here), as `check` says.
+/// list chain kept here (and keys pinned here), as `check` says. Long on
+/// purpose: the acceptance policy reads as one decision, top to bottom.
 pub fn verify_manifest(home: &Home, doc: &Document<'_>, check: &Check<'_>) -> Result<Trusted> {
     let Document { label, bytes, sig } = *doc;
     let Check { allow_expired, extra, record } = *check;

@@ -144,6 +144,8 @@ impl Progress for Ui {
 }
 
 impl Ui {
+    /// A download event, on a bar or as a line. Long on purpose: one match
+    /// over every download event, each arm the renderer's one reaction.
     fn download(&self, e: Download<'_>) {
         if self.is_json() {
             let v = match e {

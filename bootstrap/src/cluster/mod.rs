@@ -1,7 +1,14 @@
-//! The cluster lifecycle: `start` as named steps, `stop`, `delete`,
-//! `status`, and what a cluster is made of besides localkube — its profile,
-//! PKI, kubeconfig entries and the apiserver probe. Logic only: progress
-//! goes out as typed events ([`crate::progress`]), results are returned.
+//! The cluster lifecycle: `start` as named steps (`start`, `bringup`), `stop`,
+//! `delete`, `status`, `upgrade` and rollback (with `snapshot`, `journal`,
+//! `recovery`), the nodes of a cluster (`nodes`: the node model every path
+//! uses; `node_cmd`: the `node` commands) and joining another machine's
+//! (`join`), and what a cluster is made of besides localkube — its PKI,
+//! kubeconfig entries, images and the apiserver probe. Every mutating
+//! command holds a `session` (the profile's lock and its driver); the
+//! release it asks for is a `release::ReleaseRequest`. The profile itself
+//! (paths and config) is `crate::profile`, below this layer. Logic only:
+//! progress goes out as typed events ([`crate::progress`]), results are
+//! returned.
 
 use anyhow::Result;
 use kubestrap_fskit::Lock;

@@ -390,8 +390,11 @@ pub fn wait_ready(
             };
             last = (*n, answer);
             if check_hosts {
+                // Running or on its way down is alive (a stop is not this
+                // wait's to judge); an engine that does not answer is asked
+                // again next second.
                 match drv.status(p, *n) {
-                    Ok(HostState::Running(_)) | Err(_) => {}
+                    Ok(HostState::Running(_) | HostState::Stopping(_)) | Err(_) => {}
                     Ok(HostState::Crashed { how, .. }) => return Err(NotUp::Ended { node: *n, how }),
                     Ok(_) => return Err(NotUp::Ended { node: *n, how: "stopped".into() }),
                 }

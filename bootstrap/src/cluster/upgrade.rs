@@ -335,7 +335,8 @@ struct Swap<'a> {
     tuning: &'a Tuning,
 }
 
-/// The swap itself, journaled.
+/// The swap itself, journaled. Long on purpose: the journal's phases,
+/// each entered before it acts, read in the order they happen.
 fn run(s: &Session, swap: Swap) -> Result<Outcome> {
     let drv = s.driver();
     let Swap { cfg, from, to, plan, kind, fetch, tuning } = swap;

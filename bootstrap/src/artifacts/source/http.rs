@@ -122,6 +122,9 @@ impl ArtifactSource for HttpSource {
 }
 
 impl HttpSource {
+    /// One request to one URL, to the stored blob. Long on purpose: one
+    /// exchange read in order (request, status, length, the stream with its
+    /// stall and rate checks), each check beside the bytes it guards.
     fn once(
         &self,
         client: &reqwest::blocking::Client,

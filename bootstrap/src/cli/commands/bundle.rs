@@ -105,6 +105,8 @@ fn entry_progress<'a>(ui: &'a Ui, label: &'a str) -> impl FnMut(u64) + 'a {
     }
 }
 
+/// `bundle create`. Long on purpose: the manifest, its artifacts and the
+/// payload are gathered and written as one sequence the reader follows.
 fn create(a: BundleCreateArgs, home: &Home, ui: &Ui) -> Result<Code> {
     let t = Instant::now();
     let _store =

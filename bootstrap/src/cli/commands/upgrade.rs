@@ -220,6 +220,9 @@ fn previous_exe(home: &Home) -> PathBuf {
     home.root().join("state/kubestrap-previous")
 }
 
+/// `self-update`. Long on purpose: its steps (index, verify, download,
+/// check, keep the old one, swap) share the verified state and run in
+/// this order only.
 pub fn self_update(a: SelfUpdateArgs, home: &Home, ui: &Ui) -> Result<Code> {
     let t = Instant::now();
     let exe = std::env::current_exe()?;

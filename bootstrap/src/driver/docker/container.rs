@@ -244,7 +244,8 @@ pub(super) struct Spec<'s> {
     pub(super) command: Vec<String>,
 }
 
-/// `docker create` for one node of `launch`'s release.
+/// `docker create` for one node of `launch`'s release. Long on purpose: the
+/// arguments in the order `docker create` takes them.
 pub(super) fn container_args(
     launch: &Launch,
     eng: &Engine,

@@ -81,7 +81,8 @@ fn foreign_kubernetes() -> Vec<(i32, String)> {
 const CONTROLLERS: [&str; 5] = ["cpu", "cpuset", "io", "memory", "pids"];
 
 /// The native driver's checks for running `m`'s localkube (or, without a
-/// manifest, the ones every localkube needs).
+/// manifest, the ones every localkube needs). Long on purpose: one flat
+/// list of checks of a few lines each, in the order `doctor` shows them.
 pub fn checks(machine: &Machine, m: Option<&Manifest>) -> Vec<Check> {
     let mut out = vec![Check::new(
         "procfs",

@@ -38,7 +38,8 @@ struct MemoryRegion {
 }
 
 /// Runs `hlt` at 0x1000 in real mode; Ok when the vCPU exits with HLT.
-/// Runs in the probe child only: a broken KVM may never return.
+/// Runs in the probe child only: a broken KVM may never return. Long on
+/// purpose: the KVM ioctls in the order the kernel's API takes them.
 pub fn probe_in_this_process() -> Result<(), String> {
     // SAFETY: plain ioctls and mmaps on descriptors this function owns;
     // every result is checked before use.
