@@ -88,9 +88,31 @@ pub enum Code {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// The exit code for an error: the first cause in its chain that has one.
-pub fn classify(err: &anyhow::Error) -> Code {
-    err.chain().find_map(code_of).unwrap_or(Code::Internal)
+/// The exit code for an error and what to do about it, from one walk of its
+/// chain. The code is the first cause's that has one. The hint is the first
+/// cause's that carries one (errors keep their advice apart from what
+/// happened), else the exit code's (a full disk: where to free space, under
+/// `home` when it is known).
+pub fn classify(err: &anyhow::Error, home: Option<&std::path::Path>) -> (Code, Option<String>) {
+    let (mut code, mut hint) = (None, None);
+    for cause in err.chain() {
+        if code.is_none() {
+            code = code_of(cause);
+        }
+        if hint.is_none() {
+            hint = hint_of(cause);
+        }
+        if code.is_some() && hint.is_some() {
+            break;
+        }
+    }
+    let code = code.unwrap_or(Code::Internal);
+    let hint = hint.or_else(|| match (code, home) {
+        (Code::DiskFull, Some(home)) => Some(disk_full_advice(home)),
+        (Code::Locked, _) => Some("wait for the other command to finish, or retry without --no-wait".into()),
+        _ => None,
+    });
+    (code, hint)
 }
 
 use crate::profile::ProfileError;
@@ -336,17 +358,6 @@ fn signing_code(e: &kubestrap_signing::Error) -> Code {
     }
 }
 
-/// What to do about an error: the hint of the first cause in its chain that
-/// carries one (errors keep their advice apart from what happened), else
-/// the exit code's (a full disk: where to free space).
-pub fn hint(err: &anyhow::Error, code: Code, home: Option<&std::path::Path>) -> Option<String> {
-    err.chain().find_map(hint_of).or_else(|| match (code, home) {
-        (Code::DiskFull, Some(home)) => Some(disk_full_advice(home)),
-        (Code::Locked, _) => Some("wait for the other command to finish, or retry without --no-wait".into()),
-        _ => None,
-    })
-}
-
 fn hint_of(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
     if let Some(e) = cause.downcast_ref::<ClusterError>() {
         return e.hint();
@@ -422,16 +433,18 @@ mod tests {
     #[test]
     fn advice_travels_apart_from_what_happened() {
         let err = anyhow::Error::new(ClusterError::PortInUse { port: 6443 }).context("starting profile \"x\"");
-        let code = classify(&err);
+        let (code, hint) = classify(&err, None);
         assert_eq!(code, Code::PortInUse);
-        assert_eq!(hint(&err, code, None).as_deref(), Some("free it, or choose another with --port"));
+        assert_eq!(hint.as_deref(), Some("free it, or choose another with --port"));
         assert!(!format!("{err:#}").contains("--port"), "{err:#}");
         let full = anyhow::Error::new(FsError::io(
             std::path::Path::new("/h/blobs/x"),
             "write",
             std::io::Error::from_raw_os_error(28),
         ));
-        assert_eq!(classify(&full), Code::DiskFull);
-        assert!(hint(&full, Code::DiskFull, Some(std::path::Path::new("/h"))).unwrap().contains("/h"));
+        let (code, hint) = classify(&full, Some(std::path::Path::new("/h")));
+        assert_eq!(code, Code::DiskFull);
+        assert!(hint.unwrap().contains("/h"));
+        assert_eq!(classify(&full, None), (Code::DiskFull, None));
     }
 }

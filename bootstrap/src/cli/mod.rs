@@ -29,8 +29,8 @@ pub fn main() -> ExitCode {
         Ok(h) => h,
         Err(err) => {
             let err = anyhow::Error::new(err);
-            let code = exit::classify(&err);
-            report_error(&ui, &err, code, exit::hint(&err, code, None));
+            let (code, hint) = exit::classify(&err, None);
+            report_error(&ui, &err, code, hint);
             return ExitCode::from(code as u8);
         }
     };
@@ -42,8 +42,8 @@ pub fn main() -> ExitCode {
     match ran {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            let code = exit::classify(&err);
-            report_error(&ui, &err, code, exit::hint(&err, code, Some(home.root())));
+            let (code, hint) = exit::classify(&err, Some(home.root()));
+            report_error(&ui, &err, code, hint);
             ExitCode::from(code as u8)
         }
     }
