@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 pub mod args;
+mod code;
 mod commands;
 pub mod exit;
 pub mod render;

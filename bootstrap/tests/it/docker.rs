@@ -122,7 +122,7 @@ fn two_docker_profiles_run_at_once_and_an_unreachable_engine_is_said_clearly() {
     for cmd in [&["start", "-p", "da"][..], &["stop", "-p", "da"], &["status", "-p", "da"], &["delete", "-p", "da"]] {
         let out = elsewhere(cmd);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(44), "{cmd:?}: {err}");
+        assert_eq!(out.status.code(), exit(Code::Unfit), "{cmd:?}: {err}");
         assert!(
             err.contains("lives on the engine at unix:///var/run/docker.sock (Docker ")
                 && err.contains("pointed at unix:///nonexistent/docker.sock (DOCKER_HOST)"),
@@ -140,19 +140,19 @@ fn two_docker_profiles_run_at_once_and_an_unreachable_engine_is_said_clearly() {
     let record = c.env.home.join("profiles/db/container/engine.toml");
     let kept = fs::read_to_string(&record).unwrap();
     fs::write(&record, kept.replace("unix:///var/run/docker.sock", "unix:///nonexistent/docker.sock")).unwrap();
-    let err = c.env.fail(&["status", "-p", "db"], 44);
+    let err = c.env.fail(&["status", "-p", "db"], Code::Unfit);
     assert!(
         err.contains("cannot reach the engine at unix:///nonexistent/docker.sock (where the profile was created)"),
         "{err}"
     );
-    c.env.fail(&["stop", "-p", "db"], 44);
+    c.env.fail(&["stop", "-p", "db"], Code::Unfit);
     let out = c.env.run(&["stop", "-p", "db", "--force"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.contains("not stopped (--force)"), "{err}");
     assert!(err.contains("on the engine at unix:///nonexistent/docker.sock") && err.contains("kubestrap-db-"), "{err}");
     let out = c.env.run(&["delete", "-p", "db"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(44), "{err}");
+    assert_eq!(out.status.code(), exit(Code::Unfit), "{err}");
     assert!(err.contains("--force") && c.env.home.join("profiles/db/config.toml").is_file(), "{err}");
     let container = ours().0.lines().find(|l| l.starts_with("kubestrap-db-")).expect("db's container").to_string();
     let out = c.env.run(&["delete", "-p", "db", "--force"]);

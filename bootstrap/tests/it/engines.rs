@@ -168,7 +168,7 @@ fn two_engines_at_once_and_a_profile_is_never_run_on_another() {
     for args in [&["stop", "-p", "on-docker"][..], &["delete", "-p", "on-docker"], &["start", "-p", "on-docker"]] {
         let out = on(&podman, args);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(44), "{args:?}: {err}");
+        assert_eq!(out.status.code(), exit(Code::Unfit), "{args:?}: {err}");
         assert!(
             err.contains("profile \"on-docker\" lives on the engine at unix:///var/run/docker.sock (Docker ")
                 && err.contains(&format!("pointed at {} (DOCKER_HOST)", podman.host)),
@@ -194,7 +194,8 @@ fn a_rootless_engine_refuses_a_release_that_needs_root_before_fetching() {
         s.needs_root = true;
     });
     let port = free_port().to_string();
-    let err = c.env.fail(&["start", "-p", "k3", "--driver", "docker", "--manifest", c.m(), "--port", &port], 44);
+    let err =
+        c.env.fail(&["start", "-p", "k3", "--driver", "docker", "--manifest", c.m(), "--port", &port], Code::Unfit);
     assert!(err.contains("rootless Podman") && err.contains("needs-root"), "{err}");
     assert!(err.contains("rootful engine") && err.contains("--driver qemu"), "the alternative: {err}");
     assert!(c.env.blobs().is_empty() && c.env.partials().is_empty(), "nothing fetched");
@@ -242,7 +243,7 @@ fn the_engine_is_the_docker_clis_current_context() {
     cli(&["context", "use", "ks-other"]);
     let out = c.env.cmd(&["stop", "-p", "ctx"]).env("DOCKER_CONFIG", &config).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(44), "{err}");
+    assert_eq!(out.status.code(), exit(Code::Unfit), "{err}");
     assert!(
         err.contains(&format!("lives on the engine at {} (Podman", podman.host))
             && err.contains("docker context \"ks-other\""),

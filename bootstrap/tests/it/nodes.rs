@@ -132,7 +132,7 @@ fn a_docker_cluster_of_three_nodes_grows_loses_a_node_repairs_it_shrinks_and_is_
     assert!(!containers(&c).iter().any(|n| n.ends_with("-m02")), "{:?}", containers(&c));
     assert!(!volumes(&c).contains("-m02-data"), "{}", volumes(&c));
     // The server is not an agent, and an unknown node is said.
-    let err = c.env.fail(&["node", "delete", "-p", "mn", "kubestrap-mn"], 2);
+    let err = c.env.fail(&["node", "delete", "-p", "mn", "kubestrap-mn"], Code::Usage);
     assert!(err.contains("no agent node") && err.contains("m03"), "{err}");
 
     // stop → start keeps every node and the configmap.
@@ -162,7 +162,8 @@ fn more_nodes_than_one_are_refused_where_the_driver_or_release_cannot_run_them()
     }
     // The native driver: its host is this machine.
     let c = multi_node();
-    let err = c.env.fail(&["start", "-p", "nat", "--manifest", c.m(), "--driver", "native", "--nodes", "2"], 44);
+    let err =
+        c.env.fail(&["start", "-p", "nat", "--manifest", c.m(), "--driver", "native", "--nodes", "2"], Code::Unfit);
     assert!(err.contains("cannot have 2 nodes") && err.contains("native driver runs one node"), "{err}");
     assert!(!c.env.path().join("profiles/nat/config.toml").exists(), "nothing was made");
     // A release without run.agent runs one node.
@@ -171,7 +172,8 @@ fn more_nodes_than_one_are_refused_where_the_driver_or_release_cannot_run_them()
         s.localkube_drivers = vec!["docker".into()];
         s.rootfs = Some(rootfs);
     });
-    let err = one.env.fail(&["start", "-p", "one", "--manifest", one.m(), "--driver", "docker", "--nodes", "2"], 44);
+    let err =
+        one.env.fail(&["start", "-p", "one", "--manifest", one.m(), "--driver", "docker", "--nodes", "2"], Code::Unfit);
     assert!(err.contains("has no agent command line"), "{err}");
     // Started with one node, it stays one (and `node add` says why not).
     one.env.ok(&[
@@ -185,7 +187,7 @@ fn more_nodes_than_one_are_refused_where_the_driver_or_release_cannot_run_them()
         "--port",
         &free_port().to_string(),
     ]);
-    let err = one.env.fail(&["node", "add", "-p", "one"], 44);
+    let err = one.env.fail(&["node", "add", "-p", "one"], Code::Unfit);
     assert!(err.contains("has no agent command line"), "{err}");
     one.env.ok(&["delete", "-p", "one"]);
 }
@@ -244,7 +246,7 @@ fn a_three_node_upgrade_moves_every_node_and_agents_that_never_get_ready_roll_th
     // Its agents wrote their state before they failed to join, a state the
     // old agents refuse (as a store a newer containerd migrated): the
     // rollback brings every node's state back, not the server's alone.
-    let err = c.env.fail(&["upgrade", "-p", "up", "--manifest", bad.to_str().unwrap()], 52);
+    let err = c.env.fail(&["upgrade", "-p", "up", "--manifest", bad.to_str().unwrap()], Code::UpgradeRolledBack);
     assert!(err.contains("rolled back") && err.contains("m02"), "{err}");
     let snaps = c.env.ok(&["snapshot", "list", "-p", "up", "-o", "json"]);
     assert!(snaps.contains(r#""nodes":3"#), "the snapshot holds every node's state: {snaps}");
@@ -334,9 +336,9 @@ fn a_docker_cluster_serves_its_api_where_listen_says_and_node_names_are_checked(
     let port = free_port().to_string();
     c.env.ok(&["start", "-p", "ls", "--manifest", c.m(), "--driver", "docker", "--port", &port]);
     // Loopback only: no line another machine could use.
-    let err = c.env.fail(&["node", "join-command", "-p", "ls"], 2);
+    let err = c.env.fail(&["node", "join-command", "-p", "ls"], Code::Usage);
     assert!(err.contains("127.0.0.1 only") && err.contains("--listen"), "{err}");
-    let err = c.env.fail(&["start", "-p", "ls", "--listen", "0.0.0.0"], 2);
+    let err = c.env.fail(&["start", "-p", "ls", "--listen", "0.0.0.0"], Code::Usage);
     assert!(err.contains("not 0.0.0.0"), "{err}");
     // Stopped and started with --listen: the container is made again, published there too.
     c.env.ok(&["stop", "-p", "ls"]);
@@ -352,7 +354,7 @@ fn a_docker_cluster_serves_its_api_where_listen_says_and_node_names_are_checked(
     assert!(line.contains(&format!("kubestrap node join {server} --ca-sha256 ")), "{line}");
     // A node name is one path segment of the API, never more.
     for bad in ["../namespaces/default", "M02", "a/b", "x-"] {
-        let err = c.env.fail(&["node", "delete", "-p", "ls", bad], 2);
+        let err = c.env.fail(&["node", "delete", "-p", "ls", bad], Code::Usage);
         assert!(err.contains("is not a node name"), "{bad}: {err}");
     }
     c.env.ok(&["delete", "-p", "ls"]);

@@ -312,16 +312,17 @@ fn accel_kvm_without_kvm_is_refused_before_anything_is_fetched() {
     )
     .unwrap();
     let port = free_port().to_string();
-    let err = c
-        .env
-        .fail(&["start", "-p", "k", "--driver", "qemu", "--accel", "kvm", "--manifest", c.m(), "--port", &port], 44);
+    let err = c.env.fail(
+        &["start", "-p", "k", "--driver", "qemu", "--accel", "kvm", "--manifest", c.m(), "--port", &port],
+        Code::Unfit,
+    );
     assert!(err.contains("the test says KVM halts nothing here"), "{err}");
     assert!(c.env.blobs().is_empty(), "artifacts were fetched before the refusal: {:?}", c.env.blobs());
     assert!(!default_home(&c.env).exists(), "the preflight used the default home, not KUBESTRAP_HOME");
     // The machine's choice (no --accel) goes on with TCG: past the
     // preflight, into the fetch.
     let out = c.env.run(&["start", "-p", "k2", "--driver", "qemu", "--manifest", c.m(), "--port", &port]);
-    assert_ne!(out.status.code(), Some(44), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_ne!(out.status.code(), exit(Code::Unfit), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!c.env.blobs().is_empty(), "the start without --accel kvm did not get to fetching");
 }
 
@@ -405,7 +406,7 @@ fn kvm_then_tcg_failing_names_both_attempts() {
     let port = free_port().to_string();
     let out = c.env.run(&["start", "-p", "vm", "--driver", "qemu", "--manifest", c.m(), "--port", &port]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(43), "{err}");
+    assert_eq!(out.status.code(), exit(Code::Driver), "{err}");
     assert!(err.contains("with KVM") && err.contains("then with TCG"), "{err}");
     assert!(err.contains("failed to set MSR"), "{err}");
     let (code, st) = c.status("vm");
