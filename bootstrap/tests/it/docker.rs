@@ -16,8 +16,7 @@ pub(crate) fn docker(args: &[&str]) -> (bool, String) {
 fn docker_cluster() -> Cluster {
     let rootfs = docker_rootfs();
     Cluster::with(|s| {
-        s.localkube_drivers = vec!["native".into(), "docker".into()];
-        s.rootfs = Some(rootfs);
+        s.run_on([TestDriver::Native, TestDriver::Docker(rootfs)]);
     })
 }
 
@@ -41,8 +40,7 @@ fn docker_is_chosen_stops_keep_the_volume_and_delete_leaves_nothing_of_ours() {
     let scratch = tempfile::tempdir().unwrap();
     let rootfs = docker_rootfs_of_its_own(scratch.path(), "chosen-and-deleted");
     let c = Cluster::with(|s| {
-        s.localkube_drivers = vec!["native".into(), "docker".into()];
-        s.rootfs = Some(rootfs.clone());
+        s.run_on([TestDriver::Native, TestDriver::Docker(rootfs.clone())]);
     });
     // Someone else's container on the same engine, left alone throughout.
     let bystander = rootful_docker().unwrap().bystander(c.env.path());
@@ -198,8 +196,7 @@ fn a_docker_cluster_upgrades_and_keeps_its_volume() {
         let rootfs = rootfs.clone();
         let dir = env.scratch(images);
         move |s: &mut ManifestSpec| {
-            s.localkube_drivers = vec!["native".into(), "docker".into()];
-            s.rootfs = Some(rootfs);
+            s.run_on([TestDriver::Native, TestDriver::Docker(rootfs)]);
             s.own_images(&dir, images);
         }
     };
@@ -246,8 +243,7 @@ fn a_bundle_starts_a_docker_cluster_with_no_download_and_no_registry() {
         (nowhere(&kubectl), kubectl.clone(), "file".into()),
         (nowhere(&lk), lk.clone(), "tar.zst".into(), "localkube-standin".into()),
     );
-    spec.localkube_drivers = vec!["docker".into()];
-    spec.rootfs = Some(Artifact { path: dir.join(rootfs.path.file_name().unwrap()), ..rootfs.clone() });
+    spec.run_on([TestDriver::Docker(Artifact { path: dir.join(rootfs.path.file_name().unwrap()), ..rootfs.clone() })]);
     let mut m = spec.manifest();
     if let Some(r) = m.component.rootfs.as_mut() {
         for a in r.target.values_mut() {

@@ -228,8 +228,7 @@ fn a_second_native_k3s_is_refused_and_the_hosts_k3s_settings_change_nothing() {
     let c = Cluster::with(|s| {
         k3s_standin(s, &k3s_run(), &[]);
         if docker {
-            s.localkube_drivers = vec!["native".into(), "docker".into()];
-            s.rootfs = Some(docker_rootfs());
+            s.run_on([TestDriver::Native, TestDriver::Docker(docker_rootfs())]);
         }
     });
     let port = free_port().to_string();

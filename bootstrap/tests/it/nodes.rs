@@ -17,8 +17,7 @@ fn all_ready(names: &[&str]) -> Vec<(String, String)> {
 fn multi_node() -> Cluster {
     let rootfs = docker_rootfs();
     Cluster::with(|s| {
-        s.localkube_drivers = vec!["native".into(), "docker".into()];
-        s.rootfs = Some(rootfs);
+        s.run_on([TestDriver::Native, TestDriver::Docker(rootfs)]);
         s.multi_node();
     })
 }
@@ -169,8 +168,7 @@ fn more_nodes_than_one_are_refused_where_the_driver_or_release_cannot_run_them()
     // A release without run.agent runs one node.
     let rootfs = docker_rootfs();
     let one = Cluster::with(|s| {
-        s.localkube_drivers = vec!["docker".into()];
-        s.rootfs = Some(rootfs);
+        s.run_on([TestDriver::Docker(rootfs)]);
     });
     let err =
         one.env.fail(&["start", "-p", "one", "--manifest", one.m(), "--driver", "docker", "--nodes", "2"], Code::Unfit);
@@ -216,8 +214,7 @@ fn a_three_node_upgrade_moves_every_node_and_agents_that_never_get_ready_roll_th
     let env = Env::new();
     let rootfs = docker_rootfs();
     let docker_multi = |s: &mut ManifestSpec| {
-        s.localkube_drivers = vec!["docker".into()];
-        s.rootfs = Some(rootfs.clone());
+        s.run_on([TestDriver::Docker(rootfs.clone())]);
         s.multi_node();
     };
     let m32 = crate::upgrade::release(&env, 32, 1, docker_multi);
@@ -278,8 +275,7 @@ fn a_qemu_cluster_of_two_vms_joins_on_its_own_l2_segment_and_suspends_and_resume
     }
     let vm = vm_artifacts();
     let c = Cluster::with(|s| {
-        s.localkube_drivers = vec!["qemu".into()];
-        s.vm = Some(vm);
+        s.run_on([TestDriver::Qemu(vm)]);
         s.multi_node();
         // Two VMs under TCG on two cores: room to boot.
         s.agent.as_mut().unwrap().1 = 120;
@@ -390,8 +386,7 @@ fn nodes_a_killed_start_add_or_delete_left_are_brought_up_or_removed_by_the_next
     // and it brings the node up with the others on the new release.
     killed_at(&c, "node add", &["node", "add", "-p", "kn"]);
     let next = crate::upgrade::release(&c.env, 33, 2, |s| {
-        s.localkube_drivers = vec!["native".into(), "docker".into()];
-        s.rootfs = Some(docker_rootfs());
+        s.run_on([TestDriver::Native, TestDriver::Docker(docker_rootfs())]);
         s.multi_node();
     });
     c.env.ok(&["upgrade", "-p", "kn", "--manifest", next.to_str().unwrap()]);

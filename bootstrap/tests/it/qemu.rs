@@ -14,8 +14,7 @@ use crate::support::*;
 fn vm_cluster() -> Cluster {
     let vm = vm_artifacts();
     Cluster::with(|s| {
-        s.localkube_drivers = vec!["native".into(), "qemu".into()];
-        s.vm = Some(vm);
+        s.run_on([TestDriver::Native, TestDriver::Qemu(vm)]);
     })
 }
 
@@ -228,8 +227,7 @@ fn a_vm_cluster_upgrades_with_its_data_disk_as_the_snapshot_and_rolls_back() {
         let vm = vm.clone();
         let dir = env.scratch(images);
         move |s: &mut ManifestSpec| {
-            s.localkube_drivers = vec!["native".into(), "qemu".into()];
-            s.vm = Some(vm);
+            s.run_on([TestDriver::Native, TestDriver::Qemu(vm)]);
             s.own_images(&dir, images);
         }
     };
@@ -262,11 +260,17 @@ fn a_vm_cluster_upgrades_with_its_data_disk_as_the_snapshot_and_rolls_back() {
 fn unfetched_vm_cluster() -> Cluster {
     Cluster::with(|s| {
         let dir = s.localkube.1.path.parent().unwrap().join("vm-unfetched");
-        s.localkube_drivers = vec!["native".into(), "qemu".into()];
-        s.vm = Some(VmArtifacts {
-            hypervisor: tar_zst_artifact(&dir, "hv.tar.zst", &[("bin/qemu-system-x86_64", b"#!/bin/false\n", 0o755)]),
-            base_image: tar_zst_artifact(&dir, "base.tar.zst", &[("vmlinuz", b"not a kernel", 0o644)]),
-        });
+        s.run_on([
+            TestDriver::Native,
+            TestDriver::Qemu(VmArtifacts {
+                hypervisor: tar_zst_artifact(
+                    &dir,
+                    "hv.tar.zst",
+                    &[("bin/qemu-system-x86_64", b"#!/bin/false\n", 0o755)],
+                ),
+                base_image: tar_zst_artifact(&dir, "base.tar.zst", &[("vmlinuz", b"not a kernel", 0o644)]),
+            }),
+        ]);
     })
 }
 
@@ -368,8 +372,10 @@ fn kvm_that_aborts_at_once_falls_back_to_tcg_and_is_remembered() {
     let scratch = tempfile::tempdir().unwrap();
     let hv = aborting_hypervisor(scratch.path(), "kvm");
     let c = Cluster::with(|s| {
-        s.localkube_drivers = vec!["native".into(), "qemu".into()];
-        s.vm = Some(VmArtifacts { hypervisor: hv, base_image: vm_artifacts().base_image });
+        s.run_on([
+            TestDriver::Native,
+            TestDriver::Qemu(VmArtifacts { hypervisor: hv, base_image: vm_artifacts().base_image }),
+        ]);
     });
     kvm_probe_passed(&c.env);
     // The machine's choice: KVM (the probe passed); qemu aborts at once;
@@ -399,8 +405,10 @@ fn kvm_then_tcg_failing_names_both_attempts() {
     let scratch = tempfile::tempdir().unwrap();
     let hv = aborting_hypervisor(scratch.path(), "always");
     let c = Cluster::with(|s| {
-        s.localkube_drivers = vec!["native".into(), "qemu".into()];
-        s.vm = Some(VmArtifacts { hypervisor: hv, base_image: vm_artifacts().base_image });
+        s.run_on([
+            TestDriver::Native,
+            TestDriver::Qemu(VmArtifacts { hypervisor: hv, base_image: vm_artifacts().base_image }),
+        ]);
     });
     kvm_probe_passed(&c.env);
     let port = free_port().to_string();
