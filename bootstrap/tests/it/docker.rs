@@ -6,6 +6,7 @@
 use std::fs;
 use std::process::Command;
 
+use crate::scenarios::{OnDriver, upgrade_and_rollback};
 use crate::support::*;
 
 pub(crate) fn docker(args: &[&str]) -> (bool, String) {
@@ -188,39 +189,12 @@ fn a_docker_cluster_upgrades_and_keeps_its_volume() {
     if !need("docker", docker_engine) {
         return;
     }
-    let rootfs = docker_rootfs();
-    let env = Env::new();
-    // Each release places air-gap images of its own: what the one before
-    // placed goes from the volume too, not only from the stage.
-    let with = |images: &'static str| {
-        let rootfs = rootfs.clone();
-        let dir = env.scratch(images);
-        move |s: &mut ManifestSpec| {
-            s.run_on([TestDriver::Native, TestDriver::Docker(rootfs)]);
-            s.own_images(&dir, images);
-        }
+    let start = |c: &Cluster| {
+        let port = free_port().to_string();
+        c.env.ok(&["start", "--driver", "docker", "--manifest", c.m(), "--port", &port]);
     };
-    let m32 = crate::upgrade::release(&env, 32, 1, with("images-32.tar.zst"));
-    let m33 = crate::upgrade::release(&env, 33, 2, with("images-33.tar.zst"));
-    let c = Cluster { env, manifest: m32 };
-    let port = free_port().to_string();
-    c.env.ok(&["start", "--driver", "docker", "--manifest", c.m(), "--port", &port]);
-    let container = format!("kubestrap-kubestrap-{}", c.env.home_id());
-    assert_eq!(placed_images(&container), ["images-32.tar.zst"]);
-    c.kubectl_ok(&KUBECTL, &["create", "configmap", "kept", "--from-literal=k=v"]);
-    c.env.ok(&["upgrade", "--manifest", m33.to_str().unwrap()]);
-    let (_, st) = c.status("kubestrap");
-    assert!(st["kubernetes"].as_str().unwrap().starts_with("v1.33.4"), "{st}");
-    assert_eq!(configmap(&c, "kept"), "v");
-    assert_eq!(placed_images(&container), ["images-33.tar.zst"], "the earlier release's images are gone");
-    let logs = c.env.ok(&["logs", "--lines", "200"]);
-    assert!(logs.contains("place-data: removed agent/images/images-32.tar.zst (no longer placed)"), "{logs}");
-    c.env.ok(&["rollback"]);
-    let (_, st) = c.status("kubestrap");
-    assert!(st["kubernetes"].as_str().unwrap().starts_with("v1.32.4"), "{st}");
-    assert_eq!(configmap(&c, "kept"), "v");
-    assert_eq!(placed_images(&container), ["images-32.tar.zst"]);
-    c.env.ok(&["delete"]);
+    let placed = |c: &Cluster| placed_images(&format!("kubestrap-kubestrap-{}", c.env.home_id()));
+    upgrade_and_rollback(&OnDriver { driver: TestDriver::Docker(docker_rootfs()), start, placed_images: Some(placed) });
 }
 
 #[test]

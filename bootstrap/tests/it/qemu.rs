@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use crate::scenarios::{OnDriver, upgrade_and_rollback};
 use crate::support::*;
 
 fn vm_cluster() -> Cluster {
@@ -219,40 +220,10 @@ fn a_vm_cluster_upgrades_with_its_data_disk_as_the_snapshot_and_rolls_back() {
     if !need("qemu", qemu_installed) {
         return;
     }
-    let vm = vm_artifacts();
-    let env = Env::new();
-    // Each release places air-gap images of its own: what the one before
-    // placed goes from the data disk too (the guest's place-data says so).
-    let with_vm = |images: &'static str| {
-        let vm = vm.clone();
-        let dir = env.scratch(images);
-        move |s: &mut ManifestSpec| {
-            s.run_on([TestDriver::Native, TestDriver::Qemu(vm)]);
-            s.own_images(&dir, images);
-        }
+    let start = |c: &Cluster| {
+        start_vm(c, "kubestrap", true);
     };
-    let m32 = crate::upgrade::release(&env, 32, 1, with_vm("images-32.tar.zst"));
-    let m33 = crate::upgrade::release(&env, 33, 2, with_vm("images-33.tar.zst"));
-    let c = Cluster { env, manifest: m32 };
-    start_vm(&c, "kubestrap", true);
-    c.kubectl_ok(&KUBECTL, &["create", "configmap", "kept", "--from-literal=k=v"]);
-    let version = |c: &Cluster| c.status("kubestrap").1["kubernetes"].as_str().unwrap_or_default().to_string();
-    assert!(version(&c).starts_with("v1.32.4"));
-
-    let out = c.env.ok(&["upgrade", "--manifest", m33.to_str().unwrap()]);
-    assert!(out.contains("1.33.4"), "{out}");
-    assert!(version(&c).starts_with("v1.33.4"), "{}", version(&c));
-    assert_eq!(configmap(&c, "kept"), "v");
-    let snaps = json_lines(&c.env.ok(&["-o", "json", "snapshot", "list"]));
-    assert_eq!(snaps.len(), 1, "{snaps:?}");
-    assert!(snaps[0]["bytes"].as_u64().unwrap() > 0, "the data disk was copied: {snaps:?}");
-    let logs = c.env.ok(&["logs", "--lines", "400"]);
-    assert!(logs.contains("place-data: removed agent/images/images-32.tar.zst (no longer placed)"), "{logs}");
-
-    c.env.ok(&["rollback"]);
-    assert!(version(&c).starts_with("v1.32.4"), "{}", version(&c));
-    assert_eq!(configmap(&c, "kept"), "v");
-    c.env.ok(&["delete", "-p", "kubestrap"]);
+    upgrade_and_rollback(&OnDriver { driver: TestDriver::Qemu(vm_artifacts()), start, placed_images: None });
 }
 
 /// A qemu release whose VM artifacts are never needed (the tests below
