@@ -45,100 +45,88 @@ pub enum Event<'a> {
     Download(Download<'a>),
 }
 
-/// The named steps of the cluster lifecycle, in the order `start` runs them
-/// (resolve → verify → fetch → unpack → configure → PKI → launch → ready →
-/// kubeconfig). `upgrade` reuses them.
-#[derive(Clone, Debug, Serialize)]
-#[serde(tag = "step", rename_all = "kebab-case")]
-pub enum Step {
-    /// The manifest's signature, freshness and rollback checks passed.
-    #[serde(rename = "manifest verified")]
-    ManifestVerified { manifest: String, kubernetes: String, trust: String },
-    /// Every artifact the cluster needs is in the store, verified.
-    #[serde(rename = "artifacts verified")]
-    ArtifactsVerified { count: usize, bytes: u64 },
-    /// Component trees unpacked (or found complete).
-    #[serde(rename = "components unpacked")]
-    ComponentsUnpacked { count: usize },
-    /// An executable did not match its signed hash and was restored from
-    /// the verified blob before it ran.
-    #[serde(rename = "component repaired")]
-    ComponentRepaired { component: String, files: Vec<String> },
-    /// A new profile's driver, chosen because none was asked for.
-    #[serde(rename = "driver chosen")]
-    DriverChosen { driver: &'static str, why: String },
-    /// The profile's config (port, driver, manifest pointer) is saved.
-    #[serde(rename = "profile configured")]
-    Configured { profile: String, port: u16, created: bool },
-    /// The cluster PKI, made on first start, reused after.
-    #[serde(rename = "certificates")]
-    Certificates { created: bool },
-    /// The release's image archives are in localkube's images directory.
-    #[serde(rename = "images placed")]
-    ImagesPlaced { copied: Vec<String>, kept: usize, removed: Vec<String> },
-    /// localkube runs (not ready yet).
-    #[serde(rename = "localkube started")]
-    LocalkubeStarted { host: String, driver: &'static str },
-    /// A localkube that was stopping (an interrupted `stop`) has ended.
-    #[serde(rename = "interrupted stop finished")]
-    StopFinished { profile: String },
-    /// The apiserver answered its readiness check.
-    #[serde(rename = "apiserver ready")]
-    ApiserverReady { server: String },
-    /// kubeconfig's cluster, user and context are written.
-    #[serde(rename = "kubeconfig")]
-    Kubeconfig { context: String, path: PathBuf, current: bool },
-    /// What a native k3s left on the machine was removed (its mounts,
-    /// links, iptables chains, ...).
-    #[serde(rename = "machine cleaned")]
-    HostCleaned { removed: Vec<String> },
-    /// The docker driver's node image, imported from the verified rootfs
-    /// (once per rootfs; later starts reuse it).
-    #[serde(rename = "node image imported")]
-    NodeImage { image: String },
-    /// An agent node's host was started (it joins the server).
-    #[serde(rename = "node started")]
-    NodeStarted { node: String, host: String },
-    /// The server a node joins: its CA matches the join line, and it took the token.
-    #[serde(rename = "server checked")]
-    ServerChecked { server: String, ca_sha256: String },
-    /// A node reports Ready through the server's API.
-    #[serde(rename = "node ready")]
-    NodeReady { node: String },
-    /// An agent node was drained (unless forced) and removed.
-    #[serde(rename = "node removed")]
-    NodeRemoved { node: String, drained: bool },
-    /// A VM did not come up with KVM and was started again with TCG.
-    #[serde(rename = "accelerator fallback")]
-    AccelFallback { why: String },
+/// Declares [`Step`] with each step's name written once: the name is both
+/// what `name()` returns and JSON's `step` tag.
+macro_rules! steps {
+    (
+        $(#[$meta:meta])*
+        pub enum Step {$(
+            $(#[$doc:meta])*
+            $variant:ident { $($field:ident: $ty:ty),* $(,)? } => $name:literal,
+        )*}
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, Serialize)]
+        #[serde(tag = "step")]
+        pub enum Step {
+            $(
+                $(#[$doc])*
+                #[serde(rename = $name)]
+                $variant { $($field: $ty),* },
+            )*
+        }
+
+        impl Step {
+            /// The step's name as shown (and as JSON's `step`).
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(Step::$variant { .. } => $name,)*
+                }
+            }
+        }
+    };
+}
+
+steps! {
+    /// The named steps of the cluster lifecycle, in the order `start` runs them
+    /// (resolve → verify → fetch → unpack → configure → PKI → launch → ready →
+    /// kubeconfig). `upgrade` reuses them.
+    pub enum Step {
+        /// The manifest's signature, freshness and rollback checks passed.
+        ManifestVerified { manifest: String, kubernetes: String, trust: String } => "manifest verified",
+        /// Every artifact the cluster needs is in the store, verified.
+        ArtifactsVerified { count: usize, bytes: u64 } => "artifacts verified",
+        /// Component trees unpacked (or found complete).
+        ComponentsUnpacked { count: usize } => "components unpacked",
+        /// An executable did not match its signed hash and was restored from
+        /// the verified blob before it ran.
+        ComponentRepaired { component: String, files: Vec<String> } => "component repaired",
+        /// A new profile's driver, chosen because none was asked for.
+        DriverChosen { driver: &'static str, why: String } => "driver chosen",
+        /// The profile's config (port, driver, manifest pointer) is saved.
+        Configured { profile: String, port: u16, created: bool } => "profile configured",
+        /// The cluster PKI, made on first start, reused after.
+        Certificates { created: bool } => "certificates",
+        /// The release's image archives are in localkube's images directory.
+        ImagesPlaced { copied: Vec<String>, kept: usize, removed: Vec<String> } => "images placed",
+        /// localkube runs (not ready yet).
+        LocalkubeStarted { host: String, driver: &'static str } => "localkube started",
+        /// A localkube that was stopping (an interrupted `stop`) has ended.
+        StopFinished { profile: String } => "interrupted stop finished",
+        /// The apiserver answered its readiness check.
+        ApiserverReady { server: String } => "apiserver ready",
+        /// kubeconfig's cluster, user and context are written.
+        Kubeconfig { context: String, path: PathBuf, current: bool } => "kubeconfig",
+        /// What a native k3s left on the machine was removed (its mounts,
+        /// links, iptables chains, ...).
+        HostCleaned { removed: Vec<String> } => "machine cleaned",
+        /// The docker driver's node image, imported from the verified rootfs
+        /// (once per rootfs; later starts reuse it).
+        NodeImage { image: String } => "node image imported",
+        /// An agent node's host was started (it joins the server).
+        NodeStarted { node: String, host: String } => "node started",
+        /// The server a node joins: its CA matches the join line, and it took the token.
+        ServerChecked { server: String, ca_sha256: String } => "server checked",
+        /// A node reports Ready through the server's API.
+        NodeReady { node: String } => "node ready",
+        /// An agent node was drained (unless forced) and removed.
+        NodeRemoved { node: String, drained: bool } => "node removed",
+        /// A VM did not come up with KVM and was started again with TCG.
+        AccelFallback { why: String } => "accelerator fallback",
+    }
 }
 
 impl Step {
-    /// The step's name as shown (and as JSON's `step`).
-    pub fn name(&self) -> &'static str {
-        match self {
-            Step::ManifestVerified { .. } => "manifest verified",
-            Step::ArtifactsVerified { .. } => "artifacts verified",
-            Step::ComponentsUnpacked { .. } => "components unpacked",
-            Step::ComponentRepaired { .. } => "component repaired",
-            Step::DriverChosen { .. } => "driver chosen",
-            Step::Configured { .. } => "profile configured",
-            Step::Certificates { .. } => "certificates",
-            Step::ImagesPlaced { .. } => "images placed",
-            Step::LocalkubeStarted { .. } => "localkube started",
-            Step::StopFinished { .. } => "interrupted stop finished",
-            Step::ApiserverReady { .. } => "apiserver ready",
-            Step::Kubeconfig { .. } => "kubeconfig",
-            Step::HostCleaned { .. } => "machine cleaned",
-            Step::NodeImage { .. } => "node image imported",
-            Step::NodeStarted { .. } => "node started",
-            Step::NodeReady { .. } => "node ready",
-            Step::ServerChecked { .. } => "server checked",
-            Step::NodeRemoved { .. } => "node removed",
-            Step::AccelFallback { .. } => "accelerator fallback",
-        }
-    }
-
     /// A one-line detail for humans.
     pub fn detail(&self) -> String {
         match self {
@@ -234,4 +222,69 @@ pub enum Download<'a> {
 
 pub fn human_bytes(n: u64) -> String {
     indicatif::HumanBytes(n).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every step's JSON, as `-o json` prints it (before the renderer adds
+    /// its own keys): `step` is the name, then the variant's fields.
+    #[test]
+    fn steps_serialize_with_their_name_first() {
+        let s = String::from;
+        let steps = [
+            (
+                Step::ManifestVerified { manifest: s("stable-12"), kubernetes: s("1.33.1"), trust: s("signed") },
+                r#"{"step":"manifest verified","manifest":"stable-12","kubernetes":"1.33.1","trust":"signed"}"#,
+            ),
+            (Step::ArtifactsVerified { count: 2, bytes: 5 }, r#"{"step":"artifacts verified","count":2,"bytes":5}"#),
+            (Step::ComponentsUnpacked { count: 2 }, r#"{"step":"components unpacked","count":2}"#),
+            (
+                Step::ComponentRepaired { component: s("kubectl"), files: vec![s("bin/kubectl")] },
+                r#"{"step":"component repaired","component":"kubectl","files":["bin/kubectl"]}"#,
+            ),
+            (
+                Step::DriverChosen { driver: "docker", why: s("found") },
+                r#"{"step":"driver chosen","driver":"docker","why":"found"}"#,
+            ),
+            (
+                Step::Configured { profile: s("default"), port: 6443, created: true },
+                r#"{"step":"profile configured","profile":"default","port":6443,"created":true}"#,
+            ),
+            (Step::Certificates { created: false }, r#"{"step":"certificates","created":false}"#),
+            (
+                Step::ImagesPlaced { copied: vec![s("a.tar")], kept: 1, removed: vec![] },
+                r#"{"step":"images placed","copied":["a.tar"],"kept":1,"removed":[]}"#,
+            ),
+            (
+                Step::LocalkubeStarted { host: s("h"), driver: "native" },
+                r#"{"step":"localkube started","host":"h","driver":"native"}"#,
+            ),
+            (Step::StopFinished { profile: s("p") }, r#"{"step":"interrupted stop finished","profile":"p"}"#),
+            (
+                Step::ApiserverReady { server: s("https://127.0.0.1:6443") },
+                r#"{"step":"apiserver ready","server":"https://127.0.0.1:6443"}"#,
+            ),
+            (
+                Step::Kubeconfig { context: s("kubestrap"), path: PathBuf::from("/k/config"), current: true },
+                r#"{"step":"kubeconfig","context":"kubestrap","path":"/k/config","current":true}"#,
+            ),
+            (Step::HostCleaned { removed: vec![s("m")] }, r#"{"step":"machine cleaned","removed":["m"]}"#),
+            (Step::NodeImage { image: s("i") }, r#"{"step":"node image imported","image":"i"}"#),
+            (Step::NodeStarted { node: s("n"), host: s("h") }, r#"{"step":"node started","node":"n","host":"h"}"#),
+            (
+                Step::ServerChecked { server: s("s"), ca_sha256: s("ab") },
+                r#"{"step":"server checked","server":"s","ca_sha256":"ab"}"#,
+            ),
+            (Step::NodeReady { node: s("n") }, r#"{"step":"node ready","node":"n"}"#),
+            (Step::NodeRemoved { node: s("n"), drained: true }, r#"{"step":"node removed","node":"n","drained":true}"#),
+            (Step::AccelFallback { why: s("no kvm") }, r#"{"step":"accelerator fallback","why":"no kvm"}"#),
+        ];
+        for (step, want) in steps {
+            let json = serde_json::to_string(&step).unwrap();
+            assert_eq!(json, want);
+            assert!(json.starts_with(&format!("{{\"step\":\"{}\"", step.name())), "{json}");
+        }
+    }
 }

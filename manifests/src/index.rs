@@ -25,7 +25,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{ManifestError, Sha256, Size, Target, rfc3339};
+use crate::header::Header;
+use crate::{ManifestError, Sha256, Size, Target};
 
 /// The only index schema this code reads.
 pub const INDEX_SCHEMA: u32 = 1;
@@ -63,22 +64,9 @@ struct RawIndex {
 impl TryFrom<RawIndex> for ChannelIndex {
     type Error = String;
     fn try_from(r: RawIndex) -> Result<Self, String> {
-        if r.schema != INDEX_SCHEMA {
-            return Err(format!(
-                "schema: expected {INDEX_SCHEMA}, got {}; run `kubestrap self-update` for newer schemas",
-                r.schema
-            ));
-        }
-        if r.version == 0 {
-            return Err("version: expected an integer greater than 0".into());
-        }
-        if r.expires <= r.published {
-            return Err(format!(
-                "expires: expected a time after published ({}), got {}",
-                rfc3339(r.published),
-                rfc3339(r.expires)
-            ));
-        }
+        let header =
+            Header { schema: r.schema, channel: None, version: r.version, published: r.published, expires: r.expires };
+        header.check(INDEX_SCHEMA, "run `kubestrap self-update` for newer schemas")?;
         for (name, e) in &r.channel {
             if e.url.is_empty() || e.url.contains(char::is_whitespace) {
                 return Err(format!("channel.{name}.url: expected a URL or a path relative to the index"));

@@ -12,12 +12,14 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 mod error;
+mod header;
 mod index;
 pub mod pins;
 mod template;
 mod types;
 
 pub use error::ManifestError;
+use header::Header;
 
 pub use index::{ChannelEntry, ChannelIndex, Executable, INDEX_SCHEMA};
 pub use template::{NAMES as TEMPLATE_NAMES, Template, Vars};
@@ -60,27 +62,17 @@ struct RawManifest {
 impl TryFrom<RawManifest> for Manifest {
     type Error = String;
     fn try_from(r: RawManifest) -> Result<Self, String> {
-        if r.schema != SCHEMA {
-            return Err(format!(
-                "schema: expected {SCHEMA}, got {}; this kubestrap reads schema {SCHEMA} only (run `kubestrap self-update` for newer schemas)",
-                r.schema
-            ));
-        }
-        if r.channel.is_empty()
-            || !r.channel.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        {
-            return Err(format!("channel: expected a name of letters, digits, '-', '_' or '.', got {:?}", r.channel));
-        }
-        if r.version == 0 {
-            return Err("version: expected an integer greater than 0".into());
-        }
-        if r.expires <= r.published {
-            return Err(format!(
-                "expires: expected a time after published ({}), got {}",
-                rfc3339(r.published),
-                rfc3339(r.expires)
-            ));
-        }
+        let header = Header {
+            schema: r.schema,
+            channel: Some(&r.channel),
+            version: r.version,
+            published: r.published,
+            expires: r.expires,
+        };
+        header.check(
+            SCHEMA,
+            &format!("this kubestrap reads schema {SCHEMA} only (run `kubestrap self-update` for newer schemas)"),
+        )?;
         Ok(Manifest {
             schema: r.schema,
             channel: r.channel,

@@ -246,6 +246,29 @@ size = 12345678
 }
 
 #[test]
+fn index_header_checked_like_a_manifest_header() {
+    let text = "schema = 1\nversion = 7\npublished = \"2026-11-20T00:00:00Z\"\nexpires = \"2026-12-20T00:00:00Z\"\n";
+    let index = |s: String| ChannelIndex::parse(s.as_bytes(), Path::new("index.toml")).unwrap_err().message;
+    assert_eq!(
+        index(text.replace("schema = 1", "schema = 2")),
+        "schema: expected 1, got 2; run `kubestrap self-update` for newer schemas"
+    );
+    assert_eq!(index(text.replace("version = 7", "version = 0")), "version: expected an integer greater than 0");
+    assert_eq!(
+        index(text.replace("2026-12-20", "2026-11-19")),
+        "expires: expected a time after published (2026-11-20T00:00:00Z), got 2026-11-19T00:00:00Z"
+    );
+    assert_eq!(
+        err(&GOOD.replace("schema = 1", "schema = 2")).message,
+        "schema: expected 1, got 2; this kubestrap reads schema 1 only (run `kubestrap self-update` for newer schemas)"
+    );
+    assert_eq!(
+        err(&GOOD.replace("version = 12", "version = 0")).message,
+        "version: expected an integer greater than 0"
+    );
+}
+
+#[test]
 fn an_agent_section_round_trips_and_must_join_with_server_token_and_node() {
     let agent = "\n[component.localkube.run.agent]\nargs = [\"agent\", \"--server=https://{server}:{port}\", \
                  \"--token-file={token}\", \"--node-name={node}\"]\nready-timeout-s = 90\n";

@@ -1,6 +1,7 @@
-//! Exit codes, one block per source of failure (documented in README.md),
-//! and the one place that maps errors to them. Library code returns typed
-//! errors; only the CLI turns them into a code.
+//! The one place that maps errors to exit codes (the codes themselves, one
+//! block per source of failure, are in `code.rs` and documented in
+//! README.md). Library code returns typed errors; only the CLI turns them
+//! into a code.
 
 use kubestrap_fskit::FsError;
 use kubestrap_manifest::ManifestError;
@@ -16,81 +17,38 @@ use crate::cluster::upgrade::UpgradeError;
 use crate::driver::DriverError;
 use crate::home::HomeError;
 
-/// Exit codes. Keep in sync with README.md ("Exit codes").
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Code {
-    Ok = 0,
-    /// Anything not classified below.
-    Internal = 1,
-    /// Bad command line, or a manifest that does not parse or validate.
-    Usage = 2,
-    /// `upgrade --check`, `self-update --check`: a newer release is available.
-    Available = 3,
-    /// Manifest signature bad, key untrusted or revoked.
-    Signature = 10,
-    /// Manifest or key list expired.
-    Expired = 11,
-    /// Manifest older than one already seen (rollback), or replayed with other bytes.
-    Rollback = 12,
-    /// The manifest needs a newer kubestrap.
-    NeedsNewerKubestrap = 13,
-    /// The release is not an allowed step from the one running (skew,
-    /// downgrade, no snapshot to roll back to); `--force` overrides.
-    StepRefused = 14,
-    /// A download failed from every source.
-    Download = 20,
-    /// A download did not match its sha256 or size.
-    Integrity = 21,
-    /// `--offline` and artifacts are missing from the cache.
-    OfflineMissing = 22,
-    /// Local disk: cannot read or write the store.
-    Disk = 30,
-    /// The disk is full.
-    DiskFull = 31,
-    /// An archive tried to write outside its destination, expands too far,
-    /// or is not the archive its manifest says.
-    UnsafeArchive = 32,
-    /// A cached blob or component tree is corrupt.
-    CorruptCache = 33,
-    /// The home was written by a newer kubestrap.
-    NewerHome = 34,
-    /// Not a kubestrap bundle, or a damaged one.
-    BadBundle = 35,
-    /// The profile is locked by another kubestrap command (`--no-wait`).
-    Locked = 40,
-    /// The requested port is in use.
-    PortInUse = 41,
-    /// `node join`: the server is not the one the join line names (its CA
-    /// fingerprint differs), refused the token, or cannot be reached.
-    JoinRefused = 45,
-    /// The profile does not exist.
-    NoProfile = 42,
-    /// The driver could not create, start or stop the host.
-    Driver = 43,
-    /// This machine cannot run the cluster as asked (`doctor` says why).
-    Unfit = 44,
-    /// localkube exited while starting.
-    LocalkubeExited = 50,
-    /// The apiserver did not become ready in time.
-    NotReady = 51,
-    /// The new release did not come up; it was rolled back and the old one runs.
-    UpgradeRolledBack = 52,
-    /// The new release did not come up, and putting the old one back failed
-    /// too (the journal keeps where it got to; `start` retries).
-    RollbackFailed = 53,
-    /// The kubeconfig cannot be read or written.
-    Kubeconfig = 60,
-}
+pub use super::code::Code;
 
 /// A mistake in what was asked that no layer below describes (exit 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// The exit code for an error: the first cause in its chain that has one.
-pub fn classify(err: &anyhow::Error) -> Code {
-    err.chain().find_map(code_of).unwrap_or(Code::Internal)
+/// The exit code for an error and what to do about it, from one walk of its
+/// chain. The code is the first cause's that has one. The hint is the first
+/// cause's that carries one (errors keep their advice apart from what
+/// happened), else the exit code's (a full disk: where to free space, under
+/// `home` when it is known).
+pub fn classify(err: &anyhow::Error, home: Option<&std::path::Path>) -> (Code, Option<String>) {
+    let (mut code, mut hint) = (None, None);
+    for cause in err.chain() {
+        if code.is_none() {
+            code = code_of(cause);
+        }
+        if hint.is_none() {
+            hint = hint_of(cause);
+        }
+        if code.is_some() && hint.is_some() {
+            break;
+        }
+    }
+    let code = code.unwrap_or(Code::Internal);
+    let hint = hint.or_else(|| match (code, home) {
+        (Code::DiskFull, Some(home)) => Some(disk_full_advice(home)),
+        (Code::Locked, _) => Some("wait for the other command to finish, or retry without --no-wait".into()),
+        _ => None,
+    });
+    (code, hint)
 }
 
 use crate::profile::ProfileError;
@@ -336,17 +294,6 @@ fn signing_code(e: &kubestrap_signing::Error) -> Code {
     }
 }
 
-/// What to do about an error: the hint of the first cause in its chain that
-/// carries one (errors keep their advice apart from what happened), else
-/// the exit code's (a full disk: where to free space).
-pub fn hint(err: &anyhow::Error, code: Code, home: Option<&std::path::Path>) -> Option<String> {
-    err.chain().find_map(hint_of).or_else(|| match (code, home) {
-        (Code::DiskFull, Some(home)) => Some(disk_full_advice(home)),
-        (Code::Locked, _) => Some("wait for the other command to finish, or retry without --no-wait".into()),
-        _ => None,
-    })
-}
-
 fn hint_of(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
     if let Some(e) = cause.downcast_ref::<ClusterError>() {
         return e.hint();
@@ -387,9 +334,9 @@ fn disk_full_advice(home: &std::path::Path) -> String {
 mod tests {
     use super::*;
 
-    /// `(name, code)` of every variant of [`Code`], read from this file.
+    /// `(name, code)` of every variant of [`Code`], read from its file.
     fn defined() -> Vec<(String, u8)> {
-        let src = include_str!("exit.rs");
+        let src = include_str!("code.rs");
         let body = src.split("pub enum Code {").nth(1).and_then(|s| s.split("\n}").next()).expect("enum Code");
         body.lines()
             .filter_map(|l| {
@@ -422,16 +369,18 @@ mod tests {
     #[test]
     fn advice_travels_apart_from_what_happened() {
         let err = anyhow::Error::new(ClusterError::PortInUse { port: 6443 }).context("starting profile \"x\"");
-        let code = classify(&err);
+        let (code, hint) = classify(&err, None);
         assert_eq!(code, Code::PortInUse);
-        assert_eq!(hint(&err, code, None).as_deref(), Some("free it, or choose another with --port"));
+        assert_eq!(hint.as_deref(), Some("free it, or choose another with --port"));
         assert!(!format!("{err:#}").contains("--port"), "{err:#}");
         let full = anyhow::Error::new(FsError::io(
             std::path::Path::new("/h/blobs/x"),
             "write",
             std::io::Error::from_raw_os_error(28),
         ));
-        assert_eq!(classify(&full), Code::DiskFull);
-        assert!(hint(&full, Code::DiskFull, Some(std::path::Path::new("/h"))).unwrap().contains("/h"));
+        let (code, hint) = classify(&full, Some(std::path::Path::new("/h")));
+        assert_eq!(code, Code::DiskFull);
+        assert!(hint.unwrap().contains("/h"));
+        assert_eq!(classify(&full, None), (Code::DiskFull, None));
     }
 }

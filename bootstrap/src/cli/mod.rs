@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 pub mod args;
+mod code;
 mod commands;
 mod env;
 pub mod exit;
@@ -34,8 +35,8 @@ pub fn main() -> ExitCode {
         Ok(h) => h,
         Err(err) => {
             let err = anyhow::Error::new(err);
-            let code = exit::classify(&err);
-            report_error(&ui, &err, code, exit::hint(&err, code, None));
+            let (code, hint) = exit::classify(&err, None);
+            report_error(&ui, &err, code, hint);
             return ExitCode::from(code as u8);
         }
     };
@@ -47,8 +48,8 @@ pub fn main() -> ExitCode {
     match ran {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            let code = exit::classify(&err);
-            report_error(&ui, &err, code, exit::hint(&err, code, Some(home.root())));
+            let (code, hint) = exit::classify(&err, Some(home.root()));
+            report_error(&ui, &err, code, hint);
             ExitCode::from(code as u8)
         }
     }

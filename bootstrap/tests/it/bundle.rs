@@ -172,7 +172,7 @@ fn a_tampered_or_damaged_bundle_is_refused_before_anything_is_used() {
     let lk = payload.entries().iter().find(|e| e.name.starts_with("artifacts/") && e.size < 20 << 20).unwrap().clone();
     let kc = payload.entries().iter().find(|e| e.name.starts_with("artifacts/") && e.name != lk.name).unwrap().clone();
     let bytes = fs::read(&good).unwrap();
-    let try_start = |name: &str, b: &[u8], code: i32| -> String {
+    let try_start = |name: &str, b: &[u8], code: Code| -> String {
         // A fresh home each time: nothing of an earlier case in its cache.
         let user = target_env(&maker);
         let path = user.path().join(name);
@@ -180,7 +180,7 @@ fn a_tampered_or_damaged_bundle_is_refused_before_anything_is_used() {
         let port = free_port().to_string();
         let out = user.run(&["start", "--from-bundle", s(&path), "--port", &port]);
         let _ = user.run(&["delete", "--all"]);
-        assert_eq!(out.status.code(), Some(code), "{}", user.report(&[name], &out, &format!("expected {code}")));
+        assert_eq!(out.status.code(), exit(code), "{}", user.report(&[name], &out, &format!("expected {code:?}")));
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(
             !user.home.join("components").exists() || fs::read_dir(user.home.join("components")).unwrap().count() == 0,
@@ -193,21 +193,21 @@ fn a_tampered_or_damaged_bundle_is_refused_before_anything_is_used() {
     for e in [&lk, &kc] {
         let mut flipped = bytes.clone();
         flipped[(e.data + e.size / 2) as usize] ^= 0x20;
-        let err = try_start("flipped", &flipped, 21);
+        let err = try_start("flipped", &flipped, Code::Integrity);
         assert!(err.contains(&e.name[10..]) && err.contains("sha256"), "{err}");
     }
     // Truncated; junk appended.
-    try_start("truncated", &bytes[..bytes.len() - 100], 35);
+    try_start("truncated", &bytes[..bytes.len() - 100], Code::BadBundle);
     let mut junk = bytes.clone();
     junk.extend_from_slice(b"appended junk");
-    let err = try_start("junk", &junk, 35);
+    let err = try_start("junk", &junk, Code::BadBundle);
     assert!(err.contains("junk"), "{err}");
     // The central directory pointing past the end.
     let mut past = bytes.clone();
     let end = past.len() - 22;
     let off = u32::from_le_bytes(past[end + 16..end + 20].try_into().unwrap()) + 4096;
     past[end + 16..end + 20].copy_from_slice(&off.to_le_bytes());
-    try_start("past-the-end", &past, 35);
+    try_start("past-the-end", &past, Code::BadBundle);
     // Overlapping entries: the last artifact's header moved onto the first's.
     let mut over = bytes.clone();
     let cd = u32::from_le_bytes(over[end + 16..end + 20].try_into().unwrap()) as usize;
@@ -218,7 +218,7 @@ fn a_tampered_or_damaged_bundle_is_refused_before_anything_is_used() {
             + u16::from_le_bytes([over[at + 30], over[at + 31]]) as usize
     });
     over[last_entry + 42..last_entry + 46].copy_from_slice(&(first + 1).to_le_bytes());
-    try_start("overlap", &over, 35);
+    try_start("overlap", &over, Code::BadBundle);
 
     // Bundles built with entries a kubestrap bundle does not hold.
     let stub = payload.stub_len();
@@ -241,7 +241,7 @@ fn a_tampered_or_damaged_bundle_is_refused_before_anything_is_used() {
             ("manifest.toml.minisig", sig.clone()),
         ],
     );
-    let err = try_start("dup", &dup, 35);
+    let err = try_start("dup", &dup, Code::BadBundle);
     assert!(err.contains("twice"), "{err}");
     let evil = build(
         "evil",
@@ -251,7 +251,7 @@ fn a_tampered_or_damaged_bundle_is_refused_before_anything_is_used() {
             ("run-me.sh", b"#!/bin/sh\n".to_vec()),
         ],
     );
-    let err = try_start("unexpected", &evil, 35);
+    let err = try_start("unexpected", &evil, Code::BadBundle);
     assert!(err.contains("run-me.sh"), "{err}");
     let unpinned = build(
         "unpinned",
@@ -261,7 +261,7 @@ fn a_tampered_or_damaged_bundle_is_refused_before_anything_is_used() {
             (&format!("artifacts/{}", "a".repeat(64)), b"x".to_vec()),
         ],
     );
-    try_start("unpinned", &unpinned, 35);
+    try_start("unpinned", &unpinned, Code::BadBundle);
 }
 
 #[test]
@@ -275,12 +275,12 @@ fn an_untrusted_or_expired_bundle_says_so() {
     maker.ok(&["bundle", "create", "--allow-expired", "--manifest", s(&m), "--artifacts", s(&art), "--out", s(&b)]);
     // A home that does not trust the signer.
     let stranger = Env::new();
-    let err = stranger.fail(&["bundle", "verify", s(&b)], 10);
+    let err = stranger.fail(&["bundle", "verify", s(&b)], Code::Signature);
     assert!(err.contains("untrusted") || err.contains("not trusted") || err.contains("unknown"), "{err}");
-    stranger.fail(&["fetch", "--from-bundle", s(&b)], 10);
+    stranger.fail(&["fetch", "--from-bundle", s(&b)], Code::Signature);
     // Expired: said with the date, and accepted knowingly.
     let user = target_env(&maker);
-    let err = user.fail(&["fetch", "--from-bundle", s(&b)], 11);
+    let err = user.fail(&["fetch", "--from-bundle", s(&b)], Code::Expired);
     assert!(err.contains("expired") && err.contains("--allow-expired"), "{err}");
     user.ok(&["fetch", "--from-bundle", s(&b), "--allow-expired"]);
     user.ok(&["-o", "json", "bundle", "verify", s(&b), "--allow-expired"]);

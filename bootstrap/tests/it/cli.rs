@@ -1,6 +1,6 @@
 //! The command line itself: help with examples, completions, version, errors.
 
-use crate::support::Env;
+use crate::support::{Code, Env, exit};
 
 #[test]
 fn help_has_examples_and_every_command() {
@@ -41,10 +41,10 @@ fn completions_for_each_shell() {
 #[test]
 fn usage_errors_exit_2_and_unknown_drivers_are_refused() {
     let env = Env::new();
-    env.fail(&["start", "--bogus"], 2);
-    let err = env.fail(&["start", "--driver", "xen"], 2);
+    env.fail(&["start", "--bogus"], Code::Usage);
+    let err = env.fail(&["start", "--driver", "xen"], Code::Usage);
     assert!(err.contains("expected a driver (native|docker|qemu)"), "{err}");
-    let err = env.fail(&["start", "-p", "Bad_Name"], 2);
+    let err = env.fail(&["start", "-p", "Bad_Name"], Code::Usage);
     assert!(err.contains("invalid profile name"), "{err}");
 }
 
@@ -52,9 +52,9 @@ fn usage_errors_exit_2_and_unknown_drivers_are_refused() {
 fn errors_in_json_mode_are_json() {
     let env = Env::new();
     let out = env.run(&["status", "-p", "nope", "-o", "json"]);
-    assert_eq!(out.status.code(), Some(42));
+    assert_eq!(out.status.code(), exit(Code::NoProfile));
     let v = crate::support::json_lines(&String::from_utf8_lossy(&out.stdout)).pop().unwrap();
-    assert_eq!(v["exit_code"], 42);
+    assert_eq!(v["exit_code"], Code::NoProfile as i32);
     assert!(v["error"].as_str().unwrap().contains("does not exist"));
 }
 
@@ -109,7 +109,7 @@ fn manifest_check_refuses_a_control_character_with_its_place() {
     let good = include_str!("../../../manifests/tests/fixtures/good.toml");
     let path = env.path().join("m.toml");
     std::fs::write(&path, good.replacen("bin = \"kubectl\"", "bin = \"kube\\u0000ctl\"", 1)).unwrap();
-    let err = env.fail(&["manifest", "check", path.to_str().unwrap()], 2);
+    let err = env.fail(&["manifest", "check", path.to_str().unwrap()], Code::Usage);
     assert!(
         err.contains("control character U+0000") && err.contains("m.toml:11:1") && err.contains("bin: control"),
         "{err}"

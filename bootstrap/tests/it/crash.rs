@@ -581,8 +581,7 @@ fn kills_that_land_in_stop_and_delete_of_a_container() {
     let mut mx = Matrix::new("kill -9 per phase, docker driver", 0x646b);
     let rootfs = docker_rootfs();
     let c = Cluster::with(|s| {
-        s.localkube_drivers = vec!["native".into(), "docker".into()];
-        s.rootfs = Some(rootfs);
+        s.run_on([TestDriver::Native, TestDriver::Docker(rootfs)]);
         s.args.push("--stop-delay-ms=600".into());
     });
     let phases: [DriverPhase; 2] =
@@ -600,8 +599,7 @@ fn kills_that_land_in_suspend_shutdown_and_delete_of_a_vm() {
     let mut mx = Matrix::new("kill -9 per phase, qemu driver", 0x716d);
     let vm = vm_artifacts();
     let c = Cluster::with(|s| {
-        s.localkube_drivers = vec!["native".into(), "qemu".into()];
-        s.vm = Some(vm);
+        s.run_on([TestDriver::Native, TestDriver::Qemu(vm)]);
     });
     let phases: [DriverPhase; 3] = [
         ("stop", "savevm", 1_000_000, &["savevm done"]),

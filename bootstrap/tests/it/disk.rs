@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::support::{Env, KUBESTRAP, ManifestSpec, file_artifact, is_root, need, pseudo_random};
+use crate::support::{Code, Env, KUBESTRAP, ManifestSpec, file_artifact, is_root, need, pseudo_random};
 
 #[test]
 fn full_disk_is_a_clear_error_and_stores_nothing() {
@@ -38,7 +38,7 @@ fn full_disk_is_a_clear_error_and_stores_nothing() {
     assert_ne!(out.status.code(), Some(77), "cannot mount a tmpfs here: {}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stdout.contains("exit=31"), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains(&format!("exit={}", Code::DiskFull as i32)), "stdout: {stdout}\nstderr: {stderr}");
     assert!(stderr.contains("free some space"), "{stderr}");
     assert!(stderr.contains("No space left"), "{stderr}");
     // The small artifact may have been verified and stored before the disk

@@ -6,6 +6,7 @@
 use std::fs;
 use std::process::Command;
 
+use crate::scenarios::{OnDriver, upgrade_and_rollback};
 use crate::support::*;
 
 pub(crate) fn docker(args: &[&str]) -> (bool, String) {
@@ -16,8 +17,7 @@ pub(crate) fn docker(args: &[&str]) -> (bool, String) {
 fn docker_cluster() -> Cluster {
     let rootfs = docker_rootfs();
     Cluster::with(|s| {
-        s.localkube_drivers = vec!["native".into(), "docker".into()];
-        s.rootfs = Some(rootfs);
+        s.run_on([TestDriver::Native, TestDriver::Docker(rootfs)]);
     })
 }
 
@@ -41,8 +41,7 @@ fn docker_is_chosen_stops_keep_the_volume_and_delete_leaves_nothing_of_ours() {
     let scratch = tempfile::tempdir().unwrap();
     let rootfs = docker_rootfs_of_its_own(scratch.path(), "chosen-and-deleted");
     let c = Cluster::with(|s| {
-        s.localkube_drivers = vec!["native".into(), "docker".into()];
-        s.rootfs = Some(rootfs.clone());
+        s.run_on([TestDriver::Native, TestDriver::Docker(rootfs.clone())]);
     });
     // Someone else's container on the same engine, left alone throughout.
     let bystander = rootful_docker().unwrap().bystander(c.env.path());
@@ -122,7 +121,7 @@ fn two_docker_profiles_run_at_once_and_an_unreachable_engine_is_said_clearly() {
     for cmd in [&["start", "-p", "da"][..], &["stop", "-p", "da"], &["status", "-p", "da"], &["delete", "-p", "da"]] {
         let out = elsewhere(cmd);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(44), "{cmd:?}: {err}");
+        assert_eq!(out.status.code(), exit(Code::Unfit), "{cmd:?}: {err}");
         assert!(
             err.contains("lives on the engine at unix:///var/run/docker.sock (Docker ")
                 && err.contains("pointed at unix:///nonexistent/docker.sock (DOCKER_HOST)"),
@@ -140,19 +139,19 @@ fn two_docker_profiles_run_at_once_and_an_unreachable_engine_is_said_clearly() {
     let record = c.env.home.join("profiles/db/container/engine.toml");
     let kept = fs::read_to_string(&record).unwrap();
     fs::write(&record, kept.replace("unix:///var/run/docker.sock", "unix:///nonexistent/docker.sock")).unwrap();
-    let err = c.env.fail(&["status", "-p", "db"], 44);
+    let err = c.env.fail(&["status", "-p", "db"], Code::Unfit);
     assert!(
         err.contains("cannot reach the engine at unix:///nonexistent/docker.sock (where the profile was created)"),
         "{err}"
     );
-    c.env.fail(&["stop", "-p", "db"], 44);
+    c.env.fail(&["stop", "-p", "db"], Code::Unfit);
     let out = c.env.run(&["stop", "-p", "db", "--force"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.contains("not stopped (--force)"), "{err}");
     assert!(err.contains("on the engine at unix:///nonexistent/docker.sock") && err.contains("kubestrap-db-"), "{err}");
     let out = c.env.run(&["delete", "-p", "db"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(44), "{err}");
+    assert_eq!(out.status.code(), exit(Code::Unfit), "{err}");
     assert!(err.contains("--force") && c.env.home.join("profiles/db/config.toml").is_file(), "{err}");
     let container = ours().0.lines().find(|l| l.starts_with("kubestrap-db-")).expect("db's container").to_string();
     let out = c.env.run(&["delete", "-p", "db", "--force"]);
@@ -190,40 +189,12 @@ fn a_docker_cluster_upgrades_and_keeps_its_volume() {
     if !need("docker", docker_engine) {
         return;
     }
-    let rootfs = docker_rootfs();
-    let env = Env::new();
-    // Each release places air-gap images of its own: what the one before
-    // placed goes from the volume too, not only from the stage.
-    let with = |images: &'static str| {
-        let rootfs = rootfs.clone();
-        let dir = env.scratch(images);
-        move |s: &mut ManifestSpec| {
-            s.localkube_drivers = vec!["native".into(), "docker".into()];
-            s.rootfs = Some(rootfs);
-            s.own_images(&dir, images);
-        }
+    let start = |c: &Cluster| {
+        let port = free_port().to_string();
+        c.env.ok(&["start", "--driver", "docker", "--manifest", c.m(), "--port", &port]);
     };
-    let m32 = crate::upgrade::release(&env, 32, 1, with("images-32.tar.zst"));
-    let m33 = crate::upgrade::release(&env, 33, 2, with("images-33.tar.zst"));
-    let c = Cluster { env, manifest: m32 };
-    let port = free_port().to_string();
-    c.env.ok(&["start", "--driver", "docker", "--manifest", c.m(), "--port", &port]);
-    let container = format!("kubestrap-kubestrap-{}", c.env.home_id());
-    assert_eq!(placed_images(&container), ["images-32.tar.zst"]);
-    c.kubectl_ok(&KUBECTL, &["create", "configmap", "kept", "--from-literal=k=v"]);
-    c.env.ok(&["upgrade", "--manifest", m33.to_str().unwrap()]);
-    let (_, st) = c.status("kubestrap");
-    assert!(st["kubernetes"].as_str().unwrap().starts_with("v1.33.4"), "{st}");
-    assert_eq!(configmap(&c, "kept"), "v");
-    assert_eq!(placed_images(&container), ["images-33.tar.zst"], "the earlier release's images are gone");
-    let logs = c.env.ok(&["logs", "--lines", "200"]);
-    assert!(logs.contains("place-data: removed agent/images/images-32.tar.zst (no longer placed)"), "{logs}");
-    c.env.ok(&["rollback"]);
-    let (_, st) = c.status("kubestrap");
-    assert!(st["kubernetes"].as_str().unwrap().starts_with("v1.32.4"), "{st}");
-    assert_eq!(configmap(&c, "kept"), "v");
-    assert_eq!(placed_images(&container), ["images-32.tar.zst"]);
-    c.env.ok(&["delete"]);
+    let placed = |c: &Cluster| placed_images(&format!("kubestrap-kubestrap-{}", c.env.home_id()));
+    upgrade_and_rollback(&OnDriver { driver: TestDriver::Docker(docker_rootfs()), start, placed_images: Some(placed) });
 }
 
 #[test]
@@ -246,8 +217,7 @@ fn a_bundle_starts_a_docker_cluster_with_no_download_and_no_registry() {
         (nowhere(&kubectl), kubectl.clone(), "file".into()),
         (nowhere(&lk), lk.clone(), "tar.zst".into(), "localkube-standin".into()),
     );
-    spec.localkube_drivers = vec!["docker".into()];
-    spec.rootfs = Some(Artifact { path: dir.join(rootfs.path.file_name().unwrap()), ..rootfs.clone() });
+    spec.run_on([TestDriver::Docker(Artifact { path: dir.join(rootfs.path.file_name().unwrap()), ..rootfs.clone() })]);
     let mut m = spec.manifest();
     if let Some(r) = m.component.rootfs.as_mut() {
         for a in r.target.values_mut() {

@@ -22,7 +22,7 @@ fn doctor_reports_each_check_and_what_to_do() {
     let port = free_port().to_string();
     let out = c.env.cmd(&["doctor", "--port", &port, "-o", "json"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), exit(Code::Ok), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let all = checks(&stdout);
     for name in ["home writable", "disk space", "port", "kubeconfig writable", "clock", "procfs"] {
         assert!(all.get(name).is_some_and(|c| c.0), "{name}: {all:?}");
@@ -39,7 +39,7 @@ fn doctor_reports_each_check_and_what_to_do() {
         .env("KUBECONFIG", blocker.join("config"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(44));
+    assert_eq!(out.status.code(), exit(Code::Unfit));
     let all = checks(&String::from_utf8_lossy(&out.stdout));
     let (ok, detail, advice) = &all["port"];
     assert!(!ok && detail.contains(&busy_port) && advice.contains("--port"), "{detail} / {advice}");
@@ -77,5 +77,5 @@ fn doctor_adds_the_checks_k3s_needs_on_the_host() {
     let blocking_failure = json_lines(&String::from_utf8_lossy(&out.stdout))
         .iter()
         .any(|v| v["check"].is_string() && v["ok"] == false && v["blocking"] == true);
-    assert_eq!(out.status.code(), Some(if blocking_failure { 44 } else { 0 }));
+    assert_eq!(out.status.code(), exit(if blocking_failure { Code::Unfit } else { Code::Ok }));
 }

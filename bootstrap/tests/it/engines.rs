@@ -45,8 +45,7 @@ fn lifecycle_on(e: &TestEngine) {
     let rootfs = docker_rootfs();
     let env = Env::on(e);
     let with = |s: &mut ManifestSpec| {
-        s.localkube_drivers = vec!["native".into(), "docker".into()];
-        s.rootfs = Some(rootfs.clone());
+        s.run_on([TestDriver::Native, TestDriver::Docker(rootfs.clone())]);
     };
     let m32 = crate::upgrade::release(&env, 32, 1, with);
     let m33 = crate::upgrade::release(&env, 33, 2, with);
@@ -148,8 +147,7 @@ fn two_engines_at_once_and_a_profile_is_never_run_on_another() {
     };
     let rootfs = docker_rootfs();
     let c = Cluster::with(|s| {
-        s.localkube_drivers = vec!["docker".into()];
-        s.rootfs = Some(rootfs);
+        s.run_on([TestDriver::Docker(rootfs)]);
     });
     let on = |e: &TestEngine, args: &[&str]| c.env.cmd(args).env("DOCKER_HOST", &e.host).output().unwrap();
     for (p, e) in [("on-docker", &docker), ("on-podman", &podman)] {
@@ -168,7 +166,7 @@ fn two_engines_at_once_and_a_profile_is_never_run_on_another() {
     for args in [&["stop", "-p", "on-docker"][..], &["delete", "-p", "on-docker"], &["start", "-p", "on-docker"]] {
         let out = on(&podman, args);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(44), "{args:?}: {err}");
+        assert_eq!(out.status.code(), exit(Code::Unfit), "{args:?}: {err}");
         assert!(
             err.contains("profile \"on-docker\" lives on the engine at unix:///var/run/docker.sock (Docker ")
                 && err.contains(&format!("pointed at {} (DOCKER_HOST)", podman.host)),
@@ -189,12 +187,12 @@ fn a_rootless_engine_refuses_a_release_that_needs_root_before_fetching() {
     let Some(e) = wanted("rootless", rootless_podman) else { return };
     let rootfs = docker_rootfs();
     let c = Cluster::on(&e, |s| {
-        s.localkube_drivers = vec!["docker".into()];
-        s.rootfs = Some(rootfs);
+        s.run_on([TestDriver::Docker(rootfs)]);
         s.needs_root = true;
     });
     let port = free_port().to_string();
-    let err = c.env.fail(&["start", "-p", "k3", "--driver", "docker", "--manifest", c.m(), "--port", &port], 44);
+    let err =
+        c.env.fail(&["start", "-p", "k3", "--driver", "docker", "--manifest", c.m(), "--port", &port], Code::Unfit);
     assert!(err.contains("rootless Podman") && err.contains("needs-root"), "{err}");
     assert!(err.contains("rootful engine") && err.contains("--driver qemu"), "the alternative: {err}");
     assert!(c.env.blobs().is_empty() && c.env.partials().is_empty(), "nothing fetched");
@@ -216,8 +214,7 @@ fn the_engine_is_the_docker_clis_current_context() {
     let Some(podman) = wanted("podman", rootful_podman) else { return };
     let rootfs = docker_rootfs();
     let c = Cluster::with(|s| {
-        s.localkube_drivers = vec!["docker".into()];
-        s.rootfs = Some(rootfs);
+        s.run_on([TestDriver::Docker(rootfs)]);
     });
     // A context made and chosen with the real CLI, in a config of the test's own.
     let config = c.env.scratch("docker-config");
@@ -242,7 +239,7 @@ fn the_engine_is_the_docker_clis_current_context() {
     cli(&["context", "use", "ks-other"]);
     let out = c.env.cmd(&["stop", "-p", "ctx"]).env("DOCKER_CONFIG", &config).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(44), "{err}");
+    assert_eq!(out.status.code(), exit(Code::Unfit), "{err}");
     assert!(
         err.contains(&format!("lives on the engine at {} (Podman", podman.host))
             && err.contains("docker context \"ks-other\""),

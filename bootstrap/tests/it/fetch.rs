@@ -7,14 +7,6 @@ use std::path::{Path, PathBuf};
 
 use crate::support::*;
 
-/// Exit codes (bootstrap/src/exit.rs).
-const USAGE: i32 = 2;
-const SIGNATURE: i32 = 10;
-const DOWNLOAD: i32 = 20;
-const INTEGRITY: i32 = 21;
-const OFFLINE_MISSING: i32 = 22;
-const CORRUPT_CACHE: i32 = 33;
-
 /// A small kubectl-like file and a tar.zst localkube, both pseudo-random
 /// (`seed` varies them between manifests).
 fn small_artifacts(dir: &Path, seed: u64) -> (Artifact, Artifact) {
@@ -167,7 +159,7 @@ fn wrong_hash_is_refused_naming_url_and_both_hashes() {
             "--manifest",
             env.write_signed_manifest(&spec(vec![ku.clone()], &kubectl, vec![lu], &lk), "m.toml").to_str().unwrap(),
         ],
-        INTEGRITY,
+        Code::Integrity,
     );
     assert!(err.contains(&ku), "names the URL: {err}");
     assert!(err.contains(&kubectl.sha256), "names the expected hash: {err}");
@@ -215,7 +207,7 @@ fn partial_file_from_an_earlier_run_is_resumed() {
     let f = Fixture::new();
     // A first run whose kubectl source is cut every time (no retries left).
     f.server.script("dl/kubectl", std::iter::repeat_n(Reply::DropAfter(50 * 1024), 5));
-    let err = f.env.fail(&["fetch", "--manifest", f.m()], DOWNLOAD);
+    let err = f.env.fail(&["fetch", "--manifest", f.m()], Code::Download);
     assert!(err.contains("connection lost") || err.contains("ended after"), "{err}");
     assert!(!f.env.blob(&f.kubectl.sha256).exists());
     assert_eq!(f.env.partials().len(), 1, "the partial download is kept for resuming");
@@ -231,7 +223,7 @@ fn partial_file_from_an_earlier_run_is_resumed() {
 fn assert_too_long_refused(reply: Reply) {
     let f = Fixture::new();
     f.server.script("dl/kubectl", [reply.clone()]);
-    let err = f.env.fail(&["fetch", "--jobs", "1", "--manifest", f.m()], INTEGRITY);
+    let err = f.env.fail(&["fetch", "--jobs", "1", "--manifest", f.m()], Code::Integrity);
     assert!(err.contains(&f.server.url("dl/kubectl")), "{reply:?}: names the URL: {err}");
     assert!(err.contains(&f.kubectl.size.to_string()), "{reply:?}: names the limit: {err}");
     assert!(!f.env.blob(&f.kubectl.sha256).exists(), "{reply:?}: nothing in blobs");
@@ -289,7 +281,7 @@ fn every_url_failing_is_a_download_error() {
     let lu = server.add_artifact("lk.tar.zst", &lk);
     let (a, b) = (server.url("a/kubectl"), server.url("b/kubectl"));
     let m = env.write_signed_manifest(&spec(vec![a.clone(), b.clone()], &kubectl, vec![lu], &lk), "m.toml");
-    let err = env.fail(&["fetch", "--manifest", m.to_str().unwrap()], DOWNLOAD);
+    let err = env.fail(&["fetch", "--manifest", m.to_str().unwrap()], Code::Download);
     assert!(err.contains(&a) && err.contains(&b), "lists every URL tried: {err}");
     assert!(env.blobs().iter().all(|p| !p.ends_with(&kubectl.sha256)));
 }
@@ -309,7 +301,7 @@ fn transient_503_twice_then_200_succeeds() {
 #[test]
 fn offline_with_cold_cache_lists_missing_and_never_connects() {
     let f = Fixture::new();
-    let err = f.env.fail(&["fetch", "--offline", "--manifest", f.m()], OFFLINE_MISSING);
+    let err = f.env.fail(&["fetch", "--offline", "--manifest", f.m()], Code::OfflineMissing);
     assert!(err.contains("2 artifact(s) are not in the cache"), "{err}");
     for a in [&f.kubectl, &f.lk] {
         assert!(err.contains(&a.sha256), "lists {}: {err}", a.sha256);
@@ -322,7 +314,7 @@ fn offline_with_cold_cache_lists_missing_and_never_connects() {
     f.env.ok(&["fetch", "--manifest", f.m()]);
     fs::remove_file(f.env.blob(&f.lk.sha256)).unwrap();
     let conns = f.server.connections();
-    let err = f.env.fail(&["fetch", "--offline", "--manifest", f.m()], OFFLINE_MISSING);
+    let err = f.env.fail(&["fetch", "--offline", "--manifest", f.m()], Code::OfflineMissing);
     assert!(err.contains("1 artifact(s)") && err.contains(&f.lk.sha256) && !err.contains(&f.kubectl.sha256), "{err}");
     assert_eq!(f.server.connections(), conns);
 }
@@ -362,7 +354,7 @@ fn local_file_with_wrong_content_is_refused() {
     let (kubectl, lk) = small_artifacts(&env.scratch("art"), 7);
     let m = env.write_signed_manifest(&spec(vec![kubectl.path_url()], &kubectl, vec![lk.path_url()], &lk), "m.toml");
     flip_byte(&kubectl.path, 10);
-    let err = env.fail(&["fetch", "--manifest", m.to_str().unwrap()], INTEGRITY);
+    let err = env.fail(&["fetch", "--manifest", m.to_str().unwrap()], Code::Integrity);
     assert!(err.contains(&kubectl.sha256), "{err}");
     assert!(!env.blob(&kubectl.sha256).exists());
 }
@@ -387,7 +379,7 @@ fn tampered_manifest_refused_before_any_download() {
     let at = text.find("/dl/kubectl").unwrap() + 1;
     flip_byte(&f.manifest, at);
     assert_ne!(fs::read_to_string(&f.manifest).unwrap(), text);
-    let err = f.env.fail(&["fetch", "--manifest", f.m()], SIGNATURE);
+    let err = f.env.fail(&["fetch", "--manifest", f.m()], Code::Signature);
     assert!(err.to_lowercase().contains("signature"), "{err}");
     assert_eq!(f.server.connections(), 0, "nothing downloaded");
     assert!(f.env.blobs().is_empty());
@@ -397,7 +389,7 @@ fn tampered_manifest_refused_before_any_download() {
 fn unsigned_manifest_refused() {
     let f = Fixture::new();
     fs::remove_file(format!("{}.minisig", f.manifest.display())).unwrap();
-    let err = f.env.fail(&["fetch", "--manifest", f.m()], SIGNATURE);
+    let err = f.env.fail(&["fetch", "--manifest", f.m()], Code::Signature);
     assert!(err.contains("must be signed"), "{err}");
     assert_eq!(f.server.connections(), 0);
 }
@@ -410,7 +402,7 @@ fn cache_verify_detects_and_removes_a_corrupt_blob() {
     assert!(out.contains("all good"), "{out}");
     let blob = f.env.blob(&f.kubectl.sha256);
     flip_byte(&blob, 4242);
-    let err = f.env.fail(&["cache", "verify"], CORRUPT_CACHE);
+    let err = f.env.fail(&["cache", "verify"], Code::CorruptCache);
     assert!(err.contains(&f.kubectl.sha256) && err.contains("corrupt"), "{err}");
     assert!(!blob.exists(), "the corrupt blob is removed");
     assert!(f.env.blob(&f.lk.sha256).is_file(), "the good one stays");
@@ -494,7 +486,7 @@ fn manifest_check_reports_file_line_column() {
     let line = bad.lines().position(|l| l.starts_with("sha256 = ")).unwrap() + 1;
     let path = env.path().join("bad.toml");
     fs::write(&path, &bad).unwrap();
-    let err = env.fail(&["manifest", "check", path.to_str().unwrap()], USAGE);
+    let err = env.fail(&["manifest", "check", path.to_str().unwrap()], Code::Usage);
     let loc = format!("{}:{line}:10", path.display());
     assert!(err.contains(&loc), "names {loc}: {err}");
     assert!(err.contains("component.kubectl.target.linux-x86_64.sha256"), "names the field: {err}");
@@ -502,7 +494,7 @@ fn manifest_check_reports_file_line_column() {
     // An unknown template in the run args.
     let bad = good.replacen("{port}", "{portt}", 1);
     fs::write(&path, &bad).unwrap();
-    let err = env.fail(&["manifest", "check", path.to_str().unwrap()], USAGE);
+    let err = env.fail(&["manifest", "check", path.to_str().unwrap()], Code::Usage);
     assert!(err.contains("bad.toml:") && err.contains("{portt}"), "{err}");
 }
 
@@ -512,7 +504,7 @@ fn fetch_of_an_invalid_signed_manifest_is_a_usage_error() {
     let s = spec(vec![server.url("kubectl")], &kubectl, vec![server.url("lk")], &lk);
     let text = s.to_toml().replace("\"--https-listen-port={port}\"", "\"--port={nope}\"");
     let m = env.write_signed_text(&text, "m.toml");
-    let err = env.fail(&["fetch", "--manifest", m.to_str().unwrap()], USAGE);
+    let err = env.fail(&["fetch", "--manifest", m.to_str().unwrap()], Code::Usage);
     assert!(err.contains("{nope}"), "{err}");
     assert_eq!(server.connections(), 0);
 }
@@ -670,7 +662,7 @@ fn https_mirror_needs_its_ca_via_flag_or_env() {
     let m = m.to_str().unwrap();
     // Unknown CA: refused, not retried forever, nothing stored.
     let t = std::time::Instant::now();
-    let err = env.fail(&["fetch", "--manifest", m], DOWNLOAD);
+    let err = env.fail(&["fetch", "--manifest", m], Code::Download);
     assert!(
         err.to_lowercase().contains("certificate") && err.contains("--ca-cert"),
         "names the cause and the fix: {err}"
@@ -752,7 +744,7 @@ fn standin_manifest_fetches_and_unpacks_into_the_store() {
     // A changed file in an unpacked tree: verify removes the tree (exit 33)
     // but keeps the verified blob; unpack rebuilds it offline.
     flip_byte(&lk_dir.join("version.txt"), 0);
-    let err = env.fail(&["cache", "verify"], CORRUPT_CACHE);
+    let err = env.fail(&["cache", "verify"], Code::CorruptCache);
     assert!(err.contains("version.txt"), "{err}");
     assert!(!lk_dir.exists() && env.blob(&lk.sha256).is_file());
     env.ok(&["cache", "unpack", "--offline", "--manifest", m]);

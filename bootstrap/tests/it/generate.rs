@@ -159,7 +159,7 @@ fn a_checksum_file_that_lists_other_files_is_a_clear_error() {
     let m = Mirror::new();
     m.server.add(&format!("{K3S_PATH}/sha256sum-arm64.txt"), format!("{}  k3s-arm\n", "ab".repeat(32)).into_bytes());
     let out = generate(&env, &m, &[]);
-    assert_eq!(out.status.code(), Some(20), "{}", env.report(&[], &out, "generate"));
+    assert_eq!(out.status.code(), exit(Code::Download), "{}", env.report(&[], &out, "generate"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sha256sum-arm64.txt lists no \"k3s-arm64\"") && err.contains("it lists: k3s-arm"), "{err}");
 }
@@ -169,7 +169,7 @@ fn a_target_upstream_does_not_build_is_named() {
     let env = Env::new();
     let m = Mirror::new();
     let out = generate(&env, &m, &["--target", "linux-x86_64", "--target", "darwin-aarch64"]);
-    assert_eq!(out.status.code(), Some(2), "{}", env.report(&[], &out, "generate"));
+    assert_eq!(out.status.code(), exit(Code::Usage), "{}", env.report(&[], &out, "generate"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("kubectl v1.34.3 has no darwin-aarch64 build upstream") && err.contains("404"), "{err}");
     assert!(!env.path().join("generated.toml").exists(), "nothing is written on failure");
@@ -183,7 +183,7 @@ fn sizes_and_hashes_that_do_not_match_are_refused() {
     let path = format!("/dl.k8s.io/release/v{K8S}/bin/linux/amd64/kubectl");
     m.server.script(&path, [Reply::Body(vec![0; 12_345])]);
     let out = generate(&env, &m, &["--verify"]);
-    assert_eq!(out.status.code(), Some(21), "{}", env.report(&[], &out, "generate"));
+    assert_eq!(out.status.code(), exit(Code::Integrity), "{}", env.report(&[], &out, "generate"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("announced 12345 bytes, but the download was 20000 bytes"), "{err}");
 
@@ -191,7 +191,7 @@ fn sizes_and_hashes_that_do_not_match_are_refused() {
     let m = Mirror::new();
     m.server.add(&format!("{path}.sha256"), "cd".repeat(32).into_bytes());
     let out = generate(&env, &m, &["--verify"]);
-    assert_eq!(out.status.code(), Some(21));
+    assert_eq!(out.status.code(), exit(Code::Integrity));
     assert!(String::from_utf8_lossy(&out.stderr).contains("upstream's checksum file says cdcd"));
 
     // Pins that disagree with upstream.
@@ -206,7 +206,7 @@ fn sizes_and_hashes_that_do_not_match_are_refused() {
     )
     .unwrap();
     let out = generate(&env, &m, &["--pins", pins.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(21));
+    assert_eq!(out.status.code(), exit(Code::Integrity));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("upstream says size 20000, but the channel pins say 1 (KS kubespray"), "{err}");
 }
@@ -253,6 +253,6 @@ fn a_generated_release_carries_the_projects_own_artifacts_for_docker_and_qemu() 
     // A directory without them is named.
     let empty = env.scratch("empty");
     let out = generate(&env, &m, &["--driver-artifacts", empty.to_str().unwrap(), "--driver-artifacts-url", &url]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), exit(Code::Usage));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no hypervisor-*.tar.zst"));
 }

@@ -62,24 +62,31 @@ impl Corpus {
 
     /// One case: the command must exit with `code`, say why (no panic, no
     /// silence), and never print a secret.
-    fn case(&self, category: &'static str, name: &str, args: &[&str], code: i32) -> Output {
+    fn case(&self, category: &'static str, name: &str, args: &[&str], code: Code) -> Output {
         self.case_with(category, name, args, &[], code)
     }
 
-    fn case_with(&self, category: &'static str, name: &str, args: &[&str], env: &[(&str, &Path)], code: i32) -> Output {
+    fn case_with(
+        &self,
+        category: &'static str,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &Path)],
+        code: Code,
+    ) -> Output {
         let t = Instant::now();
         let out = self.run_with(args, env);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_ne!(out.status.code(), Some(124), "{category}/{name}: hit the {DEADLINE_S}s deadline");
         assert_eq!(
             out.status.code(),
-            Some(code),
+            exit(code),
             "{category}/{name} ({:?}): {}",
             t.elapsed(),
-            self.env.report(args, &out, &format!("expected {code}"))
+            self.env.report(args, &out, &format!("expected {} ({code:?})", code as i32))
         );
         assert!(!stderr.contains("panicked"), "{category}/{name}: {stderr}");
-        if code != 0 {
+        if code != Code::Ok {
             assert!(stderr.contains("error:"), "{category}/{name}: no error message: {stderr}");
         }
         assert!(!stderr.contains("s3cret"), "{category}/{name}: a secret was shown: {stderr}");
@@ -163,28 +170,28 @@ fn the_hostile_corpus() {
     for (name, text) in &bad_texts {
         let p = c.dir.join(format!("bad-{}.toml", name.replace(' ', "-")));
         fs::write(&p, text).unwrap();
-        c.case("manifest", name, &["manifest", "check", &s(&p)], 2);
+        c.case("manifest", name, &["manifest", "check", &s(&p)], Code::Usage);
         let signed = c.env.write_signed_text(text, &format!("corpus/signed-bad-{}.toml", name.replace(' ', "-")));
-        c.case("manifest", name, &["fetch", "--manifest", &s(&signed)], 2);
+        c.case("manifest", name, &["fetch", "--manifest", &s(&signed)], Code::Usage);
     }
     let binary = c.dir.join("binary.toml");
     fs::write(&binary, pseudo_random(5000, 3)).unwrap();
-    c.case("manifest", "binary garbage", &["manifest", "check", &s(&binary)], 2);
+    c.case("manifest", "binary garbage", &["manifest", "check", &s(&binary)], Code::Usage);
     let huge = c.dir.join("huge.toml");
     fs::write(&huge, vec![b'#'; 5 << 20]).unwrap();
-    c.case("manifest", "5 MiB", &["manifest", "check", &s(&huge)], 2);
+    c.case("manifest", "5 MiB", &["manifest", "check", &s(&huge)], Code::Usage);
     let zero = c.dir.join("zero.toml");
     std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
-    c.case("manifest", "/dev/zero", &["manifest", "check", &s(&zero)], 2);
-    c.case("manifest", "/dev/zero as --manifest", &["fetch", "--manifest", &s(&zero)], 2);
-    c.case("manifest", "missing file", &["fetch", "--manifest", "/no/such/manifest.toml"], 2);
+    c.case("manifest", "/dev/zero", &["manifest", "check", &s(&zero)], Code::Usage);
+    c.case("manifest", "/dev/zero as --manifest", &["fetch", "--manifest", &s(&zero)], Code::Usage);
+    c.case("manifest", "missing file", &["fetch", "--manifest", "/no/such/manifest.toml"], Code::Usage);
     let expired = c.manifest("expired", |m| {
         m.published = time::OffsetDateTime::now_utc() - time::Duration::days(20);
         m.expires = time::OffsetDateTime::now_utc() - time::Duration::days(1);
     });
-    c.case("manifest", "expired", &["fetch", "--manifest", &s(&expired)], 11);
+    c.case("manifest", "expired", &["fetch", "--manifest", &s(&expired)], Code::Expired);
     let newer = c.manifest("newer", |m| m.requires_bootstrap = ">=99.0.0".into());
-    c.case("manifest", "needs a newer kubestrap", &["fetch", "--manifest", &s(&newer)], 13);
+    c.case("manifest", "needs a newer kubestrap", &["fetch", "--manifest", &s(&newer)], Code::NeedsNewerKubestrap);
 
     // --- signatures ---------------------------------------------------------
     let good = c.manifest("sig-good", |_| {});
@@ -205,24 +212,24 @@ fn the_hostile_corpus() {
             None => fs::remove_file(&sp).unwrap(),
             Some(b) => fs::write(&sp, b).unwrap(),
         }
-        c.case("signature", name, &["fetch", "--manifest", &s(&m)], 10);
+        c.case("signature", name, &["fetch", "--manifest", &s(&m)], Code::Signature);
     }
     for (name, target) in [("/dev/zero", Path::new("/dev/zero")), ("a directory", Path::new("/"))] {
         let m = c.manifest(&format!("sig-link-{}", name.replace('/', "")), |_| {});
         let sp = fskit_sig(&m);
         fs::remove_file(&sp).unwrap();
         std::os::unix::fs::symlink(target, &sp).unwrap();
-        c.case("signature", name, &["fetch", "--manifest", &s(&m)], 10);
+        c.case("signature", name, &["fetch", "--manifest", &s(&m)], Code::Signature);
     }
     let untrusted_keys = c.env.scratch("untrusted");
     c.env.ok(&["manifest", "keygen", "--out", &s(&untrusted_keys), "--name", "x", "--unencrypted"]);
     let m = c.manifest("sig-untrusted", |_| {});
     c.env.ok(&["manifest", "sign", "--key", &s(&untrusted_keys.join("x.key")), &s(&m)]);
-    c.case("signature", "untrusted key", &["fetch", "--manifest", &s(&m)], 10);
+    c.case("signature", "untrusted key", &["fetch", "--manifest", &s(&m)], Code::Signature);
     let flipped = c.manifest("sig-flipped-body", |_| {});
     let text = fs::read_to_string(&flipped).unwrap().replace("channel = \"test\"", "channel = \"tesT\"");
     fs::write(&flipped, text).unwrap();
-    c.case("signature", "a byte of the manifest changed", &["fetch", "--manifest", &s(&flipped)], 10);
+    c.case("signature", "a byte of the manifest changed", &["fetch", "--manifest", &s(&flipped)], Code::Signature);
 
     // --- servers ------------------------------------------------------------
     let d = c.dir.join("served");
@@ -234,14 +241,14 @@ fn the_hostile_corpus() {
         }
         c.manifest(&format!("srv-{name}"), |m| m.kubectl = (vec![url], body.clone(), "file".into()))
     };
-    let cases: Vec<(&str, Option<Reply>, i32)> = vec![
-        ("404", Some(Reply::Status(404)), 20),
-        ("403", Some(Reply::Status(403)), 20),
-        ("wrong bytes", Some(Reply::Body(pseudo_random(50_000, 6))), 21),
-        ("endless body", Some(Reply::Extra(pseudo_random(100_000, 7))), 21),
-        ("endless chunked body", Some(Reply::ExtraChunked(pseudo_random(100_000, 8))), 21),
-        ("announces too much", Some(Reply::ExtraAnnounced(vec![0; 10])), 21),
-        ("short body", Some(Reply::Body(pseudo_random(10, 9))), 20),
+    let cases: Vec<(&str, Option<Reply>, Code)> = vec![
+        ("404", Some(Reply::Status(404)), Code::Download),
+        ("403", Some(Reply::Status(403)), Code::Download),
+        ("wrong bytes", Some(Reply::Body(pseudo_random(50_000, 6))), Code::Integrity),
+        ("endless body", Some(Reply::Extra(pseudo_random(100_000, 7))), Code::Integrity),
+        ("endless chunked body", Some(Reply::ExtraChunked(pseudo_random(100_000, 8))), Code::Integrity),
+        ("announces too much", Some(Reply::ExtraAnnounced(vec![0; 10])), Code::Integrity),
+        ("short body", Some(Reply::Body(pseudo_random(10, 9))), Code::Download),
     ];
     for (name, reply, code) in cases {
         let m = served(&name.replace(' ', "-"), reply);
@@ -249,16 +256,16 @@ fn the_hostile_corpus() {
         assert!(!c.env.blob(&body.sha256).exists(), "server/{name}: a bad body was stored");
     }
     let refused = format!("http://127.0.0.1:{}/m.toml", free_port());
-    c.case("server", "connection refused", &["fetch", "--manifest", &refused], 20);
+    c.case("server", "connection refused", &["fetch", "--manifest", &refused], Code::Download);
 
     // --- hostile URLs -------------------------------------------------------
     let secret = format!("http://user:s3cret@127.0.0.1:{}/m.toml?token=s3cret", free_port());
-    c.case("url", "password and token", &["fetch", "--manifest", &secret], 20);
-    c.case("url", "password and token, JSON", &["-o", "json", "fetch", "--manifest", &secret], 20);
+    c.case("url", "password and token", &["fetch", "--manifest", &secret], Code::Download);
+    c.case("url", "password and token, JSON", &["-o", "json", "fetch", "--manifest", &secret], Code::Download);
     let long = format!("http://127.0.0.1:{}/{}", free_port(), "a".repeat(20_000));
-    c.case("url", "20 000 characters", &["fetch", "--manifest", &long], 20);
-    c.case("url", "file:///dev/zero", &["fetch", "--manifest", "file:///dev/zero"], 2);
-    c.case("url", "unknown scheme", &["fetch", "--manifest", "gopher://x/m.toml"], 2);
+    c.case("url", "20 000 characters", &["fetch", "--manifest", &long], Code::Download);
+    c.case("url", "file:///dev/zero", &["fetch", "--manifest", "file:///dev/zero"], Code::Usage);
+    c.case("url", "unknown scheme", &["fetch", "--manifest", "gopher://x/m.toml"], Code::Usage);
 
     // --- archives: nothing written outside, nothing from them used ----------
     let outside = c.dir.join("archives/escaped");
@@ -295,7 +302,7 @@ fn the_hostile_corpus() {
     ];
     for (name, bytes) in &archives {
         let m = c.archive_manifest(&format!("arc-{}", name.replace(' ', "-")), bytes);
-        c.case("archive", name, &["cache", "unpack", "--manifest", &s(&m)], 32);
+        c.case("archive", name, &["cache", "unpack", "--manifest", &s(&m)], Code::UnsafeArchive);
         assert!(!outside.exists() && !Path::new("/tmp/localkube").exists(), "archive/{name}: wrote outside");
         assert!(
             fs::read_dir(c.env.home.join("components")).map(|d| d.count()).unwrap_or(0) <= 1,
@@ -312,7 +319,7 @@ fn the_hostile_corpus() {
         ("bad profile name", &["start", "-p", "../../etc"]),
         ("bad target", &["fetch", "--target", "plan9-mips", "--manifest", "m.toml"]),
     ] {
-        c.case("flags", name, args, 2);
+        c.case("flags", name, args, Code::Usage);
     }
 
     let tally = c.tally.borrow();
@@ -338,7 +345,7 @@ fn the_hostile_corpus_against_a_cluster() {
     // Store corruption.
     let blob = cl.env.blobs().into_iter().next().unwrap();
     flip_byte(&blob, 10);
-    cl.env.fail(&["cache", "verify"], 33);
+    cl.env.fail(&["cache", "verify"], Code::CorruptCache);
     assert!(!blob.exists(), "the corrupt blob was removed");
     count("store");
     cl.env.ok(&["stop"]);
@@ -353,7 +360,7 @@ fn the_hostile_corpus_against_a_cluster() {
     assert_eq!(fs::read_to_string(tree.join("version.txt")).unwrap(), "v1.33.1+standin\n");
     count("store");
     fs::remove_file(tree.join(".complete")).unwrap();
-    cl.env.fail(&["cache", "verify"], 33);
+    cl.env.fail(&["cache", "verify"], Code::CorruptCache);
     cl.env.ok(&["stop"]);
     cl.env.ok(&["start"]);
     count("store");
@@ -405,7 +412,12 @@ fn the_hostile_corpus_against_a_cluster() {
     for (name, kc) in cases {
         let before = fs::read(&kc).ok();
         let out = cl.env.cmd(&["start"]).env("KUBECONFIG", &kc).output().unwrap();
-        assert_eq!(out.status.code(), Some(60), "kubeconfig {name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            exit(Code::Kubeconfig),
+            "kubeconfig {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(fs::read(&kc).ok(), before, "kubeconfig {name}: changed");
         assert!(cl.localkubes("kubestrap").is_empty(), "kubeconfig {name}: localkube was started");
         count("kubeconfig");

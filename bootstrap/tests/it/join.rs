@@ -24,7 +24,7 @@ fn run_in(ns: &Netns, c: &Cluster, args: &[&str]) -> (i32, String, String) {
 
 fn ok_in(ns: &Netns, c: &Cluster, args: &[&str]) -> String {
     let (code, out, err) = run_in(ns, c, args);
-    assert_eq!(code, 0, "kubestrap {args:?} in {}:\n{out}\n{err}", ns.name);
+    assert_eq!(code, Code::Ok as i32, "kubestrap {args:?} in {}:\n{out}\n{err}", ns.name);
     out
 }
 
@@ -83,7 +83,7 @@ fn a_second_machine_joins_with_the_printed_line_a_wrong_ca_or_token_is_refused_a
         &server,
         &["start", "-p", "srv", "--manifest", server.m(), "--driver", "native", "--port", &port, "--listen", A_IP],
     );
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, Code::Ok as i32, "{err}");
     assert!(err.contains(&format!("--listen {A_IP}")) && err.contains("join token"), "warned: {err}");
     // Without --listen there is no line to print.
     let line = ok_in(&a, &server, &["node", "join-command", "-p", "srv"]);
@@ -98,7 +98,7 @@ fn a_second_machine_joins_with_the_printed_line_a_wrong_ca_or_token_is_refused_a
     let ca = line.split("--ca-sha256 ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
     let wrong_ca = join("").replace(&ca, &"0".repeat(64));
     let (code, _, err) = sh_in(&b, &laptop, &wrong_ca);
-    assert_eq!(code, 45, "{err}");
+    assert_eq!(code, Code::JoinRefused as i32, "{err}");
     assert!(err.contains("not that cluster's server") && !err.contains(token.trim()), "{err}");
     // A wrong token, from a file others can read (said): the server refuses it.
     let secret = token.trim().rsplit(':').next().unwrap();
@@ -108,14 +108,14 @@ fn a_second_machine_joins_with_the_printed_line_a_wrong_ca_or_token_is_refused_a
     let from_file =
         join("").split_once("| ").unwrap().1.replace("--token-file -", &format!("--token-file {}", file.display()));
     let (code, _, err) = sh_in(&b, &laptop, &from_file);
-    assert_eq!(code, 45, "{err}");
+    assert_eq!(code, Code::JoinRefused as i32, "{err}");
     assert!(err.contains("refused the join token"), "{err}");
     assert!(err.contains("(mode 0644) can be read by users other than its owner"), "{err}");
     assert!(!laptop.env.home.join("profiles/work").exists(), "nothing was made on a refusal");
 
     // The line as printed: the laptop's node joins and is Ready on the server.
     let (code, out, err) = sh_in(&b, &laptop, &join(""));
-    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(code, Code::Ok as i32, "{out}\n{err}");
     assert!(out.contains("server checked") && out.contains("node ready: laptop"), "{out}");
     assert!(!out.contains(token.trim()) && !err.contains(token.trim()), "the token is never printed");
     let mode = std::os::unix::fs::PermissionsExt::mode(

@@ -125,7 +125,7 @@ fn k3s_run_section_brings_up_a_cluster_on_kubestraps_pki_with_images() {
     let junk = scratch.path().join("notes.tar");
     fs::write(&junk, tar_of(&[("readme.txt", b"not an image")])).unwrap();
     let before = fs::read_dir(&images).unwrap().count();
-    let err = c.env.fail(&["image", "load", "-p", "k3", junk.to_str().unwrap()], 2);
+    let err = c.env.fail(&["image", "load", "-p", "k3", junk.to_str().unwrap()], Code::Usage);
     assert!(err.contains("notes.tar") && err.contains("not a container image archive"), "{err}");
     assert_eq!(fs::read_dir(&images).unwrap().count(), before, "a refused archive leaves nothing");
 
@@ -194,7 +194,7 @@ fn a_release_without_an_images_dir_says_so() {
     c.start("noimg");
     let f = c.env.scratch("x").join("a.tar");
     fs::write(&f, tar_of(&[("manifest.json", b"[]")])).unwrap();
-    let err = c.env.fail(&["image", "load", "-p", "noimg", f.to_str().unwrap()], 2);
+    let err = c.env.fail(&["image", "load", "-p", "noimg", f.to_str().unwrap()], Code::Usage);
     assert!(err.contains("names no images directory"), "{err}");
     c.env.ok(&["delete", "-p", "noimg"]);
 }
@@ -228,7 +228,7 @@ fn k3s_on_the_host_without_root_is_refused_before_anything_is_fetched() {
     assert!(as_nobody(&["trust", "add", pubkey.to_str().unwrap()]).status.success());
     let out = as_nobody(&["start", "--manifest", c.m()]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(44), "{err}");
+    assert_eq!(out.status.code(), exit(Code::Unfit), "{err}");
     assert!(err.contains("needs root") && err.contains("--driver qemu") && err.contains("sudo -E"), "{err}");
     assert!(!home.join("ks/blobs/sha256").exists() || fs::read_dir(home.join("ks/blobs/sha256")).unwrap().count() == 0);
 }

@@ -35,8 +35,7 @@ fn k3s_in_a_container_runs_a_pod_that_reaches_its_api() {
     let rootfs = docker_rootfs();
     let c = Cluster::with(|s| {
         k3s_standin(s, &k3s_run(), &[]);
-        s.localkube_drivers = vec!["docker".into()];
-        s.rootfs = Some(rootfs);
+        s.run_on([TestDriver::Docker(rootfs)]);
     });
     let port = free_port().to_string();
     c.env.ok(&["start", "-p", "kd", "--driver", "docker", "--manifest", c.m(), "--port", &port]);
@@ -84,8 +83,7 @@ fn k3s_in_a_vm_runs_a_pod_and_the_docker_entrypoint_works_on_cgroup_v2() {
         k3s_standin(s, &k3s_run(), &[("in-vm.sh", IN_VM.as_bytes(), 0o755), ("entrypoint", &entrypoint, 0o755)]);
         s.localkube.3 = "in-vm.sh".into();
         s.program = "in-vm.sh".into();
-        s.localkube_drivers = vec!["qemu".into()];
-        s.vm = Some(vm);
+        s.run_on([TestDriver::Qemu(vm)]);
     });
     let port = free_port().to_string();
     let start = ["start", "-p", "kv", "--driver", "qemu", "--accel", "tcg", "--manifest", c.m(), "--port", &port];

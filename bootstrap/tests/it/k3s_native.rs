@@ -228,8 +228,7 @@ fn a_second_native_k3s_is_refused_and_the_hosts_k3s_settings_change_nothing() {
     let c = Cluster::with(|s| {
         k3s_standin(s, &k3s_run(), &[]);
         if docker {
-            s.localkube_drivers = vec!["native".into(), "docker".into()];
-            s.rootfs = Some(docker_rootfs());
+            s.run_on([TestDriver::Native, TestDriver::Docker(docker_rootfs())]);
         }
     });
     let port = free_port().to_string();
@@ -261,7 +260,7 @@ fn a_second_native_k3s_is_refused_and_the_hosts_k3s_settings_change_nothing() {
         s.localkube.0 = vec!["http://127.0.0.1:9/k3s.tar.zst".into()];
     });
     let port = free_port().to_string();
-    let err = other.env.fail(&["start", "-p", "two", "--manifest", other.m(), "--port", &port], 44);
+    let err = other.env.fail(&["start", "-p", "two", "--manifest", other.m(), "--port", &port], Code::Unfit);
     assert!(err.contains("profile \"one\"") && err.contains(&c.env.home.display().to_string()), "{err}");
     assert!(err.contains("--driver docker") && err.contains("--driver qemu"), "{err}");
     assert!(other.env.blobs().is_empty() && other.env.partials().is_empty(), "nothing fetched");
@@ -274,7 +273,7 @@ fn a_second_native_k3s_is_refused_and_the_hosts_k3s_settings_change_nothing() {
     }
     // Once the first one stops, the machine is free.
     c.env.ok(&["stop", "-p", "one"]);
-    let err = other.env.fail(&["start", "-p", "two", "--manifest", other.m(), "--port", &port], 20);
+    let err = other.env.fail(&["start", "-p", "two", "--manifest", other.m(), "--port", &port], Code::Download);
     assert!(!err.contains("profile \"one\""), "{err}");
     c.env.ok(&["delete", "-p", "one"]);
     assert_eq!(machine_leftovers(), Vec::<String>::new());
@@ -294,7 +293,7 @@ fn a_different_ca_is_never_placed_over_the_one_k3s_keeps() {
     let placed = fs::read(tls.join("server-ca.crt")).unwrap();
     // The PKI is made again (a lost or damaged one is remade at start).
     fs::rename(&pki, profile.join("pki.kept")).unwrap();
-    let err = c.env.fail(&["start", "-p", "ca", "--manifest", c.m()], 30);
+    let err = c.env.fail(&["start", "-p", "ca", "--manifest", c.m()], Code::Disk);
     assert!(err.contains("holds another") && err.contains("server-ca") && err.contains("Nothing was changed"), "{err}");
     assert_eq!(fs::read(tls.join("server-ca.crt")).unwrap(), placed, "never overwritten");
     assert_ne!(c.status("ca").1["localkube"], "Running");
@@ -310,7 +309,7 @@ fn a_different_ca_is_never_placed_over_the_one_k3s_keeps() {
         }
     };
     place_all(&pki);
-    let err = c.env.fail(&["start", "-p", "ca", "--manifest", c.m()], 50);
+    let err = c.env.fail(&["start", "-p", "ca", "--manifest", c.m()], Code::LocalkubeExited);
     assert!(err.contains("newer than datastore and could cause a cluster outage"), "{err}");
 
     // The profile's own PKI back (and the files it placed): it starts again.
@@ -410,7 +409,7 @@ fn what_a_native_stop_cannot_remove_is_named_and_the_next_stop_removes_it() {
     let _unmount = Unmount("/run/flannel");
     let mount = ["-t", "tmpfs", "-o", "ro,size=1m", "kubestrap-test", "/run/flannel"];
     assert!(Command::new("mount").args(mount).status().unwrap().success());
-    let err = c.env.fail(&["stop", "-p", "held"], 43);
+    let err = c.env.fail(&["stop", "-p", "held"], Code::Driver);
     assert!(err.contains("/run/flannel") && err.contains("busy"), "{err}");
     assert!(err.contains("run the command again"), "{err}");
     // Everything else went; only what it named is left.

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{AUTO_PORT, Cluster, KUBECTL, alive, free_port, json_lines, kubectls, wait_until, wrap_standin};
+use crate::support::{
+    AUTO_PORT, Cluster, Code, KUBECTL, alive, free_port, json_lines, kubectls, wait_until, wrap_standin,
+};
 
 /// The oldest real kubectl on the machine (1.27 here): it POSTs JSON where
 /// the newest (1.33) POSTs protobuf.
@@ -103,7 +105,7 @@ fn start_use_stop_resume_delete_with_real_kubectl() {
     assert_eq!(names(&doc, "users"), ["prod"]);
     assert_eq!(doc["contexts"][0]["context"]["namespace"].as_str(), Some("web"));
     assert_eq!(doc["current-context"].as_str(), Some(""));
-    c.env.fail(&["status"], 42);
+    c.env.fail(&["status"], Code::NoProfile);
 }
 
 #[test]
@@ -132,7 +134,7 @@ fn default_port_taken_means_next_free_one_and_asked_port_in_use_is_an_error() {
     let c = Cluster::new();
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().port().to_string();
-    let err = c.env.fail(&["start", "--manifest", c.m(), "--port", &port], 41);
+    let err = c.env.fail(&["start", "--manifest", c.m(), "--port", &port], Code::PortInUse);
     assert!(err.contains(&format!("port {port}")) && err.contains("in use"), "{err}");
     assert!(!c.pid_file("kubestrap").exists(), "nothing was launched");
 
@@ -276,7 +278,7 @@ fn concurrent_starts_wait_for_each_other_and_no_wait_fails_fast() {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut first_out, &mut line).unwrap();
     assert!(line.contains("manifest verified"), "{line}");
-    let err = c.env.fail(&["start", "--no-wait"], 40);
+    let err = c.env.fail(&["start", "--no-wait"], Code::Locked);
     assert!(err.contains("locked by another kubestrap"), "{err}");
     let second = c.env.cmd(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut rest = String::new();
@@ -297,7 +299,7 @@ fn malformed_kubeconfig_is_left_untouched_and_nothing_starts() {
     let bad = "apiVersion: v1\nclusters: [\n  - name: broken\n";
     fs::write(&c.env.kubeconfig, bad).unwrap();
     let port = free_port().to_string();
-    let err = c.env.fail(&["start", "--manifest", c.m(), "--port", &port], 60);
+    let err = c.env.fail(&["start", "--manifest", c.m(), "--port", &port], Code::Kubeconfig);
     assert!(err.contains("left it untouched"), "{err}");
     assert_eq!(fs::read_to_string(&c.env.kubeconfig).unwrap(), bad);
     assert!(!c.pid_file("kubestrap").exists());
@@ -307,7 +309,7 @@ fn malformed_kubeconfig_is_left_untouched_and_nothing_starts() {
 fn not_ready_in_time_stops_localkube_and_shows_its_log() {
     let c = Cluster::with(|s| s.args.push("--never-ready".into()));
     let port = free_port().to_string();
-    let err = c.env.fail(&["start", "--manifest", c.m(), "--port", &port, "--wait-timeout", "2s"], 51);
+    let err = c.env.fail(&["start", "--manifest", c.m(), "--port", &port, "--wait-timeout", "2s"], Code::NotReady);
     assert!(err.contains("not ready after 2s"), "{err}");
     assert!(err.contains("standin: listening"), "the log tail is shown: {err}");
     assert!(!c.pid_file("kubestrap").exists(), "localkube was stopped");
@@ -317,7 +319,7 @@ fn not_ready_in_time_stops_localkube_and_shows_its_log() {
 fn localkube_that_exits_at_once_is_reported() {
     let c = Cluster::with(|s| s.args.push("--no-such-flag".into()));
     let port = free_port().to_string();
-    let err = c.env.fail(&["start", "--manifest", c.m(), "--port", &port], 50);
+    let err = c.env.fail(&["start", "--manifest", c.m(), "--port", &port], Code::LocalkubeExited);
     assert!(err.contains("exited with code 2"), "{err}");
 }
 
@@ -409,12 +411,13 @@ fn kept_manifests_need_the_same_consent_and_a_private_stable_is_no_fallback() {
     // Kept in the home knowingly…
     c.env.ok(&["fetch", "--manifest", c.m(), "--allow-expired"]);
     // …but a new cluster from it needs the same explicit consent.
-    let err = c.env.fail(&["start", "-p", "fresh", "--manifest", c.m(), "--port", &free_port().to_string()], 11);
+    let err =
+        c.env.fail(&["start", "-p", "fresh", "--manifest", c.m(), "--port", &free_port().to_string()], Code::Expired);
     assert!(err.contains("--allow-expired"), "{err}");
     assert!(!c.env.home.join("profiles/fresh/run/localkube.pid").exists());
     // A manifest that calls itself "stable" but is trusted through a pinned
     // key is never taken for the official channel when it is unreachable.
-    let err = c.env.fail(&["start", "-p", "other", "--offline"], 22);
+    let err = c.env.fail(&["start", "-p", "other", "--offline"], Code::OfflineMissing);
     assert!(err.contains("no manifest of the stable channel"), "{err}");
 }
 
@@ -424,7 +427,7 @@ fn delete_with_a_damaged_config_still_stops_localkube() {
     c.start("kubestrap");
     let pid = c.localkube_pid("kubestrap");
     fs::write(c.env.home.join("profiles/kubestrap/config.toml"), "this is not toml [").unwrap();
-    c.env.fail(&["status"], 30);
+    c.env.fail(&["status"], Code::Disk);
     c.env.ok(&["delete"]);
     assert!(wait_until(Duration::from_secs(5), || !alive(pid)), "localkube outlived delete");
     assert!(!c.env.home.join("profiles/kubestrap").exists());
@@ -498,7 +501,7 @@ fn purge_only_with_every_profile_and_profile_list_survives_a_damaged_one() {
     let blobs = c.env.home.join("blobs/sha256");
     assert!(fs::read_dir(&blobs).unwrap().count() > 0);
     // --purge while another cluster still uses the cache: refused, nothing removed.
-    let err = c.env.fail(&["delete", "-p", "one", "--purge"], 2);
+    let err = c.env.fail(&["delete", "-p", "one", "--purge"], Code::Usage);
     assert!(err.contains("two") && err.contains("--all --purge"), "{err}");
     assert!(c.env.home.join("profiles/one").is_dir());
     // A damaged profile is listed as such; the others still are.
@@ -513,7 +516,7 @@ fn purge_only_with_every_profile_and_profile_list_survives_a_damaged_one() {
     // A profile that does not exist: purge still works, and says nothing about deleting it.
     let out = c.env.ok(&["delete", "-p", "nosuch", "--purge"]);
     assert!(!out.contains("deleted profile"), "{out}");
-    c.env.fail(&["delete", "-p", "nosuch"], 42);
+    c.env.fail(&["delete", "-p", "nosuch"], Code::NoProfile);
 }
 
 #[test]

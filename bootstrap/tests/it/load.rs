@@ -106,9 +106,7 @@ fn containers_and_vms_at_once_answer_under_load_and_leave_nothing() {
     }
     let (rootfs, vm) = (docker_rootfs(), vm_artifacts());
     let c = Cluster::with(|s| {
-        s.localkube_drivers = vec!["native".into(), "docker".into(), "qemu".into()];
-        s.rootfs = Some(rootfs);
-        s.vm = Some(vm);
+        s.run_on([TestDriver::Native, TestDriver::Docker(rootfs), TestDriver::Qemu(vm)]);
     });
     let containers: Vec<String> = (1..=if full() { 8 } else { 4 }).map(|i| format!("load-d{i}")).collect();
     let vms: Vec<String> = (1..=2).map(|i| format!("load-v{i}")).collect();

@@ -26,5 +26,6 @@ mod quickstart;
 mod real;
 mod release;
 mod reliability;
+mod scenarios;
 mod signing;
 mod upgrade;

@@ -17,8 +17,7 @@ fn all_ready(names: &[&str]) -> Vec<(String, String)> {
 fn multi_node() -> Cluster {
     let rootfs = docker_rootfs();
     Cluster::with(|s| {
-        s.localkube_drivers = vec!["native".into(), "docker".into()];
-        s.rootfs = Some(rootfs);
+        s.run_on([TestDriver::Native, TestDriver::Docker(rootfs)]);
         s.multi_node();
     })
 }
@@ -132,7 +131,7 @@ fn a_docker_cluster_of_three_nodes_grows_loses_a_node_repairs_it_shrinks_and_is_
     assert!(!containers(&c).iter().any(|n| n.ends_with("-m02")), "{:?}", containers(&c));
     assert!(!volumes(&c).contains("-m02-data"), "{}", volumes(&c));
     // The server is not an agent, and an unknown node is said.
-    let err = c.env.fail(&["node", "delete", "-p", "mn", "kubestrap-mn"], 2);
+    let err = c.env.fail(&["node", "delete", "-p", "mn", "kubestrap-mn"], Code::Usage);
     assert!(err.contains("no agent node") && err.contains("m03"), "{err}");
 
     // stop → start keeps every node and the configmap.
@@ -162,16 +161,17 @@ fn more_nodes_than_one_are_refused_where_the_driver_or_release_cannot_run_them()
     }
     // The native driver: its host is this machine.
     let c = multi_node();
-    let err = c.env.fail(&["start", "-p", "nat", "--manifest", c.m(), "--driver", "native", "--nodes", "2"], 44);
+    let err =
+        c.env.fail(&["start", "-p", "nat", "--manifest", c.m(), "--driver", "native", "--nodes", "2"], Code::Unfit);
     assert!(err.contains("cannot have 2 nodes") && err.contains("native driver runs one node"), "{err}");
     assert!(!c.env.path().join("profiles/nat/config.toml").exists(), "nothing was made");
     // A release without run.agent runs one node.
     let rootfs = docker_rootfs();
     let one = Cluster::with(|s| {
-        s.localkube_drivers = vec!["docker".into()];
-        s.rootfs = Some(rootfs);
+        s.run_on([TestDriver::Docker(rootfs)]);
     });
-    let err = one.env.fail(&["start", "-p", "one", "--manifest", one.m(), "--driver", "docker", "--nodes", "2"], 44);
+    let err =
+        one.env.fail(&["start", "-p", "one", "--manifest", one.m(), "--driver", "docker", "--nodes", "2"], Code::Unfit);
     assert!(err.contains("has no agent command line"), "{err}");
     // Started with one node, it stays one (and `node add` says why not).
     one.env.ok(&[
@@ -185,7 +185,7 @@ fn more_nodes_than_one_are_refused_where_the_driver_or_release_cannot_run_them()
         "--port",
         &free_port().to_string(),
     ]);
-    let err = one.env.fail(&["node", "add", "-p", "one"], 44);
+    let err = one.env.fail(&["node", "add", "-p", "one"], Code::Unfit);
     assert!(err.contains("has no agent command line"), "{err}");
     one.env.ok(&["delete", "-p", "one"]);
 }
@@ -214,8 +214,7 @@ fn a_three_node_upgrade_moves_every_node_and_agents_that_never_get_ready_roll_th
     let env = Env::new();
     let rootfs = docker_rootfs();
     let docker_multi = |s: &mut ManifestSpec| {
-        s.localkube_drivers = vec!["docker".into()];
-        s.rootfs = Some(rootfs.clone());
+        s.run_on([TestDriver::Docker(rootfs.clone())]);
         s.multi_node();
     };
     let m32 = crate::upgrade::release(&env, 32, 1, docker_multi);
@@ -244,7 +243,7 @@ fn a_three_node_upgrade_moves_every_node_and_agents_that_never_get_ready_roll_th
     // Its agents wrote their state before they failed to join, a state the
     // old agents refuse (as a store a newer containerd migrated): the
     // rollback brings every node's state back, not the server's alone.
-    let err = c.env.fail(&["upgrade", "-p", "up", "--manifest", bad.to_str().unwrap()], 52);
+    let err = c.env.fail(&["upgrade", "-p", "up", "--manifest", bad.to_str().unwrap()], Code::UpgradeRolledBack);
     assert!(err.contains("rolled back") && err.contains("m02"), "{err}");
     let snaps = c.env.ok(&["snapshot", "list", "-p", "up", "-o", "json"]);
     assert!(snaps.contains(r#""nodes":3"#), "the snapshot holds every node's state: {snaps}");
@@ -276,8 +275,7 @@ fn a_qemu_cluster_of_two_vms_joins_on_its_own_l2_segment_and_suspends_and_resume
     }
     let vm = vm_artifacts();
     let c = Cluster::with(|s| {
-        s.localkube_drivers = vec!["qemu".into()];
-        s.vm = Some(vm);
+        s.run_on([TestDriver::Qemu(vm)]);
         s.multi_node();
         // Two VMs under TCG on two cores: room to boot.
         s.agent.as_mut().unwrap().1 = 120;
@@ -334,9 +332,9 @@ fn a_docker_cluster_serves_its_api_where_listen_says_and_node_names_are_checked(
     let port = free_port().to_string();
     c.env.ok(&["start", "-p", "ls", "--manifest", c.m(), "--driver", "docker", "--port", &port]);
     // Loopback only: no line another machine could use.
-    let err = c.env.fail(&["node", "join-command", "-p", "ls"], 2);
+    let err = c.env.fail(&["node", "join-command", "-p", "ls"], Code::Usage);
     assert!(err.contains("127.0.0.1 only") && err.contains("--listen"), "{err}");
-    let err = c.env.fail(&["start", "-p", "ls", "--listen", "0.0.0.0"], 2);
+    let err = c.env.fail(&["start", "-p", "ls", "--listen", "0.0.0.0"], Code::Usage);
     assert!(err.contains("not 0.0.0.0"), "{err}");
     // Stopped and started with --listen: the container is made again, published there too.
     c.env.ok(&["stop", "-p", "ls"]);
@@ -352,7 +350,7 @@ fn a_docker_cluster_serves_its_api_where_listen_says_and_node_names_are_checked(
     assert!(line.contains(&format!("kubestrap node join {server} --ca-sha256 ")), "{line}");
     // A node name is one path segment of the API, never more.
     for bad in ["../namespaces/default", "M02", "a/b", "x-"] {
-        let err = c.env.fail(&["node", "delete", "-p", "ls", bad], 2);
+        let err = c.env.fail(&["node", "delete", "-p", "ls", bad], Code::Usage);
         assert!(err.contains("is not a node name"), "{bad}: {err}");
     }
     c.env.ok(&["delete", "-p", "ls"]);
@@ -388,8 +386,7 @@ fn nodes_a_killed_start_add_or_delete_left_are_brought_up_or_removed_by_the_next
     // and it brings the node up with the others on the new release.
     killed_at(&c, "node add", &["node", "add", "-p", "kn"]);
     let next = crate::upgrade::release(&c.env, 33, 2, |s| {
-        s.localkube_drivers = vec!["native".into(), "docker".into()];
-        s.rootfs = Some(docker_rootfs());
+        s.run_on([TestDriver::Native, TestDriver::Docker(docker_rootfs())]);
         s.multi_node();
     });
     c.env.ok(&["upgrade", "-p", "kn", "--manifest", next.to_str().unwrap()]);

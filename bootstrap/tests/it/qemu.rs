@@ -9,13 +9,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use crate::scenarios::{OnDriver, upgrade_and_rollback};
 use crate::support::*;
 
 fn vm_cluster() -> Cluster {
     let vm = vm_artifacts();
     Cluster::with(|s| {
-        s.localkube_drivers = vec!["native".into(), "qemu".into()];
-        s.vm = Some(vm);
+        s.run_on([TestDriver::Native, TestDriver::Qemu(vm)]);
     })
 }
 
@@ -220,41 +220,10 @@ fn a_vm_cluster_upgrades_with_its_data_disk_as_the_snapshot_and_rolls_back() {
     if !need("qemu", qemu_installed) {
         return;
     }
-    let vm = vm_artifacts();
-    let env = Env::new();
-    // Each release places air-gap images of its own: what the one before
-    // placed goes from the data disk too (the guest's place-data says so).
-    let with_vm = |images: &'static str| {
-        let vm = vm.clone();
-        let dir = env.scratch(images);
-        move |s: &mut ManifestSpec| {
-            s.localkube_drivers = vec!["native".into(), "qemu".into()];
-            s.vm = Some(vm);
-            s.own_images(&dir, images);
-        }
+    let start = |c: &Cluster| {
+        start_vm(c, "kubestrap", true);
     };
-    let m32 = crate::upgrade::release(&env, 32, 1, with_vm("images-32.tar.zst"));
-    let m33 = crate::upgrade::release(&env, 33, 2, with_vm("images-33.tar.zst"));
-    let c = Cluster { env, manifest: m32 };
-    start_vm(&c, "kubestrap", true);
-    c.kubectl_ok(&KUBECTL, &["create", "configmap", "kept", "--from-literal=k=v"]);
-    let version = |c: &Cluster| c.status("kubestrap").1["kubernetes"].as_str().unwrap_or_default().to_string();
-    assert!(version(&c).starts_with("v1.32.4"));
-
-    let out = c.env.ok(&["upgrade", "--manifest", m33.to_str().unwrap()]);
-    assert!(out.contains("1.33.4"), "{out}");
-    assert!(version(&c).starts_with("v1.33.4"), "{}", version(&c));
-    assert_eq!(configmap(&c, "kept"), "v");
-    let snaps = json_lines(&c.env.ok(&["-o", "json", "snapshot", "list"]));
-    assert_eq!(snaps.len(), 1, "{snaps:?}");
-    assert!(snaps[0]["bytes"].as_u64().unwrap() > 0, "the data disk was copied: {snaps:?}");
-    let logs = c.env.ok(&["logs", "--lines", "400"]);
-    assert!(logs.contains("place-data: removed agent/images/images-32.tar.zst (no longer placed)"), "{logs}");
-
-    c.env.ok(&["rollback"]);
-    assert!(version(&c).starts_with("v1.32.4"), "{}", version(&c));
-    assert_eq!(configmap(&c, "kept"), "v");
-    c.env.ok(&["delete", "-p", "kubestrap"]);
+    upgrade_and_rollback(&OnDriver { driver: TestDriver::Qemu(vm_artifacts()), start, placed_images: None });
 }
 
 /// A qemu release whose VM artifacts are never needed (the tests below
@@ -262,11 +231,17 @@ fn a_vm_cluster_upgrades_with_its_data_disk_as_the_snapshot_and_rolls_back() {
 fn unfetched_vm_cluster() -> Cluster {
     Cluster::with(|s| {
         let dir = s.localkube.1.path.parent().unwrap().join("vm-unfetched");
-        s.localkube_drivers = vec!["native".into(), "qemu".into()];
-        s.vm = Some(VmArtifacts {
-            hypervisor: tar_zst_artifact(&dir, "hv.tar.zst", &[("bin/qemu-system-x86_64", b"#!/bin/false\n", 0o755)]),
-            base_image: tar_zst_artifact(&dir, "base.tar.zst", &[("vmlinuz", b"not a kernel", 0o644)]),
-        });
+        s.run_on([
+            TestDriver::Native,
+            TestDriver::Qemu(VmArtifacts {
+                hypervisor: tar_zst_artifact(
+                    &dir,
+                    "hv.tar.zst",
+                    &[("bin/qemu-system-x86_64", b"#!/bin/false\n", 0o755)],
+                ),
+                base_image: tar_zst_artifact(&dir, "base.tar.zst", &[("vmlinuz", b"not a kernel", 0o644)]),
+            }),
+        ]);
     })
 }
 
@@ -312,16 +287,17 @@ fn accel_kvm_without_kvm_is_refused_before_anything_is_fetched() {
     )
     .unwrap();
     let port = free_port().to_string();
-    let err = c
-        .env
-        .fail(&["start", "-p", "k", "--driver", "qemu", "--accel", "kvm", "--manifest", c.m(), "--port", &port], 44);
+    let err = c.env.fail(
+        &["start", "-p", "k", "--driver", "qemu", "--accel", "kvm", "--manifest", c.m(), "--port", &port],
+        Code::Unfit,
+    );
     assert!(err.contains("the test says KVM halts nothing here"), "{err}");
     assert!(c.env.blobs().is_empty(), "artifacts were fetched before the refusal: {:?}", c.env.blobs());
     assert!(!default_home(&c.env).exists(), "the preflight used the default home, not KUBESTRAP_HOME");
     // The machine's choice (no --accel) goes on with TCG: past the
     // preflight, into the fetch.
     let out = c.env.run(&["start", "-p", "k2", "--driver", "qemu", "--manifest", c.m(), "--port", &port]);
-    assert_ne!(out.status.code(), Some(44), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_ne!(out.status.code(), exit(Code::Unfit), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!c.env.blobs().is_empty(), "the start without --accel kvm did not get to fetching");
 }
 
@@ -367,8 +343,10 @@ fn kvm_that_aborts_at_once_falls_back_to_tcg_and_is_remembered() {
     let scratch = tempfile::tempdir().unwrap();
     let hv = aborting_hypervisor(scratch.path(), "kvm");
     let c = Cluster::with(|s| {
-        s.localkube_drivers = vec!["native".into(), "qemu".into()];
-        s.vm = Some(VmArtifacts { hypervisor: hv, base_image: vm_artifacts().base_image });
+        s.run_on([
+            TestDriver::Native,
+            TestDriver::Qemu(VmArtifacts { hypervisor: hv, base_image: vm_artifacts().base_image }),
+        ]);
     });
     kvm_probe_passed(&c.env);
     // The machine's choice: KVM (the probe passed); qemu aborts at once;
@@ -398,14 +376,16 @@ fn kvm_then_tcg_failing_names_both_attempts() {
     let scratch = tempfile::tempdir().unwrap();
     let hv = aborting_hypervisor(scratch.path(), "always");
     let c = Cluster::with(|s| {
-        s.localkube_drivers = vec!["native".into(), "qemu".into()];
-        s.vm = Some(VmArtifacts { hypervisor: hv, base_image: vm_artifacts().base_image });
+        s.run_on([
+            TestDriver::Native,
+            TestDriver::Qemu(VmArtifacts { hypervisor: hv, base_image: vm_artifacts().base_image }),
+        ]);
     });
     kvm_probe_passed(&c.env);
     let port = free_port().to_string();
     let out = c.env.run(&["start", "-p", "vm", "--driver", "qemu", "--manifest", c.m(), "--port", &port]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(43), "{err}");
+    assert_eq!(out.status.code(), exit(Code::Driver), "{err}");
     assert!(err.contains("with KVM") && err.contains("then with TCG"), "{err}");
     assert!(err.contains("failed to set MSR"), "{err}");
     let (code, st) = c.status("vm");

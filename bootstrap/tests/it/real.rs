@@ -508,8 +508,10 @@ fn real_kubernetes_upgrades_with_its_pods_and_rolls_back_a_broken_apiserver() {
     // A candidate whose apiserver cannot start: rolled back to the running pods.
     let run3 = run_with(&r.c.env, "broken", "\"--kube-apiserver-arg=no-such-flag=1\"");
     let m3 = real_manifest(&r.c.env, "release3", 3, false, Some(&run3));
-    let err =
-        r.c.env.fail(&["upgrade", "-p", "realup", "--manifest", m3.to_str().unwrap(), "--wait-timeout", "120s"], 52);
+    let err = r.c.env.fail(
+        &["upgrade", "-p", "realup", "--manifest", m3.to_str().unwrap(), "--wait-timeout", "120s"],
+        Code::UpgradeRolledBack,
+    );
     assert!(err.contains("rolled back") && err.contains("no-such-flag"), "{err}");
     r.wait_ready("app=web", 2);
     assert_eq!(r.k(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.name}"]), pods_before);

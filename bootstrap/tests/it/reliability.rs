@@ -145,7 +145,7 @@ fn damaged_state_files_never_leave_the_user_without_stop_and_delete() {
     c.start("kubestrap");
     let lk = c.localkubes("kubestrap");
     fs::write(profile.join("config.toml"), &garbage).unwrap();
-    let err = c.env.fail(&["status"], 30);
+    let err = c.env.fail(&["status"], Code::Disk);
     assert!(err.contains("damaged") && err.contains("kubestrap delete"), "{err}");
     c.env.ok(&["stop"]);
     assert!(lk.iter().all(|p| !alive(*p)));
@@ -179,7 +179,7 @@ fn passwords_and_tokens_in_urls_are_never_shown() {
     let url = format!("http://someone:s3cr3t-pw@127.0.0.1:{port}/m.toml?token=t0ken-xyz&part=1");
     for args in [vec!["fetch", "--manifest", &url], vec!["-o", "json", "-vv", "fetch", "--manifest", &url]] {
         let out = env.run(&args);
-        assert_eq!(out.status.code(), Some(20), "{}", env.report(&args, &out, "expected 20"));
+        assert_eq!(out.status.code(), exit(Code::Download), "{}", env.report(&args, &out, "expected 20"));
         let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(!all.contains("s3cr3t-pw") && !all.contains("t0ken-xyz"), "a secret was shown:\n{all}");
         assert!(all.contains("127.0.0.1") && all.contains("part=1"), "the URL is still named:\n{all}");
@@ -197,14 +197,14 @@ fn passwords_and_tokens_in_urls_are_never_shown() {
     s.program = "localkube".into();
     let m = env.write_signed_manifest(&s, "m.toml");
     let out = env.run(&["-o", "json", "fetch", "--manifest", m.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(20));
+    assert_eq!(out.status.code(), exit(Code::Download));
     let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!all.contains("hunter2-pw"), "{all}");
     assert!(all.contains("***@"), "{all}");
 }
 
 /// Runs a command that must fail with `code` quickly, whatever the input.
-fn fails_fast(env: &Env, args: &[&str], code: i32) -> String {
+fn fails_fast(env: &Env, args: &[&str], code: Code) -> String {
     let t = Instant::now();
     let err = env.fail(args, code);
     assert!(t.elapsed() < Duration::from_secs(10), "{args:?} took {:?}", t.elapsed());
@@ -229,18 +229,18 @@ fn every_read_of_an_outside_file_is_capped() {
     for target in [&zero, &fifo] {
         fs::remove_file(m.with_extension("toml.minisig")).unwrap();
         std::os::unix::fs::symlink(target, m.with_extension("toml.minisig")).unwrap();
-        fails_fast(&env, &["fetch", "--manifest", m.to_str().unwrap()], 10);
+        fails_fast(&env, &["fetch", "--manifest", m.to_str().unwrap()], Code::Signature);
     }
     fs::remove_file(m.with_extension("toml.minisig")).unwrap();
     fs::write(m.with_extension("toml.minisig"), sig).unwrap();
     // Manifests, keys, key lists, CA bundles, kubeconfigs.
     for f in [&zero, &fifo, &big] {
         let f = f.to_str().unwrap();
-        fails_fast(&env, &["manifest", "check", f], 2);
-        fails_fast(&env, &["fetch", "--manifest", f], 2);
-        fails_fast(&env, &["trust", "add", f], 2);
-        fails_fast(&env, &["keys", "verify-list", f], 2);
-        fails_fast(&env, &["fetch", "--ca-cert", f, "--manifest", "https://127.0.0.1:1/m.toml"], 2);
+        fails_fast(&env, &["manifest", "check", f], Code::Usage);
+        fails_fast(&env, &["fetch", "--manifest", f], Code::Usage);
+        fails_fast(&env, &["trust", "add", f], Code::Usage);
+        fails_fast(&env, &["keys", "verify-list", f], Code::Usage);
+        fails_fast(&env, &["fetch", "--ca-cert", f, "--manifest", "https://127.0.0.1:1/m.toml"], Code::Usage);
     }
     // A kubeconfig may be big, but not endless.
     let huge = dir.join("huge-kubeconfig");
@@ -248,7 +248,7 @@ fn every_read_of_an_outside_file_is_capped() {
     for f in [&zero, &fifo, &huge] {
         let out = env.cmd(&["start", "--manifest", m.to_str().unwrap()]).env("KUBECONFIG", f).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(60), "KUBECONFIG={}: {err}", f.display());
+        assert_eq!(out.status.code(), exit(Code::Kubeconfig), "KUBECONFIG={}: {err}", f.display());
     }
     assert!(!env.home.join("profiles/kubestrap/run/localkube.pid").exists(), "nothing ran");
 }
@@ -278,7 +278,7 @@ fn values_a_user_cannot_mean_are_usage_errors() {
         &["start", "--wait-timeout", "3d"],
         &["fetch", "--jobs", "1000", "--manifest", "m.toml"],
     ] {
-        env.fail(args, 2);
+        env.fail(args, Code::Usage);
     }
     assert!(!env.home.join("profiles").exists());
     // KUBESTRAP_HOME set but empty is unset: the home under $HOME is used.
@@ -294,7 +294,7 @@ fn a_read_only_kubeconfig_is_refused_before_anything_runs() {
     fs::write(&c.env.kubeconfig, text).unwrap();
     fs::set_permissions(&c.env.kubeconfig, fs::Permissions::from_mode(0o444)).unwrap();
     let port = free_port().to_string();
-    let err = c.env.fail(&["start", "--manifest", c.m(), "--port", &port], 60);
+    let err = c.env.fail(&["start", "--manifest", c.m(), "--port", &port], Code::Kubeconfig);
     assert!(err.contains("read-only") && err.contains("KUBECONFIG"), "{err}");
     assert_eq!(fs::read_to_string(&c.env.kubeconfig).unwrap(), text);
     assert_eq!(fs::metadata(&c.env.kubeconfig).unwrap().permissions().mode() & 0o777, 0o444);
@@ -327,7 +327,7 @@ fn a_kubeconfig_in_a_directory_that_cannot_be_written_is_refused_before_anything
         .env("NO_COLOR", "1");
     let out = cmd.output().unwrap();
     assert_ne!(out.status.code(), Some(77), "cannot mount a read-only tmpfs: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(out.status.code(), Some(60), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), exit(Code::Kubeconfig), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot write the kubeconfig"));
     assert!(c.localkubes("kubestrap").is_empty(), "nothing was started");
 }
@@ -355,7 +355,7 @@ fn archives_that_match_their_hash_but_are_broken_are_unsafe_not_disk_errors() {
         s.program = "bin/localkube".into();
         s.version = version;
         let m = env.write_signed_manifest(&s, &format!("{name}.toml"));
-        let err = env.fail(&["cache", "unpack", "--manifest", m.to_str().unwrap()], 32);
+        let err = env.fail(&["cache", "unpack", "--manifest", m.to_str().unwrap()], Code::UnsafeArchive);
         assert!(err.contains("not a valid tar.zst"), "{name}: {err}");
     }
 }
@@ -368,11 +368,13 @@ fn bad_key_and_certificate_files_are_usage_errors() {
     fs::write(&garbage, pseudo_random(200, 9)).unwrap();
     let file = dir.join("f.toml");
     fs::write(&file, "x = 1\n").unwrap();
-    env.fail(&["manifest", "sign", "--key", garbage.to_str().unwrap(), file.to_str().unwrap()], 2);
+    env.fail(&["manifest", "sign", "--key", garbage.to_str().unwrap(), file.to_str().unwrap()], Code::Usage);
     let not_pem = dir.join("ca.pem");
     fs::write(&not_pem, "this is not a certificate\n").unwrap();
-    let err =
-        env.fail(&["fetch", "--ca-cert", not_pem.to_str().unwrap(), "--manifest", "https://127.0.0.1:1/m.toml"], 2);
+    let err = env.fail(
+        &["fetch", "--ca-cert", not_pem.to_str().unwrap(), "--manifest", "https://127.0.0.1:1/m.toml"],
+        Code::Usage,
+    );
     assert!(err.contains("--ca-cert"), "{err}");
 }
 
@@ -416,9 +418,9 @@ fn pki_files_never_point_into_kubestraps_own_pki() {
     let c = Cluster::with(|s| s.pki_files.push(("{data}/ca.crt".into(), "ca.key".into())));
     let text = fs::read_to_string(&c.manifest).unwrap().replace("\"{data}/ca.crt\"", "\"{pki}/ca.crt\"");
     let m = c.env.write_signed_text(&text, "into-pki.toml");
-    let err = c.env.fail(&["manifest", "check", m.to_str().unwrap()], 2);
+    let err = c.env.fail(&["manifest", "check", m.to_str().unwrap()], Code::Usage);
     assert!(err.contains("pki-files") && err.contains("{pki}"), "{err}");
-    c.env.fail(&["start", "--manifest", m.to_str().unwrap()], 2);
+    c.env.fail(&["start", "--manifest", m.to_str().unwrap()], Code::Usage);
     assert!(!c.env.home.join("profiles/kubestrap/pki").exists());
 }
 

@@ -244,7 +244,7 @@ fn keygen_encrypted_with_password_from_env() {
     let dir = env.scratch("enc");
     // No password and no terminal: a clear usage error.
     let out = env.run(&["manifest", "keygen", "--out", s(&dir), "--name", "rel"]);
-    assert_eq!(out.status.code(), Some(2), "{}", describe(&["manifest", "keygen"], &out, "expected 2"));
+    assert_eq!(out.status.code(), exit(Code::Usage), "{}", describe(&["manifest", "keygen"], &out, "expected 2"));
     assert!(stderr_of(&out).contains("KUBESTRAP_KEY_PASSWORD"), "{}", stderr_of(&out));
 
     // An empty password would leave the key unprotected: refused, nothing written.
@@ -253,7 +253,7 @@ fn keygen_encrypted_with_password_from_env() {
         .env("KUBESTRAP_KEY_PASSWORD", "")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", describe(&["manifest", "keygen"], &out, "empty password"));
+    assert_eq!(out.status.code(), exit(Code::Usage), "{}", describe(&["manifest", "keygen"], &out, "empty password"));
     assert!(stderr_of(&out).contains("--unencrypted"), "{}", stderr_of(&out));
     assert!(!dir.join("rel.key").exists());
 
@@ -274,7 +274,7 @@ fn keygen_encrypted_with_password_from_env() {
     fs::write(&path, spec.to_toml()).unwrap();
     // Without the password (stdin is not a terminal): refused, nothing written.
     let out = env.run(&["manifest", "sign", "--key", s(&key), s(&path)]);
-    assert_eq!(out.status.code(), Some(2), "{}", describe(&["manifest", "sign"], &out, "expected 2"));
+    assert_eq!(out.status.code(), exit(Code::Usage), "{}", describe(&["manifest", "sign"], &out, "expected 2"));
     assert!(stderr_of(&out).contains("KUBESTRAP_KEY_PASSWORD"), "{}", stderr_of(&out));
     assert!(!env.path().join("enc-manifest.toml.minisig").exists());
     // A wrong password: refused.
@@ -293,7 +293,7 @@ fn keygen_encrypted_with_password_from_env() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", describe(&["manifest", "sign"], &out, "expected success"));
-    let err = env.fail(&["manifest", "verify", s(&path)], 10);
+    let err = env.fail(&["manifest", "verify", s(&path)], Code::Signature);
     assert!(err.contains(&id), "{err}");
     assert_eq!(pin(&env, &public), id);
     let stdout = env.ok(&["manifest", "verify", s(&path)]);
@@ -311,18 +311,18 @@ fn flipped_manifest_byte_is_refused_before_any_download() {
     let path = env.write_signed_manifest(&small_spec(&env, 1), "manifest.toml");
     let len = fs::metadata(&path).unwrap().len() as usize;
     flip_byte(&path, len / 2);
-    let err = env.fail(&["fetch", "--manifest", s(&path)], 10);
+    let err = env.fail(&["fetch", "--manifest", s(&path)], Code::Signature);
     assert!(err.contains(s(&path)), "error does not name the file: {err}");
     assert!(err.contains(&id), "error does not name the key id: {err}");
     assert!(err.contains("bad signature"), "{err}");
     assert!(env.blobs().is_empty(), "downloaded despite a bad signature: {:?}", env.blobs());
     assert!(!env.home.join("manifests").exists() || fs::read_dir(env.home.join("manifests")).unwrap().next().is_none());
-    env.fail(&["manifest", "verify", s(&path)], 10);
+    env.fail(&["manifest", "verify", s(&path)], Code::Signature);
 
     // A flip at the very start (before anything a parser would accept) too.
     let path = env.write_signed_manifest(&small_spec(&env, 1), "manifest2.toml");
     flip_byte(&path, 0);
-    env.fail(&["fetch", "--manifest", s(&path)], 10);
+    env.fail(&["fetch", "--manifest", s(&path)], Code::Signature);
     assert!(env.blobs().is_empty());
 }
 
@@ -336,13 +336,13 @@ fn flipped_signature_byte_is_refused_before_any_download() {
         let path = env.write_signed_manifest(&small_spec(&env, 1), &format!("sig{line}/manifest.toml"));
         let sig = PathBuf::from(format!("{}.minisig", path.display()));
         flip_in_line(&sig, line);
-        let err = env.fail(&["fetch", "--manifest", s(&path)], 10);
+        let err = env.fail(&["fetch", "--manifest", s(&path)], Code::Signature);
         assert!(err.contains("manifest.toml"), "line {line}: {err}");
         if line != 1 {
             assert!(err.contains(&id), "line {line}: error does not name the key: {err}");
         }
         assert!(env.blobs().is_empty(), "line {line}: downloaded despite a bad signature");
-        env.fail(&["manifest", "verify", s(&path)], 10);
+        env.fail(&["manifest", "verify", s(&path)], Code::Signature);
     }
     assert!(!env.home.join("state/seen-versions.toml").exists());
 }
@@ -354,15 +354,15 @@ fn missing_signature_is_a_clear_error() {
     let path = dir.join("manifest.toml");
     fs::write(&path, small_spec(&env, 1).to_toml()).unwrap();
     let sig = format!("{}.minisig", path.display());
-    let err = env.fail(&["fetch", "--manifest", s(&path)], 10);
+    let err = env.fail(&["fetch", "--manifest", s(&path)], Code::Signature);
     assert!(err.contains(&sig), "error does not name the signature file: {err}");
     assert!(env.blobs().is_empty());
-    let err = env.fail(&["manifest", "verify", s(&path)], 10);
+    let err = env.fail(&["manifest", "verify", s(&path)], Code::Signature);
     assert!(err.contains(&sig), "error does not name the signature file: {err}");
     // An empty signature file is no better.
     fs::write(&sig, "").unwrap();
-    env.fail(&["fetch", "--manifest", s(&path)], 10);
-    env.fail(&["manifest", "verify", s(&path)], 10);
+    env.fail(&["fetch", "--manifest", s(&path)], Code::Signature);
+    env.fail(&["manifest", "verify", s(&path)], Code::Signature);
 }
 
 // ---------------------------------------------------------------------------
@@ -374,11 +374,11 @@ fn untrusted_key_is_refused_naming_its_id() {
     let env = Env::new();
     let (other_key, _other_pub, other_id) = keygen(&env, &env.scratch("other"), "other");
     let path = write_signed_with(&env, &small_spec(&env, 1), &env.path().join("manifest.toml"), &other_key);
-    let err = env.fail(&["fetch", "--manifest", s(&path)], 10);
+    let err = env.fail(&["fetch", "--manifest", s(&path)], Code::Signature);
     assert!(err.contains(&other_id), "error does not name the key id: {err}");
     assert!(err.contains("trust add"), "no advice: {err}");
     assert!(env.blobs().is_empty());
-    let err = env.fail(&["manifest", "verify", s(&path)], 10);
+    let err = env.fail(&["manifest", "verify", s(&path)], Code::Signature);
     assert!(err.contains(&other_id), "{err}");
 }
 
@@ -404,16 +404,16 @@ fn trust_list_and_remove() {
     assert!(pinned_ids(&env).is_empty());
     let text = env.ok(&["trust", "list"]);
     assert!(!text.contains(&id) && text.contains(BUILTIN_ROOT), "{text}");
-    let err = env.fail(&["manifest", "verify", s(&path)], 10);
+    let err = env.fail(&["manifest", "verify", s(&path)], Code::Signature);
     assert!(err.contains(&id), "{err}");
-    env.fail(&["fetch", "--manifest", s(&path)], 10);
+    env.fail(&["fetch", "--manifest", s(&path)], Code::Signature);
     assert!(env.blobs().is_empty());
 
     // Removing it again, or a malformed id, fails clearly.
     let out = env.run(&["trust", "remove", &id]);
     assert!(!out.status.success());
     assert!(stderr_of(&out).contains(&id), "{}", stderr_of(&out));
-    env.fail(&["trust", "remove", "not-a-key-id"], 2);
+    env.fail(&["trust", "remove", "not-a-key-id"], Code::Usage);
 }
 
 // ---------------------------------------------------------------------------
@@ -427,11 +427,11 @@ fn expired_manifest_refused_unless_allowed() {
     spec.published = now() - time::Duration::days(10);
     spec.expires = now() - time::Duration::days(1);
     let path = env.write_signed_manifest(&spec, "manifest.toml");
-    let err = env.fail(&["fetch", "--manifest", s(&path)], 11);
+    let err = env.fail(&["fetch", "--manifest", s(&path)], Code::Expired);
     assert!(err.contains("expired"), "{err}");
     assert!(err.contains("--allow-expired"), "{err}");
     assert!(env.blobs().is_empty());
-    env.fail(&["manifest", "verify", s(&path)], 11);
+    env.fail(&["manifest", "verify", s(&path)], Code::Expired);
 
     let out = env.run(&["fetch", "--manifest", s(&path), "--allow-expired"]);
     assert!(out.status.success(), "{}", describe(&["fetch", "--allow-expired"], &out, "expected success"));
@@ -456,7 +456,7 @@ fn rollback_and_replay_are_refused() {
     env.ok(&["fetch", "--manifest", s(&v2)]);
 
     let v1 = env.write_signed_manifest(&small_spec(&env, 1), "v1/manifest.toml");
-    let err = env.fail(&["fetch", "--manifest", s(&v1)], 12);
+    let err = env.fail(&["fetch", "--manifest", s(&v1)], Code::Rollback);
     assert!(err.contains("version 1 is older than version 2"), "{err}");
     // manifest verify does not refuse (it records nothing) but says so.
     let out = env.ok(&["manifest", "verify", s(&v1)]);
@@ -466,11 +466,11 @@ fn rollback_and_replay_are_refused() {
     other.published -= time::Duration::hours(1);
     let v2b = env.write_signed_manifest(&other, "v2b/manifest.toml");
     assert_ne!(fs::read(&v2).unwrap(), fs::read(&v2b).unwrap());
-    env.fail(&["fetch", "--manifest", s(&v2b)], 12);
+    env.fail(&["fetch", "--manifest", s(&v2b)], Code::Rollback);
 
     let v3 = env.write_signed_manifest(&small_spec(&env, 3), "v3/manifest.toml");
     env.ok(&["fetch", "--manifest", s(&v3)]);
-    env.fail(&["fetch", "--manifest", s(&v2)], 12);
+    env.fail(&["fetch", "--manifest", s(&v2)], Code::Rollback);
 
     // Another channel has its own record.
     let mut c = small_spec(&env, 1);
@@ -485,11 +485,11 @@ fn requires_newer_kubestrap_advises_self_update() {
     let mut spec = small_spec(&env, 1);
     spec.requires_bootstrap = ">=99.0.0".into();
     let path = env.write_signed_manifest(&spec, "manifest.toml");
-    let err = env.fail(&["fetch", "--manifest", s(&path)], 13);
+    let err = env.fail(&["fetch", "--manifest", s(&path)], Code::NeedsNewerKubestrap);
     assert!(err.contains("self-update"), "{err}");
     assert!(err.contains("99.0.0"), "{err}");
     assert!(env.blobs().is_empty());
-    let err = env.fail(&["manifest", "verify", s(&path)], 13);
+    let err = env.fail(&["manifest", "verify", s(&path)], Code::NeedsNewerKubestrap);
     assert!(err.contains("self-update"), "{err}");
     // Not recorded: a later, satisfiable version 1 is still accepted.
     let ok = env.write_signed_manifest(&small_spec(&env, 1), "ok/manifest.toml");
@@ -511,7 +511,7 @@ fn key_list_rooted_in_a_pinned_key_rotates_and_revokes_release_keys() {
 
     // Without a key list, the release key is just an unknown key.
     let lone = write_signed_with(&env, &small_spec(&env, 1), &env.path().join("lone/manifest.toml"), &rel_key);
-    let err = env.fail(&["fetch", "--manifest", s(&lone)], 10);
+    let err = env.fail(&["fetch", "--manifest", s(&lone)], Code::Signature);
     assert!(err.contains(&rel_id), "{err}");
 
     // Version 1: the release key.
@@ -548,7 +548,7 @@ fn key_list_rooted_in_a_pinned_key_rotates_and_revokes_release_keys() {
     // A list signed by a key that is not a (pinned) root is not imported.
     let forged_dir = env.scratch("forged");
     let forged = publish_key_list(&env, &forged_dir, &key_list(5, (&rel2_id, &rel2_pub), &[], &[]), &rel2_key);
-    let err = env.fail(&["keys", "verify-list", s(&forged)], 10);
+    let err = env.fail(&["keys", "verify-list", s(&forged)], Code::Signature);
     assert!(err.contains("keys.toml"), "{err}");
 
     // Version 2 rotates: release2 in, release revoked.
@@ -563,11 +563,11 @@ fn key_list_rooted_in_a_pinned_key_rotates_and_revokes_release_keys() {
     assert_eq!(v["version"], 2, "{v}");
     assert_eq!(v["revoked"], serde_json::json!([rel_id]), "{v}");
     // An older list after a newer one: refused.
-    let err = env.fail(&["keys", "verify-list", s(&list2), s(&list1)], 10);
+    let err = env.fail(&["keys", "verify-list", s(&list2), s(&list1)], Code::Signature);
     assert!(err.contains("version 1") && err.contains("version 2"), "{err}");
 
     let m2 = write_signed_with(&env, &small_spec(&env, 2), &chan2.join("manifest.toml"), &rel_key);
-    let err = env.fail(&["fetch", "--manifest", s(&m2)], 10);
+    let err = env.fail(&["fetch", "--manifest", s(&m2)], Code::Signature);
     assert!(err.contains(&rel_id) && err.contains("revoke"), "{err}");
     assert!(env.home.join(format!("keys/{root_id}/keys-2.toml")).is_file());
     // The newly listed key signs.
@@ -583,7 +583,7 @@ fn key_list_rooted_in_a_pinned_key_rotates_and_revokes_release_keys() {
     fs::copy(chan1.join("keys.toml.minisig"), chan3.join("keys.toml.minisig")).unwrap();
     let m3 = write_signed_with(&env, &small_spec(&env, 3), &chan3.join("manifest.toml"), &rel_key);
     let out = env.run(&["fetch", "--manifest", s(&m3)]);
-    assert_eq!(out.status.code(), Some(10), "{}", describe(&["fetch"], &out, "expected 10"));
+    assert_eq!(out.status.code(), exit(Code::Signature), "{}", describe(&["fetch"], &out, "expected 10"));
     assert!(stderr_of(&out).contains("revoke"), "{}", stderr_of(&out));
     assert!(env.home.join(format!("keys/{root_id}/keys-2.toml")).is_file(), "the newer list is still the one kept");
     // Deleting the newer list from the home does not roll the keys back.
@@ -596,12 +596,12 @@ fn key_list_rooted_in_a_pinned_key_rotates_and_revokes_release_keys() {
         "a rolled-back key list was used: {}",
         describe(&["fetch"], &out, "expected failure")
     );
-    assert_eq!(out.status.code(), Some(12), "{}", describe(&["fetch"], &out, "expected 12"));
+    assert_eq!(out.status.code(), exit(Code::Rollback), "{}", describe(&["fetch"], &out, "expected 12"));
 
     // Unpinning the root: nothing its key lists allow is trusted any more.
     env.ok(&["trust", "remove", &root_id]);
     let m5 = write_signed_with(&env, &small_spec(&env, 5), &env.path().join("m5/manifest.toml"), &rel2_key);
-    env.fail(&["fetch", "--manifest", s(&m5)], 10);
+    env.fail(&["fetch", "--manifest", s(&m5)], Code::Signature);
 }
 
 #[test]
@@ -628,7 +628,7 @@ fn sign_list_drops_signatures_over_an_earlier_text() {
     let sigs = fs::read_to_string(dir.join("keys.toml.minisig")).unwrap();
     assert_eq!(sigs.matches("untrusted comment").count(), 1, "{sigs}");
     // Short of signatures, not "bad signature".
-    let err = env.fail(&["keys", "verify-list", s(&list)], 10);
+    let err = env.fail(&["keys", "verify-list", s(&list)], Code::Signature);
     assert!(!err.contains("bad signature"), "{err}");
 }
 
@@ -672,7 +672,7 @@ fn private_channels_keep_their_own_key_list_chains() {
     // claiming the official channel's name) never blocks another as a rollback.
     // (the version 3 signed by b's release key went to b's record, not a's).
     env.ok(&["fetch", "--manifest", s(&ma)]);
-    env.fail(&["fetch", "--manifest", s(&mb)], 12);
+    env.fail(&["fetch", "--manifest", s(&mb)], Code::Rollback);
     env.ok(&["manifest", "verify", s(&mb)]);
     let seen = fs::read_to_string(env.home.join("state/seen-versions.toml")).unwrap();
     for k in [&a, &b] {
@@ -738,14 +738,14 @@ fn minisign_interop_both_ways() {
         .output()
         .unwrap();
     assert!(out.status.success(), "minisign -S: {}", stderr_of(&out));
-    env.fail(&["manifest", "verify", s(&theirs)], 10);
+    env.fail(&["manifest", "verify", s(&theirs)], Code::Signature);
     let id = pin(&env, &pk);
     let out = env.ok(&["manifest", "verify", s(&theirs)]);
     assert!(out.contains(&id) && out.contains("signed by minisign"), "{out}");
     env.ok(&["fetch", "--manifest", s(&theirs)]);
     // A minisign signature over a modified file is refused.
     flip_byte(&theirs, 10);
-    env.fail(&["manifest", "verify", s(&theirs)], 10);
+    env.fail(&["manifest", "verify", s(&theirs)], Code::Signature);
 }
 
 #[test]
@@ -761,7 +761,7 @@ fn expired_key_list_refused_unless_allowed() {
         .collect::<Vec<_>>()
         .join("\n");
     let list = publish_key_list(&env, &chan, &text, &keys.root_key);
-    let err = env.fail(&["keys", "verify-list", s(&list)], 11);
+    let err = env.fail(&["keys", "verify-list", s(&list)], Code::Expired);
     assert!(err.contains("expired"), "{err}");
     let out = env.run(&["keys", "verify-list", "--allow-expired", s(&list)]);
     assert!(out.status.success(), "{}", describe(&["keys", "verify-list"], &out, "expected success"));
@@ -769,7 +769,7 @@ fn expired_key_list_refused_unless_allowed() {
 
     let m = write_signed_with(&env, &small_spec(&env, 1), &chan.join("manifest.toml"), &keys.rel_key);
     let out = env.run(&["fetch", "--manifest", s(&m)]);
-    assert_eq!(out.status.code(), Some(10), "{}", describe(&["fetch"], &out, "expected 10"));
+    assert_eq!(out.status.code(), exit(Code::Signature), "{}", describe(&["fetch"], &out, "expected 10"));
     let err = stderr_of(&out);
     assert!(err.contains("ignoring the key list") && err.contains("expired"), "{err}");
     assert!(env.blobs().is_empty());
@@ -777,9 +777,9 @@ fn expired_key_list_refused_unless_allowed() {
     assert!(out.status.success(), "{}", describe(&["fetch", "--allow-expired"], &out, "expected success"));
     assert!(stderr_of(&out).contains("expired"), "no warning: {}", stderr_of(&out));
     // Kept, but still refused whenever expired data is not allowed.
-    let err = env.fail(&["fetch", "--manifest", s(&m)], 11);
+    let err = env.fail(&["fetch", "--manifest", s(&m)], Code::Expired);
     assert!(err.contains("key list") && err.contains("--allow-expired"), "{err}");
-    env.fail(&["manifest", "verify", s(&m)], 11);
+    env.fail(&["manifest", "verify", s(&m)], Code::Expired);
     env.ok(&["manifest", "verify", "--allow-expired", s(&m)]);
 }
 
@@ -800,7 +800,7 @@ fn channel_over_http_with_key_list() {
     let url = server.url("stable/manifest.toml");
 
     // No keys.toml served (404): the release key is unknown.
-    env.fail(&["fetch", "--manifest", &url], 10);
+    env.fail(&["fetch", "--manifest", &url], Code::Signature);
     assert!(env.blobs().is_empty());
 
     server.add("stable/keys.toml", fs::read(&list).unwrap());
@@ -817,7 +817,7 @@ fn channel_over_http_with_key_list() {
     bytes[n] ^= 1;
     server.add("stable/manifest.toml", bytes);
     let requests = server.requests().len();
-    env2.fail(&["fetch", "--manifest", &url], 10);
+    env2.fail(&["fetch", "--manifest", &url], Code::Signature);
     assert!(env2.blobs().is_empty());
     assert!(
         server.requests()[requests..].iter().all(|r| !r.path.starts_with("/a/")),
@@ -840,7 +840,7 @@ fn manifest_verify_applies_a_revocation_in_the_key_list_beside_it() {
     let v2 = key_list(2, (&keys.root_id, &keys.root_pub), &[(&rel2_id, &rel2_pub)], &[&keys.rel_id]);
     publish_key_list(&env, &chan2, &v2, &keys.root_key);
     let m2 = write_signed_with(&env, &small_spec(&env, 2), &chan2.join("manifest.toml"), &keys.rel_key);
-    let err = env.fail(&["manifest", "verify", s(&m2)], 10);
+    let err = env.fail(&["manifest", "verify", s(&m2)], Code::Signature);
     assert!(err.contains("revoke"), "{err}");
 }
 
@@ -858,7 +858,7 @@ fn a_fast_forward_by_a_compromised_key_is_undone_by_revoking_it() {
     let huge = write_signed_with(&env, &small_spec(&env, 1_000_000), &chan1.join("manifest.toml"), &keys.rel_key);
     env.ok(&["fetch", "--manifest", s(&huge)]);
     let blocked = write_signed_with(&env, &small_spec(&env, 5), &chan1.join("m5/manifest.toml"), &keys.rel_key);
-    env.fail(&["fetch", "--manifest", s(&blocked)], 12);
+    env.fail(&["fetch", "--manifest", s(&blocked)], Code::Rollback);
 
     let chan2 = env.scratch("ff2");
     let list2 = key_list(2, (&keys.root_id, &keys.root_pub), &[(&rel2_id, &rel2_pub)], &[&keys.rel_id]);
@@ -871,9 +871,9 @@ fn a_fast_forward_by_a_compromised_key_is_undone_by_revoking_it() {
     // The new record binds: an older version by the trusted key is refused,
     // and the compromised key's manifests are refused outright.
     let m4 = write_signed_with(&env, &small_spec(&env, 4), &chan2.join("m4/manifest.toml"), &rel2_key);
-    env.fail(&["fetch", "--manifest", s(&m4)], 12);
+    env.fail(&["fetch", "--manifest", s(&m4)], Code::Rollback);
     let replay = write_signed_with(&env, &small_spec(&env, 2_000_000), &chan2.join("r/manifest.toml"), &keys.rel_key);
-    env.fail(&["fetch", "--manifest", s(&replay)], 10);
+    env.fail(&["fetch", "--manifest", s(&replay)], Code::Signature);
     let seen = fs::read_to_string(env.home.join("state/seen-versions.toml")).unwrap();
     assert!(seen.contains("version = 5") && seen.contains(&rel2_id), "{seen}");
 }

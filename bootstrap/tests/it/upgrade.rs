@@ -86,7 +86,7 @@ fn upgrade_keeps_the_data_switches_kubectl_and_rollback_goes_back() {
 
     // Going down by upgrade is refused; rollback does it, with the state of then.
     let m32b = release(&c.env, 32, 3, |_| {});
-    let err = c.env.fail(&["upgrade", "--manifest", s(&m32b)], 14);
+    let err = c.env.fail(&["upgrade", "--manifest", s(&m32b)], Code::StepRefused);
     assert!(err.contains("downgrade") && err.contains("kubestrap rollback"), "{err}");
     let out = c.env.ok(&["rollback"]);
     assert!(out.contains("rollback done"), "{out}");
@@ -109,7 +109,7 @@ fn skew_rules_refuse_a_skipped_minor_unless_forced() {
     let m33 = release(&env, 33, 2, |_| {});
     let c = Cluster { env, manifest: m31 };
     c.start("kubestrap");
-    let err = c.env.fail(&["upgrade", "--manifest", s(&m33)], 14);
+    let err = c.env.fail(&["upgrade", "--manifest", s(&m33)], Code::StepRefused);
     assert!(err.contains("skips 1 minor") && err.contains("--force"), "{err}");
     assert_eq!(c.status("kubestrap").1["kubernetes"].as_str().unwrap()[..7], *"v1.31.4");
     let out = c.env.run(&["upgrade", "--force", "--manifest", s(&m33)]);
@@ -121,7 +121,7 @@ fn skew_rules_refuse_a_skipped_minor_unless_forced() {
 fn a_release_that_never_gets_ready_is_rolled_back_with_its_data() {
     let u = Upgradable::new(|s| wrap_standin(s, "broken", "echo 'broken localkube: refusing to start' >&2; exit 1"));
     let c = &u.c;
-    let err = c.env.fail(&["upgrade", "--manifest", s(&u.m33), "--wait-timeout", "20s"], 52);
+    let err = c.env.fail(&["upgrade", "--manifest", s(&u.m33), "--wait-timeout", "20s"], Code::UpgradeRolledBack);
     assert!(err.contains("rolled back") && err.contains("broken localkube: refusing to start"), "{err}");
     assert!(u.server_version().starts_with("v1.32.4"));
     u.before_is_there();
@@ -216,7 +216,12 @@ fn upgrade_from_a_signed_channel_index_and_check() {
     let server = Server::start();
     let url = channel(&c.env, &server, &u.m33, 5);
     let out = c.env.run(&["upgrade", "--check", "--channel-url", &url]);
-    assert_eq!(out.status.code(), Some(3), "{}", c.env.report(&["upgrade", "--check"], &out, "expected 3"));
+    assert_eq!(
+        out.status.code(),
+        exit(Code::Available),
+        "{}",
+        c.env.report(&["upgrade", "--check"], &out, "expected 3")
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("test-2 is available"));
     assert!(u.server_version().starts_with("v1.32.4"), "--check changed nothing");
     // Through the config file, as a user sets it once.
@@ -228,9 +233,9 @@ fn upgrade_from_a_signed_channel_index_and_check() {
     c.env.ok(&["upgrade", "--check"]);
     // A rolled-back index (older version), and a tampered one.
     let old = channel(&c.env, &server, &u.m33, 4);
-    c.env.fail(&["upgrade", "--check", "--channel-url", &old], 12);
+    c.env.fail(&["upgrade", "--check", "--channel-url", &old], Code::Rollback);
     server.add("index.toml", b"schema = 1\nversion = 9\n".to_vec());
-    c.env.fail(&["upgrade", "--check", "--channel-url", &url], 10);
+    c.env.fail(&["upgrade", "--check", "--channel-url", &url], Code::Signature);
 }
 
 #[test]
@@ -284,7 +289,7 @@ fn self_update_replaces_the_executable_verified_and_can_go_back() {
     let idx_dir = env.scratch("idx");
     let index = exe_index(&env, &idx_dir, &newer, "0.2.0", true);
     let out = run(&["self-update", "--check", "--channel-url", s(&index)]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), exit(Code::Available), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(fs::read(&me).unwrap(), original, "--check changed nothing");
     let out = run(&["self-update", "--channel-url", s(&index)]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -297,15 +302,15 @@ fn self_update_replaces_the_executable_verified_and_can_go_back() {
 
     // Refused: an older version, a tampered download, an unsigned index.
     let older = exe_index(&env, &idx_dir, &newer, "0.0.9", true);
-    assert_eq!(run(&["self-update", "--channel-url", s(&older)]).status.code(), Some(14));
+    assert_eq!(run(&["self-update", "--channel-url", s(&older)]).status.code(), exit(Code::StepRefused));
     let newest = env.scratch("dl").join("kubestrap-0.3.0");
     fs::write(&newest, [&bytes[..], b"# 0.3.0\n"].concat()).unwrap();
     let tampered = exe_index(&env, &idx_dir, &newest, "0.3.0", true);
     fs::write(&newest, [&bytes[..], b"# 0.3.1\n"].concat()).unwrap();
     let out = run(&["self-update", "--channel-url", s(&tampered)]);
-    assert_eq!(out.status.code(), Some(21), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), exit(Code::Integrity), "{}", String::from_utf8_lossy(&out.stderr));
     let unsigned = exe_index(&env, &idx_dir, &me, "0.4.0", false);
-    assert_eq!(run(&["self-update", "--channel-url", s(&unsigned)]).status.code(), Some(10));
+    assert_eq!(run(&["self-update", "--channel-url", s(&unsigned)]).status.code(), exit(Code::Signature));
     assert_eq!(fs::read(&me).unwrap(), original, "nothing refused was installed");
 }
 

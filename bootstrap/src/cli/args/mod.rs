@@ -415,15 +415,11 @@ pub struct UpgradeArgs {
     /// Allow what the skew rules refuse (a skipped minor, a downgrade); says what may break.
     #[arg(long)]
     pub force: bool,
-    /// How long the new release may take to become ready before it is rolled back.
-    #[arg(long, default_value = "120s", value_parser = parse_wait)]
-    pub wait_timeout: std::time::Duration,
+    #[command(flatten)]
+    pub wait: WaitFlags,
     /// Accept an expired manifest or index (warns).
     #[arg(long)]
     pub allow_expired: bool,
-    /// Fail at once if another kubestrap command holds this profile.
-    #[arg(long)]
-    pub no_wait: bool,
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -438,8 +434,18 @@ pub struct RollbackArgs {
     /// Roll back even without a snapshot of the older release's state.
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub wait: WaitFlags,
+}
+
+/// How `upgrade` and `rollback` wait: for the profile's lock, and for the
+/// release they move to.
+#[derive(Args, Debug)]
+pub struct WaitFlags {
+    /// How long the new release may take to become ready before it is rolled back.
     #[arg(long, default_value = "120s", value_parser = parse_wait)]
     pub wait_timeout: std::time::Duration,
+    /// Fail at once if another kubestrap command holds this profile.
     #[arg(long)]
     pub no_wait: bool,
 }

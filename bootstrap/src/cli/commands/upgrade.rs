@@ -65,9 +65,9 @@ pub fn upgrade(a: UpgradeArgs, home: &Home, ui: &Ui) -> Result<Code> {
         dry_run: a.dry_run,
         force: a.force,
         allow_expired: a.allow_expired,
-        no_wait: a.no_wait,
+        no_wait: a.wait.no_wait,
         fetch,
-        tuning: tuning(a.wait_timeout),
+        tuning: tuning(a.wait.wait_timeout),
     };
     let outcome = upgrade::upgrade(home, &o, ui)?;
     render(&outcome, "upgrade", t, ui);
@@ -80,9 +80,9 @@ pub fn rollback(a: RollbackArgs, home: &Home, ui: &Ui) -> Result<Code> {
         profile: a.profile.profile,
         dry_run: a.dry_run,
         force: a.force,
-        no_wait: a.no_wait,
+        no_wait: a.wait.no_wait,
         fetch: artifacts::Options { offline: true, ..Default::default() },
-        tuning: tuning(a.wait_timeout),
+        tuning: tuning(a.wait.wait_timeout),
     };
     let outcome = upgrade::rollback(home, &o, ui)?;
     render(&outcome, "rollback", t, ui);

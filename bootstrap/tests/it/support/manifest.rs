@@ -66,6 +66,28 @@ pub fn standin_args() -> Vec<String> {
     .collect()
 }
 
+/// A driver a test release runs localkube on, with what that driver needs
+/// beside localkube.
+#[derive(Clone, Debug)]
+pub enum TestDriver {
+    Native,
+    /// In a container of this base rootfs.
+    Docker(Artifact),
+    /// In a VM of this hypervisor and base image.
+    Qemu(VmArtifacts),
+}
+
+impl TestDriver {
+    /// The driver's name, as in a manifest's `drivers` and `--driver`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TestDriver::Native => "native",
+            TestDriver::Docker(_) => "docker",
+            TestDriver::Qemu(_) => "qemu",
+        }
+    }
+}
+
 impl ManifestSpec {
     /// An `images` component of its own (a file named `name` in `dir`,
     /// content derived from the name) placed in `{data}/agent/images`.
@@ -73,6 +95,20 @@ impl ManifestSpec {
         let a = super::file_artifact(dir, name, &super::pseudo_random(40_000, name.bytes().map(u64::from).sum()));
         self.images = Some((vec![a.path_url()], a, name.into()));
         self.images_dir = Some("{data}/agent/images".into());
+    }
+
+    /// localkube runs on these drivers (in this order) and no other; each
+    /// brings its artifacts (the docker driver's rootfs, qemu's VM).
+    pub fn run_on(&mut self, drivers: impl IntoIterator<Item = TestDriver>) {
+        self.localkube_drivers.clear();
+        for d in drivers {
+            self.localkube_drivers.push(d.name().into());
+            match d {
+                TestDriver::Native => {}
+                TestDriver::Docker(rootfs) => self.rootfs = Some(rootfs),
+                TestDriver::Qemu(vm) => self.vm = Some(vm),
+            }
+        }
     }
 
     /// Channel `test`, version 1, Kubernetes 1.33.1; `kubectl` and

@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 
 mod artifacts;
 mod cluster;
+// The binary's own table of exit codes; the tests name only some of them.
+#[allow(dead_code)]
+#[path = "../../../src/cli/code.rs"]
+mod code;
 mod engines;
 mod k3s;
 mod manifest;
@@ -21,6 +25,7 @@ mod tls;
 
 pub use artifacts::*;
 pub use cluster::*;
+pub use code::Code;
 pub use engines::*;
 pub use k3s::*;
 pub use manifest::*;
@@ -189,10 +194,10 @@ impl Env {
     }
 
     /// Runs kubestrap, expecting exit code `code`; returns stderr.
-    pub fn fail(&self, args: &[&str], code: i32) -> String {
+    pub fn fail(&self, args: &[&str], code: Code) -> String {
         let out = self.run(args);
-        if out.status.code() != Some(code) {
-            panic!("{}", self.report(args, &out, &format!("expected exit code {code}")));
+        if out.status.code() != exit(code) {
+            panic!("{}", self.report(args, &out, &format!("expected exit code {} ({code:?})", code as i32)));
         }
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
@@ -291,6 +296,12 @@ fn tree(root: &Path, dir: &Path, out: &mut String, logs: &mut Vec<PathBuf>) {
             Err(_) => {}
         }
     }
+}
+
+/// A process's exit status when kubestrap exits with `code`, to compare
+/// with `Output::status.code()`.
+pub fn exit(code: Code) -> Option<i32> {
+    Some(code as i32)
 }
 
 /// A readable account of a finished command, for assertion messages.
