@@ -157,7 +157,13 @@ impl Driver for Docker<'_> {
         let eng = match self.engine_for(p) {
             Ok(e) => e,
             Err(e) => {
-                return vec![Check::new("engine", false, &e.to_string(), &e.hint().unwrap_or_default(), Gate::Blocking)];
+                return vec![Check::new(
+                    "engine",
+                    false,
+                    &e.to_string(),
+                    &e.hint().unwrap_or_default(),
+                    Gate::Blocking,
+                )];
             }
         };
         let (engine, info) = engine_check(&eng);
