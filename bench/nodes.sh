@@ -7,7 +7,7 @@
 # upgrade of a 3-node docker cluster against one of a single node, split
 # into its phases (every node's state is snapshotted). Every figure is a
 # ratio against one node in the same run (the goal: 3 docker nodes within
-# 1.5x of one).
+# 1.5x of one), and `node add` of one agent to a running cluster.
 #
 # Usage: bench/nodes.sh [RUNS]   (default 5; the qemu part runs 3). As root;
 # needs a Docker engine, qemu and the artifacts `ci/test.sh` builds.
@@ -76,6 +76,19 @@ for n in 1 2 3 5; do
 done
 echo "  memory per container (docker stats, 5 nodes):"
 sed 's/^/    /' "$work/mem-docker"
+
+# `node add`: one agent joins a running one-node cluster, to its node
+# Ready (its container made and started, the wait through the server),
+# against the whole one-node cluster's start above.
+for i in $(seq "$runs"); do
+  start_once "a$i" 1 --driver docker >/dev/null
+  t0=$(now)
+  "$ks" node add -p "a$i" >/dev/null 2>"$work/add.err" || { cat "$work/add.err" >&2; exit 1; }
+  echo $(( $(now) - t0 ))
+  "$ks" delete -p "a$i" >/dev/null
+done > "$work/add"
+med[add]=$(median s 2 < "$work/add")
+echo "docker, node add of one agent to a running cluster → Ready (median of $runs): ${med[add]} s ($(awk -v a="${med[add]}" -v b="${med[1]}" 'BEGIN {printf "%.2f", a / b}')x a one-node start)"
 
 # Upgrades: the phases of `upgrade -o json` (fetch, stop + snapshot of every
 # node, swap, every node up on the new release one after another). A home

@@ -299,158 +299,6 @@ fn parse_listen(s: &str) -> Result<std::net::Ipv4Addr, String> {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum NodeCmd {
-    /// Add agent nodes to a running cluster; waits until each is Ready.
-    #[command(after_help = "Examples:\n  kubestrap node add\n  kubestrap node add -p dev --count 2")]
-    Add {
-        #[command(flatten)]
-        profile: ProfileArgs,
-        /// How many nodes to add.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=98))]
-        count: u16,
-        /// How long to wait for the nodes to become Ready [default: the release's agent ready-timeout-s].
-        #[arg(long, value_parser = parse_wait)]
-        wait_timeout: Option<std::time::Duration>,
-    },
-    /// List the cluster's nodes: host state and Ready.
-    #[command(after_help = "Examples:\n  kubestrap node list\n  kubestrap node list -p dev -o json")]
-    List {
-        #[command(flatten)]
-        profile: ProfileArgs,
-    },
-    /// Remove an agent node: drained with the pinned kubectl, then its
-    /// host, its state and its Node object removed.
-    #[command(
-        after_help = "Examples:\n  kubestrap node delete m02\n  kubestrap node delete -p dev kubestrap-dev-m03 --force"
-    )]
-    Delete {
-        #[command(flatten)]
-        profile: ProfileArgs,
-        /// The node: `m02` or its node name `kubestrap-<profile>-m02`.
-        name: String,
-        /// Do not drain it first (and remove it even when the cluster is stopped).
-        #[arg(long)]
-        force: bool,
-    },
-    /// Print the one line a second machine runs to join this cluster (it
-    /// carries the join token: a secret). The cluster must serve its API at
-    /// an address other machines reach (`start --listen ADDRESS`).
-    #[command(after_help = "Examples:\n  kubestrap node join-command\n  kubestrap node join-command -p dev > join.sh")]
-    JoinCommand {
-        #[command(flatten)]
-        profile: ProfileArgs,
-    },
-    /// Join another machine's cluster as a node: this profile runs only an
-    /// agent, on any driver. The server's CA must have the sha256 the join
-    /// line names (nothing is trusted on first use).
-    #[command(
-        after_help = "Examples:\n  printf '%s\\n' \"$TOKEN\" | kubestrap node join https://192.168.1.20:8443 --ca-sha256 9f86d0… --token-file -\n  kubestrap node join https://10.0.0.5:8443 --token-file ./token --driver docker -p work"
-    )]
-    Join {
-        #[command(flatten)]
-        profile: ProfileArgs,
-        /// The server: https://HOST:PORT.
-        server: String,
-        /// The join token's file (`-`: standard input). Never on the command line.
-        #[arg(long, value_name = "FILE")]
-        token_file: PathBuf,
-        /// The server CA certificate's sha256 [default: the token's K10 prefix].
-        #[arg(long, value_name = "SHA256")]
-        ca_sha256: Option<String>,
-        /// This node's name in the cluster [default: <hostname>-<profile>].
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long)]
-        driver: Option<Driver>,
-        #[command(flatten)]
-        source: ManifestSource,
-        #[command(flatten)]
-        net: NetArgs,
-        /// How long to wait for the node to become Ready.
-        #[arg(long, default_value = "120s", value_parser = parse_wait)]
-        wait_timeout: std::time::Duration,
-        /// Fail at once if another kubestrap command holds the profile.
-        #[arg(long)]
-        no_wait: bool,
-    },
-    /// Leave the cluster this profile joined: its agent stopped and removed,
-    /// its Node object removed from the server, the profile deleted.
-    #[command(after_help = "Examples:\n  kubestrap node leave\n  kubestrap node leave -p work --force")]
-    Leave {
-        #[command(flatten)]
-        profile: ProfileArgs,
-        /// Delete the profile even when the server cannot be reached.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Show an agent node's log.
-    Logs {
-        #[command(flatten)]
-        profile: ProfileArgs,
-        name: String,
-        #[arg(short = 'n', long, default_value_t = 100)]
-        lines: usize,
-    },
-}
-
-#[derive(Args, Debug)]
-pub struct UpgradeArgs {
-    #[command(flatten)]
-    pub profile: ProfileArgs,
-    /// The release to upgrade to: a signed manifest (file or URL) [default: the channel index's newest].
-    #[arg(long, value_name = "FILE|URL", conflicts_with = "from_bundle")]
-    pub manifest: Option<String>,
-    /// The release to upgrade to: an offline bundle (no network).
-    #[arg(long, value_name = "FILE")]
-    pub from_bundle: Option<PathBuf>,
-    /// The channel index [env: KUBESTRAP_CHANNEL_URL; config: channel-url].
-    #[arg(long, value_name = "URL")]
-    pub channel_url: Option<String>,
-    /// Only say whether a newer release exists: exit 0 none, 3 available (any other code: cannot tell, and why).
-    #[arg(long, conflicts_with_all = ["dry_run", "manifest", "from_bundle"])]
-    pub check: bool,
-    /// Print the plan (each component old → new, bytes to download); change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Allow what the skew rules refuse (a skipped minor, a downgrade); says what may break.
-    #[arg(long)]
-    pub force: bool,
-    #[command(flatten)]
-    pub wait: WaitFlags,
-    /// Accept an expired manifest or index (warns).
-    #[arg(long)]
-    pub allow_expired: bool,
-    #[command(flatten)]
-    pub net: NetArgs,
-}
-
-#[derive(Args, Debug)]
-pub struct RollbackArgs {
-    #[command(flatten)]
-    pub profile: ProfileArgs,
-    /// Print the plan; change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Roll back even without a snapshot of the older release's state.
-    #[arg(long)]
-    pub force: bool,
-    #[command(flatten)]
-    pub wait: WaitFlags,
-}
-
-/// How `upgrade` and `rollback` wait: for the profile's lock, and for the
-/// release they move to.
-#[derive(Args, Debug)]
-pub struct WaitFlags {
-    /// How long the new release may take to become ready before it is rolled back.
-    #[arg(long, default_value = "120s", value_parser = parse_wait)]
-    pub wait_timeout: std::time::Duration,
-    /// Fail at once if another kubestrap command holds this profile.
-    #[arg(long)]
-    pub no_wait: bool,
-}
-
-#[derive(Subcommand, Debug)]
 pub enum ImageCmd {
     /// Place image archives where localkube imports them (no registry
     /// needed): `docker save`, `podman save` or OCI layout tarballs, plain,
@@ -479,33 +327,6 @@ pub enum SnapshotCmd {
         profile: ProfileArgs,
         id: String,
     },
-}
-
-#[derive(Args, Debug)]
-pub struct SelfUpdateArgs {
-    /// Only say whether a newer kubestrap exists: exit 0 none, 3 available.
-    #[arg(long, conflicts_with = "rollback")]
-    pub check: bool,
-    /// Put back the kubestrap the last self-update replaced.
-    #[arg(long)]
-    pub rollback: bool,
-    /// The channel index [env: KUBESTRAP_CHANNEL_URL; config: channel-url].
-    #[arg(long, value_name = "URL")]
-    pub channel_url: Option<String>,
-    #[arg(long)]
-    pub allow_expired: bool,
-    #[command(flatten)]
-    pub net: NetArgs,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum ConfigCmd {
-    /// Print a setting (channel-url).
-    Get { key: String },
-    /// Set a setting (channel-url URL).
-    Set { key: String, value: String },
-    /// Remove a setting (back to its default).
-    Unset { key: String },
 }
 
 #[derive(Args, Debug)]
@@ -638,8 +459,13 @@ pub enum CacheCmd {
     },
 }
 
+mod node;
 mod release;
+mod upgrade;
+
+pub use node::NodeCmd;
 pub use release::*;
+pub use upgrade::{ConfigCmd, RollbackArgs, SelfUpdateArgs, UpgradeArgs};
 
 fn parse_driver(s: &str) -> Result<Driver, String> {
     s.parse()
