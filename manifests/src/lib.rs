@@ -15,6 +15,7 @@ mod error;
 mod header;
 mod index;
 pub mod pins;
+mod run;
 mod template;
 mod types;
 
@@ -22,6 +23,7 @@ pub use error::ManifestError;
 use header::Header;
 
 pub use index::{ChannelEntry, ChannelIndex, Executable, INDEX_SCHEMA};
+pub use run::{Agent, Run};
 pub use template::{NAMES as TEMPLATE_NAMES, Template, Vars};
 pub use types::{ARCHES, Driver, OSES, PkiFile, Sha256, Size, StopSignal, Target, Unpack};
 
@@ -238,7 +240,7 @@ fn check_url(url: &str) -> Result<(), String> {
     }
 }
 
-fn check_rel_path(field: &str, p: &str) -> Result<(), String> {
+pub(crate) fn check_rel_path(field: &str, p: &str) -> Result<(), String> {
     template::check_no_control(p).map_err(|e| format!("{field}: {e}"))?;
     let bad = p.is_empty() || p.starts_with('/') || p.split('/').any(|c| c.is_empty() || c == "." || c == "..");
     if bad {
@@ -246,161 +248,6 @@ fn check_rel_path(field: &str, p: &str) -> Result<(), String> {
     } else {
         Ok(())
     }
-}
-
-/// How localkube runs.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case", try_from = "RawRun")]
-pub struct Run {
-    /// The executable, relative to the unpacked component tree.
-    pub program: String,
-    pub args: Vec<Template>,
-    /// Path polled over TLS with the admin client certificate until it answers 200.
-    pub ready: String,
-    /// Once `ready` answers, `start` also waits for the server's own Node
-    /// (`{node}`) to report Ready: a cluster that cannot run pods is not
-    /// ready (a localkube whose kubelet runs beside the apiserver).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub node_ready: bool,
-    pub stop_signal: StopSignal,
-    pub stop_timeout_s: u64,
-    /// Where localkube expects the PKI files kubestrap made: path template → file.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub pki_files: BTreeMap<Template, PkiFile>,
-    /// The directory localkube imports container image archives from (k3s:
-    /// `{data}/agent/images`): `start` places the `images` component there
-    /// and `kubestrap image load` a user's archives.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub images_dir: Option<Template>,
-    /// localkube must run as root on the native driver (k3s does): a
-    /// non-root user is told to use a VM or container driver.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub needs_root: bool,
-    /// localkube's environment: these variables (templates), and nothing
-    /// else of the caller's but PATH, HOME and the proxy variables.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, Template>,
-    /// How localkube runs as an agent that joins the server (clusters of
-    /// more than one node). A release without it runs one node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent: Option<Agent>,
-}
-
-/// localkube as an agent node: the same program, with these arguments
-/// (`{server}`, `{port}` and `{token}` say where and how to join; `{node}`,
-/// `{node-ip}` and `{data}` are the agent's own). It is ready when its Node
-/// reports Ready through the server's API.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case", try_from = "RawAgent")]
-pub struct Agent {
-    pub args: Vec<Template>,
-    /// How long a new agent's node may take to become Ready.
-    pub ready_timeout_s: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawAgent {
-    args: Vec<Template>,
-    ready_timeout_s: u64,
-}
-
-impl TryFrom<RawAgent> for Agent {
-    type Error = String;
-    fn try_from(r: RawAgent) -> Result<Self, String> {
-        for name in ["server", "token", "node"] {
-            if !r.args.iter().any(|a| a.uses(name)) {
-                return Err(format!("agent.args: expected an argument that uses {{{name}}}"));
-            }
-        }
-        if !(1..=600).contains(&r.ready_timeout_s) {
-            return Err(format!("agent.ready-timeout-s: expected 1 to 600 seconds, got {}", r.ready_timeout_s));
-        }
-        Ok(Agent { args: r.args, ready_timeout_s: r.ready_timeout_s })
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawRun {
-    program: String,
-    args: Vec<Template>,
-    ready: String,
-    #[serde(default)]
-    node_ready: bool,
-    stop_signal: StopSignal,
-    stop_timeout_s: u64,
-    #[serde(default)]
-    pki_files: BTreeMap<Template, PkiFile>,
-    #[serde(default)]
-    images_dir: Option<Template>,
-    #[serde(default)]
-    needs_root: bool,
-    #[serde(default)]
-    env: BTreeMap<String, Template>,
-    #[serde(default)]
-    agent: Option<Agent>,
-}
-
-impl TryFrom<RawRun> for Run {
-    type Error = String;
-    fn try_from(r: RawRun) -> Result<Self, String> {
-        check_rel_path("program", &r.program)?;
-        template::check_no_control(&r.ready).map_err(|e| format!("ready: {e}"))?;
-        if !r.ready.starts_with('/') {
-            return Err(format!("ready: expected an absolute URL path such as \"/readyz\", got {:?}", r.ready));
-        }
-        if !(1..=600).contains(&r.stop_timeout_s) {
-            return Err(format!("stop-timeout-s: expected 1 to 600 seconds, got {}", r.stop_timeout_s));
-        }
-        if !r.args.iter().any(|a| a.uses("port")) {
-            return Err(
-                "args: expected an argument that uses {port}, so kubestrap can choose the apiserver port".into()
-            );
-        }
-        for path in r.pki_files.keys() {
-            // Never inside {pki}: a copy there could overwrite kubestrap's own
-            // PKI (ca.crt with the CA key, say).
-            check_under_data("pki-files", path)?;
-        }
-        if let Some(dir) = &r.images_dir {
-            check_under_data("images-dir", dir)?;
-        }
-        for name in r.env.keys() {
-            let ok = name.chars().next().is_some_and(|c| c.is_ascii_uppercase() || c == '_')
-                && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
-            if !ok {
-                return Err(format!("env: expected variable names of A-Z, 0-9 and '_', got {name:?}"));
-            }
-        }
-        Ok(Run {
-            program: r.program,
-            args: r.args,
-            ready: r.ready,
-            node_ready: r.node_ready,
-            stop_signal: r.stop_signal,
-            stop_timeout_s: r.stop_timeout_s,
-            pki_files: r.pki_files,
-            images_dir: r.images_dir,
-            needs_root: r.needs_root,
-            env: r.env,
-            agent: r.agent,
-        })
-    }
-}
-
-/// A path template that must stay inside localkube's data directory.
-fn check_under_data(field: &str, path: &Template) -> Result<(), String> {
-    let Some(rest) = path.as_str().strip_prefix("{data}/") else {
-        return Err(format!(
-            "{field}: expected a path under {{data}}/ (never inside kubestrap's own {{pki}}), got {:?}",
-            path.as_str()
-        ));
-    };
-    if rest.contains('{') {
-        return Err(format!("{field}: expected no templates after {{data}}/, got {:?}", path.as_str()));
-    }
-    check_rel_path(field, rest)
 }
 
 /// The components a manifest can pin.
