@@ -1,10 +1,11 @@
 # Sourced by the lifecycle, docker and qemu benchmarks: the set-up and the
 # helpers they share. Sets `top` (the checkout), `ks` (the release kubestrap,
-# built here), `work` (a temporary directory) with KUBESTRAP_HOME and
+# built here; KUBESTRAP_BENCH_KS names another build to measure instead,
+# such as the one before a change), `work` (a temporary directory) with KUBESTRAP_HOME and
 # KUBECONFIG inside it, and removes every cluster and the directory on exit
 # (after the script's own `bench_cleanup`, if it defines one).
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-ks=$top/target/release/kubestrap
+ks=${KUBESTRAP_BENCH_KS:-$top/target/release/kubestrap}
 work=$(mktemp -d)
 export KUBESTRAP_HOME=$work/home KUBECONFIG=$work/kubeconfig
 cleanup() {
