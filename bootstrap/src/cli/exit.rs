@@ -53,6 +53,9 @@ pub fn classify(err: &anyhow::Error, home: Option<&std::path::Path>) -> (Code, O
 
 use crate::profile::ProfileError;
 
+/// The exit code one cause of an error stands for, if any. Long on purpose:
+/// the one table from error kinds to exit codes, one arm per kind, read top
+/// to bottom beside README's table.
 fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<Code> {
     if let Some(e) = cause.downcast_ref::<ClusterError>() {
         return Some(cluster_code(e));
