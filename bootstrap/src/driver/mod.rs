@@ -385,6 +385,15 @@ impl DriverError {
     }
 }
 
+/// Where a file placed for a node is, once [`Driver::deliver`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// In the running node's data directory.
+    Live,
+    /// Staged: the node takes it at its next start.
+    NextStart,
+}
+
 /// An agent node of a profile (clusters of more than one node): `m02`,
 /// `m03`… beside the server (which is node 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -512,6 +521,16 @@ pub trait Driver: Sync {
     /// Writes what the node's localkube logs from now on to `out`, until
     /// writing fails.
     fn follow_log(&self, p: &Profile, node: Node, out: &mut dyn Write) -> Result<()>;
+
+    /// Puts a file kubestrap placed in the server's host stage (`rel`, under
+    /// [`Driver::host_data`]: an image archive) into the running node's
+    /// `{data}` now, so localkube sees it while it runs; atomically (a
+    /// dot-named part renamed into place: localkube passes dot files over).
+    /// A node that is not running, or a driver that copies its stage in only
+    /// at boot, takes it at its next start instead.
+    fn deliver(&self, _p: &Profile, _node: Node, _rel: &Path) -> Result<Delivery> {
+        Ok(Delivery::NextStart)
+    }
 
     /// Copies the stopped node's state to `dest`, which must not exist
     /// (upgrade's safety net: a newer release may rewrite what every node

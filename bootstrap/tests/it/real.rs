@@ -413,15 +413,21 @@ fn real_kubernetes_runs_pods_on_the_docker_driver() {
         return;
     }
     let r = Real::new("docker", "realdk");
-    // Images are placed before the start: the docker driver's node imports
-    // its stage at start.
-    r.start();
-    let (archive, _) = busybox_image();
-    r.c.env.ok(&["image", "load", "-p", "realdk", archive.to_str().unwrap()]);
-    r.c.env.ok(&["stop", "-p", "realdk"]);
     let started = r.start();
     assert!(started.contains("node ready"), "{started}");
     assert_eq!(r.node_summary(), "v1.20.2 True", "the node's kubelet and Ready");
+    // `image load` into the running container: imported while it runs, no
+    // restart (the pods below run from it).
+    let (archive, _) = busybox_image();
+    let out = r.c.env.ok(&["-o", "json", "image", "load", "-p", "realdk", archive.to_str().unwrap()]);
+    assert!(out.contains("\"running_nodes\":[\"kubestrap-realdk\"]"), "{out}");
+    let loaded: serde_json::Value =
+        serde_json::from_str(out.lines().find(|l| l.contains("running_nodes")).unwrap()).unwrap();
+    let sha = loaded["sha256"].as_str().unwrap().to_string();
+    let imported = wait_until(Duration::from_secs(60), || {
+        String::from_utf8_lossy(&r.c.env.run(&["logs", "-p", "realdk"]).stdout).contains(&format!("imported {sha}"))
+    });
+    assert!(imported, "localkube did not import {sha} while it ran");
     check_workloads(&r);
     check_dns_from_host(&r);
 

@@ -9,6 +9,7 @@ use crate::cli::args::ImageCmd;
 use crate::cli::exit::Code;
 use crate::cli::render::{Ui, human_bytes};
 use crate::cluster::images;
+use crate::driver::{Delivery, Node};
 
 use crate::home::Home;
 use crate::profile::Profile;
@@ -18,11 +19,15 @@ pub fn run(cmd: ImageCmd, home: &Home, ui: &Ui) -> Result<Code> {
         ImageCmd::Load { profile, files } => {
             let p = Profile::new(home, &profile.profile)?;
             let _lock = crate::cluster::lock_profile(home, &p, true, ui)?;
-            let (dir, running) = target(home, &p, ui)?;
+            let (dir, running, drv) = target(home, &p, ui)?;
+            let mut live_anywhere = false;
             for file in &files {
                 let (e, new) = images::load(&p, &dir, file, ui)?;
+                // Into every running node now, not only at the next start.
+                let live = if running { deliver(drv.as_ref(), &p, &dir.join(&e.file))? } else { Vec::new() };
+                live_anywhere |= !live.is_empty();
                 ui.json(json!({"file": file, "placed": dir.join(&e.file), "sha256": e.sha256.hex(), "bytes": e.size,
-                    "format": e.format, "images": e.images, "new": new}));
+                    "format": e.format, "images": e.images, "new": new, "running_nodes": live}));
                 let names = if e.images.is_empty() { String::new() } else { format!(" ({})", e.images.join(", ")) };
                 ui.line(&format!(
                     "{} {}{names}: {} as {}",
@@ -32,8 +37,17 @@ pub fn run(cmd: ImageCmd, home: &Home, ui: &Ui) -> Result<Code> {
                     e.file
                 ));
             }
-            if running {
-                ui.line("localkube imports new archives while it runs (k3s v1.30.9 and later) and at every start");
+            if live_anywhere {
+                ui.line(
+                    "placed in the running node(s) too: localkube imports new archives while it runs (k3s v1.30.9 \
+                     and later; the development localkube within 2 s) and at every start",
+                );
+            } else if running {
+                ui.line(&format!(
+                    "staged: the {} driver copies it into the node when profile {:?} next starts",
+                    drv.kind(),
+                    p.name
+                ));
             } else {
                 ui.line(&format!("localkube imports them when profile {:?} starts", p.name));
             }
@@ -41,7 +55,7 @@ pub fn run(cmd: ImageCmd, home: &Home, ui: &Ui) -> Result<Code> {
         }
         ImageCmd::List(profile) => {
             let p = Profile::new(home, &profile.profile)?;
-            let (dir, _) = target(home, &p, ui)?;
+            let (dir, _, _) = target(home, &p, ui)?;
             let all = images::list(&p, &dir, ui);
             if all.is_empty() {
                 ui.line(&format!("profile {:?} has no image archives in {}", p.name, dir.display()));
@@ -64,13 +78,37 @@ pub fn run(cmd: ImageCmd, home: &Home, ui: &Ui) -> Result<Code> {
     }
 }
 
-/// The profile's images directory (from its verified release), and whether
-/// its localkube runs.
-fn target(home: &Home, p: &Profile, ui: &Ui) -> Result<(std::path::PathBuf, bool)> {
+/// The profile's images directory (from its verified release), whether its
+/// localkube runs, and its driver.
+fn target<'a>(
+    home: &'a Home,
+    p: &Profile,
+    ui: &'a Ui,
+) -> Result<(std::path::PathBuf, bool, Box<dyn crate::driver::Driver + 'a>)> {
     let cfg = p.load()?;
     let loaded = channel::load_stored(home, &cfg.manifest, channel::Stored::RUNNING)?;
     let drv = crate::cluster::session::unlocked_driver(home, cfg.driver, cfg.vm.unwrap_or_default(), ui);
     let dir = images::dir_of(&drv.host_data(p), p, &loaded.manifest)?;
-    let running = drv.running(p, crate::driver::Node::Server).unwrap_or(false);
-    Ok((dir, running))
+    let running = drv.running(p, Node::Server).unwrap_or(false);
+    Ok((dir, running, drv))
+}
+
+/// An archive placed in the stage, put into every running node of the
+/// profile (the server, and its agents where the driver runs them): the
+/// nodes' names that have it now.
+fn deliver(drv: &dyn crate::driver::Driver, p: &Profile, placed: &std::path::Path) -> Result<Vec<String>> {
+    let rel = placed.strip_prefix(drv.host_data(p)).unwrap_or(placed);
+    let mut nodes = vec![Node::Server];
+    if drv.runs_agents()
+        && let Ok(cfg) = p.load()
+    {
+        nodes.extend(crate::cluster::nodes::as_nodes(&crate::cluster::nodes::agents_of(p, &cfg)));
+    }
+    let mut live = Vec::new();
+    for n in nodes {
+        if drv.deliver(p, n, rel)? == Delivery::Live {
+            live.push(n.name(&p.name));
+        }
+    }
+    Ok(live)
 }

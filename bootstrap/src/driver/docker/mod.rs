@@ -22,8 +22,8 @@ use kubestrap_manifest::{ComponentName, Driver as Kind, Manifest, Vars};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Check, Context, Description, DockerError, DockerErrorKind, Driver, DriverError, Gate, Host, HostState, Launch,
-    Node, Result, Stop, StopOutcome, guest,
+    Check, Context, Delivery, Description, DockerError, DockerErrorKind, Driver, DriverError, Gate, Host, HostState,
+    Launch, Node, Result, Stop, StopOutcome, guest,
 };
 use crate::profile::Profile;
 use crate::progress::Step;
@@ -325,6 +325,28 @@ impl Driver for Docker<'_> {
             volume_name(p),
             network_name(p)
         )
+    }
+
+    /// Copied into the running node's container (a part file on its data
+    /// volume, renamed into place), the server's or an agent's alike: an
+    /// agent has no stage of its own, and keeps what it was given.
+    fn deliver(&self, p: &Profile, node: Node, rel: &Path) -> Result<Delivery> {
+        let eng = self.engine_for(p)?;
+        let name = node_container(p, node);
+        if !inspect(&eng, &name)?.is_some_and(|i| i.state.running) {
+            return Ok(Delivery::NextStart);
+        }
+        let dest = Path::new("/data").join(rel);
+        let (Some(dir), Some(file)) = (dest.parent(), dest.file_name()) else {
+            return Err(failed(format!("{}: not a file under the data directory", rel.display())));
+        };
+        let part = dir.join(format!(".{}.part", file.to_string_lossy()));
+        let (dir, part, dest) = (dir.display().to_string(), part.display().to_string(), dest.display().to_string());
+        let src = self.host_data(p).join(rel).display().to_string();
+        eng.docker(&["exec", &name, "mkdir", "-p", &dir], CALL)?;
+        eng.docker(&["cp", &src, &format!("{name}:{part}")], IMPORT)?;
+        eng.docker(&["exec", &name, "mv", "-f", &part, &dest], CALL)?;
+        Ok(Delivery::Live)
     }
 
     fn log_tail(&self, p: &Profile, node: Node, n: usize) -> Vec<String> {

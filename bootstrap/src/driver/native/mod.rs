@@ -10,7 +10,8 @@ use kubestrap_manifest::{Driver as Kind, Vars};
 
 use super::supervisor::{self, logs, monitor::LaunchSpec, process};
 use super::{
-    Check, Context, Description, Driver, DriverError, Host, HostState, Launch, Node, Result, Stop, StopOutcome,
+    Check, Context, Delivery, Description, Driver, DriverError, Host, HostState, Launch, Node, Result, Stop,
+    StopOutcome,
 };
 use crate::profile::Profile;
 use crate::progress::Step;
@@ -162,6 +163,13 @@ impl Driver for Native<'_> {
     fn restore(&self, profile: &Profile, node: Node, src: &std::path::Path) -> Result<()> {
         let profile = server(profile, node)?;
         supervisor::swap_in_copy(src, &profile.data(), &profile.dir.join(".data-restoring"))
+    }
+
+    /// The stage is the data directory itself: what is placed there is
+    /// where localkube reads it.
+    fn deliver(&self, profile: &Profile, node: Node, _rel: &std::path::Path) -> Result<Delivery> {
+        server(profile, node)?;
+        Ok(Delivery::Live)
     }
 
     fn log_tail(&self, profile: &Profile, node: Node, n: usize) -> Vec<String> {
