@@ -407,6 +407,27 @@ fn docker_pid(r: &Real, comm: &str) -> Option<i32> {
     ok.then(|| out.lines().next()?.trim().parse().ok()).flatten()
 }
 
+/// `image load NAME:TAG` from the machine's own engine (`docker save`), into
+/// the running node, and a pod from it; a name the engine does not have is
+/// refused as a usage error.
+fn check_load_from_engine(r: &Real) {
+    let (archive, image) = busybox_image();
+    let tagged = "localhost/kubestrap/busybox:from-engine";
+    assert!(crate::docker::docker(&["load", "-i", archive.to_str().unwrap()]).0);
+    assert!(crate::docker::docker(&["tag", &image, tagged]).0);
+    let out = r.c.env.ok(&["-o", "json", "image", "load", "-p", &r.profile, tagged]);
+    assert!(out.contains(tagged) && out.contains("running_nodes"), "{out}");
+    r.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: from-engine\n  labels: {{app: from-engine}}\nspec:\n  \
+         containers:\n  - name: c\n    image: {tagged}\n    imagePullPolicy: Never\n    command: [\"sh\", \"-c\", \
+         \"echo loaded-by-name; sleep 3600\"]\n"
+    ));
+    r.wait_ready("app=from-engine", 1);
+    assert_eq!(r.k(&["logs", "from-engine"]), "loaded-by-name\n");
+    r.c.env.fail(&["image", "load", "-p", &r.profile, "localhost/kubestrap/no-such:image"], Code::Usage);
+    let _ = crate::docker::docker(&["rmi", tagged, &image]);
+}
+
 #[test]
 fn real_kubernetes_runs_pods_on_the_docker_driver() {
     if !need("localkube", localkube_buildable) || !need("docker", docker_engine) {
@@ -429,6 +450,7 @@ fn real_kubernetes_runs_pods_on_the_docker_driver() {
     });
     assert!(imported, "localkube did not import {sha} while it ran");
     check_workloads(&r);
+    check_load_from_engine(&r);
     check_dns_from_host(&r);
 
     r.k(&["create", "configmap", "kept", "--from-literal=k=v"]);

@@ -303,14 +303,17 @@ pub enum ImageCmd {
     /// Place image archives where localkube imports them (no registry
     /// needed): `docker save`, `podman save` or OCI layout tarballs, plain,
     /// gzip or zstd. Each is checked to be one, copied atomically and named
-    /// by its sha256; loading the same archive twice changes nothing.
+    /// by its sha256; loading the same archive twice changes nothing. An
+    /// argument that is no file but an image of the local Docker or Podman
+    /// engine (NAME[:TAG]) is saved from it first: this machine's platform
+    /// only. On a running docker cluster every node gets it at once.
     #[command(
-        after_help = "Examples:\n  docker save myapp:1.0 -o myapp.tar && kubestrap image load myapp.tar\n  kubestrap image load -p dev app.tar.zst tools.oci.tar"
+        after_help = "Examples:\n  kubestrap image load myapp:1.0            # from the local engine (docker save)\n  docker save myapp:1.0 -o myapp.tar && kubestrap image load myapp.tar\n  kubestrap image load -p dev app.tar.zst tools.oci.tar"
     )]
     Load {
         #[command(flatten)]
         profile: ProfileArgs,
-        #[arg(required = true, value_name = "FILE")]
+        #[arg(required = true, value_name = "FILE|IMAGE")]
         files: Vec<PathBuf>,
     },
     /// The image archives of a cluster: the release's and your own.

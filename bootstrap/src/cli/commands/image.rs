@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::channel;
 use crate::cli::args::ImageCmd;
-use crate::cli::exit::Code;
+use crate::cli::exit::{Code, UsageError};
 use crate::cli::render::{Ui, human_bytes};
 use crate::cluster::images;
 use crate::driver::{Delivery, Node};
@@ -21,8 +21,11 @@ pub fn run(cmd: ImageCmd, home: &Home, ui: &Ui) -> Result<Code> {
             let _lock = crate::cluster::lock_profile(home, &p, true, ui)?;
             let (dir, running, drv) = target(home, &p, ui)?;
             let mut live_anywhere = false;
+            sweep_saves(&p);
             for file in &files {
-                let (e, new) = images::load(&p, &dir, file, ui)?;
+                let saved = from_engine(home, &p, file)?;
+                let (e, new) = images::load(&p, &dir, saved.as_ref().map_or(file.as_path(), |s| s.path()), ui)?;
+                drop(saved);
                 // Into every running node now, not only at the next start.
                 let live = if running { deliver(drv.as_ref(), &p, &dir.join(&e.file))? } else { Vec::new() };
                 live_anywhere |= !live.is_empty();
@@ -91,6 +94,44 @@ fn target<'a>(
     let dir = images::dir_of(&drv.host_data(p), p, &loaded.manifest)?;
     let running = drv.running(p, Node::Server).unwrap_or(false);
     Ok((dir, running, drv))
+}
+
+/// An argument that is no file but names an image of the local engine:
+/// `docker save`d into a hidden file of the profile's (removed when dropped).
+fn from_engine(home: &Home, p: &Profile, arg: &std::path::Path) -> Result<Option<tempfile::NamedTempFile>> {
+    if arg.exists() {
+        return Ok(None);
+    }
+    let name = arg.to_string_lossy();
+    let is_ref = !name.is_empty()
+        && !name.starts_with(['/', '.', '-'])
+        && name.len() <= 255
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c));
+    if !is_ref {
+        return Err(UsageError(format!("{}: no such file (nor an image name)", arg.display())).into());
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix(SAVE_PREFIX)
+        .suffix(".tar")
+        .tempfile_in(&p.dir)
+        .map_err(|e| anyhow::anyhow!("{}: cannot make a file for the saved image: {e}", p.dir.display()))?;
+    match crate::driver::docker::save_image(&home.env().docker, &name, tmp.path()) {
+        Ok(()) => Ok(Some(tmp)),
+        Err(e) if e.is_docker(crate::driver::DockerErrorKind::NoSuchImage) => Err(UsageError(e.to_string()).into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Where an image saved from the engine is kept while it is loaded.
+const SAVE_PREFIX: &str = ".image-save-";
+
+/// Saves a killed `image load` left behind.
+fn sweep_saves(p: &Profile) {
+    for e in kubestrap_fskit::list_dir(&p.dir).unwrap_or_default() {
+        if e.file_name().to_string_lossy().starts_with(SAVE_PREFIX) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// An archive placed in the stage, put into every running node of the

@@ -39,6 +39,34 @@ mod privilege;
 mod volume;
 
 pub use address::Env as DockerEnv;
+
+/// `docker save` of image `name` from the engine the environment names
+/// into `dest`, refused unless the image is for this machine's platform
+/// (an archive of another platform's layers would never run here).
+pub fn save_image(env: &DockerEnv, name: &str, dest: &Path) -> Result<()> {
+    let eng = Engine::from_env(env);
+    let platform = match eng.docker(&["image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", name], CALL) {
+        Ok(p) => p.trim().to_string(),
+        Err(e) if e.is_docker(DockerErrorKind::NoSuchImage) => {
+            return Err(DockerError::new(
+                DockerErrorKind::NoSuchImage,
+                format!("{name:?} is no file here, and the engine at {} has no such image", eng.describe()),
+            )
+            .into());
+        }
+        Err(e) => return Err(e),
+    };
+    let here = format!("linux/{}", if std::env::consts::ARCH == "x86_64" { "amd64" } else { "arm64" });
+    if platform != here {
+        return Err(failed(format!(
+            "image {name} is for {platform}, not this machine's {here}: pull it for {here} (`docker pull --platform \
+             {here} {name}`) and load it again"
+        )));
+    }
+    let out = dest.display().to_string();
+    eng.docker(&["save", "-o", &out, name], IMPORT)?;
+    Ok(())
+}
 use agents::{node_container, node_stopped, node_volume};
 use checks::{engine_check, rootfs_check, rootless_check, storage_check};
 use container::{
