@@ -95,6 +95,10 @@ fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<Code> {
         return Some(match e {
             SnapshotError::NoSuchSnapshot { .. } => Code::Usage,
             SnapshotError::Fs(e) => fs_code(e),
+            // A full disk while copying a node's state is said as one.
+            SnapshotError::Driver(DriverError::Fs(e)) | SnapshotError::Node { source: DriverError::Fs(e), .. } => {
+                fs_code(e)
+            }
             SnapshotError::Driver(_) | SnapshotError::Node { .. } => Code::Driver,
         });
     }
