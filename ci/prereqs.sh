@@ -45,6 +45,7 @@ declare -A provider=(
   [python3]=python3          # ci/images/mkimage.py
   [dig]=bind9-dnsutils       # the cluster DNS tests ask it from the host
   [/lib/x86_64-linux-gnu/libseccomp.so.2]=libseccomp2  # runc in the docker driver's rootfs
+  [/etc/ssl/certs/ca-certificates.crt]=ca-certificates  # the CA bundle the rootfs and the VM image carry
 )
 
 missing() {

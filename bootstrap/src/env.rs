@@ -10,6 +10,11 @@ use std::path::PathBuf;
 
 use crate::driver::docker::DockerEnv;
 
+/// The proxy variables a node gets from the caller's environment on every
+/// driver, as a native localkube inherits them (k3s and containerd pull
+/// through them).
+pub const PROXY_VARS: [&str; 6] = ["HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"];
+
 #[derive(Clone, Debug, Default)]
 pub struct Environment {
     /// `KUBECONFIG` (a list of files), when set and not empty.
@@ -27,4 +32,18 @@ pub struct Environment {
     /// The variables a monitored localkube may inherit (PATH, HOME, the
     /// locale, the proxies: the monitor keeps those it names).
     pub vars: Vec<(OsString, OsString)>,
+}
+
+impl Environment {
+    /// The proxy variables set (and not empty), as `(name, value)`.
+    pub fn proxies(&self) -> Vec<(String, String)> {
+        self.vars
+            .iter()
+            .filter_map(|(k, v)| {
+                let (k, v) = (k.to_str()?, v.to_str()?);
+                (PROXY_VARS.contains(&k) && !v.is_empty() && !v.chars().any(char::is_control))
+                    .then(|| (k.to_string(), v.to_string()))
+            })
+            .collect()
+    }
 }

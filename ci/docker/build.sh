@@ -31,6 +31,10 @@ for lib in /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/libc.so.6 /lib/x86_
   /lib/x86_64-linux-gnu/libgcc_s.so.1 /lib/x86_64-linux-gnu/libseccomp.so.2; do
   cp -L "$lib" "$root$lib"
 done
+# The CA bundle pulls are checked against (k3s's own image carries it:
+# package/Dockerfile): without it a release without air-gap images can pull
+# nothing, and neither can the user's pods' images.
+install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
 install -m 0755 "$here/entrypoint" "$root/init"
 install -D -m 0755 "$here/../guest/place-data" "$root/lib/kubestrap/place-data"
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$root/etc/passwd"

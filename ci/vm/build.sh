@@ -76,6 +76,8 @@ cp /bin/busybox "$rd/bin/busybox"
 for applet in $(/bin/busybox --list); do
   [ "$applet" = busybox ] || ln -s busybox "$rd/bin/$applet"
 done
+# The CA bundle pulls are checked against (as the docker driver's rootfs).
+install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$rd/etc/ssl/certs/ca-certificates.crt"
 install -m 0755 "$here/init" "$rd/init"
 install -D -m 0755 "$here/../guest/place-data" "$rd/lib/kubestrap/place-data"
 # The power button (ACPI) tells init to stop localkube and power off.

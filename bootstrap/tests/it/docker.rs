@@ -33,6 +33,45 @@ fn configmap(c: &Cluster, name: &str) -> String {
     c.kubectl_ok(&KUBECTL, &["get", "configmap", name, "-o", "jsonpath={.data.k}"])
 }
 
+/// The node's container carries what pulls need (the CA bundle, the
+/// caller's proxies) and keeps k3s's node password on its volume, so a node
+/// made again (new settings, an upgrade) is still the node the server knows.
+#[test]
+fn a_node_container_has_the_ca_bundle_the_proxies_and_keeps_its_node_password() {
+    if !need("docker", docker_engine) {
+        return;
+    }
+    let c = docker_cluster();
+    let port = free_port().to_string();
+    let args = ["start", "-p", "np", "--driver", "docker", "--manifest", c.m(), "--port", &port];
+    let out = c
+        .env
+        .cmd(&args)
+        .env("HTTPS_PROXY", "http://user:s3cret@proxy.invalid:3128")
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", c.env.report(&args, &out, "start failed"));
+    let shown = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!shown.contains("s3cret"), "a proxy password was shown: {shown}");
+    let name = docker(&["ps", "--filter", "label=dev.kubestrap.profile=np", "--format", "{{.Names}}"]).1;
+    let name = name.trim().to_string();
+    let env = docker(&["inspect", "--format", "{{json .Config.Env}}", &name]).1;
+    assert!(env.contains("HTTPS_PROXY=http://user:s3cret@proxy.invalid:3128") && env.contains("NO_PROXY="), "{env}");
+    let (ok, ca) =
+        docker(&["exec", &name, "sh", "-c", "grep -c 'BEGIN CERTIFICATE' /etc/ssl/certs/ca-certificates.crt"]);
+    assert!(ok && ca.trim().parse::<u32>().unwrap_or(0) > 50, "the node has no CA bundle: {ca}");
+
+    // k3s's node password, then the container made again from scratch.
+    assert!(docker(&["exec", &name, "sh", "-c", "echo p4ss > /etc/rancher/node/password"]).0);
+    c.env.ok(&["stop", "-p", "np"]);
+    assert!(docker(&["rm", "-f", &name]).0);
+    c.env.ok(&["start", "-p", "np", "--manifest", c.m()]);
+    let (ok, kept) = docker(&["exec", &name, "cat", "/etc/rancher/node/password"]);
+    assert!(ok && kept == "p4ss\n", "the node password did not survive a new container: {kept}");
+    c.env.ok(&["delete", "-p", "np"]);
+}
+
 #[test]
 fn docker_is_chosen_stops_keep_the_volume_and_delete_leaves_nothing_of_ours() {
     if !need("docker", docker_engine) {

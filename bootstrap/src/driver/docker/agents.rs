@@ -149,6 +149,7 @@ impl Docker<'_> {
             publish: None,
             mounts: vec![bind_mount(&p.join_dir(), &guest::path("pki/join"), true)],
             command: agent.args.iter().map(|a| a.render(&vars)).collect(),
+            env: self.proxies(),
         };
         let args = container_args(launch, &eng, &info, &image, &net.name, &spec);
         fskit::create_dir_mode(&agent_dir(p), 0o700)?;

@@ -242,6 +242,8 @@ pub(super) struct Spec<'s> {
     pub(super) mounts: Vec<String>,
     /// localkube's arguments.
     pub(super) command: Vec<String>,
+    /// `NAME=value` the caller's environment gives every node (the proxies).
+    pub(super) env: Vec<String>,
 }
 
 /// `docker create` for one node of `launch`'s release. Long on purpose: the
@@ -308,6 +310,10 @@ pub(super) fn container_args(
         "max-file=2".into(),
     ]);
     args.extend(podman_limits(eng, info));
+    // The proxies first: what the manifest names wins.
+    for e in &spec.env {
+        args.extend(["--env".into(), e.clone()]);
+    }
     let vars = guest::vars(launch, spec.ip);
     for (k, v) in &launch.run.env {
         args.extend(["--env".into(), format!("{k}={}", v.render(&vars))]);

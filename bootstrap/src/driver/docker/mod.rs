@@ -268,6 +268,7 @@ impl Driver for Docker<'_> {
                 bind_mount(&self.host_data(p), &guest::path("data"), true),
             ],
             command: launch.run.args.iter().map(|a| a.render(&vars)).collect(),
+            env: self.proxies(),
         };
         let args = container_args(launch, &eng, &info, &image, &net.name, &spec);
         self.ensure_container(&eng, &created_path(p), &name, &args, blob)?;
@@ -429,6 +430,11 @@ impl Driver for Docker<'_> {
 }
 
 impl Docker<'_> {
+    /// `NAME=value` for each proxy variable the command's environment sets.
+    fn proxies(&self) -> Vec<String> {
+        self.ctx.env.proxies().into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+    }
+
     /// Runs `f` with what the throwaway containers that read and write the
     /// profile's volumes are made of (the server's and its agents' alike:
     /// all are marked with the server's container, so a delete finds any a

@@ -186,7 +186,10 @@ impl Qemu<'_> {
         let mut guest_args = vec![guest::path(&format!("component/{}", launch.run.program))];
         guest_args.extend(launch.run.args.iter().map(|a| a.render(&vars)));
         let next = vm_dir(p).join("config.next.tar");
-        let env: Vec<(String, String)> = launch.run.env.iter().map(|(k, v)| (k.clone(), v.render(&vars))).collect();
+        // The caller's proxies first (the guest's init exports each line in
+        // order: what the manifest names wins).
+        let mut env = self.ctx.env.proxies();
+        env.extend(launch.run.env.iter().map(|(k, v)| (k.clone(), v.render(&vars))));
         let l2_cidr = l2.map(|a| format!("{a}/24"));
         let sha256 = config::write(
             &config::ConfigDisk {
