@@ -141,14 +141,20 @@ pub struct Status {
 }
 
 impl Status {
+    /// The exit code's bits, as `status --help` says them.
+    pub const BITS: [(u8, &'static str); 4] =
+        [(1, "host down"), (2, "localkube down"), (4, "apiserver not ready"), (8, "an agent node down or not Ready")];
+
     /// 1 host down, 2 localkube down, 4 apiserver not ready, 8 an agent
     /// node down or not Ready (added).
     pub fn bitmask(&self) -> u8 {
-        let agent_down = self.nodes.iter().any(NodeStatus::agent_down);
-        u8::from(self.host != HostStatus::Running)
-            | (u8::from(self.localkube != LocalkubeStatus::Running) << 1)
-            | (u8::from(self.apiserver != ApiserverStatus::Running) << 2)
-            | (u8::from(agent_down) << 3)
+        let down = [
+            self.host != HostStatus::Running,
+            self.localkube != LocalkubeStatus::Running,
+            self.apiserver != ApiserverStatus::Running,
+            self.nodes.iter().any(NodeStatus::agent_down),
+        ];
+        Self::BITS.iter().zip(down).filter(|(_, down)| *down).map(|((bit, _), _)| bit).sum()
     }
 
     /// The server's host and localkube from what the driver says; the

@@ -57,7 +57,7 @@ pub enum Cmd {
         after_help = "Examples:\n  kubestrap delete\n  kubestrap delete -p dev\n  kubestrap delete --all --purge"
     )]
     Delete(DeleteArgs),
-    /// Show host, localkube, apiserver and kubeconfig state. Exit code: 1 host down, 2 localkube down, 4 apiserver not ready (added).
+    /// Show host, localkube, apiserver, kubeconfig and node state. Exit code: 1 host down, 2 localkube down, 4 apiserver not ready, 8 an agent node down or not Ready (added).
     Status(ProfileArgs),
     /// Check what a start needs on this machine (ports, disk, kubeconfig,
     /// clock, and the driver's own needs); says what to do for each failure.
@@ -243,8 +243,12 @@ pub struct DoctorArgs {
 pub struct StartArgs {
     #[command(flatten)]
     pub profile: ProfileArgs,
-    /// Where localkube runs: native (a host process; Linux) or qemu (a VM of
-    /// the release's pinned hypervisor and base image; `stop` suspends it).
+    /// Where localkube runs: docker (a container of this machine's Docker or
+    /// Podman engine, from the release's pinned rootfs), native (a host
+    /// process; Linux) or qemu (a VM of the release's pinned hypervisor and
+    /// base image; `stop` suspends it) [default for a new profile: the first
+    /// of docker, native, qemu that the release supports and that can run
+    /// here; `start` says which and why].
     #[arg(long, value_parser = parse_start_driver)]
     pub driver: Option<Driver>,
     #[command(flatten)]
@@ -275,8 +279,8 @@ pub struct StartArgs {
     /// The VM's accelerator (qemu driver): kvm, hvf, whpx or tcg [default: the machine's own, else tcg].
     #[arg(long)]
     pub accel: Option<crate::driver::qemu::cmdline::Accel>,
-    /// How many nodes: one server and N-1 agents that join it (docker
-    /// driver; the release must say how an agent runs). Adds nodes to an
+    /// How many nodes: one server and N-1 agents that join it (docker and
+    /// qemu drivers; the release must say how an agent runs). Adds nodes to an
     /// existing cluster, never removes any [default: as it has, else 1].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=99))]
     pub nodes: Option<u16>,
@@ -514,6 +518,31 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The help of `start --driver` names every driver, and the default
+    /// choice in the order the code makes it; `status` names every bit of
+    /// its exit code.
+    #[test]
+    fn help_agrees_with_the_drivers_and_the_status_bits() {
+        let cli = Cli::command();
+        let start = cli.find_subcommand("start").unwrap();
+        let help = |name: &str| {
+            let a = start.get_arguments().find(|a| a.get_id() == name).unwrap();
+            a.get_long_help().or(a.get_help()).unwrap().to_string()
+        };
+        let order: Vec<&str> = crate::driver::DRIVERS.iter().map(|d| d.kind.as_str()).collect();
+        let driver = help("driver");
+        assert!(driver.contains(&format!("the first of {}", order.join(", "))), "{driver}");
+        for d in &order {
+            assert!(driver.contains(&format!("{d} (")), "--driver help does not describe {d}: {driver}");
+        }
+        assert!(help("nodes").contains("docker and qemu drivers"));
+        let status = cli.find_subcommand("status").unwrap().get_about().unwrap().to_string();
+        let st = crate::cluster::status::Status::BITS;
+        for (bit, what) in st {
+            assert!(status.contains(&format!("{bit} {what}")), "status help lacks bit {bit}: {status}");
+        }
     }
 
     /// An option clap gives a default must not say it again in its doc
