@@ -81,6 +81,9 @@ fn readme_using_it_runs_top_to_bottom_in_the_quickstart_home() {
     std::fs::copy(image_archive(&cwd), cwd.join("app.tar")).unwrap();
     std::fs::copy(&manifest, cwd.join("m.toml")).unwrap();
     std::fs::copy(format!("{manifest}.minisig"), cwd.join("m.toml.minisig")).unwrap();
+    // The engine image the block loads by name (`image load myapp:1.0`):
+    // the same archive, in the machine's engine under that name.
+    let _engine_image = EngineImage::tagged(&cwd.join("app.tar"), "myapp:1.0");
 
     let lines = using_it_lines();
     let mut skipped = 0;
@@ -134,6 +137,29 @@ fn readme_using_it_runs_top_to_bottom_in_the_quickstart_home() {
 }
 
 /// Deletes every profile of the home when the test ends, however it ends.
+/// An image put in the machine's engine under a name for the block, gone
+/// again with the test.
+struct EngineImage(String);
+
+impl EngineImage {
+    fn tagged(archive: &Path, name: &str) -> EngineImage {
+        let out = Command::new("docker").args(["load", "-q", "-i", archive.to_str().unwrap()]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let loaded = text.lines().find_map(|l| l.strip_prefix("Loaded image: ")).unwrap_or_else(|| {
+            panic!("docker load {}: {text}{}", archive.display(), String::from_utf8_lossy(&out.stderr))
+        });
+        assert!(Command::new("docker").args(["tag", loaded.trim(), name]).status().unwrap().success());
+        let _ = Command::new("docker").args(["image", "rm", loaded.trim()]).output();
+        EngineImage(name.to_string())
+    }
+}
+
+impl Drop for EngineImage {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["image", "rm", &self.0]).output();
+    }
+}
+
 struct Deleter<'a>(&'a Env);
 
 impl Drop for Deleter<'_> {
