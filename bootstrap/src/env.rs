@@ -29,6 +29,8 @@ pub struct Environment {
     /// Where the docker CLI would find its engine: `DOCKER_HOST`,
     /// `DOCKER_CONTEXT`, `DOCKER_CONFIG`, `XDG_RUNTIME_DIR`.
     pub docker: DockerEnv,
+    /// `PATH`, where host programs (ip, iptables) are looked for.
+    pub path: std::ffi::OsString,
     /// The variables a monitored localkube may inherit (PATH, HOME, the
     /// locale, the proxies: the monitor keeps those it names).
     pub vars: Vec<(OsString, OsString)>,

@@ -40,6 +40,7 @@ pub fn read() -> Environment {
         config_file: directories::ProjectDirs::from("dev", "kubestrap", "kubestrap")
             .map(|d| d.config_dir().join("config.toml")),
         docker,
+        path: std::env::var_os("PATH").unwrap_or_default(),
         vars: std::env::vars_os().collect(),
     }
 }

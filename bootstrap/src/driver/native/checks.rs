@@ -27,7 +27,7 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn probe() -> Machine {
+    pub fn probe(tools: super::node::Tools) -> Machine {
         let controllers = fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
             .ok()
             .map(|s| s.split_whitespace().map(String::from).collect());
@@ -41,7 +41,7 @@ impl Machine {
             foreign: foreign_kubernetes(),
             missing_tools: ["ip", "iptables", "iptables-save", "iptables-restore"]
                 .into_iter()
-                .filter(|t| super::node::find_tool(t).is_none())
+                .filter(|t| tools.find(t).is_none())
                 .collect(),
             root_shared: fs::read_to_string("/proc/self/mountinfo")
                 .unwrap_or_default()

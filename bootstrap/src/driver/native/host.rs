@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use kubestrap_fskit as fskit;
 use serde::{Deserialize, Serialize};
 
-use super::node::{CNI_BRIDGE, NodeNet, find_tool, tool, tool_with_input};
+use super::node::{CNI_BRIDGE, NodeNet, Tools};
 use crate::driver::supervisor::process::{self, boot_id, marker_value};
 use crate::driver::{Check, DriverError, Gate, Result};
 use crate::profile::Profile;
@@ -197,7 +197,7 @@ impl Cleanup {
 /// holds the machine (or held it last and nothing else took it), and
 /// always removes its node link and guard. `delete`: `p` is going away;
 /// the last one removes the machine-wide paths kubestraps created.
-pub fn clean(p: &Profile, delete: bool) -> Result<Cleanup> {
+pub fn clean(p: &Profile, delete: bool, tools: Tools) -> Result<Cleanup> {
     let mut out = Cleanup::default();
     let node = NodeNet::of(p);
     let (ours, gone) = with_record(|r| {
@@ -220,21 +220,21 @@ pub fn clean(p: &Profile, delete: bool) -> Result<Cleanup> {
     })?;
     if ours {
         unmount(&[&p.data()], &mut out);
-        links(&mut out);
+        links(tools, &mut out);
         for dir in RUNTIME_DIRS {
             if Path::new(dir).exists() {
                 out.note(dir.to_string(), fskit::remove_tree(Path::new(dir)).map_err(|e| e.to_string()));
             }
         }
-        chains(&|c| is_k3s_chain(c) || c == node.chain, &mut out);
+        chains(tools, &|c| is_k3s_chain(c) || c == node.chain, &mut out);
         cgroups(&mut out);
     } else {
-        chains(&|c| c == node.chain, &mut out);
+        chains(tools, &|c| c == node.chain, &mut out);
     }
-    if tool(&["ip", "link", "show", "dev", &node.link]).is_ok() {
+    if tools.run(&["ip", "link", "show", "dev", &node.link]).is_ok() {
         out.note(
             format!("link {}", node.link),
-            tool(&["ip", "link", "delete", &node.link]).map(drop).map_err(|e| e.to_string()),
+            tools.run(&["ip", "link", "delete", &node.link]).map(drop).map_err(|e| e.to_string()),
         );
     }
     // Deepest first: /etc/rancher/node before /etc/rancher.
@@ -306,8 +306,8 @@ fn unmount(extra: &[&Path], out: &mut Cleanup) {
 }
 
 /// The pods' veths (attached to cni0), then the CNI, flannel and IPVS links.
-fn links(out: &mut Cleanup) {
-    let Ok(json) = tool(&["ip", "-j", "link", "show"]) else { return };
+fn links(tools: Tools, out: &mut Cleanup) {
+    let Ok(json) = tools.run(&["ip", "-j", "link", "show"]) else { return };
     let all: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap_or_default();
     let name = |l: &serde_json::Value| l["ifname"].as_str().unwrap_or_default().to_string();
     let mut doomed: Vec<String> = all.iter().filter(|l| l["master"].as_str() == Some(CNI_BRIDGE)).map(name).collect();
@@ -315,9 +315,9 @@ fn links(out: &mut Cleanup) {
     for l in doomed {
         // A pod's veth goes by itself once its namespace is gone (the
         // kernel tears it down in the background): gone is as good as deleted.
-        let r = tool(&["ip", "link", "delete", &l])
-            .map(drop)
-            .or_else(|e| if tool(&["ip", "link", "show", "dev", &l]).is_err() { Ok(()) } else { Err(e.to_string()) });
+        let r = tools.run(&["ip", "link", "delete", &l]).map(drop).or_else(|e| {
+            if tools.run(&["ip", "link", "show", "dev", &l]).is_err() { Ok(()) } else { Err(e.to_string()) }
+        });
         out.note(format!("link {l}"), r);
     }
 }
@@ -325,15 +325,15 @@ fn links(out: &mut Cleanup) {
 /// The chains `doomed` picks, and the rules elsewhere that jump to them or
 /// name them, in every iptables the machine has (nft and legacy, IPv4 and
 /// IPv6): one `restore --noflush` per table set, nothing else touched.
-fn chains(doomed: &dyn Fn(&str) -> bool, out: &mut Cleanup) {
+fn chains(tools: Tools, doomed: &dyn Fn(&str) -> bool, out: &mut Cleanup) {
     let mut variants = Vec::new();
     for family in ["iptables", "ip6tables"] {
         let of_family: Vec<String> = ["nft", "legacy"]
             .iter()
             .map(|v| format!("{family}-{v}"))
-            .filter(|v| find_tool(&format!("{v}-save")).is_some())
+            .filter(|v| tools.find(&format!("{v}-save")).is_some())
             .collect();
-        if of_family.is_empty() && find_tool(&format!("{family}-save")).is_some() {
+        if of_family.is_empty() && tools.find(&format!("{family}-save")).is_some() {
             variants.push(family.to_string());
         }
         variants.extend(of_family);
@@ -341,7 +341,7 @@ fn chains(doomed: &dyn Fn(&str) -> bool, out: &mut Cleanup) {
     // Every table read at once (each save is a process of its own, most of
     // a stop's time when run one after another).
     let saved: Vec<Option<String>> = std::thread::scope(|s| {
-        let hs: Vec<_> = variants.iter().map(|v| s.spawn(move || tool(&[&format!("{v}-save")]).ok())).collect();
+        let hs: Vec<_> = variants.iter().map(|v| s.spawn(move || tools.run(&[&format!("{v}-save")]).ok())).collect();
         hs.into_iter().map(|h| h.join().ok().flatten()).collect()
     });
     for (v, saved) in variants.iter().zip(saved) {
@@ -350,7 +350,7 @@ fn chains(doomed: &dyn Fn(&str) -> bool, out: &mut Cleanup) {
         if names.is_empty() {
             continue;
         }
-        let r = tool_with_input(&[&format!("{v}-restore"), "-w", "--noflush"], Some(script));
+        let r = tools.run_with_input(&[&format!("{v}-restore"), "-w", "--noflush"], Some(script));
         for n in names {
             out.note(format!("{v} chain {n}"), r.as_ref().map(drop).map_err(|e| e.to_string()));
         }

@@ -44,7 +44,7 @@ impl Driver for Native<'_> {
     }
 
     fn check(&self, manifest: Option<&kubestrap_manifest::Manifest>) -> Vec<Check> {
-        checks::checks(&checks::Machine::probe(), manifest)
+        checks::checks(&checks::Machine::probe(self.tools()), manifest)
     }
 
     /// What `check` says, and that no other native k3s holds the machine.
@@ -109,7 +109,7 @@ impl Driver for Native<'_> {
             }
         }
         if node::wanted(&launch.run) {
-            node::NodeNet::of(p).up()?;
+            node::NodeNet::of(p).up(self.tools())?;
         }
         let spec = LaunchSpec {
             program,
@@ -190,11 +190,16 @@ fn server(p: &Profile, node: Node) -> Result<&Profile> {
 }
 
 impl Native<'_> {
+    /// The host programs, on the command's PATH.
+    fn tools(&self) -> node::Tools<'_> {
+        node::Tools::new(&self.ctx.env.path)
+    }
+
     /// [`host::clean`]: what it removed reported (and in the profile's
     /// log), what it could not as the error.
     fn clean_host(&self, p: &Profile, delete: bool) -> Result<()> {
         let t = std::time::Instant::now();
-        let done = host::clean(p, delete)?;
+        let done = host::clean(p, delete, self.tools())?;
         if !done.removed.is_empty() {
             if let Ok(mut log) = std::fs::OpenOptions::new().append(true).open(p.log_file()) {
                 let _ = writeln!(log, "kubestrap: removed from the machine: {}", done.removed.join(", "));

@@ -58,62 +58,79 @@ impl NodeNet {
     }
 
     /// Makes the bridge, its address and the guard (idempotent).
-    pub fn up(&self) -> Result<()> {
-        if tool(&["ip", "link", "show", "dev", &self.link]).is_err() {
-            tool(&["ip", "link", "add", &self.link, "type", "bridge"])?;
+    pub fn up(&self, tools: Tools) -> Result<()> {
+        if tools.run(&["ip", "link", "show", "dev", &self.link]).is_err() {
+            tools.run(&["ip", "link", "add", &self.link, "type", "bridge"])?;
         }
-        tool(&["ip", "addr", "replace", &format!("{}/32", self.address), "dev", &self.link])?;
-        tool(&["ip", "link", "set", &self.link, "up"])?;
-        let _ = tool(&["iptables", "-w", "-N", &self.chain]);
-        tool(&["iptables", "-w", "-F", &self.chain])?;
+        tools.run(&["ip", "addr", "replace", &format!("{}/32", self.address), "dev", &self.link])?;
+        tools.run(&["ip", "link", "set", &self.link, "up"])?;
+        let _ = tools.run(&["iptables", "-w", "-N", &self.chain]);
+        tools.run(&["iptables", "-w", "-F", &self.chain])?;
         for rule in [&["-i", "lo", "-j", "RETURN"][..], &["-i", CNI_BRIDGE, "-j", "RETURN"], &["-j", "DROP"]] {
             let mut args = vec!["iptables", "-w", "-A", &self.chain];
             args.extend_from_slice(rule);
-            tool(&args)?;
+            tools.run(&args)?;
         }
         let dest = format!("{}/32", self.address);
         let jump = ["-d", dest.as_str(), "-j", self.chain.as_str()];
         let check: Vec<&str> = ["iptables", "-w", "-C", "INPUT"].into_iter().chain(jump).collect();
-        if tool(&check).is_err() {
+        if tools.run(&check).is_err() {
             let insert: Vec<&str> = ["iptables", "-w", "-I", "INPUT", "1"].into_iter().chain(jump).collect();
-            tool(&insert)?;
+            tools.run(&insert)?;
         }
         Ok(())
     }
 }
 
-/// A host program: from PATH, else the sbin directories (a user's PATH may
-/// lack them even as root). PATH is read here, as `Command` reads it for
-/// every program it runs by name: the one variable below the CLI.
-pub fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+/// The host programs the native driver runs (ip, iptables), found on the
+/// command's PATH (as the CLI read it), else in the sbin directories (a
+/// user's PATH may lack them even as root).
+#[derive(Clone, Copy)]
+pub struct Tools<'a> {
+    path: &'a std::ffi::OsStr,
 }
 
-/// Runs `argv` (a host program and its arguments), bounded: its stdout, or
-/// its stderr as the error.
-pub fn tool(argv: &[&str]) -> Result<String> {
-    tool_with_input(argv, None)
-}
-
-pub fn tool_with_input(argv: &[&str], input: Option<String>) -> Result<String> {
-    let (name, args) = argv.split_first().expect("a program");
-    let program = find_tool(name)
-        .ok_or_else(|| DriverError::HostTool { command: argv.join(" "), why: format!("{name} is not installed") })?;
-    let mut cmd = std::process::Command::new(program);
-    cmd.args(args);
-    let feed = input
-        .map(|text| move |mut stdin: std::process::ChildStdin| std::io::Write::write_all(&mut stdin, text.as_bytes()));
-    let ran = crate::proc::run_bounded(cmd, feed, None, Duration::from_secs(30))
-        .map_err(|e| DriverError::HostTool { command: argv.join(" "), why: e.to_string() })?
-        .ok_or_else(|| DriverError::HostTool { command: argv.join(" "), why: "did not finish within 30 s".into() })?;
-    if !ran.status.success() {
-        return Err(DriverError::HostTool { command: argv.join(" "), why: ran.stderr });
+impl<'a> Tools<'a> {
+    pub fn new(path: &'a std::ffi::OsStr) -> Tools<'a> {
+        Tools { path }
     }
-    Ok(ran.stdout)
+
+    /// Where host program `name` is.
+    pub fn find(&self, name: &str) -> Option<PathBuf> {
+        std::env::split_paths(self.path)
+            .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    }
+
+    /// Runs `argv` (a host program and its arguments), bounded: its stdout,
+    /// or its stderr as the error.
+    pub fn run(&self, argv: &[&str]) -> Result<String> {
+        self.run_with_input(argv, None)
+    }
+
+    pub fn run_with_input(&self, argv: &[&str], input: Option<String>) -> Result<String> {
+        let (name, args) = argv.split_first().expect("a program");
+        let program = self.find(name).ok_or_else(|| DriverError::HostTool {
+            command: argv.join(" "),
+            why: format!("{name} is not installed"),
+        })?;
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args);
+        let feed = input.map(|text| {
+            move |mut stdin: std::process::ChildStdin| std::io::Write::write_all(&mut stdin, text.as_bytes())
+        });
+        let ran = crate::proc::run_bounded(cmd, feed, None, Duration::from_secs(30))
+            .map_err(|e| DriverError::HostTool { command: argv.join(" "), why: e.to_string() })?
+            .ok_or_else(|| DriverError::HostTool {
+                command: argv.join(" "),
+                why: "did not finish within 30 s".into(),
+            })?;
+        if !ran.status.success() {
+            return Err(DriverError::HostTool { command: argv.join(" "), why: ran.stderr });
+        }
+        Ok(ran.stdout)
+    }
 }
 
 #[cfg(test)]
