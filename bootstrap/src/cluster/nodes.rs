@@ -359,13 +359,15 @@ pub fn wait_ready(
     let mut said: Vec<Option<Readiness>> = vec![None; nodes.len()];
     // Asking a local apiserver is cheap: every 50 ms at first, 200 ms at most.
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(200)).until(deadline);
-    let mut hosts_checked: Option<Instant> = None;
+    // Whether a host ended is asked of the driver (an engine call for a
+    // container) once a second, not at every poll of the server.
+    let mut hosts_checked = Instant::now();
     let mut unknown_since: Option<Instant> = None;
     let mut last = (Node::Server, String::new());
     loop {
-        let check_hosts = hosts_checked.is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+        let check_hosts = hosts_checked.elapsed() >= Duration::from_secs(1);
         if check_hosts {
-            hosts_checked = Some(Instant::now());
+            hosts_checked = Instant::now();
         }
         for (i, (n, name)) in nodes.iter().enumerate() {
             if said[i].is_some() {

@@ -60,10 +60,7 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
         listen: o.listen,
     };
     // An upgrade a killed command left is finished or undone first.
-    if p.exists()
-        && let Ok(cfg) = p.load()
-    {
-        let _ = cfg;
+    if p.exists() && p.load().is_ok() {
         recovery::finish_interrupted(&s, &o.release.fetch, &tuning)?;
     }
     let existing = if p.exists() { Some(p.load()?) } else { None };

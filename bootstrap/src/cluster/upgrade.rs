@@ -125,6 +125,7 @@ fn open<'a>(
     progress: &'a dyn Progress,
 ) -> Result<(Session<'a>, Config)> {
     let s = Session::open_existing(home, profile, Wait::from_no_wait(no_wait), progress)?;
+    // A config that cannot be read is said before any recovery acts.
     s.profile.load()?;
     recovery::finish_interrupted(&s, fetch, tuning)?;
     let cfg = s.profile.load()?;

@@ -13,6 +13,9 @@ pub const PORT: u16 = 6443;
 /// Where the guest finds what kubestrap gives it (component, PKI, data seed).
 pub const CONFIG: &str = "/run/kubestrap";
 
+/// localkube's data directory in the guest: the node's volume or data disk.
+pub const DATA: &str = "/data";
+
 /// `rel` under the guest's config directory.
 pub fn path(rel: &str) -> String {
     format!("{CONFIG}/{rel}")
@@ -24,7 +27,7 @@ pub fn path(rel: &str) -> String {
 pub fn vars(launch: &Launch, node_ip: Ipv4Addr) -> Vars {
     let p = &launch.profile;
     let vars = Vars {
-        data: "/data".into(),
+        data: DATA.into(),
         pki: path("pki"),
         port: PORT,
         bind: "0.0.0.0".into(),

@@ -285,7 +285,7 @@ pub(super) fn container_args(
     }
     args.extend([
         "--mount".into(),
-        format!("type=volume,source={},target=/data", spec.volume),
+        format!("type=volume,source={},target={}", spec.volume, guest::DATA),
         "--mount".into(),
         bind_mount(&launch.component, &guest::path("component"), true),
     ]);

@@ -365,7 +365,7 @@ impl Driver for Docker<'_> {
         if !inspect(&eng, &name)?.is_some_and(|i| i.state.running) {
             return Ok(Delivery::NextStart);
         }
-        let dest = Path::new("/data").join(rel);
+        let dest = Path::new(guest::DATA).join(rel);
         let (Some(dir), Some(file)) = (dest.parent(), dest.file_name()) else {
             return Err(failed(format!("{}: not a file under the data directory", rel.display())));
         };
