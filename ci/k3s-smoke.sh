@@ -5,16 +5,19 @@
 #   ci/k3s-smoke.sh [--drivers native,docker,qemu] [--out DIR] [--keep-going]
 #
 # It generates and verifies (`manifest generate --verify --images`) manifests
-# for the newest release pinned in manifests/channel/pins.toml and the one
-# before it, with the project's own VM and rootfs artifacts (built here),
-# signs them with a key made for the run, and then on each driver:
+# for every release pinned in manifests/channel/pins.toml, with the
+# project's own VM and rootfs artifacts (built here), signs them with a key
+# made for the run, and then on each driver:
 #
-#   start (the older release) → CoreDNS Ready → a pod resolves
+#   start (the oldest release) → CoreDNS Ready → a pod resolves
 #   kubernetes.default and reads /version → `image load` of an image built
 #   here and a pod from it (imagePullPolicy: Never) → stop → start (a
-#   ConfigMap made before the stop is still there) → upgrade to the newest
-#   release → delete → anything left on the machine (processes, mounts,
-#   links, iptables chains, engine objects, files outside the home)
+#   ConfigMap made before the stop is still there) → a second node (docker
+#   and qemu: `node add`; it has the loaded image and flannel on the node's
+#   own interface; qemu: stop --shutdown → start with it) → upgrade through
+#   every newer release, one minor at a time, with both nodes → delete →
+#   anything left on the machine (processes, mounts, links, iptables chains,
+#   engine objects, files outside the home)
 #
 # and prints one table (step × driver). Everything goes to DIR (default
 # target/k3s-smoke/<UTC time>/): table.txt, one log per driver and step,
@@ -100,15 +103,21 @@ done
 "$ks" manifest keygen --out "$work/key" --name smoke --unencrypted >/dev/null || die "keygen failed"
 sign() { "$ks" manifest sign --key "$work/key/smoke.key" "$1" >/dev/null || die "signing $1 failed"; }
 
+# Every pinned release (kubernetes:k3s:kubectl), oldest first.
+mapfile -t rel < <(awk -F'"' '/^kubernetes = /{k=$2} /^k3s = /{s=$2} /^kubectl = /{print k ":" s ":" $2}' \
+  "$top/manifests/channel/pins.toml" | sort -t: -k1,1V)
+[ ${#rel[@]} -ge 2 ] || die "manifests/channel/pins.toml pins fewer than two releases"
 if $standin; then
-  # Two releases of the stand-in as k3s (its k3s mode), one minor apart.
-  for v in 1.32.9 1.33.1; do
+  # Each pinned release's stand-in as k3s (its k3s mode), which does what
+  # that release does where releases differ (ci/standin/src/k3s).
+  for r in "${rel[@]}"; do
+    IFS=: read -r v k3s _ <<<"$r"
     s=$work/standin-$v
     mkdir -p "$s"
     cp "$top/target/$profile/localkube-standin" "$s/k3s"
-    echo "v$v+k3s1" > "$s/version.txt"
+    echo "$k3s" > "$s/version.txt"
     tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$s" -cf - k3s version.txt \
-      | zstd -q -3 -f -o "$work/k3s-$v.tar.zst"
+      | zstd -q -1 -f -o "$work/k3s-$v.tar.zst"
   done
   driver_components=()
   for f in "$work"/artifacts/*-linux-*.tar.zst; do
@@ -121,18 +130,16 @@ if $standin; then
     esac
   done
   n=1
-  for v in 1.32.9 1.33.1; do
+  for r in "${rel[@]}"; do
+    IFS=: read -r v k3s _ <<<"$r"
     "$ks" manifest new --out "$work/release-$n.toml" --channel smoke --manifest-version "$n" --kubernetes "$v" \
-      --component "kubectl@$v=$kubectl" --component "localkube@$v+k3s1=$work/k3s-$v.tar.zst#k3s" \
+      --component "kubectl@$v=$kubectl" --component "localkube@${k3s#v}=$work/k3s-$v.tar.zst#k3s" \
       --drivers localkube=native,docker,qemu "${driver_components[@]}" \
       --run "$top/manifests/channel/k3s-run.toml" >/dev/null || die "manifest new failed"
     n=$((n + 1))
   done
 else
-  # The newest pinned release and the one before it, verified from upstream.
-  mapfile -t rel < <(awk -F'"' '/^kubernetes = /{k=$2} /^k3s = /{s=$2} /^kubectl = /{print k ":" s ":" $2}' \
-    "$top/manifests/channel/pins.toml" | sort -t: -k1,1V | tail -2)
-  [ ${#rel[@]} -eq 2 ] || die "manifests/channel/pins.toml pins fewer than two releases"
+  # Every pinned release, verified from upstream.
   n=1
   for r in "${rel[@]}"; do
     IFS=: read -r k8s k3s kc <<<"$r"
@@ -144,9 +151,9 @@ else
     n=$((n + 1))
   done
 fi
-sign "$work/release-1.toml"
-sign "$work/release-2.toml"
-new_k8s=$(sed -n 's/^kubernetes = "\(.*\)"$/\1/p' "$work/release-2.toml")
+last=${#rel[@]}
+for n in $(seq "$last"); do sign "$work/release-$n.toml"; done
+k8s_of() { sed -n 's/^kubernetes = "\(.*\)"$/\1/p' "$work/release-$1.toml"; }
 
 # An image of this run's own (busybox-static), as `docker save` writes one.
 image_archive() {
@@ -169,7 +176,7 @@ image_archive() {
 }
 image_archive || die "cannot build the test image (busybox-static is needed)"
 
-steps=(start ready pod image-load restart-kept upgrade delete leftovers)
+steps=(start ready pod image-load restart-kept nodes upgrade delete leftovers)
 declare -A cell
 kc() { "$ks" kubectl -p "$p" -- "$@"; }
 report() { kc get configmap -n kube-system standin-k3s -o 'jsonpath={.data}' 2>&1; }
@@ -210,9 +217,40 @@ step_restart_kept() {
     kc wait --for=jsonpath='{.status.phase}'=Succeeded pod/smoke-image --timeout=180s && kc logs smoke-image | grep smoke-ok
   fi
 }
+# A second node: it has every image archive the server has (its own
+# containerd imports only its own), and flannel on the node's own interface.
+step_nodes() {
+  local agent=kubestrap-$p-m02 files found
+  "$ks" node add -p "$p" || return 1
+  if [ "$d" = qemu ]; then
+    # The nodes of a powered-off cluster come back with it.
+    "$ks" stop -p "$p" --shutdown && "$ks" start -p "$p" --manifest "$work/release-1.toml" || return 1
+  fi
+  kc wait --for=condition=Ready "node/$agent" --timeout=180s || return 1
+  files=$("$ks" image list -p "$p" -o json | grep -o '"file":"[^"]*"' | cut -d'"' -f4)
+  [ -n "$files" ] || { echo "image list names no archive"; return 1; }
+  if $standin; then
+    found=$(kc get node "$agent" -o 'jsonpath={.metadata.annotations}')
+    echo "$found"
+    echo "$found" | grep -q '"standin.kubestrap.dev/flannel":"ok: ' || { echo "flannel is not on the node's interface"; return 1; }
+    for f in $files; do
+      echo "$found" | grep -q "standin.kubestrap.dev/images\":\"[^\"]*$f" || { echo "node $agent lacks $f"; return 1; }
+    done
+  else
+    kc run smoke-agent --restart=Never --image=kubestrap.local/smoke:1 --image-pull-policy=Never \
+      --overrides="{\"spec\":{\"nodeName\":\"$agent\"}}" -- /bin/busybox echo smoke-ok &&
+    kc wait --for=jsonpath='{.status.phase}'=Succeeded pod/smoke-agent --timeout=180s && kc logs smoke-agent | grep smoke-ok
+  fi
+}
+# Through every newer release, one minor at a time.
 step_upgrade() {
-  "$ks" upgrade -p "$p" --manifest "$work/release-2.toml" || return 1
-  kc get --raw /version | grep -q "\"gitVersion\": *\"v$new_k8s" || { echo "not $new_k8s after the upgrade"; return 1; }
+  local n k8s
+  for n in $(seq 2 "$last"); do
+    k8s=$(k8s_of "$n")
+    echo "== upgrade to $k8s"
+    "$ks" upgrade -p "$p" --manifest "$work/release-$n.toml" || return 1
+    kc get --raw /version | grep -q "\"gitVersion\": *\"v$k8s" || { echo "not $k8s after the upgrade"; return 1; }
+  done
 }
 step_delete() { "$ks" delete -p "$p"; }
 step_leftovers() {
@@ -276,6 +314,7 @@ for d in "${ds[@]}"; do
   for s in "${steps[@]}"; do
     if [ -n "$unavailable" ]; then cell[$d.$s]="skipped ($unavailable)"; continue; fi
     if $broken && [ "$s" != delete ] && [ "$s" != leftovers ]; then cell[$d.$s]="not run"; continue; fi
+    if [ "$s" = nodes ] && [ "$d" = native ]; then cell[$d.$s]="- (one node)"; continue; fi
     t0=$(date +%s%N)
     "step_${s//-/_}" > "$out/$d-$s.log" 2>&1
     rc=$?
@@ -299,7 +338,7 @@ done
   done
   echo
   if $standin; then echo "localkube: the stand-in in k3s mode (ci/standin)"; else
-    echo "releases: $(sed -n 's/^kubernetes = "\(.*\)"$/\1/p' "$work/release-1.toml") -> $new_k8s"
+    echo "releases: $(for n in $(seq "$last"); do k8s_of "$n"; done | paste -sd' ' | sed 's/ / -> /g')"
   fi
   echo "logs: $out"
 } | tee "$out/table.txt"

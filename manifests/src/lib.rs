@@ -23,7 +23,7 @@ pub use error::ManifestError;
 use header::Header;
 
 pub use index::{ChannelEntry, ChannelIndex, Executable, INDEX_SCHEMA};
-pub use run::{Agent, Run};
+pub use run::{Agent, MAX_FILE_BYTES, Run};
 pub use template::{NAMES as TEMPLATE_NAMES, Template, Vars};
 pub use types::{ARCHES, Driver, OSES, PkiFile, Sha256, Size, StopSignal, Target, Unpack};
 

@@ -40,6 +40,12 @@ pub struct Run {
     /// else of the caller's but PATH, HOME and the proxy variables.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, Template>,
+    /// Files localkube expects under its data directory, on every node:
+    /// path template (`{data}/...`) → content, written by kubestrap before
+    /// each start (k3s: the config file `K3S_CONFIG_FILE` names, which k3s
+    /// before v1.29.8 requires to exist).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<Template, String>,
     /// How localkube runs as an agent that joins the server (clusters of
     /// more than one node). A release without it runs one node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,6 +62,12 @@ pub struct Agent {
     pub args: Vec<Template>,
     /// How long a new agent's node may take to become Ready.
     pub ready_timeout_s: u64,
+    /// Why an agent on another machine cannot join (`node join`), when it
+    /// cannot: it needs more of the server than the API port kubestrap
+    /// forwards (k3s: the server's advertised address, which is private to
+    /// its machine, and flannel's VXLAN port between nodes). None: it can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_remote_join: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -63,6 +75,8 @@ pub struct Agent {
 struct RawAgent {
     args: Vec<Template>,
     ready_timeout_s: u64,
+    #[serde(default)]
+    no_remote_join: Option<String>,
 }
 
 impl TryFrom<RawAgent> for Agent {
@@ -76,7 +90,13 @@ impl TryFrom<RawAgent> for Agent {
         if !(1..=600).contains(&r.ready_timeout_s) {
             return Err(format!("agent.ready-timeout-s: expected 1 to 600 seconds, got {}", r.ready_timeout_s));
         }
-        Ok(Agent { args: r.args, ready_timeout_s: r.ready_timeout_s })
+        if let Some(why) = &r.no_remote_join {
+            template::check_no_control(why).map_err(|e| format!("agent.no-remote-join: {e}"))?;
+            if why.is_empty() || why.len() > 1024 {
+                return Err("agent.no-remote-join: expected a reason of 1 to 1024 bytes".into());
+            }
+        }
+        Ok(Agent { args: r.args, ready_timeout_s: r.ready_timeout_s, no_remote_join: r.no_remote_join })
     }
 }
 
@@ -99,8 +119,14 @@ struct RawRun {
     #[serde(default)]
     env: BTreeMap<String, Template>,
     #[serde(default)]
+    files: BTreeMap<Template, String>,
+    #[serde(default)]
     agent: Option<Agent>,
 }
+
+/// The most `files` a run section names, and the most bytes each holds.
+pub const MAX_FILES: usize = 16;
+pub const MAX_FILE_BYTES: usize = 64 << 10;
 
 impl TryFrom<RawRun> for Run {
     type Error = String;
@@ -133,6 +159,22 @@ impl TryFrom<RawRun> for Run {
                 return Err(format!("env: expected variable names of A-Z, 0-9 and '_', got {name:?}"));
             }
         }
+        if r.files.len() > MAX_FILES {
+            return Err(format!("files: expected at most {MAX_FILES} files, got {}", r.files.len()));
+        }
+        for (path, content) in &r.files {
+            check_under_data("files", path)?;
+            if r.pki_files.contains_key(path) {
+                return Err(format!("files: {:?} is also a pki-files path", path.as_str()));
+            }
+            if content.len() > MAX_FILE_BYTES {
+                return Err(format!(
+                    "files: {:?} holds {} bytes, more than the {MAX_FILE_BYTES} a file may",
+                    path.as_str(),
+                    content.len()
+                ));
+            }
+        }
         Ok(Run {
             program: r.program,
             args: r.args,
@@ -144,6 +186,7 @@ impl TryFrom<RawRun> for Run {
             images_dir: r.images_dir,
             needs_root: r.needs_root,
             env: r.env,
+            files: r.files,
             agent: r.agent,
         })
     }

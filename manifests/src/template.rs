@@ -19,6 +19,14 @@ pub const NAMES: &[(&str, &str)] = &[
     ("component", "the unpacked localkube component directory"),
     ("server", "the server node's address, as the other nodes reach it (an agent's `--server`)"),
     ("token", "the file holding the cluster's join token (server and agents)"),
+    (
+        "node-iface",
+        "the network interface that holds {node-ip}: the one other nodes reach this node's pods through (k3s's --flannel-iface)",
+    ),
+    (
+        "listen",
+        "the address of this machine other machines reach the API at (`start --listen`), else 127.0.0.1: a name the apiserver's certificate must carry",
+    ),
 ];
 
 /// The values templates render with.
@@ -37,6 +45,10 @@ pub struct Vars {
     pub server: String,
     /// The join token's file as localkube sees it.
     pub token: String,
+    /// The interface holding `node_ip`, as localkube sees it.
+    pub node_iface: String,
+    /// `--listen`'s address, else 127.0.0.1.
+    pub listen: String,
 }
 
 impl Vars {
@@ -52,6 +64,8 @@ impl Vars {
             "component" => self.component.clone(),
             "server" => self.server.clone(),
             "token" => self.token.clone(),
+            "node-iface" => self.node_iface.clone(),
+            "listen" => self.listen.clone(),
             // Parsing admits only the names above.
             _ => unreachable!("template name {name} was checked at parse time"),
         }
@@ -114,6 +128,12 @@ impl Template {
             }
         }
         out
+    }
+
+    /// A `{data}/REST` path's REST (empty for any other template): what
+    /// the run section's paths under the data directory are relative to it.
+    pub fn data_relative(&self) -> &str {
+        self.0.strip_prefix("{data}/").unwrap_or_default()
     }
 
     /// Whether the template uses `{name}`.

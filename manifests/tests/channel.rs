@@ -30,6 +30,8 @@ fn vars(bind: &str, node_ip: &str) -> Vars {
         component: "/home/u/.local/share/kubestrap/components/abc".into(),
         server: "198.18.4.5".into(),
         token: "/home/u/.local/share/kubestrap/profiles/dev/pki/join/token".into(),
+        node_iface: "kubestrap-ab12c".into(),
+        listen: "192.168.1.20".into(),
     }
 }
 
@@ -52,6 +54,8 @@ fn k3s_run_section_renders_the_exact_command_line() {
             "--advertise-address=198.18.4.5".into(),
             "--tls-san=198.18.4.5".into(),
             "--tls-san=localhost".into(),
+            "--tls-san=192.168.1.20".into(),
+            "--flannel-iface=kubestrap-ab12c".into(),
             "--node-name=kubestrap-dev".into(),
             "--token-file=/home/u/.local/share/kubestrap/profiles/dev/pki/join/token".into(),
             format!("--write-kubeconfig={d}/k3s.yaml"),
@@ -71,6 +75,12 @@ fn k3s_run_section_renders_the_exact_command_line() {
     // k3s's own config file, never the host's /etc/rancher/k3s/config.yaml.
     let env: Vec<(String, String)> = run.env.iter().map(|(k, t)| (k.clone(), t.render(&v))).collect();
     assert_eq!(env, [("K3S_CONFIG_FILE".to_string(), format!("{d}/config.yaml"))]);
+    // ... which kubestrap makes (empty): k3s before v1.29.8 refuses to start
+    // when the file K3S_CONFIG_FILE names is missing.
+    let files: Vec<(String, &str)> = run.files.iter().map(|(p, c)| (p.render(&v), c.as_str())).collect();
+    assert_eq!(files, [(format!("{d}/config.yaml"), "")]);
+    // Ready means the server's node is Ready too.
+    assert!(run.node_ready);
 }
 
 #[test]
@@ -88,6 +98,7 @@ fn k3s_agent_section_joins_the_server_with_the_token() {
             "--token-file=/t",
             "--node-name=kubestrap-dev-m02",
             "--node-ip=172.30.0.4",
+            "--flannel-iface=kubestrap-ab12c",
             "--data-dir=/data",
             "--private-registry=/data/registries.yaml",
         ]

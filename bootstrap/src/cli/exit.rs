@@ -198,7 +198,7 @@ fn cluster_code(e: &ClusterError) -> Code {
         E::NotCached { .. } => Code::OfflineMissing,
         E::NodesUnsupported { .. } => Code::Unfit,
         E::JoinRefused { .. } => Code::JoinRefused,
-        E::NotJoined { .. } | E::NotListening { .. } | E::IsJoined { .. } => Code::Usage,
+        E::NotJoined { .. } | E::NotListening { .. } | E::IsJoined { .. } | E::NoRemoteJoin { .. } => Code::Usage,
         E::TooManyNodes { .. }
         | E::BadNodeName { .. }
         | E::NoSuchNode { .. }

@@ -49,6 +49,8 @@ pub enum ClusterError {
     NotListening { profile: String },
     #[error("profile {profile:?} is node {node} of the cluster at {server}: it has no join line of its own")]
     IsJoined { profile: String, node: String, server: String },
+    #[error("release {release}'s nodes cannot join across machines: {why}")]
+    NoRemoteJoin { profile: String, release: String, why: String },
     #[error("profile {profile:?} has {has} nodes; --nodes {asked} would remove some")]
     FewerNodes { profile: String, has: usize, asked: usize },
 }
@@ -86,6 +88,9 @@ impl ClusterError {
                  the other machine shares), after `kubestrap stop -p {profile}`"
             ),
             E::NotRunning { profile } => format!("start it first: `kubestrap start -p {profile}`"),
+            E::NoRemoteJoin { profile, .. } => format!(
+                "add nodes on the server's machine instead: `kubestrap node add -p {profile}` (docker or qemu driver)"
+            ),
             E::FewerNodes { profile, .. } => {
                 format!("remove nodes one at a time with `kubestrap node delete -p {profile} NAME`")
             }

@@ -224,13 +224,16 @@ pub fn join(home: &Home, j: &JoinOptions, progress: &dyn Progress) -> Result<Joi
 
     let (loaded, fetch) = release::resolve(home, &j.release, p, existing.as_ref(), None, progress)?;
     let m = &loaded.manifest;
-    if m.component.localkube.run.agent.is_none() {
+    let Some(agent) = &m.component.localkube.run.agent else {
         return Err(ClusterError::NodesUnsupported {
             profile: p.name.clone(),
             nodes: 2,
             why: format!("release {} has no agent command line (run.agent): it cannot join a cluster", m.id()),
         }
         .into());
+    };
+    if let Some(why) = &agent.no_remote_join {
+        return Err(ClusterError::NoRemoteJoin { profile: p.name.clone(), release: m.id(), why: why.clone() }.into());
     }
     let kind = match (existing.as_ref(), j.driver) {
         (Some(c), _) => c.driver,
@@ -499,10 +502,16 @@ pub fn join_command(home: &Home, name: &str) -> Result<String> {
     let Some(at) = cfg.listen else {
         return Err(ClusterError::NotListening { profile: p.name.clone() }.into());
     };
+    let manifest = crate::channel::peek(&cfg.manifest);
+    let release = manifest.as_ref().map(|m| m.id()).unwrap_or_default();
+    if let Some(why) =
+        manifest.as_ref().and_then(|m| m.component.localkube.run.agent.as_ref()).and_then(|a| a.no_remote_join.clone())
+    {
+        return Err(ClusterError::NoRemoteJoin { profile: p.name.clone(), release, why }.into());
+    }
     let pki = super::pki::Pki::new(p.pki());
     let token = pki.join_token()?;
     let ca = pki.ca_sha256()?;
-    let release = crate::channel::peek(&cfg.manifest).map(|m| m.id()).unwrap_or_default();
     Ok(format!(
         "printf '%s\\n' '{token}' | kubestrap node join https://{at}:{} --ca-sha256 {ca} --token-file - # release {release}",
         cfg.port

@@ -4,7 +4,8 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use kubestrap_manifest::Vars;
+use kubestrap_fskit::{self as fskit, FsError};
+use kubestrap_manifest::{Run, Vars};
 
 use super::Launch;
 
@@ -23,8 +24,8 @@ pub fn path(rel: &str) -> String {
 
 /// localkube's template values as the guest sees them. It binds every
 /// interface of the guest, which is reachable only through the driver's
-/// 127.0.0.1 forward; `node_ip` is the guest's own address.
-pub fn vars(launch: &Launch, node_ip: Ipv4Addr) -> Vars {
+/// 127.0.0.1 forward; `node_ip` is the guest's own address, on `iface`.
+pub fn vars(launch: &Launch, node_ip: Ipv4Addr, iface: &str) -> Vars {
     let p = &launch.profile;
     let vars = Vars {
         data: DATA.into(),
@@ -37,17 +38,56 @@ pub fn vars(launch: &Launch, node_ip: Ipv4Addr) -> Vars {
         component: path("component"),
         server: node_ip.to_string(),
         token: path("pki/join/token"),
+        node_iface: iface.into(),
+        listen: launch.listen.unwrap_or(Ipv4Addr::LOCALHOST).to_string(),
     };
     launch.joined(vars)
 }
 
 /// The same values as the host sees them: the staging tree at `host_data`.
-pub fn host_vars(launch: &Launch, node_ip: Ipv4Addr, host_data: &Path) -> Vars {
+pub fn host_vars(launch: &Launch, node_ip: Ipv4Addr, iface: &str, host_data: &Path) -> Vars {
     Vars {
         data: host_data.display().to_string(),
         pki: launch.profile.pki().display().to_string(),
         component: launch.component.display().to_string(),
         token: launch.profile.join_token().display().to_string(),
-        ..vars(launch, node_ip)
+        ..vars(launch, node_ip, iface)
     }
+}
+
+/// An agent's stage: what every node of the cluster is given under its
+/// data directory besides the PKI, mirrored from the server's stage
+/// (`server_stage`): the run section's files, and the image archives
+/// localkube imports (k3s: each node's containerd imports only its own
+/// `{data}/agent/images`, pkg/agent/config/config.go). Made again at every
+/// start of the agent: hard links where it can (an archive is replaced,
+/// never changed in place), copies elsewhere. Returns how many archives.
+pub fn stage_agent(run: &Run, server_stage: &Path, stage: &Path) -> Result<usize, FsError> {
+    if stage.exists() {
+        fskit::remove_tree(stage)?;
+    }
+    fskit::create_dir_mode(stage, 0o700)?;
+    for (path, content) in &run.files {
+        let dest = stage.join(path.data_relative());
+        if let Some(dir) = dest.parent() {
+            fskit::create_dir_mode(dir, 0o700)?;
+        }
+        fskit::write_atomic(&dest, content.as_bytes(), 0o600)?;
+    }
+    let Some(images) = &run.images_dir else { return Ok(0) };
+    let (from, to) = (server_stage.join(images.data_relative()), stage.join(images.data_relative()));
+    fskit::create_dir_mode(&to, 0o700)?;
+    let mut n = 0;
+    for e in fskit::list_dir(&from).unwrap_or_default() {
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with('.') || !e.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let dest = to.join(&name);
+        if std::fs::hard_link(e.path(), &dest).is_err() {
+            std::fs::copy(e.path(), &dest).map_err(|err| FsError::io(&dest, "copy to", err))?;
+        }
+        n += 1;
+    }
+    Ok(n)
 }

@@ -111,3 +111,37 @@ fn k3s_in_a_vm_runs_a_pod_and_the_docker_entrypoint_works_on_cgroup_v2() {
     c.kubectl_ok(&KUBECTL, &["get", "ns"]);
     c.env.ok(&["delete", "-p", "kv"]);
 }
+
+/// An address of this machine other than loopback (the first global one).
+fn host_address() -> String {
+    let out = Command::new("ip").args(["-4", "-o", "addr", "show", "scope", "global"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let addr = text.split_whitespace().skip_while(|w| *w != "inet").nth(1).unwrap_or_default();
+    let addr = addr.split('/').next().unwrap_or_default().to_string();
+    assert!(!addr.is_empty(), "this machine has no global IPv4 address: {text}");
+    addr
+}
+
+#[test]
+fn k3s_in_a_container_serves_its_listen_address_and_refuses_a_join_from_afar() {
+    if !need("docker", docker_engine) {
+        return;
+    }
+    let rootfs = docker_rootfs();
+    let c = Cluster::with(|s| {
+        k3s_standin(s, &k3s_run(), &[]);
+        s.run_on([TestDriver::Docker(rootfs)]);
+    });
+    let (addr, port) = (host_address(), free_port().to_string());
+    c.env.ok(&["start", "-p", "kl", "--driver", "docker", "--manifest", c.m(), "--port", &port, "--listen", &addr]);
+    // Another machine's kubectl reaches the API at the --listen address, and
+    // k3s's own serving certificate names it (--tls-san={listen}).
+    let server = format!("https://{addr}:{port}");
+    let ns = c.kubectl_ok(&KUBECTL, &["--context", "kubestrap-kl", "--server", &server, "get", "ns", "-o", "name"]);
+    assert!(ns.contains("namespace/default"), "{ns}");
+    // A k3s agent needs more than that port: a join from afar is refused, saying why.
+    let err = c.env.fail(&["node", "join-command", "-p", "kl"], Code::Usage);
+    assert!(err.contains("cannot join across machines") && err.contains("8472/udp"), "{err}");
+    assert!(err.contains("kubestrap node add -p kl"), "{err}");
+    c.env.ok(&["delete", "-p", "kl"]);
+}

@@ -423,3 +423,40 @@ fn what_a_native_stop_cannot_remove_is_named_and_the_next_stop_removes_it() {
     assert_eq!(machine_leftovers(), Vec::<String>::new());
     c.env.ok(&["delete", "-p", "held"]);
 }
+
+#[test]
+fn native_k3s_starts_on_a_machine_with_no_default_route() {
+    if !need("root", is_root) || !need("netns", netns_possible) {
+        return;
+    }
+    let _machine = machine();
+    // An offline laptop: a network namespace with loopback alone.
+    let ns = Netns::new("noroute");
+    let run = |c: &Cluster, args: &[&str]| ns.wrap(c.env.cmd(args)).output().unwrap();
+    let text = |o: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    };
+    // Without the fix: flannel takes the default route's interface, finds
+    // none, and k3s exits (pkg/agent/flannel/setup.go).
+    let mut unpinned = k3s_run();
+    unpinned.args.retain(|a| !a.as_str().starts_with("--flannel-iface"));
+    let c = Cluster::with(|s| k3s_standin(s, &unpinned, &[]));
+    let out = run(&c, &["start", "-p", "off", "--manifest", c.m()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("failed to get default interface"), "{}", text(&out));
+    let out = run(&c, &["delete", "-p", "off"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // With it: flannel on the profile's own bridge, which holds the node address.
+    let c = Cluster::with(|s| k3s_standin(s, &k3s_run(), &[]));
+    let out = run(&c, &["start", "-p", "off", "--manifest", c.m()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let get = ["kubectl", "-p", "off", "--", "get", "configmap", "-n", "kube-system", "standin-k3s", "-o", "json"];
+    let out = run(&c, &get);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let flannel = v["data"]["flannel"].as_str().unwrap_or_default().to_string();
+    assert!(flannel.starts_with("ok: ") && flannel.contains("on kubestrap-"), "{v:#}");
+    let out = run(&c, &["delete", "-p", "off"]);
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -41,6 +41,9 @@ pub struct AgentArgs {
     private_registry: Option<PathBuf>,
     #[arg(long)]
     kubelet_arg: Vec<String>,
+    /// k3s: the interface flannel's VXLAN uses (else the default route's).
+    #[arg(long)]
+    flannel_iface: Option<String>,
     /// How often the node renews its status.
     #[arg(long, default_value_t = 1000)]
     heartbeat_ms: u64,
@@ -76,6 +79,8 @@ pub fn main(a: AgentArgs) -> Result<()> {
     let base = a.server.trim_end_matches('/').to_string();
     anyhow::ensure!(base.starts_with("https://"), "--server {base}: expected an https:// URL");
     let version = crate::read_version()?;
+    // k3s mode: what a k3s agent does first, fatal where it is fatal.
+    let k3s = if crate::k3s_mode() { Some(k3s_checks(&a, &version)?) } else { None };
     claim_state(&a.data_dir, &version)?;
     for sig in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGINT] {
         let handler = nix::sys::signal::SigHandler::Handler(on_signal);
@@ -111,7 +116,10 @@ pub fn main(a: AgentArgs) -> Result<()> {
         .timeout(Duration::from_secs(2))
         .build()?;
 
-    let node = crate::nodes::node_object(&a.node_name, a.node_ip.as_deref(), &version, false);
+    let mut node = crate::nodes::node_object(&a.node_name, a.node_ip.as_deref(), &version, false);
+    if let Some(found) = k3s {
+        node["metadata"]["annotations"] = found;
+    }
     let register = || -> Result<()> {
         let r = client
             .post(format!("{base}/api/v1/nodes"))
@@ -162,6 +170,35 @@ pub fn main(a: AgentArgs) -> Result<()> {
     }
     eprintln!("standin-agent: stopping");
     Ok(())
+}
+
+/// k3s mode: the agent reads its config as k3s does (a named file that is
+/// missing is fatal before v1.29.8), chooses flannel's interface (no
+/// default route and no `--flannel-iface` is fatal), and lists the image
+/// archives its containerd would import from `<data-dir>/agent/images`
+/// (pkg/agent/config/config.go): what it found, as the Node's annotations
+/// `standin.kubestrap.dev/{flannel,images}`.
+fn k3s_checks(a: &AgentArgs, version: &str) -> Result<serde_json::Value> {
+    let flags = crate::k3s::Flags {
+        data_dir: a.data_dir.clone(),
+        node_name: Some(a.node_name.clone()),
+        private_registry: a.private_registry.clone(),
+        flannel_iface: a.flannel_iface.clone(),
+        ..Default::default()
+    };
+    crate::k3s::config::effective(&flags).refuse_missing(version)?;
+    let node_ip = a.node_ip.as_deref().and_then(|s| s.parse().ok());
+    let flannel = crate::k3s::podnet::flannel_vxlan(a.flannel_iface.as_deref(), node_ip)?;
+    eprintln!("standin-agent: flannel: {:?}: {}", flannel.status, flannel.detail);
+    let images = crate::image_archives(&a.data_dir.join("agent/images"));
+    for n in &images {
+        eprintln!("standin: image archive {n}");
+    }
+    let status = serde_json::to_value(flannel.status)?;
+    Ok(json!({
+        "standin.kubestrap.dev/flannel": format!("{}: {}", status.as_str().unwrap_or_default(), flannel.detail),
+        "standin.kubestrap.dev/images": images.join(","),
+    }))
 }
 
 /// `v1.33.4+standin` as numbers.

@@ -88,6 +88,9 @@ struct ServerArgs {
     kube_controller_manager_arg: Vec<String>,
     #[arg(long)]
     cluster_cidr: Option<String>,
+    /// k3s: the interface flannel's VXLAN uses (else the default route's).
+    #[arg(long)]
+    flannel_iface: Option<String>,
     #[arg(long)]
     write_kubeconfig: Option<PathBuf>,
     #[arg(long)]
@@ -142,12 +145,21 @@ fn read_version() -> Result<String> {
 /// k3s imports the image archives in `<data-dir>/agent/images` at start:
 /// the stand-in names each, so tests can see what was placed.
 fn report_images(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-    names.sort();
-    for n in names.iter().filter(|n| !n.starts_with('.')) {
+    for n in image_archives(dir) {
         eprintln!("standin: image archive {n}");
     }
+}
+
+/// The archives in an images directory, by name (hidden files left out).
+fn image_archives(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
 }
 
 /// Whether this stand-in runs as `k3s` (see the `k3s` module).
@@ -169,9 +181,14 @@ async fn run(args: ServerArgs) -> Result<()> {
         private_registry: args.private_registry.clone(),
         token: args.token.clone(),
         cluster_cidr: args.cluster_cidr.clone(),
+        flannel_iface: args.flannel_iface.clone(),
     });
     let mut report = k3s::Report::default();
     let effective = k3s.as_ref().map(k3s::config::effective);
+    if let Some(cfg) = &effective {
+        // As the release it stands in for would: fatal before anything.
+        cfg.refuse_missing(&git_version)?;
+    }
     if let (Some(flags), Some(cfg)) = (&k3s, &effective) {
         report.push(cfg.check());
         // Before the certificates: the datastore's CAs are the ones used.

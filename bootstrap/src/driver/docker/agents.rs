@@ -4,7 +4,10 @@
 //! the server's API is published on this machine. Each agent's data is a
 //! volume of its own, labelled with the profile and home (so `delete` finds
 //! every one, even with a damaged config); the join token is the only file
-//! of the PKI an agent is given.
+//! of the PKI an agent is given. What every node gets under its data
+//! directory (the run section's files, the image archives) comes from a
+//! stage of the agent's own, mirrored from the server's at each start and
+//! copied in by the entrypoint, as the server's is.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -16,7 +19,7 @@ use super::{
     CALL, Docker, Engine, LABEL, Spec, bind_mount, container_args, container_name, ensure_network, guest, home_id,
     no_such_container, stopped_path, volume_name,
 };
-use crate::driver::{AgentNode, DriverError, Host, Launch, Node, Result};
+use crate::driver::{AgentNode, Driver, DriverError, Host, Launch, Node, Result};
 use crate::profile::Profile;
 
 fn agent_container(p: &Profile, node: &AgentNode) -> String {
@@ -37,6 +40,10 @@ fn agent_stopped(p: &Profile, node: &AgentNode) -> PathBuf {
 
 fn agent_created(p: &Profile, node: &AgentNode) -> PathBuf {
     agent_dir(p).join(format!("{}.toml", node.short()))
+}
+
+fn agent_stage(p: &Profile, node: &AgentNode) -> PathBuf {
+    agent_dir(p).join(format!("{}.stage", node.short()))
 }
 
 /// The node's container: the server's, or an agent's.
@@ -78,7 +85,7 @@ fn agent_vars(launch: &Launch, ip: Ipv4Addr, server: Ipv4Addr, node: &AgentNode)
         node: node.node_name(&launch.profile.name),
         server: server.to_string(),
         port: guest::PORT,
-        ..guest::vars(launch, ip)
+        ..guest::vars(launch, ip, super::NODE_IFACE)
     }
 }
 
@@ -147,12 +154,15 @@ impl Docker<'_> {
             volume: &volume,
             role: Some(&node_name),
             publish: None,
-            mounts: vec![bind_mount(&p.join_dir(), &guest::path("pki/join"), true)],
+            mounts: vec![
+                bind_mount(&p.join_dir(), &guest::path("pki/join"), true),
+                bind_mount(&agent_stage(p, node), &guest::path("data"), true),
+            ],
             command: agent.args.iter().map(|a| a.render(&vars)).collect(),
             env: self.proxies(),
         };
         let args = container_args(launch, &eng, &info, &image, &net.name, &spec);
-        fskit::create_dir_mode(&agent_dir(p), 0o700)?;
+        fskit::create_dir_mode(&agent_stage(p, node), 0o700)?;
         self.ensure_container(&eng, &agent_created(p, node), &name, &args, blob)
     }
 
@@ -160,6 +170,8 @@ impl Docker<'_> {
         let p = &launch.profile;
         let eng = self.engine_for(p)?;
         let name = agent_container(p, node);
+        let staged = guest::stage_agent(&launch.run, &self.host_data(p), &agent_stage(p, node))?;
+        tracing::debug!("node {}: {staged} image archives staged", node.short());
         fskit::remove_any(&agent_stopped(p, node))?;
         eng.docker(&["start", &name], CALL)?;
         Ok(Host { id: format!("container {name}"), pid: None, port: 0 })
@@ -174,6 +186,7 @@ impl Docker<'_> {
         eng.docker(&["volume", "rm", "-f", &agent_volume(p, node)], CALL)?;
         fskit::remove_any(&agent_created(p, node))?;
         fskit::remove_any(&agent_stopped(p, node))?;
+        fskit::remove_any(&agent_stage(p, node))?;
         Ok(())
     }
 }

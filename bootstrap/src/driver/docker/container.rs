@@ -314,7 +314,7 @@ pub(super) fn container_args(
     for e in &spec.env {
         args.extend(["--env".into(), e.clone()]);
     }
-    let vars = guest::vars(launch, spec.ip);
+    let vars = guest::vars(launch, spec.ip, super::NODE_IFACE);
     for (k, v) in &launch.run.env {
         args.extend(["--env".into(), format!("{k}={}", v.render(&vars))]);
     }

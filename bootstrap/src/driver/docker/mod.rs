@@ -160,6 +160,9 @@ impl Docker<'_> {
 const CALL: Duration = Duration::from_secs(60);
 const IMPORT: Duration = Duration::from_secs(600);
 const LABEL: &str = "dev.kubestrap";
+/// A node container's one interface, on the profile's network: where its
+/// node address is (`{node-iface}`).
+const NODE_IFACE: &str = "eth0";
 
 impl Driver for Docker<'_> {
     fn kind(&self) -> Kind {
@@ -209,11 +212,11 @@ impl Driver for Docker<'_> {
     }
 
     fn vars(&self, launch: &Launch) -> Vars {
-        guest::vars(launch, node_ip(&launch.profile))
+        guest::vars(launch, node_ip(&launch.profile), NODE_IFACE)
     }
 
     fn host_vars(&self, launch: &Launch) -> Vars {
-        guest::host_vars(launch, node_ip(&launch.profile), &self.host_data(&launch.profile))
+        guest::host_vars(launch, node_ip(&launch.profile), NODE_IFACE, &self.host_data(&launch.profile))
     }
 
     fn host_data(&self, p: &Profile) -> PathBuf {

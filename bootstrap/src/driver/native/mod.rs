@@ -68,7 +68,11 @@ impl Driver for Native<'_> {
     fn vars(&self, launch: &Launch) -> Vars {
         let p = &launch.profile;
         // `--listen`: the apiserver binds that address (local clients reach it there too).
-        let address = launch.listen.unwrap_or_else(|| self.address(p, &launch.run)).to_string();
+        let address = launch.listen.unwrap_or_else(|| self.address(p, &launch.run));
+        // Where the node address is: the profile's bridge, else the
+        // interface holding the `--listen` address.
+        let node_iface = launch.listen.and_then(node::iface_of).unwrap_or_else(|| node::NodeNet::of(p).link);
+        let address = address.to_string();
         let vars = Vars {
             data: p.data().display().to_string(),
             pki: p.pki().display().to_string(),
@@ -80,6 +84,8 @@ impl Driver for Native<'_> {
             component: launch.component.display().to_string(),
             server: address,
             token: p.join_token().display().to_string(),
+            node_iface,
+            listen: launch.listen.unwrap_or(std::net::Ipv4Addr::LOCALHOST).to_string(),
         };
         launch.joined(vars)
     }

@@ -35,6 +35,14 @@ pub fn wanted(run: &Run) -> bool {
     run.args.iter().chain(run.env.values()).any(|t| t.uses("node-ip"))
 }
 
+/// The interface of this machine that holds `addr`.
+pub fn iface_of(addr: Ipv4Addr) -> Option<String> {
+    let found = nix::ifaddrs::getifaddrs()
+        .ok()?
+        .find(|i| i.address.as_ref().and_then(|a| a.as_sockaddr_in()).is_some_and(|s| s.ip() == addr));
+    found.map(|i| i.interface_name)
+}
+
 /// A profile's node address, its link and its guard chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeNet {

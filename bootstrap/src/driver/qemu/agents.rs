@@ -59,6 +59,8 @@ impl Qemu<'_> {
         if fskit::read_capped(&sub.join_token(), 4096).ok().as_ref() != Some(&token) {
             fskit::write_atomic(&sub.join_token(), &token, 0o600)?;
         }
+        // What every node gets under its data directory, from the server's stage.
+        guest::stage_agent(&launch.run, &self.host_data(p), &self.host_data(&sub))?;
         let mut l = launch.clone();
         l.profile = sub;
         l.run.args = agent.args.clone();

@@ -182,7 +182,8 @@ impl Qemu<'_> {
     /// beside the one in use. Returns it and its sha256.
     fn write_config(&self, launch: &Launch, l2: Option<std::net::Ipv4Addr>) -> Result<(PathBuf, Sha256)> {
         let p = &launch.profile;
-        let vars = guest::vars(launch, l2.unwrap_or(cmdline::GUEST_IP));
+        let (ip, iface) = super::guest_net(l2);
+        let vars = guest::vars(launch, ip, iface);
         let mut guest_args = vec![guest::path(&format!("component/{}", launch.run.program))];
         guest_args.extend(launch.run.args.iter().map(|a| a.render(&vars)));
         let next = vm_dir(p).join("config.next.tar");

@@ -255,6 +255,18 @@ impl NodeNet {
 }
 
 /// The server VM's address on its cluster's L2 segment.
+/// The guest's node address and the interface holding it: its address on
+/// the cluster's segment (eth1) where it has one, else the user-mode
+/// network's (eth0). Other nodes reach its pods only through the first:
+/// flannel must be told so, as it picks the default route's (eth0) itself
+/// (k3s pkg/agent/flannel/flannel.go `LookupExtInterface`).
+pub(super) fn guest_net(l2: Option<std::net::Ipv4Addr>) -> (std::net::Ipv4Addr, &'static str) {
+    match l2 {
+        Some(a) => (a, "eth1"),
+        None => (cmdline::GUEST_IP, "eth0"),
+    }
+}
+
 pub fn server_l2_address() -> std::net::Ipv4Addr {
     NodeNet { cluster: PathBuf::new(), index: 1, forward: true }.address()
 }
@@ -289,11 +301,13 @@ impl Driver for Qemu<'_> {
     }
 
     fn vars(&self, launch: &Launch) -> Vars {
-        guest::vars(launch, cmdline::GUEST_IP)
+        let (ip, iface) = guest_net(launch.run.agent.is_some().then(server_l2_address));
+        guest::vars(launch, ip, iface)
     }
 
     fn host_vars(&self, launch: &Launch) -> Vars {
-        guest::host_vars(launch, cmdline::GUEST_IP, &self.host_data(&launch.profile))
+        let (ip, iface) = guest_net(launch.run.agent.is_some().then(server_l2_address));
+        guest::host_vars(launch, ip, iface, &self.host_data(&launch.profile))
     }
 
     fn host_data(&self, p: &Profile) -> PathBuf {

@@ -39,6 +39,8 @@ pub struct ManifestSpec {
     pub needs_root: bool,
     /// `[component.localkube.run.env]`: (name, template).
     pub env: Vec<(String, String)>,
+    /// `[component.localkube.run.files]`: (path template, content).
+    pub files: Vec<(String, String)>,
     /// The `images` component: (urls, artifact, file name).
     pub images: Option<(Vec<String>, Artifact, String)>,
     /// The qemu driver's hypervisor and base image (path URLs; drivers = qemu).
@@ -140,6 +142,7 @@ impl ManifestSpec {
             images_dir: None,
             needs_root: false,
             env: Vec::new(),
+            files: Vec::new(),
             images: None,
             vm: None,
             rootfs: None,
@@ -181,6 +184,7 @@ impl ManifestSpec {
         self.images_dir = run.images_dir.as_ref().map(|d| d.as_str().to_string());
         self.needs_root = run.needs_root;
         self.env = run.env.iter().map(|(k, v)| (k.clone(), v.as_str().to_string())).collect();
+        self.files = run.files.iter().map(|(p, c)| (p.as_str().to_string(), c.clone())).collect();
     }
 
     /// The usual pair for lifecycle tests: the real kubectl (path URL) and
@@ -226,9 +230,11 @@ impl ManifestSpec {
             images_dir: self.images_dir.as_ref().map(|d| d.parse().unwrap()),
             needs_root: self.needs_root,
             env: self.env.iter().map(|(k, v)| (k.clone(), v.parse().unwrap())).collect(),
+            files: self.files.iter().map(|(p, c)| (p.parse().unwrap(), c.clone())).collect(),
             agent: self.agent.as_ref().map(|(args, secs)| kubestrap_manifest::Agent {
                 args: args.iter().map(|a| a.parse().unwrap()).collect(),
                 ready_timeout_s: *secs,
+                no_remote_join: None,
             }),
         };
         let images = self.images.as_ref().map(|(urls, a, name)| Component {

@@ -28,6 +28,8 @@ pub struct Effective {
     pub files: Vec<(PathBuf, Vec<String>)>,
     /// The config file looked for.
     pub config_path: PathBuf,
+    /// Whether it was named (`K3S_CONFIG_FILE` or `--config`), not the default.
+    pub config_named: bool,
     /// `K3S_*` variables set in the environment.
     pub env: Vec<String>,
 }
@@ -56,10 +58,9 @@ pub fn effective(f: &Flags) -> Effective {
 /// [`effective`] with the environment given.
 fn effective_in(f: &Flags, vars: &BTreeMap<String, String>) -> Effective {
     let env = |k: &str| vars.get(k).cloned().filter(|v| !v.is_empty());
-    let config_path = env("K3S_CONFIG_FILE")
-        .map(PathBuf::from)
-        .or_else(|| f.config.clone())
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let named = env("K3S_CONFIG_FILE").map(PathBuf::from).or_else(|| f.config.clone());
+    let config_named = named.is_some();
+    let config_path = named.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
     let mut files = Vec::new();
     let mut merged: BTreeMap<String, serde_norway::Value> = BTreeMap::new();
     let mut add = |p: PathBuf| {
@@ -106,11 +107,37 @@ fn effective_in(f: &Flags, vars: &BTreeMap<String, String>) -> Effective {
         registries,
         files,
         config_path,
+        config_named,
         env: k3s_env,
     }
 }
 
+/// Whether k3s `version` treats a named config file that is missing as
+/// fatal: every release before k3s PR #10591, which reached v1.29.8 and
+/// v1.30.4 (pkg/configfilearg/parser.go: `!isSet && os.IsNotExist` is the
+/// only case that reads as empty).
+pub fn missing_named_file_is_fatal(version: &str) -> bool {
+    let core = version.trim().trim_start_matches('v').split(['+', '-']).next().unwrap_or_default();
+    let n: Vec<u64> = core.split('.').filter_map(|x| x.parse().ok()).collect();
+    match n[..] {
+        [1, minor, patch] => minor < 29 || (minor == 29 && patch < 8) || (minor == 30 && patch < 4),
+        _ => false,
+    }
+}
+
 impl Effective {
+    /// k3s `version`'s refusal of a named config file that is missing.
+    pub fn refuse_missing(&self, version: &str) -> anyhow::Result<()> {
+        if self.config_named && !self.config_path.exists() && missing_named_file_is_fatal(version) {
+            anyhow::bail!(
+                "k3s {version}: open {}: no such file or directory (a config file named by K3S_CONFIG_FILE or \
+                 --config must exist before k3s v1.29.8)",
+                self.config_path.display()
+            );
+        }
+        Ok(())
+    }
+
     /// What was read, for the report: the test asserts nothing leaked in.
     pub fn check(&self) -> Check {
         let files = if self.files.is_empty() {
@@ -172,6 +199,12 @@ mod tests {
         assert!(e.files.is_empty());
         assert_eq!(e.token_from.as_deref(), Some("K3S_TOKEN"));
         assert_eq!(e.env, ["K3S_CONFIG_FILE", "K3S_TOKEN"]);
+        // A named file that is missing: fatal for the releases before the fix.
+        assert!(e.refuse_missing("v1.29.6+k3s1").unwrap_err().to_string().contains("absent.yaml"));
+        e.refuse_missing("v1.29.8+k3s1").unwrap();
+        assert!(e.refuse_missing("v1.30.3+k3s1").is_err());
+        e.refuse_missing("v1.30.8+k3s1").unwrap();
+        e.refuse_missing("v1.34.3+k3s1").unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

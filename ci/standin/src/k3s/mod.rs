@@ -124,6 +124,7 @@ pub struct Flags {
     pub private_registry: Option<PathBuf>,
     pub token: Option<String>,
     pub cluster_cidr: Option<String>,
+    pub flannel_iface: Option<String>,
 }
 
 /// The address the `kubernetes` Service sends pods to: the advertise
@@ -144,7 +145,7 @@ pub fn node_steps(f: &Flags, cfg: &config::Effective, report: &mut Report) -> an
         Some(pid) => report.push(podnet::wire_and_connect(pid, cfg, advertised(f), (&f.bind, f.port))),
         None => report.push(Check::new("pod network", Status::Warn, "no container runs, so no pod network was made")),
     }
-    report.push(podnet::flannel_vxlan(f.node_ip.or_else(|| advertised(f))));
+    report.push(podnet::flannel_vxlan(f.flannel_iface.as_deref(), f.node_ip.or_else(|| advertised(f)))?);
     report.push(host::leftovers(cfg));
     Ok(())
 }

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use futures::TryStreamExt;
-use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
 use super::config::Effective;
@@ -176,33 +175,70 @@ fn shared_mount_point(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// flannel's VXLAN device on the node's interface (flannel.1, VNI 1, UDP 8472).
-pub fn flannel_vxlan(node_ip: Option<Ipv4Addr>) -> Check {
-    let Some(ip) = node_ip else {
-        return Check::new("flannel", Status::Warn, "no node address: flannel.1 not made");
+/// The interface of the default route, from /proc/net/route.
+fn default_route_iface() -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/route").ok()?;
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 7 && f[1] == "00000000" && f[7] == "00000000").then(|| f[0].to_string())
+    })
+}
+
+/// The first IPv4 address of `iface`.
+fn iface_address(iface: &str) -> Option<Ipv4Addr> {
+    nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter(|i| i.interface_name == iface)
+        .find_map(|i| i.address.as_ref().and_then(|a| a.as_sockaddr_in()).map(|s| s.ip()))
+}
+
+/// The interface flannel's VXLAN uses and its address, chosen as k3s
+/// chooses: `--flannel-iface`, else the default route's interface, never
+/// `--node-ip`'s (pkg/agent/flannel/flannel.go `LookupExtInterface`). No
+/// default route and no `--flannel-iface` is fatal (pkg/agent/flannel/setup.go).
+pub fn flannel_interface(iface: Option<&str>) -> Result<(String, Ipv4Addr)> {
+    let name = match iface {
+        Some(n) => n.to_string(),
+        None => default_route_iface().ok_or_else(|| {
+            anyhow!("flannel exited: failed to get default interface: no default route (give --flannel-iface)")
+        })?,
     };
+    let addr = iface_address(&name)
+        .ok_or_else(|| anyhow!("flannel exited: failed to find an IPv4 address for interface {name}"))?;
+    Ok((name, addr))
+}
+
+/// flannel's VXLAN device (flannel.1, VNI 1, UDP 8472) on the interface
+/// k3s chooses; `Err` is fatal, as it is for k3s. Failed where that
+/// interface's address is not the node's: other nodes would send this
+/// node's pod traffic where it never arrives.
+pub fn flannel_vxlan(iface: Option<&str>, node_ip: Option<Ipv4Addr>) -> Result<Check> {
+    let (dev_name, local) = flannel_interface(iface)?;
+    if let Some(ip) = node_ip
+        && ip != local
+    {
+        return Ok(Check::failed(
+            "flannel",
+            format!(
+                "flannel uses {dev_name} ({local}), not the node address {ip}: other nodes send this node's pod \
+                 traffic to {local} (k3s --flannel-iface names the node's interface)"
+            ),
+        ));
+    }
     let made = netlink(async |h: Handle| {
         if link_index(&h, "flannel.1").await.is_some() {
-            return Ok("flannel.1 exists".to_string());
+            return Ok(format!("flannel.1 exists (on {dev_name}, {local})"));
         }
-        let mut addrs = h.address().get().execute();
-        let mut dev = None;
-        while let Some(a) = addrs.try_next().await? {
-            if a.attributes.iter().any(|x| matches!(x, AddressAttribute::Address(std::net::IpAddr::V4(v)) if *v == ip))
-            {
-                dev = Some(a.header.index);
-            }
-        }
-        let dev = dev.ok_or_else(|| anyhow!("no interface holds the node address {ip}"))?;
+        let dev = link_index(&h, &dev_name).await.ok_or_else(|| anyhow!("no interface {dev_name}"))?;
         h.link()
-            .add(LinkVxlan::new("flannel.1", 1).dev(dev).local(ip).port(8472).up().build())
+            .add(LinkVxlan::new("flannel.1", 1).dev(dev).local(local).port(8472).up().build())
             .execute()
             .await
             .context("creating flannel.1")?;
-        Ok(format!("flannel.1 (VXLAN 1, local {ip})"))
+        Ok(format!("flannel.1 (VXLAN 1, on {dev_name}, local {local})"))
     });
-    match made {
+    Ok(match made {
         Ok(d) => Check::ok("flannel", d),
         Err(e) => Check::new("flannel", Status::Warn, format!("{e:#}")),
-    }
+    })
 }
