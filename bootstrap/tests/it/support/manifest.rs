@@ -34,6 +34,8 @@ pub struct ManifestSpec {
     pub stop_timeout_s: u64,
     /// `[component.localkube.run.pki-files]`: (path template, PKI file name).
     pub pki_files: Vec<(String, String)>,
+    /// `run.node-ready`.
+    pub node_ready: bool,
     /// `run.images-dir` and `run.needs-root`.
     pub images_dir: Option<String>,
     pub needs_root: bool,
@@ -49,6 +51,8 @@ pub struct ManifestSpec {
     pub rootfs: Option<Artifact>,
     /// `run.agent`: (args, ready-timeout-s); none: one node.
     pub agent: Option<(Vec<String>, u64)>,
+    /// `run.agent.no-remote-join`.
+    pub no_remote_join: Option<String>,
 }
 
 /// The stand-in's command line (see ci/standin).
@@ -141,12 +145,14 @@ impl ManifestSpec {
             pki_files: Vec::new(),
             images_dir: None,
             needs_root: false,
+            node_ready: false,
             env: Vec::new(),
             files: Vec::new(),
             images: None,
             vm: None,
             rootfs: None,
             agent: None,
+            no_remote_join: None,
         }
     }
 
@@ -185,6 +191,10 @@ impl ManifestSpec {
         self.needs_root = run.needs_root;
         self.env = run.env.iter().map(|(k, v)| (k.clone(), v.as_str().to_string())).collect();
         self.files = run.files.iter().map(|(p, c)| (p.as_str().to_string(), c.clone())).collect();
+        self.agent =
+            run.agent.as_ref().map(|a| (a.args.iter().map(|t| t.as_str().to_string()).collect(), a.ready_timeout_s));
+        self.no_remote_join = run.agent.as_ref().and_then(|a| a.no_remote_join.clone());
+        self.node_ready = run.node_ready;
     }
 
     /// The usual pair for lifecycle tests: the real kubectl (path URL) and
@@ -223,7 +233,7 @@ impl ManifestSpec {
             program: self.program.clone(),
             args: self.args.iter().map(|a| a.parse().unwrap_or_else(|e| panic!("{a}: {e}"))).collect(),
             ready: self.ready.clone(),
-            node_ready: false,
+            node_ready: self.node_ready,
             stop_signal: value(&self.stop_signal),
             stop_timeout_s: self.stop_timeout_s,
             pki_files: self.pki_files.iter().map(|(p, f)| (p.parse().unwrap(), value(f))).collect(),
@@ -234,7 +244,7 @@ impl ManifestSpec {
             agent: self.agent.as_ref().map(|(args, secs)| kubestrap_manifest::Agent {
                 args: args.iter().map(|a| a.parse().unwrap()).collect(),
                 ready_timeout_s: *secs,
-                no_remote_join: None,
+                no_remote_join: self.no_remote_join.clone(),
             }),
         };
         let images = self.images.as_ref().map(|(urls, a, name)| Component {
