@@ -37,6 +37,7 @@ done
 install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
 install -m 0755 "$here/entrypoint" "$root/init"
 install -D -m 0755 "$here/../guest/place-data" "$root/lib/kubestrap/place-data"
+install -D -m 0755 "$here/../guest/keep-dirs" "$root/lib/kubestrap/keep-dirs"
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$root/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
 printf 'busybox %s (Debian busybox-static)\n' "$(dpkg-query -W -f '${Version}' busybox-static)" > "$root/etc/kubestrap-rootfs"

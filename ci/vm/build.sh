@@ -80,6 +80,7 @@ done
 install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$rd/etc/ssl/certs/ca-certificates.crt"
 install -m 0755 "$here/init" "$rd/init"
 install -D -m 0755 "$here/../guest/place-data" "$rd/lib/kubestrap/place-data"
+install -D -m 0755 "$here/../guest/keep-dirs" "$rd/lib/kubestrap/keep-dirs"
 # The power button (ACPI) tells init to stop localkube and power off.
 printf 'PWRF PWRF/power\n' > "$rd/etc/acpid.conf"
 printf '#!/bin/sh\nkill -USR1 1\n' > "$rd/etc/acpi/PWRF/power"

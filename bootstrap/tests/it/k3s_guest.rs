@@ -43,7 +43,10 @@ fn k3s_in_a_container_runs_a_pod_that_reaches_its_api() {
     let report = k3s_report(&c, "kd");
     // cgroup: v1 on this machine's engine (kubepods in each hierarchy); the
     // v2 path is the VM test's. Mounts: the entrypoint made / shared.
-    assert_ok(&report, &["config", "datastore", "cgroup", "modules", "mounts", "sandbox", "pod network", "flannel"]);
+    assert_ok(
+        &report,
+        &["config", "datastore", "cgroup", "modules", "mounts", "kubelet root", "sandbox", "pod network", "flannel"],
+    );
     // The node address is fixed on the profile's own network.
     let net = fs::read_to_string(c.env.home.join("profiles/kd/container/network.toml")).unwrap();
     let node = net.lines().find_map(|l| l.strip_prefix("node = ")).unwrap().trim_matches('"').to_string();
@@ -54,6 +57,21 @@ fn k3s_in_a_container_runs_a_pod_that_reaches_its_api() {
     // The API is published on 127.0.0.1 only; kubectl goes through it.
     assert_eq!(c.status("kd").1["server"], format!("https://127.0.0.1:{port}"));
     c.kubectl_ok(&KUBECTL, &["get", "ns"]);
+    // The kubelet's root and pod logs outlive the container (kept on the volume).
+    let ctr = docker(&["ps", "--filter", "label=dev.kubestrap.profile=kd", "--format", "{{.Names}}"]);
+    let ctr = ctr.trim().to_string();
+    docker(&[
+        "exec",
+        &ctr,
+        "sh",
+        "-c",
+        "echo k > /var/lib/kubelet/probe && mkdir -p /var/log/pods && echo l > /var/log/pods/probe",
+    ]);
+    c.env.ok(&["stop", "-p", "kd"]);
+    docker(&["rm", "-f", &ctr]);
+    c.env.ok(&["start", "-p", "kd", "--manifest", c.m()]);
+    let kept = docker(&["exec", &ctr, "cat", "/var/lib/kubelet/probe", "/var/log/pods/probe"]);
+    assert_eq!(kept, "k\nl\n", "not kept across a new container");
     c.env.ok(&["delete", "-p", "kd"]);
     assert!(!docker(&["network", "ls", "--format", "{{.Name}}"]).contains(&name), "the network is deleted");
 }
@@ -97,7 +115,10 @@ fn k3s_in_a_vm_runs_a_pod_and_the_docker_entrypoint_works_on_cgroup_v2() {
     assert!(log.contains("cannot enter cgroupv2") && log.contains("Device or resource busy"), "{log}");
     assert!(log.contains("cgroup v2 container with the entrypoint: exit 0"), "{log}");
     let report = k3s_report(&c, "kv");
-    assert_ok(&report, &["config", "datastore", "cgroup", "modules", "mounts", "sandbox", "pod network", "flannel"]);
+    assert_ok(
+        &report,
+        &["config", "datastore", "cgroup", "modules", "mounts", "kubelet root", "sandbox", "pod network", "flannel"],
+    );
     assert!(report["cgroup"].contains("cgroup v2"), "{report:#?}");
     assert!(report["modules"].contains("modules loaded or built in"), "{report:#?}");
     // What kube-proxy's and flannel's rules need was not in the kernel at

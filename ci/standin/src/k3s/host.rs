@@ -28,6 +28,45 @@ pub fn root_propagation() -> Check {
     }
 }
 
+/// Where the kubelet's root (pods' emptyDirs, its state) and pod logs
+/// live: k3s writes /var/lib/kubelet and /var/log/pods whatever
+/// `--data-dir` says, so they are kept only where they share the data
+/// directory's filesystem (a node's volume or data disk) and are mounts
+/// (shared, as the kubelet needs).
+pub fn kept_dirs(data_dir: &Path) -> Check {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(data) = std::fs::metadata(data_dir) else {
+        return Check::failed("kubelet root", format!("{} is missing", data_dir.display()));
+    };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut elsewhere = Vec::new();
+    for d in ["/var/lib/kubelet", "/var/log"] {
+        let _ = std::fs::create_dir_all(d);
+        let same = std::fs::metadata(d).is_ok_and(|m| m.dev() == data.dev());
+        let mounted = info.lines().any(|l| l.split(' ').nth(4) == Some(d));
+        if !same || !mounted {
+            elsewhere.push(d);
+        }
+    }
+    if elsewhere.is_empty() {
+        Check::ok(
+            "kubelet root",
+            format!("/var/lib/kubelet and /var/log are mounts on {}'s filesystem", data_dir.display()),
+        )
+    } else {
+        Check::new(
+            "kubelet root",
+            Status::Warn,
+            format!(
+                "{} not on {}'s filesystem: pods' emptyDirs, the kubelet's state and pod logs live in the container's \
+                 layer or the machine's root",
+                elsewhere.join(" and "),
+                data_dir.display()
+            ),
+        )
+    }
+}
+
 fn iptables(args: &[&str]) -> bool {
     Command::new("iptables")
         .arg("-w")
