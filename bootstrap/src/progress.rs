@@ -119,6 +119,8 @@ steps! {
         ServerChecked { server: String, ca_sha256: String } => "server checked",
         /// A node reports Ready through the server's API.
         NodeReady { node: String } => "node ready",
+        /// The release's system Deployments (k3s: CoreDNS) are Available.
+        SystemReady { deployments: Vec<String> } => "system workloads available",
         /// An agent node was drained (unless forced) and removed.
         NodeRemoved { node: String, drained: bool } => "node removed",
         /// A VM did not come up with KVM and was started again with TCG.
@@ -172,6 +174,7 @@ impl Step {
             Step::NodeImage { image } => image.clone(),
             Step::NodeStarted { node, host } => format!("{node} ({host})"),
             Step::NodeReady { node } => node.clone(),
+            Step::SystemReady { deployments } => deployments.join(", "),
             Step::ServerChecked { server, ca_sha256 } => {
                 format!("{server}: CA sha256 {}…, token accepted", &ca_sha256[..12.min(ca_sha256.len())])
             }

@@ -22,6 +22,12 @@ pub struct Run {
     /// ready (a localkube whose kubelet runs beside the apiserver).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub node_ready: bool,
+    /// ... and for these Deployments (`NAMESPACE/NAME`) of the release's own
+    /// to be Available: the system workloads it deploys (k3s: CoreDNS),
+    /// which run only where the cluster can run pods (their images there,
+    /// the pod network up). `start --no-wait-system` skips this.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ready_deployments: Vec<String>,
     pub stop_signal: StopSignal,
     pub stop_timeout_s: u64,
     /// Where localkube expects the PKI files kubestrap made: path template → file.
@@ -108,6 +114,8 @@ struct RawRun {
     ready: String,
     #[serde(default)]
     node_ready: bool,
+    #[serde(default)]
+    ready_deployments: Vec<String>,
     stop_signal: StopSignal,
     stop_timeout_s: u64,
     #[serde(default)]
@@ -159,6 +167,22 @@ impl TryFrom<RawRun> for Run {
                 return Err(format!("env: expected variable names of A-Z, 0-9 and '_', got {name:?}"));
             }
         }
+        if r.ready_deployments.len() > 8 {
+            return Err(format!("ready-deployments: expected at most 8, got {}", r.ready_deployments.len()));
+        }
+        for d in &r.ready_deployments {
+            let ok = d.split_once('/').is_some_and(|(ns, name)| {
+                let label = |s: &str| {
+                    !s.is_empty()
+                        && s.len() <= 63
+                        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                };
+                label(ns) && name.len() <= 253 && name.split('.').all(label)
+            });
+            if !ok {
+                return Err(format!("ready-deployments: expected NAMESPACE/NAME of lowercase DNS names, got {d:?}"));
+            }
+        }
         if r.files.len() > MAX_FILES {
             return Err(format!("files: expected at most {MAX_FILES} files, got {}", r.files.len()));
         }
@@ -180,6 +204,7 @@ impl TryFrom<RawRun> for Run {
             args: r.args,
             ready: r.ready,
             node_ready: r.node_ready,
+            ready_deployments: r.ready_deployments,
             stop_signal: r.stop_signal,
             stop_timeout_s: r.stop_timeout_s,
             pki_files: r.pki_files,

@@ -79,8 +79,9 @@ fn k3s_run_section_renders_the_exact_command_line() {
     // when the file K3S_CONFIG_FILE names is missing.
     let files: Vec<(String, &str)> = run.files.iter().map(|(p, c)| (p.render(&v), c.as_str())).collect();
     assert_eq!(files, [(format!("{d}/config.yaml"), "")]);
-    // Ready means the server's node is Ready too.
+    // Ready means the server's node is Ready too, and CoreDNS runs.
     assert!(run.node_ready);
+    assert_eq!(run.ready_deployments, ["kube-system/coredns"]);
 }
 
 #[test]

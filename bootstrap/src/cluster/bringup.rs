@@ -36,6 +36,16 @@ pub struct Tuning {
     pub rollout: Rollout,
     /// `--listen`: also serve the API at this address (None: as it was).
     pub listen: Option<std::net::Ipv4Addr>,
+    /// Whether ready waits for the release's system workloads too.
+    pub system: System,
+}
+
+/// Whether "ready" includes the release's system workloads (`run.ready-deployments`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum System {
+    Wait,
+    /// `start --no-wait-system`.
+    Skip,
 }
 
 #[derive(Debug)]
@@ -118,7 +128,7 @@ pub fn bring_up(s: &Session, plan: &BringUp) -> Result<Started> {
     let launch = launch_of(p, m, components, &cfg);
     let pki = certificates(drv, &launch, plan.tuning.cert_validity, s.progress)?;
     place_images(&drv.host_data(p), p, m, images, s.progress)?;
-    let check = ReadyCheck { pki: &pki, at, run, timeout: plan.tuning.wait_timeout };
+    let check = ReadyCheck { pki: &pki, at, run, timeout: plan.tuning.wait_timeout, system: plan.tuning.system };
     // The agents' hosts are made while the server's starts and comes up;
     // they start once it is ready.
     let making = drv.runs_agents() && !agents.is_empty();
@@ -341,6 +351,59 @@ pub struct ReadyCheck<'a> {
     pub at: Endpoint,
     pub run: &'a kubestrap_manifest::Run,
     pub timeout: Duration,
+    pub system: System,
+}
+
+/// Polls each `NAMESPACE/NAME` Deployment until it is Available.
+fn wait_deployments(
+    probe: &Probe,
+    names: &[String],
+    deadline: Instant,
+    mut alive: impl FnMut() -> bool,
+) -> std::result::Result<(), WaitError> {
+    let mut backoff = crate::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).until(deadline);
+    let mut pending: Vec<&String> = names.iter().collect();
+    loop {
+        let mut last = String::new();
+        pending.retain(|d| {
+            let (ns, name) = d.split_once('/').unwrap_or_default();
+            match probe.get(&format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}")) {
+                Ok((200, body)) => {
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    let available = v["status"]["conditions"]
+                        .as_array()
+                        .and_then(|c| c.iter().find(|c| c["type"] == "Available"))
+                        .is_some_and(|c| c["status"] == "True");
+                    if !available {
+                        last = format!("deployment {d}: not Available ({})", v["status"]["conditions"]);
+                    }
+                    !available
+                }
+                Ok((404, _)) => {
+                    last = format!("deployment {d}: not deployed yet");
+                    true
+                }
+                Ok((code, body)) => {
+                    last =
+                        format!("deployment {d}: HTTP {code}: {}", body.trim().chars().take(200).collect::<String>());
+                    true
+                }
+                Err(e) => {
+                    last = format!("deployment {d}: {e}");
+                    true
+                }
+            }
+        });
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if !alive() {
+            return Err(WaitError::Exited);
+        }
+        if !backoff.wait() {
+            return Err(WaitError::Timeout { last });
+        }
+    }
 }
 
 /// Step "ready": polls the apiserver until ready. Not ready in time:
@@ -354,7 +417,7 @@ pub fn wait_ready(
     launched: bool,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let ReadyCheck { pki, at, run, timeout } = *check;
+    let ReadyCheck { pki, at, run, timeout, system } = *check;
     let t = Instant::now();
     let port = at.port;
     let probe = Probe::new(pki, at, Duration::from_secs(2))?;
@@ -373,6 +436,19 @@ pub fn wait_ready(
                     NotUp::Ended { .. } => WaitError::Exited,
                     NotUp::Timeout { last, .. } => WaitError::Timeout { last },
                 });
+        }
+        if waited.is_ok() && system == System::Wait && !run.ready_deployments.is_empty() {
+            let t = Instant::now();
+            waiting_for = format!(
+                "the cluster's system workloads ({}: their pods need their images, from the release's air-gap \
+                 archive or a registry this machine reaches, and the pod network)",
+                run.ready_deployments.join(", ")
+            );
+            let alive = || drv.running(p, Node::Server).unwrap_or(false);
+            waited = wait_deployments(&probe, &run.ready_deployments, deadline, alive);
+            if waited.is_ok() {
+                progress.step(Step::SystemReady { deployments: run.ready_deployments.clone() }, t.elapsed());
+            }
         }
     }
     let Err(e) = waited else { return Ok(()) };

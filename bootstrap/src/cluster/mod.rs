@@ -38,7 +38,7 @@ pub mod status;
 mod stop;
 pub mod upgrade;
 
-pub use bringup::Tuning;
+pub use bringup::{System, Tuning};
 pub use error::ClusterError;
 pub use nodes::pinned_kubectl;
 pub use release::ReleaseRequest;

@@ -39,6 +39,8 @@ pub struct StartOptions {
     pub nodes: Option<usize>,
     /// `--listen`.
     pub listen: Option<std::net::Ipv4Addr>,
+    /// `--no-wait-system`: ready without the release's system workloads.
+    pub system: super::bringup::System,
 }
 
 /// `start`, as named steps: what a killed command left (a delete, an
@@ -58,6 +60,7 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
         nodes: o.nodes.or_else(|| again.as_ref().filter(|c| !c.agents.is_empty()).map(|c| c.agents.len() + 1)),
         rollout: super::nodes::Rollout::Parallel,
         listen: o.listen,
+        system: o.system,
     };
     // An upgrade a killed command left is finished or undone first.
     if p.exists() && p.load().is_ok() {
@@ -187,7 +190,13 @@ fn rejoin(s: &Session, host: &Host, loaded: &Loaded, o: &StartOptions) -> Result
     let pki = Pki::new(p.pki());
     let run = &loaded.manifest.component.localkube.run;
     let at = Endpoint { port: host.port, ..p.load()?.endpoint() };
-    match wait_ready(drv, p, &ReadyCheck { pki: &pki, at, run, timeout: o.wait_timeout }, false, progress) {
+    match wait_ready(
+        drv,
+        p,
+        &ReadyCheck { pki: &pki, at, run, timeout: o.wait_timeout, system: o.system },
+        false,
+        progress,
+    ) {
         Ok(()) => {}
         Err(e) if !drv.running(p, Node::Server).unwrap_or(true) => {
             progress.warn(format!(

@@ -232,3 +232,33 @@ fn k3s_on_the_host_without_root_is_refused_before_anything_is_fetched() {
     assert!(err.contains("needs root") && err.contains("--driver qemu") && err.contains("sudo -E"), "{err}");
     assert!(!home.join("ks/blobs/sha256").exists() || fs::read_dir(home.join("ks/blobs/sha256")).unwrap().count() == 0);
 }
+
+/// A cluster whose pods cannot run (CoreDNS never Available: no images
+/// there, none pullable) is not reported ready; `--no-wait-system` takes
+/// the apiserver and the node alone.
+#[test]
+fn a_cluster_whose_coredns_never_runs_is_not_ready() {
+    if !need("root", is_root) {
+        return;
+    }
+    let _machine = machine();
+    let mut run = k3s_run();
+    run.args.push("--standin-unavailable=coredns".parse().unwrap());
+    let c = Cluster::with(|s| k3s_standin(s, &run, &[]));
+    let port = free_port().to_string();
+    let start = ["start", "-p", "nodns", "--manifest", c.m(), "--port", &port, "--wait-timeout", "5s"];
+    let err = c.env.fail(&start, Code::NotReady);
+    assert!(err.contains("system workloads (kube-system/coredns"), "{err}");
+    assert!(err.contains("not Available") && err.contains("MinimumReplicasUnavailable"), "{err}");
+    let mut skip = start.to_vec();
+    skip.push("--no-wait-system");
+    let out = c.env.ok(&skip);
+    assert!(!out.contains("system workloads available"), "{out}");
+    c.env.ok(&["delete", "-p", "nodns"]);
+
+    // Where it runs, start says so.
+    let c = Cluster::with(|s| k3s_standin(s, &k3s_run(), &[]));
+    let out = c.env.ok(&["start", "-p", "dns", "--manifest", c.m(), "--port", &port]);
+    assert!(out.contains("system workloads available: kube-system/coredns"), "{out}");
+    c.env.ok(&["delete", "-p", "dns"]);
+}

@@ -69,6 +69,10 @@ pub struct Api {
     /// Not ready until set (the k3s mode's node steps are done).
     pub gate: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     pub nodes: crate::nodes::Nodes,
+    /// k3s mode: the system Deployments it deploys (k3s's CoreDNS), with
+    /// whether each becomes available (one whose pods can never run, with
+    /// no images, does not).
+    pub system: Vec<(String, bool)>,
 }
 
 struct Query(Vec<(String, String)>);
@@ -118,6 +122,36 @@ impl Api {
             && self.gate.as_ref().is_none_or(|g| g.load(std::sync::atomic::Ordering::SeqCst))
     }
 
+    /// A system Deployment of k3s mode: deployed once the node's steps
+    /// are done (as k3s applies its manifests after start), Available or not.
+    fn system(&self, name: &str) -> Reply {
+        let deployed = self.gate.as_ref().is_some_and(|g| g.load(std::sync::atomic::Ordering::SeqCst));
+        match self.system.iter().find(|(n, _)| n == name) {
+            Some((_, available)) if deployed => {
+                let (status, reason) = if *available {
+                    ("True", "MinimumReplicasAvailable")
+                } else {
+                    ("False", "MinimumReplicasUnavailable")
+                };
+                Reply::json(
+                    200,
+                    &json!({
+                        "apiVersion": "apps/v1",
+                        "kind": "Deployment",
+                        "metadata": {"name": name, "namespace": "kube-system"},
+                        "spec": {"replicas": 1},
+                        "status": {
+                            "replicas": 1,
+                            "availableReplicas": u32::from(*available),
+                            "conditions": [{"type": "Available", "status": status, "reason": reason}],
+                        },
+                    }),
+                )
+            }
+            _ => Reply::status(404, "NotFound", &format!("deployments.apps \"{name}\" not found"), None),
+        }
+    }
+
     pub fn handle(&self, req: &Request) -> Reply {
         let q = Query::parse(req.query);
         let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
@@ -137,6 +171,7 @@ impl Api {
             ["apis"] => get_only(Reply::json(200, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}))),
             ["api", "v1"] => get_only(Reply::json(200, &discovery())),
             ["api", "v1", "namespaces", name] => self.object(req, &q, Res::Namespaces, "", name),
+            ["apis", "apps", "v1", "namespaces", "kube-system", "deployments", name] => get_only(self.system(name)),
             // A node's status: its kubelet's heartbeat (a PATCH), or read.
             ["api", "v1", "nodes", name, "status"] => match req.method {
                 "PATCH" => self.patch(req, Res::Nodes, name, true),

@@ -17,6 +17,7 @@ fn api(tag: &str) -> (Api, std::path::PathBuf) {
         never_ready: false,
         gate: None,
         nodes: crate::nodes::Nodes::new(crate::nodes::DEFAULT_GRACE, None),
+        system: Vec::new(),
     };
     (api, dir)
 }

@@ -106,6 +106,10 @@ struct ServerArgs {
     /// /readyz always answers 500.
     #[arg(long)]
     never_ready: bool,
+    /// k3s mode: this system Deployment never becomes available (repeat),
+    /// as CoreDNS does where its images can be neither found nor pulled.
+    #[arg(long)]
+    standin_unavailable: Vec<String>,
     /// After SIGTERM/SIGINT, keep serving this long before shutting down
     /// (a localkube that takes time to stop).
     #[arg(long, default_value_t = 0)]
@@ -265,6 +269,12 @@ async fn run(args: ServerArgs) -> Result<()> {
             never_ready: args.never_ready,
             gate: k3s.as_ref().map(|_| Arc::new(std::sync::atomic::AtomicBool::new(false))),
             nodes: nodes::Nodes::new(grace, args.node_name.clone()),
+            // k3s deploys CoreDNS (manifests/coredns.yaml) unless disabled.
+            system: if k3s.is_some() && !args.disable.iter().any(|d| d.split(',').any(|x| x == "coredns")) {
+                vec![("coredns".into(), !args.standin_unavailable.iter().any(|u| u == "coredns"))]
+            } else {
+                Vec::new()
+            },
         },
         tokens,
         client_certs,

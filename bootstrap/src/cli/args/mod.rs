@@ -264,6 +264,10 @@ pub struct StartArgs {
     /// Do not switch kubectl's current context to this cluster.
     #[arg(long)]
     pub keep_context: bool,
+    /// Ready once the apiserver and the server's node are, without waiting
+    /// for the release's system workloads (k3s: CoreDNS) to be available.
+    #[arg(long)]
+    pub no_wait_system: bool,
     /// Fail at once if another kubestrap command holds this profile.
     #[arg(long)]
     pub no_wait: bool,

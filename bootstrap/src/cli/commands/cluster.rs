@@ -24,6 +24,7 @@ pub fn start(a: StartArgs, home: &Home, ui: &Ui) -> Result<Code> {
         port: a.port,
         wait_timeout: a.wait_timeout,
         keep_context: a.keep_context,
+        system: if a.no_wait_system { crate::cluster::System::Skip } else { crate::cluster::System::Wait },
         wait: Wait::from_no_wait(a.no_wait),
         cert_validity: time::Duration::days(a.cert_days.into()),
         vm: (a.cpus.is_some() || a.memory.is_some() || a.accel.is_some()).then_some(crate::profile::VmSettings {

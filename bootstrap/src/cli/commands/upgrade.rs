@@ -30,6 +30,8 @@ fn tuning(wait_timeout: std::time::Duration) -> Tuning {
         listen: None,
         // The server first, then each agent, each Ready before the next.
         rollout: crate::cluster::nodes::Rollout::OneByOne,
+        // A candidate whose system workloads never run is not up: rolled back.
+        system: crate::cluster::System::Wait,
     }
 }
 

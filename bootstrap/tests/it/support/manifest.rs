@@ -34,8 +34,9 @@ pub struct ManifestSpec {
     pub stop_timeout_s: u64,
     /// `[component.localkube.run.pki-files]`: (path template, PKI file name).
     pub pki_files: Vec<(String, String)>,
-    /// `run.node-ready`.
+    /// `run.node-ready` and `run.ready-deployments`.
     pub node_ready: bool,
+    pub ready_deployments: Vec<String>,
     /// `run.images-dir` and `run.needs-root`.
     pub images_dir: Option<String>,
     pub needs_root: bool,
@@ -146,6 +147,7 @@ impl ManifestSpec {
             images_dir: None,
             needs_root: false,
             node_ready: false,
+            ready_deployments: Vec::new(),
             env: Vec::new(),
             files: Vec::new(),
             images: None,
@@ -195,6 +197,7 @@ impl ManifestSpec {
             run.agent.as_ref().map(|a| (a.args.iter().map(|t| t.as_str().to_string()).collect(), a.ready_timeout_s));
         self.no_remote_join = run.agent.as_ref().and_then(|a| a.no_remote_join.clone());
         self.node_ready = run.node_ready;
+        self.ready_deployments = run.ready_deployments.clone();
     }
 
     /// The usual pair for lifecycle tests: the real kubectl (path URL) and
@@ -234,6 +237,7 @@ impl ManifestSpec {
             args: self.args.iter().map(|a| a.parse().unwrap_or_else(|e| panic!("{a}: {e}"))).collect(),
             ready: self.ready.clone(),
             node_ready: self.node_ready,
+            ready_deployments: self.ready_deployments.clone(),
             stop_signal: value(&self.stop_signal),
             stop_timeout_s: self.stop_timeout_s,
             pki_files: self.pki_files.iter().map(|(p, f)| (p.parse().unwrap(), value(f))).collect(),
