@@ -45,8 +45,21 @@ fn k3s_in_a_container_runs_a_pod_that_reaches_its_api() {
     // v2 path is the VM test's. Mounts: the entrypoint made / shared.
     assert_ok(
         &report,
-        &["config", "datastore", "cgroup", "modules", "mounts", "kubelet root", "sandbox", "pod network", "flannel"],
+        &[
+            "config",
+            "datastore",
+            "cgroup",
+            "modules",
+            "mounts",
+            "kubelet root",
+            "dns",
+            "sandbox",
+            "pod network",
+            "flannel",
+        ],
     );
+    // Pods' upstream DNS: this machine's nameservers, not Docker's 127.0.0.11 (or 8.8.8.8).
+    assert!(report["dns"].contains("/run/kubestrap/upstream-resolv.conf"), "{report:#?}");
     // The node address is fixed on the profile's own network.
     let net = fs::read_to_string(c.env.home.join("profiles/kd/container/network.toml")).unwrap();
     let node = net.lines().find_map(|l| l.strip_prefix("node = ")).unwrap().trim_matches('"').to_string();

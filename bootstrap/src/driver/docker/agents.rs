@@ -154,10 +154,13 @@ impl Docker<'_> {
             volume: &volume,
             role: Some(&node_name),
             publish: None,
-            mounts: vec![
+            mounts: [
                 bind_mount(&p.join_dir(), &guest::path("pki/join"), true),
                 bind_mount(&agent_stage(p, node), &guest::path("data"), true),
-            ],
+            ]
+            .into_iter()
+            .chain(super::dns::upstream_mount(p)?)
+            .collect(),
             command: agent.args.iter().map(|a| a.render(&vars)).collect(),
             env: self.proxies(),
         };

@@ -33,6 +33,7 @@ mod address;
 mod agents;
 mod checks;
 mod container;
+mod dns;
 mod engine;
 mod network;
 mod privilege;
@@ -266,10 +267,13 @@ impl Driver for Docker<'_> {
                 at.extend(launch.listen.map(|a| format!("{a}:{}:{}", launch.port, guest::PORT)));
                 at
             }),
-            mounts: vec![
+            mounts: [
                 bind_mount(&p.pki(), &guest::path("pki"), true),
                 bind_mount(&self.host_data(p), &guest::path("data"), true),
-            ],
+            ]
+            .into_iter()
+            .chain(dns::upstream_mount(p)?)
+            .collect(),
             command: launch.run.args.iter().map(|a| a.render(&vars)).collect(),
             env: self.proxies(),
         };

@@ -28,6 +28,45 @@ pub fn root_propagation() -> Check {
     }
 }
 
+/// The nameservers pods get upstream, found as k3s finds them
+/// (pkg/agent/config/config.go): `K3S_RESOLV_CONF` (`--resolv-conf`), else
+/// /etc/resolv.conf, else systemd-resolved's upstreams; a file whose
+/// nameservers are all loopback is unusable (`isValidResolvConf`), and
+/// with none usable k3s gives pods 8.8.8.8.
+pub fn dns() -> Check {
+    let usable = |path: &str| -> Option<Vec<String>> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let servers: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("nameserver").map(str::trim))
+            .filter(|s| s.parse::<std::net::IpAddr>().is_ok_and(|ip| !ip.is_loopback()))
+            .map(String::from)
+            .collect();
+        (!servers.is_empty()).then_some(servers)
+    };
+    let asked = std::env::var("K3S_RESOLV_CONF").ok().filter(|v| !v.is_empty());
+    let found = match &asked {
+        Some(f) => usable(f).map(|s| (f.clone(), s)),
+        None => ["/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"]
+            .into_iter()
+            .find_map(|f| usable(f).map(|s| (f.to_string(), s))),
+    };
+    match found {
+        Some((file, servers)) => {
+            Check::ok("dns", format!("pods' upstream nameservers: {} (from {file})", servers.join(" ")))
+        }
+        None => Check::new(
+            "dns",
+            Status::Warn,
+            format!(
+                "no usable nameserver in {}: pods' upstream DNS becomes 8.8.8.8, which an offline machine or a \
+                 company network does not reach",
+                asked.unwrap_or_else(|| "/etc/resolv.conf".into())
+            ),
+        ),
+    }
+}
+
 /// Where the kubelet's root (pods' emptyDirs, its state) and pod logs
 /// live: k3s writes /var/lib/kubelet and /var/log/pods whatever
 /// `--data-dir` says, so they are kept only where they share the data

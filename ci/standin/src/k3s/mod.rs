@@ -141,6 +141,7 @@ pub fn node_steps(f: &Flags, cfg: &config::Effective, report: &mut Report) -> an
     report.push(modules::load());
     report.push(host::root_propagation());
     report.push(host::kept_dirs(&f.data_dir));
+    report.push(host::dns());
     let pod = sandbox::run_container(&f.data_dir, &cgroup.pods, report);
     match pod {
         Some(pid) => report.push(podnet::wire_and_connect(pid, cfg, advertised(f), (&f.bind, f.port))),
