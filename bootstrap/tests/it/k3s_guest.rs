@@ -171,7 +171,15 @@ fn k3s_in_a_container_serves_its_listen_address_and_refuses_a_join_from_afar() {
         s.run_on([TestDriver::Docker(rootfs)]);
     });
     let (addr, port) = (host_address(), free_port().to_string());
-    c.env.ok(&["start", "-p", "kl", "--driver", "docker", "--manifest", c.m(), "--port", &port, "--listen", &addr]);
+    let start = ["start", "-p", "kl", "--driver", "docker", "--manifest", c.m(), "--port", &port, "--listen", &addr];
+    let mut start = start.to_vec();
+    start.extend(["--memory", "1536"]);
+    c.env.ok(&start);
+    // The node's /proc/meminfo says its limit, not the machine's (the
+    // kubelet's capacity comes from it).
+    let ctr = docker(&["ps", "--filter", "label=dev.kubestrap.profile=kl", "--format", "{{.Names}}"]);
+    let meminfo = docker(&["exec", ctr.trim(), "head", "-n", "1", "/proc/meminfo"]);
+    assert_eq!(meminfo.split_whitespace().collect::<Vec<_>>(), ["MemTotal:", "1572864", "kB"], "{meminfo}");
     // Another machine's kubectl reaches the API at the --listen address, and
     // k3s's own serving certificate names it (--tls-san={listen}).
     let server = format!("https://{addr}:{port}");

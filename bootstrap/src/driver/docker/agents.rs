@@ -159,7 +159,7 @@ impl Docker<'_> {
                 bind_mount(&agent_stage(p, node), &guest::path("data"), true),
             ]
             .into_iter()
-            .chain(super::dns::upstream_mount(p)?)
+            .chain(super::hostview::mounts(launch)?)
             .collect(),
             command: agent.args.iter().map(|a| a.render(&vars)).collect(),
             env: self.proxies(),

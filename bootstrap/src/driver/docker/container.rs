@@ -328,6 +328,12 @@ pub(super) fn container_args(
     // k3s runs containerd, cgroups and iptables of its own (as k3d and
     // kind nodes do); a localkube that needs no root gets no privilege.
     if launch.run.needs_root {
+        // On a userns-remap engine a privileged container is refused
+        // ("privileged mode is incompatible with user namespaces"): the
+        // host's user namespace for it (as k3d asks, pkg/runtimes/docker/translate.go).
+        if info.userns_remap && !info.podman {
+            args.extend(["--userns".into(), "host".into()]);
+        }
         args.extend(privilege_args(&capability_bounding_set()));
         args.extend(["--tmpfs".into(), "/run".into(), "--tmpfs".into(), "/var/run".into()]);
     }

@@ -40,6 +40,10 @@ pub struct Info {
     pub podman: bool,
     /// The engine runs as a user, in a user namespace.
     pub rootless: bool,
+    /// Docker with `userns-remap`: its containers run in a user namespace
+    /// of their own, where privileged ones are refused.
+    #[serde(default)]
+    pub userns_remap: bool,
 }
 
 impl Info {
@@ -189,7 +193,8 @@ impl Engine {
         // (the socket's peer) runs as the user.
         let security = self.docker(&["info", "--format", "{{json .SecurityOptions}}"], Duration::from_secs(10))?;
         let rootless = security.contains("name=rootless") || self.peer().is_some_and(|(_, uid)| uid != 0);
-        Ok(Info { version, api, podman, rootless })
+        let userns_remap = security.contains("name=userns");
+        Ok(Info { version, api, podman, rootless, userns_remap })
     }
 
     /// The resource limits the engine's own process has (its socket's

@@ -33,8 +33,8 @@ mod address;
 mod agents;
 mod checks;
 mod container;
-mod dns;
 mod engine;
+mod hostview;
 mod network;
 mod privilege;
 mod volume;
@@ -272,7 +272,7 @@ impl Driver for Docker<'_> {
                 bind_mount(&self.host_data(p), &guest::path("data"), true),
             ]
             .into_iter()
-            .chain(dns::upstream_mount(p)?)
+            .chain(hostview::mounts(launch)?)
             .collect(),
             command: launch.run.args.iter().map(|a| a.render(&vars)).collect(),
             env: self.proxies(),

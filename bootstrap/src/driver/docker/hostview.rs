@@ -1,4 +1,7 @@
-//! Pods' upstream DNS in a node container. On a user-defined network the
+//! What a node container is shown of this machine, each a file written
+//! under the profile and mounted read-only.
+//!
+//! Pods' upstream DNS. On a user-defined network the
 //! container's /etc/resolv.conf names only Docker's embedded DNS,
 //! 127.0.0.11, which a pod's own network namespace cannot reach; k3s takes
 //! a resolv.conf of loopback nameservers as unusable and gives pods 8.8.8.8
@@ -8,6 +11,11 @@
 //! upstreams, as k3s reads them on a host), mounted read-only at
 //! `/run/kubestrap/upstream-resolv.conf`; the entrypoint has k3s use it
 //! where the container's own names loopback alone.
+//!
+//! Its memory. With `--memory` the container's cgroup is limited, but
+//! /proc/meminfo still says the whole machine's, and the kubelet reports
+//! (and schedules against) that as the node's capacity: a /proc/meminfo of
+//! the limit is mounted over it (as k3d does for its nodes).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -15,8 +23,42 @@ use std::path::Path;
 use kubestrap_fskit as fskit;
 
 use super::bind_mount;
-use crate::driver::{Result, guest};
+use crate::driver::{Launch, Result, guest};
 use crate::profile::Profile;
+
+/// The mounts of what a node container is shown of this machine.
+pub(super) fn mounts(launch: &Launch) -> Result<Vec<String>> {
+    let p = &launch.profile;
+    let mut out: Vec<String> = upstream_mount(p)?.into_iter().collect();
+    if let Some(mib) = launch.settings.memory_mib.filter(|_| launch.run.needs_root) {
+        let path = p.dir.join("container/meminfo");
+        write_if_changed(&path, &meminfo(u64::from(mib) * 1024))?;
+        out.push(bind_mount(&path, "/proc/meminfo", true));
+    }
+    Ok(out)
+}
+
+/// A /proc/meminfo of `kib` KiB, none of it in use.
+fn meminfo(kib: u64) -> String {
+    let mut out = String::new();
+    for (k, v) in [("MemTotal", kib), ("MemFree", kib), ("MemAvailable", kib)]
+        .into_iter()
+        .chain(["Buffers", "Cached", "SwapCached", "SwapTotal", "SwapFree"].map(|k| (k, 0)))
+    {
+        out.push_str(&format!("{:<16}{v:>8} kB\n", format!("{k}:")));
+    }
+    out
+}
+
+fn write_if_changed(path: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fskit::create_dir_mode(dir, 0o700)?;
+    }
+    if fskit::read_capped_text(path, CAP).ok().as_deref() != Some(text) {
+        fskit::write_atomic(path, text.as_bytes(), 0o644)?;
+    }
+    Ok(())
+}
 
 const HOST_FILES: [&str; 2] = ["/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"];
 const CAP: u64 = 64 << 10;
@@ -68,20 +110,24 @@ fn host_resolv_conf(files: &[&Path]) -> Option<String> {
 
 /// The mount of this machine's nameservers for a node container (written
 /// under the profile first), or None where this machine names none.
-pub(super) fn upstream_mount(p: &Profile) -> Result<Option<String>> {
+fn upstream_mount(p: &Profile) -> Result<Option<String>> {
     let files: Vec<&Path> = HOST_FILES.iter().map(Path::new).collect();
     let Some(text) = host_resolv_conf(&files) else { return Ok(None) };
     let path = p.dir.join("container/resolv.conf");
-    fskit::create_dir_mode(&p.dir.join("container"), 0o700)?;
-    if fskit::read_capped_text(&path, CAP).ok().as_deref() != Some(text.as_str()) {
-        fskit::write_atomic(&path, text.as_bytes(), 0o644)?;
-    }
+    write_if_changed(&path, &text)?;
     Ok(Some(bind_mount(&path, &guest::path("upstream-resolv.conf"), true)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meminfo_says_the_limit() {
+        let m = meminfo(1536 * 1024);
+        assert!(m.starts_with("MemTotal:        1572864 kB\nMemFree:         1572864 kB\n"), "{m}");
+        assert!(m.contains("SwapTotal:             0 kB\n"), "{m}");
+    }
 
     #[test]
     fn loopback_resolvers_are_passed_over_for_the_upstreams() {
