@@ -21,6 +21,7 @@ use crate::progress::Progress;
 
 pub mod docker;
 mod guest;
+pub mod kernel;
 pub mod native;
 pub mod qemu;
 pub mod supervisor;

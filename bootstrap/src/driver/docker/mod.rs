@@ -178,6 +178,14 @@ impl Driver for Docker<'_> {
             let storage = eng.docker(&["info", "--format", "{{.Driver}}"], Duration::from_secs(10)).unwrap_or_default();
             out.push(storage_check(storage.trim()));
             out.extend(manifest.and_then(|m| rootless_check(info, m)));
+            // A node container shares this machine's kernel and cannot load a
+            // module from inside: what k3s would modprobe must be there.
+            if manifest.is_some_and(|m| m.component.localkube.run.needs_root) {
+                out.extend(
+                    crate::driver::kernel::Modules::probe()
+                        .checks("a node container shares this machine's kernel and cannot load modules itself"),
+                );
+            }
         }
         out.extend(manifest.map(rootfs_check));
         out

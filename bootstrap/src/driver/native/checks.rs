@@ -16,28 +16,57 @@ pub struct Machine {
     pub procfs: bool,
     /// The controllers of the cgroup v2 root, `None` on cgroup v1 (or hybrid).
     pub cgroup2_controllers: Option<Vec<String>>,
-    pub overlay: bool,
-    pub br_netfilter: bool,
+    pub modules: crate::driver::kernel::Modules,
     /// (pid, name) of kubelet/k3s/containerd processes kubestrap did not start.
     pub foreign: Vec<(i32, String)>,
     /// The host programs the node address and the cleanup after k3s use, missing.
     pub missing_tools: Vec<&'static str>,
     /// Whether `/` is a shared mount (the kubelet's mount propagation).
     pub root_shared: bool,
+    /// A host firewall that drops pods' traffic to the node address unless
+    /// told not to: "firewalld" or "ufw".
+    pub firewall: Option<&'static str>,
+    /// The filesystem of kubestrap's home (the data directories), where
+    /// containerd's overlayfs snapshotter cannot work on it.
+    pub no_overlay_fs: Option<&'static str>,
+}
+
+/// Filesystems overlayfs refuses as its upper directory (statfs magic):
+/// containerd's overlayfs snapshotter then fails (containerd
+/// `OverlaySupported`), and k3s with it.
+const NO_OVERLAY: [(i64, &str); 4] = [
+    (0x2fc1_2fc1, "ZFS (overlay needs ZFS 2.2 or later)"),
+    (0xf15f, "eCryptfs (an encrypted home)"),
+    (0x6969, "NFS"),
+    (0x794c_7630, "overlay (this machine is itself a container)"),
+];
+
+fn firewall() -> Option<&'static str> {
+    let pid = fs::read_to_string("/run/firewalld/firewalld.pid").ok().and_then(|s| s.trim().parse::<u32>().ok());
+    if pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists()) {
+        return Some("firewalld");
+    }
+    let ufw = kubestrap_fskit::read_capped_text(Path::new("/etc/ufw/ufw.conf"), 64 << 10).unwrap_or_default();
+    ufw.lines().any(|l| l.trim() == "ENABLED=yes").then_some("ufw")
+}
+
+fn no_overlay_fs(dir: &Path) -> Option<&'static str> {
+    // The home may not exist yet: its nearest existing ancestor.
+    let dir = dir.ancestors().find(|d| d.exists())?;
+    let magic = nix::sys::statfs::statfs(dir).ok()?.filesystem_type().0 as i64;
+    NO_OVERLAY.iter().find(|(m, _)| *m == magic).map(|(_, name)| *name)
 }
 
 impl Machine {
-    pub fn probe(tools: super::node::Tools) -> Machine {
+    pub fn probe(tools: super::node::Tools, home: &Path) -> Machine {
         let controllers = fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
             .ok()
             .map(|s| s.split_whitespace().map(String::from).collect());
-        let filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
         Machine {
             euid: nix::unistd::geteuid().as_raw(),
             procfs: Path::new("/proc/self/stat").is_file(),
             cgroup2_controllers: controllers,
-            overlay: filesystems.lines().any(|l| l.split_whitespace().last() == Some("overlay")),
-            br_netfilter: Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists(),
+            modules: crate::driver::kernel::Modules::probe(),
             foreign: foreign_kubernetes(),
             missing_tools: ["ip", "iptables", "iptables-save", "iptables-restore"]
                 .into_iter()
@@ -48,6 +77,8 @@ impl Machine {
                 .lines()
                 .find(|l| l.split(' ').nth(4) == Some("/"))
                 .is_some_and(|l| l.contains(" shared:")),
+            firewall: firewall(),
+            no_overlay_fs: no_overlay_fs(home),
         }
     }
 }
@@ -135,18 +166,7 @@ pub fn checks(machine: &Machine, m: Option<&Manifest>) -> Vec<Check> {
             Gate::Advisory,
         ),
     });
-    for (name, ok, what) in [
-        ("overlay", machine.overlay, "the overlay filesystem (containerd's snapshotter)"),
-        ("br_netfilter", machine.br_netfilter, "bridge netfilter (pod traffic through iptables)"),
-    ] {
-        out.push(Check::new(
-            &format!("module {name}"),
-            ok,
-            &format!("{what}: {}", if ok { "available" } else { "not loaded" }),
-            &format!("run `sudo modprobe {name}` (k3s tries that itself, which fails inside a container)"),
-            Gate::Advisory,
-        ));
-    }
+    out.extend(machine.modules.checks("k3s tries that itself, which fails inside a container"));
     let tools = &machine.missing_tools;
     out.push(Check::new(
         "host tools",
@@ -168,6 +188,41 @@ pub fn checks(machine: &Machine, m: Option<&Manifest>) -> Vec<Check> {
             "/ is not a shared mount: pods with Bidirectional mount propagation would fail"
         },
         "run `mount --make-rshared /` (systemd does it at boot), or use --driver docker or --driver qemu",
+        Gate::Advisory,
+    ));
+    out.push(match machine.firewall {
+        None => Check::new(
+            "firewall",
+            true,
+            "no firewalld or ufw filters this machine's traffic",
+            "",
+            Gate::Advisory,
+        ),
+        Some(fw) => Check::new(
+            "firewall",
+            false,
+            &format!("{fw} is on: it drops pods' traffic to the API and to each other unless k3s's networks are let in"),
+            &if fw == "firewalld" {
+                "let the pod and Service networks in: `firewall-cmd --permanent --zone=trusted --add-source=10.42.0.0/16 \
+                 --add-source=10.43.0.0/16 && firewall-cmd --reload`, or use --driver docker or --driver qemu"
+                    .to_string()
+            } else {
+                "let the pod and Service networks in: `ufw allow from 10.42.0.0/16 to any && ufw allow from \
+                 10.43.0.0/16 to any`, or use --driver docker or --driver qemu"
+                    .to_string()
+            },
+            Gate::Advisory,
+        ),
+    });
+    out.push(Check::new(
+        "data filesystem",
+        machine.no_overlay_fs.is_none(),
+        &match machine.no_overlay_fs {
+            None => "kubestrap's home is on a filesystem overlayfs works on".to_string(),
+            Some(fs) => format!("kubestrap's home is on {fs}: containerd's overlayfs snapshotter cannot work there"),
+        },
+        "put kubestrap's home on a local ext4 or xfs filesystem (`--home DIR`, or KUBESTRAP_HOME), or use --driver \
+         docker or --driver qemu",
         Gate::Advisory,
     ));
     let foreign = &machine.foreign;
@@ -204,11 +259,12 @@ mod tests {
             euid: 0,
             procfs: true,
             cgroup2_controllers: Some(CONTROLLERS.iter().map(|c| c.to_string()).collect()),
-            overlay: true,
-            br_netfilter: true,
+            modules: crate::driver::kernel::Modules { overlay: true, br_netfilter: true },
             foreign: vec![],
             missing_tools: vec![],
             root_shared: true,
+            firewall: None,
+            no_overlay_fs: None,
         }
     }
 
@@ -220,7 +276,12 @@ mod tests {
     fn a_localkube_without_root_needs_only_procfs() {
         let mut m = k3s("1.33.1");
         m.component.localkube.run.needs_root = false;
-        let machine = Machine { euid: 1000, cgroup2_controllers: None, overlay: false, ..good() };
+        let machine = Machine {
+            euid: 1000,
+            cgroup2_controllers: None,
+            modules: crate::driver::kernel::Modules { overlay: false, br_netfilter: true },
+            ..good()
+        };
         assert_eq!(checks(&machine, Some(&m)).len(), 1);
         assert!(failing(&machine, Some(&m)).is_empty());
     }
@@ -232,15 +293,26 @@ mod tests {
         let bad = Machine {
             euid: 1000,
             cgroup2_controllers: Some(vec!["cpu".into(), "pids".into()]),
-            br_netfilter: false,
+            modules: crate::driver::kernel::Modules { overlay: true, br_netfilter: false },
             foreign: vec![(42, "kubelet".into())],
             missing_tools: vec!["iptables"],
             root_shared: false,
+            firewall: Some("firewalld"),
+            no_overlay_fs: Some("eCryptfs (an encrypted home)"),
             ..good()
         };
         assert_eq!(
             failing(&bad, Some(&m)),
-            ["root", "cgroups", "module br_netfilter", "host tools", "mount propagation", "other kubernetes"]
+            [
+                "root",
+                "cgroups",
+                "module br_netfilter",
+                "host tools",
+                "mount propagation",
+                "firewall",
+                "data filesystem",
+                "other kubernetes"
+            ]
         );
         let all = checks(&bad, Some(&m));
         let root = all.iter().find(|c| c.name == "root").unwrap();
@@ -249,6 +321,22 @@ mod tests {
         let cg = all.iter().find(|c| c.name == "cgroups").unwrap();
         assert!(cg.detail.contains("cpuset, io, memory"), "{cg:?}");
         assert!(all.iter().find(|c| c.name == "other kubernetes").unwrap().detail.contains("kubelet (pid 42)"));
+        let fw = all.iter().find(|c| c.name == "firewall").unwrap();
+        assert!(!fw.blocking && fw.advice.as_deref().unwrap().contains("--add-source=10.42.0.0/16"), "{fw:?}");
+        let ufw = checks(&Machine { firewall: Some("ufw"), ..good() }, Some(&m));
+        let ufw = ufw.iter().find(|c| c.name == "firewall").unwrap();
+        assert!(ufw.advice.as_deref().unwrap().contains("ufw allow from 10.42.0.0/16"), "{ufw:?}");
+        let data = all.iter().find(|c| c.name == "data filesystem").unwrap();
+        assert!(data.detail.contains("eCryptfs") && data.advice.as_deref().unwrap().contains("--home"), "{data:?}");
+    }
+
+    #[test]
+    fn the_home_filesystem_is_read_from_the_kernel() {
+        // This machine's temp directory: tmpfs or a disk, never one overlay refuses here.
+        let d = tempfile::tempdir().unwrap();
+        let fs_type = nix::sys::statfs::statfs(d.path()).unwrap().filesystem_type().0 as i64;
+        let want = NO_OVERLAY.iter().find(|(m, _)| *m == fs_type).map(|(_, n)| *n);
+        assert_eq!(no_overlay_fs(&d.path().join("not/made/yet")), want);
     }
 
     #[test]

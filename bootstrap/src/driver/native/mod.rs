@@ -44,7 +44,7 @@ impl Driver for Native<'_> {
     }
 
     fn check(&self, manifest: Option<&kubestrap_manifest::Manifest>) -> Vec<Check> {
-        checks::checks(&checks::Machine::probe(self.tools()), manifest)
+        checks::checks(&checks::Machine::probe(self.tools(), self.ctx.home), manifest)
     }
 
     /// What `check` says, and that no other native k3s holds the machine.
