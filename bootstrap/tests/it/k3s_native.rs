@@ -133,9 +133,30 @@ fn native_stop_and_delete_leave_nothing_of_k3s_on_the_machine() {
     let _machine = machine();
     let persistent = ["/etc/rancher", "/etc/rancher/node", "/var/lib/kubelet", "/var/lib/rancher"];
     let before: Vec<bool> = persistent.iter().map(|p| Path::new(p).exists()).collect();
+    // The kernel settings k3s changes for the whole machine: put to other
+    // values than k3s's first, so that the change shows.
+    let sysctls = ["kernel/panic", "kernel/panic_on_oops", "vm/overcommit_memory", "net/ipv4/conf/all/route_localnet"];
+    let read = || -> Vec<String> {
+        sysctls.iter().map(|s| fs::read_to_string(Path::new("/proc/sys").join(s)).unwrap().trim().to_string()).collect()
+    };
+    let original = read();
+    for (s, v) in sysctls.iter().zip(["0", "0", "0", "0"]) {
+        fs::write(Path::new("/proc/sys").join(s), v).unwrap();
+    }
+    struct Put(Vec<(&'static str, String)>);
+    impl Drop for Put {
+        fn drop(&mut self) {
+            for (s, v) in &self.0 {
+                let _ = fs::write(Path::new("/proc/sys").join(s), v);
+            }
+        }
+    }
+    let _put_back = Put(sysctls.iter().copied().zip(original).collect());
+    let sysctls_before = read();
     let c = Cluster::with(|s| k3s_standin(s, &k3s_run(), &[]));
     k3s_cluster_with_image(&c, "kill");
-    assert_ok(&k3s_report(&c, "kill"), &["sandbox", "pod network", "host"]);
+    assert_ok(&k3s_report(&c, "kill"), &["sandbox", "pod network", "host", "sysctls"]);
+    assert_eq!(read(), ["10", "1", "1", "1"], "k3s's kernel settings while it runs");
     let running = machine_leftovers();
     for what in ["process", "mount /run/k3s/", "mount /var/lib/kubelet/pods/", "mount /run/netns/cni-", "link cni0"] {
         assert!(running.iter().any(|l| l.starts_with(what)), "{what}: {running:#?}");
@@ -179,6 +200,7 @@ fn native_stop_and_delete_leave_nothing_of_k3s_on_the_machine() {
     assert_eq!(machine_leftovers(), Vec::<String>::new());
     let after: Vec<bool> = persistent.iter().map(|p| Path::new(p).exists()).collect();
     assert_eq!(after, before, "{persistent:?}");
+    assert_eq!(read(), sysctls_before, "the kernel settings k3s changed are put back: {sysctls:?}");
 }
 
 #[test]

@@ -55,6 +55,32 @@ const PERSISTENT: &[&str] = &[
 const MOUNTS: &[&str] = &["/run/k3s", "/run/localkube", "/var/lib/kubelet", "/run/netns/cni-"];
 /// Runtime state a stopped k3s (or the development localkube) leaves.
 const RUNTIME_DIRS: &[&str] = &["/var/lib/cni", "/run/flannel", "/run/k3s", "/run/localkube"];
+/// Kernel settings k3s and its kubelet and kube-proxy change for the whole
+/// machine (k3s pkg/agent/syssetup; the kubelet's kernel tunables;
+/// kube-proxy's route_localnet): their values before the first native k3s
+/// are recorded, and the last `delete` puts back the ones still changed.
+/// IP forwarding is left as it is: Docker, libvirt and VPNs set and need it
+/// too, and turning it off would cut them off.
+const SYSCTLS: &[&str] = &[
+    "net/bridge/bridge-nf-call-iptables",
+    "net/bridge/bridge-nf-call-ip6tables",
+    "net/ipv4/conf/all/route_localnet",
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+];
+
+fn sysctl_path(name: &str) -> PathBuf {
+    Path::new("/proc/sys").join(name)
+}
+
+fn read_sysctl(name: &str) -> Option<String> {
+    fskit::read_capped_text(&sysctl_path(name), 4096).ok().map(|v| v.trim().to_string())
+}
+
 /// The links flannel, the CNI bridge and kube-proxy's IPVS mode make.
 const LINKS: &[&str] = &[CNI_BRIDGE, "flannel.1", "flannel-v6.1", "kube-ipvs0", "flannel-wg", "flannel-wg-v6"];
 
@@ -94,6 +120,9 @@ struct Record {
     /// Machine-wide paths that did not exist before a kubestrap's k3s ran.
     #[serde(default)]
     created: BTreeSet<PathBuf>,
+    /// The kernel settings of [`SYSCTLS`] before a kubestrap's k3s ran.
+    #[serde(default)]
+    sysctls: std::collections::BTreeMap<String, String>,
 }
 
 fn record_path() -> PathBuf {
@@ -171,6 +200,9 @@ pub fn claim(p: &Profile, program: &str) -> Result<()> {
                 r.created.insert(path);
             }
         }
+        if r.users.is_empty() && r.sysctls.is_empty() {
+            r.sysctls = SYSCTLS.iter().filter_map(|n| Some((n.to_string(), read_sysctl(n)?))).collect();
+        }
         r.users.insert(p.dir.clone());
         r.claim = Some(mine);
         Ok(())
@@ -210,14 +242,19 @@ pub fn clean(p: &Profile, delete: bool, tools: Tools) -> Result<Cleanup> {
             r.claim = None;
         }
         let mut gone = Vec::new();
+        let mut sysctls = std::collections::BTreeMap::new();
         if delete {
             r.users.remove(&p.dir);
             if r.users.is_empty() && r.claim.is_none() {
                 gone = std::mem::take(&mut r.created).into_iter().collect();
+                // Kept in the record until they are back (a kill before that
+                // puts them back at the next delete).
+                sysctls = r.sysctls.clone();
             }
         }
-        (ours, gone)
+        (ours, (gone, sysctls))
     })?;
+    let (gone, sysctls) = gone;
     if ours {
         unmount(&[&p.data()], &mut out);
         links(tools, &mut out);
@@ -237,6 +274,19 @@ pub fn clean(p: &Profile, delete: bool, tools: Tools) -> Result<Cleanup> {
             tools.run(&["ip", "link", "delete", &node.link]).map(drop).map_err(|e| e.to_string()),
         );
     }
+    for (name, was) in &sysctls {
+        if read_sysctl(name).is_some_and(|now| now != *was) {
+            let r = std::fs::write(sysctl_path(name), format!("{was}\n")).map_err(|e| e.to_string());
+            out.note(format!("sysctl {} = {was} (as before k3s)", name.replace('/', ".")), r);
+        }
+    }
+    if !sysctls.is_empty() {
+        with_record(|r| {
+            if r.users.is_empty() && r.claim.is_none() {
+                r.sysctls.clear();
+            }
+        })?;
+    }
     // Deepest first: /etc/rancher/node before /etc/rancher.
     for path in gone.iter().rev() {
         if path.exists() {
@@ -253,7 +303,7 @@ fn remove_record_if_unused() -> Result<()> {
     let unused = read_state::<Record>(&record_path())
         .ok()
         .flatten()
-        .is_some_and(|r| r.claim.is_none() && r.users.is_empty() && r.created.is_empty());
+        .is_some_and(|r| r.claim.is_none() && r.users.is_empty() && r.created.is_empty() && r.sysctls.is_empty());
     if unused {
         fskit::remove_any(&record_path())?;
     }

@@ -28,6 +28,35 @@ pub fn root_propagation() -> Check {
     }
 }
 
+/// The kernel settings k3s's agent (pkg/agent/syssetup), the kubelet
+/// (its kernel tunables) and kube-proxy (route_localnet) set for the whole
+/// machine, set here too — on the host only (`native`): in a container the
+/// global ones would change this machine for good, as a real k3s in a
+/// container does (no driver can take that back), and a VM's are its own.
+pub fn sysctls(native: bool) -> Check {
+    const SET: [(&str, &str); 4] = [
+        ("net/ipv4/conf/all/route_localnet", "1"),
+        ("vm/overcommit_memory", "1"),
+        ("kernel/panic", "10"),
+        ("kernel/panic_on_oops", "1"),
+    ];
+    if !native {
+        return Check::ok("sysctls", "not set in a container or VM (see the stand-in's k3s::host)");
+    }
+    let mut failed = Vec::new();
+    for (name, value) in SET {
+        if let Err(e) = std::fs::write(Path::new("/proc/sys").join(name), value) {
+            failed.push(format!("{name}: {e}"));
+        }
+    }
+    let names: Vec<String> = SET.iter().map(|(n, v)| format!("{}={v}", n.replace('/', "."))).collect();
+    if failed.is_empty() {
+        Check::ok("sysctls", format!("set {}", names.join(" ")))
+    } else {
+        Check::new("sysctls", Status::Warn, format!("could not set {}", failed.join("; ")))
+    }
+}
+
 /// The nameservers pods get upstream, found as k3s finds them
 /// (pkg/agent/config/config.go): `K3S_RESOLV_CONF` (`--resolv-conf`), else
 /// /etc/resolv.conf, else systemd-resolved's upstreams; a file whose

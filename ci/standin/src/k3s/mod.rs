@@ -142,6 +142,8 @@ pub fn node_steps(f: &Flags, cfg: &config::Effective, report: &mut Report) -> an
     report.push(host::root_propagation());
     report.push(host::kept_dirs(&f.data_dir));
     report.push(host::dns());
+    // The isolated drivers' data directory is /data (the node's volume or disk).
+    report.push(host::sysctls(f.data_dir != Path::new("/data")));
     let pod = sandbox::run_container(&f.data_dir, &cgroup.pods, report);
     match pod {
         Some(pid) => report.push(podnet::wire_and_connect(pid, cfg, advertised(f), (&f.bind, f.port))),
