@@ -56,6 +56,10 @@ pub struct JoinOptions {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Token {
     pub ca_sha256: Option<String>,
+    /// The user it names (`server`, `node`): k3s's agent authenticates as
+    /// that user, and as `node` when the token names none
+    /// (pkg/clientaccess/token.go).
+    pub user: Option<String>,
     pub secret: String,
 }
 
@@ -68,16 +72,20 @@ impl Token {
             return Err(bad("is empty, too long, or holds spaces"));
         }
         let Some((hash, creds)) = t.strip_prefix("K10").and_then(|r| r.split_once("::")) else {
-            return Ok(Token { ca_sha256: None, secret: t.to_string() });
+            return Ok(Token { ca_sha256: None, user: None, secret: t.to_string() });
         };
         if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad("has a K10 prefix but no sha256 after it"));
         }
-        let secret = creds.split_once(':').map_or(creds, |(_, s)| s);
+        let (user, secret) = match creds.split_once(':') {
+            Some((u, s)) if !u.is_empty() => (Some(u.to_string()), s),
+            Some((_, s)) => (None, s),
+            None => (None, creds),
+        };
         if secret.is_empty() {
             return Err(bad("has no secret"));
         }
-        Ok(Token { ca_sha256: Some(hash.to_ascii_lowercase()), secret: secret.to_string() })
+        Ok(Token { ca_sha256: Some(hash.to_ascii_lowercase()), user, secret: secret.to_string() })
     }
 }
 
@@ -95,6 +103,28 @@ fn parse_server(url: &str) -> Result<(String, u16), ClusterError> {
         return Err(bad());
     }
     Ok((host.to_string(), port))
+}
+
+/// The CA hash a join token pins, as k3s computes it
+/// (pkg/clientaccess/token.go `hashCA`; k3s's token docs): the sha256 of
+/// `/cacerts` as served when it is one certificate; of the root
+/// certificate's DER (its fingerprint) when it is a bundle (a custom CA
+/// with intermediates).
+fn ca_hash(cacerts: &[u8]) -> String {
+    let ders: Vec<Vec<u8>> = x509_parser::pem::Pem::iter_from_buffer(cacerts)
+        .filter_map(|p| p.ok())
+        .filter(|p| p.label == "CERTIFICATE")
+        .map(|p| p.contents)
+        .collect();
+    if ders.len() > 1 {
+        let root = ders.iter().find(|d| {
+            x509_parser::parse_x509_certificate(d).is_ok_and(|(_, c)| c.issuer().as_raw() == c.subject().as_raw())
+        });
+        if let Some(root) = root.or(ders.last()) {
+            return hex::encode(sha2::Sha256::digest(root));
+        }
+    }
+    hex::encode(sha2::Sha256::digest(cacerts))
 }
 
 /// The server's CA, fetched without trusting anything, then checked
@@ -117,7 +147,7 @@ fn check_server(url: &str, want: &str, token: &Token) -> Result<Remote, ClusterE
     }
     let mut ca = Vec::new();
     resp.take(64 << 10).read_to_end(&mut ca).map_err(|e| refused(format!("reading its CA: {e}")))?;
-    let got = hex::encode(sha2::Sha256::digest(&ca));
+    let got = ca_hash(&ca);
     if !got.eq_ignore_ascii_case(want) {
         return Err(refused(format!(
             "its CA certificate has sha256 {got}, not {want} as the join line says: this is not that cluster's server \
@@ -133,7 +163,8 @@ fn check_server(url: &str, want: &str, token: &Token) -> Result<Remote, ClusterE
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| refused(format!("cannot set up a client: {e}")))?;
-    let remote = Remote { client, base: url.to_string(), secret: token.secret.clone() };
+    let user = token.user.clone().unwrap_or_else(|| "node".into());
+    let remote = Remote { client, base: url.to_string(), user, secret: token.secret.clone() };
     match remote.get("/v1-k3s/readyz") {
         Ok((200, _)) => Ok(remote),
         Ok((401 | 403, _)) => {
@@ -149,6 +180,7 @@ fn check_server(url: &str, want: &str, token: &Token) -> Result<Remote, ClusterE
 struct Remote {
     client: reqwest::blocking::Client,
     base: String,
+    user: String,
     secret: String,
 }
 
@@ -157,7 +189,7 @@ impl Remote {
         let resp = self
             .client
             .request(method, format!("{}{path}", self.base))
-            .basic_auth("node", Some(&self.secret))
+            .basic_auth(&self.user, Some(&self.secret))
             .send()
             .map_err(|e| crate::artifacts::source::describe_error(&e))?;
         let code = resp.status().as_u16();
@@ -526,4 +558,45 @@ pub fn remote_state(p: &Profile, joined: &Joined) -> Result<(u16, Readiness), St
     let remote = check_server(&joined.server, &joined.ca_sha256, &token).map_err(|e| e.to_string())?;
     let code = remote.get("/v1-k3s/readyz")?.0;
     Ok((code, remote.node_ready(&joined.node)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_keep_their_user() {
+        let h = "a".repeat(64);
+        let t = Token::parse(&format!("K10{h}::server:s3cret\n")).unwrap();
+        assert_eq!(
+            (t.ca_sha256.as_deref(), t.user.as_deref(), t.secret.as_str()),
+            (Some(&h[..]), Some("server"), "s3cret")
+        );
+        let t = Token::parse(&format!("K10{h}::s3cret")).unwrap();
+        assert_eq!((t.user, t.secret.as_str()), (None, "s3cret"));
+        let t = Token::parse("bare").unwrap();
+        assert_eq!((t.ca_sha256, t.user, t.secret.as_str()), (None, None, "bare"));
+        assert!(Token::parse(&format!("K10{h}::node:")).is_err());
+    }
+
+    #[test]
+    fn a_ca_bundle_is_hashed_by_its_root_as_k3s_hashes_it() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca = |name: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name.push(rcgen::DnType::CommonName, name);
+            p
+        };
+        let root_key = KeyPair::generate().unwrap();
+        let root = ca("root").self_signed(&root_key).unwrap();
+        let mid_key = KeyPair::generate().unwrap();
+        let mid = ca("intermediate").signed_by(&mid_key, &root, &root_key).unwrap();
+        // One certificate: the bytes as served.
+        let one = root.pem();
+        assert_eq!(ca_hash(one.as_bytes()), hex::encode(sha2::Sha256::digest(one.as_bytes())));
+        // A bundle (intermediate first): the root's DER, wherever it is.
+        let bundle = format!("{}{}", mid.pem(), root.pem());
+        assert_eq!(ca_hash(bundle.as_bytes()), hex::encode(sha2::Sha256::digest(root.der())));
+    }
 }
