@@ -49,15 +49,20 @@ pub struct AgentArgs {
     heartbeat_ms: u64,
 }
 
-/// The token's CA hash and secret.
-fn parse_token(token: &str) -> (Option<String>, String) {
+/// The token's CA hash, user (`node` when it names none, as k3s's agent
+/// does) and secret.
+fn parse_token(token: &str) -> (Option<String>, String, String) {
     let t = token.trim();
     match t.strip_prefix("K10").and_then(|r| r.split_once("::")) {
         Some((hash, creds)) => {
-            let secret = creds.split_once(':').map_or(creds, |(_, pw)| pw);
-            (Some(hash.to_string()), secret.to_string())
+            let (user, secret) = match creds.split_once(':') {
+                Some((u, pw)) if !u.is_empty() => (u, pw),
+                Some((_, pw)) => ("node", pw),
+                None => ("node", creds),
+            };
+            (Some(hash.to_string()), user.to_string(), secret.to_string())
         }
-        None => (None, t.to_string()),
+        None => (None, "node".into(), t.to_string()),
     }
 }
 
@@ -75,7 +80,7 @@ pub fn main(a: AgentArgs) -> Result<()> {
         }
         (None, None) => bail!("--token or --token-file is required to join a server"),
     };
-    let (want_hash, secret) = parse_token(&token);
+    let (want_hash, user, secret) = parse_token(&token);
     let base = a.server.trim_end_matches('/').to_string();
     anyhow::ensure!(base.starts_with("https://"), "--server {base}: expected an https:// URL");
     let version = crate::read_version()?;
@@ -123,7 +128,7 @@ pub fn main(a: AgentArgs) -> Result<()> {
     let register = || -> Result<()> {
         let r = client
             .post(format!("{base}/api/v1/nodes"))
-            .basic_auth("node", Some(&secret))
+            .basic_auth(&user, Some(&secret))
             .header("Content-Type", "application/json")
             .body(node.to_string())
             .send()?;
@@ -141,7 +146,7 @@ pub fn main(a: AgentArgs) -> Result<()> {
     while !STOP.load(Ordering::SeqCst) {
         let r = client
             .patch(&url)
-            .basic_auth("node", Some(&secret))
+            .basic_auth(&user, Some(&secret))
             .header("Content-Type", "application/merge-patch+json")
             .body(beat.to_string())
             .send();
@@ -281,9 +286,9 @@ mod tests {
 
     #[test]
     fn tokens_full_and_bare() {
-        assert_eq!(parse_token("K10abc::server:s3cret\n"), (Some("abc".into()), "s3cret".into()));
-        assert_eq!(parse_token("K10abc::s3cret"), (Some("abc".into()), "s3cret".into()));
-        assert_eq!(parse_token("plain"), (None, "plain".into()));
+        assert_eq!(parse_token("K10abc::server:s3cret\n"), (Some("abc".into()), "server".into(), "s3cret".into()));
+        assert_eq!(parse_token("K10abc::s3cret"), (Some("abc".into()), "node".into(), "s3cret".into()));
+        assert_eq!(parse_token("plain"), (None, "node".into(), "plain".into()));
         assert_eq!(crate::server::token_secret("K10abc::server:s3cret"), "s3cret");
         assert_eq!(crate::server::token_secret("plain\n"), "plain");
     }

@@ -106,7 +106,10 @@ impl Server {
             let creds = String::from_utf8(creds).ok()?;
             let (user, pw) = creds.split_once(':')?;
             let want = self.join_secret.as_deref()?;
-            return (user == "node" && constant_time_eq(pw.as_bytes(), want.as_bytes())).then(|| "node".into());
+            // k3s's passwd: `server` and `node` both take the server token's
+            // secret (no separate agent token); both may join a node.
+            let known = user == "node" || user == "server";
+            return (known && constant_time_eq(pw.as_bytes(), want.as_bytes())).then(|| "node".into());
         }
         let token = auth.strip_prefix("Bearer ")?.trim();
         self.tokens.get(token).map(|u| format!("token:{u}"))
