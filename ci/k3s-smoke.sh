@@ -237,8 +237,25 @@ step_nodes() {
       echo "$found" | grep -q "standin.kubestrap.dev/images\":\"[^\"]*$f" || { echo "node $agent lacks $f"; return 1; }
     done
   else
+    # A web server on the server's node, behind a Service; from a pod on
+    # the agent (nothing pulled): its pod IP across nodes (flannel's
+    # VXLAN), and the Service by name (cluster DNS, kube-proxy).
+    local server=kubestrap-$p ip
+    kc delete pod smoke-web smoke-agent --ignore-not-found --wait=true >/dev/null
+    kc delete service smoke-web --ignore-not-found >/dev/null
+    kc run smoke-web --image=kubestrap.local/smoke:1 --image-pull-policy=Never --port=8080 \
+      --overrides="{\"spec\":{\"nodeName\":\"$server\"}}" -- /bin/busybox httpd -f -p 8080 -h /bin &&
+    kc expose pod smoke-web --port=80 --target-port=8080 &&
+    kc wait --for=condition=Ready pod/smoke-web --timeout=180s || return 1
+    ip=$(kc get pod smoke-web -o 'jsonpath={.status.podIP}')
+    # busybox's own resolver (nslookup; its static wget has none) and
+    # `timeout` (its wget -T crashes).
+    local b=/bin/busybox
+    local script="$b timeout 10 $b wget -q -O /dev/null http://$ip:8080/busybox || exit 1
+      svc=\$($b nslookup smoke-web.default.svc.cluster.local | $b awk '/^Address/ {a = \$NF} END {print a}')
+      $b timeout 10 $b wget -q -O /dev/null http://\$svc/busybox && echo smoke-ok"
     kc run smoke-agent --restart=Never --image=kubestrap.local/smoke:1 --image-pull-policy=Never \
-      --overrides="{\"spec\":{\"nodeName\":\"$agent\"}}" -- /bin/busybox echo smoke-ok &&
+      --overrides="{\"spec\":{\"nodeName\":\"$agent\"}}" -- /bin/sh -c "$script" &&
     kc wait --for=jsonpath='{.status.phase}'=Succeeded pod/smoke-agent --timeout=180s && kc logs smoke-agent | grep smoke-ok
   fi
 }
