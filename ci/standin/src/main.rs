@@ -34,7 +34,7 @@ enum Cmd {
     /// Serve the API over HTTPS until SIGTERM/SIGINT.
     Server(Box<ServerArgs>),
     /// Join a server as a node (k3s's `agent`) and keep its node Ready.
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
 }
 
 #[derive(Args)]
@@ -338,7 +338,7 @@ fn main() {
     let args = match Cli::parse().cmd {
         Cmd::Server(args) => *args,
         Cmd::Agent(args) => {
-            if let Err(e) = agent::main(args) {
+            if let Err(e) = agent::main(*args) {
                 eprintln!("standin-agent: error: {e:#}");
                 std::process::exit(1);
             }
