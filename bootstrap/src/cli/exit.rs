@@ -12,6 +12,7 @@ use crate::channel::generate::GenerateError;
 use crate::cluster::ClusterError;
 use crate::cluster::images::ImageError;
 use crate::cluster::kubeconfig::KubeconfigError;
+use crate::cluster::service::ServiceError;
 use crate::cluster::snapshot::SnapshotError;
 use crate::cluster::upgrade::UpgradeError;
 use crate::driver::DriverError;
@@ -89,6 +90,15 @@ fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<Code> {
             }
             ImageError::Corrupt { .. } => Code::CorruptCache,
             ImageError::Fs(e) => fs_code(e),
+        });
+    }
+    if let Some(e) = cause.downcast_ref::<ServiceError>() {
+        return Some(match e {
+            ServiceError::NoSuchService { .. } | ServiceError::NoSuchPort { .. } | ServiceError::NoNodePort { .. } => {
+                Code::Usage
+            }
+            ServiceError::Unreachable { .. } => Code::Unfit,
+            ServiceError::Api { .. } => Code::NotReady,
         });
     }
     if let Some(e) = cause.downcast_ref::<SnapshotError>() {
@@ -325,6 +335,9 @@ fn hint_of(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
     }
     if let Some(e) = cause.downcast_ref::<HomeError>() {
         return Some(e.hint());
+    }
+    if let Some(e) = cause.downcast_ref::<ServiceError>() {
+        return e.hint();
     }
     cause.downcast_ref::<FsError>().and_then(FsError::hint)
 }

@@ -31,6 +31,7 @@ pub mod pki;
 mod ports;
 pub mod recovery;
 pub mod release;
+pub mod service;
 pub mod session;
 pub mod snapshot;
 mod start;

@@ -476,6 +476,11 @@ pub trait Driver: Sync {
     fn address(&self, _p: &Profile, _run: &Run) -> Ipv4Addr {
         Ipv4Addr::LOCALHOST
     }
+    /// Where this machine reaches the server node's own ports (its
+    /// NodePorts) directly, or why it cannot (only the API is forwarded).
+    fn node_reach(&self, _p: &Profile, _cfg: &crate::profile::Config) -> std::result::Result<Ipv4Addr, String> {
+        Err("only the API is forwarded to this machine".into())
+    }
     /// The template values the server's args and pki-files paths are
     /// rendered with, as localkube sees its paths.
     fn vars(&self, launch: &Launch) -> Vars;

@@ -277,6 +277,21 @@ fn check_workloads(r: &Real) {
     let port = r.k(&["get", "service", "web-nodeport", "-o", "jsonpath={.spec.ports[0].nodePort}"]);
     let (ok, out) = sh(&format!("curl -s --max-time 5 http://{node_ip}:{port}/"));
     assert!(ok && out == "hello from a real pod\n", "NodePort {node_ip}:{port} from the host: {out}");
+    // `kubestrap service` says where: that URL, which answers.
+    let url = r.c.env.ok(&["service", "-p", &r.profile, "web-nodeport", "--url"]);
+    assert_eq!(url, format!("http://{node_ip}:{port}\n"));
+    let (ok, out) = sh(&format!("curl -s --max-time 5 {}/", url.trim()));
+    assert!(ok && out == "hello from a real pod\n", "{url}: {out}");
+    let json = r.c.env.ok(&["-o", "json", "service", "-p", &r.profile, "web-nodeport"]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!((v["type"].as_str(), v["urls"][0]["node_port"].as_u64()), (Some("NodePort"), port.parse().ok()), "{v}");
+    // A ClusterIP Service is reached from pods only: how to expose it.
+    let err = r.c.env.fail(&["service", "-p", &r.profile, "web"], Code::Usage);
+    assert!(err.contains("no NodePort") && err.contains("port-forward service/web"), "{err}");
+    let err = r.c.env.fail(&["service", "-p", &r.profile, "nothing-here"], Code::Usage);
+    assert!(err.contains("has no Service default/nothing-here"), "{err}");
+    let err = r.c.env.fail(&["service", "-p", &r.profile, "web-nodeport", "--port", "9"], Code::Usage);
+    assert!(err.contains("has no port \"9\""), "{err}");
 
     // A service account token mounted in a pod is accepted by the
     // apiserver: it knows who the pod is (and RBAC says no).

@@ -129,6 +129,13 @@ pub enum Cmd {
     /// Load your own container image archives into a cluster, offline.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Where this machine reaches a Service of the cluster: a URL per port,
+    /// from the node's address and the Service's NodePort (a ClusterIP
+    /// Service is reached from pods only: the error says how to expose it).
+    #[command(
+        after_help = "Examples:\n  kubestrap service web\n  kubestrap service web -n shop --url\n  curl \"$(kubestrap service web --url --port http)\"\n  kubestrap service web --open"
+    )]
+    Service(ServiceArgs),
     /// Make, inspect, verify and extract offline bundles.
     #[command(subcommand)]
     Bundle(BundleCmd),
@@ -169,6 +176,26 @@ pub struct ProfileArgs {
     /// The cluster's name.
     #[arg(short, long, default_value = "kubestrap")]
     pub profile: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+    /// The Service's name.
+    pub name: String,
+    /// Its namespace.
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+    /// One of its ports, by name or number [default: every TCP port].
+    #[arg(long)]
+    pub port: Option<String>,
+    /// Print only the URLs, one per line (for scripts: `curl "$(kubestrap service web --url)"`).
+    #[arg(long)]
+    pub url: bool,
+    /// Open each URL in this machine's browser (xdg-open).
+    #[arg(long)]
+    pub open: bool,
 }
 
 #[derive(Args, Debug, Clone)]

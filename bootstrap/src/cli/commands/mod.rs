@@ -19,6 +19,7 @@ mod fetch;
 mod image;
 mod manifest;
 mod node;
+mod service;
 mod signing;
 mod upgrade;
 
@@ -41,6 +42,7 @@ pub fn run(cmd: Cmd, home: &Home, ui: &Ui) -> Result<u8> {
         Cmd::Trust(c) => signing::trust_cmd(c, home, ui)?,
         Cmd::Bundle(c) => bundle::run(c, home, ui)?,
         Cmd::Image(c) => image::run(c, home, ui)?,
+        Cmd::Service(a) => service::run(a, home, ui)?,
         Cmd::Install(a) => bundle::install(a, home, ui)?,
         Cmd::Upgrade(a) => upgrade::upgrade(*a, home, ui)?,
         Cmd::Rollback(a) => upgrade::rollback(a, home, ui)?,

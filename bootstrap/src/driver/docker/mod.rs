@@ -220,6 +220,25 @@ impl Driver for Docker<'_> {
         if ip.is_unspecified() { Vec::new() } else { vec![ip.to_string()] }
     }
 
+    /// A rootful engine's containers are on a bridge of this machine: their
+    /// addresses are reached directly. A rootless engine's are inside its
+    /// own network namespace.
+    fn node_reach(
+        &self,
+        p: &Profile,
+        _cfg: &crate::profile::Config,
+    ) -> std::result::Result<std::net::Ipv4Addr, String> {
+        let eng = self.engine_for(p).map_err(|e| e.to_string())?;
+        let info = eng.info().map_err(|e| e.to_string())?;
+        if info.rootless {
+            return Err(format!(
+                "the engine is {}: its containers' addresses are inside its own network namespace",
+                info.name()
+            ));
+        }
+        Some(node_ip(p)).filter(|a| !a.is_unspecified()).ok_or_else(|| "the node has no address yet".into())
+    }
+
     fn vars(&self, launch: &Launch) -> Vars {
         guest::vars(launch, node_ip(&launch.profile), NODE_IFACE)
     }

@@ -449,13 +449,16 @@ fn removal_script(saved: &str, doomed: &dyn Fn(&str) -> bool) -> (String, Vec<St
     (script, names)
 }
 
-/// Empty `kubepods` cgroups the kubelet made (v2 root, or each v1 hierarchy).
+/// Empty `kubepods` cgroups the kubelet made, and the `k3s` cgroup k3s
+/// makes for its kubelet and containerd when it finds itself in the root
+/// cgroup (k3s pkg/cgroups): in the v2 root, or each v1 hierarchy.
 fn cgroups(out: &mut Cleanup) {
     let root = Path::new("/sys/fs/cgroup");
-    let mut tops = vec![root.join("kubepods")];
+    let mut bases = vec![root.to_path_buf()];
     if let Ok(rd) = std::fs::read_dir(root) {
-        tops.extend(rd.flatten().map(|e| e.path().join("kubepods")));
+        bases.extend(rd.flatten().map(|e| e.path()));
     }
+    let tops: Vec<PathBuf> = bases.iter().flat_map(|b| [b.join("kubepods"), b.join("k3s")]).collect();
     for top in tops.into_iter().filter(|t| t.is_dir()) {
         let mut dirs = vec![top.clone()];
         let mut i = 0;

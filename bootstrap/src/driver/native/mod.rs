@@ -65,6 +65,16 @@ impl Driver for Native<'_> {
         if node::wanted(run) { node::NodeNet::of(p).address } else { std::net::Ipv4Addr::LOCALHOST }
     }
 
+    /// The node is this machine: its own address (the profile's node
+    /// address, where it has one).
+    fn node_reach(
+        &self,
+        _p: &Profile,
+        cfg: &crate::profile::Config,
+    ) -> std::result::Result<std::net::Ipv4Addr, String> {
+        Ok(cfg.listen.or(cfg.address).unwrap_or(std::net::Ipv4Addr::LOCALHOST))
+    }
+
     fn vars(&self, launch: &Launch) -> Vars {
         let p = &launch.profile;
         // `--listen`: the apiserver binds that address (local clients reach it there too).

@@ -300,6 +300,14 @@ impl Driver for Qemu<'_> {
         vec![cmdline::GUEST_IP.to_string(), server_l2_address().to_string()]
     }
 
+    fn node_reach(
+        &self,
+        _p: &Profile,
+        _cfg: &crate::profile::Config,
+    ) -> std::result::Result<std::net::Ipv4Addr, String> {
+        Err("a VM's ports are not forwarded to this machine (only its API is, to 127.0.0.1)".into())
+    }
+
     fn vars(&self, launch: &Launch) -> Vars {
         let (ip, iface) = guest_net(launch.run.agent.is_some().then(server_l2_address));
         guest::vars(launch, ip, iface)
