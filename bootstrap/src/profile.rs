@@ -113,6 +113,10 @@ pub struct Config {
     /// this machine, where other machines join the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<Ipv4Addr>,
+    /// `start --publish HOST:NODE`: the server node's ports published on
+    /// this machine (127.0.0.1, and the `--listen` address).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<Publish>,
     /// This profile is a node of another machine's cluster (`node join`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join: Option<Joined>,
@@ -134,6 +138,42 @@ impl Config {
     /// Where the apiserver answers on this machine.
     pub fn endpoint(&self) -> Endpoint {
         Endpoint { address: self.address.unwrap_or(Ipv4Addr::LOCALHOST), port: self.port }
+    }
+}
+
+/// One `start --publish HOST_PORT:NODE_PORT`: the server node's port
+/// NODE_PORT (a NodePort, say) reached at HOST_PORT on this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Publish {
+    pub host: u16,
+    pub node: u16,
+}
+
+impl std::str::FromStr for Publish {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Publish, String> {
+        let bad = || format!("expected HOST_PORT:NODE_PORT, two ports from 1 to 65535 (e.g. 8080:30080), got {s:?}");
+        let (h, n) = s.split_once(':').ok_or_else(bad)?;
+        let port = |x: &str| x.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad);
+        Ok(Publish { host: port(h)?, node: port(n)? })
+    }
+}
+
+impl std::fmt::Display for Publish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.node)
+    }
+}
+
+impl Serialize for Publish {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Publish {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Publish, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 

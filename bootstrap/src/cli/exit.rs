@@ -209,6 +209,8 @@ fn cluster_code(e: &ClusterError) -> Code {
         E::NodesUnsupported { .. } => Code::Unfit,
         E::JoinRefused { .. } => Code::JoinRefused,
         E::NotJoined { .. } | E::NotListening { .. } | E::IsJoined { .. } | E::NoRemoteJoin { .. } => Code::Usage,
+        E::PublishNative { .. } => Code::Usage,
+        E::PublishInUse { .. } => Code::PortInUse,
         E::TooManyNodes { .. }
         | E::BadNodeName { .. }
         | E::NoSuchNode { .. }

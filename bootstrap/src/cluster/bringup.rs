@@ -36,6 +36,8 @@ pub struct Tuning {
     pub rollout: Rollout,
     /// `--listen`: also serve the API at this address (None: as it was).
     pub listen: Option<std::net::Ipv4Addr>,
+    /// `--publish` (None: as it was; empty: none).
+    pub publish: Option<Vec<crate::profile::Publish>>,
     /// Whether ready waits for the release's system workloads too.
     pub system: System,
 }
@@ -119,6 +121,10 @@ pub fn bring_up(s: &Session, plan: &BringUp) -> Result<Started> {
         }
         .into());
     }
+    let publish = plan.tuning.publish.as_deref().or(plan.existing.map(|c| c.publish.as_slice())).unwrap_or_default();
+    if let Some(first) = publish.first().filter(|_| drv.kind() == kubestrap_manifest::Driver::Native) {
+        return Err(ClusterError::PublishNative { port: first.node }.into());
+    }
     preflight(drv, p, m)?;
     let mut components = fetch_and_unpack(s.home, m, drv.kind(), plan.fetch, s.progress)?;
     crate::killpoint::reached("configure");
@@ -170,6 +176,7 @@ pub(super) fn launch_of(p: &Profile, m: &Manifest, components: super::components
         trees: components.trees,
         settings: cfg.vm.unwrap_or_default(),
         listen: cfg.listen,
+        publish: cfg.publish.clone(),
         join: None,
     }
 }
@@ -239,6 +246,9 @@ fn configure(
     let t = Instant::now();
     let ports_lock = home.lock("ports", true, || {})?;
     let port = ports::choose(home, p, asked, existing)?;
+    let publish =
+        plan.tuning.publish.clone().unwrap_or_else(|| existing.map(|c| c.publish.clone()).unwrap_or_default());
+    ports::check_published(&publish, port)?;
     let created = existing.is_none();
     let cfg = Config {
         name: p.name.clone(),
@@ -255,6 +265,7 @@ fn configure(
             .filter(|a| !a.is_loopback()),
         agents: agents.iter().map(|a| a.short()).collect(),
         listen,
+        publish,
         join: None,
     };
     if existing != Some(&cfg) {

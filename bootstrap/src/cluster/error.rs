@@ -49,6 +49,13 @@ pub enum ClusterError {
     NotListening { profile: String },
     #[error("profile {profile:?} is node {node} of the cluster at {server}: it has no join line of its own")]
     IsJoined { profile: String, node: String, server: String },
+    #[error(
+        "--publish: on the native driver the node is this machine, and its ports (NodePort {port}, say) are reached \
+         on the node's address already"
+    )]
+    PublishNative { port: u16 },
+    #[error("--publish {publish}: port {port} on 127.0.0.1 is in use by another program (or is the API's)")]
+    PublishInUse { publish: String, port: u16 },
     #[error("release {release}'s nodes cannot join across machines: {why}")]
     NoRemoteJoin { profile: String, release: String, why: String },
     #[error("profile {profile:?} has {has} nodes; --nodes {asked} would remove some")]
@@ -88,6 +95,10 @@ impl ClusterError {
                  the other machine shares), after `kubestrap stop -p {profile}`"
             ),
             E::NotRunning { profile } => format!("start it first: `kubestrap start -p {profile}`"),
+            E::PublishNative { .. } => {
+                "leave out --publish: `kubestrap service NAME` prints a Service's URL on the node's address".into()
+            }
+            E::PublishInUse { .. } => "pick another host port for it (`--publish OTHER:NODE_PORT`)".into(),
             E::NoRemoteJoin { profile, .. } => format!(
                 "add nodes on the server's machine instead: `kubestrap node add -p {profile}` (docker or qemu driver)"
             ),

@@ -298,6 +298,7 @@ pub fn join(home: &Home, j: &JoinOptions, progress: &dyn Progress) -> Result<Joi
         address: None,
         agents: Vec::new(),
         listen: None,
+        publish: Vec::new(),
         join: Some(Joined { server: line.url.clone(), ca_sha256: line.ca_sha256.clone(), node: node.clone() }),
     };
     record(p, existing.as_ref(), &cfg, &j.token)?;

@@ -41,3 +41,14 @@ pub fn choose(home: &Home, p: &Profile, asked: Option<u16>, existing: Option<&Co
         .find(|port| !taken.contains(port) && port_free(*port))
         .ok_or_else(|| ClusterError::NoFreePort { from: DEFAULT_PORT, to: DEFAULT_PORT + RANGE }.into())
 }
+
+/// Every `--publish` host port free on 127.0.0.1, none the API's, none twice.
+pub fn check_published(publish: &[profile::Publish], api: u16) -> Result<()> {
+    for (i, p) in publish.iter().enumerate() {
+        let twice = publish[..i].iter().any(|q| q.host == p.host);
+        if p.host == api || twice || !port_free(p.host) {
+            return Err(ClusterError::PublishInUse { publish: p.to_string(), port: p.host }.into());
+        }
+    }
+    Ok(())
+}

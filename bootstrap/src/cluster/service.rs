@@ -6,8 +6,6 @@
 //! without a NodePort (ClusterIP) is reached from pods only, and the error
 //! says how to expose it.
 
-use std::net::Ipv4Addr;
-
 use anyhow::Result;
 use serde::Serialize;
 
@@ -44,8 +42,11 @@ pub enum ServiceError {
     NoSuchPort { namespace: String, name: String, port: String, ports: String },
     #[error("Service {namespace}/{name} is of type {kind}: it has no NodePort, so only pods reach it")]
     NoNodePort { namespace: String, name: String, kind: String },
-    #[error("the {driver} driver's nodes of profile {profile:?} cannot be reached from this machine: {why}")]
-    Unreachable { profile: String, driver: String, why: String },
+    #[error(
+        "the {driver} driver's nodes of profile {profile:?} cannot be reached from this machine ({why}), and \
+         NodePort {node_port} is not published"
+    )]
+    Unreachable { profile: String, driver: String, why: String, node_port: u16 },
     #[error("asking the apiserver of profile {profile:?} for Service {namespace}/{name}: {why}")]
     Api { profile: String, namespace: String, name: String, why: String },
 }
@@ -61,10 +62,10 @@ impl ServiceError {
                 "give it a NodePort: `kubectl -n {namespace} patch service {name} -p '{{\"spec\":{{\"type\":\"NodePort\"}}}}'`, \
                  or forward a port for as long as you need it: `kubectl -n {namespace} port-forward service/{name} 8080:PORT`"
             ),
-            ServiceError::Unreachable { .. } => {
-                "forward a port for as long as you need it: `kubectl -n NAMESPACE port-forward service/NAME 8080:PORT`"
-                    .into()
-            }
+            ServiceError::Unreachable { profile, node_port, .. } => format!(
+                "publish it: `kubestrap stop -p {profile} && kubestrap start -p {profile} --publish 8080:{node_port}`, \
+                 or forward a port for as long as you need it: `kubectl port-forward service/NAME 8080:PORT`"
+            ),
             ServiceError::Api { .. } => return None,
         })
     }
@@ -151,19 +152,30 @@ pub fn reach(home: &Home, want: &Wanted, progress: &dyn crate::progress::Progres
     if chosen.iter().all(|p| p.node_port.is_none()) {
         return Err(ServiceError::NoNodePort { namespace: ns.into(), name: name.into(), kind }.into());
     }
-    let at: Ipv4Addr = drv.node_reach(&p, &cfg).map_err(|why| ServiceError::Unreachable {
-        profile: p.name.clone(),
-        driver: cfg.driver.as_str().to_string(),
-        why,
-    })?;
-    let urls = chosen
-        .iter()
-        .filter_map(|port| {
-            let node_port = port.node_port?;
-            let url = format!("{}://{at}:{node_port}", scheme(port));
-            Some(ServiceUrl { name: port.name.clone(), port: port.port, node_port, url })
-        })
-        .collect();
+    // A port `--publish` put on this machine first (127.0.0.1 on every
+    // driver); else the node's own address, where the driver reaches it.
+    let reach = drv.node_reach(&p, &cfg);
+    let mut urls = Vec::new();
+    for port in &chosen {
+        let Some(node_port) = port.node_port else { continue };
+        let at = match cfg.publish.iter().find(|x| x.node == node_port) {
+            Some(published) => format!("127.0.0.1:{}", published.host),
+            None => match &reach {
+                Ok(addr) => format!("{addr}:{node_port}"),
+                Err(why) => {
+                    return Err(ServiceError::Unreachable {
+                        profile: p.name.clone(),
+                        driver: cfg.driver.as_str().to_string(),
+                        why: why.clone(),
+                        node_port,
+                    }
+                    .into());
+                }
+            },
+        };
+        let url = format!("{}://{at}", scheme(port));
+        urls.push(ServiceUrl { name: port.name.clone(), port: port.port, node_port, url });
+    }
     Ok(Reached { profile: p.name.clone(), namespace: ns.into(), service: name.into(), kind, urls })
 }
 

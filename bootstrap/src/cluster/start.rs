@@ -39,6 +39,8 @@ pub struct StartOptions {
     pub nodes: Option<usize>,
     /// `--listen`.
     pub listen: Option<std::net::Ipv4Addr>,
+    /// `--publish` (None: as it was; empty: `--no-publish`).
+    pub publish: Option<Vec<crate::profile::Publish>>,
     /// `--no-wait-system`: ready without the release's system workloads.
     pub system: super::bringup::System,
 }
@@ -60,6 +62,7 @@ pub fn start(home: &Home, o: &StartOptions, progress: &dyn Progress) -> Result<S
         nodes: o.nodes.or_else(|| again.as_ref().filter(|c| !c.agents.is_empty()).map(|c| c.agents.len() + 1)),
         rollout: super::nodes::Rollout::Parallel,
         listen: o.listen,
+        publish: o.publish.clone(),
         system: o.system,
     };
     // An upgrade a killed command left is finished or undone first.
@@ -179,6 +182,14 @@ fn rejoin(s: &Session, host: &Host, loaded: &Loaded, o: &StartOptions) -> Result
         progress.warn(format!(
             "profile {:?} is already running; --listen {at} applies once it is stopped and started again",
             p.name
+        ));
+    }
+    if let Some(asked) = o.publish.as_ref().filter(|asked| p.load().ok().map(|c| c.publish) != Some(asked.to_vec())) {
+        let list: Vec<String> = asked.iter().map(|x| x.to_string()).collect();
+        progress.warn(format!(
+            "profile {:?} is already running; --publish {} applies once it is stopped and started again",
+            p.name,
+            if list.is_empty() { "(none)".to_string() } else { list.join(" ") }
         ));
     }
     if let Some(asked) = o.port.filter(|asked| *asked != host.port) {

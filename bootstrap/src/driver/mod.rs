@@ -127,6 +127,8 @@ pub struct Launch {
     /// `--listen`: the apiserver is also reached at this address of this
     /// machine (other machines join there); loopback only otherwise.
     pub listen: Option<Ipv4Addr>,
+    /// `--publish`: the server node's ports published on this machine.
+    pub publish: Vec<crate::profile::Publish>,
     /// A node of another machine's cluster (`node join`): `run` is the
     /// release's agent command line, joined to this server.
     pub join: Option<JoinTarget>,

@@ -21,6 +21,7 @@ mod k3s_native;
 mod lifecycle;
 mod load;
 mod nodes;
+mod publish;
 mod qemu;
 mod quickstart;
 mod real;

@@ -65,8 +65,13 @@ impl Real {
     }
 
     pub fn start(&self) -> String {
+        self.start_with(&[])
+    }
+
+    /// `start` with `extra` arguments.
+    pub fn start_with(&self, extra: &[&str]) -> String {
         let port = free_port().to_string();
-        self.c.env.ok(&[
+        let mut args = vec![
             "start",
             "-p",
             &self.profile,
@@ -78,7 +83,9 @@ impl Real {
             &port,
             "--wait-timeout",
             "300s",
-        ])
+        ];
+        args.extend_from_slice(extra);
+        self.c.env.ok(&args)
     }
 
     pub fn k(&self, args: &[&str]) -> String {
@@ -200,7 +207,7 @@ metadata: {{name: web-nodeport}}
 spec:
   type: NodePort
   selector: {{app: web}}
-  ports: [{{port: 80, targetPort: 8080}}]
+  ports: [{{port: 80, targetPort: 8080, nodePort: 30080}}]
 ---
 apiVersion: v1
 kind: Pod
@@ -470,9 +477,21 @@ fn real_kubernetes_runs_pods_on_the_docker_driver() {
 
     r.k(&["create", "configmap", "kept", "--from-literal=k=v"]);
     r.c.env.ok(&["stop", "-p", "realdk"]);
-    r.start();
+    // Started again with the NodePort published on 127.0.0.1: `service`
+    // points there now, and it answers.
+    let published = free_port().to_string();
+    r.start_with(&["--publish", &format!("{published}:30080")]);
     r.wait_ready("app=web", 2);
     assert_eq!(r.k(&["get", "configmap", "kept", "-o", "jsonpath={.data.k}"]), "v");
+    let url = r.c.env.ok(&["service", "-p", "realdk", "web-nodeport", "--url"]);
+    assert_eq!(url, format!("http://127.0.0.1:{published}\n"));
+    // (kube-proxy writes the NodePort's rules again within seconds of its start.)
+    let mut out = String::new();
+    let answered = wait_until(Duration::from_secs(60), || {
+        out = sh(&format!("curl -s --max-time 5 {}/", url.trim())).1;
+        out == "hello from a real pod\n"
+    });
+    assert!(answered, "the published NodePort {url}: {out}");
 
     // kill -9 of a component inside the container: named, then repaired.
     for comm in ["kube-apiserver", "kubelet"] {

@@ -315,6 +315,15 @@ pub struct StartArgs {
     /// existing cluster, never removes any [default: as it has, else 1].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=99))]
     pub nodes: Option<u16>,
+    /// Publish the server node's port NODE_PORT (a NodePort, say) on this
+    /// machine's 127.0.0.1:HOST_PORT, and on the --listen address (docker
+    /// and qemu drivers; repeat for more). Kept across stop and start;
+    /// given again, replaces the kept ones.
+    #[arg(long, value_name = "HOST_PORT:NODE_PORT", conflicts_with = "no_publish")]
+    pub publish: Vec<crate::profile::Publish>,
+    /// Publish none of the ports a earlier --publish kept.
+    #[arg(long)]
+    pub no_publish: bool,
     /// Also serve the cluster's API at this address of this machine (an
     /// IPv4 address other machines reach it at), so that they can join
     /// (`kubestrap node join-command`). Without it the API is on 127.0.0.1 only.

@@ -34,6 +34,7 @@ pub fn start(a: StartArgs, home: &Home, ui: &Ui) -> Result<Code> {
         }),
         nodes: a.nodes.map(usize::from),
         listen: a.listen,
+        publish: if a.no_publish { Some(Vec::new()) } else { Some(a.publish.clone()).filter(|p| !p.is_empty()) },
     };
     if let Some(at) = a.listen {
         ui.warn(&format!(

@@ -28,6 +28,7 @@ fn tuning(wait_timeout: std::time::Duration) -> Tuning {
         vm: None,
         nodes: None,
         listen: None,
+        publish: None,
         // The server first, then each agent, each Ready before the next.
         rollout: crate::cluster::nodes::Rollout::OneByOne,
         // A candidate whose system workloads never run is not up: rolled back.

@@ -290,8 +290,14 @@ impl Driver for Docker<'_> {
             // A joined node serves nothing here; a server is published on
             // 127.0.0.1, and on the `--listen` address.
             publish: launch.join.is_none().then(|| {
-                let mut at = vec![format!("127.0.0.1:{}:{}", launch.port, guest::PORT)];
-                at.extend(launch.listen.map(|a| format!("{a}:{}:{}", launch.port, guest::PORT)));
+                // The API, and each `--publish HOST:NODE`.
+                let ports =
+                    [(launch.port, guest::PORT)].into_iter().chain(launch.publish.iter().map(|p| (p.host, p.node)));
+                let mut at = Vec::new();
+                for (host, node) in ports {
+                    at.push(format!("127.0.0.1:{host}:{node}"));
+                    at.extend(launch.listen.map(|a| format!("{a}:{host}:{node}")));
+                }
                 at
             }),
             mounts: [

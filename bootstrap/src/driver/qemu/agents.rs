@@ -65,6 +65,7 @@ impl Qemu<'_> {
         l.profile = sub;
         l.run.args = agent.args.clone();
         l.listen = None;
+        l.publish.clear();
         l.join = Some(JoinTarget {
             server: server_l2_address().to_string(),
             port: guest::PORT,

@@ -226,6 +226,7 @@ impl Qemu<'_> {
             host_port: launch.port,
             guest_port: guest::PORT,
             listen: launch.listen,
+            publish: launch.publish.iter().map(|p| (p.host, p.node)).collect(),
             forward: net.forward,
             l2: l2.then(|| net.spec()),
             // Relative to qemu's working directory (the VM's): a socket's

@@ -82,6 +82,8 @@ pub struct VmSpec {
     pub guest_port: u16,
     /// `--listen`: the same port forwarded from this address too.
     pub listen: Option<std::net::Ipv4Addr>,
+    /// `--publish`: (host port, guest port), forwarded as the API's is.
+    pub publish: Vec<(u16, u16)>,
     /// Whether the apiserver's port is forwarded at all (an agent node's VM
     /// serves nothing to this machine).
     pub forward: bool,
@@ -141,9 +143,11 @@ pub fn args(vm: &VmSpec) -> Vec<String> {
     ]);
     let mut user = "user,id=net0".to_string();
     if vm.forward {
-        user.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-{GUEST_IP}:{}", vm.host_port, vm.guest_port));
-        if let Some(a) = vm.listen {
-            user.push_str(&format!(",hostfwd=tcp:{a}:{}-{GUEST_IP}:{}", vm.host_port, vm.guest_port));
+        for (host, guest) in [(vm.host_port, vm.guest_port)].into_iter().chain(vm.publish.iter().copied()) {
+            user.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-{GUEST_IP}:{guest}"));
+            if let Some(a) = vm.listen {
+                user.push_str(&format!(",hostfwd=tcp:{a}:{host}-{GUEST_IP}:{guest}"));
+            }
         }
     }
     push(&[
@@ -202,6 +206,7 @@ mod tests {
             host_port: 8443,
             guest_port: 6443,
             listen: None,
+            publish: Vec::new(),
             forward: true,
             l2: None,
             qmp_socket: "/p/vm/qmp.sock".into(),
