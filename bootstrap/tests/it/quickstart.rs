@@ -96,13 +96,24 @@ fn readme_using_it_runs_top_to_bottom_in_the_quickstart_home() {
     let _port = AUTO_PORT.lock().unwrap_or_else(|e| e.into_inner());
     let _cleanup = Deleter(&env);
     let port = free_port().to_string();
+    // The block's `--publish 8080:…`: a host port that is free here.
+    let published = free_port().to_string();
     for line in &lines {
         if let Some((_, why)) = NOT_RUN.iter().find(|(key, _)| line.contains(key)) {
             println!("not run: {line} ({why})");
             skipped += 1;
             continue;
         }
-        let words: Vec<String> = as_run(line).into_iter().map(|w| if w == "9443" { port.clone() } else { w }).collect();
+        let words: Vec<String> = as_run(line)
+            .into_iter()
+            .map(|w| match w.as_str() {
+                "9443" => port.clone(),
+                _ => match w.strip_prefix("8080:") {
+                    Some(node) => format!("{published}:{node}"),
+                    None => w,
+                },
+            })
+            .collect();
         let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
         let out = match words[0].as_str() {
             "kubestrap" => env.cmd(&args).current_dir(&cwd).output().unwrap(),
@@ -126,7 +137,7 @@ fn readme_using_it_runs_top_to_bottom_in_the_quickstart_home() {
         if line.starts_with("kubestrap start -p vm") {
             assert!(said.contains("qemu"), "{said}");
         }
-        if line.starts_with("kubestrap start -p c") {
+        if line.starts_with("kubestrap start -p c") || line.starts_with("kubestrap start -p web") {
             assert!(said.contains("docker"), "{said}");
         }
         if line.starts_with("kubestrap image list") {
