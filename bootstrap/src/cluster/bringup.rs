@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use kubestrap_fskit::{self as fskit, FsError};
 use kubestrap_manifest::{Manifest, PkiFile};
 
 use super::apiserver::{Probe, WaitError};
@@ -318,27 +317,9 @@ fn certificates(drv: &dyn Driver, launch: &Launch, validity: time::Duration, pro
             reason: e.to_string(),
         })?;
     }
-    place_files(&launch.run, &drv.host_data(p))?;
+    driver::place_files(&launch.run, &drv.host_data(p))?;
     progress.step(Step::Certificates { created: made }, t.elapsed());
     Ok(pki)
-}
-
-/// The run section's files (k3s's config file) written into the server's
-/// data directory as this machine sees it: each rewritten only when it
-/// differs.
-fn place_files(run: &kubestrap_manifest::Run, data: &std::path::Path) -> std::result::Result<(), FsError> {
-    for (path, content) in &run.files {
-        let dest = data.join(path.data_relative());
-        let max = kubestrap_manifest::MAX_FILE_BYTES as u64 + 1;
-        if fskit::read_capped(&dest, max).ok().as_deref() == Some(content.as_bytes()) {
-            continue;
-        }
-        if let Some(dir) = dest.parent() {
-            fskit::create_dir_mode(dir, 0o700)?;
-        }
-        fskit::write_atomic(&dest, content.as_bytes(), 0o600)?;
-    }
-    Ok(())
 }
 
 pub(super) fn result(s: &Session, at: Endpoint, host: Host) -> Result<Started> {

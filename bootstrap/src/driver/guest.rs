@@ -67,13 +67,7 @@ pub fn stage_agent(run: &Run, server_stage: &Path, stage: &Path) -> Result<usize
         fskit::remove_tree(stage)?;
     }
     fskit::create_dir_mode(stage, 0o700)?;
-    for (path, content) in &run.files {
-        let dest = stage.join(path.data_relative());
-        if let Some(dir) = dest.parent() {
-            fskit::create_dir_mode(dir, 0o700)?;
-        }
-        fskit::write_atomic(&dest, content.as_bytes(), 0o600)?;
-    }
+    super::place_files(run, stage)?;
     let Some(images) = &run.images_dir else { return Ok(0) };
     let (from, to) = (server_stage.join(images.data_relative()), stage.join(images.data_relative()));
     fskit::create_dir_mode(&to, 0o700)?;

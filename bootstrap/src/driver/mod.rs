@@ -157,6 +157,24 @@ impl Launch {
     }
 }
 
+/// The run section's files (k3s's config file) written into a node's data
+/// directory `data`, as this machine sees it (the native data directory, or
+/// a docker/qemu node's stage): each rewritten only when it differs.
+pub fn place_files(run: &Run, data: &Path) -> std::result::Result<(), FsError> {
+    for (path, content) in &run.files {
+        let dest = data.join(path.data_relative());
+        let max = kubestrap_manifest::MAX_FILE_BYTES as u64 + 1;
+        if kubestrap_fskit::read_capped(&dest, max).ok().as_deref() == Some(content.as_bytes()) {
+            continue;
+        }
+        if let Some(dir) = dest.parent() {
+            kubestrap_fskit::create_dir_mode(dir, 0o700)?;
+        }
+        kubestrap_fskit::write_atomic(&dest, content.as_bytes(), 0o600)?;
+    }
+    Ok(())
+}
+
 /// A running localkube as the lifecycle sees it: what to call it, its
 /// process on this machine (when it is one), and the apiserver port.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,6 +17,15 @@ fn docker(args: &[&str]) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
+/// The release's k3s run section, the stand-in in k3s mode, on the docker driver.
+fn k3s_in_docker() -> Cluster {
+    let rootfs = docker_rootfs();
+    Cluster::with(|s| {
+        k3s_standin(s, &k3s_run(), &[]);
+        s.run_on([TestDriver::Docker(rootfs)]);
+    })
+}
+
 /// `image load`, then a fresh start of the host, so the container runs.
 fn load_image_and_restart(c: &Cluster, profile: &str, stop: &[&str]) {
     let image = image_archive(&c.env.scratch("images"));
@@ -32,11 +41,7 @@ fn k3s_in_a_container_runs_a_pod_that_reaches_its_api() {
     if !need("docker", docker_engine) {
         return;
     }
-    let rootfs = docker_rootfs();
-    let c = Cluster::with(|s| {
-        k3s_standin(s, &k3s_run(), &[]);
-        s.run_on([TestDriver::Docker(rootfs)]);
-    });
+    let c = k3s_in_docker();
     let port = free_port().to_string();
     c.env.ok(&["start", "-p", "kd", "--driver", "docker", "--manifest", c.m(), "--port", &port]);
     load_image_and_restart(&c, "kd", &[]);
@@ -165,11 +170,7 @@ fn k3s_in_a_container_serves_its_listen_address_and_refuses_a_join_from_afar() {
     if !need("docker", docker_engine) {
         return;
     }
-    let rootfs = docker_rootfs();
-    let c = Cluster::with(|s| {
-        k3s_standin(s, &k3s_run(), &[]);
-        s.run_on([TestDriver::Docker(rootfs)]);
-    });
+    let c = k3s_in_docker();
     let (addr, port) = (host_address(), free_port().to_string());
     let start = ["start", "-p", "kl", "--driver", "docker", "--manifest", c.m(), "--port", &port, "--listen", &addr];
     let mut start = start.to_vec();
